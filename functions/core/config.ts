@@ -1,0 +1,65 @@
+// Configuration is read from the environment once, validated against one schema, and frozen: a bad value stops
+// the process at start with a message naming the variable, instead of surfacing as odd behaviour later.
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+
+const Int = (min: number, dflt: number, description: string, max?: number) =>
+  Type.Integer({ minimum: min, default: dflt, description, ...(max === undefined ? {} : { maximum: max }) });
+
+/** Every setting, its environment variable, default and meaning; the README's configuration table mirrors it. */
+export const ConfigSchema = Type.Object({
+  REDIS_URL: Type.String({ default: 'redis://127.0.0.1:6379', description: 'Single Redis to use (ignored when REDIS_CLUSTER_NODES is set).' }),
+  REDIS_CLUSTER_NODES: Type.String({ default: '', description: 'Comma-separated host:port seeds of a Redis Cluster; empty for a single Redis.' }),
+  REDIS_PASSWORD: Type.String({ default: '', description: 'Password for Redis (or the Cluster), when it needs one.' }),
+  REDIS_TLS: Type.Boolean({ default: false, description: 'Connect to Redis over TLS.' }),
+  REDIS_KEY_PREFIX: Type.String({ default: 'sr', pattern: '^[A-Za-z0-9_.-]{1,32}$', description: 'Prefix of every key this system writes.' }),
+  INDEX_BUCKETS: Int(1, 32, 'Buckets the session keyspace and deadline index are sharded into (fixed for the life of a deployment).', 4096),
+  TOMBSTONE_TTL_MS: Int(1000, 86_400_000, 'How long a destroyed incarnation is remembered so late events are recognised; must outlast the Broker redelivery window.'),
+  MAX_EVENT_BYTES: Int(1024, 1_048_576, 'Largest accepted CloudEvent (body plus attributes), in bytes.'),
+  DEFAULT_HEARTBEAT_INTERVAL_MS: Int(100, 30_000, 'Heartbeat interval assumed when session.opened sets none.'),
+  DEFAULT_MISSED_BEATS: Int(1, 3, 'Missed heartbeats after which a session is dead, when session.opened sets none.'),
+  MAX_HOLD_MS: Int(1000, 3_600_000, 'Longest hold a session.hold may grant; longer requests are capped.'),
+  CORE_TIMEOUT_MS: Int(10, 1000, 'Timeout of core calls: Redis commands and event emission to the Broker.'),
+  RUNTIME_TIMEOUT_MS: Int(100, 5000, 'Timeout of one call to a GPU inference runtime (third-party tier).'),
+  DEADLINE_POLL_MS: Int(10, 100, 'How often the deadline engine re-reads bucket heads to learn of new earlier deadlines.'),
+  DESTROY_STALL_MS: Int(1000, 30_000, 'A destroy with no progress for this long is resumed by the deadline engine.'),
+  K_SINK: Type.String({ default: '', description: 'Where emitted events go (the Broker); injected by Knative SinkBinding or ContainerSource.' }),
+  LOG_LEVEL: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info', description: 'Log level.' }),
+});
+
+export type Config = Readonly<Static<typeof ConfigSchema>>;
+
+/** A setting that failed validation; the message names the variable and the rule it broke. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+function coerce(schema: TSchema, raw: string): unknown {
+  if (schema.type === 'integer' || schema.type === 'number') return raw.trim() === '' ? raw : Number(raw);
+  if (schema.type === 'boolean') {
+    if (/^(true|1|yes)$/i.test(raw)) return true;
+    if (/^(false|0|no)$/i.test(raw)) return false;
+    return raw;
+  }
+  return raw;
+}
+
+/** Parses any object schema from an environment map: defaults for what is unset, a ConfigError for what is wrong. */
+export function readSettings<S extends ReturnType<typeof Type.Object>>(schema: S, env: NodeJS.ProcessEnv): Readonly<Static<S>> {
+  const out: Record<string, unknown> = {};
+  for (const [name, prop] of Object.entries(schema.properties as Record<string, TSchema>)) {
+    const raw = env[name];
+    out[name] = raw === undefined || raw === '' ? prop.default : coerce(prop, raw);
+  }
+  const first = Value.Errors(schema, out).First();
+  if (first) {
+    const name = first.path.replace(/^\//, '');
+    throw new ConfigError(`${name}=${JSON.stringify(env[name] ?? '')} is invalid: ${first.message}`);
+  }
+  return Object.freeze(out);
+}
+
+/** Reads and validates the core configuration from the environment. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  return readSettings(ConfigSchema, env);
+}

@@ -1,0 +1,68 @@
+// The GPU allocation ledger, summed over buckets: what was registered, released and is still held, per node.
+// Each bucket's counters change only inside the session scripts (registration in openSession, release in
+// recordRelease), so at any moment `registered = released + held` and each allocation is released at most once.
+import type { RedisClient } from './redis/connect.ts';
+import type { KeySpace } from './redis/keys.ts';
+
+/** Ledger totals of one GPU node. */
+export interface NodeLedger {
+  node: string;
+  /** Bytes registered by session.opened (per incarnation). */
+  registeredBytes: number;
+  /** Bytes of allocations booked as released after the runtime confirmed the release. */
+  releasedBytes: number;
+  /** Bytes of allocations not released yet: live sessions, destroys in flight, pending migrations. */
+  heldBytes: number;
+  allocations: number;
+  releases: number;
+  /** Bytes the runtimes reported as freed (may differ from registered: the runtime is the authority on usage). */
+  confirmedFreedBytes: number;
+  /** Releases that booked nothing: duplicates, unknown or stale incarnations. */
+  ignoredReleases: number;
+}
+
+/** The ledger of every node, plus whether it balances. */
+export interface LedgerAudit {
+  nodes: NodeLedger[];
+  totals: Omit<NodeLedger, 'node'>;
+  /** registered = released + held on every node, no negative holding, releases ≤ allocations. */
+  balanced: boolean;
+  problems: string[];
+}
+
+const FIELDS = {
+  reg: 'registeredBytes', rel: 'releasedBytes', held: 'heldBytes', allocs: 'allocations',
+  frees: 'releases', confirmed: 'confirmedFreedBytes', ignored: 'ignoredReleases',
+} as const satisfies Record<string, keyof Omit<NodeLedger, 'node'>>;
+
+const empty = (): Omit<NodeLedger, 'node'> => ({
+  registeredBytes: 0, releasedBytes: 0, heldBytes: 0, allocations: 0, releases: 0, confirmedFreedBytes: 0, ignoredReleases: 0,
+});
+
+/** Reads and sums every bucket's ledger: O(buckets + nodes), never a SCAN. */
+export async function auditLedger(redis: RedisClient, keys: KeySpace): Promise<LedgerAudit> {
+  const perNode = new Map<string, NodeLedger>();
+  const hashes = await Promise.all(keys.allBuckets().map((b) => redis.hgetall(b.ledger)));
+  for (const hash of hashes) {
+    for (const [field, value] of Object.entries(hash)) {
+      const sep = field.indexOf(':');
+      const kind = field.slice(0, sep) as keyof typeof FIELDS;
+      const node = field.slice(sep + 1);
+      const prop = FIELDS[kind];
+      if (!prop) continue;
+      const entry = perNode.get(node) ?? { node, ...empty() };
+      entry[prop] += Number(value);
+      perNode.set(node, entry);
+    }
+  }
+  const nodes = [...perNode.values()].sort((a, b) => a.node.localeCompare(b.node));
+  const totals = empty();
+  const problems: string[] = [];
+  for (const n of nodes) {
+    for (const prop of Object.values(FIELDS)) totals[prop] += n[prop];
+    if (n.registeredBytes !== n.releasedBytes + n.heldBytes) problems.push(`${n.node}: registered ${n.registeredBytes} ≠ released ${n.releasedBytes} + held ${n.heldBytes}`);
+    if (n.heldBytes < 0) problems.push(`${n.node}: negative held bytes ${n.heldBytes}`);
+    if (n.releases > n.allocations) problems.push(`${n.node}: ${n.releases} releases for ${n.allocations} allocations`);
+  }
+  return { nodes, totals, balanced: problems.length === 0, problems };
+}

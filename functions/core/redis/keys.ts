@@ -1,0 +1,92 @@
+// The one place that names Redis keys. Every session belongs to one of `buckets` buckets, and every key of that
+// session AND its bucket's shared structures (deadline index, ledger, placements) carry the bucket's hash tag, so
+// one Lua script can change a session and its index atomically on a single Redis and on Redis Cluster alike.
+
+/** FNV-1a 32-bit: a stable, dependency-free hash to spread session ids over buckets. */
+function fnv1a(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/** Keys of one bucket's shared structures. */
+export interface BucketKeys {
+  readonly bucket: number;
+  /** ZSET session id -> deadline (ms) of every ACTIVE session in the bucket: the deadline index. */
+  readonly deadlines: string;
+  /** ZSET session id -> time (ms) of the last progress of every session being destroyed: the stall watchdog. */
+  readonly destroying: string;
+  /** HASH counters: `inc` (last incarnation handed out), `pid` (last placement id). */
+  readonly meta: string;
+  /** HASH interned placements: `id:<pid>` -> JSON [node, runtimeUrl]; `key:<node> <runtimeUrl>` -> pid. */
+  readonly placements: string;
+  /** HASH GPU ledger counters per node: `reg|rel|held|allocs|frees|confirmed|ignored:<node>`. */
+  readonly ledger: string;
+  /** HASH allocations left behind by a migration: `<sessionId>:<incarnation>` -> `<pid>|<bytes>`. */
+  readonly migrations: string;
+}
+
+/** Keys of one session (and its bucket). */
+export interface SessionKeys extends BucketKeys {
+  readonly sessionId: string;
+  /** HASH the session record; after destruction, a tombstone with a TTL. */
+  readonly session: string;
+  /** HASH the activity-score context of the session. */
+  readonly context: string;
+}
+
+/** Builds every key this system uses from a prefix and a fixed bucket count. */
+export class KeySpace {
+  readonly prefix: string;
+  readonly buckets: number;
+
+  constructor(prefix: string, buckets: number) {
+    if (!Number.isInteger(buckets) || buckets < 1) throw new RangeError(`buckets must be a positive integer, got ${buckets}`);
+    this.prefix = prefix;
+    this.buckets = buckets;
+  }
+
+  /** The bucket a session id lives in. */
+  bucketOf(sessionId: string): number {
+    return fnv1a(sessionId) % this.buckets;
+  }
+
+  /** Keys shared by all sessions of one bucket. */
+  bucket(bucket: number): BucketKeys {
+    const tag = `${this.prefix}:{${bucket}}`;
+    return {
+      bucket,
+      deadlines: `${tag}:deadlines`,
+      destroying: `${tag}:destroying`,
+      meta: `${tag}:meta`,
+      placements: `${tag}:placements`,
+      ledger: `${tag}:ledger`,
+      migrations: `${tag}:migrations`,
+    };
+  }
+
+  /** All keys of one session. */
+  session(sessionId: string): SessionKeys {
+    const b = this.bucket(this.bucketOf(sessionId));
+    const tag = `${this.prefix}:{${b.bucket}}`;
+    return { ...b, sessionId, session: `${tag}:s:${sessionId}`, context: `${tag}:ctx:${sessionId}` };
+  }
+
+  /** Every bucket, for the deadline engine and ledger audits (O(buckets), never a SCAN). */
+  allBuckets(): BucketKeys[] {
+    return Array.from({ length: this.buckets }, (_, b) => this.bucket(b));
+  }
+
+  /** Storm guard: in-flight GPU releases on one GPU node (its own hash tag: it spans buckets). */
+  nodeInflight(node: string): string {
+    return `${this.prefix}:{node:${node}}:inflight`;
+  }
+
+  /** Storm guard: token bucket of one runtime endpoint. */
+  runtimeTokens(runtimeUrl: string): string {
+    return `${this.prefix}:{rt:${runtimeUrl}}:tokens`;
+  }
+}

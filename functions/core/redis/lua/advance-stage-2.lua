@@ -1,0 +1,36 @@
+--[[
+  advanceStage: checkpoints a destroy at its next stage (only forward), so a redelivered or interrupted destroy
+  resumes where it stopped. Re-requesting the GPU release at the same stage with a higher attempt is allowed.
+
+  KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)
+  ARGV[1] session id   ARGV[2] incarnation   ARGV[3] stage   ARGV[4] now (ms)   ARGV[5] GPU release attempt ('' = none)
+
+  Returns one of:
+    {'ADVANCED', stage}
+    {'REISSUED', attempt}       same stage, higher release attempt recorded
+    {'ALREADY', currentStage}   at or past that stage already
+    {'STALE', incarnation}      another incarnation
+    {'NOT_DESTROYING', state}
+    {'UNKNOWN'}
+]]
+-- @include "session"
+local sessionKey, destroyingKey = KEYS[1], KEYS[2]
+local sessionId, inc, stage, now, attempt = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
+if not STAGE_ORDER[stage] then return redis.error_reply('ERR unknown stage ' .. stage) end
+
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'ga')
+if not state[1] then return { 'UNKNOWN' } end
+if tonumber(state[2]) ~= inc then return { 'STALE', tonumber(state[2]) } end
+if state[1] ~= 'D' then return { 'NOT_DESTROYING', state[1] } end
+local current = STAGE_ORDER[state[3]]
+if current == STAGE_ORDER[stage] and attempt ~= '' and tonumber(attempt) > tonumber(state[4] or '0') then
+  redis.call('HSET', sessionKey, 'ga', attempt)
+  redis.call('ZADD', destroyingKey, now, sessionId)
+  return { 'REISSUED', tonumber(attempt) }
+end
+if current >= STAGE_ORDER[stage] then return { 'ALREADY', state[3] } end
+redis.call('HSET', sessionKey, 'st', stage)
+if attempt ~= '' then redis.call('HSET', sessionKey, 'ga', attempt) end
+appendTimeline(sessionKey, stage, now)
+redis.call('ZADD', destroyingKey, now, sessionId)
+return { 'ADVANCED', stage }

@@ -1,0 +1,30 @@
+--[[
+  completeDestroy: the last stage. The record becomes a tombstone (state X) that expires after the tombstone TTL,
+  so late events for this incarnation are recognised and ignored until then.
+
+  KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)
+  ARGV[1] session id   ARGV[2] incarnation   ARGV[3] now (ms)   ARGV[4] tombstone TTL (ms)
+
+  Returns one of:
+    {'COMPLETED'}
+    {'ALREADY'}
+    {'NOT_READY', stage}   state is not purged yet
+    {'STALE', incarnation}
+    {'NOT_DESTROYING', state}
+    {'UNKNOWN'}
+]]
+-- @include "session"
+local sessionKey, destroyingKey = KEYS[1], KEYS[2]
+local sessionId, inc, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'st')
+if not state[1] then return { 'UNKNOWN' } end
+if tonumber(state[2]) ~= inc then return { 'STALE', tonumber(state[2]) } end
+if state[1] == 'X' then return { 'ALREADY' } end
+if state[1] ~= 'D' then return { 'NOT_DESTROYING', state[1] } end
+if state[3] ~= 'state_purged' then return { 'NOT_READY', state[3] } end
+redis.call('HSET', sessionKey, 's', 'X', 'st', 'completed', 't', now)
+appendTimeline(sessionKey, 'completed', now)
+redis.call('ZREM', destroyingKey, sessionId)
+redis.call('PEXPIRE', sessionKey, ttl)
+return { 'COMPLETED' }

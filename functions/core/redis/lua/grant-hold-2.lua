@@ -1,0 +1,27 @@
+--[[
+  grantHold: a session.hold — the session is busy (a long tool call, a paused stream) and must not be reclaimed
+  for silence or idleness before the hold ends. Timed from receipt; a longer hold never shortens an earlier one.
+
+  KEYS[1] session record   KEYS[2] bucket deadline index (ZSET)
+  ARGV[1] session id   ARGV[2] event fingerprint   ARGV[3] now (ms)   ARGV[4] duration (ms, already capped)
+
+  Returns one of:
+    {'HELD', incarnation, holdUntil, deadline}
+    {'DUPLICATE', incarnation}
+    {'UNKNOWN'}
+    {'ENDED', incarnation, state}
+]]
+-- @include "session"
+local sessionKey, deadlinesKey = KEYS[1], KEYS[2]
+local sessionId, fingerprint, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'h')
+if not state[1] then return { 'UNKNOWN' } end
+local inc = tonumber(state[2])
+if state[1] ~= 'A' then return { 'ENDED', inc, state[1] } end
+if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc } end
+local holdUntil = math.max(tonumber(state[3] or '0'), now + duration)
+redis.call('HSET', sessionKey, 'h', holdUntil)
+redis.call('ZADD', deadlinesKey, 'GT', holdUntil, sessionId)
+remember(sessionKey, fingerprint)
+return { 'HELD', inc, holdUntil, tonumber(redis.call('ZSCORE', deadlinesKey, sessionId)) }

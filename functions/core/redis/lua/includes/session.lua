@@ -1,0 +1,79 @@
+-- Shared helpers of the session scripts (inlined by the loader where a script says `-- @include "session"`).
+--
+-- Session record (HASH, one per session id; fields are short because a million of them are kept):
+--   s   state: A active, D destroying, X destroyed (tombstone, expires after TOMBSTONE_TTL_MS)
+--   i   incarnation (fencing token; unique per bucket and increasing, so never reused by a reopened id)
+--   w   liveness window ms (heartbeatIntervalMs x missedBeats)
+--   p   placement id (interned in the bucket's placements hash)
+--   g   GPU bytes registered for this incarnation's allocation
+--   o   live-from time of the opened that set this incarnation (ms)
+--   f   fingerprint of the session.opened that opened this incarnation
+--   h   hold until (ms), while a hold was granted          tn, m   tenant, model (optional)
+--   r   recent event fingerprints (space separated, newest last, at most RING_SIZE) for idempotence
+--   c   cause of the destroy      xc  further causes seen after the claim (comma separated)
+--   st  destroy stage              tl  timeline "stage@ms,stage@ms,..."
+--   ca  destroy claimed at (ms)   ga  GPU release attempt    gr  bytes the runtime confirmed freed
+--   t   destroy completed at (ms)
+local RING_SIZE = 16
+local STAGE_ORDER = { claimed = 1, gpu_release_requested = 2, gpu_released = 3, state_purged = 4, completed = 5 }
+
+local function seen(sessionKey, fingerprint)
+  if fingerprint == '' then return false end
+  local ring = redis.call('HGET', sessionKey, 'r')
+  if not ring then return false end
+  return string.find(' ' .. ring .. ' ', ' ' .. fingerprint .. ' ', 1, true) ~= nil
+end
+
+local function remember(sessionKey, fingerprint)
+  if fingerprint == '' then return end
+  local ring = redis.call('HGET', sessionKey, 'r')
+  local items = {}
+  if ring then for item in string.gmatch(ring, '%S+') do items[#items + 1] = item end end
+  items[#items + 1] = fingerprint
+  while #items > RING_SIZE do table.remove(items, 1) end
+  redis.call('HSET', sessionKey, 'r', table.concat(items, ' '))
+end
+
+local function placementId(placementsKey, metaKey, node, url)
+  local lookup = 'key:' .. node .. '\n' .. url
+  local pid = redis.call('HGET', placementsKey, lookup)
+  if pid then return pid end
+  pid = tostring(redis.call('HINCRBY', metaKey, 'pid', 1))
+  redis.call('HSET', placementsKey, lookup, pid, 'id:' .. pid, cjson.encode({ node, url }))
+  return pid
+end
+
+-- Returns node, runtimeUrl of an interned placement ('' , '' if unknown).
+local function placementOf(placementsKey, pid)
+  if not pid then return '', '' end
+  local raw = redis.call('HGET', placementsKey, 'id:' .. pid)
+  if not raw then return '', '' end
+  local pair = cjson.decode(raw)
+  return pair[1], pair[2]
+end
+
+local function ledgerRegister(ledgerKey, node, bytes)
+  redis.call('HINCRBY', ledgerKey, 'reg:' .. node, bytes)
+  redis.call('HINCRBY', ledgerKey, 'held:' .. node, bytes)
+  redis.call('HINCRBY', ledgerKey, 'allocs:' .. node, 1)
+end
+
+local function ledgerRelease(ledgerKey, node, bytes, confirmed)
+  redis.call('HINCRBY', ledgerKey, 'rel:' .. node, bytes)
+  redis.call('HINCRBY', ledgerKey, 'held:' .. node, -bytes)
+  redis.call('HINCRBY', ledgerKey, 'frees:' .. node, 1)
+  redis.call('HINCRBY', ledgerKey, 'confirmed:' .. node, confirmed)
+end
+
+local function appendTimeline(sessionKey, stage, now)
+  local tl = redis.call('HGET', sessionKey, 'tl')
+  local entry = stage .. '@' .. now
+  redis.call('HSET', sessionKey, 'tl', tl and (tl .. ',' .. entry) or entry)
+end
+
+-- ACTIVE -> DESTROYING(claimed): leaves the deadline index, enters the stall watchdog.
+local function claim(sessionKey, deadlinesKey, destroyingKey, sessionId, cause, now)
+  redis.call('HSET', sessionKey, 's', 'D', 'c', cause, 'st', 'claimed', 'ca', now, 'tl', 'claimed@' .. now)
+  redis.call('ZREM', deadlinesKey, sessionId)
+  redis.call('ZADD', destroyingKey, now, sessionId)
+end

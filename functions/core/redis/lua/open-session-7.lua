@@ -1,0 +1,72 @@
+--[[
+  openSession: a session.opened — creates an incarnation, refreshes a live one, or moves it to a new placement.
+
+  KEYS[1] session record            KEYS[2] bucket deadline index (ZSET)   KEYS[3] bucket meta (counters)
+  KEYS[4] bucket placements         KEYS[5] bucket GPU ledger               KEYS[6] bucket migrations
+  KEYS[7] bucket destroy watchdog (ZSET; a pending migration release is tracked there as 'm:<id>:<incarnation>')
+  ARGV[1] session id   ARGV[2] event fingerprint   ARGV[3] now (ms)   ARGV[4] live-from (ms; event time, capped at now)
+  ARGV[5] liveness window (ms)   ARGV[6] node   ARGV[7] runtime URL   ARGV[8] GPU bytes   ARGV[9] tenant   ARGV[10] model
+
+  Returns one of:
+    {'OPENED', incarnation, deadline}                       a new session
+    {'REOPENED', incarnation, deadline, previousIncarnation} an id opened again after its destruction
+    {'REFRESHED', incarnation, deadline}                    a live session, same placement
+    {'MIGRATED', incarnation, deadline, oldIncarnation, oldNode, oldRuntimeUrl, oldBytes}
+                                                            placement changed: a new incarnation; the old
+                                                            allocation awaits release (migrations hash)
+    {'DUPLICATE', incarnation}     this very event was applied already
+    {'STALE', incarnation}         older than the destruction of the last incarnation (never revives it), or
+                                   older than the opened that set the live placement (never moves it back)
+    {'BUSY', incarnation}          the previous incarnation is still being destroyed: retry later
+]]
+-- @include "session"
+local sessionKey, deadlinesKey, metaKey, placementsKey, ledgerKey, migrationsKey, destroyingKey =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local sessionId, fingerprint, now, liveFrom = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local window, node, url, bytes, tenant, model = tonumber(ARGV[5]), ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
+
+local function create(previous)
+  local inc = redis.call('HINCRBY', metaKey, 'inc', 1)
+  local pid = placementId(placementsKey, metaKey, node, url)
+  local deadline = liveFrom + window
+  redis.call('DEL', sessionKey)
+  redis.call('HSET', sessionKey, 's', 'A', 'i', inc, 'w', window, 'p', pid, 'g', bytes, 'o', liveFrom, 'f', fingerprint)
+  if tenant ~= '' then redis.call('HSET', sessionKey, 'tn', tenant) end
+  if model ~= '' then redis.call('HSET', sessionKey, 'm', model) end
+  redis.call('ZADD', deadlinesKey, deadline, sessionId)
+  ledgerRegister(ledgerKey, node, bytes)
+  if previous then return { 'REOPENED', inc, deadline, previous } end
+  return { 'OPENED', inc, deadline }
+end
+
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'f', 'ca', 'p', 'g', 'o')
+local s, inc, f = state[1], state[2], state[3]
+if not s then return create(nil) end
+if f == fingerprint then return { 'DUPLICATE', tonumber(inc) } end
+if s == 'D' then return { 'BUSY', tonumber(inc) } end
+if s == 'X' then
+  if liveFrom <= tonumber(state[4] or '0') then return { 'STALE', tonumber(inc) } end
+  return create(tonumber(inc))
+end
+
+-- A live session: refresh its liveness; a new placement means the session migrated.
+local pid = placementId(placementsKey, metaKey, node, url)
+if pid ~= state[5] and liveFrom < tonumber(state[7]) then return { 'STALE', tonumber(inc) } end
+redis.call('HSET', sessionKey, 'w', window)
+if tenant ~= '' then redis.call('HSET', sessionKey, 'tn', tenant) end
+if model ~= '' then redis.call('HSET', sessionKey, 'm', model) end
+redis.call('ZADD', deadlinesKey, 'GT', liveFrom + window, sessionId)
+local deadline = tonumber(redis.call('ZSCORE', deadlinesKey, sessionId))
+if pid == state[5] then
+  redis.call('HSET', sessionKey, 'f', fingerprint)
+  return { 'REFRESHED', tonumber(inc), deadline }
+end
+
+local oldInc, oldPid, oldBytes = tonumber(inc), state[5], tonumber(state[6] or '0')
+local newInc = redis.call('HINCRBY', metaKey, 'inc', 1)
+redis.call('HSET', migrationsKey, sessionId .. ':' .. oldInc, oldPid .. '|' .. oldBytes)
+redis.call('ZADD', destroyingKey, now, 'm:' .. sessionId .. ':' .. oldInc)
+redis.call('HSET', sessionKey, 'i', newInc, 'p', pid, 'g', bytes, 'f', fingerprint, 'o', liveFrom)
+ledgerRegister(ledgerKey, node, bytes)
+local oldNode, oldUrl = placementOf(placementsKey, oldPid)
+return { 'MIGRATED', newInc, deadline, oldInc, oldNode, oldUrl, oldBytes }

@@ -1,0 +1,296 @@
+// Every session script against real Redis, on a single server and on a 3-master cluster, with every return code.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { auditLedger } from '../ledger.ts';
+import { TOPOLOGIES } from '../../../tests/support/redis.ts';
+import { fp, openAt, placementA, placementB, testCore, type TestCore } from '../../../tests/support/core.ts';
+
+const T0 = 1_800_000_000_000;
+
+/** Drives a claimed destroy through every stage, as destroy-dispatch does. */
+async function destroyFully(core: TestCore, id: string, inc: number, at: number): Promise<void> {
+  assert.equal((await core.store.advance(id, inc, 'gpu_release_requested', at, 1)).code, 'ADVANCED');
+  assert.equal((await core.store.recordRelease(id, inc, 1000, at + 1, 'gpu-node-a')).code, 'RELEASED');
+  assert.equal((await core.store.purge(id, inc, at + 2)).code, 'PURGED');
+  assert.equal((await core.store.complete(id, inc, at + 3)).code, 'COMPLETED');
+}
+
+for (const topology of TOPOLOGIES) {
+  describe(`session scripts on ${topology} Redis`, () => {
+    let core: TestCore;
+    before(async () => {
+      core = await testCore(topology);
+    });
+    after(async () => {
+      await core.close();
+    });
+
+    describe('openSession', () => {
+      test('opens a new session with an incarnation and a deadline one window away', async () => {
+        const r = await openAt(core, 'open-1', T0);
+        assert.equal(r.code, 'OPENED');
+        assert.ok(r.code === 'OPENED' && r.incarnation >= 1 && r.deadline === T0 + 1000);
+        const view = await core.store.inspect('open-1');
+        assert.equal(view?.state, 'active');
+        assert.deepEqual(view?.placement, placementA);
+      });
+
+      test('treats the same event twice as a duplicate', async () => {
+        const f = fp();
+        await openAt(core, 'open-2', T0, placementA, f);
+        assert.equal((await openAt(core, 'open-2', T0 + 10, placementA, f)).code, 'DUPLICATE');
+      });
+
+      test('refreshes a live session opened again at the same placement, never moving its deadline earlier', async () => {
+        await openAt(core, 'open-3', T0 + 500);
+        const r = await core.store.open({ sessionId: 'open-3', fingerprint: fp(), now: T0 + 600, liveFrom: T0, windowMs: 1000, placement: placementA });
+        assert.deepEqual(r.code === 'REFRESHED' && r.deadline, T0 + 1500);
+      });
+
+      test('migrates a session to a new placement under a new incarnation and leaves the old allocation pending', async () => {
+        const first = await openAt(core, 'open-4', T0);
+        const r = await openAt(core, 'open-4', T0 + 100, placementB);
+        assert.equal(r.code, 'MIGRATED');
+        if (r.code !== 'MIGRATED' || first.code !== 'OPENED') return;
+        assert.ok(r.incarnation > first.incarnation);
+        assert.deepEqual(r.previous, { incarnation: first.incarnation, placement: placementA });
+        const inflight = await core.store.destroysInFlight();
+        assert.ok(inflight.some((m) => m.member === `m:open-4:${first.incarnation}`));
+        assert.equal((await core.store.recordRelease('open-4', first.incarnation, 1000, T0 + 200, 'gpu-node-a')).code, 'MIGRATION_RELEASED');
+        assert.equal((await core.store.recordRelease('open-4', first.incarnation, 1000, T0 + 201, 'gpu-node-a')).code, 'STALE');
+      });
+
+      test('refuses to move a live session back to a placement set by an older opened', async () => {
+        await openAt(core, 'open-5', T0 + 1000, placementA);
+        const r = await core.store.open({ sessionId: 'open-5', fingerprint: fp(), now: T0 + 2000, liveFrom: T0, windowMs: 1000, placement: placementB });
+        assert.equal(r.code, 'STALE');
+        assert.deepEqual((await core.store.inspect('open-5'))?.placement, placementA);
+      });
+
+      test('answers BUSY while the previous incarnation is being destroyed', async () => {
+        await openAt(core, 'open-6', T0);
+        await core.store.claimDestroy({ sessionId: 'open-6', fingerprint: fp(), cause: 'closed', now: T0 + 1 });
+        assert.equal((await openAt(core, 'open-6', T0 + 2)).code, 'BUSY');
+      });
+
+      test('reopens a destroyed id under a newer incarnation, but never for an event older than the destroy', async () => {
+        const first = await openAt(core, 'open-7', T0);
+        assert.equal(first.code, 'OPENED');
+        if (first.code !== 'OPENED') return;
+        await core.store.claimDestroy({ sessionId: 'open-7', fingerprint: fp(), cause: 'closed', now: T0 + 10 });
+        await destroyFully(core, 'open-7', first.incarnation, T0 + 11);
+        assert.equal((await openAt(core, 'open-7', T0 + 5)).code, 'STALE');
+        const again = await openAt(core, 'open-7', T0 + 50);
+        assert.equal(again.code, 'REOPENED');
+        assert.ok(again.code === 'REOPENED' && again.incarnation > first.incarnation && again.previousIncarnation === first.incarnation);
+      });
+    });
+
+    describe('heartbeat', () => {
+      test('moves the deadline forward and never back', async () => {
+        await openAt(core, 'hb-1', T0);
+        assert.deepEqual(await core.store.heartbeat('hb-1', T0 + 400, T0 + 400), { code: 'REFRESHED', incarnation: (await core.store.inspect('hb-1'))!.incarnation, deadline: T0 + 1400 });
+        const older = await core.store.heartbeat('hb-1', T0 + 100, T0 + 500);
+        assert.equal(older.code === 'REFRESHED' && older.deadline, T0 + 1400);
+      });
+
+      test('caps the live-from time at now, so a producer clock ahead of ours cannot extend a session', async () => {
+        await openAt(core, 'hb-2', T0);
+        const r = await core.store.heartbeat('hb-2', T0 + 60_000, T0 + 10);
+        assert.equal(r.code === 'REFRESHED' && r.deadline, T0 + 1010);
+      });
+
+      test('reports UNKNOWN for a session never opened and ENDED for one being destroyed', async () => {
+        assert.deepEqual(await core.store.heartbeat('hb-none', T0, T0), { code: 'UNKNOWN' });
+        await openAt(core, 'hb-3', T0);
+        await core.store.claimDestroy({ sessionId: 'hb-3', fingerprint: fp(), cause: 'closed', now: T0 + 1 });
+        const r = await core.store.heartbeat('hb-3', T0 + 2, T0 + 2);
+        assert.equal(r.code, 'ENDED');
+        assert.equal(r.code === 'ENDED' && r.state, 'destroying');
+      });
+    });
+
+    describe('grantHold', () => {
+      test('postpones the deadline to the end of the hold, once per event', async () => {
+        await openAt(core, 'hold-1', T0);
+        const f = fp();
+        const r = await core.store.hold('hold-1', f, T0 + 100, 5000);
+        assert.equal(r.code, 'HELD');
+        assert.ok(r.code === 'HELD' && r.holdUntil === T0 + 5100 && r.deadline === T0 + 5100);
+        assert.equal((await core.store.hold('hold-1', f, T0 + 900, 5000)).code, 'DUPLICATE');
+        const shorter = await core.store.hold('hold-1', fp(), T0 + 200, 10);
+        assert.equal(shorter.code === 'HELD' && shorter.holdUntil, T0 + 5100);
+      });
+
+      test('reports UNKNOWN and ENDED like a heartbeat', async () => {
+        assert.equal((await core.store.hold('hold-none', fp(), T0, 10)).code, 'UNKNOWN');
+        await openAt(core, 'hold-2', T0);
+        await core.store.claimDestroy({ sessionId: 'hold-2', fingerprint: fp(), cause: 'forced', now: T0 });
+        assert.equal((await core.store.hold('hold-2', fp(), T0, 10)).code, 'ENDED');
+      });
+    });
+
+    describe('recordActivity', () => {
+      test('stores the context with compare-and-set and refreshes liveness', async () => {
+        await openAt(core, 'act-1', T0);
+        const base = { sessionId: 'act-1', liveFrom: T0 + 300, now: T0 + 300, lastActivityAt: T0 + 300, context: { x: '1' } };
+        const r = await core.store.recordActivity({ ...base, fingerprint: fp(), expectedVersion: 0 });
+        assert.equal(r.code, 'APPLIED');
+        assert.ok(r.code === 'APPLIED' && r.version === 1 && r.deadline === T0 + 1300);
+        assert.equal((await core.store.recordActivity({ ...base, fingerprint: fp(), expectedVersion: 0 })).code, 'CONFLICT');
+        const f = fp();
+        assert.equal((await core.store.recordActivity({ ...base, fingerprint: f, expectedVersion: 1 })).code, 'APPLIED');
+        assert.equal((await core.store.recordActivity({ ...base, fingerprint: f, expectedVersion: 2 })).code, 'DUPLICATE');
+        const ctx = await core.store.readContext('act-1');
+        assert.equal(ctx.version, 2);
+        assert.equal(ctx.fields.x, '1');
+        assert.equal(ctx.fields.la, String(T0 + 300));
+      });
+
+      test('reports UNKNOWN and ENDED', async () => {
+        const base = { fingerprint: fp(), liveFrom: T0, now: T0, expectedVersion: 0, lastActivityAt: T0, context: {} };
+        assert.equal((await core.store.recordActivity({ ...base, sessionId: 'act-none' })).code, 'UNKNOWN');
+        await openAt(core, 'act-2', T0);
+        await core.store.claimDestroy({ sessionId: 'act-2', fingerprint: fp(), cause: 'closed', now: T0 });
+        assert.equal((await core.store.recordActivity({ ...base, sessionId: 'act-2' })).code, 'ENDED');
+      });
+    });
+
+    describe('claimDestroy', () => {
+      test('lets the first trigger win and records later ones as extra causes', async () => {
+        await openAt(core, 'claim-1', T0);
+        const f = fp();
+        const first = await core.store.claimDestroy({ sessionId: 'claim-1', fingerprint: f, cause: 'closed', now: T0 + 1 });
+        assert.equal(first.code, 'CLAIMED');
+        assert.deepEqual(first.code === 'CLAIMED' && first.placement, placementA);
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-1', fingerprint: f, cause: 'closed', now: T0 + 2 })).code, 'DUPLICATE');
+        const later = await core.store.claimDestroy({ sessionId: 'claim-1', fingerprint: fp(), cause: 'completed', now: T0 + 3 });
+        assert.equal(later.code, 'ALREADY');
+        const view = await core.store.inspect('claim-1');
+        assert.equal(view?.cause, 'closed');
+        assert.deepEqual(view?.extraCauses, ['completed']);
+        assert.equal(view?.deadline, undefined, 'a claimed session leaves the deadline index');
+      });
+
+      test('never touches a newer incarnation for a trigger naming an older one', async () => {
+        const r = await openAt(core, 'claim-2', T0);
+        assert.equal(r.code, 'OPENED');
+        if (r.code !== 'OPENED') return;
+        const stale = await core.store.claimDestroy({ sessionId: 'claim-2', fingerprint: fp(), incarnation: r.incarnation + 1000, cause: 'expired', now: T0 });
+        assert.equal(stale.code, 'STALE');
+        assert.equal((await core.store.inspect('claim-2'))?.state, 'active');
+      });
+
+      test('refuses an idle verdict reached before later activity or during a hold', async () => {
+        await openAt(core, 'claim-3', T0);
+        await core.store.recordActivity({ sessionId: 'claim-3', fingerprint: fp(), liveFrom: T0 + 500, now: T0 + 500, expectedVersion: 0, lastActivityAt: T0 + 500, context: {} });
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now: T0 + 600, idleSince: T0 + 100 })).code, 'REVIVED');
+        await core.store.hold('claim-3', fp(), T0 + 600, 10_000);
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now: T0 + 700, idleSince: T0 + 650 })).code, 'REVIVED');
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now: T0 + 20_000, idleSince: T0 + 650 })).code, 'CLAIMED');
+      });
+
+      test('reports UNKNOWN for an unknown id and ENDED for a tombstone', async () => {
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-none', fingerprint: fp(), cause: 'closed', now: T0 })).code, 'UNKNOWN');
+        const r = await openAt(core, 'claim-4', T0);
+        if (r.code !== 'OPENED') return assert.fail(r.code);
+        await core.store.claimDestroy({ sessionId: 'claim-4', fingerprint: fp(), cause: 'closed', now: T0 });
+        await destroyFully(core, 'claim-4', r.incarnation, T0 + 1);
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-4', fingerprint: fp(), cause: 'closed', now: T0 + 9 })).code, 'ENDED');
+      });
+    });
+
+    describe('claimExpired', () => {
+      test('claims a due session once, and never one whose deadline moved', async () => {
+        const r = await openAt(core, 'exp-1', T0);
+        await openAt(core, 'exp-2', T0);
+        await core.store.heartbeat('exp-2', T0 + 900, T0 + 900);
+        assert.deepEqual(await core.store.claimExpired('exp-1', T0 + 999), { code: 'NOT_DUE', deadline: T0 + 1000 });
+        assert.deepEqual(await core.store.claimExpired('exp-1', T0 + 1000), { code: 'CLAIMED', incarnation: r.incarnation, deadline: T0 + 1000 });
+        assert.deepEqual(await core.store.claimExpired('exp-1', T0 + 1001), { code: 'GONE' });
+        assert.equal((await core.store.claimExpired('exp-2', T0 + 1000)).code, 'NOT_DUE');
+        assert.equal((await core.store.inspect('exp-1'))?.cause, 'expired');
+      });
+
+      test('removes a stray index entry whose session is not active', async () => {
+        const b = core.keys.session('exp-stray');
+        await core.redis.zadd(b.deadlines, T0, 'exp-stray');
+        assert.deepEqual(await core.store.claimExpired('exp-stray', T0 + 1), { code: 'GONE' });
+        assert.equal(await core.redis.zscore(b.deadlines, 'exp-stray'), null);
+      });
+    });
+
+    describe('advanceStage, recordRelease, purgeSession, completeDestroy', () => {
+      test('walk a destroy forward only, once, and leave a tombstone with the whole timeline', async () => {
+        const r = await openAt(core, 'stage-1', T0);
+        if (r.code !== 'OPENED') return assert.fail(r.code);
+        const inc = r.incarnation;
+        await core.store.claimDestroy({ sessionId: 'stage-1', fingerprint: fp(), cause: 'closed', now: T0 + 1 });
+        assert.deepEqual(await core.store.purge('stage-1', inc, T0 + 2), { code: 'NOT_READY', stage: 'claimed' });
+        assert.deepEqual(await core.store.advance('stage-1', inc, 'gpu_release_requested', T0 + 2, 1), { code: 'ADVANCED', stage: 'gpu_release_requested' });
+        assert.deepEqual(await core.store.advance('stage-1', inc, 'gpu_release_requested', T0 + 3, 2), { code: 'REISSUED', attempt: 2 });
+        assert.deepEqual(await core.store.advance('stage-1', inc, 'claimed', T0 + 3), { code: 'ALREADY', stage: 'gpu_release_requested' });
+        assert.deepEqual(await core.store.advance('stage-1', inc + 1, 'gpu_released', T0 + 3), { code: 'STALE', incarnation: inc });
+        assert.deepEqual(await core.store.complete('stage-1', inc, T0 + 3), { code: 'NOT_READY', stage: 'gpu_release_requested' });
+        assert.deepEqual(await core.store.recordRelease('stage-1', inc, 900, T0 + 4, 'gpu-node-a'), { code: 'RELEASED', node: 'gpu-node-a', registeredBytes: 1000 });
+        assert.deepEqual(await core.store.recordRelease('stage-1', inc, 900, T0 + 5, 'gpu-node-a'), { code: 'DUPLICATE', stage: 'gpu_released' });
+        assert.deepEqual(await core.store.purge('stage-1', inc, T0 + 6), { code: 'PURGED' });
+        assert.deepEqual(await core.store.purge('stage-1', inc, T0 + 6), { code: 'ALREADY', stage: 'state_purged' });
+        assert.deepEqual(await core.store.complete('stage-1', inc, T0 + 7), { code: 'COMPLETED' });
+        assert.deepEqual(await core.store.complete('stage-1', inc, T0 + 8), { code: 'ALREADY', stage: 'completed' });
+        const view = await core.store.inspect('stage-1');
+        assert.equal(view?.state, 'destroyed');
+        assert.deepEqual(view?.timeline.map((e) => e.stage), ['claimed', 'gpu_release_requested', 'gpu_released', 'state_purged', 'completed']);
+        assert.equal(view?.confirmedFreedBytes, 900);
+        assert.ok((view?.tombstoneTtlMs ?? 0) > 0, 'the tombstone expires');
+        assert.deepEqual(await core.store.advance('stage-1', inc, 'completed', T0 + 9), { code: 'NOT_DESTROYING', state: 'destroyed' });
+      });
+
+      test('report UNKNOWN and NOT_DESTROYING where there is nothing to advance', async () => {
+        assert.deepEqual(await core.store.advance('stage-none', 1, 'gpu_released', T0), { code: 'UNKNOWN' });
+        assert.deepEqual(await core.store.purge('stage-none', 1, T0), { code: 'UNKNOWN' });
+        assert.deepEqual(await core.store.complete('stage-none', 1, T0), { code: 'UNKNOWN' });
+        assert.deepEqual(await core.store.recordRelease('stage-none', 1, 0, T0, 'gpu-node-z'), { code: 'UNKNOWN' });
+        const r = await openAt(core, 'stage-2', T0);
+        if (r.code !== 'OPENED') return assert.fail(r.code);
+        assert.deepEqual(await core.store.advance('stage-2', r.incarnation, 'gpu_released', T0), { code: 'NOT_DESTROYING', state: 'active' });
+        assert.deepEqual(await core.store.purge('stage-2', r.incarnation, T0), { code: 'NOT_DESTROYING', state: 'active' });
+        assert.deepEqual(await core.store.complete('stage-2', r.incarnation, T0), { code: 'NOT_DESTROYING', state: 'active' });
+        assert.deepEqual(await core.store.recordRelease('stage-2', r.incarnation, 0, T0, 'gpu-node-a'), { code: 'NOT_DESTROYING' });
+        assert.deepEqual(await core.store.recordRelease('stage-2', r.incarnation + 7, 0, T0, 'gpu-node-a'), { code: 'STALE', incarnation: r.incarnation });
+        assert.deepEqual(await core.store.purge('stage-2', r.incarnation + 7, T0), { code: 'STALE', incarnation: r.incarnation });
+        assert.deepEqual(await core.store.complete('stage-2', r.incarnation + 7, T0), { code: 'STALE', incarnation: r.incarnation });
+      });
+    });
+
+    describe('claimStalled', () => {
+      test('hands a stalled destroy to one caller and not again before another stall', async () => {
+        const r = await openAt(core, 'stall-1', T0);
+        if (r.code !== 'OPENED') return assert.fail(r.code);
+        await core.store.claimDestroy({ sessionId: 'stall-1', fingerprint: fp(), cause: 'closed', now: T0 });
+        assert.deepEqual(await core.store.claimStalled('stall-1', T0 + 500, 1000), { code: 'NOT_STALLED' });
+        const stalled = await core.store.claimStalled('stall-1', T0 + 1000, 1000);
+        assert.deepEqual(stalled, { code: 'STALLED', sessionId: 'stall-1', incarnation: r.incarnation, stage: 'claimed', cause: 'closed', placement: placementA, attempt: 0 });
+        assert.deepEqual(await core.store.claimStalled('stall-1', T0 + 1001, 1000), { code: 'NOT_STALLED' });
+        assert.deepEqual(await core.store.claimStalled('stall-missing', T0 + 5000, 1000), { code: 'GONE' });
+      });
+
+      test('hands out a stalled migration release and drops stray entries', async () => {
+        const first = await openAt(core, 'stall-2', T0);
+        await openAt(core, 'stall-2', T0 + 1, placementB);
+        const member = `m:stall-2:${first.incarnation}`;
+        assert.deepEqual(await core.store.claimStalled(member, T0 + 5000, 1000), { code: 'MIGRATION', sessionId: 'stall-2', incarnation: first.incarnation, placement: placementA });
+        await core.redis.zadd(core.keys.session('stall-2').destroying, T0, 'stall-2');
+        assert.deepEqual(await core.store.claimStalled('stall-2', T0 + 5000, 1000), { code: 'GONE' }, 'an active session is not a stalled destroy');
+      });
+    });
+
+    test('the ledger balances: registered = released + held, per node', async () => {
+      const audit = await auditLedger(core.redis, core.keys);
+      assert.deepEqual(audit.problems, []);
+      assert.ok(audit.balanced);
+      const a = audit.nodes.find((n) => n.node === 'gpu-node-a');
+      assert.ok(a && a.registeredBytes > 0 && a.releasedBytes > 0 && a.heldBytes > 0);
+    });
+  });
+}

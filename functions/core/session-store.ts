@@ -1,0 +1,480 @@
+// The session core: every state change of a session is one named Lua script (functions/core/redis/lua), so any
+// replica may handle any event, duplicates and redeliveries change nothing, and an event for an older incarnation
+// never touches a newer one. This module turns script replies into typed results; it holds no state of its own.
+import { createHash } from 'node:crypto';
+import type { RedisClient } from './redis/connect.ts';
+import type { KeySpace, SessionKeys } from './redis/keys.ts';
+import type { Scripts } from './redis/scripts.ts';
+
+/** Destroy stages, in order; a destroy is checkpointed at each. */
+export const STAGES = ['claimed', 'gpu_release_requested', 'gpu_released', 'state_purged', 'completed'] as const;
+export type Stage = (typeof STAGES)[number];
+export type Cause = 'closed' | 'expired' | 'idle' | 'completed' | 'forced';
+export type SessionState = 'active' | 'destroying' | 'destroyed';
+
+/** Identifies a CloudEvent for idempotence: a duplicate is the same `source` + `id`. */
+export function eventFingerprint(source: string, id: string): string {
+  return createHash('sha1').update(source).update('\n').update(id).digest('base64url').slice(0, 12);
+}
+
+/** Where a session's GPU memory lives. */
+export interface Placement {
+  node: string;
+  runtimeUrl: string;
+  gpuBytes: number;
+}
+
+export type OpenResult =
+  | { code: 'OPENED'; incarnation: number; deadline: number }
+  | { code: 'REOPENED'; incarnation: number; deadline: number; previousIncarnation: number }
+  | { code: 'REFRESHED'; incarnation: number; deadline: number }
+  | { code: 'MIGRATED'; incarnation: number; deadline: number; previous: { incarnation: number; placement: Placement } }
+  | { code: 'DUPLICATE' | 'STALE' | 'BUSY'; incarnation: number };
+
+export type LivenessResult =
+  | { code: 'REFRESHED'; incarnation: number; deadline: number }
+  | { code: 'UNKNOWN' }
+  | { code: 'ENDED'; incarnation: number; state: SessionState };
+
+export type HoldResult =
+  | { code: 'HELD'; incarnation: number; holdUntil: number; deadline: number }
+  | { code: 'DUPLICATE'; incarnation: number }
+  | { code: 'UNKNOWN' }
+  | { code: 'ENDED'; incarnation: number; state: SessionState };
+
+export type ActivityResult =
+  | { code: 'APPLIED'; incarnation: number; deadline: number; holdUntil: number; version: number }
+  | { code: 'CONFLICT'; incarnation: number; version: number }
+  | { code: 'DUPLICATE'; incarnation: number }
+  | { code: 'UNKNOWN' }
+  | { code: 'ENDED'; incarnation: number; state: SessionState };
+
+export type ClaimResult =
+  | { code: 'CLAIMED' | 'ALREADY' | 'DUPLICATE'; incarnation: number; stage: Stage; cause: Cause; placement: Placement }
+  | { code: 'STALE' | 'REVIVED' | 'ENDED'; incarnation: number }
+  | { code: 'UNKNOWN' };
+
+export type ExpiryClaim = { code: 'CLAIMED'; incarnation: number; deadline: number } | { code: 'NOT_DUE'; deadline: number } | { code: 'GONE' };
+
+export type AdvanceResult =
+  | { code: 'ADVANCED'; stage: Stage }
+  | { code: 'REISSUED'; attempt: number }
+  | { code: 'ALREADY'; stage: Stage }
+  | { code: 'STALE'; incarnation: number }
+  | { code: 'NOT_DESTROYING'; state: SessionState }
+  | { code: 'UNKNOWN' };
+
+export type ReleaseResult =
+  | { code: 'RELEASED' | 'MIGRATION_RELEASED'; node: string; registeredBytes: number }
+  | { code: 'DUPLICATE'; stage: Stage }
+  | { code: 'STALE'; incarnation: number }
+  | { code: 'NOT_DESTROYING' | 'UNKNOWN' };
+
+export type PurgeResult =
+  | { code: 'PURGED' | 'COMPLETED' }
+  | { code: 'ALREADY'; stage: Stage }
+  | { code: 'NOT_READY'; stage: Stage }
+  | { code: 'STALE'; incarnation: number }
+  | { code: 'NOT_DESTROYING'; state: SessionState }
+  | { code: 'UNKNOWN' };
+
+export type StallClaim =
+  | { code: 'STALLED'; sessionId: string; incarnation: number; stage: Stage; cause: Cause; placement: Placement; attempt: number }
+  | { code: 'MIGRATION'; sessionId: string; incarnation: number; placement: Placement }
+  | { code: 'NOT_STALLED' | 'GONE' };
+
+/** What `inspect` shows of a session (sessionctl, tests, the destroy pipeline). */
+export interface SessionView {
+  sessionId: string;
+  bucket: number;
+  state: SessionState;
+  incarnation: number;
+  deadline?: number;
+  holdUntil?: number;
+  windowMs?: number;
+  placement?: Placement;
+  tenant?: string;
+  model?: string;
+  openedAt?: number;
+  cause?: Cause;
+  extraCauses: Cause[];
+  stage?: Stage;
+  releaseAttempt?: number;
+  confirmedFreedBytes?: number;
+  timeline: { stage: Stage; at: number }[];
+  claimedAt?: number;
+  completedAt?: number;
+  /** Remaining tombstone life (ms) once destroyed. */
+  tombstoneTtlMs?: number;
+}
+
+const STATE_OF: Record<string, SessionState> = { A: 'active', D: 'destroying', X: 'destroyed' };
+
+/** A script reply that does not match its documented shape: a bug or a version skew, never retried silently. */
+export class UnexpectedReplyError extends Error {
+  override name = 'UnexpectedReplyError';
+}
+
+const num = (v: unknown): number => {
+  const n = typeof v === 'number' ? v : Number(v);
+  if (!Number.isFinite(n)) throw new UnexpectedReplyError(`expected a number in script reply, got ${JSON.stringify(v)}`);
+  return n;
+};
+const str = (v: unknown): string => {
+  if (typeof v === 'string') return v;
+  if (typeof v === 'number') return String(v);
+  if (Buffer.isBuffer(v)) return v.toString('utf8');
+  return '';
+};
+
+export function parseTimeline(raw: string | undefined | null): { stage: Stage; at: number }[] {
+  if (!raw) return [];
+  return raw.split(',').map((entry) => {
+    const at = entry.lastIndexOf('@');
+    return { stage: entry.slice(0, at) as Stage, at: Number(entry.slice(at + 1)) };
+  });
+}
+
+/** Typed access to the session core in Redis. */
+export class SessionStore {
+  readonly redis: RedisClient;
+  readonly keys: KeySpace;
+  readonly #scripts: Scripts;
+  readonly #tombstoneTtlMs: number;
+
+  constructor(redis: RedisClient, keys: KeySpace, scripts: Scripts, opts: { tombstoneTtlMs: number }) {
+    this.redis = redis;
+    this.keys = keys;
+    this.#scripts = scripts;
+    this.#tombstoneTtlMs = opts.tombstoneTtlMs;
+  }
+
+  async #placement(k: SessionKeys, pid: unknown, gpuBytes = 0): Promise<Placement> {
+    const raw = pid ? await this.redis.hget(k.placements, `id:${str(pid)}`) : null;
+    const [node, runtimeUrl] = raw ? (JSON.parse(raw) as [string, string]) : ['', ''];
+    return { node, runtimeUrl, gpuBytes };
+  }
+
+  /** Applies a session.opened. */
+  async open(input: {
+    sessionId: string;
+    fingerprint: string;
+    now: number;
+    liveFrom: number;
+    windowMs: number;
+    placement: Placement;
+    tenant?: string | undefined;
+    model?: string | undefined;
+  }): Promise<OpenResult> {
+    const k = this.keys.session(input.sessionId);
+    const r = await this.#scripts.run(
+      'openSession',
+      [k.session, k.deadlines, k.meta, k.placements, k.ledger, k.migrations, k.destroying],
+      [input.sessionId, input.fingerprint, input.now, Math.min(input.liveFrom, input.now), input.windowMs,
+        input.placement.node, input.placement.runtimeUrl, input.placement.gpuBytes, input.tenant ?? '', input.model ?? ''],
+    );
+    const code = str(r[0]);
+    switch (code) {
+      case 'OPENED':
+      case 'REFRESHED':
+        return { code, incarnation: num(r[1]), deadline: num(r[2]) };
+      case 'REOPENED':
+        return { code, incarnation: num(r[1]), deadline: num(r[2]), previousIncarnation: num(r[3]) };
+      case 'MIGRATED':
+        return {
+          code, incarnation: num(r[1]), deadline: num(r[2]),
+          previous: { incarnation: num(r[3]), placement: { node: str(r[4]), runtimeUrl: str(r[5]), gpuBytes: num(r[6]) } },
+        };
+      case 'DUPLICATE':
+      case 'STALE':
+      case 'BUSY':
+        return { code, incarnation: num(r[1]) };
+    }
+    throw new UnexpectedReplyError(`openSession replied ${code}`);
+  }
+
+  #liveness(code: string, r: unknown[]): { code: 'UNKNOWN' } | { code: 'ENDED'; incarnation: number; state: SessionState } | undefined {
+    if (code === 'UNKNOWN') return { code };
+    if (code === 'ENDED') return { code, incarnation: num(r[1]), state: STATE_OF[str(r[2])] ?? 'destroyed' };
+    return undefined;
+  }
+
+  /** Applies a session.heartbeat: the deadline moves to liveFrom + window, never earlier. */
+  async heartbeat(sessionId: string, liveFrom: number, now: number): Promise<LivenessResult> {
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run('heartbeat', [k.session, k.deadlines], [sessionId, Math.min(liveFrom, now)]);
+    const code = str(r[0]);
+    if (code === 'REFRESHED') return { code, incarnation: num(r[1]), deadline: num(r[2]) };
+    const other = this.#liveness(code, r);
+    if (other) return other;
+    throw new UnexpectedReplyError(`heartbeat replied ${code}`);
+  }
+
+  /** Applies a session.hold: no reclamation for silence or idleness until now + durationMs. */
+  async hold(sessionId: string, fingerprint: string, now: number, durationMs: number): Promise<HoldResult> {
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run('grantHold', [k.session, k.deadlines], [sessionId, fingerprint, now, durationMs]);
+    const code = str(r[0]);
+    if (code === 'HELD') return { code, incarnation: num(r[1]), holdUntil: num(r[2]), deadline: num(r[3]) };
+    if (code === 'DUPLICATE') return { code, incarnation: num(r[1]) };
+    const other = this.#liveness(code, r);
+    if (other) return other;
+    throw new UnexpectedReplyError(`grantHold replied ${code}`);
+  }
+
+  /** Reads the activity context (and its version) for a compare-and-set update. */
+  async readContext(sessionId: string): Promise<{ version: number; fields: Record<string, string> }> {
+    const fields = await this.redis.hgetall(this.keys.session(sessionId).context);
+    return { version: Number(fields.v ?? '0'), fields };
+  }
+
+  /** Applies a scored activity: liveness refresh plus the new context, if the context is still at `expectedVersion`. */
+  async recordActivity(input: {
+    sessionId: string;
+    fingerprint: string;
+    liveFrom: number;
+    now: number;
+    expectedVersion: number;
+    lastActivityAt: number;
+    context: Record<string, string>;
+  }): Promise<ActivityResult> {
+    const k = this.keys.session(input.sessionId);
+    const pairs = Object.entries(input.context).flatMap(([f, v]) => [f, v]);
+    const r = await this.#scripts.run(
+      'recordActivity',
+      [k.session, k.deadlines, k.context],
+      [input.sessionId, input.fingerprint, Math.min(input.liveFrom, input.now), String(input.expectedVersion), input.lastActivityAt, ...pairs],
+    );
+    const code = str(r[0]);
+    if (code === 'APPLIED') return { code, incarnation: num(r[1]), deadline: num(r[2]), holdUntil: num(r[3]), version: num(r[4]) };
+    if (code === 'CONFLICT') return { code, incarnation: num(r[1]), version: num(r[2]) };
+    if (code === 'DUPLICATE') return { code, incarnation: num(r[1]) };
+    const other = this.#liveness(code, r);
+    if (other) return other;
+    throw new UnexpectedReplyError(`recordActivity replied ${code}`);
+  }
+
+  /** Claims the destroy of a session's current (or the named) incarnation; the first trigger wins. */
+  async claimDestroy(input: {
+    sessionId: string;
+    fingerprint: string;
+    incarnation?: number | undefined;
+    cause: Cause;
+    now: number;
+    idleSince?: number | undefined;
+  }): Promise<ClaimResult> {
+    const k = this.keys.session(input.sessionId);
+    const r = await this.#scripts.run(
+      'claimDestroy',
+      [k.session, k.deadlines, k.destroying, k.context],
+      [input.sessionId, input.fingerprint, input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0],
+    );
+    const code = str(r[0]);
+    switch (code) {
+      case 'CLAIMED':
+      case 'ALREADY':
+      case 'DUPLICATE': {
+        const view = await this.redis.hget(k.session, 'g');
+        return {
+          code, incarnation: num(r[1]), stage: str(r[2]) as Stage, cause: str(r[3]) as Cause,
+          placement: await this.#placement(k, r[4], Number(view ?? 0)),
+        };
+      }
+      case 'STALE':
+      case 'REVIVED':
+      case 'ENDED':
+        return { code, incarnation: num(r[1]) };
+      case 'UNKNOWN':
+        return { code };
+    }
+    throw new UnexpectedReplyError(`claimDestroy replied ${code}`);
+  }
+
+  /** The deadline engine's atomic claim of one due session. */
+  async claimExpired(sessionId: string, now: number): Promise<ExpiryClaim> {
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run('claimExpired', [k.session, k.deadlines, k.destroying], [sessionId, now]);
+    const code = str(r[0]);
+    if (code === 'CLAIMED') return { code, incarnation: num(r[1]), deadline: num(r[2]) };
+    if (code === 'NOT_DUE') return { code, deadline: num(r[1]) };
+    if (code === 'GONE') return { code };
+    throw new UnexpectedReplyError(`claimExpired replied ${code}`);
+  }
+
+  /** Checkpoints a destroy at `stage` (forward only); with `attempt`, records a re-issued GPU release. */
+  async advance(sessionId: string, incarnation: number, stage: Stage, now: number, attempt?: number): Promise<AdvanceResult> {
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run('advanceStage', [k.session, k.destroying], [sessionId, incarnation, stage, now, attempt ?? '']);
+    const code = str(r[0]);
+    switch (code) {
+      case 'ADVANCED':
+      case 'ALREADY':
+        return { code, stage: str(r[1]) as Stage };
+      case 'REISSUED':
+        return { code, attempt: num(r[1]) };
+      case 'STALE':
+        return { code, incarnation: num(r[1]) };
+      case 'NOT_DESTROYING':
+        return { code, state: STATE_OF[str(r[1])] ?? 'active' };
+      case 'UNKNOWN':
+        return { code };
+    }
+    throw new UnexpectedReplyError(`advanceStage replied ${code}`);
+  }
+
+  /** Books a runtime-confirmed GPU release in the ledger, exactly once per allocation. */
+  async recordRelease(sessionId: string, incarnation: number, freedBytes: number, now: number, node: string): Promise<ReleaseResult> {
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run(
+      'recordRelease',
+      [k.session, k.destroying, k.ledger, k.migrations, k.placements],
+      [sessionId, incarnation, freedBytes, now, node],
+    );
+    const code = str(r[0]);
+    switch (code) {
+      case 'RELEASED':
+      case 'MIGRATION_RELEASED':
+        return { code, node: str(r[1]), registeredBytes: num(r[2]) };
+      case 'DUPLICATE':
+        return { code, stage: str(r[1]) as Stage };
+      case 'STALE':
+        return { code, incarnation: num(r[1]) };
+      case 'NOT_DESTROYING':
+      case 'UNKNOWN':
+        return { code };
+    }
+    throw new UnexpectedReplyError(`recordRelease replied ${code}`);
+  }
+
+  #purgeLike(name: string, r: unknown[]): PurgeResult {
+    const code = str(r[0]);
+    switch (code) {
+      case 'PURGED':
+      case 'COMPLETED':
+      case 'UNKNOWN':
+        return { code };
+      case 'ALREADY':
+        return { code, stage: (str(r[1]) || 'completed') as Stage };
+      case 'NOT_READY':
+        return { code, stage: str(r[1]) as Stage };
+      case 'STALE':
+        return { code, incarnation: num(r[1]) };
+      case 'NOT_DESTROYING':
+        return { code, state: STATE_OF[str(r[1])] ?? 'active' };
+    }
+    throw new UnexpectedReplyError(`${name} replied ${code}`);
+  }
+
+  /** Drops the session's working state once its GPU memory is released (stage state_purged). */
+  async purge(sessionId: string, incarnation: number, now: number): Promise<PurgeResult> {
+    const k = this.keys.session(sessionId);
+    return this.#purgeLike('purgeSession', await this.#scripts.run('purgeSession', [k.session, k.context, k.destroying], [sessionId, incarnation, now]));
+  }
+
+  /** Ends the destroy: the record becomes a tombstone that expires after the tombstone TTL. */
+  async complete(sessionId: string, incarnation: number, now: number): Promise<PurgeResult> {
+    const k = this.keys.session(sessionId);
+    return this.#purgeLike(
+      'completeDestroy',
+      await this.#scripts.run('completeDestroy', [k.session, k.destroying], [sessionId, incarnation, now, this.#tombstoneTtlMs]),
+    );
+  }
+
+  /** The watchdog's claim of a stalled destroy or migration release, so exactly one replica resumes it. */
+  async claimStalled(member: string, now: number, stallMs: number): Promise<StallClaim> {
+    const migration = /^m:(.+):(\d+)$/.exec(member);
+    const sessionId = migration?.[1] ?? member;
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run(
+      'claimStalled',
+      [k.session, k.destroying, k.migrations, k.placements],
+      [member, now, stallMs, sessionId, migration?.[2] ?? ''],
+    );
+    const code = str(r[0]);
+    if (code === 'STALLED') {
+      return {
+        code, sessionId, incarnation: num(r[1]), stage: str(r[2]) as Stage, cause: str(r[3]) as Cause,
+        placement: { node: str(r[4]), runtimeUrl: str(r[5]), gpuBytes: num(r[6]) }, attempt: num(r[7]),
+      };
+    }
+    if (code === 'MIGRATION') {
+      return { code, sessionId, incarnation: num(r[1]), placement: { node: str(r[2]), runtimeUrl: str(r[3]), gpuBytes: num(r[4]) } };
+    }
+    if (code === 'NOT_STALLED' || code === 'GONE') return { code };
+    throw new UnexpectedReplyError(`claimStalled replied ${code}`);
+  }
+
+  /** Everything known about a session, or null if its id is unknown (never opened, or its tombstone expired). */
+  async inspect(sessionId: string): Promise<SessionView | null> {
+    const k = this.keys.session(sessionId);
+    const [fields, deadline, ttl] = await Promise.all([
+      this.redis.hgetall(k.session),
+      this.redis.zscore(k.deadlines, sessionId),
+      this.redis.pttl(k.session),
+    ]);
+    if (!fields.s) return null;
+    const opt = (f: string) => (fields[f] === undefined ? undefined : Number(fields[f]));
+    const placement = fields.p ? await this.#placement(k, fields.p, Number(fields.g ?? 0)) : undefined;
+    const view: SessionView = {
+      sessionId,
+      bucket: k.bucket,
+      state: STATE_OF[fields.s] ?? 'active',
+      incarnation: Number(fields.i),
+      extraCauses: fields.xc ? (fields.xc.split(',') as Cause[]) : [],
+      timeline: parseTimeline(fields.tl),
+    };
+    const set = <K extends keyof SessionView>(key: K, value: SessionView[K] | undefined) => {
+      if (value !== undefined) view[key] = value;
+    };
+    set('deadline', deadline === null ? undefined : Number(deadline));
+    set('holdUntil', opt('h'));
+    set('windowMs', opt('w'));
+    set('placement', placement);
+    set('tenant', fields.tn);
+    set('model', fields.m);
+    set('openedAt', opt('o'));
+    set('cause', fields.c as Cause | undefined);
+    set('stage', fields.st as Stage | undefined);
+    set('releaseAttempt', opt('ga'));
+    set('confirmedFreedBytes', opt('gr'));
+    set('claimedAt', opt('ca'));
+    set('completedAt', opt('t'));
+    set('tombstoneTtlMs', fields.s === 'X' && ttl > 0 ? ttl : undefined);
+    return view;
+  }
+
+  /** The earliest deadline in a bucket, or null when the bucket is empty: O(log n). */
+  async earliestDeadline(bucket: number): Promise<number | null> {
+    const head = await this.redis.zrange(this.keys.bucket(bucket).deadlines, '0', '0', 'WITHSCORES');
+    return head[1] === undefined ? null : Number(head[1]);
+  }
+
+  /** Up to `limit` sessions of a bucket whose deadline is at or before `now`: O(log n + k). */
+  async dueSessions(bucket: number, now: number, limit: number): Promise<string[]> {
+    return this.redis.zrangebyscore(this.keys.bucket(bucket).deadlines, '-inf', now, 'LIMIT', '0', String(limit));
+  }
+
+  /** Watchdog members of a bucket whose last progress is at or before `before`. */
+  async stalledMembers(bucket: number, before: number, limit: number): Promise<string[]> {
+    return this.redis.zrangebyscore(this.keys.bucket(bucket).destroying, '-inf', before, 'LIMIT', '0', String(limit));
+  }
+
+  /** Every destroy in flight (and pending migration release), oldest progress first, for operators. */
+  async destroysInFlight(limit = 1000): Promise<{ bucket: number; member: string; lastProgressAt: number }[]> {
+    const perBucket = await Promise.all(
+      this.keys.allBuckets().map(async (b) => {
+        const flat = await this.redis.zrange(b.destroying, '0', String(limit - 1), 'WITHSCORES');
+        const out: { bucket: number; member: string; lastProgressAt: number }[] = [];
+        for (let i = 0; i + 1 < flat.length; i += 2) out.push({ bucket: b.bucket, member: flat[i]!, lastProgressAt: Number(flat[i + 1]) });
+        return out;
+      }),
+    );
+    return perBucket.flat().sort((a, b) => a.lastProgressAt - b.lastProgressAt).slice(0, limit);
+  }
+
+  /** Number of ACTIVE sessions across all buckets (ZCARD per bucket: O(buckets)). */
+  async activeCount(): Promise<number> {
+    const counts = await Promise.all(this.keys.allBuckets().map((b) => this.redis.zcard(b.deadlines)));
+    return counts.reduce((a, b) => a + b, 0);
+  }
+}
