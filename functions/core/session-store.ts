@@ -108,6 +108,16 @@ export interface SessionView {
   tombstoneTtlMs?: number;
 }
 
+/** Most heartbeats applied by one script call: bounds the time Redis spends in one script. */
+const MAX_HEARTBEAT_BATCH = 256;
+
+interface PendingHeartbeat {
+  sessionId: string;
+  liveFrom: number;
+  resolve: (r: LivenessResult) => void;
+  reject: (err: unknown) => void;
+}
+
 const STATE_OF: Record<string, SessionState> = { A: 'active', D: 'destroying', X: 'destroyed' };
 
 /** A script reply that does not match its documented shape: a bug or a version skew, never retried silently. */
@@ -141,6 +151,8 @@ export class SessionStore {
   readonly keys: KeySpace;
   readonly #scripts: Scripts;
   readonly #tombstoneTtlMs: number;
+  readonly #pendingHeartbeats = new Map<number, PendingHeartbeat[]>();
+  #flushScheduled = false;
 
   constructor(redis: RedisClient, keys: KeySpace, scripts: Scripts, opts: { tombstoneTtlMs: number }) {
     this.redis = redis;
@@ -199,15 +211,77 @@ export class SessionStore {
     return undefined;
   }
 
-  /** Applies a session.heartbeat: the deadline moves to liveFrom + window, never earlier. */
-  async heartbeat(sessionId: string, liveFrom: number, now: number): Promise<LivenessResult> {
-    const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('heartbeat', [k.session, k.deadlines], [sessionId, Math.min(liveFrom, now)]);
-    const code = str(r[0]);
-    if (code === 'REFRESHED') return { code, incarnation: num(r[1]), deadline: num(r[2]) };
-    const other = this.#liveness(code, r);
-    if (other) return other;
-    throw new UnexpectedReplyError(`heartbeat replied ${code}`);
+  /**
+   * Applies a session.heartbeat: the deadline moves to liveFrom + window, never earlier. Heartbeats that arrive in
+   * the same event-loop turn are applied together, one script call per bucket (see heartbeat-n.lua).
+   */
+  heartbeat(sessionId: string, liveFrom: number, now: number): Promise<LivenessResult> {
+    const bucket = this.keys.bucketOf(sessionId);
+    let batch = this.#pendingHeartbeats.get(bucket);
+    if (!batch) {
+      batch = [];
+      this.#pendingHeartbeats.set(bucket, batch);
+    }
+    const pending = batch;
+    const result = new Promise<LivenessResult>((resolve, reject) => pending.push({ sessionId, liveFrom: Math.min(liveFrom, now), resolve, reject }));
+    if (pending.length >= MAX_HEARTBEAT_BATCH) this.#flushHeartbeats(bucket);
+    else if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      setImmediate(() => {
+        this.#flushScheduled = false;
+        for (const b of [...this.#pendingHeartbeats.keys()]) this.#flushHeartbeats(b);
+      });
+    }
+    return result;
+  }
+
+  #flushHeartbeats(bucket: number): void {
+    const batch = this.#pendingHeartbeats.get(bucket);
+    this.#pendingHeartbeats.delete(bucket);
+    if (!batch?.length) return;
+    this.#runHeartbeats(bucket, batch).then(
+      (results) => batch.forEach((h, i) => h.resolve(results[i]!)),
+      (err: unknown) => batch.forEach((h) => h.reject(err)),
+    );
+  }
+
+  /** One heartbeat-n.lua call for heartbeats of one bucket. */
+  async #runHeartbeats(bucket: number, batch: readonly { sessionId: string; liveFrom: number }[]): Promise<LivenessResult[]> {
+    const keys: string[] = [this.keys.bucket(bucket).deadlines];
+    const args: (string | number)[] = [];
+    for (const h of batch) {
+      keys.push(this.keys.sessionRecord(bucket, h.sessionId));
+      args.push(h.sessionId, h.liveFrom);
+    }
+    const r = await this.#scripts.run('heartbeat', keys, args);
+    return batch.map((_, i): LivenessResult => {
+      const code = str(r[3 * i]);
+      if (code === 'REFRESHED') return { code, incarnation: num(r[3 * i + 1]), deadline: num(r[3 * i + 2]) };
+      if (code === 'UNKNOWN') return { code };
+      if (code === 'ENDED') return { code, incarnation: num(r[3 * i + 1]), state: STATE_OF[str(r[3 * i + 2])] ?? 'destroyed' };
+      throw new UnexpectedReplyError(`heartbeat replied ${code}`);
+    });
+  }
+
+  /** Applies many heartbeats at once (a batched delivery): one script call per bucket touched, results in order. */
+  async heartbeatMany(items: readonly { sessionId: string; liveFrom: number }[], now: number): Promise<LivenessResult[]> {
+    const byBucket = new Map<number, { sessionId: string; liveFrom: number; index: number }[]>();
+    items.forEach((h, index) => {
+      const bucket = this.keys.bucketOf(h.sessionId);
+      let group = byBucket.get(bucket);
+      if (!group) byBucket.set(bucket, (group = []));
+      group.push({ sessionId: h.sessionId, liveFrom: Math.min(h.liveFrom, now), index });
+    });
+    const out = new Array<LivenessResult>(items.length);
+    const calls: Promise<void>[] = [];
+    for (const [bucket, group] of byBucket) {
+      for (let start = 0; start < group.length; start += MAX_HEARTBEAT_BATCH) {
+        const slice = group.slice(start, start + MAX_HEARTBEAT_BATCH);
+        calls.push(this.#runHeartbeats(bucket, slice).then((rs) => rs.forEach((r, i) => (out[slice[i]!.index] = r))));
+      }
+    }
+    await Promise.all(calls);
+    return out;
   }
 
   /** Applies a session.hold: no reclamation for silence or idleness until now + durationMs. */

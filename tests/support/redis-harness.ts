@@ -78,6 +78,7 @@ export async function startRedis(opts: { cluster?: boolean; port?: number } = {}
       child = undefined;
       if (!c || c.exitCode !== null) return;
       const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
+      c.ref(); // keep the event loop alive until the exit is observed
       c.kill('SIGKILL');
       await exited;
     },

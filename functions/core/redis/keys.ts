@@ -75,6 +75,11 @@ export class KeySpace {
     return { ...b, sessionId, session: `${tag}:s:${sessionId}`, context: `${tag}:ctx:${sessionId}` };
   }
 
+  /** Just the record key of a session in a known bucket: the heartbeat hot path builds nothing else. */
+  sessionRecord(bucket: number, sessionId: string): string {
+    return `${this.prefix}:{${bucket}}:s:${sessionId}`;
+  }
+
   /** Every bucket, for the deadline engine and ledger audits (O(buckets), never a SCAN). */
   allBuckets(): BucketKeys[] {
     return Array.from({ length: this.buckets }, (_, b) => this.bucket(b));

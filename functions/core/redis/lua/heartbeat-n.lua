@@ -1,0 +1,39 @@
+--[[
+  heartbeat: session.heartbeats of one bucket, applied in one call (a batch of one is the common case; under load
+  the caller groups concurrent heartbeats per bucket, which is what lets one Redis take 100k heartbeats/s). Each
+  pushes its session's deadline to live-from + window, never earlier than it already is, so a duplicate or a
+  redelivered older heartbeat changes nothing (max() is idempotent).
+
+  KEYS[1] bucket deadline index (ZSET)   KEYS[2..n+1] the session records, one per heartbeat (all of this bucket)
+  ARGV[1] session id of KEYS[2]          ARGV[2] its live-from (ms; the event's time, capped at now)
+  ARGV[2i-1], ARGV[2i]                    the same for KEYS[i+1]
+
+  Returns a flat array, three entries per heartbeat, in order:
+    'REFRESHED', incarnation, deadline
+    'UNKNOWN', 0, 0                    no such session (never opened, or its tombstone expired)
+    'ENDED', incarnation, state        destroying (D) or destroyed (X): a late heartbeat never revives it
+]]
+local call, tonumber = redis.call, tonumber
+local deadlinesKey = KEYS[1]
+local out, n = {}, 0
+for k = 2, #KEYS do
+  local sessionId = ARGV[2 * k - 3]
+  local state = call('HMGET', KEYS[k], 's', 'i', 'w')
+  local s = state[1]
+  if not s then
+    out[n + 1], out[n + 2], out[n + 3] = 'UNKNOWN', 0, 0
+  elseif s ~= 'A' then
+    out[n + 1], out[n + 2], out[n + 3] = 'ENDED', tonumber(state[2]), s
+  else
+    -- max(current, target) without a second read: ZADD GT only ever raises the score.
+    local target = tonumber(ARGV[2 * k - 2]) + tonumber(state[3])
+    local current = tonumber(call('ZSCORE', deadlinesKey, sessionId))
+    if not current or target > current then
+      call('ZADD', deadlinesKey, target, sessionId)
+      current = target
+    end
+    out[n + 1], out[n + 2], out[n + 3] = 'REFRESHED', tonumber(state[2]), current
+  end
+  n = n + 3
+end
+return out
