@@ -1,0 +1,417 @@
+// The CloudEvent contract, v1: the one place every event type and its data schema are defined. The published
+// JSON Schemas (schemas/v1/*.json), the TypeScript types and the runtime validation all derive from these
+// TypeBox schemas, so they cannot drift apart.
+import { Type, type Static, type TObject, type TProperties, type TSchema, type TUnsafe } from '@sinclair/typebox';
+
+/** Every type name in the contract starts with this. */
+export const TYPE_PREFIX = 'dev.sessionreaper.';
+
+/** Where the published JSON Schemas of contract v1 live; each schema's `$id` is this plus its file name. */
+export const SCHEMA_BASE_URL = 'https://sessionreaper.dev/schemas/v1/';
+
+/** The full CloudEvent `type` of every event in the contract. */
+export const EventType = {
+  SessionOpened: 'dev.sessionreaper.session.opened',
+  SessionHeartbeat: 'dev.sessionreaper.session.heartbeat',
+  SessionActivity: 'dev.sessionreaper.session.activity',
+  SessionHold: 'dev.sessionreaper.session.hold',
+  InferenceCompleted: 'dev.sessionreaper.inference.completed',
+  SessionClosed: 'dev.sessionreaper.session.closed',
+  SessionDestroyRequested: 'dev.sessionreaper.session.destroy.requested',
+  SessionExpired: 'dev.sessionreaper.session.expired',
+  SessionIdle: 'dev.sessionreaper.session.idle',
+  GpuReleaseRequested: 'dev.sessionreaper.gpu.release.requested',
+  GpuReleased: 'dev.sessionreaper.gpu.released',
+  GpuReleaseFailed: 'dev.sessionreaper.gpu.release.failed',
+  SessionDestroyed: 'dev.sessionreaper.session.destroyed',
+  DestroyResume: 'dev.sessionreaper.destroy.resume',
+} as const;
+
+/** The file name a type's published schema has, e.g. `dev.sessionreaper.session.opened.schema.json`. */
+export function schemaFileOf(type: string): string {
+  return `${type}.schema.json`;
+}
+
+/** The `$id` of a type's published schema; emitted events carry it as their `dataschema`. */
+export function schemaIdOf(type: string): string {
+  return `${SCHEMA_BASE_URL}${schemaFileOf(type)}`;
+}
+
+// Enumerations are plain `enum` keywords rather than TypeBox unions of literals: validation errors then say
+// "must be one of ..." instead of reporting the first branch of an anyOf.
+function stringEnum<const V extends readonly [string, ...string[]]>(values: V, description: string): TUnsafe<V[number]> {
+  return Type.Unsafe<V[number]>({ type: 'string', enum: [...values], description });
+}
+
+// Every event's data is a closed object: unknown properties are rejected, so a misspelt optional field fails
+// loudly instead of being ignored. The examples are type-checked against the schema they illustrate.
+function eventData<P extends TProperties>(type: string, description: string, properties: P, examples: [Static<TObject<P>>, ...Static<TObject<P>>[]]): TObject<P> {
+  return Type.Object(properties, {
+    $id: schemaIdOf(type),
+    title: type,
+    description: `${description} Unknown properties are rejected.`,
+    additionalProperties: false,
+    examples,
+  });
+}
+
+/** Pattern every session id matches: it is used in Redis keys and logs, so it is short and plain. */
+export const SESSION_ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$';
+
+const SessionId = Type.String({
+  pattern: SESSION_ID_PATTERN,
+  description: 'The session: 1 to 128 characters, letters and digits, then also `.`, `_`, `:` or `-`.',
+});
+
+const Incarnation = Type.Integer({
+  minimum: 1,
+  description: 'Which life of the session id this is (1, 2, ...): a reused id is a new incarnation, so late events about an old one are recognised.',
+});
+
+// Our own instants always come from Date#toISOString, so they are held to that exact shape: UTC, milliseconds.
+const EmittedInstant = (description: string) =>
+  Type.String({ format: 'date-time', pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}\\.\\d{3}Z$', description: `${description} RFC 3339, UTC, with milliseconds.` });
+
+const DurationMs = (minimum: number, description: string) => Type.Integer({ minimum, description: `${description} Integer milliseconds.` });
+
+const ShortText = (description: string, maxLength = 256) => Type.String({ minLength: 1, maxLength, description });
+
+/** Where a session's model runs: the node and the inference runtime that holds its GPU memory. */
+export const Placement = Type.Object(
+  {
+    node: Type.String({ minLength: 1, maxLength: 253, description: 'Kubernetes node name the runtime runs on.' }),
+    runtimeUrl: Type.String({ format: 'uri', pattern: '^https?://', maxLength: 2048, description: 'Base URL (http or https) of the inference runtime holding the session.' }),
+    gpuBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'GPU memory the session holds, in bytes, when the pipeline knows it.' })),
+  },
+  { additionalProperties: false, description: 'Where the session runs.' },
+);
+
+/** What a session.activity reports the user or model did. */
+export const ACTIVITY_KINDS = ['input', 'edit', 'cursor', 'message', 'output'] as const;
+/** Why a session is destroyed. */
+export const DESTROY_CAUSES = ['closed', 'expired', 'idle', 'completed', 'forced'] as const;
+/** The steps of a destroy, in order; the timeline of session.destroyed and destroy.resume name them. */
+export const DESTROY_STAGES = ['claimed', 'gpu_release_requested', 'gpu_released', 'state_purged', 'completed'] as const;
+/** How loaded the cluster's GPUs are, which sets how eagerly idle sessions are reclaimed. */
+export const LOAD_TIERS = ['low', 'medium', 'high'] as const;
+/** Why the GPU memory of a session is to be freed. */
+export const RELEASE_REASONS = ['destroy', 'migration'] as const;
+
+export type ActivityKind = (typeof ACTIVITY_KINDS)[number];
+export type DestroyCause = (typeof DESTROY_CAUSES)[number];
+export type DestroyStage = (typeof DESTROY_STAGES)[number];
+export type LoadTier = (typeof LOAD_TIERS)[number];
+export type ReleaseReason = (typeof RELEASE_REASONS)[number];
+
+const Cause = stringEnum(DESTROY_CAUSES, 'Why the session was destroyed.');
+const Stage = stringEnum(DESTROY_STAGES, 'A step of the destroy.');
+const Score = (description: string) => Type.Number({ minimum: 0, maximum: 1, description });
+
+// ---- Inbound: sent by the inference pipeline or an operator ----
+
+export const SessionOpenedData = eventData(
+  EventType.SessionOpened,
+  'A session started and holds GPU memory; its liveness deadline starts now.',
+  {
+    sessionId: SessionId,
+    placement: Placement,
+    heartbeatIntervalMs: Type.Optional(
+      Type.Integer({ minimum: 100, default: 30_000, description: 'How often the pipeline promises a heartbeat. Integer milliseconds; when absent, DEFAULT_HEARTBEAT_INTERVAL_MS (30000).' }),
+    ),
+    missedBeats: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 100, default: 3, description: 'Heartbeats that may be missed before the session is dead; when absent, DEFAULT_MISSED_BEATS (3).' }),
+    ),
+    tenant: Type.Optional(ShortText('Tenant the session belongs to, for logs and metrics.', 128)),
+    model: Type.Optional(ShortText('Model the session runs, for logs and metrics.', 128)),
+  },
+  [
+    {
+      sessionId: 'sess-7f3a9c',
+      placement: { node: 'gpu-node-a100-3', runtimeUrl: 'http://vllm-0.inference.svc.cluster.local:8000', gpuBytes: 17_179_869_184 },
+      heartbeatIntervalMs: 10_000,
+      missedBeats: 3,
+      tenant: 'acme',
+      model: 'llama-3.1-8b-instruct',
+    },
+  ],
+);
+
+export const SessionHeartbeatData = eventData(
+  EventType.SessionHeartbeat,
+  'The session is alive; pushes its liveness deadline out by heartbeatIntervalMs x missedBeats.',
+  {
+    sessionId: SessionId,
+    seq: Type.Optional(Type.Integer({ minimum: 0, description: 'Sequence number of the heartbeat, for tracing only; order is not enforced.' })),
+  },
+  [{ sessionId: 'sess-7f3a9c', seq: 42 }],
+);
+
+export const SessionActivityData = eventData(
+  EventType.SessionActivity,
+  'The user or the model did something in the session; feeds the idle score and refreshes liveness.',
+  {
+    sessionId: SessionId,
+    kind: stringEnum(ACTIVITY_KINDS, 'What happened.'),
+    at: Type.Optional(Type.String({ format: 'date-time', description: 'When it happened (RFC 3339); the CloudEvent time when absent.' })),
+    text: Type.Optional(Type.String({ maxLength: 65_536, description: 'Text of the activity (at most 65536 characters), for the semantic idle signal.' })),
+    embedding: Type.Optional(
+      Type.Array(Type.Number(), { minItems: 1, maxItems: 8192, description: 'Embedding of the activity text: 1 to 8192 finite numbers.' }),
+    ),
+  },
+  [{ sessionId: 'sess-7f3a9c', kind: 'message', at: '2026-11-21T06:45:04.123Z', text: 'Summarise the last report, please.', embedding: [0.12, -0.03, 0.88] }],
+);
+
+export const SessionHoldData = eventData(
+  EventType.SessionHold,
+  'An explicit grant that the session is busy (e.g. a long tool call): it must not expire or be judged idle for durationMs.',
+  {
+    sessionId: SessionId,
+    durationMs: DurationMs(1, 'How long the hold lasts from now (capped at MAX_HOLD_MS).'),
+    reason: ShortText('Why the session is busy, for logs.'),
+  },
+  [{ sessionId: 'sess-7f3a9c', durationMs: 120_000, reason: 'batch tool call' }],
+);
+
+export const InferenceCompletedData = eventData(
+  EventType.InferenceCompleted,
+  'An inference request of the session finished; with release=true the session is done and is destroyed.',
+  {
+    sessionId: SessionId,
+    requestId: ShortText('The inference request that finished.'),
+    release: Type.Boolean({ description: 'True when the session needs its GPU memory no more.' }),
+  },
+  [{ sessionId: 'sess-7f3a9c', requestId: 'req-0192', release: false }],
+);
+
+export const SessionClosedData = eventData(
+  EventType.SessionClosed,
+  'The session was closed by its owner; it is destroyed.',
+  {
+    sessionId: SessionId,
+    reason: Type.Optional(ShortText('Why the session was closed, for logs.')),
+  },
+  [{ sessionId: 'sess-7f3a9c', reason: 'user signed out' }],
+);
+
+export const SessionDestroyRequestedData = eventData(
+  EventType.SessionDestroyRequested,
+  'An operator forces the destroy of a session (CLI or runbook).',
+  {
+    sessionId: SessionId,
+    reason: Type.Optional(ShortText('Why the operator forces the destroy, for the audit log.')),
+  },
+  [{ sessionId: 'sess-7f3a9c', reason: 'stuck runtime, incident 1234' }],
+);
+
+// ---- Emitted by the system ----
+
+export const SessionExpiredData = eventData(
+  EventType.SessionExpired,
+  'The session missed its liveness deadline; it is destroyed.',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    deadline: EmittedInstant('When the session was due to be seen again.'),
+    detectedAt: EmittedInstant('When the deadline engine noticed the deadline had passed.'),
+    lagMs: DurationMs(0, 'detectedAt minus deadline.'),
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, deadline: '2026-11-21T06:45:04.123Z', detectedAt: '2026-11-21T06:45:04.131Z', lagMs: 8 }],
+);
+
+export const SessionIdleData = eventData(
+  EventType.SessionIdle,
+  'The session is judged idle: its idle score crossed the threshold for the current load; it is destroyed.',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    score: Score('Combined idle score, 0 (busy) to 1 (idle).'),
+    components: Type.Object(
+      {
+        behavior: Score('Idle signal from the kinds and rhythm of activity.'),
+        semantic: Score('Idle signal from the meaning of recent text (e.g. a goodbye).'),
+        timing: Score('Idle signal from time since the last activity.'),
+      },
+      { additionalProperties: false, description: 'The signals the score combines, each 0 to 1.' },
+    ),
+    threshold: Type.Optional(Score('Score at or above which a session is idle under the current load.')),
+    loadTier: Type.Optional(stringEnum(LOAD_TIERS, 'GPU load tier that chose the threshold.')),
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, score: 0.91, components: { behavior: 0.95, semantic: 0.8, timing: 0.97 }, threshold: 0.85, loadTier: 'high' }],
+);
+
+export const GpuReleaseRequestedData = eventData(
+  EventType.GpuReleaseRequested,
+  'The GPU memory of the session is to be freed by its inference runtime.',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    placement: Placement,
+    attempt: Type.Integer({ minimum: 1, description: 'Which attempt at this release this is, from 1.' }),
+    reason: Type.Optional(stringEnum(RELEASE_REASONS, 'Why the memory is freed; destroy when absent.')),
+  },
+  [
+    {
+      sessionId: 'sess-7f3a9c',
+      incarnation: 1,
+      placement: { node: 'gpu-node-a100-3', runtimeUrl: 'http://vllm-0.inference.svc.cluster.local:8000', gpuBytes: 17_179_869_184 },
+      attempt: 1,
+      reason: 'destroy',
+    },
+  ],
+);
+
+export const GpuReleasedData = eventData(
+  EventType.GpuReleased,
+  'The inference runtime freed the GPU memory of the session.',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    node: Type.String({ minLength: 1, maxLength: 253, description: 'Node whose GPU memory was freed.' }),
+    freedBytes: Type.Integer({ minimum: 0, description: 'GPU memory freed, in bytes (0 when the runtime no longer held the session).' }),
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, node: 'gpu-node-a100-3', freedBytes: 17_179_869_184 }],
+);
+
+export const GpuReleaseFailedData = eventData(
+  EventType.GpuReleaseFailed,
+  'Freeing the GPU memory of the session failed.',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    node: Type.String({ minLength: 1, maxLength: 253, description: 'Node whose GPU memory could not be freed.' }),
+    error: Type.String({ minLength: 1, maxLength: 2048, description: 'What went wrong, for the operator.' }),
+    retryable: Type.Boolean({ description: 'True when trying again may succeed (timeout, 5xx); false when it cannot.' }),
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, node: 'gpu-node-a100-3', error: 'runtime answered 503 three times', retryable: true }],
+);
+
+export const SessionDestroyedData = eventData(
+  EventType.SessionDestroyed,
+  'The session is gone: GPU memory freed and state purged, exactly once per incarnation.',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    cause: Cause,
+    timeline: Type.Array(
+      Type.Object({ stage: Stage, at: EmittedInstant('When the stage was reached.') }, { additionalProperties: false }),
+      { minItems: 1, maxItems: 64, description: 'The stages of the destroy in the order they were reached.' },
+    ),
+    durationMs: DurationMs(0, 'From the destroy being claimed to its completion.'),
+    extraCauses: Type.Optional(Type.Array(Cause, { uniqueItems: true, maxItems: DESTROY_CAUSES.length, description: 'Other causes that arrived while the destroy ran.' })),
+  },
+  [
+    {
+      sessionId: 'sess-7f3a9c',
+      incarnation: 1,
+      cause: 'expired',
+      timeline: [
+        { stage: 'claimed', at: '2026-11-21T06:45:04.131Z' },
+        { stage: 'gpu_release_requested', at: '2026-11-21T06:45:04.135Z' },
+        { stage: 'gpu_released', at: '2026-11-21T06:45:04.190Z' },
+        { stage: 'state_purged', at: '2026-11-21T06:45:04.193Z' },
+        { stage: 'completed', at: '2026-11-21T06:45:04.194Z' },
+      ],
+      durationMs: 63,
+      extraCauses: ['closed'],
+    },
+  ],
+);
+
+export const DestroyResumeData = eventData(
+  EventType.DestroyResume,
+  'A destroy made no progress for DESTROY_STALL_MS; destroy-dispatch resumes it from the stage it reached.',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    stage: Stage,
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, stage: 'gpu_release_requested' }],
+);
+
+/** The data schema of every event type, keyed by full type name. */
+export const EventTypes = {
+  [EventType.SessionOpened]: SessionOpenedData,
+  [EventType.SessionHeartbeat]: SessionHeartbeatData,
+  [EventType.SessionActivity]: SessionActivityData,
+  [EventType.SessionHold]: SessionHoldData,
+  [EventType.InferenceCompleted]: InferenceCompletedData,
+  [EventType.SessionClosed]: SessionClosedData,
+  [EventType.SessionDestroyRequested]: SessionDestroyRequestedData,
+  [EventType.SessionExpired]: SessionExpiredData,
+  [EventType.SessionIdle]: SessionIdleData,
+  [EventType.GpuReleaseRequested]: GpuReleaseRequestedData,
+  [EventType.GpuReleased]: GpuReleasedData,
+  [EventType.GpuReleaseFailed]: GpuReleaseFailedData,
+  [EventType.SessionDestroyed]: SessionDestroyedData,
+  [EventType.DestroyResume]: DestroyResumeData,
+} as const satisfies Record<string, TSchema>;
+
+/** Any full type name in the contract. */
+export type ContractType = keyof typeof EventTypes;
+/** The data of an event of type T. */
+export type DataOf<T extends ContractType> = Static<(typeof EventTypes)[T]>;
+
+export type Placement = Static<typeof Placement>;
+export type SessionOpened = Static<typeof SessionOpenedData>;
+export type SessionHeartbeat = Static<typeof SessionHeartbeatData>;
+export type SessionActivity = Static<typeof SessionActivityData>;
+export type SessionHold = Static<typeof SessionHoldData>;
+export type InferenceCompleted = Static<typeof InferenceCompletedData>;
+export type SessionClosed = Static<typeof SessionClosedData>;
+export type SessionDestroyRequested = Static<typeof SessionDestroyRequestedData>;
+export type SessionExpired = Static<typeof SessionExpiredData>;
+export type SessionIdle = Static<typeof SessionIdleData>;
+export type GpuReleaseRequested = Static<typeof GpuReleaseRequestedData>;
+export type GpuReleased = Static<typeof GpuReleasedData>;
+export type GpuReleaseFailed = Static<typeof GpuReleaseFailedData>;
+export type SessionDestroyed = Static<typeof SessionDestroyedData>;
+export type DestroyResume = Static<typeof DestroyResumeData>;
+
+/** The functions of the system, by their one name (framework target, Knative Service, image). */
+export type FunctionName = 'heartbeat-timeout' | 'activity-score' | 'destroy-dispatch' | 'gpu-release';
+
+/** One row of the event catalogue: who produces a type, who consumes it, and what it means. */
+export interface CatalogueEntry {
+  type: ContractType;
+  /** inbound: sent to the system from outside; emitted: produced by one of its functions. */
+  direction: 'inbound' | 'emitted';
+  producer: FunctionName | 'inference pipeline' | 'operator';
+  consumers: readonly FunctionName[];
+  summary: string;
+}
+
+/** Every event type with its producer and consumers; the README's event table and the schema index come from it. */
+export const catalogue = [
+  { type: EventType.SessionOpened, direction: 'inbound', producer: 'inference pipeline', consumers: ['heartbeat-timeout'], summary: 'A session started; its liveness deadline starts.' },
+  { type: EventType.SessionHeartbeat, direction: 'inbound', producer: 'inference pipeline', consumers: ['heartbeat-timeout'], summary: 'The session is alive; its deadline moves out.' },
+  { type: EventType.SessionActivity, direction: 'inbound', producer: 'inference pipeline', consumers: ['activity-score'], summary: 'User or model activity; feeds the idle score and refreshes liveness.' },
+  { type: EventType.SessionHold, direction: 'inbound', producer: 'inference pipeline', consumers: ['heartbeat-timeout'], summary: 'The session is busy for a while: no expiry, no idle verdict.' },
+  { type: EventType.InferenceCompleted, direction: 'inbound', producer: 'inference pipeline', consumers: ['activity-score', 'destroy-dispatch'], summary: 'A request finished; with release=true the session is destroyed.' },
+  { type: EventType.SessionClosed, direction: 'inbound', producer: 'inference pipeline', consumers: ['destroy-dispatch'], summary: 'The owner closed the session; it is destroyed.' },
+  { type: EventType.SessionDestroyRequested, direction: 'inbound', producer: 'operator', consumers: ['destroy-dispatch'], summary: 'An operator forces the destroy of a session.' },
+  { type: EventType.SessionExpired, direction: 'emitted', producer: 'heartbeat-timeout', consumers: ['destroy-dispatch'], summary: 'The session missed its liveness deadline.' },
+  { type: EventType.SessionIdle, direction: 'emitted', producer: 'activity-score', consumers: ['destroy-dispatch'], summary: 'The idle score crossed the threshold for the current load.' },
+  { type: EventType.GpuReleaseRequested, direction: 'emitted', producer: 'destroy-dispatch', consumers: ['gpu-release'], summary: 'Free the GPU memory of the session on its runtime.' },
+  { type: EventType.GpuReleased, direction: 'emitted', producer: 'gpu-release', consumers: ['destroy-dispatch'], summary: 'The runtime freed the GPU memory.' },
+  { type: EventType.GpuReleaseFailed, direction: 'emitted', producer: 'gpu-release', consumers: ['destroy-dispatch'], summary: 'Freeing the GPU memory failed (retryable or not).' },
+  { type: EventType.SessionDestroyed, direction: 'emitted', producer: 'destroy-dispatch', consumers: [], summary: 'The session is gone, with the timeline of its destroy; for observers.' },
+  { type: EventType.DestroyResume, direction: 'emitted', producer: 'heartbeat-timeout', consumers: ['destroy-dispatch'], summary: 'A stalled destroy is resumed from the stage it reached.' },
+] as const satisfies readonly CatalogueEntry[];
+
+/** Types sent to the system from outside it. */
+export type InboundType = Extract<(typeof catalogue)[number], { direction: 'inbound' }>['type'];
+/** Types the system's functions emit (built with buildEvent). */
+export type EmittedType = Extract<(typeof catalogue)[number], { direction: 'emitted' }>['type'];
+
+const contractTypes: ReadonlySet<string> = new Set(Object.keys(EventTypes));
+const emittedTypes: ReadonlySet<string> = new Set(catalogue.filter((entry) => entry.direction === 'emitted').map((entry) => entry.type));
+
+/** True when a string is a type of the contract. */
+export function isContractType(type: unknown): type is ContractType {
+  return typeof type === 'string' && contractTypes.has(type);
+}
+
+/** True when a string is a type the system itself emits. */
+export function isEmittedType(type: unknown): type is EmittedType {
+  return typeof type === 'string' && emittedTypes.has(type);
+}

@@ -1,0 +1,55 @@
+// The two ways a handler can fail, typed so the HTTP answer follows from the error alone: a ContractError (400)
+// tells the Broker the event can never succeed, so it is not redelivered; a TransientError (503) tells it to
+// redeliver, because the fault was in our infrastructure, not in the event.
+
+/** Why an event broke the contract; stable strings, safe to count in metrics and match in tests. */
+export type ContractErrorCode =
+  | 'BAD_JSON'
+  | 'NOT_A_CLOUDEVENT'
+  | 'UNKNOWN_TYPE'
+  | 'MISSING_FIELD'
+  | 'INVALID_FIELD'
+  | 'UNKNOWN_FIELD'
+  | 'BAD_SESSION_ID'
+  | 'TOO_LARGE';
+
+/** An event that breaks the contract: answered 400 and never retried, because resending it cannot help. */
+export class ContractError extends Error {
+  override name = 'ContractError';
+  readonly status = 400;
+  /** What kind of violation this is. */
+  readonly code: ContractErrorCode;
+  /** Where the violation is: `ce.<attribute>`, `data.<path>` (e.g. `data.placement.runtimeUrl`), `body` or `event`. */
+  readonly field: string;
+  /** What the rule is, in words meant for the producer of the event. */
+  readonly reason: string;
+
+  constructor(code: ContractErrorCode, field: string, reason: string, options?: ErrorOptions) {
+    super(`${code} at ${field}: ${reason}`, options);
+    this.code = code;
+    this.field = field;
+    this.reason = reason;
+  }
+
+  /** The body of the 400 answer: enough for the producer to fix the event, nothing about our internals. */
+  toJSON(): { code: ContractErrorCode; field: string; reason: string } {
+    return { code: this.code, field: this.field, reason: this.reason };
+  }
+}
+
+/** An infrastructure fault (Redis, the Broker, a timeout): answered 503 so the Broker redelivers the event. */
+export class TransientError extends Error {
+  override name = 'TransientError';
+  readonly status = 503;
+
+  constructor(message: string, options: { cause: unknown }) {
+    super(message, options);
+  }
+}
+
+/** The HTTP status a handler answers with for a thrown value: 400, 503, or 500 for anything unexpected. */
+export function httpStatusOf(err: unknown): 400 | 500 | 503 {
+  if (err instanceof ContractError) return err.status;
+  if (err instanceof TransientError) return err.status;
+  return 500;
+}
