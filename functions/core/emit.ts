@@ -1,0 +1,287 @@
+// Follow-on events go to the Broker (K_SINK) explicitly: functions-framework does not send reply events.
+// One circuit breaker guards the sink, and a small, bounded, jittered retry budget absorbs a blip; beyond that
+// the caller gets a TransientError and throws it, so the Broker redelivers the event that caused the emission
+// (delivery is at-least-once, every consumer is idempotent, so re-emitting after a partial failure is safe).
+import { setTimeout as sleep } from 'node:timers/promises';
+import { SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api';
+import { ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_URL_FULL } from '@opentelemetry/semantic-conventions';
+import { HTTP, type CloudEvent } from 'cloudevents';
+import CircuitBreaker from 'opossum';
+import type { Logger } from 'pino';
+import { ConfigError } from './config.ts';
+import { TransientError } from './errors.ts';
+import {
+  ATTR_CLOUDEVENTS_EVENT_ID,
+  ATTR_CLOUDEVENTS_EVENT_SOURCE,
+  ATTR_CLOUDEVENTS_EVENT_SUBJECT,
+  ATTR_CLOUDEVENTS_EVENT_TYPE,
+  ATTR_MESSAGING_MESSAGE_ID,
+  ATTR_MESSAGING_OPERATION_NAME,
+  ATTR_MESSAGING_OPERATION_TYPE,
+  TRACER_NAME,
+  recordFailure,
+  traceHeadersForActiveContext,
+} from './telemetry.ts';
+
+/**
+ * The sink's circuit breaker (opossum). Once open it fails every emission at once, for `resetTimeoutMs`,
+ * instead of making each handler wait out timeouts against a Broker that is down; then one trial emission
+ * (half-open) decides whether it closes again.
+ */
+export interface SinkBreakerOptions {
+  /** Percentage of failed attempts in the rolling window at which the breaker opens. Default 50. */
+  errorThresholdPercentage?: number;
+  /** How long the breaker stays open before letting one trial attempt through (half-open), ms. Default 5000. */
+  resetTimeoutMs?: number;
+  /** Length of the rolling window failures are counted over, ms. Default 10000. */
+  rollingCountTimeoutMs?: number;
+  /** Buckets the rolling window is divided into; must divide rollingCountTimeoutMs. Default 10. */
+  rollingCountBuckets?: number;
+  /** Attempts the window must hold before the breaker may open, so a quiet period's first failure cannot open it. Default 10. */
+  volumeThreshold?: number;
+}
+
+/** How the emitter reaches the Broker and how hard it tries. */
+export interface EmitterOptions {
+  /** The Broker's URL: K_SINK, injected by a Knative SinkBinding or ContainerSource. */
+  sink: string;
+  /** Timeout of one attempt (connect, answer and body), ms: CORE_TIMEOUT_MS. */
+  timeoutMs: number;
+  /** Further attempts after the first for a transient failure (429, 5xx, network, timeout). Default 2. */
+  retries?: number;
+  /** Cap of the first retry's full-jitter delay, ms; it doubles for each later retry. Default 25. */
+  retryBaseDelayMs?: number;
+  breaker?: SinkBreakerOptions;
+  logger: Logger;
+  /** The fetch to send with; the global one when absent. */
+  fetchImpl?: typeof fetch;
+  /** The tracer for PRODUCER spans; the global tracer provider's when absent. */
+  tracer?: Tracer;
+}
+
+/** Sends CloudEvents to the Broker. */
+export interface Emitter {
+  /** Sends one event; resolves once the Broker accepted it (2xx). */
+  emit(ce: CloudEvent<unknown>): Promise<void>;
+  /** Sends events concurrently; waits for all, then throws the first failure (in input order) if any failed. */
+  emitAll(ces: readonly CloudEvent<unknown>[]): Promise<void>;
+  /** The breaker's state: closed (sending), open (failing fast) or half-open (one trial in flight). */
+  breakerState(): 'closed' | 'open' | 'half-open';
+  /** Stops the breaker's timers; every later emit fails with a TransientError. */
+  shutdown(): void;
+}
+
+/** The Broker refused an event with a 4xx other than 429: our event is wrong, and resending it cannot help. */
+export class EventRejectedError extends Error {
+  override name = 'EventRejectedError';
+  /** The status the Broker answered. */
+  readonly status: number;
+  /** The id of the refused event. */
+  readonly eventId: string;
+  /** The start of the Broker's answer, for the log. */
+  readonly responseBody: string;
+
+  constructor(status: number, eventId: string, responseBody: string) {
+    super(`the Broker refused event ${eventId} with HTTP ${status}: ${responseBody}`);
+    this.status = status;
+    this.eventId = eventId;
+    this.responseBody = responseBody;
+  }
+}
+
+// One failed attempt that another attempt may cure: a 429 or 5xx answer, a network error or a timeout.
+class AttemptFailedError extends Error {
+  override name = 'AttemptFailedError';
+  readonly status: number | undefined;
+  constructor(message: string, status: number | undefined, options?: ErrorOptions) {
+    super(message, options);
+    this.status = status;
+  }
+}
+
+const DEFAULT_RETRIES = 2;
+const DEFAULT_RETRY_BASE_DELAY_MS = 25;
+const RESPONSE_EXCERPT_CHARS = 512;
+
+interface Outgoing {
+  eventId: string;
+  headers: Record<string, string>;
+  body: string | Uint8Array | undefined;
+}
+
+function isRetryableStatus(status: number): boolean {
+  return status === 429 || status >= 500;
+}
+
+function toHeaderRecord(headers: Record<string, string | string[] | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined) continue;
+    out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return out;
+}
+
+function toBody(body: unknown): string | Uint8Array | undefined {
+  if (body === undefined || body === null) return undefined;
+  if (typeof body === 'string' || body instanceof Uint8Array) return body;
+  return JSON.stringify(body);
+}
+
+function validSink(sink: string): URL {
+  if (sink.trim() === '') {
+    throw new ConfigError(
+      'K_SINK is not set: bind this function to the Broker with a Knative SinkBinding (or run it as a ContainerSource) so follow-on events have somewhere to go',
+    );
+  }
+  let url: URL;
+  try {
+    url = new URL(sink);
+  } catch (err) {
+    throw new ConfigError(`K_SINK=${JSON.stringify(sink)} is invalid: not a URL`, { cause: err });
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(`K_SINK=${JSON.stringify(sink)} is invalid: expected an http or https URL`);
+  }
+  return url;
+}
+
+/** Creates the emitter for one sink; throws a ConfigError at once when the sink is missing or not a URL. */
+export function createEmitter(opts: EmitterOptions): Emitter {
+  const sinkUrl = validSink(opts.sink).href;
+  const retries = opts.retries ?? DEFAULT_RETRIES;
+  const retryBaseDelayMs = opts.retryBaseDelayMs ?? DEFAULT_RETRY_BASE_DELAY_MS;
+  const send = opts.fetchImpl ?? fetch;
+  const log = opts.logger.child({ component: 'emit', sink: sinkUrl });
+  const tracerFor = (): Tracer => opts.tracer ?? trace.getTracer(TRACER_NAME);
+
+  // One attempt; the breaker counts its outcome. A refusal (EventRejectedError) is filtered out of the
+  // breaker's failures: it says our event is wrong, not that the Broker is unwell.
+  async function attempt(out: Outgoing): Promise<number> {
+    let res: Response;
+    try {
+      res = await send(sinkUrl, {
+        method: 'POST',
+        headers: out.headers,
+        body: out.body,
+        redirect: 'manual',
+        signal: AbortSignal.timeout(opts.timeoutMs),
+      });
+    } catch (err) {
+      const timedOut = err instanceof DOMException && err.name === 'TimeoutError';
+      throw new AttemptFailedError(timedOut ? `no answer within ${opts.timeoutMs} ms` : 'network error', undefined, { cause: err });
+    }
+    // Reading the body (bounded by the same timeout) frees the connection for reuse.
+    let text = '';
+    try {
+      text = await res.text();
+    } catch (err) {
+      if (res.ok) throw new AttemptFailedError('answer body not received', res.status, { cause: err });
+    }
+    if (res.ok) return res.status;
+    const excerpt = text.slice(0, RESPONSE_EXCERPT_CHARS);
+    if (isRetryableStatus(res.status)) throw new AttemptFailedError(`HTTP ${res.status}: ${excerpt}`, res.status);
+    throw new EventRejectedError(res.status, out.eventId, excerpt);
+  }
+
+  const b = opts.breaker ?? {};
+  const breaker = new CircuitBreaker<[Outgoing], number>(attempt, {
+    name: `emit ${sinkUrl}`,
+    // The attempt's own AbortSignal is the one timeout: it also closes the socket, which opossum's cannot.
+    timeout: false,
+    errorThresholdPercentage: b.errorThresholdPercentage ?? 50,
+    resetTimeout: b.resetTimeoutMs ?? 5000,
+    rollingCountTimeout: b.rollingCountTimeoutMs ?? 10_000,
+    rollingCountBuckets: b.rollingCountBuckets ?? 10,
+    volumeThreshold: b.volumeThreshold ?? 10,
+    errorFilter: (err: unknown) => err instanceof EventRejectedError,
+  });
+  // Emitted by opossum when the failure percentage crosses the threshold: emissions now fail fast.
+  breaker.on('open', () => log.warn({ breaker: 'open' }, 'event sink breaker opened: emissions fail fast'));
+  // Emitted resetTimeout after opening: the next emission is a trial.
+  breaker.on('halfOpen', () => log.info({ breaker: 'half-open' }, 'event sink breaker half-open: trying one emission'));
+  // Emitted when a trial succeeds: normal sending resumes.
+  breaker.on('close', () => log.info({ breaker: 'closed' }, 'event sink breaker closed'));
+
+  async function sendWithRetries(out: Outgoing, span: Span): Promise<{ status: number; attempts: number }> {
+    for (let n = 0; ; n++) {
+      try {
+        return { status: await breaker.fire(out), attempts: n + 1 };
+      } catch (err) {
+        if (err instanceof EventRejectedError) throw err;
+        if (err instanceof Error && CircuitBreaker.isOurError(err)) {
+          // Open (or shut down): fail fast rather than spend the retry budget against a known-bad sink.
+          const why = breaker.isShutdown ? 'the emitter is shut down' : 'the event sink breaker is open';
+          throw new TransientError(`event ${out.eventId} not sent: ${why}`, { cause: err });
+        }
+        if (!(err instanceof AttemptFailedError)) throw err;
+        if (n >= retries) {
+          throw new TransientError(`event ${out.eventId} not sent after ${n + 1} attempts: ${err.message}`, { cause: err });
+        }
+        const delayMs = Math.random() * retryBaseDelayMs * 2 ** n;
+        span.addEvent('retry', { attempt: n + 1, reason: err.message, ...(err.status === undefined ? {} : { [ATTR_HTTP_RESPONSE_STATUS_CODE]: err.status }) });
+        log.debug({ eventId: out.eventId, attempt: n + 1, delayMs: Math.round(delayMs), reason: err.message }, 'retrying event emission');
+        await sleep(delayMs);
+      }
+    }
+  }
+
+  async function emit(ce: CloudEvent<unknown>): Promise<void> {
+    const attributes = {
+      [ATTR_MESSAGING_OPERATION_TYPE]: 'send',
+      [ATTR_MESSAGING_OPERATION_NAME]: 'send',
+      [ATTR_MESSAGING_MESSAGE_ID]: ce.id,
+      [ATTR_CLOUDEVENTS_EVENT_ID]: ce.id,
+      [ATTR_CLOUDEVENTS_EVENT_TYPE]: ce.type,
+      [ATTR_CLOUDEVENTS_EVENT_SOURCE]: ce.source,
+      [ATTR_URL_FULL]: sinkUrl,
+      ...(ce.subject === undefined ? {} : { [ATTR_CLOUDEVENTS_EVENT_SUBJECT]: ce.subject }),
+    };
+    const ids = { eventId: ce.id, eventType: ce.type, subject: ce.subject };
+    await tracerFor().startActiveSpan(`send ${ce.type}`, { kind: SpanKind.PRODUCER, attributes }, async (span) => {
+      try {
+        // The HTTP hop carries this span's context; the event keeps the context it was created in, or gets
+        // this one if it has none, so consumers continue the same trace (CloudEvents distributed tracing).
+        const hop = traceHeadersForActiveContext();
+        const traced = typeof ce.traceparent === 'string' || hop.traceparent === undefined ? ce : ce.cloneWith(hop);
+        const message = HTTP.binary(traced);
+        const out: Outgoing = {
+          eventId: ce.id,
+          headers: { ...toHeaderRecord(message.headers), ...hop },
+          body: toBody(message.body),
+        };
+        const { status, attempts } = await sendWithRetries(out, span);
+        span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
+        span.setStatus({ code: SpanStatusCode.OK });
+        log.debug({ ...ids, status, attempts }, 'event emitted');
+      } catch (err) {
+        recordFailure(span, err);
+        if (err instanceof EventRejectedError) {
+          span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, err.status);
+          log.error({ ...ids, err, status: err.status }, 'the Broker refused an emitted event: the event we built is wrong');
+        } else {
+          log.warn({ ...ids, err }, 'event emission failed');
+        }
+        throw err;
+      } finally {
+        span.end();
+      }
+    });
+  }
+
+  async function emitAll(ces: readonly CloudEvent<unknown>[]): Promise<void> {
+    const results = await Promise.allSettled(ces.map((ce) => emit(ce)));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason as Error;
+  }
+
+  return {
+    emit,
+    emitAll,
+    breakerState: () => (breaker.opened ? 'open' : breaker.halfOpen ? 'half-open' : 'closed'),
+    shutdown: () => {
+      breaker.shutdown();
+      breaker.removeAllListeners();
+    },
+  };
+}
