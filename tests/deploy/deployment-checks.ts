@@ -1,0 +1,563 @@
+// Cross-checks over a rendered overlay that no schema can express: every reference resolves, every function has
+// its Service, Triggers, AuthorizationPolicy and Sidecar, the mesh's timeouts agree with the functions' own
+// configuration, head and tail sampling agree, and every image skaffold builds is deployed. Each check returns
+// the problems it found, one sentence each; an empty list means the overlay is consistent.
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { ConfigSchema, loadConfig, type Config } from '../../functions/core/config.ts';
+import { EventType } from '../../functions/core/contract/events.ts';
+import { describe, parseManifests, show, type Json, type Manifest } from './manifest-schemas.ts';
+
+/** The repository root (this file is tests/deploy/deployment-checks.ts). */
+export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..');
+
+/** The namespace every overlay deploys into. */
+export const NAMESPACE = 'session-reaper';
+
+/** The kustomize overlays a user deploys. */
+export const OVERLAYS = ['dev', 'prod', 'prod-memorystore'] as const;
+
+/** The four functions; one name is their framework target, Knative Service, image, account and OTEL_SERVICE_NAME. */
+export const FUNCTIONS = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release'] as const;
+export type FunctionName = (typeof FUNCTIONS)[number];
+
+/** The event types each function consumes: one Trigger each, no more, no fewer. */
+export const CONSUMED_EVENT_TYPES: Record<FunctionName, readonly string[]> = {
+  'heartbeat-timeout': [EventType.SessionOpened, EventType.SessionHeartbeat, EventType.SessionHold],
+  'activity-score': [EventType.SessionActivity, EventType.InferenceCompleted],
+  'destroy-dispatch': [
+    EventType.SessionClosed,
+    EventType.SessionExpired,
+    EventType.SessionIdle,
+    EventType.InferenceCompleted,
+    EventType.GpuReleased,
+    EventType.GpuReleaseFailed,
+    EventType.DestroyResume,
+    EventType.SessionDestroyRequested,
+  ],
+  'gpu-release': [EventType.GpuReleaseRequested],
+};
+
+/** Calls one core-tier delivery may make, each bounded by CORE_TIMEOUT_MS: Redis round trips and 3 emit attempts. */
+export const CORE_CALLS_PER_DELIVERY = 6;
+
+// Settings the functions read besides ConfigSchema's: their own (named in each function's settings), the
+// standard OpenTelemetry variables, and what Node or the platform reads.
+const OTHER_KNOWN_SETTINGS = new Set([
+  'RELEASE_RETRIES',
+  'RELEASE_MAX_BACKOFF_MS',
+  'NODE_MAX_INFLIGHT_RELEASES',
+  'RUNTIME_RELEASE_RATE_PER_S',
+  'RUNTIME_RELEASE_BURST',
+  'TENANT_POLICIES',
+  'IDLE_GRACE_MS',
+  'OTEL_SERVICE_NAME',
+  'OTEL_EXPORTER_OTLP_ENDPOINT',
+  'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT',
+  'OTEL_TRACES_EXPORTER',
+  'OTEL_TRACES_SAMPLER',
+  'OTEL_TRACES_SAMPLER_ARG',
+  'OTEL_RESOURCE_ATTRIBUTES',
+  'NODE_EXTRA_CA_CERTS',
+  'PORT',
+]);
+
+type Obj = Record<string, Json>;
+
+function obj(v: Json | undefined): Obj {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) ? v : {};
+}
+
+function arr(v: Json | undefined): Json[] {
+  return Array.isArray(v) ? v : [];
+}
+
+function str(v: Json | undefined): string | undefined {
+  return typeof v === 'string' ? v : undefined;
+}
+
+/** Reads a value at a dotted path (`spec.template.spec`); numeric segments index arrays. */
+export function at(v: Json | undefined, dotted: string): Json | undefined {
+  let cur: Json | undefined = v;
+  for (const key of dotted.split('.')) {
+    if (cur === null || cur === undefined || typeof cur !== 'object') return undefined;
+    cur = Array.isArray(cur) ? cur[Number(key)] : cur[key];
+  }
+  return cur;
+}
+
+/** Renders a kustomization directory with Debian's kubectl (its embedded kustomize). */
+export function renderKustomization(dir: string): Manifest[] {
+  const text = execFileSync('kubectl', ['kustomize', dir], { encoding: 'utf8', cwd: REPO_ROOT, maxBuffer: 64 * 1024 * 1024 });
+  return parseManifests(text, path.relative(REPO_ROOT, path.resolve(REPO_ROOT, dir)));
+}
+
+/** Renders one of the overlays in knative/overlays. */
+export function renderOverlay(name: string): Manifest[] {
+  return renderKustomization(path.join('knative', 'overlays', name));
+}
+
+function nameOf(m: Manifest): string {
+  return str(at(m.doc, 'metadata.name')) ?? '';
+}
+
+function namespaceOf(m: Manifest): string {
+  return str(at(m.doc, 'metadata.namespace')) ?? '';
+}
+
+function groupOf(m: Manifest): string {
+  const apiVersion = str(m.doc.apiVersion) ?? '';
+  return apiVersion.includes('/') ? (apiVersion.split('/')[0] ?? '') : '';
+}
+
+/** The manifests of one kind (and API group; '' is the core group). */
+export function ofKind(ms: readonly Manifest[], kind: string, group?: string): Manifest[] {
+  return ms.filter((m) => m.doc.kind === kind && (group === undefined || groupOf(m) === group));
+}
+
+function find(ms: readonly Manifest[], kind: string, group: string, name: string, namespace = NAMESPACE): Manifest | undefined {
+  return ofKind(ms, kind, group).find((m) => nameOf(m) === name && (namespaceOf(m) || NAMESPACE) === namespace);
+}
+
+/** Parses a Go duration as Istio writes them (`1s`, `500ms`, `1m30s`) into milliseconds. */
+export function parseGoDuration(text: string): number {
+  const units: Record<string, number> = { h: 3_600_000, m: 60_000, s: 1000, ms: 1, us: 0.001, µs: 0.001, ns: 0.000001 };
+  const parts = [...text.matchAll(/(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)/g)];
+  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text) throw new Error(`"${text}" is not a duration`);
+  return parts.reduce((sum, p) => sum + Number(p[1]) * (units[p[2] ?? ''] ?? NaN), 0);
+}
+
+/** Parses an ISO 8601 duration as Knative's delivery spec takes them (`PT10S`, `PT0.2S`, `PT1M`) into milliseconds. */
+export function parseIsoDuration(text: string): number {
+  const m = /^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$/.exec(text);
+  if (!m || text === 'P' || text.endsWith('T')) throw new Error(`"${text}" is not an ISO 8601 duration`);
+  const [, d, h, min, s] = m;
+  return Math.round(((Number(d ?? 0) * 24 + Number(h ?? 0)) * 60 + Number(min ?? 0)) * 60_000 + Number(s ?? 0) * 1000);
+}
+
+/** A Knative delivery spec, as far as timing goes. */
+export interface Delivery {
+  retry: number;
+  backoffPolicy: 'exponential' | 'linear';
+  backoffDelayMs: number;
+  timeoutMs?: number;
+  deadLetterSink?: Obj;
+}
+
+function readDelivery(v: Json | undefined): Delivery | undefined {
+  const d = obj(v);
+  if (Object.keys(d).length === 0) return undefined;
+  return {
+    retry: typeof d.retry === 'number' ? d.retry : 0,
+    backoffPolicy: d.backoffPolicy === 'linear' ? 'linear' : 'exponential',
+    backoffDelayMs: typeof d.backoffDelay === 'string' ? parseIsoDuration(d.backoffDelay) : 0,
+    ...(typeof d.timeout === 'string' ? { timeoutMs: parseIsoDuration(d.timeout) } : {}),
+    ...(d.deadLetterSink !== undefined ? { deadLetterSink: obj(d.deadLetterSink) } : {}),
+  };
+}
+
+/** The longest a Broker may keep redelivering one event: every attempt's timeout plus every backoff wait. */
+export function redeliveryWindowMs(d: Delivery): number {
+  let backoff = 0;
+  for (let n = 1; n <= d.retry; n++) backoff += d.backoffPolicy === 'exponential' ? d.backoffDelayMs * 2 ** n : d.backoffDelayMs * n;
+  return (d.retry + 1) * (d.timeoutMs ?? 0) + backoff;
+}
+
+/** The delivery that applies to a Trigger: its own, else its Broker's. */
+export function effectiveDelivery(ms: readonly Manifest[], trigger: Manifest): Delivery | undefined {
+  const own = readDelivery(at(trigger.doc, 'spec.delivery'));
+  if (own) return own;
+  const broker = find(ms, 'Broker', 'eventing.knative.dev', str(at(trigger.doc, 'spec.broker')) ?? '', namespaceOf(trigger) || NAMESPACE);
+  return broker ? readDelivery(at(broker.doc, 'spec.delivery')) : undefined;
+}
+
+// Does a destination (ref or uri) name something that exists? In-namespace refs and cluster-local URIs must be
+// rendered here; refs to other namespaces and other hosts are the user's.
+function checkDestination(ms: readonly Manifest[], owner: Manifest, field: string, dest: Obj): string[] {
+  const ref = obj(dest.ref);
+  const uri = str(dest.uri);
+  if (Object.keys(ref).length > 0) {
+    const apiVersion = str(ref.apiVersion) ?? '';
+    const group = apiVersion.includes('/') ? (apiVersion.split('/')[0] ?? '') : '';
+    const namespace = str(ref.namespace) ?? (namespaceOf(owner) || NAMESPACE);
+    if (namespace !== NAMESPACE) return [];
+    return find(ms, str(ref.kind) ?? '', group, str(ref.name) ?? '', namespace) ? [] : [`${describe(owner)} ${field} names ${show(ref.kind)}/${show(ref.name)}, which is not deployed`];
+  }
+  if (uri !== undefined) {
+    let url: URL;
+    try {
+      url = new URL(uri);
+    } catch {
+      return [`${describe(owner)} ${field} "${uri}" is not a URL`];
+    }
+    const local = new RegExp(`^([a-z0-9-]+)\\.${NAMESPACE}\\.svc\\.cluster\\.local$`).exec(url.hostname);
+    if (local && !find(ms, 'Service', '', local[1] ?? '') && !find(ms, 'Service', 'serving.knative.dev', local[1] ?? '')) {
+      return [`${describe(owner)} ${field} "${uri}" names Service ${local[1]}, which is not deployed`];
+    }
+    return [];
+  }
+  return [`${describe(owner)} ${field} has neither ref nor uri`];
+}
+
+/** Every Trigger's Broker, subscriber and dead-letter sink, every Broker's sink and every SinkBinding's ends exist. */
+export function checkReferences(ms: readonly Manifest[]): string[] {
+  const problems: string[] = [];
+  for (const t of ofKind(ms, 'Trigger', 'eventing.knative.dev')) {
+    const broker = str(at(t.doc, 'spec.broker')) ?? '';
+    if (!find(ms, 'Broker', 'eventing.knative.dev', broker, namespaceOf(t) || NAMESPACE)) problems.push(`${describe(t)} uses Broker ${broker}, which is not deployed`);
+    problems.push(...checkDestination(ms, t, 'subscriber', obj(at(t.doc, 'spec.subscriber'))));
+    const dls = at(t.doc, 'spec.delivery.deadLetterSink');
+    if (dls !== undefined) problems.push(...checkDestination(ms, t, 'deadLetterSink', obj(dls)));
+  }
+  for (const b of ofKind(ms, 'Broker', 'eventing.knative.dev')) {
+    const dls = at(b.doc, 'spec.delivery.deadLetterSink');
+    if (dls !== undefined) problems.push(...checkDestination(ms, b, 'deadLetterSink', obj(dls)));
+    const config = obj(at(b.doc, 'spec.config'));
+    if (config.kind === 'ConfigMap' && !find(ms, 'ConfigMap', '', str(config.name) ?? '')) problems.push(`${describe(b)} config names ConfigMap ${show(config.name)}, which is not deployed`);
+  }
+  for (const sb of ofKind(ms, 'SinkBinding', 'sources.knative.dev')) {
+    problems.push(...checkDestination(ms, sb, 'sink', obj(at(sb.doc, 'spec.sink'))));
+    const subject = obj(at(sb.doc, 'spec.subject'));
+    const group = (str(subject.apiVersion) ?? '').split('/').length === 2 ? (str(subject.apiVersion) ?? '').split('/')[0] ?? '' : '';
+    if (!find(ms, str(subject.kind) ?? '', group, str(subject.name) ?? '')) problems.push(`${describe(sb)} subject ${show(subject.kind)}/${show(subject.name)} is not deployed`);
+  }
+  return problems;
+}
+
+function templateOf(m: Manifest): Obj {
+  return obj(at(m.doc, 'spec.template'));
+}
+
+function firstContainer(m: Manifest): Obj {
+  return obj(arr(at(templateOf(m), 'spec.containers'))[0]);
+}
+
+function selectsLabels(policy: Manifest, key: string, value: string): boolean {
+  return obj(at(policy.doc, 'spec.selector.matchLabels'))[key] === value;
+}
+
+/** Each function has its Knative Service (wired for Istio), its Triggers, an ALLOW policy and an egress Sidecar. */
+export function checkFunctionsComplete(ms: readonly Manifest[]): string[] {
+  const problems: string[] = [];
+  const contractTypes = new Set<string>(Object.values(EventType));
+  for (const t of ofKind(ms, 'Trigger', 'eventing.knative.dev')) {
+    const type = str(at(t.doc, 'spec.filter.attributes.type'));
+    if (type === undefined || !contractTypes.has(type)) problems.push(`${describe(t)} filters on type ${show(type)}, which the event contract does not define`);
+  }
+  for (const fn of FUNCTIONS) {
+    const svc = find(ms, 'Service', 'serving.knative.dev', fn);
+    if (!svc) {
+      problems.push(`function ${fn} has no Knative Service`);
+      continue;
+    }
+    const tmpl = templateOf(svc);
+    const labels = obj(at(tmpl, 'metadata.labels'));
+    const annotations = obj(at(tmpl, 'metadata.annotations'));
+    const container = firstContainer(svc);
+    if (labels['sidecar.istio.io/inject'] !== 'true') problems.push(`${fn}'s pods do not ask for an Istio sidecar`);
+    const proxyConfig = str(annotations['proxy.istio.io/config']);
+    if (proxyConfig === undefined || obj(parseYaml(proxyConfig) as Json).holdApplicationUntilProxyStarts !== true) problems.push(`${fn} does not hold the application until the proxy starts`);
+    if (str(container.image) !== fn) problems.push(`${fn}'s container image is ${show(container.image)}, not ${fn}`);
+    const otelName = arr(container.env).map(obj).find((e) => e.name === 'OTEL_SERVICE_NAME');
+    if (otelName?.value !== fn) problems.push(`${fn}'s OTEL_SERVICE_NAME is not ${fn}`);
+    if (str(at(tmpl, 'spec.serviceAccountName')) !== fn || !find(ms, 'ServiceAccount', '', fn)) problems.push(`${fn} does not run as its own ServiceAccount ${fn}`);
+    if (str(at(container, 'readinessProbe.httpGet.path')) !== '/healthz') problems.push(`${fn} has no readiness probe on /healthz`);
+    if (at(container, 'resources.requests') === undefined || at(container, 'resources.limits.memory') === undefined) problems.push(`${fn} lacks resource requests or a memory limit`);
+    if (annotations['autoscaling.knative.dev/min-scale'] === undefined) problems.push(`${fn} does not say its min-scale`);
+
+    const triggers = ofKind(ms, 'Trigger', 'eventing.knative.dev').filter((t) => str(at(t.doc, 'spec.subscriber.ref.name')) === fn && str(at(t.doc, 'spec.subscriber.ref.kind')) === 'Service');
+    const routed = triggers.map((t) => str(at(t.doc, 'spec.filter.attributes.type')) ?? '').sort();
+    const expected = [...CONSUMED_EVENT_TYPES[fn]].sort();
+    if (JSON.stringify(routed) !== JSON.stringify(expected)) problems.push(`${fn} receives [${routed.join(', ')}] but consumes [${expected.join(', ')}]`);
+
+    const allow = ofKind(ms, 'AuthorizationPolicy', 'security.istio.io').filter((p) => selectsLabels(p, 'serving.knative.dev/service', fn) && (str(at(p.doc, 'spec.action')) ?? 'ALLOW') === 'ALLOW');
+    const principals = allow.flatMap((p) => arr(at(p.doc, 'spec.rules')).flatMap((r) => arr(obj(r).from).flatMap((f) => arr(at(obj(f), 'source.principals')))));
+    if (!principals.includes('cluster.local/ns/knative-eventing/sa/mt-broker-filter')) problems.push(`${fn} has no AuthorizationPolicy admitting the Broker's data plane`);
+    const foreign = principals.filter((p) => p !== 'cluster.local/ns/knative-eventing/sa/mt-broker-filter');
+    if (foreign.length > 0) problems.push(`${fn} also admits ${foreign.map(show).join(', ')}`);
+    if (!ofKind(ms, 'Sidecar', 'networking.istio.io').some((s) => obj(at(s.doc, 'spec.workloadSelector.labels'))['serving.knative.dev/service'] === fn)) problems.push(`${fn} has no Sidecar limiting its egress`);
+  }
+  const denyAll = ofKind(ms, 'AuthorizationPolicy', 'security.istio.io').some((p) => nameOf(p) === 'deny-by-default' && Object.keys(obj(p.doc.spec)).length === 0);
+  if (!denyAll) problems.push('the namespace has no deny-by-default AuthorizationPolicy');
+  const strict = ofKind(ms, 'PeerAuthentication', 'security.istio.io').some((p) => at(p.doc, 'spec.selector') === undefined && at(p.doc, 'spec.mtls.mode') === 'STRICT');
+  if (!strict) problems.push('the namespace has no STRICT PeerAuthentication');
+  return problems;
+}
+
+/** The environment one workload's container gets from the shared ConfigMap and its own literal env entries. */
+export function environmentOf(ms: readonly Manifest[], workload: Manifest): Record<string, string> {
+  const container = firstContainer(workload);
+  const env: Record<string, string> = {};
+  for (const from of arr(container.envFrom).map(obj)) {
+    const cm = find(ms, 'ConfigMap', '', str(at(from, 'configMapRef.name')) ?? '', namespaceOf(workload) || NAMESPACE);
+    for (const [k, v] of Object.entries(obj(cm?.doc.data))) if (typeof v === 'string') env[k] = v;
+  }
+  for (const e of arr(container.env).map(obj)) if (typeof e.name === 'string' && typeof e.value === 'string') env[e.name] = e.value;
+  return env;
+}
+
+function redisClients(ms: readonly Manifest[]): Manifest[] {
+  return [...FUNCTIONS.map((fn) => find(ms, 'Service', 'serving.knative.dev', fn)), find(ms, 'Deployment', 'apps', 'deadline-engine')].filter((m): m is Manifest => m !== undefined);
+}
+
+/** Every setting a function or the engine is given is one the code reads, and the core ones parse. */
+export function checkSettings(ms: readonly Manifest[]): string[] {
+  const known = new Set([...Object.keys(ConfigSchema.properties), ...OTHER_KNOWN_SETTINGS, 'REDIS_PASSWORD']);
+  const problems: string[] = [];
+  for (const w of redisClients(ms)) {
+    const container = firstContainer(w);
+    const names = [...Object.keys(environmentOf(ms, w)), ...arr(container.env).map((e) => str(obj(e).name) ?? '')];
+    for (const n of new Set(names)) if (!known.has(n)) problems.push(`${describe(w)} sets ${n}, which no code reads`);
+    try {
+      loadConfig(environmentOf(ms, w));
+    } catch (err) {
+      problems.push(`${describe(w)}: ${(err as Error).message}`);
+    }
+    const sink = environmentOf(ms, w).K_SINK;
+    const broker = ofKind(ms, 'Broker', 'eventing.knative.dev')[0];
+    if (w.doc.kind === 'Service' && broker && sink !== `http://broker-ingress.knative-eventing.svc.cluster.local/${NAMESPACE}/${nameOf(broker)}`) problems.push(`${describe(w)}'s K_SINK ${show(sink)} is not the Broker's ingress`);
+  }
+  return problems;
+}
+
+function configOf(ms: readonly Manifest[], fn: FunctionName): { cfg: Config; env: Record<string, string>; svc: Manifest } | undefined {
+  const svc = find(ms, 'Service', 'serving.knative.dev', fn);
+  if (!svc) return undefined;
+  const env = environmentOf(ms, svc);
+  return { cfg: loadConfig(env), env, svc };
+}
+
+function intSetting(env: Record<string, string>, name: string): number {
+  const v = Number(env[name]);
+  if (!Number.isInteger(v)) throw new Error(`${name} must be set to an integer for the timeout check (got ${show(env[name])})`);
+  return v;
+}
+
+/** The timeout tiers: mesh routes carry the functions' own per-attempt timeouts, deliveries cover whole budgets. */
+export function checkTimeouts(ms: readonly Manifest[]): string[] {
+  const problems: string[] = [];
+  const gpu = configOf(ms, 'gpu-release');
+  if (!gpu) return ['gpu-release is not deployed'];
+  const core = gpu.cfg.CORE_TIMEOUT_MS;
+  const tiers: Record<string, number> = { core, runtime: gpu.cfg.RUNTIME_TIMEOUT_MS };
+  for (const fn of FUNCTIONS) {
+    const c = configOf(ms, fn);
+    if (c && (c.cfg.CORE_TIMEOUT_MS !== core || c.cfg.RUNTIME_TIMEOUT_MS !== gpu.cfg.RUNTIME_TIMEOUT_MS)) problems.push(`${fn}'s timeouts differ from gpu-release's`);
+  }
+
+  // Mesh side: per attempt, same number as the app, and no mesh retries on top of the app's.
+  const tierOf = (m: Manifest) => str(obj(at(m.doc, 'metadata.labels'))['sessionreaper.dev/timeout-tier']) ?? '';
+  const tiered = (kind: string) => ofKind(ms, kind, 'networking.istio.io').filter((m) => tierOf(m) !== '');
+  const seen = new Set<string>();
+  for (const vs of tiered('VirtualService')) {
+    const limit = tiers[tierOf(vs)];
+    seen.add(`VirtualService:${tierOf(vs)}`);
+    if (limit === undefined) {
+      problems.push(`${describe(vs)} names an unknown timeout tier "${tierOf(vs)}"`);
+      continue;
+    }
+    for (const [i, route] of arr(at(vs.doc, 'spec.http')).map(obj).entries()) {
+      const timeout = str(route.timeout);
+      if (timeout === undefined || parseGoDuration(timeout) !== limit) problems.push(`${describe(vs)} route ${i} times out after ${show(timeout)}, but the ${tierOf(vs)} tier's timeout is ${limit} ms`);
+      if (at(route, 'retries.attempts') !== 0) problems.push(`${describe(vs)} route ${i} lets the mesh retry, on top of the app's own retries`);
+    }
+  }
+  for (const dr of tiered('DestinationRule')) {
+    const limit = tiers[tierOf(dr)];
+    seen.add(`DestinationRule:${tierOf(dr)}`);
+    const connect = str(at(dr.doc, 'spec.trafficPolicy.connectionPool.tcp.connectTimeout'));
+    if (limit === undefined || connect === undefined || parseGoDuration(connect) > limit) problems.push(`${describe(dr)} connect timeout ${show(connect)} exceeds its tier's ${show(limit)} ms`);
+  }
+  for (const needed of ['VirtualService:core', 'VirtualService:runtime', 'DestinationRule:core', 'DestinationRule:runtime']) if (!seen.has(needed)) problems.push(`no ${needed.replace(':', ' for the ')} tier`);
+
+  // Delivery side: one delivery must fit the whole budget of the function it calls.
+  const releaseBudget =
+    (intSetting(gpu.env, 'RELEASE_RETRIES') + 1) * gpu.cfg.RUNTIME_TIMEOUT_MS + intSetting(gpu.env, 'RELEASE_RETRIES') * intSetting(gpu.env, 'RELEASE_MAX_BACKOFF_MS') + CORE_CALLS_PER_DELIVERY * gpu.cfg.CORE_TIMEOUT_MS;
+  for (const t of ofKind(ms, 'Trigger', 'eventing.knative.dev')) {
+    const fn = FUNCTIONS.find((f) => f === str(at(t.doc, 'spec.subscriber.ref.name')));
+    if (!fn) continue;
+    const d = effectiveDelivery(ms, t);
+    if (d?.timeoutMs === undefined) {
+      problems.push(`${describe(t)} has no delivery timeout`);
+      continue;
+    }
+    const budget = fn === 'gpu-release' ? releaseBudget : CORE_CALLS_PER_DELIVERY * gpu.cfg.CORE_TIMEOUT_MS;
+    if (d.timeoutMs < budget) problems.push(`${describe(t)} gives up after ${d.timeoutMs} ms, inside ${fn}'s budget of ${budget} ms`);
+    const svc = find(ms, 'Service', 'serving.knative.dev', fn);
+    const revisionTimeout = at(svc?.doc, 'spec.template.spec.timeoutSeconds');
+    if (typeof revisionTimeout !== 'number' || revisionTimeout * 1000 < d.timeoutMs) problems.push(`${fn}'s revision timeout (${show(revisionTimeout)} s) would cut ${describe(t)}'s ${d.timeoutMs} ms delivery`);
+    if (fn === 'gpu-release' && gpu.cfg.DESTROY_STALL_MS <= d.timeoutMs) problems.push(`DESTROY_STALL_MS (${gpu.cfg.DESTROY_STALL_MS}) would resume destroys whose release is still within ${describe(t)}'s delivery`);
+    const window = redeliveryWindowMs(d);
+    if (gpu.cfg.TOMBSTONE_TTL_MS <= window) problems.push(`TOMBSTONE_TTL_MS (${gpu.cfg.TOMBSTONE_TTL_MS}) does not outlast ${describe(t)}'s redelivery window (${window} ms)`);
+  }
+  for (const fn of FUNCTIONS) {
+    const svc = find(ms, 'Service', 'serving.knative.dev', fn);
+    const probeTimeout = at(firstContainer(svc ?? { source: '', doc: {} }), 'readinessProbe.timeoutSeconds');
+    if (typeof probeTimeout !== 'number' || probeTimeout * 1000 <= core) problems.push(`${fn}'s readiness probe gives up before /healthz's Redis ping (CORE_TIMEOUT_MS) can`);
+  }
+  return problems;
+}
+
+/** Head sampling in the mesh and in the functions agree, and the collector never samples twice or drops errors. */
+export function checkTracing(ms: readonly Manifest[]): string[] {
+  const problems: string[] = [];
+  const telemetry = ofKind(ms, 'Telemetry', 'telemetry.istio.io')[0];
+  const head = at(telemetry?.doc, 'spec.tracing.0.randomSamplingPercentage');
+  if (typeof head !== 'number') return ['no Telemetry resource sets a head sampling percentage'];
+  for (const w of redisClients(ms)) {
+    const env = environmentOf(ms, w);
+    if (env.OTEL_TRACES_SAMPLER !== 'parentbased_traceidratio') problems.push(`${describe(w)} does not sample parent-based by ratio`);
+    if (Math.abs(Number(env.OTEL_TRACES_SAMPLER_ARG) * 100 - head) > 1e-9) problems.push(`${describe(w)} samples ${show(env.OTEL_TRACES_SAMPLER_ARG)}, the mesh ${head} %`);
+  }
+  const cm = ofKind(ms, 'ConfigMap', '').find((m) => nameOf(m).startsWith('otel-collector-config'));
+  const sampling = obj(parseYaml(str(obj(at(cm?.doc, 'data'))['sampling.yaml']) ?? '{}') as Json);
+  const policies = arr(at(sampling, 'processors.tail_sampling.policies')).map(obj);
+  if (!policies.some((p) => p.type === 'status_code' && arr(at(p, 'status_code.status_codes')).includes('ERROR'))) problems.push('the collector does not keep every error trace');
+  const remainder = policies.find((p) => p.type === 'probabilistic');
+  const tail = at(remainder, 'probabilistic.sampling_percentage');
+  if (typeof tail !== 'number') problems.push('the collector has no probabilistic policy for the remaining traces');
+  else if (head < 100 && tail !== 100) problems.push(`traces are sampled twice: ${head} % at the head, then ${tail} % at the tail`);
+  return problems;
+}
+
+/** The effective head x tail sampling of an overlay, in percent. */
+export function effectiveSamplingPercent(ms: readonly Manifest[]): number {
+  const head = at(ofKind(ms, 'Telemetry', 'telemetry.istio.io')[0]?.doc, 'spec.tracing.0.randomSamplingPercentage');
+  const cm = ofKind(ms, 'ConfigMap', '').find((m) => nameOf(m).startsWith('otel-collector-config'));
+  const sampling = obj(parseYaml(str(obj(at(cm?.doc, 'data'))['sampling.yaml']) ?? '{}') as Json);
+  const tail = at(arr(at(sampling, 'processors.tail_sampling.policies')).map(obj).find((p) => p.type === 'probabilistic'), 'probabilistic.sampling_percentage');
+  return typeof head === 'number' && typeof tail === 'number' ? (head * tail) / 100 : NaN;
+}
+
+/** Terraform's node labels and taints for the GPU pool (scheduling.tf.json). */
+export interface GpuPool {
+  labels: Record<string, string>;
+  taints: { key: string; value: string; effect: string }[];
+}
+
+/** gpu-release selects the GPU pool's labels and tolerates every taint its nodes carry. */
+export function checkGpuScheduling(ms: readonly Manifest[], pool: GpuPool): string[] {
+  const svc = find(ms, 'Service', 'serving.knative.dev', 'gpu-release');
+  if (!svc) return ['gpu-release is not deployed'];
+  const problems: string[] = [];
+  const selector = obj(at(svc.doc, 'spec.template.spec.nodeSelector'));
+  if (Object.keys(selector).length === 0) problems.push('gpu-release does not select the GPU node pool');
+  for (const [k, v] of Object.entries(selector)) if (pool.labels[k] !== v) problems.push(`gpu-release selects ${k}=${show(v)}, which the GPU pool's nodes do not carry`);
+  const tolerations = arr(at(svc.doc, 'spec.template.spec.tolerations')).map(obj);
+  const effects: Record<string, string> = { NO_SCHEDULE: 'NoSchedule', PREFER_NO_SCHEDULE: 'PreferNoSchedule', NO_EXECUTE: 'NoExecute' };
+  for (const taint of pool.taints) {
+    const effect = effects[taint.effect] ?? taint.effect;
+    const tolerated = tolerations.some(
+      (t) => t.key === taint.key && (t.effect === undefined || t.effect === effect) && (t.operator === 'Exists' || ((t.operator ?? 'Equal') === 'Equal' && t.value === taint.value)),
+    );
+    if (!tolerated) problems.push(`gpu-release does not tolerate the GPU pool's taint ${taint.key}=${taint.value}:${effect}`);
+  }
+  return problems;
+}
+
+/** Every image a workload runs, with where it is. */
+export function imagesIn(ms: readonly Manifest[]): Map<string, string[]> {
+  const images = new Map<string, string[]>();
+  const walk = (v: Json | undefined, where: string, inContainers: boolean) => {
+    if (Array.isArray(v)) v.forEach((x) => walk(x, where, inContainers));
+    else if (v !== null && typeof v === 'object') {
+      for (const [k, child] of Object.entries(v)) {
+        if (inContainers && k === 'image' && typeof child === 'string') images.set(child, [...(images.get(child) ?? []), where]);
+        walk(child, where, k === 'containers' || k === 'initContainers' || (inContainers && Array.isArray(child)));
+      }
+    }
+  };
+  for (const m of ms) walk(m.doc, describe(m), false);
+  return images;
+}
+
+/** A skaffold config with one profile applied as skaffold applies it: fields replaced, then JSON patches. */
+export function applySkaffoldProfile(config: Obj, profileName: string | undefined): Obj {
+  const base = structuredClone(config);
+  delete base.profiles;
+  if (profileName === undefined) return base;
+  const profile = arr(config.profiles).map(obj).find((p) => p.name === profileName);
+  if (!profile) throw new Error(`skaffold has no profile ${profileName}`);
+  const overlay = (target: Obj, source: Obj) => {
+    for (const [k, v] of Object.entries(source)) {
+      const current = target[k];
+      if (v !== null && typeof v === 'object' && !Array.isArray(v) && current !== null && typeof current === 'object' && !Array.isArray(current)) overlay(current, v);
+      else target[k] = structuredClone(v);
+    }
+  };
+  for (const [k, v] of Object.entries(profile)) {
+    if (k === 'name' || k === 'activation' || k === 'patches' || k === 'requiresAllActivations') continue;
+    overlay(base, { [k]: v });
+  }
+  for (const p of arr(profile.patches).map(obj)) {
+    const segments = (str(p.path) ?? '').split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+    const last = segments.pop() ?? '';
+    let parent: Json | undefined = base;
+    for (const s of segments) parent = Array.isArray(parent) ? parent[Number(s)] : obj(parent)[s];
+    if (Array.isArray(parent)) {
+      const index = last === '-' ? parent.length : Number(last);
+      if (p.op === 'add') parent.splice(index, 0, structuredClone(p.value ?? null));
+      else if (p.op === 'replace') parent[index] = structuredClone(p.value ?? null);
+      else if (p.op === 'remove') parent.splice(index, 1);
+    } else if (parent !== null && typeof parent === 'object') {
+      if (p.op === 'remove') delete parent[last];
+      else parent[last] = structuredClone(p.value ?? null);
+    } else {
+      throw new Error(`skaffold profile ${profileName} patches ${show(p.path)}, which does not exist`);
+    }
+  }
+  return base;
+}
+
+/** What one skaffold profile builds and deploys: images built, kustomize paths, verify images. */
+export function skaffoldPlan(effective: Obj): { built: string[]; kustomizePaths: string[]; verifyImages: string[]; artifacts: Obj[] } {
+  const artifacts = arr(at(effective, 'build.artifacts')).map(obj);
+  return {
+    artifacts,
+    built: artifacts.map((a) => str(a.image) ?? ''),
+    kustomizePaths: arr(at(effective, 'manifests.kustomize.paths')).map((p) => str(p) ?? ''),
+    verifyImages: arr(effective.verify).map((v) => str(at(obj(v), 'container.image')) ?? ''),
+  };
+}
+
+/** Every image the profile builds is deployed or verified with, and every unqualified image deployed is built. */
+export function checkSkaffoldImages(plan: ReturnType<typeof skaffoldPlan>, rendered: readonly Manifest[], jobManifests: readonly Manifest[]): string[] {
+  const problems: string[] = [];
+  const deployed = imagesIn(rendered);
+  const verified = new Set([...plan.verifyImages, ...imagesIn(jobManifests).keys()]);
+  for (const image of plan.built) if (!deployed.has(image) && !verified.has(image)) problems.push(`skaffold builds ${image}, but nothing deploys or verifies with it`);
+  // An image without a registry or tag can only be one skaffold builds; a typo there would never be pulled.
+  for (const [image, where] of deployed) if (!/[/:.]/.test(image) && !plan.built.includes(image)) problems.push(`${where.join(', ')} run image ${image}, which skaffold does not build`);
+  for (const image of plan.verifyImages) if (!plan.built.includes(image)) problems.push(`verify runs image ${image}, which skaffold does not build`);
+  for (const a of plan.artifacts) {
+    const fn = str(at(a, 'docker.buildArgs.FUNCTION'));
+    if (fn !== undefined && fn !== str(a.image)) problems.push(`artifact ${show(a.image)} builds function ${fn}: one name everywhere`);
+  }
+  return problems;
+}
+
+/** Sets (or, with `-` as the last step, appends) the value at a JSON pointer; used to make broken copies in tests. */
+export function setPointer(doc: Json, pointer: string, value: Json): void {
+  const steps = pointer.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+  const last = steps.pop();
+  let cur: Json | undefined = doc;
+  for (const s of steps) cur = Array.isArray(cur) ? cur[Number(s)] : obj(cur)[s];
+  if (last === undefined || cur === null || typeof cur !== 'object') throw new Error(`nothing at ${pointer}`);
+  if (Array.isArray(cur)) {
+    if (last === '-') cur.push(value);
+    else cur[Number(last)] = value;
+  } else {
+    cur[last] = value;
+  }
+}
+
+/** A copy of the named document of a rendering with one value changed, the rest of the rendering shared. */
+export function withChange(ms: readonly Manifest[], kind: string, name: string, pointer: string, value: Json): Manifest[] {
+  return ms.map((m) => {
+    if (m.doc.kind !== kind || str(at(m.doc, 'metadata.name')) !== name) return m;
+    const doc = structuredClone(m.doc);
+    setPointer(doc, pointer, value);
+    return { source: m.source, doc };
+  });
+}

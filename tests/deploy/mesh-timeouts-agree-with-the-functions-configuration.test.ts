@@ -1,0 +1,86 @@
+// The two timeout tiers, read from both sides: the functions' configuration (functions/core/config.ts applied to
+// the rendered ConfigMap and env) and the mesh (Istio routes and pools) and Broker (delivery specs). Mesh routes
+// time out per attempt exactly where the app does and never retry on top of it; a delivery covers the whole
+// budget of the function it calls; tombstones outlast redelivery; head and tail sampling agree.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { OVERLAYS, checkTimeouts, checkTracing, effectiveSamplingPercent, parseGoDuration, parseIsoDuration, redeliveryWindowMs, renderOverlay, withChange } from './deployment-checks.ts';
+import type { Json, Manifest } from './manifest-schemas.ts';
+
+const prod = renderOverlay('prod');
+
+function mutated(kind: string, name: string, pointer: string, value: Json): Manifest[] {
+  return withChange(prod, kind, name, pointer, value);
+}
+
+void describe('mesh timeouts agree with the functions’ configuration', () => {
+  for (const o of OVERLAYS) {
+    const ms = renderOverlay(o);
+    void it(`${o}: mesh, Broker and function timeouts agree`, () => assert.deepEqual(checkTimeouts(ms), []));
+    void it(`${o}: head and tail sampling agree and every error trace is kept`, () => assert.deepEqual(checkTracing(ms), []));
+  }
+
+  void it('prod keeps 10 % of traces overall, sampling only at the tail', () => assert.equal(effectiveSamplingPercent(prod), 10));
+
+  void it('reads Istio and Knative durations', () => {
+    assert.equal(parseGoDuration('5s'), 5000);
+    assert.equal(parseGoDuration('1m30s'), 90_000);
+    assert.equal(parseGoDuration('250ms'), 250);
+    assert.throws(() => parseGoDuration('5'));
+    assert.equal(parseIsoDuration('PT30S'), 30_000);
+    assert.equal(parseIsoDuration('PT0.2S'), 200);
+    assert.equal(parseIsoDuration('PT1M'), 60_000);
+    assert.throws(() => parseIsoDuration('30s'));
+  });
+
+  void it('computes the redelivery window of an exponential backoff', () => {
+    // 3 retries from 100 ms: waits of 200, 400 and 800 ms, plus 4 attempts of 1 s.
+    assert.equal(redeliveryWindowMs({ retry: 3, backoffPolicy: 'exponential', backoffDelayMs: 100, timeoutMs: 1000 }), 5400);
+    assert.equal(redeliveryWindowMs({ retry: 2, backoffPolicy: 'linear', backoffDelayMs: 100, timeoutMs: 1000 }), 3300);
+  });
+
+  // The checks must be able to fail.
+  void it('notices a runtime route whose timeout differs from RUNTIME_TIMEOUT_MS', () => {
+    const ms = mutated('VirtualService', 'gpu-runtime', '/spec/http/0/timeout', '4s');
+    assert.match(checkTimeouts(ms).join('\n'), /VirtualService\/gpu-runtime route 0 times out after 4s, but the runtime tier's timeout is 5000 ms/);
+  });
+
+  void it('notices mesh retries stacked on the app’s', () => {
+    const ms = mutated('VirtualService', 'broker-ingress', '/spec/http/0/retries/attempts', 2);
+    assert.match(checkTimeouts(ms).join('\n'), /broker-ingress route 0 lets the mesh retry/);
+  });
+
+  void it('notices CORE_TIMEOUT_MS changed without the mesh', () => {
+    const ms = mutated('ConfigMap', 'session-reaper-config', '/data/CORE_TIMEOUT_MS', '500');
+    const problems = checkTimeouts(ms).join('\n');
+    assert.match(problems, /broker-ingress route 0 times out after 1s, but the core tier's timeout is 500 ms/);
+    assert.match(problems, /DestinationRule\/redis connect timeout 1s exceeds its tier's 500 ms/);
+  });
+
+  void it('notices a gpu-release delivery shorter than its retry budget', () => {
+    const ms = mutated('Trigger', 'gpu-release-gpu-release-requested', '/spec/delivery/timeout', 'PT20S');
+    assert.match(checkTimeouts(ms).join('\n'), /gives up after 20000 ms, inside gpu-release's budget of 29000 ms/);
+  });
+
+  void it('notices more retries than the delivery timeout allows', () => {
+    const ms = mutated('Service', 'gpu-release', '/spec/template/spec/containers/0/env/2', { name: 'RELEASE_RETRIES', value: '5' });
+    assert.match(checkTimeouts(ms).join('\n'), /inside gpu-release's budget of 41000 ms/);
+  });
+
+  void it('notices a revision timeout that would cut a delivery', () => {
+    const ms = mutated('Service', 'destroy-dispatch', '/spec/template/spec/timeoutSeconds', 5);
+    assert.match(checkTimeouts(ms).join('\n'), /destroy-dispatch's revision timeout \(5 s\) would cut/);
+  });
+
+  void it('notices tombstones that expire before redelivery ends', () => {
+    const ms = mutated('ConfigMap', 'session-reaper-config', '/data/TOMBSTONE_TTL_MS', '60000');
+    assert.match(checkTimeouts(ms).join('\n'), /TOMBSTONE_TTL_MS \(60000\) does not outlast/);
+  });
+
+  void it('notices head and tail sampling that disagree', () => {
+    const ms = mutated('Telemetry', 'tracing', '/spec/tracing/0/randomSamplingPercentage', 10);
+    const problems = checkTracing(ms).join('\n');
+    assert.match(problems, /samples 1, the mesh 10 %/);
+    assert.match(problems, /sampled twice: 10 % at the head, then 10 % at the tail/);
+  });
+});

@@ -1,0 +1,103 @@
+// The end-to-end smoke test skaffold's verify stage runs in the cluster (tests/deploy/smoke-job.yaml): it opens
+// a session on the simulated runtime, closes it, and waits for the session.destroyed that the smoke-test Trigger
+// delivers back to this process. It passes only if the whole path works: Broker, Triggers, heartbeat-timeout,
+// destroy-dispatch, gpu-release, Redis and the runtime. Only fetch and the cloudevents SDK.
+//
+// Environment: BROKER_URL (the Broker ingress; K_SINK when unset), RUNTIME_URL (the runtime the session claims
+// to run on), PORT (where session.destroyed arrives, default 8080), SMOKE_TIMEOUT_MS (default 60000).
+import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage } from 'node:http';
+import { CloudEvent, HTTP } from 'cloudevents';
+
+const TYPE_PREFIX = 'dev.sessionreaper.';
+const SOURCE = '//session-reaper/smoke-test';
+
+/** What a smoke run needs from its environment. */
+export interface SmokeSettings {
+  brokerUrl: string;
+  runtimeUrl: string;
+  port: number;
+  timeoutMs: number;
+}
+
+/** Reads the smoke test's settings, failing with the variable's name when one is missing or malformed. */
+export function readSmokeSettings(env: NodeJS.ProcessEnv): SmokeSettings {
+  const brokerUrl = env.BROKER_URL ?? env.K_SINK ?? '';
+  if (!/^https?:\/\//.test(brokerUrl)) throw new Error('BROKER_URL (or K_SINK) must be an http(s) URL of the Broker ingress');
+  const runtimeUrl = env.RUNTIME_URL ?? 'http://sim-gpu-runtime.session-reaper.svc.cluster.local';
+  const port = Number(env.PORT ?? '8080');
+  const timeoutMs = Number(env.SMOKE_TIMEOUT_MS ?? '60000');
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PORT=${env.PORT} is not a port`);
+  if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new Error(`SMOKE_TIMEOUT_MS=${env.SMOKE_TIMEOUT_MS} is not a positive integer`);
+  return { brokerUrl, runtimeUrl, port, timeoutMs };
+}
+
+/** Sends one event to the Broker in binary mode; a non-2xx answer is an error. */
+export async function sendEvent(brokerUrl: string, type: string, data: Record<string, unknown>, subject: string): Promise<void> {
+  const event = new CloudEvent({ type: `${TYPE_PREFIX}${type}`, source: SOURCE, subject, datacontenttype: 'application/json', data });
+  const message = HTTP.binary(event);
+  const response = await fetch(brokerUrl, { method: 'POST', headers: message.headers as Record<string, string>, body: message.body as string });
+  if (!response.ok) throw new Error(`Broker answered ${response.status} to ${event.type}: ${await response.text()}`);
+}
+
+function readBody(req: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+/** Opens and closes one session, resolving with session.destroyed's data once it arrives for that session. */
+export async function runSmoke(settings: SmokeSettings, log: (line: Record<string, unknown>) => void): Promise<Record<string, unknown>> {
+  const sessionId = `smoke-${randomUUID()}`;
+  let settle: (data: Record<string, unknown>) => void = () => undefined;
+  const destroyed = new Promise<Record<string, unknown>>((resolve) => {
+    settle = resolve;
+  });
+  const server = createServer((req, res) => {
+    readBody(req)
+      .then((body) => {
+        const event = HTTP.toEvent({ headers: req.headers, body });
+        const events = Array.isArray(event) ? event : [event];
+        for (const e of events) {
+          const data = e.data as Record<string, unknown> | undefined;
+          if (e.type === `${TYPE_PREFIX}session.destroyed` && data?.sessionId === sessionId) settle(data);
+        }
+        res.writeHead(202).end();
+      })
+      .catch((err: unknown) => {
+        log({ msg: 'unreadable delivery', error: String(err) });
+        res.writeHead(400).end();
+      });
+  });
+  await new Promise<void>((resolve) => server.listen(settings.port, resolve));
+  const timer = new Promise<never>((_, reject) => {
+    setTimeout(() => reject(new Error(`no session.destroyed for ${sessionId} within ${settings.timeoutMs} ms`)), settings.timeoutMs).unref();
+  });
+  try {
+    log({ msg: 'opening session', sessionId });
+    await sendEvent(settings.brokerUrl, 'session.opened', { sessionId, placement: { node: 'smoke-test', runtimeUrl: settings.runtimeUrl }, heartbeatIntervalMs: 60_000 }, sessionId);
+    log({ msg: 'closing session', sessionId });
+    await sendEvent(settings.brokerUrl, 'session.closed', { sessionId, reason: 'smoke test' }, sessionId);
+    return await Promise.race([destroyed, timer]);
+  } finally {
+    server.close();
+  }
+}
+
+// Run as a program (the Job's command), not when imported.
+if (import.meta.main) {
+  const log = (line: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), ...line })}\n`);
+  runSmoke(readSmokeSettings(process.env), log).then(
+    (data) => {
+      log({ msg: 'session destroyed: smoke test passed', data });
+      process.exitCode = 0;
+    },
+    (err: unknown) => {
+      log({ msg: 'smoke test failed', error: err instanceof Error ? err.message : String(err) });
+      process.exitCode = 1;
+    },
+  );
+}
