@@ -1,0 +1,198 @@
+// What every function shares: configuration, logs, tracing, the session core and the emitter, built once per
+// process; Redis connected lazily (under Istio the sidecar may not be up at start); and the HTTP handler that turns
+// a request into a validated contract event and a handler's outcome into the status the Broker acts on:
+// 2xx acknowledged, 400 malformed (never redelivered, nothing written), 5xx redelivered.
+import type { Tracer } from '@opentelemetry/api';
+import { loadConfig, type Config } from './config.ts';
+import { buildEvent } from './contract/build.ts';
+import type { DataOf, EmittedType, ContractType, FunctionName } from './contract/events.ts';
+import { parseInbound, type InboundEvent } from './contract/parse.ts';
+import { createEmitter, EventRejectedError, type Emitter } from './emit.ts';
+import { ContractError, TransientError } from './errors.ts';
+import { createLogger, withLogContext, type Logger } from './log.ts';
+import { KeySpace } from './redis/keys.ts';
+import { connectRedis, createRedisClient, type RedisClient } from './redis/connect.ts';
+import { ScriptLoadError, Scripts } from './redis/scripts.ts';
+import { SessionStore, UnexpectedReplyError } from './session-store.ts';
+import { ATTR_SESSION_ID, initTelemetry, withEventSpan, type Telemetry } from './telemetry.ts';
+import type { SpanExporter } from '@opentelemetry/sdk-trace';
+
+/** What a handler may use; a handler reads no environment and no globals beyond this. */
+export interface CoreDeps {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly tracer: Tracer;
+  readonly store: SessionStore;
+  readonly redis: RedisClient;
+  /** The CloudEvent `source` of everything this process emits. */
+  readonly source: string;
+  /** Wall clock in ms (tests may pin it). */
+  now(): number;
+  /** Builds, validates and sends one follow-on event to the Broker; `id` should be deterministic where a
+   *  redelivered input must produce the same output event. */
+  emit<T extends EmittedType>(type: T, data: DataOf<T>, id?: string): Promise<void>;
+}
+
+/** The process-wide parts, built once: Redis connects on first use. */
+export interface Core {
+  readonly deps: CoreDeps;
+  readonly telemetry: Telemetry;
+  readonly emitter: Emitter;
+  /** Connects Redis and loads the scripts (memoised; retried after a failure). */
+  ready(): Promise<void>;
+  /** Whether Redis answers now. */
+  healthy(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+export interface CoreOptions {
+  name: FunctionName | 'deadline-engine';
+  env?: NodeJS.ProcessEnv;
+  /** Tests: capture spans in memory. */
+  exporter?: SpanExporter;
+  now?: () => number;
+}
+
+/** Builds the shared parts of one process from its environment. */
+export function createCore(opts: CoreOptions): Core {
+  const env = opts.env ?? process.env;
+  const config = loadConfig(env);
+  const logger = createLogger({ service: opts.name, level: config.LOG_LEVEL });
+  const telemetry = initTelemetry({ serviceName: opts.name, env, logger, ...(opts.exporter ? { exporter: opts.exporter } : {}) });
+  const redis = createRedisClient(config);
+  redis.on('error', (err: Error) => logger.warn({ err }, 'redis connection error'));
+  const keys = new KeySpace(config.REDIS_KEY_PREFIX, config.INDEX_BUCKETS);
+  const emitter = createEmitter({ sink: config.K_SINK, timeoutMs: config.CORE_TIMEOUT_MS, logger, tracer: telemetry.tracer });
+  const source = `/session-reaper/${opts.name}`;
+  const now = opts.now ?? Date.now;
+  let store: SessionStore | undefined;
+  let readying: Promise<void> | undefined;
+
+  const ready = (): Promise<void> => {
+    readying ??= (async () => {
+      await connectRedis(redis);
+      store = new SessionStore(redis, keys, await Scripts.register(redis), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS });
+    })().catch((err: unknown) => {
+      readying = undefined;
+      if (err instanceof ScriptLoadError) throw err;
+      throw new TransientError('Redis is not reachable', { cause: err });
+    });
+    return readying;
+  };
+
+  const deps: CoreDeps = {
+    config, logger, tracer: telemetry.tracer, redis, source, now,
+    get store(): SessionStore {
+      if (!store) throw new TransientError('the session core is not ready', { cause: undefined });
+      return store;
+    },
+    async emit(type, data, id) {
+      await emitter.emit(buildEvent(type, data, { source, time: new Date(now()), ...(id ? { id } : {}) }));
+    },
+  };
+
+  return {
+    deps, telemetry, emitter, ready,
+    async healthy() {
+      try {
+        await ready();
+        return (await redis.ping()) === 'PONG';
+      } catch {
+        return false;
+      }
+    },
+    async close() {
+      emitter.shutdown();
+      await telemetry.shutdown();
+      redis.disconnect();
+    },
+  };
+}
+
+/** The slice of an Express request the host reads (functions-framework hands an Express request). */
+export interface HostRequest {
+  method: string;
+  path: string;
+  headers: Record<string, string | string[] | undefined>;
+  body: unknown;
+  rawBody?: Buffer;
+}
+
+/** The slice of an Express response the host writes. */
+export interface HostResponse {
+  status(code: number): HostResponse;
+  json(body: unknown): unknown;
+  end(): unknown;
+}
+
+/** A function: the event types it consumes and its pure handler. */
+export interface FunctionDefinition<A extends readonly ContractType[], D> {
+  name: FunctionName;
+  accept: A;
+  /** Function-specific dependencies built once from the core (a runtime client, a hook registry…). */
+  extend: (core: Core) => D;
+  handle: (event: InboundEvent<A[number]>, deps: CoreDeps & D) => Promise<void>;
+}
+
+/** Maps an error to the status the Broker acts on: 400 never redelivered, 500 a bug, 503 redelivered. */
+export function statusOf(err: unknown): 400 | 500 | 503 {
+  if (err instanceof ContractError) return 400;
+  if (err instanceof UnexpectedReplyError || err instanceof ScriptLoadError || err instanceof EventRejectedError) return 500;
+  // Anything else is an infrastructure fault (Redis, the Broker, a runtime): let the Broker redeliver.
+  return 503;
+}
+
+/** Builds the HTTP handler functions-framework serves (`http` signature; see README on why not `cloudEvent`). */
+export function createFunctionHost<const A extends readonly ContractType[], D>(def: FunctionDefinition<A, D>, opts: Omit<CoreOptions, 'name'> = {}) {
+  const core = createCore({ ...opts, name: def.name });
+  const extra = def.extend(core);
+  // The core's deps are the prototype, so its lazily-ready `store` getter keeps working beside the extras.
+  const deps: CoreDeps & D = Object.assign<CoreDeps, D>(Object.create(core.deps) as CoreDeps, extra);
+  const { logger, tracer, config } = core.deps;
+
+  async function handler(req: HostRequest, res: HostResponse): Promise<void> {
+    if (req.method === 'GET' && (req.path === '/healthz' || req.path === '/readyz')) {
+      const ok = await core.healthy();
+      res.status(ok ? 200 : 503).json({ status: ok ? 'ok' : 'unavailable', function: def.name });
+      return;
+    }
+    if (req.method !== 'POST') {
+      res.status(405).json({ error: 'METHOD_NOT_ALLOWED', reason: 'CloudEvents are POSTed' });
+      return;
+    }
+    let event: InboundEvent<A[number]>;
+    try {
+      event = parseInbound({ headers: req.headers, body: req.body as Buffer | string | object | undefined, ...(req.rawBody ? { rawBody: req.rawBody } : {}) }, { maxBytes: config.MAX_EVENT_BYTES, accept: def.accept });
+    } catch (err) {
+      if (!(err instanceof ContractError)) throw err;
+      logger.warn({ code: err.code, field: err.field, reason: err.reason, eventId: headerOf(req, 'ce-id') }, 'rejected malformed event');
+      res.status(400).json({ error: err.code, field: err.field, reason: err.reason });
+      return;
+    }
+    const sessionId = (event.data).sessionId;
+    const log = withLogContext(logger, { sessionId, eventId: event.id, eventType: event.type });
+    try {
+      await withEventSpan(tracer, `${def.name} ${event.type.replace('dev.sessionreaper.', '')}`, { ...event, subject: sessionId }, { [ATTR_SESSION_ID]: sessionId }, async () => {
+        await core.ready();
+        await def.handle(event, deps);
+      });
+      res.status(204).end();
+    } catch (err) {
+      const status = statusOf(err);
+      if (status === 400 && err instanceof ContractError) {
+        log.warn({ code: err.code, field: err.field, reason: err.reason }, 'rejected event');
+        res.status(400).json({ error: err.code, field: err.field, reason: err.reason });
+        return;
+      }
+      log.error({ err, status }, status === 503 ? 'transient failure; the Broker will redeliver' : 'handler failed');
+      res.status(status).json({ error: status === 503 ? 'UNAVAILABLE' : 'INTERNAL', reason: (err as Error).message });
+    }
+  }
+
+  return { handler, core, deps };
+}
+
+function headerOf(req: HostRequest, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
