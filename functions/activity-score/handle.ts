@@ -1,0 +1,135 @@
+// activity-score: folds each session.activity and inference.completed into the session's activity context (scoring.ts)
+// and stores it with a compare-and-set, refreshing the session's liveness in the same script. It then schedules the
+// session's next idle check in the idle index: the function scales to zero, so the verdict on a session that went
+// quiet is reached by the idle checker (idle-checker.ts) when that moment comes, not by a later event.
+import { EventType } from '../core/contract/events.ts';
+import type { InboundEvent } from '../core/contract/parse.ts';
+import { TransientError } from '../core/errors.ts';
+import type { Core, CoreDeps } from '../core/function-host.ts';
+import { eventFingerprint } from '../core/session-store.ts';
+import { IdleIndex } from './idle-index.ts';
+import { contextFromFields, earliestIdleAt, storedContextFields } from './idle-judgement.ts';
+import { createMemoryProbe, LoadMonitor } from './load-monitor.ts';
+import { ActivityContextDecodeError, applyActivity, applyCompletion, initialContext, score, type ActivityContext, type ScoringPolicy } from './scoring.ts';
+import { policyFor, type ActivityScoreSettings } from './settings.ts';
+
+/** The event types activity-score consumes. */
+export const ACTIVITY_SCORE_ACCEPTS = [EventType.SessionActivity, EventType.InferenceCompleted] as const;
+
+/** An event activity-score handles. */
+export type ActivityScoreEvent = InboundEvent<(typeof ACTIVITY_SCORE_ACCEPTS)[number]>;
+
+/** What activity-score's handler needs beyond the core. */
+export interface ActivityScoreDeps {
+  readonly settings: ActivityScoreSettings;
+  readonly load: LoadMonitor;
+  readonly idleIndex: IdleIndex;
+}
+
+/** Builds activity-score's dependencies once per process (the `extend` of its definition); timers start with `load.start()`. */
+export function createActivityScoreDeps(core: Pick<Core, 'deps'>, settings: ActivityScoreSettings): ActivityScoreDeps {
+  const { config, logger, redis } = core.deps;
+  const load = new LoadMonitor(redis, {
+    prefix: config.REDIS_KEY_PREFIX,
+    policy: settings.loadPolicy,
+    runtimeTtlMs: settings.runtimeTtlMs,
+    runtime: createMemoryProbe(config, logger),
+    logger,
+    now: () => core.deps.now(),
+  });
+  return { settings, load, idleIndex: new IdleIndex(redis, config.REDIS_KEY_PREFIX, config.INDEX_BUCKETS) };
+}
+
+/** Compare-and-set attempts before the event is handed back to the Broker for redelivery. */
+export const MAX_CONTEXT_ATTEMPTS = 5;
+
+const parsedTime = (text: string | undefined): number | undefined => {
+  const t = text === undefined ? Number.NaN : Date.parse(text);
+  return Number.isFinite(t) ? t : undefined;
+};
+
+type Deps = CoreDeps & ActivityScoreDeps;
+
+// The stored context, or a fresh one when there is none or it cannot be read (a corrupt context must not wedge the
+// session: its version still guards the write, so the fresh one replaces it cleanly).
+function contextOrFresh(fields: Record<string, string>, at: number, policy: ScoringPolicy, deps: Deps, sessionId: string): ActivityContext {
+  try {
+    return contextFromFields(fields) ?? initialContext(at, policy);
+  } catch (err) {
+    if (!(err instanceof ActivityContextDecodeError)) throw err;
+    deps.logger.warn({ sessionId, err: err.message }, 'stored activity context unreadable; starting afresh');
+    return initialContext(at, policy);
+  }
+}
+
+/**
+ * Handles a session.activity or inference.completed: applies it to the session's activity context (with the
+ * tenant's policy), stores the result if no other replica changed the context meanwhile (else recomputes, up to
+ * MAX_CONTEXT_ATTEMPTS, then TransientError), and schedules the session's next idle check. Events for sessions that
+ * are unknown or already ending are acknowledged without effect; a duplicate changes nothing but re-asserts the
+ * schedule.
+ */
+export async function handle(event: ActivityScoreEvent, deps: Deps): Promise<void> {
+  const now = deps.now();
+  const { sessionId } = event.data;
+  const liveFrom = Math.min(parsedTime(event.time) ?? now, now);
+  const at = event.type === EventType.SessionActivity ? Math.min(parsedTime(event.data.at) ?? liveFrom, now) : liveFrom;
+  const fingerprint = eventFingerprint(event.source, event.id);
+  const log = deps.logger.child({ sessionId });
+
+  const session = await deps.store.inspect(sessionId);
+  if (session === null || session.state !== 'active') {
+    log.debug({ state: session?.state ?? 'unknown' }, 'activity for a session that is not live; ignored');
+    return;
+  }
+  deps.load.recordEvent(now, session.placement?.runtimeUrl);
+  // The tier only moves the threshold and the grace, which the idle checker applies; folding an event uses neither.
+  const policy = policyFor(deps.settings, session.tenant, 'normal');
+
+  for (let attempt = 1; ; attempt++) {
+    const { version, fields } = await deps.store.readContext(sessionId);
+    const ctx = contextOrFresh(fields, at, policy, deps, sessionId);
+    const next =
+      event.type === EventType.SessionActivity
+        ? applyActivity(ctx, { kind: event.data.kind, at, text: event.data.text, embedding: event.data.embedding }, policy)
+        : applyCompletion(ctx, { at, release: event.data.release }, policy);
+    const result = await deps.store.recordActivity({
+      sessionId, fingerprint, liveFrom, now, expectedVersion: version, lastActivityAt: next.lastEventAt, context: storedContextFields(next),
+    });
+    switch (result.code) {
+      case 'APPLIED': {
+        const holdUntil = result.holdUntil > 0 ? result.holdUntil : undefined;
+        const checkAt = earliestIdleAt(deps.settings, next, now, session.tenant, holdUntil);
+        await deps.idleIndex.schedule(sessionId, result.version, checkAt);
+        log.debug({ version: result.version, score: score(next, now, policy).score, predictedIdleEndAt: next.predictedIdleEndAt, checkAt }, 'activity scored');
+        return;
+      }
+      case 'CONFLICT':
+        if (attempt >= MAX_CONTEXT_ATTEMPTS) {
+          throw new TransientError(`activity context of ${sessionId} kept changing under ${attempt} attempts`, { cause: result });
+        }
+        continue;
+      case 'DUPLICATE':
+        await reassertSchedule(sessionId, session.tenant, now, deps);
+        return;
+      case 'UNKNOWN':
+      case 'ENDED':
+        log.debug({ code: result.code }, 'session ended while its activity was scored; ignored');
+        return;
+    }
+  }
+}
+
+// A duplicate may be the redelivery of an event whose context was stored but whose schedule was not (the process died
+// in between): scheduling again from the stored context is idempotent and closes that gap.
+async function reassertSchedule(sessionId: string, tenant: string | undefined, now: number, deps: Deps): Promise<void> {
+  const [{ version, fields }, session] = await Promise.all([deps.store.readContext(sessionId), deps.store.inspect(sessionId)]);
+  let ctx: ActivityContext | undefined;
+  try {
+    ctx = contextFromFields(fields);
+  } catch (err) {
+    if (!(err instanceof ActivityContextDecodeError)) throw err;
+  }
+  if (ctx === undefined || session?.state !== 'active') return;
+  await deps.idleIndex.schedule(sessionId, version, earliestIdleAt(deps.settings, ctx, now, tenant, session.holdUntil));
+}

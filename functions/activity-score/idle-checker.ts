@@ -1,0 +1,173 @@
+// The idle checker: reaches the idle verdict on sessions that went quiet, when no event arrives to prompt it.
+// activity-score schedules each session's next check in the idle index (idle-index.ts); the checker sleeps until the
+// earliest scheduled check of any bucket (re-reading the bucket heads every poll to learn of earlier ones), claims
+// the due checks atomically (so any number of replicas can run, and each check is made by one of them), re-judges
+// each session from its stored context, its hold and the current load tier, and emits `session.idle` when it is
+// idle, or schedules the next check when it is not. A check whose checker died comes due again when its lease ends.
+//
+// It is self-contained so it can run in any long-running process (the deadline engine hosts it):
+//   const checker = new IdleChecker(core.deps, { settings: readActivityScoreSettings(process.env) });
+//   checker.start();  ...  await checker.stop();
+import { setTimeout as sleep } from 'node:timers/promises';
+import { EventType } from '../core/contract/events.ts';
+import type { CoreDeps } from '../core/function-host.ts';
+import { IdleIndex, type ClaimedCheck } from './idle-index.ts';
+import { contextFromFields, idleEventData, judgeIdleness } from './idle-judgement.ts';
+import { createMemoryProbe, LoadMonitor } from './load-monitor.ts';
+import type { LoadTier } from './load-policy.ts';
+import { ActivityContextDecodeError, type ActivityContext } from './scoring.ts';
+import type { ActivityScoreSettings } from './settings.ts';
+
+/** What the checker uses from its host process: the core's deps fit. */
+export type IdleCheckerDeps = Pick<CoreDeps, 'redis' | 'store' | 'logger' | 'config' | 'now' | 'emit'>;
+
+/** How the checker runs. */
+export interface IdleCheckerOptions {
+  settings: ActivityScoreSettings;
+  /** The load tier source; by default one of its own, which also takes its turn evaluating the tier. */
+  load?: LoadMonitor;
+  /** Most checks claimed from one bucket at a time. Default 128. */
+  batchSize?: number;
+}
+
+/** What one pass did. */
+export interface IdleCheckReport {
+  /** Checks claimed and judged. */
+  checked: number;
+  /** session.idle events emitted. */
+  idle: number;
+  /** Sessions not idle yet, checked again later. */
+  rescheduled: number;
+  /** Sessions dropped from the index (ended, unknown, or never to be idle). */
+  cleared: number;
+  /** Checks that failed (left leased: they come due again when the lease ends). */
+  failed: number;
+  /** The earliest check still scheduled after this pass, if any. */
+  nextDueAt?: number;
+}
+
+type Outcome = 'idle' | 'rescheduled' | 'cleared';
+
+/** Finds idle sessions from the idle index (see the top of this file). */
+export class IdleChecker {
+  readonly index: IdleIndex;
+  readonly load: LoadMonitor;
+  readonly #deps: IdleCheckerDeps;
+  readonly #settings: ActivityScoreSettings;
+  readonly #batchSize: number;
+  readonly #ownsLoad: boolean;
+  #running: { stop: AbortController; done: Promise<void> } | undefined;
+
+  constructor(deps: IdleCheckerDeps, opts: IdleCheckerOptions) {
+    this.#deps = deps;
+    this.#settings = opts.settings;
+    this.#batchSize = opts.batchSize ?? 128;
+    this.index = new IdleIndex(deps.redis, deps.config.REDIS_KEY_PREFIX, deps.config.INDEX_BUCKETS);
+    this.#ownsLoad = opts.load === undefined;
+    this.load =
+      opts.load ??
+      new LoadMonitor(deps.redis, {
+        prefix: deps.config.REDIS_KEY_PREFIX,
+        policy: opts.settings.loadPolicy,
+        runtimeTtlMs: opts.settings.runtimeTtlMs,
+        runtime: createMemoryProbe(deps.config, deps.logger),
+        logger: deps.logger,
+        now: () => deps.now(),
+      });
+  }
+
+  /** Judges every check due at `now` across all buckets, under the tier stored in Redis now. */
+  async runOnce(now: number = this.#deps.now()): Promise<IdleCheckReport> {
+    const report: IdleCheckReport = { checked: 0, idle: 0, rescheduled: 0, cleared: 0, failed: 0 };
+    const [tier, heads] = await Promise.all([this.load.refresh(), this.index.heads()]);
+    const leaseUntil = now + this.#settings.idleLeaseMs;
+    await Promise.all(
+      heads.map(async (head, bucket) => {
+        if (head === undefined || head > now) return;
+        for (;;) {
+          const claimed = await this.index.claimDue(bucket, now, this.#batchSize, leaseUntil);
+          const outcomes = await Promise.all(claimed.map((check) => this.#judge(check, now, tier)));
+          for (const outcome of outcomes) {
+            report.checked++;
+            if (outcome === undefined) report.failed++;
+            else report[outcome]++;
+          }
+          if (claimed.length < this.#batchSize) return;
+        }
+      }),
+    );
+    const after = (await this.index.heads()).filter((h): h is number => h !== undefined);
+    if (after.length > 0) report.nextDueAt = Math.min(...after);
+    return report;
+  }
+
+  // One claimed check; undefined when it failed (it stays leased and comes due again).
+  async #judge(check: ClaimedCheck, now: number, tier: LoadTier): Promise<Outcome | undefined> {
+    const { sessionId } = check;
+    try {
+      const [session, stored] = await Promise.all([this.#deps.store.inspect(sessionId), this.#deps.store.readContext(sessionId)]);
+      let ctx: ActivityContext | undefined;
+      try {
+        ctx = contextFromFields(stored.fields);
+      } catch (err) {
+        if (!(err instanceof ActivityContextDecodeError)) throw err;
+        this.#deps.logger.warn({ sessionId, err: err.message }, 'stored activity context unreadable; idle check dropped until the next activity');
+      }
+      if (session === null || session.state !== 'active' || ctx === undefined) {
+        await this.index.schedule(sessionId, stored.version, undefined);
+        return 'cleared';
+      }
+      const judgement = judgeIdleness(this.#settings, ctx, now, { tenant: session.tenant, tier, holdUntil: session.holdUntil });
+      const { decision } = judgement;
+      if (decision.idle) {
+        const idleAt = Math.round(decision.idleAt ?? now);
+        await this.#deps.emit(EventType.SessionIdle, idleEventData(sessionId, session.incarnation, decision, tier), `${sessionId}/${session.incarnation}/idle/${idleAt}`);
+        this.#deps.logger.info({ sessionId, incarnation: session.incarnation, reason: decision.reason, score: decision.score, threshold: decision.threshold, tier, idleAt, lagMs: now - idleAt }, 'session idle');
+        // Looked at again after a lease: destroyed by then (dropped), or still idle (said again, same id).
+        await this.index.schedule(sessionId, stored.version, now + this.#settings.idleLeaseMs);
+        return 'idle';
+      }
+      const result = await this.index.schedule(sessionId, stored.version, judgement.nextCheckAt);
+      return result.code === 'CLEARED' ? 'cleared' : 'rescheduled';
+    } catch (err) {
+      this.#deps.logger.warn({ sessionId, err: (err as Error).message }, 'idle check failed; retried when its lease ends');
+      return undefined;
+    }
+  }
+
+  /** Runs passes until stop(): at the earliest due check, and at least every IDLE_POLL_MS. */
+  start(): void {
+    if (this.#running) return;
+    const stop = new AbortController();
+    if (this.#ownsLoad) this.load.start();
+    const pollMs = this.#settings.idlePollMs;
+    const loop = async () => {
+      while (!stop.signal.aborted) {
+        let waitMs = pollMs;
+        try {
+          const report = await this.runOnce();
+          if (report.nextDueAt !== undefined) waitMs = Math.min(pollMs, Math.max(1, report.nextDueAt - this.#deps.now()));
+        } catch (err) {
+          this.#deps.logger.warn({ err: (err as Error).message }, 'idle check pass failed; trying again');
+        }
+        try {
+          await sleep(waitMs, undefined, { signal: stop.signal });
+        } catch {
+          return;
+        }
+      }
+    };
+    this.#running = { stop, done: loop() };
+  }
+
+  /** Stops the loop after the pass in progress (and the load monitor it owns). */
+  async stop(): Promise<void> {
+    const running = this.#running;
+    this.#running = undefined;
+    if (running) {
+      running.stop.abort();
+      await running.done;
+    }
+    if (this.#ownsLoad) await this.load.stop();
+  }
+}

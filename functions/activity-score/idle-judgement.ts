@@ -1,0 +1,100 @@
+// The pure decisions activity-score's handler and idle checker share: how a context is kept in its Redis hash, when
+// a session's idleness is next worth judging, and what a session.idle says. No I/O.
+import type { DataOf, EventType } from '../core/contract/events.ts';
+import { LOAD_TIERS, type LoadTier } from './load-policy.ts';
+import { decodeContext, encodeContext, idleDecision, type ActivityContext, type IdleDecision } from './scoring.ts';
+import { policyFor, type ActivityScoreSettings } from './settings.ts';
+
+/**
+ * Hash fields activity-score writes beside the ones record-activity-3.lua owns (`v` version, `la` last activity):
+ * `c` the whole encoded context as one JSON value, so a field the new context no longer has (a cleared release
+ * request, a dropped embedding) cannot linger from an older one; `pi` the predicted end of the current quiet spell
+ * (ms), readable on its own by operators.
+ */
+export const CONTEXT_FIELD = 'c';
+export const PREDICTED_IDLE_END_FIELD = 'pi';
+
+/** The hash fields to store a context as (passed to SessionStore.recordActivity). */
+export function storedContextFields(ctx: ActivityContext): Record<string, string> {
+  return { [CONTEXT_FIELD]: JSON.stringify(encodeContext(ctx)), [PREDICTED_IDLE_END_FIELD]: String(Math.round(ctx.predictedIdleEndAt)) };
+}
+
+/** Reads a context back from its hash; undefined when none is stored; ActivityContextDecodeError when it is corrupt. */
+export function contextFromFields(fields: Readonly<Record<string, string>>): ActivityContext | undefined {
+  const text = fields[CONTEXT_FIELD];
+  if (text === undefined) return undefined;
+  let encoded: unknown;
+  try {
+    encoded = JSON.parse(text);
+  } catch {
+    encoded = undefined;
+  }
+  const flat = typeof encoded === 'object' && encoded !== null && !Array.isArray(encoded) ? (encoded as Record<string, unknown>) : {};
+  const strings = Object.fromEntries(Object.entries(flat).filter((e): e is [string, string] => typeof e[1] === 'string'));
+  // A missing or non-object value decodes as a context without a version, which decodeContext refuses by name.
+  return decodeContext({ ...strings, v: strings.v ?? 'missing' });
+}
+
+/** The tier that reclaims most eagerly: no tier makes a session idle earlier than this one does. */
+export const TIGHTEST_TIER: LoadTier = LOAD_TIERS[LOAD_TIERS.length - 1]!;
+
+/**
+ * The earliest moment the session could be idle under any load tier (its tenant's policy at the tightest tier), or
+ * undefined if never: the idle index wakes the checker then, and the checker judges with the tier of that moment.
+ */
+export function earliestIdleAt(settings: ActivityScoreSettings, ctx: ActivityContext, now: number, tenant: string | undefined, holdUntil: number | undefined): number | undefined {
+  return idleDecision(ctx, now, policyFor(settings, tenant, TIGHTEST_TIER), { holdUntil }).idleAt;
+}
+
+/** The checker's verdict on one session at `now` under the current tier, and when to look again if it is not idle. */
+export interface IdleJudgement {
+  decision: IdleDecision;
+  tier: LoadTier;
+  /** When to check again; undefined when the session is idle now or can never become idle. */
+  nextCheckAt?: number;
+}
+
+/**
+ * Judges a session: idle now under the current tier, or when to check again — the moment it becomes idle under the
+ * current tier, or sooner where a rise of the tier could make it idle earlier (at the tightest tier's moment, or
+ * after one load evaluation interval once that moment has passed).
+ */
+export function judgeIdleness(
+  settings: ActivityScoreSettings,
+  ctx: ActivityContext,
+  now: number,
+  opts: { tenant: string | undefined; tier: LoadTier; holdUntil: number | undefined },
+): IdleJudgement {
+  const decision = idleDecision(ctx, now, policyFor(settings, opts.tenant, opts.tier), { holdUntil: opts.holdUntil });
+  if (decision.idle) return { decision, tier: opts.tier };
+  const candidates: number[] = [];
+  if (decision.idleAt !== undefined) candidates.push(decision.idleAt);
+  if (opts.tier !== TIGHTEST_TIER) {
+    const eager = earliestIdleAt(settings, ctx, now, opts.tenant, opts.holdUntil);
+    if (eager !== undefined) candidates.push(eager > now ? eager : now + settings.loadPolicy.evaluateEveryMs);
+  }
+  if (candidates.length === 0) return { decision, tier: opts.tier };
+  return { decision, tier: opts.tier, nextCheckAt: Math.max(now + 1, Math.min(...candidates)) };
+}
+
+const idleShare = (engagement: number): number => Math.min(1, Math.max(0, 1 - engagement));
+
+/**
+ * The data of a session.idle. The contract's score runs from 0 (busy) to 1 (idle) while the scoring core measures
+ * engagement (1 = busy), so each figure is reported as 1 − engagement, and the threshold likewise; the tier is
+ * named only when load tightened the policy (the contract has no `normal` tier).
+ */
+export function idleEventData(sessionId: string, incarnation: number, decision: IdleDecision, tier: LoadTier): DataOf<typeof EventType.SessionIdle> {
+  return {
+    sessionId,
+    incarnation,
+    score: idleShare(decision.score),
+    components: {
+      behavior: idleShare(decision.components.behavior),
+      semantic: idleShare(decision.components.semantic),
+      timing: idleShare(decision.components.timing),
+    },
+    threshold: idleShare(decision.threshold),
+    ...(tier === 'normal' ? {} : { loadTier: tier }),
+  };
+}

@@ -1,0 +1,93 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { EventType } from '../core/contract/events.ts';
+import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
+import { freePort } from '../../tests/support/redis-harness.ts';
+import { testRedisEnv, uniquePrefix } from '../../tests/support/redis.ts';
+import { postEvent, postRaw, startFunctionProcess, type FunctionProcess } from '../activity-score/function-process-test-support.ts';
+
+const GiB = 1024 ** 3;
+
+describe('gpu-release answers the Broker over HTTP', () => {
+  let sim: SimRuntime;
+  let sink: EventSink;
+  let fn: FunctionProcess;
+
+  before(async () => {
+    [sim, sink] = await Promise.all([startSimRuntime({ seed: 21 }), startEventSink()]);
+    fn = await startFunctionProcess('gpu-release', {
+      ...testRedisEnv('single'),
+      REDIS_KEY_PREFIX: uniquePrefix(),
+      K_SINK: sink.url,
+      LOG_LEVEL: 'silent',
+      RELEASE_RETRIES: '0',
+      BREAKER_VOLUME_THRESHOLD: '1000',
+    });
+  });
+  after(async () => {
+    await fn.stop();
+    await Promise.all([sim.stop(), sink.close()]);
+  });
+
+  const request = (sessionId: string, incarnation: number) => ({
+    sessionId, incarnation, attempt: 1, placement: { node: 'gpu-node-h', runtimeUrl: sim.url, gpuBytes: GiB },
+  });
+
+  for (const mode of ['binary', 'structured'] as const) {
+    it(`releases on a ${mode} event, answers 204, and a duplicate changes nothing`, async () => {
+      const sessionId = `http-${mode}`;
+      sim.allocate(sessionId, 1, GiB);
+      const event = { type: EventType.GpuReleaseRequested, id: `${sessionId}/1/release/1`, data: request(sessionId, 1) };
+      assert.equal((await postEvent(fn.url, mode, event)).status, 204, fn.output());
+      assert.equal((await postEvent(fn.url, mode, event)).status, 204);
+      const released = sink.events.filter((e) => e.event.subject === sessionId);
+      assert.equal(released.length, 2);
+      assert.ok(released.every((e) => e.event.id === `${sessionId}/1/released` && e.event.type === EventType.GpuReleased));
+      assert.deepEqual(released[0]?.event.data, { sessionId, incarnation: 1, node: 'gpu-node-h', freedBytes: GiB });
+      assert.equal(sim.stats().releases[`${sessionId}:1`], 1);
+    });
+  }
+
+  it('answers 503 with a retryable gpu.release.failed while the runtime is down', async () => {
+    sim.allocate('http-down', 1, GiB);
+    sim.setFaults({ down: true });
+    try {
+      const res = await postEvent(fn.url, 'binary', { type: EventType.GpuReleaseRequested, id: 'http-down/1/release/1', data: request('http-down', 1) });
+      assert.equal(res.status, 503);
+    } finally {
+      sim.setFaults({ down: false });
+    }
+    const failed = sink.events.filter((e) => e.event.subject === 'http-down');
+    assert.deepEqual(failed.map((e) => [e.event.type, (e.event.data as { retryable: boolean }).retryable]), [[EventType.GpuReleaseFailed, true]]);
+    assert.ok(sim.session('http-down'), 'still held');
+  });
+
+  it('answers 400 naming the field for a malformed event, and calls no runtime', async () => {
+    const before = sim.stats().received;
+    const missing = await postEvent(fn.url, 'structured', { type: EventType.GpuReleaseRequested, id: 'bad-1', data: { sessionId: 'bad', incarnation: 1, attempt: 1 } });
+    assert.equal(missing.status, 400);
+    assert.deepEqual(missing.body, { error: 'MISSING_FIELD', field: 'data.placement', reason: 'is required' });
+    const notJson = await postRaw(fn.url, { 'content-type': 'application/json', 'ce-specversion': '1.0', 'ce-id': 'x', 'ce-source': '/t', 'ce-type': EventType.GpuReleaseRequested }, '{');
+    assert.equal(notJson.status, 400);
+    const wrongType = await postEvent(fn.url, 'binary', { type: EventType.SessionClosed, id: 'bad-2', data: { sessionId: 'bad' } });
+    assert.equal(wrongType.status, 400);
+    assert.equal((wrongType.body as { field: string }).field, 'ce.type');
+    assert.equal(sim.stats().received, before);
+    assert.equal(sink.events.filter((e) => e.event.subject === 'bad').length, 0);
+  });
+
+  it('answers 503 when Redis is unreachable, so the Broker redelivers', async () => {
+    const down = await startFunctionProcess('gpu-release', {
+      REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_CLUSTER_NODES: '', K_SINK: sink.url, LOG_LEVEL: 'silent',
+    });
+    try {
+      sim.allocate('http-no-redis', 1, GiB);
+      const res = await postEvent(down.url, 'binary', { type: EventType.GpuReleaseRequested, id: 'nr/1', data: request('http-no-redis', 1) });
+      assert.equal(res.status, 503);
+      assert.equal((await fetch(`${down.url}healthz`)).status, 503);
+    } finally {
+      await down.stop();
+    }
+  });
+});
