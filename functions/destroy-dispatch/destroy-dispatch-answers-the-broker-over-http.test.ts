@@ -1,0 +1,186 @@
+// destroy-dispatch as deployed: the real process (functions-framework's main.js loading index.ts) over HTTP,
+// with real Redis and a real event sink as K_SINK. Binary and structured CloudEvents, duplicates, malformed
+// events (400 naming the field, nothing written) and Redis being unreachable (503, so the Broker redelivers).
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, test } from 'node:test';
+import { CloudEvent, HTTP } from 'cloudevents';
+import { EventType } from '../core/contract/events.ts';
+import { freePort, startRedis, type RedisProcess } from '../../tests/support/redis-harness.ts';
+import { TOPOLOGIES } from '../../tests/support/redis.ts';
+import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
+import { startHarness, type Harness } from './destroy-dispatch-test-support.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const FRAMEWORK_MAIN = join(ROOT, 'node_modules/@google-cloud/functions-framework/build/src/main.js');
+
+interface RunningFunction {
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Starts the function as its container does, and waits until it answers HTTP. */
+async function startFunction(env: Record<string, string>): Promise<RunningFunction> {
+  const port = await freePort();
+  const child: ChildProcess = spawn(process.execPath, [FRAMEWORK_MAIN], {
+    cwd: ROOT,
+    env: {
+      ...process.env, ...env,
+      PORT: String(port), FUNCTION_TARGET: 'destroy-dispatch', FUNCTION_SIGNATURE_TYPE: 'http', FUNCTION_SOURCE: 'functions/destroy-dispatch/index.ts',
+    },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
+  const url = `http://127.0.0.1:${port}/`;
+  const until = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`destroy-dispatch exited with ${child.exitCode}: ${stderr}`);
+    try {
+      await fetch(`${url}healthz`);
+      break;
+    } catch {
+      if (Date.now() > until) throw new Error(`destroy-dispatch did not start: ${stderr}`);
+      await sleep(100);
+    }
+  }
+  return {
+    url,
+    async close() {
+      if (child.exitCode !== null) return;
+      const exited = new Promise<void>((done) => child.once('exit', () => done()));
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+let seq = 0;
+function cloudEvent(type: string, data: object, id?: string): CloudEvent<object> {
+  seq += 1;
+  return new CloudEvent({ specversion: '1.0', id: id ?? `http-${process.pid}-${seq}`, source: '/tests/http', type, time: new Date().toISOString(), datacontenttype: 'application/json', data });
+}
+
+async function send(url: string, ce: CloudEvent<object>, mode: 'binary' | 'structured'): Promise<{ status: number; body: string }> {
+  const message = mode === 'binary' ? HTTP.binary(ce) : HTTP.structured(ce);
+  const res = await fetch(url, { method: 'POST', headers: message.headers as Record<string, string>, body: message.body as string });
+  return { status: res.status, body: await res.text() };
+}
+
+for (const topology of TOPOLOGIES) {
+  describe(`destroy-dispatch over HTTP on ${topology} Redis`, () => {
+    let h: Harness;
+    let fn: RunningFunction;
+    before(async () => {
+      h = await startHarness(topology);
+      fn = await startFunction({ ...h.env, LOG_LEVEL: 'silent' });
+    });
+    after(async () => {
+      await fn.close();
+      await h.close();
+    });
+
+    test('a binary session.closed and a structured gpu.released destroy a session; their duplicates change nothing', async () => {
+      h.setNow(Date.now());
+      const inc = await h.open('http-1');
+      const closed = cloudEvent(EventType.SessionClosed, { sessionId: 'http-1' });
+      assert.equal((await send(fn.url, closed, 'binary')).status, 204);
+      assert.equal((await send(fn.url, closed, 'structured')).status, 204, 'the same event again, structured');
+      const requests = h.emitted(EventType.GpuReleaseRequested, 'http-1');
+      assert.ok(requests.length >= 1);
+      assert.deepEqual(new Set(requests.map((e) => e.event.id)), new Set([`http-1/${inc}/release/1`]));
+      assert.equal(requests[0]!.event.source, '/session-reaper/destroy-dispatch');
+
+      const released = cloudEvent(EventType.GpuReleased, { sessionId: 'http-1', incarnation: inc, node: 'gpu-node-a', freedBytes: 1000 });
+      assert.equal((await send(fn.url, released, 'structured')).status, 204);
+      assert.equal((await send(fn.url, released, 'binary')).status, 204);
+      const destroyed = h.emitted(EventType.SessionDestroyed, 'http-1');
+      assert.equal(destroyed.length, 1);
+      assert.equal(destroyed[0]!.event.id, `http-1/${inc}/destroyed`);
+      assert.equal((await h.deps.store.inspect('http-1'))?.state, 'destroyed');
+    });
+
+    test('inference.completed with release=false is acknowledged (204) and changes nothing', async () => {
+      await h.open('http-2');
+      assert.equal((await send(fn.url, cloudEvent(EventType.InferenceCompleted, { sessionId: 'http-2', requestId: 'r1', release: false }), 'binary')).status, 204);
+      assert.equal((await h.deps.store.inspect('http-2'))?.state, 'active');
+    });
+
+    test('malformed events are answered 400 naming the field, and nothing is written or emitted', async () => {
+      await h.open('http-3');
+      const before = h.sink.events.length;
+      const cases: [CloudEvent<object>, string][] = [
+        [cloudEvent(EventType.SessionClosed, { sessionId: 'http/3' }), 'data.sessionId'],
+        [cloudEvent(EventType.GpuReleased, { sessionId: 'http-3', incarnation: 1, node: 'gpu-node-a' }), 'data.freedBytes'],
+        [cloudEvent(EventType.SessionExpired, { sessionId: 'http-3', incarnation: 0, deadline: '2026-11-21T06:45:04.123Z', detectedAt: '2026-11-21T06:45:04.131Z', lagMs: 8 }), 'data.incarnation'],
+        [cloudEvent(EventType.SessionHeartbeat, { sessionId: 'http-3' }), 'ce.type'],
+      ];
+      for (const [ce, field] of cases) {
+        for (const mode of ['binary', 'structured'] as const) {
+          const res = await send(fn.url, ce, mode);
+          assert.equal(res.status, 400, `${mode} ${field}: ${res.body}`);
+          assert.equal((JSON.parse(res.body) as { field: string }).field, field);
+        }
+      }
+      const notJson = await fetch(fn.url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'ce-specversion': '1.0', 'ce-id': 'bad-json', 'ce-source': '/tests/http', 'ce-type': EventType.SessionClosed },
+        body: '{"sessionId": ',
+      });
+      assert.equal(notJson.status, 400);
+      assert.equal(h.sink.events.length, before);
+      const view = await h.deps.store.inspect('http-3');
+      assert.equal(view?.state, 'active');
+    });
+  });
+}
+
+describe('destroy-dispatch over HTTP when Redis is unreachable', () => {
+  let sink: EventSink;
+  before(async () => {
+    sink = await startEventSink();
+  });
+  after(async () => {
+    await sink.close();
+  });
+
+  test('answers 503 (the Broker redelivers) while Redis is down, and succeeds once it is back', async () => {
+    const redis: RedisProcess = await startRedis();
+    const env = { REDIS_URL: redis.url, REDIS_CLUSTER_NODES: '', REDIS_KEY_PREFIX: 'down', K_SINK: sink.url, LOG_LEVEL: 'silent', CORE_TIMEOUT_MS: '500' };
+    const fn = await startFunction(env);
+    try {
+      const closed = cloudEvent(EventType.SessionClosed, { sessionId: 'down-1' });
+      assert.equal((await send(fn.url, closed, 'binary')).status, 204, 'an unknown session is acknowledged while Redis is up');
+
+      await redis.stop();
+      const res = await send(fn.url, closed, 'binary');
+      assert.equal(res.status, 503, res.body);
+      assert.equal((await fetch(`${fn.url}healthz`)).status, 503);
+
+      await redis.start();
+      let status = 0;
+      for (let i = 0; i < 100 && status !== 204; i++) {
+        status = (await send(fn.url, closed, 'structured')).status;
+        if (status !== 204) await sleep(100);
+      }
+      assert.equal(status, 204, 'the redelivery succeeds once Redis is back');
+    } finally {
+      await fn.close();
+      await redis.stop();
+    }
+  });
+
+  test('answers 503 when Redis was never reachable', async () => {
+    const env = { REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_CLUSTER_NODES: '', K_SINK: sink.url, LOG_LEVEL: 'silent', CORE_TIMEOUT_MS: '200' };
+    const fn = await startFunction(env);
+    try {
+      const res = await send(fn.url, cloudEvent(EventType.SessionDestroyRequested, { sessionId: 'down-2' }), 'structured');
+      assert.equal(res.status, 503, res.body);
+      assert.equal(sink.events.length, 0);
+    } finally {
+      await fn.close();
+    }
+  });
+});

@@ -1,0 +1,316 @@
+// destroy-dispatch: every cause of a session's end claims its destroy (the first trigger of an incarnation wins,
+// later ones are recorded as extra causes), and every step's outcome moves the destroy on. The destroy is
+// checkpointed in the session record at each stage (claimed -> gpu_release_requested -> gpu_released ->
+// state_purged -> completed), and every entry point hands the checkpoint to one function, continueDestroy, so a
+// redelivered or interrupted destroy resumes where it stopped and no step's effect happens twice.
+import { EventType } from '../core/contract/events.ts';
+import type { InboundEvent } from '../core/contract/parse.ts';
+import type { CoreDeps } from '../core/function-host.ts';
+import { eventFingerprint, UnexpectedReplyError, type Cause, type Placement, type Stage } from '../core/session-store.ts';
+import { HOOK_STAGES, runPendingHooks, type DestroyHooks, type HookFailedError, type HookProgress, type HookStage } from './hooks.ts';
+import { releaseMember, type StormGuard } from './storm-guard.ts';
+
+/** The event types destroy-dispatch consumes. */
+export const ACCEPTS = [
+  EventType.SessionClosed,
+  EventType.SessionExpired,
+  EventType.SessionIdle,
+  EventType.InferenceCompleted,
+  EventType.SessionDestroyRequested,
+  EventType.GpuReleased,
+  EventType.GpuReleaseFailed,
+  EventType.DestroyResume,
+] as const;
+
+/** An event this function consumes. */
+export type DestroyDispatchEvent = InboundEvent<(typeof ACCEPTS)[number]>;
+
+/** What destroy-dispatch needs beyond the core: its hooks and its storm guard. */
+export interface DestroyExtras {
+  readonly hooks: DestroyHooks;
+  readonly hookProgress: HookProgress;
+  readonly stormGuard: StormGuard;
+}
+
+export type DestroyDispatchDeps = CoreDeps & DestroyExtras;
+
+/** A destroy's checkpoint, as an entry point learnt it; continueDestroy fetches what is missing. */
+export interface DestroyPoint {
+  sessionId: string;
+  incarnation: number;
+  stage: Stage;
+  cause?: Cause | undefined;
+  placement?: Placement | undefined;
+  /** The GPU release attempt recorded so far (the store's `ga`), when known. */
+  releaseAttempt?: number | undefined;
+  /** Nothing has run for this destroy yet (it was claimed by this very event): no hook progress to read. */
+  fresh?: boolean;
+  /** At gpu_release_requested: request the release again under a new attempt (the watchdog found it stalled),
+   *  rather than re-send the current attempt's request (a redelivery). */
+  reissue?: boolean;
+}
+
+/** When the event says its verdict was reached: its own time, never in the future. */
+export function eventTimeOf(event: { time?: string | undefined }, now: number): number {
+  const at = event.time === undefined ? Number.NaN : Date.parse(event.time);
+  return Number.isFinite(at) ? Math.min(at, now) : now;
+}
+
+/** The deterministic id of the gpu.release.requested for one attempt of one incarnation's release. */
+export function releaseRequestId(sessionId: string, incarnation: number, attempt: number): string {
+  return `${sessionId}/${incarnation}/release/${attempt}`;
+}
+
+/** The deterministic id of the session.destroyed of one incarnation. */
+export function destroyedId(sessionId: string, incarnation: number): string {
+  return `${sessionId}/${incarnation}/destroyed`;
+}
+
+const STAGE_RANK: Record<Stage, number> = { claimed: 1, gpu_release_requested: 2, gpu_released: 3, state_purged: 4, completed: 5 };
+
+/** The hook stages whose hooks must have succeeded before the destroy may leave `stage`. */
+function hookStagesDueAt(stage: Stage): HookStage[] {
+  return HOOK_STAGES.filter((h) => STAGE_RANK[h] <= Math.max(STAGE_RANK[stage], STAGE_RANK.claimed));
+}
+
+/** Handles one event; the first step of each path is one idempotent script call. */
+export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchDeps): Promise<void> {
+  const now = deps.now();
+  const fingerprint = eventFingerprint(event.source, event.id);
+  switch (event.type) {
+    case EventType.SessionClosed:
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'closed', now });
+    case EventType.SessionDestroyRequested:
+      deps.logger.info({ sessionId: event.data.sessionId, reason: event.data.reason }, 'destroy requested by an operator');
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'forced', now });
+    case EventType.SessionExpired:
+      // The deadline engine claimed the destroy already; this resumes it (or finds it a duplicate).
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, incarnation: event.data.incarnation, cause: 'expired', now });
+    case EventType.SessionIdle:
+      // The verdict was reached at the event's time: activity recorded after it (or an active hold) revives the
+      // session and the claim is refused (claim-destroy-4.lua). The event carries no earlier instant to use.
+      return trigger(deps, {
+        sessionId: event.data.sessionId, fingerprint, incarnation: event.data.incarnation, cause: 'idle', now, idleSince: eventTimeOf(event, now),
+      });
+    case EventType.InferenceCompleted:
+      if (!event.data.release) {
+        if (deps.logger.isLevelEnabled('debug')) deps.logger.debug({ sessionId: event.data.sessionId, requestId: event.data.requestId }, 'inference completed without release: ignored');
+        return;
+      }
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'completed', now });
+    case EventType.GpuReleased:
+      return released(deps, event.data, now);
+    case EventType.GpuReleaseFailed:
+      return releaseFailed(deps, event.data);
+    case EventType.DestroyResume:
+      return resume(deps, event.data, fingerprint, now);
+  }
+}
+
+async function trigger(
+  deps: DestroyDispatchDeps,
+  claim: { sessionId: string; fingerprint: string; cause: Cause; now: number; incarnation?: number; idleSince?: number },
+): Promise<void> {
+  const r = await deps.store.claimDestroy(claim);
+  const log = deps.logger;
+  switch (r.code) {
+    case 'CLAIMED':
+    case 'ALREADY':
+    case 'DUPLICATE':
+      if (r.code === 'CLAIMED') log.info({ sessionId: claim.sessionId, incarnation: r.incarnation, cause: r.cause }, 'destroy claimed');
+      else log.debug({ sessionId: claim.sessionId, incarnation: r.incarnation, code: r.code, stage: r.stage, cause: claim.cause }, 'destroy in progress: resuming at its checkpoint');
+      return continueDestroy(deps, {
+        sessionId: claim.sessionId, incarnation: r.incarnation, stage: r.stage, cause: r.cause, placement: r.placement, fresh: r.code === 'CLAIMED',
+      });
+    case 'STALE':
+    case 'REVIVED':
+    case 'ENDED':
+      log.info({ sessionId: claim.sessionId, incarnation: r.incarnation, code: r.code, cause: claim.cause }, 'destroy trigger not applied');
+      return;
+    case 'UNKNOWN':
+      log.info({ sessionId: claim.sessionId, code: r.code, cause: claim.cause }, 'destroy trigger for an unknown session: ignored');
+      return;
+  }
+}
+
+async function released(deps: DestroyDispatchDeps, data: { sessionId: string; incarnation: number; node: string; freedBytes: number }, now: number): Promise<void> {
+  const { sessionId, incarnation } = data;
+  const r = await deps.store.recordRelease(sessionId, incarnation, data.freedBytes, now, data.node);
+  // Whatever the booking says, the runtime is done with this release: its in-flight slot is free.
+  await deps.stormGuard.releaseSlot(r.code === 'RELEASED' || r.code === 'MIGRATION_RELEASED' ? r.node || data.node : data.node, releaseMember(sessionId, incarnation));
+  switch (r.code) {
+    case 'RELEASED':
+      deps.logger.info({ sessionId, incarnation, node: r.node, freedBytes: data.freedBytes, registeredBytes: r.registeredBytes }, 'GPU memory released');
+      return continueDestroy(deps, { sessionId, incarnation, stage: 'gpu_released' });
+    case 'DUPLICATE':
+      // Booked already; if the destroy stopped after the booking (a crash, a failing hook) it resumes from there.
+      if (r.stage === 'gpu_released' || r.stage === 'state_purged') return continueDestroy(deps, { sessionId, incarnation, stage: r.stage });
+      return;
+    case 'MIGRATION_RELEASED':
+      deps.logger.info({ sessionId, incarnation, node: r.node, freedBytes: data.freedBytes }, 'GPU memory of a migrated session released');
+      return;
+    case 'STALE':
+    case 'NOT_DESTROYING':
+    case 'UNKNOWN':
+      deps.logger.warn({ sessionId, incarnation, code: r.code, node: data.node }, 'gpu.released for no release of ours: ignored');
+      return;
+  }
+}
+
+async function releaseFailed(deps: DestroyDispatchDeps, data: { sessionId: string; incarnation: number; node: string; error: string; retryable: boolean }): Promise<void> {
+  const { sessionId, incarnation, node, error, retryable } = data;
+  if (retryable) {
+    // gpu-release keeps the request and the Broker redelivers it; the slot stays held (its lease bounds it).
+    deps.logger.warn({ sessionId, incarnation, node, error, retryable }, 'GPU release failed; gpu-release retries it');
+    return;
+  }
+  // Nothing more will come of this attempt: free its slot for other destroys. The destroy stays checkpointed at
+  // gpu_release_requested; the deadline engine's watchdog emits destroy.resume after DESTROY_STALL_MS, which
+  // re-issues the release under a new attempt, and operators see it in the destroys in flight meanwhile.
+  await deps.stormGuard.releaseSlot(node, releaseMember(sessionId, incarnation));
+  deps.logger.error({ sessionId, incarnation, node, error, retryable }, 'GPU release failed for good; the destroy waits at its checkpoint for the watchdog');
+}
+
+async function resume(deps: DestroyDispatchDeps, data: { sessionId: string; incarnation: number; stage: Stage }, fingerprint: string, now: number): Promise<void> {
+  const { sessionId, incarnation } = data;
+  const view = await deps.store.inspect(sessionId);
+  if (!view || view.incarnation !== incarnation || view.state !== 'destroying' || !view.cause) {
+    deps.logger.info({ sessionId, incarnation, state: view?.state, currentIncarnation: view?.incarnation }, 'destroy.resume for no destroy in progress: ignored');
+    return;
+  }
+  // Claiming again under the destroy's own cause changes nothing but remembers this event, so a redelivered
+  // resume is told apart (DUPLICATE: re-send the same attempt) from a new one (ALREADY: a new attempt).
+  const r = await deps.store.claimDestroy({ sessionId, fingerprint, incarnation, cause: view.cause, now });
+  if (r.code !== 'CLAIMED' && r.code !== 'ALREADY' && r.code !== 'DUPLICATE') {
+    deps.logger.info({ sessionId, incarnation, code: r.code }, 'destroy.resume: the destroy is over');
+    return;
+  }
+  if (r.stage !== data.stage) deps.logger.debug({ sessionId, incarnation, watchdogStage: data.stage, stage: r.stage }, 'destroy moved on since the watchdog saw it');
+  deps.logger.info({ sessionId, incarnation, stage: r.stage, attempt: view.releaseAttempt }, 'resuming a stalled destroy');
+  return continueDestroy(deps, {
+    sessionId, incarnation, stage: r.stage, cause: r.cause, placement: r.placement, releaseAttempt: view.releaseAttempt, reissue: r.code === 'ALREADY',
+  });
+}
+
+/**
+ * Moves a destroy on from its checkpoint to as far as it can go now: the only place the stages are driven, used
+ * by every entry point. Each step is idempotent, so running it again from the same checkpoint (a redelivery, a
+ * crash between steps, the watchdog) repeats no effect: the same release request id, no second booking, the same
+ * session.destroyed id.
+ */
+export async function continueDestroy(deps: DestroyDispatchDeps, point: DestroyPoint): Promise<void> {
+  const { sessionId, incarnation } = point;
+  const log = deps.logger;
+  let stage = point.stage;
+  let done: Set<string> | undefined = point.fresh ? new Set() : undefined;
+  let about: { cause?: Cause | undefined; placement?: Placement | undefined } = point;
+
+  const hooksDue = async (at: Stage): Promise<HookFailedError | undefined> => {
+    const stages = hookStagesDueAt(at);
+    if (!deps.hooks.any(stages)) return undefined;
+    done ??= await deps.hookProgress.done(sessionId, incarnation);
+    if (!about.cause || !about.placement) {
+      const view = await deps.store.inspect(sessionId);
+      about = { cause: about.cause ?? view?.cause, placement: about.placement ?? view?.placement };
+    }
+    return runPendingHooks(deps.hooks, deps.hookProgress, stages, done, {
+      sessionId, incarnation, cause: about.cause, placement: about.placement, now: deps.now(), redis: deps.redis, logger: log,
+    });
+  };
+
+  if (stage === 'claimed' || stage === 'gpu_release_requested') {
+    // Hooks first so the router lets go of the session before its memory does; but a failing hook is reported
+    // only after the release was requested, which it never holds back.
+    const hookFailure = await hooksDue('claimed');
+    await requestRelease(deps, { ...point, stage });
+    if (hookFailure) throw hookFailure;
+    return;
+  }
+
+  if (stage === 'gpu_released') {
+    const failure = await hooksDue('gpu_released');
+    if (failure) throw failure;
+    const p = await deps.store.purge(sessionId, incarnation, deps.now());
+    if (p.code === 'PURGED' || (p.code === 'ALREADY' && p.stage === 'state_purged')) stage = 'state_purged';
+    else if (p.code === 'NOT_READY') throw new UnexpectedReplyError(`purge of ${sessionId}/${incarnation} refused at stage ${p.stage} after the release was booked`);
+    else {
+      log.debug({ sessionId, incarnation, code: p.code }, 'destroy finished elsewhere');
+      return;
+    }
+  }
+
+  if (stage === 'state_purged') {
+    const failure = await hooksDue('state_purged');
+    if (failure) throw failure;
+    await finish(deps, sessionId, incarnation);
+  }
+}
+
+/** Admits the release through the storm guard, checkpoints it, and sends the gpu.release.requested. */
+async function requestRelease(deps: DestroyDispatchDeps, point: DestroyPoint): Promise<void> {
+  const { sessionId, incarnation } = point;
+  let { placement, releaseAttempt } = point;
+  if (!placement || (point.stage === 'gpu_release_requested' && releaseAttempt === undefined)) {
+    const view = await deps.store.inspect(sessionId);
+    if (!view || view.incarnation !== incarnation || view.state !== 'destroying') return;
+    placement ??= view.placement;
+    releaseAttempt ??= view.releaseAttempt;
+  }
+  if (!placement?.node || !placement.runtimeUrl) {
+    throw new UnexpectedReplyError(`session ${sessionId}/${incarnation} is being destroyed but has no placement to release`);
+  }
+  const now = deps.now();
+  await deps.stormGuard.admit(releaseMember(sessionId, incarnation), placement, now);
+
+  let attempt: number;
+  if (point.stage === 'claimed') {
+    const r = await deps.store.advance(sessionId, incarnation, 'gpu_release_requested', now, 1);
+    if (r.code !== 'ADVANCED') {
+      // Another delivery checkpointed it first and sends the request itself (or the destroy is over).
+      deps.logger.debug({ sessionId, incarnation, code: r.code }, 'release request checkpointed elsewhere');
+      return;
+    }
+    attempt = 1;
+  } else if (point.reissue) {
+    const r = await deps.store.advance(sessionId, incarnation, 'gpu_release_requested', now, (releaseAttempt ?? 0) + 1);
+    if (r.code !== 'REISSUED') {
+      deps.logger.debug({ sessionId, incarnation, code: r.code }, 'release re-issued elsewhere, or the destroy moved on');
+      return;
+    }
+    attempt = r.attempt;
+  } else {
+    // A redelivery: the request may have been lost after its checkpoint, so send it again, under the same id.
+    attempt = Math.max(1, releaseAttempt ?? 1);
+  }
+  await deps.emit(
+    EventType.GpuReleaseRequested,
+    { sessionId, incarnation, placement: { node: placement.node, runtimeUrl: placement.runtimeUrl, gpuBytes: placement.gpuBytes }, attempt, reason: 'destroy' },
+    releaseRequestId(sessionId, incarnation, attempt),
+  );
+  deps.logger.info({ sessionId, incarnation, attempt, node: placement.node }, 'GPU release requested');
+}
+
+/** Emits session.destroyed with the destroy's timeline, then completes it (the record becomes a tombstone). */
+async function finish(deps: DestroyDispatchDeps, sessionId: string, incarnation: number): Promise<void> {
+  const view = await deps.store.inspect(sessionId);
+  if (!view || view.incarnation !== incarnation || view.state !== 'destroying' || view.stage !== 'state_purged' || !view.cause) return;
+  const now = deps.now();
+  const timeline = [...view.timeline, { stage: 'completed' as const, at: now }];
+  const claimedAt = view.claimedAt ?? timeline[0]!.at;
+  // Emitted before the record is completed: a crash in between leaves the destroy at state_purged, so the
+  // redelivery emits again (same id) instead of the event being lost behind a tombstone.
+  await deps.emit(
+    EventType.SessionDestroyed,
+    {
+      sessionId,
+      incarnation,
+      cause: view.cause,
+      timeline: timeline.map((t) => ({ stage: t.stage, at: new Date(t.at).toISOString() })),
+      durationMs: Math.max(0, now - claimedAt),
+      ...(view.extraCauses.length > 0 ? { extraCauses: view.extraCauses } : {}),
+    },
+    destroyedId(sessionId, incarnation),
+  );
+  const c = await deps.store.complete(sessionId, incarnation, now);
+  deps.logger.info({ sessionId, incarnation, cause: view.cause, durationMs: now - claimedAt, code: c.code }, 'session destroyed');
+}
