@@ -1,0 +1,591 @@
+// A local stand-in for the Knative Broker, driven by the deployed manifests (knative/base): an HTTP ingress that
+// takes CloudEvents in binary, structured and batched mode and answers 202 / 400 / 413 as Knative's does, and a
+// dispatcher that delivers each event to every matching Trigger's subscriber in binary mode, with that Trigger's
+// retries, backoff and timeout, then keeps what finally fails in an on-disk dead-letter store.
+//
+// Delivery is asynchronous (after the 202) from a bounded in-memory set of pending deliveries. On stop, pending
+// deliveries get a grace period to finish; what is left (waiting for a retry, or cut off mid-attempt) is written
+// to a pending-deliveries file and re-queued by the next broker started on the same store, so nothing is lost.
+// Delivery is at-least-once, as with Knative: an attempt cut off by stop is sent again after the restart.
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pino, type Logger } from 'pino';
+import { isEmittedType } from '../core/contract/events.ts';
+import { openDeadLetterStore, type DeadLetter, type DeadLetterReason } from './dead-letters.ts';
+import { backoffMs, loadRoutingTable, matches, type DeliverySpec, type Route, type RoutingTable } from './triggers.ts';
+import {
+  IngressError,
+  decodeRequest,
+  loadEvent,
+  requestLimit,
+  storeEvent,
+  toBinaryRequest,
+  withHopTraceContext,
+  type BrokerEvent,
+  type IngressLimits,
+  type StoredEvent,
+} from './wire.ts';
+
+/** Largest single event accepted, bytes (data plus attributes): the functions' MAX_EVENT_BYTES default. */
+export const DEFAULT_MAX_EVENT_BYTES = 1_048_576;
+/** Largest batched request accepted, bytes. */
+export const DEFAULT_MAX_BATCH_BYTES = 8 * 1_048_576;
+/** Deliveries pending at once before the ingress pushes back with 503. */
+export const DEFAULT_MAX_PENDING = 10_000;
+/** Delivery attempts in flight at once. */
+export const DEFAULT_CONCURRENCY = 64;
+/** Per-attempt timeout when a delivery spec sets none, ms. */
+export const DEFAULT_ATTEMPT_TIMEOUT_MS = 30_000;
+/** How long stop() lets pending deliveries finish before persisting them, ms. */
+export const DEFAULT_STOP_GRACE_MS = 5_000;
+/** Where dead letters are kept unless told otherwise (relative to the working directory). */
+export const DEFAULT_DEAD_LETTER_DIR = '.local/dead-letters';
+/** The name dead letters and stats use for deliveries to the `forward` sink. */
+export const FORWARD_ROUTE = 'forward';
+
+const RESPONSE_EXCERPT_CHARS = 2048;
+
+/** How to start a local Broker. */
+export interface LocalBrokerOptions {
+  /** Port of the ingress; 0 (default) picks a free one. */
+  port?: number;
+  /** Interface to listen on. Default 127.0.0.1. */
+  host?: string;
+  /** Directory of the Broker and Trigger manifests. Default knative/base. */
+  triggersDir?: string;
+  /** The manifests as YAML text (e.g. rendered by `kubectl kustomize`); wins over triggersDir. */
+  manifests?: string;
+  /** Name of the Broker in the manifests. Default 'default'. */
+  broker?: string;
+  /** Local URLs of subscribers by Knative Service name (or Trigger name, or manifest uri). */
+  subscribers: Readonly<Record<string, string>>;
+  /** Directory of the dead-letter store. Default .local/dead-letters. */
+  deadLetterDir?: string;
+  /** File pending deliveries are persisted to on stop. Default <deadLetterDir>/.pending-deliveries.json. */
+  pendingFile?: string;
+  /** An outside sink that also gets, as binary CloudEvents, every event of a type the system's functions emit. */
+  forward?: string;
+  /** Replaces parts of every delivery spec (tests: short backoff and timeouts). */
+  deliveryOverride?: Partial<DeliverySpec>;
+  /** Largest event, bytes (data plus attribute names and values); larger ones are answered 413. Default 1 MiB. */
+  maxEventBytes?: number;
+  /** Largest batched request body, bytes (each event in it is also held to maxEventBytes). Default 8 MiB. */
+  maxBatchBytes?: number;
+  /** Pending deliveries at most; a request that would exceed it is answered 503. Default 10000. */
+  maxPending?: number;
+  /** Delivery attempts in flight at most. Default 64. */
+  concurrency?: number;
+  /** Per-attempt timeout when the delivery spec has none, ms. Default 30000. */
+  defaultTimeoutMs?: number;
+  /** Grace period of stop(), ms. Default 5000. */
+  stopGraceMs?: number;
+  /** Accepted events kept in `received` (the most recent). Default 1000. */
+  keepReceived?: number;
+  /** Add Knative's `knativearrivaltime` extension to each accepted event. Default true. */
+  arrivalTime?: boolean;
+  /** Called with every accepted event (after the 202 is decided). */
+  onEvent?: (event: BrokerEvent) => void;
+  /** What GET /healthz reports beyond the broker itself (e.g. the whole stack being ready). Default: ready. */
+  ready?: () => boolean | Promise<boolean>;
+  logger?: Logger;
+}
+
+/** Counters since start. */
+export interface BrokerStats {
+  /** Events accepted (202). */
+  received: number;
+  /** Requests refused: 400, 413 or 503. */
+  rejected: number;
+  /** Deliveries that got a 2xx. */
+  delivered: number;
+  /** Failed attempts that were retried. */
+  retried: number;
+  /** Deliveries that gave up and were written to the dead-letter store. */
+  deadLettered: number;
+  /** Deliveries that gave up where the delivery spec has no dead-letter sink (logged, not kept). */
+  dropped: number;
+  /** Deliveries not finished yet (queued, in flight or waiting for a retry). */
+  pending: number;
+  /** Attempts in flight now. */
+  inFlight: number;
+  /** Per Trigger (and 'forward'): deliveries delivered and given up. */
+  routes: Record<string, { delivered: number; failed: number }>;
+}
+
+/** The outcome of replaying one dead letter. */
+export type ReplayResult =
+  | { outcome: 'delivered'; id: string; attempts: number }
+  | { outcome: 'failed'; id: string; attempts: number; reason: DeadLetterReason }
+  | { outcome: 'not-found'; id: string };
+
+/** What stop() did with the deliveries still pending. */
+export interface StopReport {
+  /** Deliveries written to the pending-deliveries file for the next start. */
+  persisted: number;
+}
+
+/** A running local Broker. */
+export interface LocalBroker {
+  /** The ingress: http://127.0.0.1:<port>/ */
+  readonly url: string;
+  readonly port: number;
+  /** The routing table read from the manifests. */
+  readonly table: RoutingTable;
+  /** The most recent accepted events, oldest first (at most keepReceived). */
+  readonly received: readonly BrokerEvent[];
+  readonly deadLetters: {
+    readonly dir: string;
+    list(): Promise<DeadLetter[]>;
+    get(id: string): Promise<DeadLetter | undefined>;
+    /** Re-sends a dead letter to the Trigger it died at (as the manifests define it now); removes it once delivered. */
+    replay(id: string): Promise<ReplayResult>;
+    remove(id: string): Promise<boolean>;
+  };
+  stats(): BrokerStats;
+  /** Resolves once no delivery is pending (or rejects after timeoutMs). */
+  idle(timeoutMs?: number): Promise<void>;
+  /** Stops the ingress, lets pending deliveries finish within the grace period, persists the rest. */
+  stop(opts?: { graceMs?: number }): Promise<StopReport>;
+}
+
+// Where one delivery goes: a Trigger's subscriber, or the forward sink.
+interface Target {
+  name: string;
+  url: string;
+  delivery: DeliverySpec;
+}
+
+interface Delivery {
+  key: string;
+  target: Target;
+  event: BrokerEvent;
+  /** Attempts made so far (carried over a restart). */
+  attempts: number;
+  /** Set for deliveries loaded from the pending-deliveries file. */
+  loaded: boolean;
+}
+
+type AttemptResult = { ok: true; status: number } | { ok: false; retryable: boolean; reason: DeadLetterReason; interrupted: boolean };
+type Outcome = { kind: 'delivered' } | { kind: 'failed'; reason: DeadLetterReason } | { kind: 'interrupted' };
+
+interface PendingFile {
+  version: 1;
+  savedAt: string;
+  deliveries: Array<{ target: string; url: string; attempts: number; event: StoredEvent }>;
+}
+
+// Knative's retryable answers: 404 and 409 (a subscriber not ready yet), 429, and every 5xx.
+function retryableStatus(status: number): boolean {
+  return status === 404 || status === 409 || status === 429 || status >= 500;
+}
+
+function headerRecord(req: IncomingMessage): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (v !== undefined) out[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : v;
+  }
+  return out;
+}
+
+// A bounded number of concurrent attempts. A finishing attempt hands its slot straight to the next waiter, so the
+// bound holds exactly; a waiter that gets its turn after stop began gives the slot on without attempting.
+function createLimiter(limit: number) {
+  let active = 0;
+  const waiting: Array<() => void> = [];
+  return {
+    get active() {
+      return active;
+    },
+    async run<T>(fn: () => Promise<T>, signal: AbortSignal): Promise<T | undefined> {
+      if (active >= limit) await new Promise<void>((takeSlot) => waiting.push(takeSlot));
+      else active++;
+      try {
+        return signal.aborted ? undefined : await fn();
+      } finally {
+        const next = waiting.shift();
+        if (next) next();
+        else active--;
+      }
+    },
+  };
+}
+
+class BodyTooLargeError extends Error {
+  override name = 'BodyTooLargeError';
+}
+
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  return new Promise((resolveBody, reject) => {
+    const declared = Number(req.headers['content-length']);
+    if (Number.isFinite(declared) && declared > limit) {
+      reject(new BodyTooLargeError(`the request is ${declared} bytes; at most ${limit} are accepted`));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.removeAllListeners('data');
+        req.resume();
+        reject(new BodyTooLargeError(`the request is over ${limit} bytes`));
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolveBody(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function send(res: ServerResponse, status: number, body?: unknown, headers: Record<string, string> = {}): void {
+  if (res.headersSent) return;
+  if (body === undefined) {
+    res.writeHead(status, headers).end();
+    return;
+  }
+  res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(JSON.stringify(body));
+}
+
+/** Starts a local Broker: loads the manifests, re-queues persisted deliveries, and listens. */
+export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalBroker> {
+  const log = (opts.logger ?? pino({ level: 'silent' })).child({ component: 'local-broker' });
+  const table = loadRoutingTable({
+    subscribers: opts.subscribers,
+    ...(opts.manifests !== undefined ? { manifests: opts.manifests } : {}),
+    ...(opts.triggersDir !== undefined ? { manifestsDir: opts.triggersDir } : {}),
+    ...(opts.broker !== undefined ? { broker: opts.broker } : {}),
+    ...(opts.deliveryOverride !== undefined ? { deliveryOverride: opts.deliveryOverride } : {}),
+  });
+  for (const route of table.routes) {
+    if (route.url === undefined) log.warn({ trigger: route.name, reason: route.unresolved }, 'trigger not ready: its subscriber has no local URL; it gets no events');
+  }
+  const deadLetterDir = resolve(opts.deadLetterDir ?? DEFAULT_DEAD_LETTER_DIR);
+  const store = await openDeadLetterStore(deadLetterDir);
+  const pendingFile = resolve(opts.pendingFile ?? join(deadLetterDir, '.pending-deliveries.json'));
+  const limits: IngressLimits = { maxEventBytes: opts.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES, maxBatchBytes: opts.maxBatchBytes ?? DEFAULT_MAX_BATCH_BYTES };
+  const maxPending = opts.maxPending ?? DEFAULT_MAX_PENDING;
+  const defaultTimeoutMs = opts.defaultTimeoutMs ?? DEFAULT_ATTEMPT_TIMEOUT_MS;
+  const keepReceived = opts.keepReceived ?? 1000;
+  const arrivalTime = opts.arrivalTime ?? true;
+  const limiter = createLimiter(opts.concurrency ?? DEFAULT_CONCURRENCY);
+  const stopping = new AbortController();
+  const forwardTarget: Target | undefined = opts.forward ? { name: FORWARD_ROUTE, url: opts.forward, delivery: table.delivery } : undefined;
+  const readyRoutes = table.routes.filter((r): r is Route & { url: string } => r.url !== undefined);
+
+  const received: BrokerEvent[] = [];
+  const pending = new Map<string, Delivery>();
+  const running = new Set<Promise<void>>();
+  const idleWaiters = new Set<() => void>();
+  let loadedLeft = 0;
+  let closed = false;
+  const counters = { received: 0, rejected: 0, delivered: 0, retried: 0, deadLettered: 0, dropped: 0 };
+  const perRoute: Record<string, { delivered: number; failed: number }> = {};
+  const countRoute = (name: string, field: 'delivered' | 'failed') => {
+    perRoute[name] ??= { delivered: 0, failed: 0 };
+    perRoute[name][field]++;
+  };
+
+  async function attempt(d: Delivery): Promise<AttemptResult> {
+    const { headers, body } = toBinaryRequest(d.event);
+    const timeoutMs = d.target.delivery.timeoutMs ?? defaultTimeoutMs;
+    const signal = AbortSignal.any([stopping.signal, AbortSignal.timeout(timeoutMs)]);
+    try {
+      const res = await fetch(d.target.url, { method: 'POST', headers, ...(body === undefined ? {} : { body }), redirect: 'manual', signal });
+      const text = (await res.text()).slice(0, RESPONSE_EXCERPT_CHARS);
+      if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status };
+      return {
+        ok: false,
+        retryable: retryableStatus(res.status),
+        interrupted: false,
+        reason: { status: res.status, body: text, message: `${d.target.url} answered HTTP ${res.status}` },
+      };
+    } catch (err) {
+      const interrupted = stopping.signal.aborted;
+      const timedOut = !interrupted && signal.aborted;
+      const error = timedOut ? `no answer within ${timeoutMs} ms` : `${(err as Error).name}: ${(err as Error).message}${(err as { cause?: Error }).cause ? ` (${(err as { cause: Error }).cause.message})` : ''}`;
+      return { ok: false, retryable: true, interrupted, reason: { error, message: `${d.target.url} not reached: ${error}` } };
+    }
+  }
+
+  // Runs one delivery to its end: delivered, given up, or interrupted by stop (then it stays pending).
+  async function deliver(d: Delivery): Promise<Outcome> {
+    const spec = d.target.delivery;
+    for (;;) {
+      if (d.attempts > 0) {
+        try {
+          await sleep(backoffMs(spec, d.attempts), undefined, { signal: stopping.signal });
+        } catch {
+          return { kind: 'interrupted' };
+        }
+      }
+      const result = await limiter.run(() => attempt(d), stopping.signal);
+      if (result === undefined) return { kind: 'interrupted' };
+      if (result.ok) {
+        d.attempts++;
+        return { kind: 'delivered' };
+      }
+      if (result.interrupted) return { kind: 'interrupted' };
+      d.attempts++;
+      if (!result.retryable || d.attempts > spec.retry) return { kind: 'failed', reason: result.reason };
+      counters.retried++;
+      log.debug({ trigger: d.target.name, eventId: d.event.attributes.id, attempt: d.attempts, reason: result.reason.message }, 'delivery failed; retrying');
+    }
+  }
+
+  function notifyIdle(): void {
+    if (pending.size > 0) return;
+    for (const wake of idleWaiters) wake();
+    idleWaiters.clear();
+  }
+
+  async function settle(d: Delivery, outcome: Outcome): Promise<void> {
+    if (outcome.kind === 'interrupted') return;
+    const ids = { trigger: d.target.name, eventId: d.event.attributes.id, eventType: d.event.attributes.type, attempts: d.attempts };
+    if (outcome.kind === 'delivered') {
+      counters.delivered++;
+      countRoute(d.target.name, 'delivered');
+      log.debug(ids, 'delivered');
+    } else {
+      countRoute(d.target.name, 'failed');
+      if (d.target.delivery.deadLetter) {
+        try {
+          const dl = await store.add({ trigger: d.target.name, destination: d.target.url, attempts: d.attempts, reason: outcome.reason, event: storeEvent(d.event) });
+          counters.deadLettered++;
+          log.warn({ ...ids, deadLetter: dl.id, reason: outcome.reason }, 'delivery gave up; event kept in the dead-letter store');
+        } catch (err) {
+          // The event must not vanish silently: the whole event goes to the log.
+          counters.dropped++;
+          log.error({ ...ids, err, reason: outcome.reason, event: storeEvent(d.event) }, 'delivery gave up and the dead-letter store could not be written');
+        }
+      } else {
+        counters.dropped++;
+        log.warn({ ...ids, reason: outcome.reason }, 'delivery gave up; the delivery spec has no dead-letter sink, so the event is dropped');
+      }
+    }
+    pending.delete(d.key);
+    if (d.loaded && --loadedLeft === 0 && !closed) await rm(pendingFile, { force: true });
+  }
+
+  function launch(d: Delivery): void {
+    pending.set(d.key, d);
+    const run = deliver(d)
+      .then((outcome) => settle(d, outcome))
+      .catch((err: unknown) => log.error({ err, trigger: d.target.name, eventId: d.event.attributes.id }, 'delivery crashed'))
+      .finally(() => {
+        running.delete(run);
+        notifyIdle();
+      });
+    running.add(run);
+  }
+
+  function targetsOf(ev: BrokerEvent): Target[] {
+    const out: Target[] = readyRoutes.filter((r) => matches(r, ev.attributes)).map((r) => ({ name: r.name, url: r.url, delivery: r.delivery }));
+    if (forwardTarget && isEmittedType(ev.attributes.type)) out.push(forwardTarget);
+    return out;
+  }
+
+  function targetByName(name: string): Target | undefined {
+    if (name === FORWARD_ROUTE) return forwardTarget;
+    const route = readyRoutes.find((r) => r.name === name);
+    return route ? { name: route.name, url: route.url, delivery: route.delivery } : undefined;
+  }
+
+  function accept(ev: BrokerEvent): void {
+    counters.received++;
+    received.push(ev);
+    if (received.length > keepReceived) received.splice(0, received.length - keepReceived);
+    const targets = targetsOf(ev);
+    if (targets.length === 0) log.debug({ eventId: ev.attributes.id, eventType: ev.attributes.type }, 'no trigger matches; event accepted and not delivered');
+    for (const target of targets) launch({ key: randomUUID(), target, event: ev, attempts: 0, loaded: false });
+    try {
+      opts.onEvent?.(ev);
+    } catch (err) {
+      log.warn({ err }, 'onEvent hook threw');
+    }
+  }
+
+  async function ingress(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method === 'GET' && (path === '/healthz' || path === '/readyz')) {
+      const ok = !closed && (opts.ready ? await opts.ready() : true);
+      send(res, ok ? 200 : 503, { status: ok ? 'ok' : 'unavailable' });
+      return;
+    }
+    if (req.method !== 'POST') {
+      send(res, 405, { error: 'CloudEvents are POSTed' }, { allow: 'POST' });
+      return;
+    }
+    const headers = headerRecord(req);
+    let events: BrokerEvent[];
+    try {
+      const body = await readBody(req, requestLimit(headers['content-type'], limits));
+      events = decodeRequest(headers, body, limits);
+    } catch (err) {
+      counters.rejected++;
+      if (err instanceof BodyTooLargeError) {
+        send(res, 413, { error: err.message }, { connection: 'close' });
+        return;
+      }
+      if (err instanceof IngressError) {
+        log.info({ status: err.status, reason: err.message }, 'refused a request');
+        send(res, err.status, { error: err.message });
+        return;
+      }
+      throw err;
+    }
+    if (closed) {
+      counters.rejected++;
+      send(res, 503, { error: 'the broker is stopping' }, { 'retry-after': '1' });
+      return;
+    }
+    const now = new Date().toISOString();
+    const traced = events.map((ev) => {
+      const withTrace = withHopTraceContext(ev, headers);
+      return arrivalTime && withTrace.attributes.knativearrivaltime === undefined ? { ...withTrace, attributes: { ...withTrace.attributes, knativearrivaltime: now } } : withTrace;
+    });
+    const needed = traced.reduce((n, ev) => n + targetsOf(ev).length, 0);
+    if (pending.size + needed > maxPending) {
+      counters.rejected++;
+      log.warn({ pending: pending.size, maxPending }, 'too many pending deliveries; asking the sender to retry');
+      send(res, 503, { error: `${pending.size} deliveries pending; try again` }, { 'retry-after': '1' });
+      return;
+    }
+    for (const ev of traced) accept(ev);
+    send(res, 202);
+  }
+
+  // Deliveries persisted by the previous broker on this store go out again first.
+  async function loadPending(): Promise<void> {
+    let text: string;
+    try {
+      text = await readFile(pendingFile, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    const file = JSON.parse(text) as PendingFile;
+    for (const entry of file.deliveries) {
+      const event = loadEvent(entry.event);
+      const target = targetByName(entry.target);
+      if (!target) {
+        // The Trigger is gone from the manifests: keep the event where a person will look.
+        await store.add({
+          trigger: entry.target,
+          destination: entry.url,
+          attempts: entry.attempts,
+          reason: { message: `persisted delivery for trigger ${entry.target}, which no longer exists or has no local URL` },
+          event: entry.event,
+        });
+        counters.deadLettered++;
+        continue;
+      }
+      loadedLeft++;
+      launch({ key: randomUUID(), target, event, attempts: entry.attempts, loaded: true });
+    }
+    log.info({ deliveries: file.deliveries.length, file: pendingFile }, 're-queued deliveries persisted at the last stop');
+    if (loadedLeft === 0) await rm(pendingFile, { force: true });
+  }
+
+  async function persistPending(): Promise<number> {
+    const deliveries = [...pending.values()].map((d) => ({ target: d.target.name, url: d.target.url, attempts: d.attempts, event: storeEvent(d.event) }));
+    if (deliveries.length === 0) {
+      await rm(pendingFile, { force: true });
+      return 0;
+    }
+    const file: PendingFile = { version: 1, savedAt: new Date().toISOString(), deliveries };
+    await mkdir(dirname(pendingFile), { recursive: true });
+    const tmp = `${pendingFile}.${randomUUID().slice(0, 8)}.tmp`;
+    await writeFile(tmp, `${JSON.stringify(file)}\n`, { mode: 0o600 });
+    await rename(tmp, pendingFile);
+    return deliveries.length;
+  }
+
+  async function replay(id: string): Promise<ReplayResult> {
+    const entry = await store.get(id);
+    if (!entry) return { outcome: 'not-found', id };
+    const target = targetByName(entry.trigger) ?? { name: entry.trigger, url: entry.destination, delivery: table.delivery };
+    const d: Delivery = { key: randomUUID(), target, event: loadEvent(entry.event), attempts: 0, loaded: false };
+    const outcome = await deliver(d);
+    if (outcome.kind === 'delivered') {
+      countRoute(target.name, 'delivered');
+      await store.remove(id);
+      log.info({ deadLetter: id, trigger: target.name }, 'dead letter replayed and delivered');
+      return { outcome: 'delivered', id, attempts: d.attempts };
+    }
+    const reason: DeadLetterReason = outcome.kind === 'failed' ? outcome.reason : { message: 'replay interrupted: the broker is stopping' };
+    await store.put({ ...entry, attempts: entry.attempts + d.attempts, replays: entry.replays + 1, reason });
+    return { outcome: 'failed', id, attempts: d.attempts, reason };
+  }
+
+  const server = createServer((req, res) => {
+    ingress(req, res).catch((err: unknown) => {
+      log.error({ err }, 'ingress failed');
+      send(res, 500, { error: 'internal error' });
+    });
+  });
+  await new Promise<void>((resolveListen, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolveListen());
+  });
+  const { port } = server.address() as AddressInfo;
+  const url = `http://${opts.host === undefined || opts.host === '0.0.0.0' ? '127.0.0.1' : opts.host}:${port}/`;
+  await loadPending();
+  log.info({ url, triggers: readyRoutes.length, deadLetterDir, forward: opts.forward }, 'local broker listening');
+
+  let stopped: Promise<StopReport> | undefined;
+  async function stop(graceMs: number): Promise<StopReport> {
+    closed = true;
+    const serverClosed = new Promise<void>((resolveClose) => server.close(() => resolveClose()));
+    server.closeIdleConnections();
+    if (pending.size > 0) {
+      const drained = new Promise<void>((wake) => idleWaiters.add(wake));
+      const timer = sleep(graceMs, undefined, { ref: false });
+      await Promise.race([drained, timer]);
+    }
+    stopping.abort();
+    await Promise.allSettled([...running]);
+    const persisted = await persistPending();
+    if (persisted > 0) log.info({ persisted, file: pendingFile }, 'pending deliveries persisted for the next start');
+    server.closeAllConnections();
+    await serverClosed;
+    return { persisted };
+  }
+
+  return {
+    url,
+    port,
+    table,
+    received,
+    deadLetters: {
+      dir: deadLetterDir,
+      list: () => store.list(),
+      get: (id) => store.get(id),
+      replay,
+      remove: (id) => store.remove(id),
+    },
+    stats: () => ({ ...counters, pending: pending.size, inFlight: limiter.active, routes: structuredClone(perRoute) }),
+    idle(timeoutMs = 30_000) {
+      if (pending.size === 0) return Promise.resolve();
+      return new Promise<void>((resolveIdle, reject) => {
+        const timer = setTimeout(() => {
+          idleWaiters.delete(wake);
+          reject(new Error(`local broker: ${pending.size} deliveries still pending after ${timeoutMs} ms`));
+        }, timeoutMs);
+        const wake = () => {
+          clearTimeout(timer);
+          resolveIdle();
+        };
+        idleWaiters.add(wake);
+      });
+    },
+    stop(stopOpts) {
+      stopped ??= stop(stopOpts?.graceMs ?? opts.stopGraceMs ?? DEFAULT_STOP_GRACE_MS);
+      return stopped;
+    },
+  };
+}

@@ -1,0 +1,79 @@
+// Runs the local Broker as a process: `npx node functions/local-broker/index.ts`. Settings come from the
+// environment (BrokerSettingsSchema); SIGTERM or SIGINT stops it, finishing or persisting pending deliveries.
+import { Type } from '@sinclair/typebox';
+import { pino } from 'pino';
+import { ConfigError, readSettings } from '../core/config.ts';
+import { createLogger } from '../core/log.ts';
+import {
+  DEFAULT_DEAD_LETTER_DIR,
+  DEFAULT_MAX_BATCH_BYTES,
+  DEFAULT_MAX_EVENT_BYTES,
+  DEFAULT_STOP_GRACE_MS,
+  startLocalBroker,
+} from './broker.ts';
+
+/** The local Broker's settings, their environment variables, defaults and meaning. */
+export const BrokerSettingsSchema = Type.Object({
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8080, description: 'Ingress port (0: a free one).' }),
+  BROKER_HOST: Type.String({ default: '127.0.0.1', description: 'Interface the ingress listens on.' }),
+  BROKER_SUBSCRIBERS: Type.String({ default: '{}', description: 'JSON map of subscriber (Knative Service or Trigger) name to local URL.' }),
+  BROKER_MANIFESTS_DIR: Type.String({ default: '', description: 'Directory of the Broker and Trigger manifests; empty: knative/base.' }),
+  BROKER_DEAD_LETTER_DIR: Type.String({ default: DEFAULT_DEAD_LETTER_DIR, description: 'Directory of the on-disk dead-letter store.' }),
+  BROKER_FORWARD_URL: Type.String({ default: '', description: 'Outside sink that also gets every event the system emits; empty: none.' }),
+  BROKER_MAX_EVENT_BYTES: Type.Integer({ minimum: 1024, default: DEFAULT_MAX_EVENT_BYTES, description: 'Largest accepted event (data plus attributes).' }),
+  BROKER_MAX_BATCH_BYTES: Type.Integer({ minimum: 1024, default: DEFAULT_MAX_BATCH_BYTES, description: 'Largest accepted batched request.' }),
+  BROKER_STOP_GRACE_MS: Type.Integer({ minimum: 0, default: DEFAULT_STOP_GRACE_MS, description: 'How long pending deliveries may finish on stop before they are persisted.' }),
+  LOG_LEVEL: Type.Union(
+    [Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')],
+    { default: 'info', description: 'Log level.' },
+  ),
+});
+
+function parseSubscribers(text: string): Record<string, string> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`BROKER_SUBSCRIBERS is invalid: not JSON`, { cause: err });
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) || !Object.values(parsed).every((v) => typeof v === 'string')) {
+    throw new ConfigError('BROKER_SUBSCRIBERS is invalid: expected a JSON object of name to URL strings');
+  }
+  return parsed as Record<string, string>;
+}
+
+let log = pino({ name: 'local-broker' });
+try {
+  const s = readSettings(BrokerSettingsSchema, process.env);
+  log = createLogger({ service: 'local-broker', level: s.LOG_LEVEL });
+  const broker = await startLocalBroker({
+    port: s.PORT,
+    host: s.BROKER_HOST,
+    subscribers: parseSubscribers(s.BROKER_SUBSCRIBERS),
+    deadLetterDir: s.BROKER_DEAD_LETTER_DIR,
+    maxEventBytes: s.BROKER_MAX_EVENT_BYTES,
+    maxBatchBytes: s.BROKER_MAX_BATCH_BYTES,
+    stopGraceMs: s.BROKER_STOP_GRACE_MS,
+    logger: log,
+    ...(s.BROKER_MANIFESTS_DIR === '' ? {} : { triggersDir: s.BROKER_MANIFESTS_DIR }),
+    ...(s.BROKER_FORWARD_URL === '' ? {} : { forward: s.BROKER_FORWARD_URL }),
+  });
+  const stop = (signal: string) => {
+    log.info({ signal }, 'stopping');
+    broker.stop().then(
+      (report) => {
+        log.info({ ...report, stats: broker.stats() }, 'stopped');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        log.error({ err }, 'stop failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+} catch (err) {
+  log.fatal({ err }, err instanceof ConfigError ? 'invalid settings' : 'failed to start');
+  process.exitCode = 1;
+}
