@@ -1,0 +1,349 @@
+// The deadline engine: emits session.expired the moment a session's liveness deadline passes, and resumes destroys
+// (and migration releases) that stalled.
+//
+// How it finds due deadlines without scanning: every bucket's ACTIVE sessions sit in a sorted set scored by deadline
+// (the deadline index), so a bucket's earliest deadline is its head, read in O(log n). The engine keeps the heads
+// of all buckets and sets ONE precise timer for the earliest; when it fires, only buckets whose head is due are read
+// (ZRANGEBYSCORE -inf..now, O(log n + k) for k due sessions) and each due session is claimed atomically by a Lua
+// script (claimExpired), so any number of engine replicas can race: exactly one claim wins, the others see GONE.
+// Nothing here relies on keyspace notifications (lost while disconnected, and late under load).
+//
+// Heartbeats and holds only ever move a deadline later (ZADD GT), so a cached head is a lower bound of the true one:
+// the timer may fire early (then nothing is due, the head is re-read and the timer re-armed), never late. Only a new
+// session (session.opened) can put an earlier deadline into a bucket, and the engine learns of it by re-reading the
+// heads every DEADLINE_POLL_MS: one ZRANGE 0 0 per bucket, pipelined, i.e. O(buckets · log n) per poll and
+// independent of how many sessions exist, where a scan would be O(n). Because no liveness window is shorter than
+// 100 ms (heartbeatIntervalMs ≥ 100) and DEADLINE_POLL_MS ≤ 100 ms, a new session's deadline is always learned
+// before it falls due.
+import type { Config } from '../core/config.ts';
+import { EventType } from '../core/contract/events.ts';
+import type { CoreDeps } from '../core/function-host.ts';
+import type { Logger } from '../core/log.ts';
+import type { SessionStore } from '../core/session-store.ts';
+
+/** What the engine uses from the core: a subset of CoreDeps, so a core's deps can be passed as they are. */
+export interface DeadlineEngineDeps {
+  readonly config: Pick<Config, 'INDEX_BUCKETS' | 'DEADLINE_POLL_MS' | 'DESTROY_STALL_MS'>;
+  readonly logger: Logger;
+  /** The session core; may throw until `ready` resolved. */
+  readonly store: SessionStore;
+  now(): number;
+  emit: CoreDeps['emit'];
+}
+
+/** How the engine is built. */
+export interface DeadlineEngineOptions {
+  deps: DeadlineEngineDeps;
+  /** Connects Redis and loads the scripts (Core.ready); retried with back-off while Redis is unreachable. */
+  ready: () => Promise<void>;
+  /** Most due sessions (and stalled destroys) taken from one bucket per round. Default 256. */
+  batchSize?: number;
+  /** Most emissions in flight at once; claims wait for a free slot beyond it. Default 256. */
+  maxInFlightEmits?: number;
+  /** Longest wait between retries while Redis is unreachable, ms. Default 2000. */
+  maxBackoffMs?: number;
+}
+
+/** What one pass did (runOnce's answer, also logged). */
+export interface PassReport {
+  /** Sessions claimed as expired (session.expired emitted or attempted). */
+  expired: number;
+  /** Due entries that were refreshed between the read and the claim, or claimed by another replica. */
+  skipped: number;
+  /** Stalled destroys for which destroy.resume was emitted (or attempted). */
+  resumed: number;
+  /** Stalled migration releases re-requested. */
+  migrationsReissued: number;
+  /** Emissions that failed; their claims stand and the watchdog picks them up after DESTROY_STALL_MS. */
+  emitFailures: number;
+}
+
+type PassKind = 'poll' | 'wake';
+
+const DEFAULT_BATCH = 256;
+const DEFAULT_MAX_IN_FLIGHT = 256;
+const DEFAULT_MAX_BACKOFF_MS = 2000;
+/** Longest single timer (Node's limit is 2^31 - 1 ms); the poll re-arms long before anyway. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** Wake-ups in a row that may find nothing to take before the engine leaves a due head to the next poll. */
+const MAX_IDLE_WAKES = 3;
+
+function emptyReport(): PassReport {
+  return { expired: 0, skipped: 0, resumed: 0, migrationsReissued: 0, emitFailures: 0 };
+}
+
+/** Watches the deadline index and the destroy watchdog of every bucket. */
+export class DeadlineEngine {
+  readonly #deps: DeadlineEngineDeps;
+  readonly #ready: () => Promise<void>;
+  readonly #batch: number;
+  readonly #maxInFlight: number;
+  readonly #maxBackoffMs: number;
+  readonly #log: Logger;
+  /** Cached earliest deadline per bucket (null: empty); a lower bound of the true head, see the file comment. */
+  #heads: (number | null)[];
+  #pollTimer: NodeJS.Timeout | undefined;
+  #wakeTimer: NodeJS.Timeout | undefined;
+  /** Passes run one at a time: this is the tail of the chain. */
+  #chain: Promise<unknown> = Promise.resolve();
+  #passRunning = false;
+  #pending: PassKind | undefined;
+  readonly #emits = new Set<Promise<void>>();
+  #started = false;
+  #failures = 0;
+  #lastFailureLogAt = 0;
+  /** Consecutive wake-ups that found a due head but could take nothing. */
+  #idleWakes = 0;
+
+  constructor(opts: DeadlineEngineOptions) {
+    this.#deps = opts.deps;
+    this.#ready = opts.ready;
+    this.#batch = opts.batchSize ?? DEFAULT_BATCH;
+    this.#maxInFlight = opts.maxInFlightEmits ?? DEFAULT_MAX_IN_FLIGHT;
+    this.#maxBackoffMs = opts.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS;
+    this.#log = opts.deps.logger.child({ component: 'deadline-engine' });
+    this.#heads = new Array<number | null>(opts.deps.config.INDEX_BUCKETS).fill(null);
+  }
+
+  /** Whether the engine is running (started and not stopped). */
+  get running(): boolean {
+    return this.#started;
+  }
+
+  /** Whether the last pass reached Redis (false after a failure, until a pass succeeds again). */
+  get connected(): boolean {
+    return this.#failures === 0;
+  }
+
+  /** Starts watching: the first pass runs at once and catches up on everything already overdue. */
+  start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.#log.info({ buckets: this.#heads.length, pollMs: this.#deps.config.DEADLINE_POLL_MS, stallMs: this.#deps.config.DESTROY_STALL_MS }, 'deadline engine started');
+    this.#request('poll');
+  }
+
+  /** Stops the timers; resolves once the pass in progress and every emission it started have finished. */
+  async stop(): Promise<void> {
+    if (!this.#started) return;
+    this.#started = false;
+    this.#pending = undefined;
+    clearTimeout(this.#pollTimer);
+    clearTimeout(this.#wakeTimer);
+    this.#pollTimer = this.#wakeTimer = undefined;
+    await this.#chain;
+    await this.#drainEmits();
+    this.#log.info('deadline engine stopped');
+  }
+
+  /**
+   * One full pass at `now` (re-read every head, run the watchdog, expire everything due), waiting for its emissions:
+   * for tests and tools. Throws if Redis is unreachable.
+   */
+  async runOnce(now: number = this.#deps.now()): Promise<PassReport> {
+    const report = await this.#exclusive(async () => {
+      await this.#ready();
+      return this.#pass('poll', now);
+    });
+    await this.#drainEmits();
+    return report;
+  }
+
+  // ---- scheduling ----
+
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#chain.then(fn);
+    this.#chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Runs a pass of `kind` now, or right after the running one (a poll subsumes a wake). */
+  #request(kind: PassKind): void {
+    if (!this.#started) return;
+    if (this.#passRunning) {
+      if (this.#pending !== 'poll') this.#pending = kind;
+      return;
+    }
+    this.#passRunning = true;
+    void this.#exclusive(() => this.#tick(kind));
+  }
+
+  async #tick(kind: PassKind): Promise<void> {
+    const now = this.#deps.now();
+    let progressed = false;
+    let failed = false;
+    try {
+      await this.#ready();
+      const report = await this.#pass(kind, now);
+      progressed = report.expired + report.skipped > 0;
+      if (this.#failures > 0) this.#log.info({ afterFailures: this.#failures }, 'deadline engine reaches Redis again');
+      this.#failures = 0;
+    } catch (err) {
+      failed = true;
+      this.#failures += 1;
+      // One line on the first failure and then at most one every 10 s, not one per retry.
+      if (this.#failures === 1 || now - this.#lastFailureLogAt >= 10_000) {
+        this.#lastFailureLogAt = now;
+        this.#log.warn({ err, failures: this.#failures }, 'deadline engine pass failed (Redis unreachable?); backing off');
+      }
+    }
+    this.#passRunning = false;
+    if (!this.#started) return;
+    const pending = this.#pending;
+    this.#pending = undefined;
+    if (pending !== undefined && !failed) {
+      this.#request(pending);
+      return;
+    }
+    this.#arm(failed, progressed, kind);
+  }
+
+  /** Sets the next poll and the precise wake-up at the earliest known deadline. */
+  #arm(failed: boolean, progressed: boolean, kind: PassKind): void {
+    clearTimeout(this.#wakeTimer);
+    this.#wakeTimer = undefined;
+    const poll = this.#deps.config.DEADLINE_POLL_MS;
+    if (failed) {
+      clearTimeout(this.#pollTimer);
+      // Exponential back-off with full jitter, so replicas do not hammer a recovering Redis in step.
+      const ceiling = Math.min(this.#maxBackoffMs, poll * 2 ** Math.min(this.#failures, 16));
+      this.#pollTimer = setTimeout(() => this.#onPoll(), Math.max(poll, Math.random() * ceiling));
+      return;
+    }
+    if (kind === 'poll' || this.#pollTimer === undefined) {
+      clearTimeout(this.#pollTimer);
+      this.#pollTimer = setTimeout(() => this.#onPoll(), poll);
+    }
+    let earliest: number | null = null;
+    for (const head of this.#heads) if (head !== null && (earliest === null || head < earliest)) earliest = head;
+    if (earliest === null) return;
+    const delay = earliest - this.#deps.now();
+    if (progressed) this.#idleWakes = 0;
+    if (delay <= 0) {
+      // Due now. After progress: more to take (a full batch, or deadlines that passed during the pass), so at once.
+      // Without progress the timer fired a hair early (timers run on libuv's cached monotonic clock, deadlines on
+      // the wall clock), so retry in 1 ms, a few times at most: if nothing can be taken, the next poll retries and
+      // the engine never spins.
+      if (progressed) this.#wakeTimer = setTimeout(() => this.#onWake(), 0);
+      else if (this.#idleWakes++ < MAX_IDLE_WAKES) this.#wakeTimer = setTimeout(() => this.#onWake(), 1);
+      return;
+    }
+    // Rounded up: a timer that fired a fraction early would find nothing due yet.
+    this.#wakeTimer = setTimeout(() => this.#onWake(), Math.min(Math.ceil(delay), MAX_TIMER_MS));
+  }
+
+  #onPoll(): void {
+    this.#pollTimer = undefined;
+    this.#request('poll');
+  }
+
+  #onWake(): void {
+    this.#wakeTimer = undefined;
+    this.#request('wake');
+  }
+
+  // ---- one pass ----
+
+  /** A poll re-reads every head and runs the watchdog; both kinds then expire what is due. */
+  async #pass(kind: PassKind, now: number): Promise<PassReport> {
+    const report = emptyReport();
+    const store = this.#deps.store;
+    const buckets = [...this.#heads.keys()];
+    if (kind === 'poll') {
+      // ZRANGE 0 0 per bucket; ioredis pipelines them into one round trip.
+      this.#heads = await Promise.all(buckets.map((b) => store.earliestDeadline(b)));
+    }
+    const due = buckets.filter((b) => {
+      const head = this.#heads[b];
+      return head !== null && head !== undefined && head <= now;
+    });
+    await Promise.all([
+      ...due.map((b) => this.#expireBucket(store, b, now, report)),
+      ...(kind === 'poll' ? buckets.map((b) => this.#watchBucket(store, b, now, report)) : []),
+    ]);
+    if (report.expired + report.resumed + report.migrationsReissued > 0) {
+      this.#log.debug({ ...report, kind }, 'deadline engine pass');
+    }
+    return report;
+  }
+
+  /** Claims up to a batch of a bucket's due sessions and emits session.expired for each claim won. */
+  async #expireBucket(store: SessionStore, bucket: number, now: number, report: PassReport): Promise<void> {
+    const ids = await store.dueSessions(bucket, now, this.#batch);
+    await Promise.all(
+      ids.map(async (sessionId) => {
+        const claim = await store.claimExpired(sessionId, now);
+        if (claim.code !== 'CLAIMED') {
+          report.skipped += 1;
+          return;
+        }
+        report.expired += 1;
+        const { incarnation, deadline } = claim;
+        await this.#emitTracked(report, sessionId, () =>
+          this.#deps.emit(
+            EventType.SessionExpired,
+            { sessionId, incarnation, deadline: new Date(deadline).toISOString(), detectedAt: new Date(now).toISOString(), lagMs: Math.max(0, now - deadline) },
+            `${sessionId}/${incarnation}/expired`,
+          ),
+        );
+      }),
+    );
+    // The bucket's next deadline, so the timer is re-armed without waiting for the next poll.
+    this.#heads[bucket] = await store.earliestDeadline(bucket);
+  }
+
+  /** Resumes a bucket's destroys (and migration releases) that made no progress for DESTROY_STALL_MS. */
+  async #watchBucket(store: SessionStore, bucket: number, now: number, report: PassReport): Promise<void> {
+    const stallMs = this.#deps.config.DESTROY_STALL_MS;
+    const members = await store.stalledMembers(bucket, now - stallMs, this.#batch);
+    await Promise.all(
+      members.map(async (member) => {
+        const claim = await store.claimStalled(member, now, stallMs);
+        if (claim.code === 'STALLED') {
+          report.resumed += 1;
+          const { sessionId, incarnation, stage } = claim;
+          this.#log.info({ sessionId, incarnation, stage, cause: claim.cause }, 'resuming a stalled destroy');
+          await this.#emitTracked(report, sessionId, () =>
+            this.#deps.emit(EventType.DestroyResume, { sessionId, incarnation, stage }, `${sessionId}/${incarnation}/resume/${now}`),
+          );
+        } else if (claim.code === 'MIGRATION') {
+          report.migrationsReissued += 1;
+          const { sessionId, incarnation, placement } = claim;
+          // No attempt counter is kept for a migration's release, so the attempt is the index of the stall period:
+          // it only grows (claimStalled lets a member be re-claimed once per DESTROY_STALL_MS), it is > 1 for any
+          // real clock (attempt 1 is heartbeat-timeout's first request), and the event id stays deterministic.
+          const attempt = Math.max(2, Math.floor(now / stallMs));
+          this.#log.info({ sessionId, incarnation, node: placement.node, attempt }, 're-requesting a stalled migration release');
+          await this.#emitTracked(report, sessionId, () =>
+            this.#deps.emit(
+              EventType.GpuReleaseRequested,
+              { sessionId, incarnation, placement, attempt, reason: 'migration' },
+              `${sessionId}/${incarnation}/release/${attempt}`,
+            ),
+          );
+        }
+      }),
+    );
+  }
+
+  // ---- emissions ----
+
+  /**
+   * Starts an emission without holding up the pass (a slow Broker must not delay the next deadline), waiting only
+   * for a free slot. A failed emission is logged: its claim stands, and the session sits in the destroy watchdog,
+   * which emits destroy.resume for it after DESTROY_STALL_MS.
+   */
+  async #emitTracked(report: PassReport, sessionId: string, send: () => Promise<void>): Promise<void> {
+    while (this.#emits.size >= this.#maxInFlight) await Promise.race(this.#emits);
+    const sent = send().catch((err: unknown) => {
+      report.emitFailures += 1;
+      this.#log.warn({ err, sessionId }, 'emission failed; the destroy watchdog resumes this session after DESTROY_STALL_MS');
+    });
+    this.#emits.add(sent);
+    void sent.finally(() => this.#emits.delete(sent));
+  }
+
+  async #drainEmits(): Promise<void> {
+    while (this.#emits.size > 0) await Promise.allSettled([...this.#emits]);
+  }
+}

@@ -1,0 +1,89 @@
+// heartbeat-timeout's request side: session.opened starts (or refreshes, or migrates) a session's liveness
+// deadline, session.heartbeat pushes it out, session.hold keeps it out for a while. The deadline itself is watched
+// by the deadline engine (deadline-engine.ts), the second entry point of this function.
+import { EventType } from '../core/contract/events.ts';
+import type { InboundEvent } from '../core/contract/parse.ts';
+import { TransientError } from '../core/errors.ts';
+import type { CoreDeps } from '../core/function-host.ts';
+import { eventFingerprint } from '../core/session-store.ts';
+
+/** The event types heartbeat-timeout consumes. */
+export const ACCEPTS = [EventType.SessionOpened, EventType.SessionHeartbeat, EventType.SessionHold] as const;
+
+/** An event this function consumes. */
+export type HeartbeatTimeoutEvent = InboundEvent<(typeof ACCEPTS)[number]>;
+
+/** When the event says the session was last known alive: its own time, never in the future. */
+export function liveFromOf(event: { time?: string | undefined }, now: number): number {
+  const at = event.time === undefined ? Number.NaN : Date.parse(event.time);
+  return Number.isFinite(at) ? Math.min(at, now) : now;
+}
+
+/** Applies one session.opened, session.heartbeat or session.hold; each first step is one idempotent script call. */
+export async function handle(event: HeartbeatTimeoutEvent, deps: CoreDeps): Promise<void> {
+  const now = deps.now();
+  const liveFrom = liveFromOf(event, now);
+  switch (event.type) {
+    case EventType.SessionOpened:
+      return opened(event, deps, now, liveFrom);
+    case EventType.SessionHeartbeat: {
+      const r = await deps.store.heartbeat(event.data.sessionId, liveFrom, now);
+      // A heartbeat for a session being destroyed (or gone) never revives it: acknowledged and dropped.
+      if (r.code !== 'REFRESHED' && deps.logger.isLevelEnabled('debug')) {
+        deps.logger.debug({ sessionId: event.data.sessionId, code: r.code }, 'heartbeat for a session that is not live: ignored');
+      }
+      return;
+    }
+    case EventType.SessionHold: {
+      const { sessionId, durationMs, reason } = event.data;
+      const granted = Math.min(durationMs, deps.config.MAX_HOLD_MS);
+      const r = await deps.store.hold(sessionId, eventFingerprint(event.source, event.id), now, granted);
+      if (r.code === 'HELD') deps.logger.info({ sessionId, incarnation: r.incarnation, holdUntil: r.holdUntil, requestedMs: durationMs, grantedMs: granted, reason }, 'hold granted');
+      else deps.logger.debug({ sessionId, code: r.code }, 'hold not applied');
+      return;
+    }
+  }
+}
+
+async function opened(event: Extract<HeartbeatTimeoutEvent, { type: typeof EventType.SessionOpened }>, deps: CoreDeps, now: number, liveFrom: number): Promise<void> {
+  const { sessionId, placement, heartbeatIntervalMs, missedBeats, tenant, model } = event.data;
+  const windowMs = (heartbeatIntervalMs ?? deps.config.DEFAULT_HEARTBEAT_INTERVAL_MS) * (missedBeats ?? deps.config.DEFAULT_MISSED_BEATS);
+  const r = await deps.store.open({
+    sessionId,
+    fingerprint: eventFingerprint(event.source, event.id),
+    now,
+    liveFrom,
+    windowMs,
+    placement: { node: placement.node, runtimeUrl: placement.runtimeUrl, gpuBytes: placement.gpuBytes ?? 0 },
+    tenant,
+    model,
+  });
+  const log = deps.logger;
+  switch (r.code) {
+    case 'OPENED':
+    case 'REOPENED':
+      log.info({ sessionId, incarnation: r.incarnation, deadline: r.deadline, windowMs, code: r.code }, 'session opened');
+      return;
+    case 'REFRESHED':
+    case 'DUPLICATE':
+    case 'STALE':
+      log.debug({ sessionId, incarnation: r.incarnation, code: r.code }, 'session.opened changed nothing new');
+      return;
+    case 'BUSY':
+      // The previous incarnation is mid-destroy; once it is destroyed this opened starts a new one.
+      throw new TransientError(`session ${sessionId} is still being destroyed (incarnation ${r.incarnation}); retry later`, { cause: undefined });
+    case 'MIGRATED': {
+      const { previous } = r;
+      log.info({ sessionId, incarnation: r.incarnation, previousIncarnation: previous.incarnation, from: previous.placement.node, to: placement.node }, 'session migrated');
+      // The old placement's memory is released under the same fencing as a destroy. If this emission fails the
+      // Broker redelivers the opened, which is then a DUPLICATE: the deadline engine's watchdog re-requests the
+      // release once the migration entry has stalled for DESTROY_STALL_MS, so the memory is never forgotten.
+      await deps.emit(
+        EventType.GpuReleaseRequested,
+        { sessionId, incarnation: previous.incarnation, placement: previous.placement, attempt: 1, reason: 'migration' },
+        `${sessionId}/${previous.incarnation}/release/1`,
+      );
+      return;
+    }
+  }
+}
