@@ -22,15 +22,16 @@ export const FUNCTION_NAMES = ['heartbeat-timeout', 'activity-score', 'destroy-d
 export type FunctionName = (typeof FUNCTION_NAMES)[number];
 
 /** Every process of the stack besides Redis and the in-process Broker. */
-export type ProcessName = FunctionName | 'deadline-engine' | 'sim-gpu-runtime';
+export type ProcessName = FunctionName | 'deadline-engine' | 'idle-checker' | 'sim-gpu-runtime';
 
 const FRAMEWORK_MAIN = 'node_modules/@google-cloud/functions-framework/build/src/main.js';
 const ENGINE_ENTRY = 'functions/heartbeat-timeout/engine.ts';
+const IDLE_CHECKER_ENTRY = 'functions/activity-score/idle-checker-main.ts';
 const RUNTIME_ENTRY = 'functions/sim-gpu-runtime/index.ts';
 const functionEntry = (name: FunctionName) => `functions/${name}/index.ts`;
 
 /** The entry files the stack runs, relative to the repository root. */
-export const STACK_ENTRY_FILES: readonly string[] = [FRAMEWORK_MAIN, ENGINE_ENTRY, RUNTIME_ENTRY, ...FUNCTION_NAMES.map(functionEntry)];
+export const STACK_ENTRY_FILES: readonly string[] = [FRAMEWORK_MAIN, ENGINE_ENTRY, IDLE_CHECKER_ENTRY, RUNTIME_ENTRY, ...FUNCTION_NAMES.map(functionEntry)];
 
 /** The entry files that do not exist (yet); the stack cannot start while any is missing. */
 export function missingEntryFiles(): string[] {
@@ -189,6 +190,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       broker: opts.brokerPort ?? 0,
       'sim-gpu-runtime': await freePort(),
       'deadline-engine': await freePort(),
+      'idle-checker': await freePort(),
       'heartbeat-timeout': await freePort(),
       'activity-score': await freePort(),
       'destroy-dispatch': await freePort(),
@@ -231,6 +233,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       );
     }
     children.push(spawnChild('deadline-engine', [ENGINE_ENTRY], { ...shared, PORT: String(ports['deadline-engine']), OTEL_SERVICE_NAME: 'deadline-engine' }));
+    children.push(spawnChild('idle-checker', [IDLE_CHECKER_ENTRY], { ...shared, PORT: String(ports['idle-checker']), OTEL_SERVICE_NAME: 'activity-score' }));
 
     const runtimeUrl = local(ports['sim-gpu-runtime']);
     await Promise.all(

@@ -1,0 +1,185 @@
+// End to end: the four functions, the deadline engine, the simulated GPU runtime and the local Broker, each a real
+// process, driven through every ending — closed, expired, idle, completed, a hold respected, a session reopened
+// after its destruction — with runtime faults (errors, then the runtime down so breakers open, then recovering).
+// At the end every session incarnation was destroyed exactly once and every registered GPU byte released once.
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CloudEvent, HTTP } from 'cloudevents';
+import { auditLedger } from '../../functions/core/ledger.ts';
+import { KeySpace } from '../../functions/core/redis/keys.ts';
+import { Scripts } from '../../functions/core/redis/scripts.ts';
+import { connectRedis, createRedisClient, type RedisClient } from '../../functions/core/redis/connect.ts';
+import { SessionStore } from '../../functions/core/session-store.ts';
+import { startEventSink, type EventSink } from '../support/event-sink.ts';
+import { missingEntryFiles, startStack, type Stack } from '../support/stack.ts';
+
+const T = 'dev.sessionreaper.';
+const GPU_BYTES = 1 << 20;
+const missing = missingEntryFiles();
+
+async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+describe('the whole system, end to end', { skip: missing.length ? `entry points missing: ${missing.join(', ')}` : false }, () => {
+  let stack: Stack;
+  let sink: EventSink;
+  let redis: RedisClient;
+  let store: SessionStore;
+  const opened = new Map<string, number[]>(); // session id -> incarnations seen
+
+  before(async () => {
+    sink = await startEventSink();
+    stack = await startStack({
+      forward: sink.url,
+      logLevel: 'warn',
+      env: {
+        DEADLINE_POLL_MS: '20', DESTROY_STALL_MS: '3000', IDLE_POLL_MS: '100', LOAD_EVAL_MS: '1000',
+        // A tenant whose sessions go idle quickly, so the idle ending takes a second rather than minutes.
+        TENANT_POLICIES: JSON.stringify({ 'e2e-fast': { threshold: 0.95, graceMs: 500 } }), LOAD_POLICY: JSON.stringify({ minGraceMs: 0 }), RELEASE_RETRIES: '1', BREAKER_RESET_TIMEOUT_MS: '500', BREAKER_VOLUME_THRESHOLD: '2' },
+      deliveryOverride: { retry: 40, backoffPolicy: 'linear', backoffDelayMs: 50 },
+    });
+    redis = createRedisClient({ REDIS_URL: stack.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: '', REDIS_TLS: false, CORE_TIMEOUT_MS: 5000 });
+    await connectRedis(redis);
+    store = new SessionStore(redis, new KeySpace(stack.keyPrefix, 32), await Scripts.register(redis), { tombstoneTtlMs: 60_000 });
+  });
+
+  after(async () => {
+    redis?.disconnect();
+    await stack?.stop();
+    await sink?.close();
+  });
+
+  async function send(type: string, data: Record<string, unknown>): Promise<void> {
+    const ce = new CloudEvent({ type: T + type, source: '/e2e/pipeline', id: randomUUID(), data, datacontenttype: 'application/json' });
+    const { headers, body } = HTTP.binary(ce);
+    const res = await fetch(stack.brokerUrl, { method: 'POST', headers: headers as Record<string, string>, body: body as string });
+    assert.equal(res.status, 202, `${type} accepted by the Broker`);
+  }
+
+  /** Opens a session and, playing the runtime, allocates its GPU memory under the incarnation it was given. */
+  async function open(sessionId: string, extra: Record<string, unknown> = {}): Promise<number> {
+    const before = opened.get(sessionId) ?? [];
+    await send('session.opened', { sessionId, placement: { node: 'gpu-node-1', runtimeUrl: stack.runtimeUrl, gpuBytes: GPU_BYTES }, heartbeatIntervalMs: 60_000, ...extra });
+    const view = await until(`${sessionId} opened`, async () => {
+      const v = await store.inspect(sessionId);
+      return v?.state === 'active' && !before.includes(v.incarnation) ? v : undefined;
+    });
+    opened.set(sessionId, [...before, view.incarnation]);
+    const res = await fetch(`${stack.runtimeUrl}/v1/sessions/${encodeURIComponent(sessionId)}/allocate`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ incarnation: view.incarnation, bytes: GPU_BYTES }),
+    });
+    assert.equal(res.status, 201, 'the runtime allocates');
+    return view.incarnation;
+  }
+
+  const destroyedEvent = (sessionId: string, incarnation: number) =>
+    sink.waitForEvent(({ event: e }) => e.type === `${T}session.destroyed` && (e.data as { sessionId: string }).sessionId === sessionId && (e.data as { incarnation: number }).incarnation === incarnation, { timeoutMs: 30_000 }).then((r) => r.event);
+
+  test('a closed session is destroyed', async () => {
+    const inc = await open('e2e-closed');
+    await send('session.heartbeat', { sessionId: 'e2e-closed' });
+    await send('session.closed', { sessionId: 'e2e-closed', reason: 'user left' });
+    const ev = await destroyedEvent('e2e-closed', inc);
+    const data = ev.data as { cause: string; timeline: { stage: string }[] };
+    assert.equal(data.cause, 'closed');
+    assert.deepEqual(data.timeline.map((t) => t.stage), ['claimed', 'gpu_release_requested', 'gpu_released', 'state_purged', 'completed']);
+  });
+
+  test('a session whose heartbeats stop expires and is destroyed', async () => {
+    const inc = await open('e2e-expired', { heartbeatIntervalMs: 200, missedBeats: 2 });
+    const ev = await destroyedEvent('e2e-expired', inc);
+    assert.equal((ev.data as { cause: string }).cause, 'expired');
+    const expired = sink.events.find(({ event: e }) => e.type === `${T}session.expired` && (e.data as { sessionId: string }).sessionId === 'e2e-expired');
+    assert.ok(expired, 'session.expired was emitted');
+  });
+
+  test('a hold is respected, then the session expires once it ends', async () => {
+    const inc = await open('e2e-held', { heartbeatIntervalMs: 200, missedBeats: 2 });
+    const heldAt = Date.now();
+    await send('session.hold', { sessionId: 'e2e-held', durationMs: 2500, reason: 'long tool call' });
+    const ev = await destroyedEvent('e2e-held', inc);
+    const claimedAt = Date.parse((ev.data as { timeline: { at: string }[] }).timeline[0]!.at);
+    assert.ok(claimedAt >= heldAt + 2000, `not reclaimed during the hold (claimed ${claimedAt - heldAt} ms after it was granted)`);
+    assert.equal((ev.data as { cause: string }).cause, 'expired');
+  });
+
+  test('a session whose activity dies down goes idle and is destroyed', async () => {
+    const inc = await open('e2e-idle', { tenant: 'e2e-fast' });
+    await send('session.activity', { sessionId: 'e2e-idle', kind: 'message', text: 'hello there' });
+    const ev = await destroyedEvent('e2e-idle', inc);
+    assert.equal((ev.data as { cause: string }).cause, 'idle');
+  });
+
+  test('an inference completed with release is destroyed, one without is not', async () => {
+    const kept = await open('e2e-kept');
+    const inc = await open('e2e-completed');
+    await send('inference.completed', { sessionId: 'e2e-kept', requestId: 'r-1', release: false });
+    await send('inference.completed', { sessionId: 'e2e-completed', requestId: 'r-2', release: true });
+    const ev = await destroyedEvent('e2e-completed', inc);
+    assert.equal((ev.data as { cause: string }).cause, 'completed');
+    assert.equal((await store.inspect('e2e-kept'))?.incarnation, kept);
+    await send('session.closed', { sessionId: 'e2e-kept' });
+    await destroyedEvent('e2e-kept', kept);
+  });
+
+  test('a session reopened after its destruction gets a new incarnation and is destroyed again', async () => {
+    const first = await open('e2e-reopened');
+    await send('session.closed', { sessionId: 'e2e-reopened' });
+    await destroyedEvent('e2e-reopened', first);
+    const second = await open('e2e-reopened');
+    assert.ok(second > first, 'a newer incarnation');
+    await send('session.heartbeat', { sessionId: 'e2e-reopened' });
+    assert.equal((await store.inspect('e2e-reopened'))?.state, 'active', 'a late event never revives the old one, nor kills the new');
+    await send('session.closed', { sessionId: 'e2e-reopened' });
+    await destroyedEvent('e2e-reopened', second);
+  });
+
+  test('runtime faults — errors, then the runtime down and breakers open — delay releases but lose none', async () => {
+    const setFaults = (faults: Record<string, unknown>) =>
+      fetch(`${stack.runtimeUrl}/sim/faults`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(faults) });
+    assert.ok((await setFaults({ errorRate: 0.5 })).ok);
+    const ids = Array.from({ length: 6 }, (_, i) => `e2e-faulty-${i}`);
+    const incs = await Promise.all(ids.map((id) => open(id)));
+    await Promise.all(ids.slice(0, 3).map((id) => send('session.closed', { sessionId: id })));
+    await Promise.all(ids.slice(0, 3).map((id, i) => destroyedEvent(id, incs[i]!)));
+    assert.ok((await setFaults({ errorRate: 0, down: true })).ok);
+    await Promise.all(ids.slice(3).map((id) => send('session.closed', { sessionId: id })));
+    await until('a release failure to be reported', () => Promise.resolve(sink.events.some(({ event: e }) => e.type === `${T}gpu.release.failed`)));
+    assert.ok((await setFaults({ down: false })).ok);
+    await Promise.all(ids.slice(3).map((id, i) => destroyedEvent(id, incs[i + 3]!)));
+  });
+
+  test('every incarnation was destroyed exactly once and every GPU byte released once', async () => {
+    const destroyed = new Map<string, Set<string>>();
+    for (const { event: e } of sink.events.filter((x) => x.event.type === `${T}session.destroyed`)) {
+      const d = e.data as { sessionId: string; incarnation: number };
+      const key = `${d.sessionId}:${d.incarnation}`;
+      destroyed.set(key, (destroyed.get(key) ?? new Set()).add(e.id));
+    }
+    const expected = [...opened].flatMap(([id, incs]) => incs.map((inc) => `${id}:${inc}`));
+    assert.deepEqual([...destroyed.keys()].sort(), expected.sort(), 'each incarnation destroyed');
+    for (const [key, ids] of destroyed) assert.equal(ids.size, 1, `${key} destroyed once (one destroy event id)`);
+
+    const stats = (await (await fetch(`${stack.runtimeUrl}/sim/stats`)).json()) as { releases: Record<string, number>; totalAllocated: number; totalFreed: number; usedBytes: number };
+    for (const key of expected) assert.equal(stats.releases[key], 1, `${key} freed exactly once on the runtime`);
+    assert.equal(stats.totalFreed, stats.totalAllocated);
+    assert.equal(stats.usedBytes, 0);
+
+    const audit = await auditLedger(redis, new KeySpace(stack.keyPrefix, 32));
+    assert.deepEqual(audit.problems, []);
+    assert.equal(audit.totals.heldBytes, 0, 'nothing held');
+    assert.equal(audit.totals.registeredBytes, expected.length * GPU_BYTES);
+    assert.equal(audit.totals.releasedBytes, audit.totals.registeredBytes);
+    assert.equal(audit.totals.releases, audit.totals.allocations);
+    assert.equal((await stack.broker.deadLetters.list()).length, 0, 'no dead letters');
+  });
+});
