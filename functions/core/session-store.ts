@@ -336,12 +336,14 @@ export class SessionStore {
     cause: Cause;
     now: number;
     idleSince?: number | undefined;
+    /** When the trigger was sent (its CloudEvent time), if known: one sent before a reopen is STALE. */
+    sentAt?: number | undefined;
   }): Promise<ClaimResult> {
     const k = this.keys.session(input.sessionId);
     const r = await this.#scripts.run(
       'claimDestroy',
       [k.session, k.deadlines, k.destroying, k.context],
-      [input.sessionId, input.fingerprint, input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0],
+      [input.sessionId, input.fingerprint, input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0, input.sentAt ?? ''],
     );
     const code = str(r[0]);
     switch (code) {

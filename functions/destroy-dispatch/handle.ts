@@ -56,6 +56,12 @@ export function eventTimeOf(event: { time?: string | undefined }, now: number): 
   return Number.isFinite(at) ? Math.min(at, now) : now;
 }
 
+/** When a trigger naming no incarnation was sent, if its producer said: one sent before a reopen is stale. */
+export function sentAtOf(event: { time?: string | undefined }): number | undefined {
+  const at = event.time === undefined ? Number.NaN : Date.parse(event.time);
+  return Number.isFinite(at) ? at : undefined;
+}
+
 /** The deterministic id of the gpu.release.requested for one attempt of one incarnation's release. */
 export function releaseRequestId(sessionId: string, incarnation: number, attempt: number): string {
   return `${sessionId}/${incarnation}/release/${attempt}`;
@@ -79,10 +85,10 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
   const fingerprint = eventFingerprint(event.source, event.id);
   switch (event.type) {
     case EventType.SessionClosed:
-      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'closed', now });
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'closed', now, sentAt: sentAtOf(event) });
     case EventType.SessionDestroyRequested:
       deps.logger.info({ sessionId: event.data.sessionId, reason: event.data.reason }, 'destroy requested by an operator');
-      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'forced', now });
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'forced', now, sentAt: sentAtOf(event) });
     case EventType.SessionExpired:
       // The deadline engine claimed the destroy already; this resumes it (or finds it a duplicate).
       return trigger(deps, { sessionId: event.data.sessionId, fingerprint, incarnation: event.data.incarnation, cause: 'expired', now });
@@ -97,7 +103,7 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
         if (deps.logger.isLevelEnabled('debug')) deps.logger.debug({ sessionId: event.data.sessionId, requestId: event.data.requestId }, 'inference completed without release: ignored');
         return;
       }
-      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'completed', now });
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'completed', now, sentAt: sentAtOf(event) });
     case EventType.GpuReleased:
       return released(deps, event.data, now);
     case EventType.GpuReleaseFailed:
@@ -109,7 +115,7 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
 
 async function trigger(
   deps: DestroyDispatchDeps,
-  claim: { sessionId: string; fingerprint: string; cause: Cause; now: number; incarnation?: number; idleSince?: number },
+  claim: { sessionId: string; fingerprint: string; cause: Cause; now: number; incarnation?: number; idleSince?: number; sentAt?: number | undefined },
 ): Promise<void> {
   const r = await deps.store.claimDestroy(claim);
   const log = deps.logger;

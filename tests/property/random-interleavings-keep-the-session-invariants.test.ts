@@ -53,6 +53,8 @@ interface ModelSession {
   seen: Set<string>;
   claimedAt: number;
   stage: Stage;
+  /** Live-from of the opened that reopened this id, if it was reopened. */
+  reopenedFrom?: number;
 }
 
 /** An event as delivered: redelivery replays it with the same fingerprint and original event time. */
@@ -99,7 +101,7 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
           else {
             assert.equal(r.code, 'REOPENED');
             assert.ok(r.code === 'REOPENED' && r.incarnation > m.incarnation, 'a reopened id gets a newer incarnation');
-            model.set(op.id, fresh());
+            model.set(op.id, { ...fresh(), reopenedFrom: liveFrom });
             registered += placement.gpuBytes;
           }
         } else if (op.placement !== m.placement && liveFrom < m.liveFrom) {
@@ -155,8 +157,9 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
       case 'complete':
       case 'force': {
         const cause = op.kind === 'close' ? 'closed' : op.kind === 'complete' ? 'completed' : 'forced';
-        const r = await core.store.claimDestroy({ sessionId: op.id, fingerprint: fp, cause, now });
+        const r = await core.store.claimDestroy({ sessionId: op.id, fingerprint: fp, cause, now, sentAt: eventTime });
         if (!m) return assert.equal(r.code, 'UNKNOWN');
+        if (m.reopenedFrom !== undefined && eventTime < m.reopenedFrom) return assert.equal(r.code, 'STALE');
         if (m.state === 'X') return assert.equal(r.code, 'ENDED');
         if (m.seen.has(fp)) return assert.equal(r.code, 'DUPLICATE');
         m.seen.add(fp);

@@ -190,6 +190,19 @@ for (const topology of TOPOLOGIES) {
         assert.equal((await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now: T0 + 20_000, idleSince: T0 + 650 })).code, 'CLAIMED');
       });
 
+      test('never ends a reopened incarnation for a trigger sent before the reopen', async () => {
+        const first = await openAt(core, 'claim-5', T0);
+        if (first.code !== 'OPENED') return assert.fail(first.code);
+        await core.store.claimDestroy({ sessionId: 'claim-5', fingerprint: fp(), cause: 'closed', now: T0 + 1 });
+        await destroyFully(core, 'claim-5', first.incarnation, T0 + 2);
+        await openAt(core, 'claim-5', T0 + 100);
+        const late = await core.store.claimDestroy({ sessionId: 'claim-5', fingerprint: fp(), cause: 'closed', now: T0 + 200, sentAt: T0 + 50 });
+        assert.equal(late.code, 'STALE');
+        assert.equal((await core.store.inspect('claim-5'))?.state, 'active');
+        const current = await core.store.claimDestroy({ sessionId: 'claim-5', fingerprint: fp(), cause: 'closed', now: T0 + 300, sentAt: T0 + 250 });
+        assert.equal(current.code, 'CLAIMED');
+      });
+
       test('reports UNKNOWN for an unknown id and ENDED for a tombstone', async () => {
         assert.equal((await core.store.claimDestroy({ sessionId: 'claim-none', fingerprint: fp(), cause: 'closed', now: T0 })).code, 'UNKNOWN');
         const r = await openAt(core, 'claim-4', T0);

@@ -8,12 +8,14 @@
   ARGV[4] cause   ARGV[5] now (ms)
   ARGV[6] idle-since (ms; only for cause 'idle': the claim is refused if the session was active after it or holds
           an unexpired hold, because the idle verdict was reached on older facts)
+  ARGV[7] when the trigger was sent (ms; its CloudEvent time, '' = unknown): a trigger that names no incarnation and
+          was sent before this id was reopened ends the previous incarnation, never this one
 
   Returns one of:
     {'CLAIMED', incarnation, stage, cause, placementId}
     {'ALREADY', incarnation, stage, cause, placementId}    already destroying: resume at its checkpoint
     {'DUPLICATE', incarnation, stage, cause, placementId}  this very event was applied already
-    {'STALE', incarnation}     the trigger names an older incarnation: never touches the newer one
+    {'STALE', incarnation}     the trigger names (or was sent before) an older incarnation: never touches the newer one
     {'REVIVED', incarnation}   idle verdict outdated (activity since, or an active hold)
     {'ENDED', incarnation}     destroyed already (tombstone)
     {'UNKNOWN'}
@@ -22,10 +24,12 @@
 local sessionKey, deadlinesKey, destroyingKey, contextKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sessionId, fingerprint, expectedInc, cause, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'h', 'xc')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'h', 'xc', 'ro')
 if not state[1] then return { 'UNKNOWN' } end
 local s, inc = state[1], tonumber(state[2])
 if expectedInc ~= '' and tonumber(expectedInc) ~= inc then return { 'STALE', inc } end
+local sentAt = ARGV[7] or ''
+if sentAt ~= '' and state[8] and tonumber(sentAt) < tonumber(state[8]) then return { 'STALE', inc } end
 if s == 'X' then return { 'ENDED', inc } end
 if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc, state[3] or '', state[4] or '', state[5] } end
 

@@ -35,7 +35,11 @@ local function create(previous)
   if model ~= '' then redis.call('HSET', sessionKey, 'm', model) end
   redis.call('ZADD', deadlinesKey, deadline, sessionId)
   ledgerRegister(ledgerKey, node, bytes)
-  if previous then return { 'REOPENED', inc, deadline, previous } end
+  if previous then
+    -- Remember when the id was reopened: an end trigger sent before it names the previous incarnation.
+    redis.call('HSET', sessionKey, 'ro', liveFrom)
+    return { 'REOPENED', inc, deadline, previous }
+  end
   return { 'OPENED', inc, deadline }
 end
 

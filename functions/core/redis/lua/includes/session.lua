@@ -13,7 +13,7 @@
 --   c   cause of the destroy      xc  further causes seen after the claim (comma separated)
 --   st  destroy stage              tl  timeline "stage@ms,stage@ms,..."
 --   ca  destroy claimed at (ms)   ga  GPU release attempt    gr  bytes the runtime confirmed freed
---   t   destroy completed at (ms)
+--   t   destroy completed at (ms)      ro  live-from of the opened that reopened this id (only after a reopen)
 local RING_SIZE = 16
 local STAGE_ORDER = { claimed = 1, gpu_release_requested = 2, gpu_released = 3, state_purged = 4, completed = 5 }
 
