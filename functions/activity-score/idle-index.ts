@@ -13,7 +13,7 @@ import { UnexpectedReplyError } from '../core/session-store.ts';
  * scheme (`<prefix>:{<bucket>}:<name>`) so it can move there unchanged.
  */
 export function idleIndexKey(prefix: string, bucket: number): string {
-  return `${prefix}:{${bucket}}:idle`;
+  return new KeySpace(prefix, bucket + 1).bucket(bucket).idle;
 }
 
 /** What scheduling did. */
@@ -53,7 +53,7 @@ export class IdleIndex {
 
   /** The index key of a bucket. */
   bucketKey(bucket: number): string {
-    return idleIndexKey(this.keys.prefix, bucket);
+    return this.keys.bucket(bucket).idle;
   }
 
   /** Sets when the session's idleness is next judged (undefined: never), if its context is still at `version`. */

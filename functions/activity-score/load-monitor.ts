@@ -12,19 +12,12 @@
 import type { Config } from '../core/config.ts';
 import type { RedisClient } from '../core/redis/connect.ts';
 import type { Logger } from '../core/log.ts';
-import { createRuntimeClient, type RuntimeClient } from '../gpu-release/runtime-client.ts';
+import { createRuntimeClient, type RuntimeClient } from '../core/runtime-client.ts';
+import { loadKeys } from '../core/redis/keys.ts';
 import { assessLoad, LOAD_TIERS, type LoadAssessment, type LoadPolicy, type LoadTier } from './load-policy.ts';
 
-/** The keys the load monitor uses under a prefix. */
-export function loadKeys(prefix: string) {
-  const tag = `${prefix}:{load}`;
-  return {
-    events: (second: number) => `${tag}:events:${second}`,
-    runtimes: `${tag}:runtimes`,
-    tier: `${tag}:tier`,
-    evaluating: `${tag}:evaluating`,
-  };
-}
+/** The keys the load monitor uses under a prefix (named in functions/core/redis/keys.ts). */
+export { loadKeys } from '../core/redis/keys.ts';
 
 /** Most runtimes polled for memory in one evaluation. */
 const MAX_RUNTIMES_POLLED = 256;

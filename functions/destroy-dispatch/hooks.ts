@@ -104,9 +104,7 @@ export class HookProgress {
 
   /** A SET of `<incarnation>:<hook>`; beside the session record, in its bucket's hash slot. */
   key(sessionId: string): string {
-    const k = this.#keys.session(sessionId);
-    // `:dh:` (not a suffix of the record key): a session id may contain ':', so no id can make another's key.
-    return `${k.session.slice(0, k.session.length - `:s:${sessionId}`.length)}:dh:${sessionId}`;
+    return this.#keys.session(sessionId).destroyHooks;
   }
 
   /** The hooks that succeeded for an incarnation. */

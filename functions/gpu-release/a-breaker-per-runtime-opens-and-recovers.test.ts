@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
-import { createRuntimeClient, RuntimeReleaseError } from './runtime-client.ts';
+import { createRuntimeClient, RuntimeReleaseError } from '../core/runtime-client.ts';
 import { breakerRecorder, testClientOptions } from './runtime-client-test-support.ts';
 
 const GiB = 1024 ** 3;

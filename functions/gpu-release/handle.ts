@@ -8,7 +8,7 @@ import type { InboundEvent } from '../core/contract/parse.ts';
 import { TransientError } from '../core/errors.ts';
 import type { Core, CoreDeps } from '../core/function-host.ts';
 import { traceHeadersForActiveContext } from '../core/telemetry.ts';
-import { createRuntimeClient, RuntimeReleaseError, type RuntimeCallContext, type RuntimeClient } from './runtime-client.ts';
+import { createRuntimeClient, RuntimeReleaseError, type RuntimeCallContext, type RuntimeClient } from '../core/runtime-client.ts';
 
 /** The event types gpu-release consumes. */
 export const GPU_RELEASE_ACCEPTS = [EventType.GpuReleaseRequested] as const;

@@ -1,7 +1,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
-import { createRuntimeClient, RuntimeReleaseError, runtimeEndpoint, type RuntimeClient } from './runtime-client.ts';
+import { createRuntimeClient, RuntimeReleaseError, runtimeEndpoint, type RuntimeClient } from '../core/runtime-client.ts';
 import { testClientOptions } from './runtime-client-test-support.ts';
 
 const GiB = 1024 ** 3;

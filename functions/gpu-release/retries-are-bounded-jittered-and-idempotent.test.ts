@@ -4,7 +4,7 @@ import { createServer } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
-import { createRuntimeClient, retryAfterMs, RuntimeReleaseError } from './runtime-client.ts';
+import { createRuntimeClient, retryAfterMs, RuntimeReleaseError } from '../core/runtime-client.ts';
 import { capturingLogger, testClientOptions } from './runtime-client-test-support.ts';
 
 const GiB = 1024 ** 3;

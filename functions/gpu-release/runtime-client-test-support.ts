@@ -2,7 +2,7 @@
 // a condition wait, so tests wait on what happened instead of sleeping for fixed times.
 import { EventEmitter, once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { BreakerState, RuntimeClientLogger, RuntimeClientOptions } from './runtime-client.ts';
+import type { BreakerState, RuntimeClientLogger, RuntimeClientOptions } from '../core/runtime-client.ts';
 
 /** One captured log call. */
 export interface CapturedLog {

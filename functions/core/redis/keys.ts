@@ -27,6 +27,8 @@ export interface BucketKeys {
   readonly ledger: string;
   /** HASH allocations left behind by a migration: `<sessionId>:<incarnation>` -> `<pid>|<bytes>`. */
   readonly migrations: string;
+  /** ZSET session id -> when its idleness is next judged (activity-score's idle checker). */
+  readonly idle: string;
 }
 
 /** Keys of one session (and its bucket). */
@@ -36,6 +38,26 @@ export interface SessionKeys extends BucketKeys {
   readonly session: string;
   /** HASH the activity-score context of the session. */
   readonly context: string;
+  /** SET `<incarnation>:<hook>` of the OnDestroy hooks that succeeded (destroy-dispatch). */
+  readonly destroyHooks: string;
+}
+
+/** Fleet-wide load figures, under one hash tag of their own (they span buckets). */
+export interface LoadKeys {
+  /** STRING events scored during one epoch second, by all replicas (expires). */
+  events(second: number): string;
+  /** ZSET runtime base URL -> when a session on it was last scored (ms). */
+  readonly runtimes: string;
+  /** STRING the current load tier (expires, so a fleet whose evaluators stopped falls back to normal). */
+  readonly tier: string;
+  /** STRING the evaluation lease, so one process per interval polls the runtimes. */
+  readonly evaluating: string;
+}
+
+/** The load keys under a prefix; they do not depend on the bucket count. */
+export function loadKeys(prefix: string): LoadKeys {
+  const tag = `${prefix}:{load}`;
+  return { events: (second) => `${tag}:events:${second}`, runtimes: `${tag}:runtimes`, tier: `${tag}:tier`, evaluating: `${tag}:evaluating` };
 }
 
 /** Builds every key this system uses from a prefix and a fixed bucket count. */
@@ -65,6 +87,7 @@ export class KeySpace {
       placements: `${tag}:placements`,
       ledger: `${tag}:ledger`,
       migrations: `${tag}:migrations`,
+      idle: `${tag}:idle`,
     };
   }
 
@@ -72,7 +95,8 @@ export class KeySpace {
   session(sessionId: string): SessionKeys {
     const b = this.bucket(this.bucketOf(sessionId));
     const tag = `${this.prefix}:{${b.bucket}}`;
-    return { ...b, sessionId, session: `${tag}:s:${sessionId}`, context: `${tag}:ctx:${sessionId}` };
+    // Distinct infixes (`:s:`, `:ctx:`, `:dh:`): an id may contain ':', but never one that makes another's key.
+    return { ...b, sessionId, session: `${tag}:s:${sessionId}`, context: `${tag}:ctx:${sessionId}`, destroyHooks: `${tag}:dh:${sessionId}` };
   }
 
   /** Just the record key of a session in a known bucket: the heartbeat hot path builds nothing else. */
