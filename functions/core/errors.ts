@@ -47,6 +47,14 @@ export class TransientError extends Error {
   }
 }
 
+/**
+ * A 503 that is part of normal operation — a limit asking the Broker to redeliver later (the storm guard, a reopen
+ * waiting for the previous incarnation's destroy) — logged at info rather than as a failure.
+ */
+export class BackpressureError extends TransientError {
+  override name = 'BackpressureError';
+}
+
 /** The HTTP status a handler answers with for a thrown value: 400, 503, or 500 for anything unexpected. */
 export function httpStatusOf(err: unknown): 400 | 500 | 503 {
   if (err instanceof ContractError) return err.status;

@@ -8,7 +8,7 @@ import { buildEvent } from './contract/build.ts';
 import type { DataOf, EmittedType, ContractType, FunctionName } from './contract/events.ts';
 import { parseInbound, type InboundEvent } from './contract/parse.ts';
 import { createEmitter, EventRejectedError, type Emitter } from './emit.ts';
-import { ContractError, TransientError } from './errors.ts';
+import { BackpressureError, ContractError, TransientError } from './errors.ts';
 import { createLogger, withLogContext, type Logger } from './log.ts';
 import { KeySpace } from './redis/keys.ts';
 import { connectRedis, createRedisClient, type RedisClient } from './redis/connect.ts';
@@ -184,7 +184,8 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
         res.status(400).json({ error: err.code, field: err.field, reason: err.reason });
         return;
       }
-      log.error({ err, status }, status === 503 ? 'transient failure; the Broker will redeliver' : 'handler failed');
+      if (err instanceof BackpressureError) log.info({ reason: err.message }, 'backpressure; the Broker will redeliver later');
+      else log.error({ err, status }, status === 503 ? 'transient failure; the Broker will redeliver' : 'handler failed');
       res.status(status).json({ error: status === 503 ? 'UNAVAILABLE' : 'INTERNAL', reason: (err as Error).message });
     }
   }

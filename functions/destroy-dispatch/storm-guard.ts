@@ -3,7 +3,7 @@
 // runtime's bucket (a distributed rate limit), both kept in Redis and shared by every replica. A destroy refused
 // either one fails with ReleaseThrottledError (503): the Broker redelivers it later with backoff, so excess
 // destroys wait their turn and none is dropped.
-import { TransientError } from '../core/errors.ts';
+import { TransientError, BackpressureError } from '../core/errors.ts';
 import type { RedisClient } from '../core/redis/connect.ts';
 import type { KeySpace } from '../core/redis/keys.ts';
 import { ScriptLoadError, Scripts } from '../core/redis/scripts.ts';
@@ -25,7 +25,7 @@ export interface StormGuardLimits {
 export type ThrottleScope = 'node' | 'runtime';
 
 /** A release that must wait its turn: answered 503, so the Broker redelivers the destroy later. */
-export class ReleaseThrottledError extends TransientError {
+export class ReleaseThrottledError extends BackpressureError {
   override name = 'ReleaseThrottledError';
   /** The limit that refused it. */
   readonly scope: ThrottleScope;

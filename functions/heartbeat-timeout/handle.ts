@@ -3,7 +3,7 @@
 // by the deadline engine (deadline-engine.ts), the second entry point of this function.
 import { EventType } from '../core/contract/events.ts';
 import type { InboundEvent } from '../core/contract/parse.ts';
-import { TransientError } from '../core/errors.ts';
+import { BackpressureError } from '../core/errors.ts';
 import type { CoreDeps } from '../core/function-host.ts';
 import { eventFingerprint } from '../core/session-store.ts';
 
@@ -71,7 +71,7 @@ async function opened(event: Extract<HeartbeatTimeoutEvent, { type: typeof Event
       return;
     case 'BUSY':
       // The previous incarnation is mid-destroy; once it is destroyed this opened starts a new one.
-      throw new TransientError(`session ${sessionId} is still being destroyed (incarnation ${r.incarnation}); retry later`, { cause: undefined });
+      throw new BackpressureError(`session ${sessionId} is still being destroyed (incarnation ${r.incarnation}); retry later`, { cause: undefined });
     case 'MIGRATED': {
       const { previous } = r;
       log.info({ sessionId, incarnation: r.incarnation, previousIncarnation: previous.incarnation, from: previous.placement.node, to: placement.node }, 'session migrated');
