@@ -1,12 +1,22 @@
 // Cross-checks over a rendered overlay that no schema can express: every reference resolves, every function has
-// its Service, Triggers, AuthorizationPolicy and Sidecar, the mesh's timeouts agree with the functions' own
-// configuration, head and tail sampling agree, and every image skaffold builds is deployed. Each check returns
-// the problems it found, one sentence each; an empty list means the overlay is consistent.
+// its Service, Triggers, AuthorizationPolicy and Sidecar, the deadline engine and the idle checker run as
+// long-running Broker sources, every setting a workload is given is one its process reads (by the functions' own
+// settings schemas) and parses, the mesh's timeouts agree with the functions' own configuration, head and tail
+// sampling agree, and every image skaffold builds is deployed. Each check returns the problems it found, one
+// sentence each; an empty list means the overlay is consistent.
 import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { ConfigSchema, loadConfig, type Config } from '../../functions/core/config.ts';
+import type { TObject } from '@sinclair/typebox';
+import { ActivityScoreSettingsSchema, readActivityScoreSettings } from '../../functions/activity-score/settings.ts';
+import { ConfigSchema, loadConfig, readSettings, type Config } from '../../functions/core/config.ts';
 import { EventType } from '../../functions/core/contract/events.ts';
+import { otlpTracesConfigured, samplerFromEnv } from '../../functions/core/telemetry.ts';
+import { DestroyDispatchSettingsSchema } from '../../functions/destroy-dispatch/definition.ts';
+import { defaultLeaseMs } from '../../functions/destroy-dispatch/storm-guard.ts';
+import { GpuReleaseSettingsSchema, readGpuReleaseSettings, type GpuReleaseSettings } from '../../functions/gpu-release/handle.ts';
+import { readSimSettings, SimSettingsSchema } from '../../functions/sim-gpu-runtime/server.ts';
 import { describe, parseManifests, show, type Json, type Manifest } from './manifest-schemas.ts';
 
 /** The repository root (this file is tests/deploy/deployment-checks.ts). */
@@ -42,26 +52,65 @@ export const CONSUMED_EVENT_TYPES: Record<FunctionName, readonly string[]> = {
 /** Calls one core-tier delivery may make, each bounded by CORE_TIMEOUT_MS: Redis round trips and 3 emit attempts. */
 export const CORE_CALLS_PER_DELIVERY = 6;
 
-// Settings the functions read besides ConfigSchema's: their own (named in each function's settings), the
-// standard OpenTelemetry variables, and what Node or the platform reads.
-const OTHER_KNOWN_SETTINGS = new Set([
-  'RELEASE_RETRIES',
-  'RELEASE_MAX_BACKOFF_MS',
-  'NODE_MAX_INFLIGHT_RELEASES',
-  'RUNTIME_RELEASE_RATE_PER_S',
-  'RUNTIME_RELEASE_BURST',
-  'TENANT_POLICIES',
-  'IDLE_GRACE_MS',
+/** The images built from functions/: the four functions and the simulated GPU runtime. */
+export const FUNCTION_IMAGES: readonly string[] = [...FUNCTIONS, 'sim-gpu-runtime'];
+
+/** The long-running second entry points of two functions: Deployments with a SinkBinding, not Knative Services. */
+export const LONG_RUNNING = {
+  'deadline-engine': { image: 'heartbeat-timeout', entry: 'functions/heartbeat-timeout/engine.ts', serviceName: 'deadline-engine' },
+  // The checker's code names its core 'activity-score' (functions/activity-score/idle-checker-main.ts).
+  'idle-checker': { image: 'activity-score', entry: 'functions/activity-score/idle-checker-main.ts', serviceName: 'activity-score' },
+} as const satisfies Record<string, { image: FunctionName; entry: string; serviceName: string }>;
+export type LongRunningName = keyof typeof LONG_RUNNING;
+
+// The standard OpenTelemetry variables these processes read: the ones functions/core/telemetry.ts reads itself,
+// the OTLP/HTTP trace exporter's, and the resource detector's. No metrics or logs are exported, and sdk-trace 3
+// no longer reads the OTEL_BSP_* variables, so those would be read by nothing.
+const OTLP_SETTINGS = ['ENDPOINT', 'HEADERS', 'TIMEOUT', 'COMPRESSION', 'CERTIFICATE', 'CLIENT_CERTIFICATE', 'CLIENT_KEY'];
+const OTEL_SETTINGS = [
+  'OTEL_SDK_DISABLED',
   'OTEL_SERVICE_NAME',
-  'OTEL_EXPORTER_OTLP_ENDPOINT',
-  'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT',
-  'OTEL_TRACES_EXPORTER',
+  'OTEL_RESOURCE_ATTRIBUTES',
   'OTEL_TRACES_SAMPLER',
   'OTEL_TRACES_SAMPLER_ARG',
-  'OTEL_RESOURCE_ATTRIBUTES',
-  'NODE_EXTRA_CA_CERTS',
-  'PORT',
-]);
+  'OTEL_TRACES_EXPORTER',
+  ...OTLP_SETTINGS.flatMap((s) => [`OTEL_EXPORTER_OTLP_${s}`, `OTEL_EXPORTER_OTLP_TRACES_${s}`]),
+];
+// What Node itself reads, and what the functions framework reads (functions-framework/build/src/options.js).
+const NODE_SETTINGS = ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS', 'NODE_ENV'];
+const FRAMEWORK_SETTINGS = ['PORT', 'FUNCTION_TARGET', 'FUNCTION_SIGNATURE_TYPE', 'FUNCTION_SOURCE'];
+
+/** What one entry point reads from its environment: the settings schemas (names and rules) and the standard names. */
+export interface EntryPointSettings {
+  schemas: readonly TObject[];
+  standard: readonly string[];
+  /** Parses the environment the way the process does at start; throws (a ConfigError) on a bad value. */
+  read: (env: Record<string, string>) => unknown;
+}
+
+function coreEntry(own: readonly TObject[], read: (env: Record<string, string>) => unknown, standard: readonly string[]): EntryPointSettings {
+  return {
+    schemas: [ConfigSchema, ...own],
+    standard: [...OTEL_SETTINGS, ...NODE_SETTINGS, ...standard],
+    read: (env) => {
+      loadConfig(env);
+      samplerFromEnv(env);
+      otlpTracesConfigured(env);
+      return read(env);
+    },
+  };
+}
+
+/** Each process the images run, by its entry module, with the settings it reads (from the functions' own schemas). */
+export const ENTRY_POINTS: Record<string, EntryPointSettings> = {
+  'functions/heartbeat-timeout/index.ts': coreEntry([], () => undefined, FRAMEWORK_SETTINGS),
+  'functions/heartbeat-timeout/engine.ts': coreEntry([], () => undefined, ['PORT']),
+  'functions/activity-score/index.ts': coreEntry([ActivityScoreSettingsSchema], readActivityScoreSettings, FRAMEWORK_SETTINGS),
+  'functions/activity-score/idle-checker-main.ts': coreEntry([ActivityScoreSettingsSchema], readActivityScoreSettings, ['PORT']),
+  'functions/destroy-dispatch/index.ts': coreEntry([DestroyDispatchSettingsSchema], (env) => readSettings(DestroyDispatchSettingsSchema, env), FRAMEWORK_SETTINGS),
+  'functions/gpu-release/index.ts': coreEntry([GpuReleaseSettingsSchema], readGpuReleaseSettings, FRAMEWORK_SETTINGS),
+  'functions/sim-gpu-runtime/index.ts': { schemas: [SimSettingsSchema], standard: NODE_SETTINGS, read: readSimSettings },
+};
 
 type Obj = Record<string, Json>;
 
@@ -297,27 +346,84 @@ export function environmentOf(ms: readonly Manifest[], workload: Manifest): Reco
   return env;
 }
 
-function redisClients(ms: readonly Manifest[]): Manifest[] {
-  return [...FUNCTIONS.map((fn) => find(ms, 'Service', 'serving.knative.dev', fn)), find(ms, 'Deployment', 'apps', 'deadline-engine')].filter((m): m is Manifest => m !== undefined);
+/** The workloads that run function code: Knative Services and Deployments whose container runs a function image. */
+export function functionWorkloads(ms: readonly Manifest[]): Manifest[] {
+  return [...ofKind(ms, 'Service', 'serving.knative.dev'), ...ofKind(ms, 'Deployment', 'apps')].filter((w) => FUNCTION_IMAGES.includes(str(firstContainer(w).image) ?? ''));
 }
 
-/** Every setting a function or the engine is given is one the code reads, and the core ones parse. */
-export function checkSettings(ms: readonly Manifest[]): string[] {
-  const known = new Set([...Object.keys(ConfigSchema.properties), ...OTHER_KNOWN_SETTINGS, 'REDIS_PASSWORD']);
+/** The entry module a workload's container runs: its image's default (the functions framework serving the
+ *  function's index.ts) or `node <module>`; a string that names neither is returned as the command line. */
+export function entryPointOf(workload: Manifest): string {
+  const container = firstContainer(workload);
+  const command = arr(container.command).map((c) => str(c) ?? '');
+  const args = arr(container.args).map((a) => str(a) ?? '');
+  if (command.length === 0 && args.length === 0) return `functions/${str(container.image) ?? ''}/index.ts`;
+  if (command.length === 1 && command[0] === 'node' && args.length === 1) return args[0] ?? '';
+  return [...command, ...args].join(' ');
+}
+
+/** The image and entry module of every workload (anything with a pod template) in a rendering. */
+export function entryPoints(ms: readonly Manifest[]): { image: string; entry: string }[] {
+  return ms.filter((m) => arr(at(templateOf(m), 'spec.containers')).length > 0).map((m) => ({ image: str(firstContainer(m).image) ?? '', entry: entryPointOf(m) }));
+}
+
+function redisClients(ms: readonly Manifest[]): Manifest[] {
+  return functionWorkloads(ms).filter((w) => ENTRY_POINTS[entryPointOf(w)]?.schemas.includes(ConfigSchema));
+}
+
+function settingNames(ms: readonly Manifest[], w: Manifest): { names: string[]; problems: string[] } {
+  const container = firstContainer(w);
+  const names: string[] = [];
   const problems: string[] = [];
-  for (const w of redisClients(ms)) {
-    const container = firstContainer(w);
-    const names = [...Object.keys(environmentOf(ms, w)), ...arr(container.env).map((e) => str(obj(e).name) ?? '')];
-    for (const n of new Set(names)) if (!known.has(n)) problems.push(`${describe(w)} sets ${n}, which no code reads`);
+  for (const from of arr(container.envFrom).map(obj)) {
+    const cmName = str(at(from, 'configMapRef.name'));
+    if (cmName === undefined) continue;
+    const cm = find(ms, 'ConfigMap', '', cmName, namespaceOf(w) || NAMESPACE);
+    if (!cm) problems.push(`${describe(w)} takes its environment from ConfigMap ${cmName}, which is not deployed`);
+    names.push(...Object.keys(obj(cm?.doc.data)));
+  }
+  names.push(...arr(container.env).map((e) => str(obj(e).name) ?? ''));
+  return { names: [...new Set(names)], problems };
+}
+
+/**
+ * Every variable a function workload is given is one its process reads: a property of the settings schemas its
+ * entry point reads (core ConfigSchema, the function's own), a standard OpenTelemetry, Node or framework variable;
+ * and every value parses as the process parses it at start.
+ */
+export function checkSettings(ms: readonly Manifest[]): string[] {
+  const problems: string[] = [];
+  const broker = ofKind(ms, 'Broker', 'eventing.knative.dev')[0];
+  for (const w of functionWorkloads(ms)) {
+    const entry = entryPointOf(w);
+    const settings = ENTRY_POINTS[entry];
+    if (!settings) {
+      problems.push(`${describe(w)} runs ${entry}, which is none of the functions' entry points`);
+      continue;
+    }
+    const known = new Set([...settings.schemas.flatMap((schema) => Object.keys(schema.properties)), ...settings.standard]);
+    const { names, problems: missing } = settingNames(ms, w);
+    problems.push(...missing);
+    for (const n of names) if (!known.has(n)) problems.push(`${describe(w)} sets ${n}, which no code ${entry} runs reads`);
+    const env = environmentOf(ms, w);
     try {
-      loadConfig(environmentOf(ms, w));
+      settings.read(env);
     } catch (err) {
       problems.push(`${describe(w)}: ${(err as Error).message}`);
     }
-    const sink = environmentOf(ms, w).K_SINK;
-    const broker = ofKind(ms, 'Broker', 'eventing.knative.dev')[0];
+    const sink = env.K_SINK;
     if (w.doc.kind === 'Service' && broker && sink !== `http://broker-ingress.knative-eventing.svc.cluster.local/${NAMESPACE}/${nameOf(broker)}`) problems.push(`${describe(w)}'s K_SINK ${show(sink)} is not the Broker's ingress`);
   }
+  // The idle checker re-judges what activity-score scored: one scoring policy for both.
+  const scorers = functionWorkloads(ms).filter((w) => ENTRY_POINTS[entryPointOf(w)]?.schemas.includes(ActivityScoreSettingsSchema));
+  const policies = scorers.map((w) => {
+    try {
+      return JSON.stringify(readActivityScoreSettings(environmentOf(ms, w)));
+    } catch {
+      return undefined;
+    }
+  });
+  if (new Set(policies).size > 1) problems.push(`${scorers.map(describe).join(' and ')} read different activity-score settings`);
   return problems;
 }
 
@@ -328,10 +434,110 @@ function configOf(ms: readonly Manifest[], fn: FunctionName): { cfg: Config; env
   return { cfg: loadConfig(env), env, svc };
 }
 
-function intSetting(env: Record<string, string>, name: string): number {
-  const v = Number(env[name]);
-  if (!Number.isInteger(v)) throw new Error(`${name} must be set to an integer for the timeout check (got ${show(env[name])})`);
-  return v;
+function podLabelsOf(m: Manifest): Obj {
+  return obj(at(templateOf(m), 'metadata.labels'));
+}
+
+function selectsPod(selector: Obj, podLabels: Obj): boolean {
+  const entries = Object.entries(selector);
+  return entries.length > 0 && entries.every(([k, v]) => podLabels[k] === v);
+}
+
+/**
+ * The deadline engine and the idle checker: each a Deployment of at least 2 replicas running its entry point in its
+ * function's image, bound to the Broker by a SinkBinding, wired for Istio, probed on /healthz, with resources, its
+ * own ServiceAccount, its egress limited by a Sidecar, no ALLOW policy (it serves nothing to the mesh) and a
+ * PodDisruptionBudget.
+ */
+export function checkLongRunning(ms: readonly Manifest[]): string[] {
+  const problems: string[] = [];
+  for (const [name, spec] of Object.entries(LONG_RUNNING)) {
+    const d = find(ms, 'Deployment', 'apps', name);
+    if (!d) {
+      problems.push(`${name} has no Deployment`);
+      continue;
+    }
+    const replicas = at(d.doc, 'spec.replicas');
+    if (typeof replicas !== 'number' || replicas < 2) problems.push(`${name} runs ${show(replicas)} replicas, fewer than 2`);
+    const tmpl = templateOf(d);
+    const labels = podLabelsOf(d);
+    const container = firstContainer(d);
+    if (str(container.image) !== spec.image) problems.push(`${name}'s container image is ${show(container.image)}, not ${spec.image}`);
+    const entry = entryPointOf(d);
+    if (entry !== spec.entry) problems.push(`${name} runs ${show(entry)}, not node ${spec.entry}`);
+    if (!existsSync(path.join(REPO_ROOT, spec.entry))) problems.push(`${name}'s entry point ${spec.entry} does not exist`);
+    if (labels['sidecar.istio.io/inject'] !== 'true') problems.push(`${name}'s pods do not ask for an Istio sidecar`);
+    const proxyConfig = str(obj(at(tmpl, 'metadata.annotations'))['proxy.istio.io/config']);
+    if (proxyConfig === undefined || obj(parseYaml(proxyConfig) as Json).holdApplicationUntilProxyStarts !== true) problems.push(`${name} does not hold the application until the proxy starts`);
+    const env = arr(container.env).map(obj);
+    if (env.find((e) => e.name === 'OTEL_SERVICE_NAME')?.value !== spec.serviceName) problems.push(`${name}'s OTEL_SERVICE_NAME is not ${spec.serviceName}, the name its code gives its core`);
+    if (str(at(tmpl, 'spec.serviceAccountName')) !== name || !find(ms, 'ServiceAccount', '', name)) problems.push(`${name} does not run as its own ServiceAccount ${name}`);
+    if (at(container, 'resources.requests') === undefined || at(container, 'resources.limits.memory') === undefined) problems.push(`${name} lacks resource requests or a memory limit`);
+    // The probe reaches the port the process listens on: PORT (8080 when unset).
+    const probePort = at(container, 'readinessProbe.httpGet.port');
+    const ports = arr(container.ports).map(obj);
+    const probed = typeof probePort === 'number' ? probePort : ports.find((p) => p.name === probePort)?.containerPort;
+    const listening = Number(str(env.find((e) => e.name === 'PORT')?.value) ?? 8080);
+    if (str(at(container, 'readinessProbe.httpGet.path')) !== '/healthz') problems.push(`${name} has no readiness probe on /healthz`);
+    else if (probed !== listening) problems.push(`${name}'s readiness probe calls port ${show(probed ?? probePort)}, but it listens on ${listening}`);
+
+    const bindings = ofKind(ms, 'SinkBinding', 'sources.knative.dev').filter((b) => str(at(b.doc, 'spec.subject.kind')) === 'Deployment' && str(at(b.doc, 'spec.subject.name')) === name);
+    if (!bindings.some((b) => str(at(b.doc, 'spec.sink.ref.kind')) === 'Broker')) problems.push(`${name} has no SinkBinding to the Broker, so it has no K_SINK`);
+    if (!ofKind(ms, 'Sidecar', 'networking.istio.io').some((s) => selectsPod(obj(at(s.doc, 'spec.workloadSelector.labels')), labels))) problems.push(`${name} has no Sidecar limiting its egress`);
+    const admitting = ofKind(ms, 'AuthorizationPolicy', 'security.istio.io').filter((p) => (str(at(p.doc, 'spec.action')) ?? 'ALLOW') === 'ALLOW' && selectsPod(obj(at(p.doc, 'spec.selector.matchLabels')), labels));
+    if (admitting.length > 0) problems.push(`${name} serves nothing to the mesh, yet ${admitting.map(describe).join(', ')} admits callers`);
+    if (!ofKind(ms, 'PodDisruptionBudget', 'policy').some((p) => selectsPod(obj(at(p.doc, 'spec.selector.matchLabels')), labels))) problems.push(`${name} has no PodDisruptionBudget`);
+  }
+  return problems;
+}
+
+/** Where Knative's JobSink receiver mounts the event it stores, in every container of the Job it creates. */
+export const JOB_SINK_EVENT_PATH = '/etc/jobsink-event/event';
+
+/**
+ * Dead letters are kept as docs/deploy.md says: every Trigger not annotated `sessionreaper.dev/dead-letters: drop`
+ * (heartbeats, superseded by the next one) ends in a JobSink whose Job prints the mounted event, runs without a
+ * sidecar (which would keep it from completing) and is kept a while after it ran.
+ */
+export function checkDeadLetters(ms: readonly Manifest[]): string[] {
+  const problems: string[] = [];
+  for (const t of ofKind(ms, 'Trigger', 'eventing.knative.dev')) {
+    if (obj(at(t.doc, 'metadata.annotations'))['sessionreaper.dev/dead-letters'] === 'drop') continue;
+    const dls = effectiveDelivery(ms, t)?.deadLetterSink;
+    if (str(at(dls, 'ref.kind')) !== 'JobSink') {
+      problems.push(`${describe(t)} has no JobSink as its dead-letter sink: its undeliverable events would be lost`);
+      continue;
+    }
+    const sink = find(ms, 'JobSink', 'sinks.knative.dev', str(at(dls, 'ref.name')) ?? '');
+    if (!sink) continue; // checkReferences reports it
+    const job = obj(at(sink.doc, 'spec.job'));
+    const container = obj(arr(at(job, 'spec.template.spec.containers'))[0]);
+    const commandLine = [...arr(container.command), ...arr(container.args)].map((c) => str(c) ?? '');
+    if (!commandLine.includes(JOB_SINK_EVENT_PATH)) problems.push(`${describe(sink)}'s Job does not print ${JOB_SINK_EVENT_PATH}, where the event is mounted`);
+    if (obj(at(job, 'spec.template.metadata.labels'))['sidecar.istio.io/inject'] !== 'false') problems.push(`${describe(sink)}'s Job would get a sidecar, and never complete`);
+    const ttl = at(job, 'spec.ttlSecondsAfterFinished');
+    if (typeof ttl !== 'number' || ttl < 86_400) problems.push(`${describe(sink)}'s Job (and the event's Secret) is kept ${show(ttl)} s, less than a day to replay it`);
+  }
+  return [...new Set(problems)];
+}
+
+/** Every workload labelled a Redis client runs as an identity the in-cluster Redis admits (when that Redis is deployed). */
+export function checkRedisAccess(ms: readonly Manifest[]): string[] {
+  const policy = find(ms, 'AuthorizationPolicy', 'security.istio.io', 'redis');
+  if (!policy) return [];
+  const principals = new Set(arr(at(policy.doc, 'spec.rules')).flatMap((r) => arr(obj(r).from).flatMap((f) => arr(at(obj(f), 'source.principals')))));
+  const problems: string[] = [];
+  for (const w of [...ofKind(ms, 'Service', 'serving.knative.dev'), ...ofKind(ms, 'Deployment', 'apps')]) {
+    if (obj(at(w.doc, 'metadata.labels'))['sessionreaper.dev/redis-client'] !== 'true') continue;
+    const principal = `cluster.local/ns/${namespaceOf(w) || NAMESPACE}/sa/${str(at(templateOf(w), 'spec.serviceAccountName')) ?? 'default'}`;
+    if (!principals.has(principal)) problems.push(`${describe(w)} is a Redis client, but Redis does not admit ${principal}`);
+  }
+  return problems;
+}
+
+/** The longest one delivery to gpu-release may take: each attempt's timeout, each wait between attempts, the core calls. */
+export function releaseBudgetMs(cfg: Pick<Config, 'RUNTIME_TIMEOUT_MS' | 'CORE_TIMEOUT_MS'>, release: Pick<GpuReleaseSettings, 'RELEASE_RETRIES' | 'RELEASE_MAX_BACKOFF_MS'>): number {
+  return (release.RELEASE_RETRIES + 1) * cfg.RUNTIME_TIMEOUT_MS + release.RELEASE_RETRIES * release.RELEASE_MAX_BACKOFF_MS + CORE_CALLS_PER_DELIVERY * cfg.CORE_TIMEOUT_MS;
 }
 
 /** The timeout tiers: mesh routes carry the functions' own per-attempt timeouts, deliveries cover whole budgets. */
@@ -371,9 +577,29 @@ export function checkTimeouts(ms: readonly Manifest[]): string[] {
   }
   for (const needed of ['VirtualService:core', 'VirtualService:runtime', 'DestinationRule:core', 'DestinationRule:runtime']) if (!seen.has(needed)) problems.push(`no ${needed.replace(':', ' for the ')} tier`);
 
-  // Delivery side: one delivery must fit the whole budget of the function it calls.
-  const releaseBudget =
-    (intSetting(gpu.env, 'RELEASE_RETRIES') + 1) * gpu.cfg.RUNTIME_TIMEOUT_MS + intSetting(gpu.env, 'RELEASE_RETRIES') * intSetting(gpu.env, 'RELEASE_MAX_BACKOFF_MS') + CORE_CALLS_PER_DELIVERY * gpu.cfg.CORE_TIMEOUT_MS;
+  // Delivery side: one delivery must fit the whole budget of the function it calls. gpu-release's budget comes
+  // from its own settings (functions/gpu-release/handle.ts) as the process reads them: every attempt's timeout,
+  // every wait between attempts (each at most RELEASE_MAX_BACKOFF_MS, Retry-After included) and its core calls.
+  let release: GpuReleaseSettings;
+  try {
+    release = readGpuReleaseSettings(gpu.env);
+  } catch (err) {
+    return [...problems, `gpu-release: ${(err as Error).message}`];
+  }
+  const releaseBudget = releaseBudgetMs(gpu.cfg, release);
+  // destroy-dispatch holds a node's release slot for as long as gpu-release may still be trying: it must count the
+  // same retries, and its lease must outlast that budget, or a slot frees itself while its release is in flight.
+  const dispatch = configOf(ms, 'destroy-dispatch');
+  if (dispatch) {
+    try {
+      const dd = readSettings(DestroyDispatchSettingsSchema, dispatch.env);
+      if (dd.RELEASE_RETRIES !== release.RELEASE_RETRIES) problems.push(`destroy-dispatch counts RELEASE_RETRIES=${dd.RELEASE_RETRIES}, gpu-release makes ${release.RELEASE_RETRIES}`);
+      const lease = dd.RELEASE_SLOT_LEASE_MS || defaultLeaseMs(dispatch.cfg.RUNTIME_TIMEOUT_MS, dd.RELEASE_RETRIES);
+      if (lease < releaseBudget) problems.push(`destroy-dispatch's release slot lease (${lease} ms) ends inside gpu-release's budget of ${releaseBudget} ms`);
+    } catch (err) {
+      problems.push(`destroy-dispatch: ${(err as Error).message}`);
+    }
+  }
   for (const t of ofKind(ms, 'Trigger', 'eventing.knative.dev')) {
     const fn = FUNCTIONS.find((f) => f === str(at(t.doc, 'spec.subscriber.ref.name')));
     if (!fn) continue;
@@ -391,10 +617,9 @@ export function checkTimeouts(ms: readonly Manifest[]): string[] {
     const window = redeliveryWindowMs(d);
     if (gpu.cfg.TOMBSTONE_TTL_MS <= window) problems.push(`TOMBSTONE_TTL_MS (${gpu.cfg.TOMBSTONE_TTL_MS}) does not outlast ${describe(t)}'s redelivery window (${window} ms)`);
   }
-  for (const fn of FUNCTIONS) {
-    const svc = find(ms, 'Service', 'serving.knative.dev', fn);
-    const probeTimeout = at(firstContainer(svc ?? { source: '', doc: {} }), 'readinessProbe.timeoutSeconds');
-    if (typeof probeTimeout !== 'number' || probeTimeout * 1000 <= core) problems.push(`${fn}'s readiness probe gives up before /healthz's Redis ping (CORE_TIMEOUT_MS) can`);
+  for (const w of redisClients(ms)) {
+    const probeTimeout = at(firstContainer(w), 'readinessProbe.timeoutSeconds');
+    if (typeof probeTimeout !== 'number' || probeTimeout * 1000 <= core) problems.push(`${nameOf(w)}'s readiness probe gives up before /healthz's Redis ping (CORE_TIMEOUT_MS) can`);
   }
   return problems;
 }
@@ -558,6 +783,18 @@ export function withChange(ms: readonly Manifest[], kind: string, name: string, 
     if (m.doc.kind !== kind || str(at(m.doc, 'metadata.name')) !== name) return m;
     const doc = structuredClone(m.doc);
     setPointer(doc, pointer, value);
+    return { source: m.source, doc };
+  });
+}
+
+/** A copy of a rendering where one workload's container sets an environment variable (replacing an entry of that name). */
+export function withEnv(ms: readonly Manifest[], kind: string, name: string, variable: string, value: string): Manifest[] {
+  return ms.map((m) => {
+    if (m.doc.kind !== kind || str(at(m.doc, 'metadata.name')) !== name) return m;
+    const doc = structuredClone(m.doc);
+    const container = obj(arr(at(obj(obj(doc.spec).template), 'spec.containers'))[0]);
+    const env = arr(container.env).filter((e) => obj(e).name !== variable);
+    container.env = [...env, { name: variable, value }];
     return { source: m.source, doc };
   });
 }

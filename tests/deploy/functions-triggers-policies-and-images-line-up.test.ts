@@ -1,6 +1,8 @@
 // Cross-checks no schema can make: every Trigger's subscriber and sink exist, every function has its Service,
-// Triggers, AuthorizationPolicy and Sidecar, settings are ones the code reads, every image skaffold builds is
-// deployed, gpu-release lands on the Terraform GPU pool, and the install notes name the versions checked against.
+// Triggers, AuthorizationPolicy and Sidecar, the deadline engine and the idle checker run as they must, settings are
+// ones the processes read (by the functions' own settings schemas) with values they accept, every image skaffold
+// builds is deployed and holds what its entry points import, gpu-release lands on the Terraform GPU pool, and the
+// install notes name the versions checked against.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -11,20 +13,27 @@ import {
   REPO_ROOT,
   applySkaffoldProfile,
   checkFunctionsComplete,
+  checkDeadLetters,
   checkGpuScheduling,
+  checkLongRunning,
+  checkRedisAccess,
   checkReferences,
   checkSettings,
   checkSkaffoldImages,
+  entryPoints,
   renderKustomization,
   renderOverlay,
   skaffoldPlan,
   withChange,
+  withEnv,
   type GpuPool,
 } from './deployment-checks.ts';
+import { checkImageContents, imageUses } from './image-contents.ts';
 import { describe as describeManifest, parseManifests, type Json, type Manifest } from './manifest-schemas.ts';
 
 const rendered = new Map(OVERLAYS.map((o) => [o, renderOverlay(o)]));
 const skaffold = parseYaml(readFileSync(path.join(REPO_ROOT, 'skaffold.yaml'), 'utf8')) as Record<string, Json>;
+const dockerfile = { path: 'functions/Dockerfile', text: readFileSync(path.join(REPO_ROOT, 'functions', 'Dockerfile'), 'utf8') };
 const smokeJob = parseManifests(readFileSync(path.join(REPO_ROOT, 'tests', 'deploy', 'smoke-job.yaml'), 'utf8'), 'smoke-job.yaml');
 const terraform = JSON.parse(readFileSync(path.join(REPO_ROOT, 'infra', 'terraform', 'gke-gpu-node-pool', 'scheduling.tf.json'), 'utf8')) as {
   locals: { gpu_node_labels: GpuPool['labels']; gpu_node_taints: GpuPool['taints']; gke_added_gpu_taints: GpuPool['taints'] };
@@ -39,7 +48,10 @@ void describe('functions, triggers, policies and images line up', () => {
   for (const o of OVERLAYS) {
     void it(`${o}: every reference resolves`, () => assert.deepEqual(checkReferences(overlay(o)), []));
     void it(`${o}: every function has its Service, Triggers, AuthorizationPolicy and Sidecar`, () => assert.deepEqual(checkFunctionsComplete(overlay(o)), []));
-    void it(`${o}: every setting is one the code reads, and the core ones parse`, () => assert.deepEqual(checkSettings(overlay(o)), []));
+    void it(`${o}: the deadline engine and the idle checker run as long-running Broker sources`, () => assert.deepEqual(checkLongRunning(overlay(o)), []));
+    void it(`${o}: every setting is one its process reads, and every value parses`, () => assert.deepEqual(checkSettings(overlay(o)), []));
+    void it(`${o}: Redis admits every workload that keeps session state`, () => assert.deepEqual(checkRedisAccess(overlay(o)), []));
+    void it(`${o}: undeliverable events are kept for inspection and replay`, () => assert.deepEqual(checkDeadLetters(overlay(o)), []));
   }
 
   for (const profile of ['dev', 'prod', 'prod-memorystore']) {
@@ -48,6 +60,13 @@ void describe('functions, triggers, policies and images line up', () => {
       assert.equal(plan.kustomizePaths.length, 1);
       const manifests = plan.kustomizePaths.flatMap((p) => renderKustomization(p));
       assert.deepEqual(checkSkaffoldImages(plan, manifests, profile === 'dev' ? smokeJob : []), []);
+    });
+    void it(`skaffold profile ${profile}: every image holds every module its entry points import`, () => {
+      const plan = skaffoldPlan(applySkaffoldProfile(skaffold, profile));
+      const manifests = [...plan.kustomizePaths.flatMap((p) => renderKustomization(p)), ...(profile === 'dev' ? smokeJob : [])];
+      const uses = imageUses(plan.artifacts, 'functions/Dockerfile', entryPoints(manifests));
+      assert.ok(uses.length >= 4 && uses.every((u) => u.entries.length > 0), 'every image has an entry point to follow');
+      assert.deepEqual(checkImageContents(REPO_ROOT, dockerfile, uses), []);
     });
   }
 
@@ -86,6 +105,15 @@ void describe('functions, triggers, policies and images line up', () => {
     assert.match(checkReferences(ms).join('\n'), /Broker\/default deadLetterSink names JobSink\/dead-letters/);
   });
 
+  void it('notices dead letters that would be lost, unreadable or kept too briefly', () => {
+    const dropped = withChange(overlay('prod'), 'Trigger', 'gpu-release-gpu-release-requested', '/spec/delivery/deadLetterSink', { uri: 'http://example.invalid/' });
+    assert.match(checkDeadLetters(dropped).join('\n'), /Trigger\/gpu-release-gpu-release-requested has no JobSink as its dead-letter sink/);
+    const blind = withChange(overlay('prod'), 'JobSink', 'dead-letters', '/spec/job/spec/template/spec/containers/0/command', ['cat', '/etc/jobsink-event']);
+    assert.match(checkDeadLetters(blind).join('\n'), /JobSink\/dead-letters's Job does not print \/etc\/jobsink-event\/event/);
+    const brief = withChange(overlay('prod'), 'JobSink', 'dead-letters', '/spec/job/spec/ttlSecondsAfterFinished', 600);
+    assert.match(checkDeadLetters(brief).join('\n'), /kept 600 s, less than a day/);
+  });
+
   void it('notices a function that lost a Trigger', () => {
     const ms = overlay('prod').filter((m) => describeManifest(m) !== 'Trigger/destroy-dispatch-destroy-resume');
     assert.match(checkFunctionsComplete(ms).join('\n'), /destroy-dispatch receives .* but consumes .*destroy\.resume/);
@@ -102,13 +130,79 @@ void describe('functions, triggers, policies and images line up', () => {
     const typo = withChange(overlay('prod'), 'ConfigMap', 'session-reaper-config', '/data/CORE_TIMEOUT', '1000');
     const ms = withChange(typo, 'ConfigMap', 'session-reaper-config', '/data/INDEX_BUCKETS', 'many');
     const problems = checkSettings(ms).join('\n');
-    assert.match(problems, /sets CORE_TIMEOUT, which no code reads/);
+    assert.match(problems, /sets CORE_TIMEOUT, which no code .* reads/);
     assert.match(problems, /INDEX_BUCKETS="many" is invalid/);
+  });
+
+  // Each function's own settings schema decides what it reads: a name another function reads is no help.
+  void it('notices a function setting misspelt, or given to a function that does not read it', () => {
+    const breaker = withEnv(overlay('prod'), 'Service', 'gpu-release', 'BREAKER_ERROR_THRESHOLD', '50');
+    assert.match(checkSettings(breaker).join('\n'), /Service\/gpu-release sets BREAKER_ERROR_THRESHOLD, which no code functions\/gpu-release\/index\.ts runs reads/);
+    const elsewhere = withEnv(overlay('prod'), 'Service', 'destroy-dispatch', 'RELEASE_MAX_BACKOFF_MS', '1000');
+    assert.match(checkSettings(elsewhere).join('\n'), /Service\/destroy-dispatch sets RELEASE_MAX_BACKOFF_MS, which no code/);
+    const otel = withEnv(overlay('prod'), 'Deployment', 'idle-checker', 'OTEL_SERVICE_NAMES', 'x');
+    assert.match(checkSettings(otel).join('\n'), /Deployment\/idle-checker sets OTEL_SERVICE_NAMES/);
+    const sim = withEnv(overlay('dev'), 'Deployment', 'sim-gpu-runtime', 'SIM_ERROR_RATE', '2');
+    assert.match(checkSettings(sim).join('\n'), /Deployment\/sim-gpu-runtime: SIM_ERROR_RATE="2" is invalid/);
+  });
+
+  void it('notices an activity-score setting the function rejects, and the idle checker scoring otherwise', () => {
+    const bad = withChange(overlay('prod'), 'ConfigMap', 'activity-score-config', '/data/IDLE_GRACE_MS', '10');
+    const problems = checkSettings(bad).join('\n');
+    assert.match(problems, /Service\/activity-score: IDLE_GRACE_MS="10" is invalid/);
+    assert.match(problems, /Deployment\/idle-checker: IDLE_GRACE_MS="10" is invalid/);
+    const policy = withChange(overlay('prod'), 'ConfigMap', 'activity-score-config', '/data/TENANT_POLICIES', '{"acme": {"bogus": 1}}');
+    assert.match(checkSettings(policy).join('\n'), /TENANT_POLICIES/);
+    const apart = withEnv(overlay('prod'), 'Deployment', 'idle-checker', 'IDLE_GRACE_MS', '120000');
+    assert.match(checkSettings(apart).join('\n'), /Service\/activity-score and Deployment\/idle-checker read different activity-score settings/);
+  });
+
+  void it('notices a workload running something that is no entry point', () => {
+    const ms = withChange(overlay('prod'), 'Deployment', 'idle-checker', '/spec/template/spec/containers/0/args/0', 'functions/activity-score/idle-checker.ts');
+    assert.match(checkSettings(ms).join('\n'), /Deployment\/idle-checker runs functions\/activity-score\/idle-checker\.ts, which is none of the functions' entry points/);
+  });
+
+  void it('requires the idle checker like the deadline engine', () => {
+    const without = overlay('prod').filter((m) => describeManifest(m) !== 'Deployment/idle-checker');
+    assert.match(checkLongRunning(without).join('\n'), /idle-checker has no Deployment/);
+    const single = withChange(overlay('prod'), 'Deployment', 'idle-checker', '/spec/replicas', 1);
+    assert.match(checkLongRunning(single).join('\n'), /idle-checker runs 1 replicas, fewer than 2/);
+    const unbound = overlay('prod').filter((m) => describeManifest(m) !== 'SinkBinding/idle-checker');
+    assert.match(checkLongRunning(unbound).join('\n'), /idle-checker has no SinkBinding to the Broker/);
+    const engine = withChange(overlay('prod'), 'Deployment', 'deadline-engine', '/spec/template/spec/containers/0/args/0', 'functions/heartbeat-timeout/index.ts');
+    assert.match(checkLongRunning(engine).join('\n'), /deadline-engine runs functions\/heartbeat-timeout\/index\.ts, not node functions\/heartbeat-timeout\/engine\.ts/);
+  });
+
+  void it('notices the idle checker misnamed in traces, unprobed, unlimited or reachable', () => {
+    const named = withEnv(overlay('prod'), 'Deployment', 'idle-checker', 'OTEL_SERVICE_NAME', 'idle-checker');
+    assert.match(checkLongRunning(named).join('\n'), /idle-checker's OTEL_SERVICE_NAME is not activity-score/);
+    const port = withEnv(overlay('prod'), 'Deployment', 'idle-checker', 'PORT', '9090');
+    assert.match(checkLongRunning(port).join('\n'), /idle-checker's readiness probe calls port 8080, but it listens on 9090/);
+    const open = overlay('prod').filter((m) => describeManifest(m) !== 'Sidecar/idle-checker');
+    assert.match(checkLongRunning(open).join('\n'), /idle-checker has no Sidecar limiting its egress/);
+    const reachable = withChange(overlay('prod'), 'AuthorizationPolicy', 'activity-score', '/spec/selector/matchLabels', { 'app.kubernetes.io/name': 'idle-checker' });
+    assert.match(checkLongRunning(reachable).join('\n'), /idle-checker serves nothing to the mesh, yet AuthorizationPolicy\/activity-score admits callers/);
+  });
+
+  void it('notices a Redis client that Redis does not admit', () => {
+    const ms = withChange(overlay('prod'), 'AuthorizationPolicy', 'redis', '/spec/rules/0/from/0/source/principals', ['cluster.local/ns/session-reaper/sa/deadline-engine']);
+    assert.match(checkRedisAccess(ms).join('\n'), /Deployment\/idle-checker is a Redis client, but Redis does not admit cluster\.local\/ns\/session-reaper\/sa\/idle-checker/);
+  });
+
+  void it('notices an image that lacks a module its entry point imports, or a package only installed for development', () => {
+    const plan = skaffoldPlan(applySkaffoldProfile(skaffold, 'prod'));
+    const uses = imageUses(plan.artifacts, 'functions/Dockerfile', entryPoints(overlay('prod')));
+    const withoutCore = { path: dockerfile.path, text: dockerfile.text.replace(/^COPY functions\/core .*$/m, '') };
+    assert.match(checkImageContents(REPO_ROOT, withoutCore, uses).join('\n'), /image activity-score: functions\/activity-score\/idle-checker-main\.ts imports functions\/core\/config\.ts, which the image does not hold/);
+    const devOnly = checkImageContents(REPO_ROOT, dockerfile, [{ image: 'activity-score', target: 'function', buildArgs: { FUNCTION: 'activity-score' }, entries: ['tests/deploy/deployment-checks.ts'] }]).join('\n');
+    assert.match(devOnly, /imports package yaml, which is not a production dependency/);
+    assert.match(devOnly, /imports tests\/deploy\/manifest-schemas\.ts, which the image does not hold/);
   });
 
   void it('notices an image skaffold builds but nothing deploys, and one deployed but never built', () => {
     const plan = skaffoldPlan(applySkaffoldProfile(skaffold, 'prod'));
-    const ms = withChange(overlay('prod'), 'Service', 'activity-score', '/spec/template/spec/containers/0/image', 'activity-scorer');
+    const renamed = withChange(overlay('prod'), 'Service', 'activity-score', '/spec/template/spec/containers/0/image', 'activity-scorer');
+    const ms = withChange(renamed, 'Deployment', 'idle-checker', '/spec/template/spec/containers/0/image', 'activity-scorer');
     const problems = checkSkaffoldImages(plan, ms, []).join('\n');
     assert.match(problems, /skaffold builds activity-score, but nothing deploys/);
     assert.match(problems, /run image activity-scorer, which skaffold does not build/);

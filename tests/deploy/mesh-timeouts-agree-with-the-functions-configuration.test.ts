@@ -1,10 +1,23 @@
-// The two timeout tiers, read from both sides: the functions' configuration (functions/core/config.ts applied to
-// the rendered ConfigMap and env) and the mesh (Istio routes and pools) and Broker (delivery specs). Mesh routes
-// time out per attempt exactly where the app does and never retry on top of it; a delivery covers the whole
-// budget of the function it calls; tombstones outlast redelivery; head and tail sampling agree.
+// The two timeout tiers, read from both sides: the functions' configuration (functions/core/config.ts and
+// gpu-release's and destroy-dispatch's own settings schemas applied to the rendered ConfigMaps and env) and the mesh
+// (Istio routes and pools) and Broker (delivery specs). Mesh routes time out per attempt exactly where the app does
+// and never retry on top of it; a delivery covers the whole budget of the function it calls; destroy-dispatch's
+// release slots outlast gpu-release's retries; tombstones outlast redelivery; head and tail sampling agree.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { OVERLAYS, checkTimeouts, checkTracing, effectiveSamplingPercent, parseGoDuration, parseIsoDuration, redeliveryWindowMs, renderOverlay, withChange } from './deployment-checks.ts';
+import {
+  OVERLAYS,
+  checkTimeouts,
+  checkTracing,
+  effectiveSamplingPercent,
+  parseGoDuration,
+  parseIsoDuration,
+  redeliveryWindowMs,
+  releaseBudgetMs,
+  renderOverlay,
+  withChange,
+  withEnv,
+} from './deployment-checks.ts';
 import type { Json, Manifest } from './manifest-schemas.ts';
 
 const prod = renderOverlay('prod');
@@ -62,9 +75,38 @@ void describe('mesh timeouts agree with the functions’ configuration', () => {
     assert.match(checkTimeouts(ms).join('\n'), /gives up after 20000 ms, inside gpu-release's budget of 29000 ms/);
   });
 
+  void it('computes gpu-release’s budget from its retries, attempt timeout, backoff cap and core calls', () => {
+    // 4 attempts of 5 s, 3 waits of at most 1 s, 6 core calls of 1 s.
+    assert.equal(releaseBudgetMs({ RUNTIME_TIMEOUT_MS: 5000, CORE_TIMEOUT_MS: 1000 }, { RELEASE_RETRIES: 3, RELEASE_MAX_BACKOFF_MS: 1000 }), 29_000);
+  });
+
   void it('notices more retries than the delivery timeout allows', () => {
-    const ms = mutated('Service', 'gpu-release', '/spec/template/spec/containers/0/env/2', { name: 'RELEASE_RETRIES', value: '5' });
+    const ms = mutated('ConfigMap', 'release-retries', '/data/RELEASE_RETRIES', '5');
     assert.match(checkTimeouts(ms).join('\n'), /inside gpu-release's budget of 41000 ms/);
+  });
+
+  void it('notices a longer backoff cap than the delivery timeout allows, read with gpu-release’s own defaults', () => {
+    const longer = withEnv(prod, 'Service', 'gpu-release', 'RELEASE_MAX_BACKOFF_MS', '4000');
+    assert.match(checkTimeouts(longer).join('\n'), /inside gpu-release's budget of 38000 ms/);
+    // Empty (unset, to readSettings), the cap is the code's default (1000 ms), not a number the check assumes.
+    assert.deepEqual(checkTimeouts(withEnv(prod, 'Service', 'gpu-release', 'RELEASE_MAX_BACKOFF_MS', '')), []);
+    const invalid = withEnv(prod, 'Service', 'gpu-release', 'RELEASE_MAX_BACKOFF_MS', '0');
+    assert.match(checkTimeouts(invalid).join('\n'), /gpu-release: RELEASE_MAX_BACKOFF_MS="0" is invalid/);
+  });
+
+  void it('notices destroy-dispatch and gpu-release counting different retries', () => {
+    const ms = withEnv(prod, 'Service', 'gpu-release', 'RELEASE_RETRIES', '2');
+    assert.match(checkTimeouts(ms).join('\n'), /destroy-dispatch counts RELEASE_RETRIES=3, gpu-release makes 2/);
+  });
+
+  void it('notices a release slot lease shorter than gpu-release’s budget', () => {
+    const ms = withEnv(prod, 'Service', 'destroy-dispatch', 'RELEASE_SLOT_LEASE_MS', '20000');
+    assert.match(checkTimeouts(ms).join('\n'), /destroy-dispatch's release slot lease \(20000 ms\) ends inside gpu-release's budget of 29000 ms/);
+  });
+
+  void it('notices the idle checker’s probe giving up before its Redis ping can', () => {
+    const ms = mutated('Deployment', 'idle-checker', '/spec/template/spec/containers/0/readinessProbe/timeoutSeconds', 1);
+    assert.match(checkTimeouts(ms).join('\n'), /idle-checker's readiness probe gives up before/);
   });
 
   void it('notices a revision timeout that would cut a delivery', () => {
