@@ -7,6 +7,8 @@
 // deliveries get a grace period to finish; what is left (waiting for a retry, or cut off mid-attempt) is written
 // to a pending-deliveries file and re-queued by the next broker started on the same store, so nothing is lost.
 // Delivery is at-least-once, as with Knative: an attempt cut off by stop is sent again after the restart.
+// The same port serves a small JSON admin API for operators (sessionctl): GET /admin/stats, GET /admin/dead-letters,
+// GET /admin/dead-letters/:id and POST /admin/dead-letters/:id/replay.
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -48,6 +50,10 @@ export const DEFAULT_DEAD_LETTER_DIR = '.local/dead-letters';
 export const FORWARD_ROUTE = 'forward';
 
 const RESPONSE_EXCERPT_CHARS = 2048;
+/** Path prefix of the admin API on the ingress port (GET stats, GET/replay dead letters). */
+export const ADMIN_PREFIX = '/admin/';
+// Dead-letter ids as the store makes them; anything else is answered 404 without touching the disk.
+const DEAD_LETTER_ID = /^[0-9TZ]+-[0-9a-f]{8}$/;
 
 /** How to start a local Broker. */
 export interface LocalBrokerOptions {
@@ -416,6 +422,10 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       send(res, ok ? 200 : 503, { status: ok ? 'ok' : 'unavailable' });
       return;
     }
+    if (path?.startsWith(ADMIN_PREFIX)) {
+      await admin(req.method ?? 'GET', path.slice(ADMIN_PREFIX.length), res);
+      return;
+    }
     if (req.method !== 'POST') {
       send(res, 405, { error: 'CloudEvents are POSTed' }, { allow: 'POST' });
       return;
@@ -505,6 +515,10 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     return deliveries.length;
   }
 
+  function statsNow(): BrokerStats {
+    return { ...counters, pending: pending.size, inFlight: limiter.active, routes: structuredClone(perRoute) };
+  }
+
   async function replay(id: string): Promise<ReplayResult> {
     const entry = await store.get(id);
     if (!entry) return { outcome: 'not-found', id };
@@ -520,6 +534,27 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     const reason: DeadLetterReason = outcome.kind === 'failed' ? outcome.reason : { message: 'replay interrupted: the broker is stopping' };
     await store.put({ ...entry, attempts: entry.attempts + d.attempts, replays: entry.replays + 1, reason });
     return { outcome: 'failed', id, attempts: d.attempts, reason };
+  }
+
+  // The admin API sessionctl uses (JSON): dead letters to list, read and replay, and the counters.
+  async function admin(method: string, route: string, res: ServerResponse): Promise<void> {
+    const parts = route.split('/').filter((p) => p !== '').map((p) => decodeURIComponent(p));
+    const [collection, id, action] = parts;
+    const known = (entryId: string) => DEAD_LETTER_ID.test(entryId);
+    if (method === 'GET' && collection === 'stats' && parts.length === 1) {
+      send(res, 200, { ...statsNow(), deadLetters: (await store.list()).length });
+    } else if (method === 'GET' && collection === 'dead-letters' && parts.length === 1) {
+      send(res, 200, { deadLetters: await store.list() });
+    } else if (method === 'GET' && collection === 'dead-letters' && id !== undefined && parts.length === 2) {
+      const entry = known(id) ? await store.get(id) : undefined;
+      if (entry) send(res, 200, entry);
+      else send(res, 404, { error: `no dead letter ${JSON.stringify(id)}` });
+    } else if (method === 'POST' && collection === 'dead-letters' && id !== undefined && action === 'replay' && parts.length === 3) {
+      const result: ReplayResult = known(id) ? await replay(id) : { outcome: 'not-found', id };
+      send(res, result.outcome === 'not-found' ? 404 : 200, result);
+    } else {
+      send(res, 404, { error: `no admin resource ${method} ${ADMIN_PREFIX}${route}` });
+    }
   }
 
   const server = createServer((req, res) => {
@@ -568,7 +603,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       replay,
       remove: (id) => store.remove(id),
     },
-    stats: () => ({ ...counters, pending: pending.size, inFlight: limiter.active, routes: structuredClone(perRoute) }),
+    stats: statsNow,
     idle(timeoutMs = 30_000) {
       if (pending.size === 0) return Promise.resolve();
       return new Promise<void>((resolveIdle, reject) => {

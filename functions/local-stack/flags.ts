@@ -1,0 +1,109 @@
+// The flags of `npm start` (after `--`), parsed with node:util parseArgs: an unknown flag or a bad value is a
+// UsageError, which start.ts reports with the usage text and exit status 2.
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { REPO_ROOT } from './stack.ts';
+
+/** The usage text, printed by --help and with every usage error. */
+export const USAGE = `Usage: npm start [-- options]
+
+Runs session-reaper locally: Redis, the four functions, the deadline engine, the simulated GPU runtime and a
+local Broker. Send CloudEvents to the ingress (binary, structured or batched); GET /healthz says when it is ready.
+
+Options:
+  --no-demo              serve only: no simulated inference pipeline
+  --port N               ingress port (default 8080; 0 picks a free one)
+  --runtime-port N       simulated runtime port (default: the ingress port + 1; 0 picks a free one)
+  --forward URL          also deliver every event the system emits to this HTTP sink, as CloudEvents
+  --sessions N           demo sessions to open (default 50)
+  --duration S           about how long the demo's sessions live, seconds (default 30)
+  --seed N               seed of the demo's behaviour (default: random)
+  --exit-after-demo      stop once the demo's report is printed; exit 0 only if everything balanced
+  --report-file FILE     also write each report as JSON to FILE (for CI)
+  --state-dir DIR        where Redis data, dead letters, pending deliveries and logs are kept (default .local)
+  -h, --help             show this help
+
+Environment: REDIS_URL uses that Redis instead of a private redis-server; REDIS_KEY_PREFIX (default sr).`;
+
+/** The flags `npm start` takes, parsed and checked. */
+export interface StartFlags {
+  demo: boolean;
+  port: number;
+  runtimePort: number;
+  forward: string | undefined;
+  sessions: number;
+  durationMs: number;
+  seed: number | undefined;
+  exitAfterDemo: boolean;
+  reportFile: string | undefined;
+  stateDir: string;
+  help: boolean;
+}
+
+/** A flag that cannot be used; the process exits 2 with the message. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+function integer(name: string, text: string | undefined, min: number, max: number): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be a whole number from ${min} to ${max}, not '${text}'`);
+  return n;
+}
+
+/** Parses and checks the flags; throws UsageError for an unknown flag or a bad value. */
+export function parseStartFlags(args: readonly string[]): StartFlags {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...args],
+      strict: true,
+      allowPositionals: false,
+      allowNegative: true,
+      options: {
+        demo: { type: 'boolean', default: true },
+        port: { type: 'string' },
+        'runtime-port': { type: 'string' },
+        forward: { type: 'string' },
+        sessions: { type: 'string' },
+        duration: { type: 'string' },
+        seed: { type: 'string' },
+        'exit-after-demo': { type: 'boolean', default: false },
+        'state-dir': { type: 'string' },
+        'report-file': { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    }));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const port = integer('port', values.port, 0, 65535) ?? 8080;
+  const runtimePort = integer('runtime-port', values['runtime-port'], 0, 65535) ?? (port === 0 ? 0 : port + 1);
+  if (runtimePort !== 0 && runtimePort === port) throw new UsageError('--runtime-port must differ from --port');
+  let forward = values.forward;
+  if (forward !== undefined) {
+    let url: URL;
+    try {
+      url = new URL(forward);
+    } catch {
+      throw new UsageError(`--forward must be an http(s) URL, not '${forward}'`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError(`--forward must be an http(s) URL, not '${forward}'`);
+    forward = url.href;
+  }
+  if (!values.demo && values['exit-after-demo']) throw new UsageError('--exit-after-demo needs the demo; drop --no-demo');
+  return {
+    demo: values.demo,
+    port,
+    runtimePort,
+    forward,
+    sessions: integer('sessions', values.sessions, 1, 10_000) ?? 50,
+    durationMs: (integer('duration', values.duration, 1, 3600) ?? 30) * 1000,
+    seed: integer('seed', values.seed, 0, 0xffffffff),
+    exitAfterDemo: values['exit-after-demo'],
+    reportFile: values['report-file'] === undefined ? undefined : resolve(values['report-file']),
+    stateDir: resolve(values['state-dir'] ?? join(REPO_ROOT, '.local')),
+    help: values.help,
+  };
+}

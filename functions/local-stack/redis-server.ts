@@ -1,0 +1,113 @@
+// A private redis-server for the local stack: started on a free loopback port, kept in its own process group (so a
+// Ctrl-C in the terminal reaches only the launcher, which stops the parts in order), and stopped gracefully. With a
+// data directory it keeps its data there (append-only file) so sessions, deadlines and the GPU ledger survive a
+// restart of `npm start`; without one it is throw-away, removed on stop.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** redis-server is missing or failed to start; the message says how to fix it. */
+export class RedisServerError extends Error {
+  override name = 'RedisServerError';
+}
+
+/** Asks the kernel for a free loopback port. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolvePort(addr.port) : reject(new Error('no free port'))));
+    });
+  });
+}
+
+/** Sends PING over a plain TCP connection; true once the server answers PONG. */
+export function pingRedis(port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((answer) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      answer(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('error', () => done(false));
+    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.once('data', (chunk: Buffer) => done(chunk.toString('utf8').startsWith('+PONG')));
+  });
+}
+
+/** A running private redis-server. */
+export interface RedisServer {
+  readonly port: number;
+  readonly url: string;
+  /** Where its data is kept, or undefined when it is throw-away. */
+  readonly dataDir: string | undefined;
+  /** Stops it with SIGTERM (it writes its data first when it has a data directory) and waits for it to exit. */
+  stop(): Promise<void>;
+}
+
+const START_TIMEOUT_MS = 15_000;
+const STOP_TIMEOUT_MS = 10_000;
+
+/** Starts redis-server on a free loopback port and resolves once it answers PING. */
+export async function startRedisServer(opts: { dataDir?: string } = {}): Promise<RedisServer> {
+  const probe = spawnSync('redis-server', ['--version'], { encoding: 'utf8' });
+  if (probe.error || probe.status !== 0) {
+    throw new RedisServerError(
+      'redis-server is not on PATH. Install it (e.g. `sudo apt-get install redis-server` or `brew install redis`), ' +
+        'or point REDIS_URL at a Redis you already run.',
+    );
+  }
+  const port = await freePort();
+  const dataDir = opts.dataDir === undefined ? undefined : resolve(opts.dataDir);
+  const dir = dataDir ?? mkdtempSync(join(tmpdir(), `sr-redis-${port}-`));
+  if (dataDir !== undefined) mkdirSync(dataDir, { recursive: true });
+  const persistence = dataDir === undefined ? ['--save', '', '--appendonly', 'no'] : ['--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec'];
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--protected-mode', 'no', '--loglevel', 'warning', '--dir', dir, ...persistence];
+  const child: ChildProcess = spawn('redis-server', args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString('utf8')).slice(-4000)));
+  const exited = new Promise<void>((done) => child.once('exit', () => done()));
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  const cleanUp = () => {
+    process.removeListener('exit', killOnExit);
+    if (dataDir === undefined) rmSync(dir, { recursive: true, force: true });
+  };
+
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  while (!(await pingRedis(port))) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill('SIGKILL');
+      await exited;
+      cleanUp();
+      throw new RedisServerError(`redis-server did not start on port ${port}: ${stderr.trim() || 'no answer to PING'}`);
+    }
+    await sleep(50);
+  }
+
+  let stopped: Promise<void> | undefined;
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    dataDir,
+    stop: () =>
+      (stopped ??= (async () => {
+        if (child.exitCode === null && child.signalCode === null) {
+          child.kill('SIGTERM');
+          const gone = await Promise.race([exited.then(() => true), sleep(STOP_TIMEOUT_MS, false, { ref: false })]);
+          if (!gone) {
+            child.kill('SIGKILL');
+            await exited;
+          }
+        }
+        cleanUp();
+      })()),
+  };
+}

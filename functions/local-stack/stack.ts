@@ -1,0 +1,322 @@
+// The whole system on one machine, for tests, benchmarks and `npm start`: a private redis-server (unless a Redis
+// URL is given), the simulated GPU runtime, each of the four functions as its own functions-framework process,
+// the deadline engine, and the local Broker (in this process, so tests can inspect it), all on free loopback
+// ports. Processes are started with this process's Node (process.execPath), so a run through npm or npx uses
+// Node 24 for all of them, each in its own process group: a Ctrl-C in the terminal reaches only the launcher, which
+// stops the parts in order (the Broker first, so nothing in flight is lost). startStack resolves once every part
+// answers its health check.
+//
+// The Broker itself starts last, once its subscribers are up, so the deliveries kept at the last stop go straight
+// out rather than into retries against processes still starting; until then a stand-in on the ingress port answers
+// /healthz with 503 and events with 503 and Retry-After (both what a Knative Broker that is not ready answers).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import { startLocalBroker, type LocalBroker } from '../local-broker/broker.ts';
+import type { DeliverySpec } from '../local-broker/triggers.ts';
+import type { BrokerEvent } from '../local-broker/wire.ts';
+import { freePort, startRedisServer, type RedisServer } from './redis-server.ts';
+
+/** The repository root: every entry file is given relative to it, and processes run in it. */
+export const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
+
+/** The four functions, each served by functions-framework as its own process. */
+export const FUNCTION_NAMES = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release'] as const;
+export type FunctionName = (typeof FUNCTION_NAMES)[number];
+
+/** Every process of the stack besides Redis and the in-process Broker. */
+export type ProcessName = FunctionName | 'deadline-engine' | 'idle-checker' | 'sim-gpu-runtime';
+
+const FRAMEWORK_MAIN = 'node_modules/@google-cloud/functions-framework/build/src/main.js';
+const ENGINE_ENTRY = 'functions/heartbeat-timeout/engine.ts';
+const IDLE_CHECKER_ENTRY = 'functions/activity-score/idle-checker-main.ts';
+const RUNTIME_ENTRY = 'functions/sim-gpu-runtime/index.ts';
+const functionEntry = (name: FunctionName) => `functions/${name}/index.ts`;
+
+/** The entry files the stack runs, relative to the repository root. */
+export const STACK_ENTRY_FILES: readonly string[] = [FRAMEWORK_MAIN, ENGINE_ENTRY, IDLE_CHECKER_ENTRY, RUNTIME_ENTRY, ...FUNCTION_NAMES.map(functionEntry)];
+
+/** The entry files that do not exist (yet); the stack cannot start while any is missing. */
+export function missingEntryFiles(): string[] {
+  return STACK_ENTRY_FILES.filter((f) => !existsSync(join(REPO_ROOT, f)));
+}
+
+/** How to start the stack; every field is optional. */
+export interface StackOptions {
+  /** A Redis to use instead of a private redis-server; default: process.env.REDIS_URL, else a private one. */
+  redisUrl?: string;
+  /** Where a private redis-server keeps its data across starts; default: nowhere (a throw-away server). */
+  redisDataDir?: string;
+  /** The Broker ingress port; 0 (default) picks a free one. */
+  brokerPort?: number;
+  /** The simulated runtime's port; 0 (default) picks a free one. A fixed one keeps runtime URLs valid across starts. */
+  runtimePort?: number;
+  /** REDIS_KEY_PREFIX of every process. Default: a fresh unique one. */
+  keyPrefix?: string;
+  /** LOG_LEVEL of every process. Default warn. */
+  logLevel?: string;
+  /** Extra environment for the functions and the engine (e.g. DEADLINE_POLL_MS, CORE_TIMEOUT_MS). */
+  env?: Readonly<Record<string, string>>;
+  /** Extra environment for the simulated runtime (SIM_*). */
+  runtimeEnv?: Readonly<Record<string, string>>;
+  /** The Broker's dead-letter directory. Default: a fresh temporary one, removed at exit. */
+  deadLetterDir?: string;
+  /** An outside sink for every event the system emits (the Broker's forward). */
+  forward?: string;
+  /** Replaces parts of every Trigger's delivery spec (tests: short backoff). */
+  deliveryOverride?: Partial<DeliverySpec>;
+  /** Extra subscribers for the Broker, e.g. { 'inference-pipeline-session-destroyed': url }. */
+  subscribers?: Readonly<Record<string, string>>;
+  /** How long every part may take to answer its health check, ms. Default 30000. */
+  readyTimeoutMs?: number;
+  /** The Broker's logger (silent when absent). */
+  logger?: Logger;
+  /** Called with every event the Broker accepts. */
+  onEvent?: (event: BrokerEvent) => void;
+  /** Called when a process of the stack exits on its own after the stack was ready (a crash). */
+  onProcessExit?: (name: ProcessName, code: number | null) => void;
+  /** How long the Broker's stop lets pending deliveries finish before persisting them, ms. Default 5000. */
+  stopGraceMs?: number;
+}
+
+/** A running stack. */
+export interface Stack {
+  /** The Broker's ingress (K_SINK of every process): send events here. */
+  readonly brokerUrl: string;
+  /** The simulated GPU runtime's base URL: use it as a session's placement.runtimeUrl. */
+  readonly runtimeUrl: string;
+  readonly redisUrl: string;
+  /** The Broker's dead-letter directory. */
+  readonly deadLetterDir: string;
+  readonly keyPrefix: string;
+  /** Loopback ports by part. */
+  readonly ports: Readonly<Record<ProcessName | 'broker', number>>;
+  /** The in-process Broker: stats, received events, dead letters. */
+  readonly broker: LocalBroker;
+  /** The most recent output lines of each process (stdout and stderr). */
+  readonly logs: Readonly<Record<ProcessName, readonly string[]>>;
+  /** Stops the Broker (finishing or persisting its deliveries), then SIGTERMs every process and waits for it. */
+  stop(): Promise<void>;
+}
+
+/** A part of the stack failed to start; the message carries its exit status and last log lines. */
+export class StackStartError extends Error {
+  override name = 'StackStartError';
+}
+
+const KEEP_LOG_LINES = 400;
+const STOP_TIMEOUT_MS = 10_000;
+
+interface Child {
+  name: ProcessName;
+  proc: ChildProcess;
+  lines: string[];
+  exited: Promise<number | null>;
+}
+
+// Only what a process needs from ours: no inherited Redis, OTel or K_SINK settings can leak into the stack.
+// Node's on-disk compile cache (type-stripped and compiled modules) is shared by every run: six processes
+// compiling the same modules on a small machine otherwise take seconds each.
+function baseEnv(): Record<string, string> {
+  const keep = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'SYSTEMROOT'];
+  return {
+    ...Object.fromEntries(keep.flatMap((k) => (process.env[k] === undefined ? [] : [[k, process.env[k]]]))),
+    NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE ?? join(tmpdir(), 'session-reaper-node-compile-cache'),
+  };
+}
+
+function spawnChild(name: ProcessName, args: string[], env: Record<string, string>): Child {
+  const proc = spawn(process.execPath, args, { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const lines: string[] = [];
+  const collect = (chunk: Buffer) => {
+    for (const line of chunk.toString('utf8').split('\n')) {
+      if (line.trim() === '') continue;
+      lines.push(line);
+      if (lines.length > KEEP_LOG_LINES) lines.splice(0, lines.length - KEEP_LOG_LINES);
+    }
+  };
+  proc.stdout?.on('data', collect);
+  proc.stderr?.on('data', collect);
+  const exited = new Promise<number | null>((resolveExit) => {
+    proc.once('exit', (code, signal) => resolveExit(code ?? (signal ? 128 : null)));
+    proc.once('error', (err) => {
+      lines.push(`spawn failed: ${err.message}`);
+      resolveExit(-1);
+    });
+  });
+  return { name, proc, lines, exited };
+}
+
+async function waitHealthy(child: Child, url: string, deadline: number): Promise<void> {
+  let exitCode: number | null | undefined;
+  void child.exited.then((code) => (exitCode = code));
+  let last = 'no answer';
+  while (Date.now() < deadline) {
+    if (exitCode !== undefined) break;
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
+      await res.body?.cancel();
+      if (res.status === 200) return;
+      last = `HTTP ${res.status}`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    await sleep(100);
+  }
+  const why = exitCode !== undefined ? `exited with ${String(exitCode)}` : `not healthy at ${url} (${last})`;
+  throw new StackStartError(`${child.name} ${why}; its last output:\n${child.lines.slice(-30).join('\n')}`);
+}
+
+// The ingress while the stack starts: the port is taken (and K_SINK known) from the first moment.
+async function listenStandIn(port: number): Promise<Server> {
+  const server = createServer((req, res) => {
+    req.resume();
+    res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1', connection: 'close' });
+    res.end(JSON.stringify({ status: 'starting' }));
+  });
+  await new Promise<void>((listening, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => listening());
+  });
+  return server;
+}
+
+async function closeServer(server: Server): Promise<void> {
+  const closed = new Promise<void>((done) => server.close(() => done()));
+  server.closeAllConnections();
+  await closed;
+}
+
+async function stopChild(child: Child): Promise<void> {
+  if (child.proc.exitCode !== null || child.proc.signalCode !== null) return;
+  child.proc.kill('SIGTERM');
+  const exited = await Promise.race([child.exited.then(() => true), sleep(STOP_TIMEOUT_MS, false, { ref: false })]);
+  if (!exited) {
+    child.lines.push(`did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM; killed`);
+    child.proc.kill('SIGKILL');
+    await child.exited;
+  }
+}
+
+/** Starts the whole system and resolves once every part is healthy; on failure stops what it started and throws. */
+export async function startStack(opts: StackOptions = {}): Promise<Stack> {
+  const missing = missingEntryFiles();
+  if (missing.length > 0) throw new StackStartError(`the stack cannot start: missing ${missing.join(', ')}`);
+  const deadline = Date.now() + (opts.readyTimeoutMs ?? 30_000);
+  const children: Child[] = [];
+  let redis: RedisServer | undefined;
+  let broker: LocalBroker | undefined;
+  let standIn: Server | undefined;
+  let tempDir: string | undefined;
+  let ready = false;
+  let stopping = false;
+  // Children are in their own process groups, so they would outlive a launcher that dies without stopping them.
+  const killAll = () => {
+    for (const c of children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL');
+  };
+  process.once('exit', killAll);
+
+  async function stopAll(): Promise<void> {
+    stopping = true;
+    if (standIn?.listening) await closeServer(standIn);
+    // The Broker first, while its subscribers are still up to take what it has in flight.
+    await broker?.stop();
+    await Promise.all(children.map(stopChild));
+    await redis?.stop();
+    process.removeListener('exit', killAll);
+    if (tempDir) rmSync(tempDir, { recursive: true, force: true });
+  }
+
+  try {
+    const redisUrl = opts.redisUrl ?? process.env.REDIS_URL ?? (redis = await startRedisServer(opts.redisDataDir === undefined ? {} : { dataDir: opts.redisDataDir })).url;
+    const keyPrefix = opts.keyPrefix ?? `sr${randomUUID().slice(0, 8)}`;
+    const logLevel = opts.logLevel ?? 'warn';
+    const ports = {
+      broker: opts.brokerPort ?? 0,
+      'sim-gpu-runtime': opts.runtimePort || (await freePort()),
+      'deadline-engine': await freePort(),
+      'idle-checker': await freePort(),
+      'heartbeat-timeout': await freePort(),
+      'activity-score': await freePort(),
+      'destroy-dispatch': await freePort(),
+      'gpu-release': await freePort(),
+    };
+    const local = (port: number) => `http://127.0.0.1:${port}`;
+    if (opts.deadLetterDir === undefined) tempDir = mkdtempSync(join(tmpdir(), 'sr-stack-'));
+    const deadLetterDir = resolve(opts.deadLetterDir ?? join(tempDir!, 'dead-letters'));
+
+    // The ingress port first: every process gets its address as K_SINK.
+    standIn = await listenStandIn(ports.broker);
+    ports.broker = (standIn.address() as AddressInfo).port;
+    const brokerUrl = `${local(ports.broker)}/`;
+
+    const shared = { ...baseEnv(), REDIS_URL: redisUrl, REDIS_KEY_PREFIX: keyPrefix, K_SINK: brokerUrl, LOG_LEVEL: logLevel, ...opts.env };
+    const runtime = spawnChild('sim-gpu-runtime', [RUNTIME_ENTRY], {
+      ...baseEnv(),
+      PORT: String(ports['sim-gpu-runtime']),
+      SIM_HOST: '127.0.0.1',
+      LOG_LEVEL: logLevel,
+      ...opts.runtimeEnv,
+    });
+    children.push(runtime);
+    for (const name of FUNCTION_NAMES) {
+      children.push(
+        spawnChild(name, [FRAMEWORK_MAIN], {
+          ...shared,
+          PORT: String(ports[name]),
+          FUNCTION_TARGET: name,
+          FUNCTION_SIGNATURE_TYPE: 'http',
+          FUNCTION_SOURCE: functionEntry(name),
+          OTEL_SERVICE_NAME: name,
+        }),
+      );
+    }
+    children.push(spawnChild('deadline-engine', [ENGINE_ENTRY], { ...shared, PORT: String(ports['deadline-engine']), OTEL_SERVICE_NAME: 'deadline-engine' }));
+    children.push(spawnChild('idle-checker', [IDLE_CHECKER_ENTRY], { ...shared, PORT: String(ports['idle-checker']), OTEL_SERVICE_NAME: 'activity-score' }));
+
+    const runtimeUrl = local(ports['sim-gpu-runtime']);
+    await Promise.all(
+      children.map((child) => waitHealthy(child, child.name === 'sim-gpu-runtime' ? `${runtimeUrl}/v1/memory` : `${local(ports[child.name])}/healthz`, deadline)),
+    );
+    await closeServer(standIn);
+    broker = await startLocalBroker({
+      port: ports.broker,
+      subscribers: { ...Object.fromEntries(FUNCTION_NAMES.map((n) => [n, local(ports[n])])), ...opts.subscribers },
+      deadLetterDir,
+      ready: () => ready,
+      ...(opts.onEvent !== undefined ? { onEvent: opts.onEvent } : {}),
+      ...(opts.stopGraceMs !== undefined ? { stopGraceMs: opts.stopGraceMs } : {}),
+      ...(opts.forward !== undefined ? { forward: opts.forward } : {}),
+      ...(opts.deliveryOverride !== undefined ? { deliveryOverride: opts.deliveryOverride } : {}),
+      ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
+    });
+    ready = true;
+    for (const child of children) {
+      void child.exited.then((code) => {
+        if (!stopping) opts.onProcessExit?.(child.name, code);
+      });
+    }
+    const logs = Object.fromEntries(children.map((c) => [c.name, c.lines])) as Record<ProcessName, string[]>;
+    let stopped: Promise<void> | undefined;
+    return {
+      brokerUrl: broker.url,
+      runtimeUrl,
+      redisUrl,
+      deadLetterDir,
+      keyPrefix,
+      ports,
+      broker,
+      logs,
+      stop: () => (stopped ??= stopAll()),
+    };
+  } catch (err) {
+    await stopAll().catch(() => undefined);
+    throw err;
+  }
+}
