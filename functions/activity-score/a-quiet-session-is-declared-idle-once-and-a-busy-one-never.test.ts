@@ -45,7 +45,7 @@ for (const topology of TOPOLOGIES) {
   describe(`activity-score judges idleness from activity, once (${topology})`, () => {
     let h: Harness;
     before(async () => {
-      h = await harness(topology, { TENANT_POLICIES: JSON.stringify({ patient: { graceMs: 600_000 } }), IDLE_POLL_MS: '20' });
+      h = await harness(topology, { TENANT_POLICIES: JSON.stringify({ patient: { graceMs: 600_000 }, releasing: { honorRelease: true } }), IDLE_POLL_MS: '20' });
     });
     after(() => h.close());
 
@@ -173,8 +173,8 @@ for (const topology of TOPOLOGIES) {
       assert.equal(h.idleEvents('patient-user').length, 1);
     });
 
-    it('ends a released session at once through the checker, and ignores events of sessions not live', async () => {
-      await h.open('done');
+    it('ends a released session at once through the checker where the tenant honours release, and ignores events of sessions not live', async () => {
+      await h.open('done', { tenant: 'releasing' });
       await type(h, 'done', h.clock.now + 1000, 3);
       h.clock.now += 500;
       await handle(completed('done', h.clock.now, true), h.deps);

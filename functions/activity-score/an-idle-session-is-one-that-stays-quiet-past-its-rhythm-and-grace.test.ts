@@ -109,24 +109,26 @@ test('an active hold keeps a quiet session from being idle until the hold ends',
   assert.equal(idleDecision(typist, now, policy, { holdUntil: now - 1 }).idle, true);
 });
 
-test('a completion that asks for release ends the session at once, unless held, disabled, or followed by user activity', () => {
+test('a completion that asks for release ends the session at once where enabled, unless held or followed by user activity', () => {
+  const honoring = { ...policy, honorRelease: true };
   const answered = applyCompletion(typist, { at: stoppedAt + 2000, release: false }, policy);
   assert.equal(idleDecision(answered, stoppedAt + 2500, policy).idle, false);
   assert.equal(answered.lastEventAt, stoppedAt + 2000, 'the answer restarts the silence');
 
-  const released = applyCompletion(typist, { at: stoppedAt + 2000, release: true }, policy);
-  const decision = idleDecision(released, stoppedAt + 2500, policy);
+  const released = applyCompletion(typist, { at: stoppedAt + 2000, release: true }, honoring);
+  const decision = idleDecision(released, stoppedAt + 2500, honoring);
   assert.equal(decision.idle, true);
   assert.equal(decision.reason, 'release-requested');
-  assert.equal(idleDecision(released, stoppedAt + 2500, policy, { holdUntil: stoppedAt + 9000 }).idle, false);
+  assert.equal(idleDecision(released, stoppedAt + 2500, honoring, { holdUntil: stoppedAt + 9000 }).idle, false);
 
   const ignoring = { ...policy, honorRelease: false };
+  assert.equal(policy.honorRelease, false, 'off by default: destroy-dispatch ends such a session as completed');
   assert.equal(idleDecision(applyCompletion(typist, { at: stoppedAt + 2000, release: true }, ignoring), stoppedAt + 2500, ignoring).idle, false);
 
-  const resumed = applyActivity(released, { kind: 'input', at: stoppedAt + 2400 }, policy);
+  const resumed = applyActivity(released, { kind: 'input', at: stoppedAt + 2400 }, honoring);
   assert.equal(resumed.releaseRequestedAt, undefined);
-  assert.equal(idleDecision(resumed, stoppedAt + 2500, policy).idle, false);
-  const late = applyActivity(released, { kind: 'input', at: stoppedAt + 1000 }, policy);
+  assert.equal(idleDecision(resumed, stoppedAt + 2500, honoring).idle, false);
+  const late = applyActivity(released, { kind: 'input', at: stoppedAt + 1000 }, honoring);
   assert.equal(late.releaseRequestedAt, stoppedAt + 2000, 'input from before the release does not cancel it');
 });
 

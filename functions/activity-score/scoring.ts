@@ -43,7 +43,12 @@ export interface ScoringPolicy {
   threshold: number;
   /** How long a session must stay continuously below the threshold before it is idle. */
   graceMs: number;
-  /** Whether `inference.completed` with `release: true` ends the session at once (no grace) unless it is held. */
+  /**
+   * Whether `inference.completed` with `release: true` makes the session idle at once (no grace) unless held. Off by
+   * default: destroy-dispatch already ends such a session with cause `completed`, and an idle verdict racing it
+   * would only muddle the recorded cause. A tenant whose pipeline cannot route that event to destroy-dispatch may
+   * turn it on.
+   */
   honorRelease: boolean;
   behavior: {
     /** Half-life of the activity rates and cursor dwell. */
@@ -97,7 +102,7 @@ export const DEFAULT_SCORING_POLICY: ScoringPolicy = deepFreeze({
   weights: { ...DEFAULT_WEIGHTS },
   threshold: DEFAULT_THRESHOLD,
   graceMs: DEFAULT_GRACE_MS,
-  honorRelease: true,
+  honorRelease: false,
   behavior: {
     halfLifeMs: 30_000,
     kindWeight: { input: 1, edit: 1, cursor: 0.5, message: 1, output: 0.3 },
