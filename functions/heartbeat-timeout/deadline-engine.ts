@@ -89,6 +89,8 @@ export class DeadlineEngine {
   #passRunning = false;
   #pending: PassKind | undefined;
   readonly #emits = new Set<Promise<void>>();
+  #slotsInUse = 0;
+  readonly #slotWaiters: (() => void)[] = [];
   #started = false;
   #failures = 0;
   #lastFailureLogAt = 0;
@@ -269,7 +271,13 @@ export class DeadlineEngine {
 
   /** Claims up to a batch of a bucket's due sessions and emits session.expired for each claim won. */
   async #expireBucket(store: SessionStore, bucket: number, now: number, report: PassReport): Promise<void> {
-    const ids = await store.dueSessions(bucket, now, this.#batch);
+    // The head is read alongside: when nothing is due (the cached head was stale, a heartbeat moved it), that read
+    // is the bucket's new head and the wake-up costs one round trip.
+    const [ids, head] = await Promise.all([store.dueSessions(bucket, now, this.#batch), store.earliestDeadline(bucket)]);
+    if (ids.length === 0) {
+      this.#heads[bucket] = head;
+      return;
+    }
     await Promise.all(
       ids.map(async (sessionId) => {
         const claim = await store.claimExpired(sessionId, now);
@@ -334,13 +342,33 @@ export class DeadlineEngine {
    * which emits destroy.resume for it after DESTROY_STALL_MS.
    */
   async #emitTracked(report: PassReport, sessionId: string, send: () => Promise<void>): Promise<void> {
-    while (this.#emits.size >= this.#maxInFlight) await Promise.race(this.#emits);
-    const sent = send().catch((err: unknown) => {
-      report.emitFailures += 1;
-      this.#log.warn({ err, sessionId }, 'emission failed; the destroy watchdog resumes this session after DESTROY_STALL_MS');
-    });
+    await this.#acquireSlot();
+    const sent = send()
+      .catch((err: unknown) => {
+        report.emitFailures += 1;
+        this.#log.warn({ err, sessionId }, 'emission failed; the destroy watchdog resumes this session after DESTROY_STALL_MS');
+      })
+      .finally(() => {
+        this.#emits.delete(sent);
+        this.#releaseSlot();
+      });
     this.#emits.add(sent);
-    void sent.finally(() => this.#emits.delete(sent));
+  }
+
+  // A FIFO semaphore: a freed slot is handed to the longest waiter, so a burst of thousands of claims (a mass
+  // expiry) waits in O(1) per emission rather than every waiter re-racing every emission in flight.
+  #acquireSlot(): Promise<void> {
+    if (this.#slotsInUse < this.#maxInFlight) {
+      this.#slotsInUse += 1;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
+  }
+
+  #releaseSlot(): void {
+    const next = this.#slotWaiters.shift();
+    if (next) next();
+    else this.#slotsInUse -= 1;
   }
 
   async #drainEmits(): Promise<void> {

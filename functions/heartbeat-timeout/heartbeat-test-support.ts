@@ -32,6 +32,10 @@ async function startProcess(args: string[], env: Record<string, string>, what: s
   };
   child.stdout?.on('data', keep);
   child.stderr?.on('data', keep);
+  // A crashed test or benchmark must not leave the process running.
+  const orphanGuard = () => child.kill('SIGKILL');
+  process.once('exit', orphanGuard);
+  child.once('exit', () => process.off('exit', orphanGuard));
   const url = `http://127.0.0.1:${port}/`;
   const until = Date.now() + 20_000;
   for (;;) {

@@ -50,6 +50,7 @@ function percentile(sorted: readonly number[], p: number): number {
 
 /** What the sink thread reports of each session.expired it accepted. */
 interface Expiry {
+  id: string;
   time: string;
   data: { sessionId: string; deadline: string; lagMs: number };
 }
@@ -82,7 +83,7 @@ async function sinkThread(): Promise<void> {
   parentPort?.on('message', (msg: string) => {
     if (msg === 'collect') {
       parentPort?.postMessage(
-        sink.events.filter((e) => e.event.type === EventType.SessionExpired).map((e): Expiry => ({ time: e.event.time ?? '', data: e.event.data as Expiry['data'] })),
+        sink.events.filter((e) => e.event.type === EventType.SessionExpired).map((e): Expiry => ({ id: e.event.id, time: e.event.time ?? '', data: e.event.data as Expiry['data'] })),
       );
     } else {
       void sink.close().then(() => parentPort?.close());
@@ -129,7 +130,7 @@ async function main(): Promise<void> {
   const openMs = await openAll(SESSIONS, keepId, KEEP_WINDOW_MS);
   console.log(`(a) ${fmt(SESSIONS)} sessions opened through the core in ${(openMs / 1000).toFixed(1)} s (${fmt((SESSIONS / openMs) * 1000)}/s), window ${KEEP_WINDOW_MS / 1000} s`);
 
-  const engine = await startDeadlineEngine({ REDIS_URL: server.url, INDEX_BUCKETS: String(BUCKETS), K_SINK: sink.url, LOG_LEVEL: 'warn' });
+  const engine = await startDeadlineEngine({ REDIS_URL: server.url, INDEX_BUCKETS: String(BUCKETS), K_SINK: sink.url, LOG_LEVEL: process.env.BENCH_ENGINE_LOG_LEVEL ?? 'warn' });
 
   // The sessions due to expire: opened now, beating every second until their stop time, then silent.
   const expectedDeadline = new Float64Array(EXPIRING);
@@ -140,6 +141,8 @@ async function main(): Promise<void> {
   const beatQueue: { i: number; at: number }[] = Array.from({ length: EXPIRING }, (_, i) => ({ i, at: phaseStart + (i / EXPIRING) * EXPIRING_INTERVAL_MS }));
   let queueHead = 0;
   let expiringRefused = 0;
+  let heartbeatErrors = 0;
+  let firstHeartbeatError: string | undefined;
   let keepRefused = 0;
   let cursor = 0;
   let sent = 0;
@@ -178,6 +181,9 @@ async function main(): Promise<void> {
             else expiringRefused += 1;
           } else if (r.code !== 'REFRESHED') keepRefused += 1;
         });
+      }, (err: unknown) => {
+        heartbeatErrors += wave.length;
+        firstHeartbeatError ??= String(err);
       });
       inFlight.add(applied);
       void applied.finally(() => inFlight.delete(applied));
@@ -194,22 +200,27 @@ async function main(): Promise<void> {
 
   const lags: number[] = [];
   const detectLags: number[] = [];
-  const firstExpiry = new Map<string, { emittedAt: number; deadline: number }>();
+  const firstExpiry = new Map<string, { id: string; emittedAt: number; deadline: number }>();
   let falseExpiries = 0;
   let duplicates = 0;
+  let redelivered = 0;
   for (const event of await sink.expiries()) {
     const data = event.data;
     if (data.sessionId.startsWith('k-')) {
       falseExpiries += 1;
       continue;
     }
-    if (firstExpiry.has(data.sessionId)) {
-      duplicates += 1;
+    const known = firstExpiry.get(data.sessionId);
+    if (known) {
+      // The same event id again is an at-least-once redelivery (an emission retried after a timeout); a second id
+      // would be a second claim, which must never happen.
+      if (known.id === event.id) redelivered += 1;
+      else duplicates += 1;
       continue;
     }
     const emittedAt = Date.parse(event.time);
     const deadline = Date.parse(data.deadline);
-    firstExpiry.set(data.sessionId, { emittedAt, deadline });
+    firstExpiry.set(data.sessionId, { id: event.id, emittedAt, deadline });
     lags.push(emittedAt - deadline);
     detectLags.push(data.lagMs);
   }
@@ -231,13 +242,14 @@ async function main(): Promise<void> {
     `    detection lag (emit time − deadline) over ${fmt(lags.length)} expiries: p50 ${percentile(lags, 50)} ms, p99 ${percentile(lags, 99)} ms, max ${lags.at(-1)} ms ` +
       `(claim time − deadline: p50 ${percentile(detectLags, 50)} ms, p99 ${percentile(detectLags, 99)} ms)`,
   );
-  console.log(`    false expiries ${falseExpiries + early}, missed expiries ${missed}, duplicate expiries ${duplicates}; heartbeats refused: ${keepRefused} live, ${expiringRefused} expiring`);
+  console.log(`    false expiries ${falseExpiries + early}, missed expiries ${missed}, duplicate expiries ${duplicates} (same-id redeliveries ${redelivered}); heartbeats refused: ${keepRefused} live, ${expiringRefused} expiring; heartbeat calls failed: ${heartbeatErrors}${firstHeartbeatError ? ` (${firstHeartbeatError})` : ''}`);
   if (heartbeatRate < HEARTBEATS_PER_S * 0.95) miss(`heartbeat rate ${fmt(HEARTBEATS_PER_S)}/s (reached ${fmt(heartbeatRate)}/s)`);
   if (!(percentile(lags, 99) <= TARGET_P99_MS)) miss(`p99 detection lag ≤ ${TARGET_P99_MS} ms`);
   if (falseExpiries + early > 0) miss('no false expiry');
   if (missed > 0) miss('no missed expiry');
+  if (heartbeatErrors > 0) miss('every heartbeat applied');
   if (duplicates > 0) miss('exactly one expiry per session');
-  if (process.env.BENCH_VERBOSE) console.log(engine.output());
+  if (process.env.BENCH_VERBOSE) console.log((await store.destroysInFlight(1_000_000)).length, 'claimed;', engine.output());
   await engine.stop();
   await sink.close();
 

@@ -1,0 +1,598 @@
+// destroy-dispatch end to end under load (part of `npm run bench:functions`). A benchmark, not a test: it prints
+// figures with the machine and exits 1 if a target is missed.
+//
+// The whole stack runs as it does locally (tests/support/stack.ts): Redis, the four functions as their own
+// functions-framework processes, the deadline engine, the idle checker and the local Broker; the simulated GPU
+// runtimes answer with zero latency. BENCH_DESTROY_SESSIONS sessions are opened through the core and allocated on
+// their runtime beforehand. Then `session.closed` events are POSTed to the Broker open-loop at BENCH_DESTROY_RATE
+// per second (each at its scheduled instant, whatever is still in flight) for BENCH_DESTROY_WARMUP_SECONDS, not
+// measured, then BENCH_DESTROY_SECONDS, measured. A session's latency = arrival of its `session.destroyed` at the
+// subscriber of the inference pipeline's Trigger (a sink in a worker thread) − the instant its close was
+// scheduled to be sent. Target: p50 ≤ 5 ms and p99 ≤ 18 ms at 500 destroys/s.
+//
+// The sessions are spread over BENCH_RUNTIMES GPU nodes, one runtime each, and the storm guard keeps its default
+// limits (50 releases/s per runtime, 8 in flight per GPU node): a platform destroying 500 sessions/s has many runtimes, and a
+// single runtime taking 500 releases/s would be exactly the stampede the guard exists to refuse.
+//
+// It also checks that every closed session was destroyed exactly once and no other was touched, that the GPU
+// ledger balances, and that every runtime freed each closed session's memory exactly once.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { Agent, createServer, request, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { cpus, loadavg, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Worker, isMainThread, parentPort } from 'node:worker_threads';
+import { pino } from 'pino';
+import { EventType } from '../../functions/core/contract/events.ts';
+import { auditLedger } from '../../functions/core/ledger.ts';
+import { connectRedis, createRedisClient } from '../../functions/core/redis/connect.ts';
+import { KeySpace } from '../../functions/core/redis/keys.ts';
+import { Scripts } from '../../functions/core/redis/scripts.ts';
+import { SessionStore, eventFingerprint } from '../../functions/core/session-store.ts';
+import { freePort } from '../support/redis-harness.ts';
+import { REPO_ROOT, startStack, type Stack } from '../support/stack.ts';
+
+const RATE = Number(process.env.BENCH_DESTROY_RATE ?? 500);
+const SECONDS = Number(process.env.BENCH_DESTROY_SECONDS ?? 20);
+const WARMUP_SECONDS = Number(process.env.BENCH_DESTROY_WARMUP_SECONDS ?? 2);
+const RUNTIMES = Number(process.env.BENCH_RUNTIMES ?? 16);
+const CLOSED = Math.round(RATE * (SECONDS + WARMUP_SECONDS));
+const WARMUP = Math.round(RATE * WARMUP_SECONDS);
+// Sessions opened and never closed: nothing may destroy them.
+const SESSIONS = Math.max(CLOSED, Number(process.env.BENCH_DESTROY_SESSIONS ?? CLOSED + 4000));
+const GPU_BYTES = 64 * 2 ** 20;
+const SIM_TOTAL_BYTES = 2 ** 50;
+const WINDOW_MS = 30 * 60_000;
+const BUCKETS = 32;
+const DRAIN_TIMEOUT_MS = 60_000;
+const TARGET_P50_MS = 5;
+const TARGET_P99_MS = 18;
+const CLOSE_SOURCE = '/bench/inference-pipeline';
+const SINK_TRIGGER = 'inference-pipeline-session-destroyed';
+// BENCH_VERBOSE=1: count the Broker's retries by trigger and reason (costs the Broker some time), print recent logs.
+const VERBOSE = Boolean(process.env.BENCH_VERBOSE);
+// BENCH_LOG_LEVEL: LOG_LEVEL of every process of the stack (default warn).
+// BENCH_CPU_PROF_DIR=dir: every process of the stack writes a V8 CPU profile there when it stops (for profiling).
+// BENCH_NODE_OPTIONS: NODE_OPTIONS for every process of the stack (what-if experiments).
+// BENCH_STACK_ENV='NAME=value,…': extra environment for the functions and the engine (tuning experiments, e.g.
+// RUNTIME_RELEASE_RATE_PER_S=1000 or OTEL_SDK_DISABLED=true); the run says what it was given.
+const CPU_PROF_DIR = process.env.BENCH_CPU_PROF_DIR;
+const nodeOptions = [process.env.BENCH_NODE_OPTIONS ?? '', CPU_PROF_DIR ? `--cpu-prof --cpu-prof-dir=${CPU_PROF_DIR}` : ''].filter(Boolean).join(' ');
+const nodeOptionsEnv: Record<string, string> = nodeOptions ? { NODE_OPTIONS: nodeOptions } : {};
+const STACK_ENV: Record<string, string> = Object.fromEntries(
+  (process.env.BENCH_STACK_ENV ?? '').split(',').filter((kv) => kv.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')).trim(), kv.slice(kv.indexOf('=') + 1).trim()]),
+);
+
+const sessionId = (i: number) => `d-${String(i).padStart(6, '0')}`;
+const fmt = (n: number) => Math.round(n).toLocaleString('en');
+const ms = (n: number) => (n === Number.POSITIVE_INFINITY ? '∞' : Number.isFinite(n) ? (n < 10 ? n.toFixed(2) : n.toFixed(1)) : 'n/a');
+/** Wall-clock time with sub-millisecond resolution, comparable across threads and with other processes' Date.now(). */
+const wallNow = () => performance.timeOrigin + performance.now();
+
+function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+function distribution(values: readonly number[]): string {
+  const sorted = [...values].sort((a, b) => a - b);
+  return `p50 ${ms(percentile(sorted, 50))} ms, p90 ${ms(percentile(sorted, 90))} ms, p99 ${ms(percentile(sorted, 99))} ms, max ${ms(sorted.at(-1) ?? Number.NaN)} ms`;
+}
+
+// ---------------------------------------------------------------- driver thread ----------------------------------
+// The close sender and the destroyed sink share one worker thread and one clock, away from the Broker's event loop
+// (which runs on the main thread), so neither a send nor an arrival waits for the Broker's work to be timed.
+
+/** What the driver is asked to do. */
+interface RunRequest {
+  kind: 'run';
+  brokerUrl: string;
+  sessionIds: string[];
+  ratePerS: number;
+  drainTimeoutMs: number;
+}
+
+/** One destroyed event as the sink received it. */
+interface Arrival {
+  sessionId: string;
+  eventId: string;
+  arrivedAt: number;
+  /** When the Broker accepted it (its knativearrivaltime), ms since the epoch. */
+  brokerAcceptedAt: number;
+  cause: string;
+  durationMs: number;
+  timeline: { stage: string; at: string }[];
+}
+
+/** What the driver reports once every destroyed event arrived (or the drain timed out). */
+interface RunResult {
+  scheduledAt: number[];
+  sentAt: number[];
+  /** When the Broker answered the close; NaN when it did not answer 202. */
+  ackedAt: number[];
+  closeErrors: Record<string, number>;
+  arrivals: Arrival[];
+  sendEndedAt: number;
+}
+
+async function driverThread(): Promise<void> {
+  const arrivals: Arrival[] = [];
+  let onArrival: (() => void) | undefined;
+  const sink: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const arrivedAt = wallNow();
+      res.writeHead(202).end();
+      if (req.headers['ce-type'] !== EventType.SessionDestroyed) return;
+      const data = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { sessionId: string; cause: string; durationMs: number; timeline: Arrival['timeline'] };
+      const knativeArrival = req.headers['ce-knativearrivaltime'];
+      arrivals.push({
+        sessionId: data.sessionId,
+        eventId: String(req.headers['ce-id']),
+        arrivedAt,
+        brokerAcceptedAt: typeof knativeArrival === 'string' ? Date.parse(knativeArrival) : Number.NaN,
+        cause: data.cause,
+        durationMs: data.durationMs,
+        timeline: data.timeline,
+      });
+      onArrival?.();
+    });
+  });
+  sink.keepAliveTimeout = 60_000;
+  sink.listen(0, '127.0.0.1');
+  await once(sink, 'listening');
+  parentPort?.postMessage({ url: `http://127.0.0.1:${(sink.address() as AddressInfo).port}/` });
+
+  const run = async (job: RunRequest): Promise<RunResult> => {
+    const n = job.sessionIds.length;
+    const broker = new URL(job.brokerUrl);
+    const agent = new Agent({ keepAlive: true, maxSockets: 64 });
+    const scheduledAt = new Array<number>(n).fill(Number.NaN);
+    const sentAt = new Array<number>(n).fill(Number.NaN);
+    const ackedAt = new Array<number>(n).fill(Number.NaN);
+    const closeErrors: Record<string, number> = {};
+    const countError = (what: string) => (closeErrors[what] = (closeErrors[what] ?? 0) + 1);
+
+    const sendClose = (i: number) => {
+      const id = job.sessionIds[i]!;
+      const body = JSON.stringify({ sessionId: id, reason: 'benchmark' });
+      sentAt[i] = wallNow();
+      const req = request(
+        {
+          host: broker.hostname, port: broker.port, path: broker.pathname, method: 'POST', agent,
+          headers: {
+            'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'ce-specversion': '1.0',
+            'ce-id': `close-${id}`, 'ce-source': CLOSE_SOURCE, 'ce-type': EventType.SessionClosed, 'ce-time': new Date(sentAt[i]).toISOString(),
+          },
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => {
+            if (res.statusCode === 202) ackedAt[i] = wallNow();
+            else countError(`HTTP ${res.statusCode}`);
+          });
+        },
+      );
+      req.on('error', (err) => countError(err.message));
+      req.end(body);
+    };
+
+    // Open loop: close i is due at start + i / rate, sent then whatever is in flight; a late tick sends every
+    // close that is due, and latency counts from the scheduled instant, so a slow sender cannot hide delay.
+    const intervalMs = 1000 / job.ratePerS;
+    const start = wallNow() + 20;
+    let next = 0;
+    while (next < n) {
+      const now = wallNow();
+      while (next < n && start + next * intervalMs <= now) {
+        scheduledAt[next] = start + next * intervalMs;
+        sendClose(next);
+        next += 1;
+      }
+      if (next < n) await sleep(Math.max(0, start + next * intervalMs - wallNow()));
+    }
+    const sendEndedAt = wallNow();
+    const wanted = new Set(job.sessionIds);
+    const seen = new Set<string>();
+    const done = () => {
+      for (const a of arrivals) if (wanted.has(a.sessionId)) seen.add(a.sessionId);
+      return seen.size >= wanted.size;
+    };
+    if (!done()) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, job.drainTimeoutMs);
+        let checked = 0;
+        onArrival = () => {
+          for (; checked < arrivals.length; checked++) if (wanted.has(arrivals[checked]!.sessionId)) seen.add(arrivals[checked]!.sessionId);
+          if (seen.size >= wanted.size) {
+            clearTimeout(timer);
+            resolve();
+          }
+        };
+      });
+      onArrival = undefined;
+    }
+    // Late duplicates (redeliveries) would arrive within moments: give them a chance to be counted.
+    await sleep(500);
+    agent.destroy();
+    return { scheduledAt, sentAt, ackedAt, closeErrors, arrivals: [...arrivals], sendEndedAt };
+  };
+
+  parentPort?.on('message', (msg: RunRequest | 'close') => {
+    if (msg === 'close') {
+      sink.closeAllConnections();
+      sink.close(() => parentPort?.close());
+      return;
+    }
+    void run(msg).then((result) => parentPort?.postMessage(result));
+  });
+}
+
+interface Driver {
+  sinkUrl: string;
+  run(job: Omit<RunRequest, 'kind'>): Promise<RunResult>;
+  close(): Promise<void>;
+}
+
+async function startDriver(): Promise<Driver> {
+  const worker = new Worker(new URL(import.meta.url));
+  const next = <T>() =>
+    new Promise<T>((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+  const { url } = await next<{ url: string }>();
+  return {
+    sinkUrl: url,
+    run(job) {
+      const reply = next<RunResult>();
+      worker.postMessage({ kind: 'run', ...job } satisfies RunRequest);
+      return reply;
+    },
+    async close() {
+      const exited = once(worker, 'exit');
+      worker.postMessage('close');
+      await exited;
+    },
+  };
+}
+
+// ---------------------------------------------------------------- extra runtimes ----------------------------------
+
+interface RuntimeProcess {
+  url: string;
+  stop(): Promise<void>;
+}
+
+async function startRuntime(): Promise<RuntimeProcess> {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const keep = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'NODE_COMPILE_CACHE'];
+  const proc: ChildProcess = spawn(process.execPath, ['functions/sim-gpu-runtime/index.ts'], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: {
+      ...Object.fromEntries(keep.flatMap((k) => (process.env[k] === undefined ? [] : [[k, process.env[k]]]))),
+      PORT: String(port), SIM_HOST: '127.0.0.1', SIM_LATENCY_MS: '0', SIM_LATENCY_JITTER_MS: '0', SIM_TOTAL_BYTES: String(SIM_TOTAL_BYTES), LOG_LEVEL: 'warn',
+    },
+  });
+  const exited = once(proc, 'exit');
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      const res = await fetch(`${url}/v1/memory`, { signal: AbortSignal.timeout(1000) });
+      await res.body?.cancel();
+      if (res.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline || proc.exitCode !== null) {
+      proc.kill('SIGKILL');
+      throw new Error(`a simulated runtime on port ${port} did not start`);
+    }
+    await sleep(100);
+  }
+  return {
+    url,
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      proc.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+// ---------------------------------------------------------------- CPU per process ----------------------------------
+
+interface CpuSample {
+  at: number;
+  /** Clock ticks (user + system) by process label. */
+  ticks: Map<string, number>;
+  selfMicros: number;
+}
+
+const CLOCK_TICKS_PER_S = 100;
+
+// Every child of this process (the stack, the extra runtimes, redis-server), labelled by what it runs.
+function sampleCpu(): CpuSample | undefined {
+  if (!existsSync('/proc/self/stat')) return undefined;
+  const ticks = new Map<string, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(join('/proc', entry, 'stat'), 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[1]) !== process.pid) continue;
+      const used = Number(fields[11]) + Number(fields[12]);
+      const cmd = readFileSync(join('/proc', entry, 'cmdline'), 'utf8').split('\0');
+      const env = readFileSync(join('/proc', entry, 'environ'), 'utf8').split('\0');
+      const target = env.find((e) => e.startsWith('FUNCTION_TARGET='))?.slice('FUNCTION_TARGET='.length);
+      let label = target ?? cmd.find((a) => a.endsWith('.ts'))?.replace(/^functions\//, '') ?? cmd[0] ?? entry;
+      if (label.includes('redis-server')) label = 'redis-server';
+      if (label.includes('sim-gpu-runtime')) label = 'sim runtimes (all)';
+      ticks.set(label, (ticks.get(label) ?? 0) + used);
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  const self = process.cpuUsage();
+  return { at: performance.now(), ticks, selfMicros: self.user + self.system };
+}
+
+/** Each process's share of a core over the interval, and the CPU time all of them spent per destroy. */
+function cpuReport(a: CpuSample | undefined, b: CpuSample | undefined, destroys: number): string {
+  if (!a || !b) return 'n/a (no /proc)';
+  const seconds = (b.at - a.at) / 1000;
+  const selfSeconds = (b.selfMicros - a.selfMicros) / 1e6;
+  let totalSeconds = selfSeconds;
+  const parts = [`bench process (Broker + driver thread) ${Math.round((selfSeconds / seconds) * 100)}%`];
+  for (const [label, t] of [...b.ticks].sort((x, y) => x[0].localeCompare(y[0]))) {
+    const used = (t - (a.ticks.get(label) ?? 0)) / CLOCK_TICKS_PER_S;
+    totalSeconds += used;
+    parts.push(`${label} ${Math.round((used / seconds) * 100)}% (${ms((used * 1000) / destroys)} ms/destroy)`);
+  }
+  parts[0] += ` (${ms((selfSeconds * 1000) / destroys)} ms/destroy)`;
+  return `${parts.join(', ')}; in all ${ms((totalSeconds * 1000) / destroys)} ms of CPU per destroy`;
+}
+
+// ---------------------------------------------------------------- Broker retries ----------------------------------
+
+/** A Broker logger that only counts failed delivery attempts, by trigger and reason. */
+function retryCounter(): { logger: pino.Logger; counts: Map<string, number> } {
+  const counts = new Map<string, number>();
+  const stream = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (!line.includes('delivery failed')) continue;
+        const entry = JSON.parse(line) as { trigger: string; reason: string };
+        const key = `${entry.trigger}: ${entry.reason.replace(/http:\/\/127\.0\.0\.1:\d+\/?/g, '').replace(/\d+ ms/g, 'N ms')}`;
+        counts.set(key, (counts.get(key) ?? 0) + 1);
+      }
+      done();
+    },
+  });
+  return { logger: pino({ level: 'debug' }, stream), counts };
+}
+
+// ---------------------------------------------------------------- main ----------------------------------
+
+async function main(): Promise<void> {
+  let failed = false;
+  const miss = (what: string) => {
+    console.log(`  MISSED: ${what}`);
+    failed = true;
+  };
+  const loadAtStart = loadavg()[0]!;
+  const runtimes: RuntimeProcess[] = [];
+  let stack: Stack | undefined;
+  const driver = await startDriver();
+  const retries = VERBOSE ? retryCounter() : undefined;
+  try {
+    stack = await startStack({
+      logLevel: process.env.BENCH_LOG_LEVEL ?? 'warn',
+      runtimeEnv: { SIM_LATENCY_MS: '0', SIM_LATENCY_JITTER_MS: '0', SIM_TOTAL_BYTES: String(SIM_TOTAL_BYTES), ...nodeOptionsEnv },
+      env: { ...STACK_ENV, ...nodeOptionsEnv },
+      subscribers: { [SINK_TRIGGER]: driver.sinkUrl },
+      readyTimeoutMs: 60_000,
+      ...(retries ? { logger: retries.logger } : {}),
+    });
+    for (let r = 1; r < RUNTIMES; r++) runtimes.push(await startRuntime());
+    const runtimeUrls = [stack.runtimeUrl, ...runtimes.map((r) => r.url)];
+    const placementOf = (i: number) => ({ node: `gpu-node-${i % RUNTIMES}`, runtimeUrl: runtimeUrls[i % RUNTIMES]!, gpuBytes: GPU_BYTES });
+
+    const redis = createRedisClient({ REDIS_URL: stack.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: '', REDIS_TLS: false, CORE_TIMEOUT_MS: 30_000 });
+    await connectRedis(redis);
+    const keys = new KeySpace(stack.keyPrefix, BUCKETS);
+    const store = new SessionStore(redis, keys, await Scripts.register(redis), { tombstoneTtlMs: 86_400_000 });
+    const version = /redis_version:(\S+)/.exec(await redis.info('server'))?.[1];
+    console.log(
+      `bench:functions destroy-dispatch — Node ${process.version}, Redis ${version}, ${cpus().length} × ${cpus()[0]?.model}, ` +
+        `${(totalmem() / 2 ** 30).toFixed(0)} GiB, load average at start ${loadAtStart.toFixed(2)}`,
+    );
+
+    // Setup: open every session through the core and allocate its memory on its runtime, so releases free real bytes.
+    const setupStart = performance.now();
+    const incarnations = new Int32Array(SESSIONS);
+    const WAVE = 256;
+    for (let base = 0; base < SESSIONS; base += WAVE) {
+      const now = Date.now();
+      await Promise.all(
+        Array.from({ length: Math.min(WAVE, SESSIONS - base) }, async (_, k) => {
+          const i = base + k;
+          const id = sessionId(i);
+          const opened = await store.open({ sessionId: id, fingerprint: eventFingerprint('bench', `open-${id}`), now, liveFrom: now, windowMs: WINDOW_MS, placement: placementOf(i) });
+          if (opened.code !== 'OPENED') throw new Error(`opening ${id} answered ${opened.code}`);
+          incarnations[i] = opened.incarnation;
+          const res = await fetch(`${placementOf(i).runtimeUrl}/v1/sessions/${encodeURIComponent(id)}/allocate`, {
+            method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ incarnation: opened.incarnation, bytes: GPU_BYTES }),
+          });
+          await res.body?.cancel();
+          if (res.status !== 201) throw new Error(`allocating ${id} answered HTTP ${res.status}`);
+        }),
+      );
+    }
+    console.log(
+      `${fmt(SESSIONS)} sessions opened through the core and allocated (${GPU_BYTES / 2 ** 20} MiB each) on ${RUNTIMES} zero-latency runtimes, one per GPU node, ` +
+        `in ${((performance.now() - setupStart) / 1000).toFixed(1)} s; storm guard at its defaults` +
+        (Object.keys(STACK_ENV).length > 0 ? `; stack environment ${JSON.stringify(STACK_ENV)}` : '') +
+        (nodeOptions ? `; NODE_OPTIONS ${nodeOptions}` : ''),
+    );
+
+    // The run: warm-up closes first (not measured), then the measured ones, one steady open-loop stream.
+    const closedIds = Array.from({ length: CLOSED }, (_, i) => sessionId(i));
+    const loop = monitorEventLoopDelay({ resolution: 1 });
+    const brokerBefore = stack.broker.stats();
+    const cpuBefore = sampleCpu();
+    loop.enable();
+    const result = await driver.run({ brokerUrl: stack.brokerUrl, sessionIds: closedIds, ratePerS: RATE, drainTimeoutMs: DRAIN_TIMEOUT_MS });
+    loop.disable();
+    const cpuAfter = sampleCpu();
+    const loadAtEnd = loadavg()[0]!;
+    await stack.broker.idle(DRAIN_TIMEOUT_MS).catch((err: unknown) => console.log(`  broker not idle: ${(err as Error).message}`));
+    const brokerAfter = stack.broker.stats();
+
+    // Latency per session, from the first destroyed event for it; duplicates and strays are counted, not timed.
+    const firstArrival = new Map<string, Arrival>();
+    const destroyedIds = new Map<string, Set<string>>();
+    let duplicateDeliveries = 0;
+    let wrongCause = 0;
+    for (const a of result.arrivals) {
+      const ids = destroyedIds.get(a.sessionId) ?? new Set();
+      if (ids.has(a.eventId)) duplicateDeliveries += 1;
+      ids.add(a.eventId);
+      destroyedIds.set(a.sessionId, ids);
+      if (a.cause !== 'closed') wrongCause += 1;
+      if (!firstArrival.has(a.sessionId)) firstArrival.set(a.sessionId, a);
+    }
+    const latency: number[] = [];
+    const latencyFromSend: number[] = [];
+    const durations: number[] = [];
+    const segments = { toClaim: [] as number[], toRequest: [] as number[], requestToReleased: [] as number[], releasedToCompleted: [] as number[], toBroker: [] as number[], brokerToSink: [] as number[] };
+    for (let i = WARMUP; i < CLOSED; i++) {
+      const a = firstArrival.get(closedIds[i]!);
+      if (!a) {
+        // Never destroyed within the drain: it counts, as an infinitely late one, so percentiles cannot hide it.
+        latency.push(Number.POSITIVE_INFINITY);
+        latencyFromSend.push(Number.POSITIVE_INFINITY);
+        continue;
+      }
+      latency.push(a.arrivedAt - result.scheduledAt[i]!);
+      latencyFromSend.push(a.arrivedAt - result.sentAt[i]!);
+      durations.push(a.durationMs);
+      const at = Object.fromEntries(a.timeline.map((t) => [t.stage, Date.parse(t.at)]));
+      if (at.claimed !== undefined) segments.toClaim.push(at.claimed - result.sentAt[i]!);
+      if (at.claimed !== undefined && at.gpu_release_requested !== undefined) segments.toRequest.push(at.gpu_release_requested - at.claimed);
+      if (at.gpu_release_requested !== undefined && at.gpu_released !== undefined) segments.requestToReleased.push(at.gpu_released - at.gpu_release_requested);
+      if (at.gpu_released !== undefined && at.completed !== undefined) segments.releasedToCompleted.push(at.completed - at.gpu_released);
+      if (at.completed !== undefined && Number.isFinite(a.brokerAcceptedAt)) segments.toBroker.push(a.brokerAcceptedAt - at.completed);
+      if (Number.isFinite(a.brokerAcceptedAt)) segments.brokerToSink.push(a.arrivedAt - a.brokerAcceptedAt);
+    }
+    const measured = CLOSED - WARMUP;
+    const sendSeconds = (result.scheduledAt[CLOSED - 1]! - result.scheduledAt[0]!) / 1000;
+    const senderLag = result.sentAt.map((s, i) => s - result.scheduledAt[i]!);
+    const ackLatency = result.ackedAt.flatMap((a, i) => (Number.isFinite(a) ? [a - result.sentAt[i]!] : []));
+    const latencySorted = [...latency].sort((a, b) => a - b);
+    const p50 = percentile(latencySorted, 50);
+    const p99 = percentile(latencySorted, 99);
+
+    console.log(
+      `${fmt(CLOSED)} session.closed POSTed to the Broker open-loop at ${fmt(CLOSED / sendSeconds)}/s over ${sendSeconds.toFixed(1)} s ` +
+        `(first ${fmt(WARMUP)} = ${WARMUP_SECONDS} s warm-up, not measured); sender behind schedule: ${distribution(senderLag)}; Broker 202 after ${distribution(ackLatency)}`,
+    );
+    const arrived = latency.filter(Number.isFinite).length;
+    console.log(
+      `close → destroyed at the sink (from the scheduled send), ${fmt(measured)} measured${arrived < measured ? ` (${fmt(measured - arrived)} not destroyed within ${DRAIN_TIMEOUT_MS / 1000} s: ∞)` : ''}: ${distribution(latency)}`,
+    );
+    console.log(`  (from the actual send: ${distribution(latencyFromSend)})`);
+    console.log(`session.destroyed durationMs (claim → completed inside the system): ${distribution(durations)}`);
+    console.log('where the time goes (ms clocks of the processes; p50 / p99 / max):');
+    const seg = (label: string, values: number[]) => {
+      const s = [...values].sort((a, b) => a - b);
+      console.log(`  ${label.padEnd(58)} ${ms(percentile(s, 50))} / ${ms(percentile(s, 99))} / ${ms(s.at(-1) ?? Number.NaN)}`);
+    };
+    seg('close sent → claimed (Broker → destroy-dispatch, claim)', segments.toClaim);
+    seg('claimed → release requested (hooks, storm guard, checkpoint)', segments.toRequest);
+    seg('release requested → released (→ Broker → gpu-release → runtime → Broker → destroy-dispatch)', segments.requestToReleased);
+    seg('released → completed (booking, purge, inspect)', segments.releasedToCompleted);
+    seg('completed → Broker accepted session.destroyed (emit)', segments.toBroker);
+    seg('Broker accepted → sink received (Broker delivery)', segments.brokerToSink);
+    const loopMs = (p: number) => loop.percentile(p) / 1e6;
+    console.log(`Broker (main thread) event-loop delay during the run: p50 ${ms(loopMs(50))} ms, p99 ${ms(loopMs(99))} ms, max ${ms(loop.max / 1e6)} ms`);
+    console.log(`CPU from the first close to the last destroyed event (100% = one core): ${cpuReport(cpuBefore, cpuAfter, CLOSED)}; load average at end ${loadAtEnd.toFixed(2)}`);
+    const retried = brokerAfter.retried - brokerBefore.retried;
+    const deadLettered = brokerAfter.deadLettered - brokerBefore.deadLettered;
+    console.log(
+      `Broker: ${fmt(brokerAfter.received - brokerBefore.received)} events accepted, ${fmt(brokerAfter.delivered - brokerBefore.delivered)} deliveries, ` +
+        `${fmt(retried)} retried, ${fmt(deadLettered)} dead-lettered, ${fmt(brokerAfter.rejected - brokerBefore.rejected)} refused; ` +
+        `per trigger ${JSON.stringify(Object.fromEntries(Object.entries(brokerAfter.routes).map(([k, v]) => [k, v.delivered])))}`,
+    );
+
+    // Exactly once: every closed session destroyed once (one destroyed event id, a tombstone), no other touched.
+    const views = await Promise.all(Array.from({ length: SESSIONS }, (_, i) => store.inspect(sessionId(i))));
+    let notDestroyed = 0;
+    let twice = 0;
+    let spareTouched = 0;
+    for (let i = 0; i < SESSIONS; i++) {
+      const view = views[i];
+      const events = destroyedIds.get(sessionId(i))?.size ?? 0;
+      if (i < CLOSED) {
+        if (events === 0 || view?.state !== 'destroyed' || view.incarnation !== incarnations[i]) notDestroyed += 1;
+        if (events > 1) twice += 1;
+      } else if (events > 0 || view?.state !== 'active') spareTouched += 1;
+    }
+    const audit = await auditLedger(redis, keys);
+    const sims = await Promise.all(
+      runtimeUrls.map(async (url) => (await (await fetch(`${url}/sim/stats`)).json()) as { releases: Record<string, number>; totalFreed: number; usedBytes: number }),
+    );
+    const simReleases = sims.flatMap((s) => Object.values(s.releases));
+    const simFreed = sims.reduce((n, s) => n + s.totalFreed, 0);
+    const simUsed = sims.reduce((n, s) => n + s.usedBytes, 0);
+    const spare = SESSIONS - CLOSED;
+    console.log(
+      `exactly once: ${fmt(CLOSED - notDestroyed)} of ${fmt(CLOSED)} closed sessions destroyed, ${twice} with more than one destroyed event, ` +
+        `${duplicateDeliveries} duplicate deliveries, ${wrongCause} with another cause; ${spareTouched} of ${fmt(spare)} open sessions touched`,
+    );
+    console.log(
+      `ledger ${audit.balanced ? 'balances' : `does NOT balance (${audit.problems.slice(0, 3).join('; ')})`}: ${fmt(audit.totals.releases)} releases of ${fmt(audit.totals.allocations)} allocations, ` +
+        `${fmt(audit.totals.heldBytes / GPU_BYTES)} sessions' bytes held; runtimes freed ${fmt(simFreed / GPU_BYTES)} sessions' bytes in ${fmt(simReleases.length)} releases ` +
+        `(${simReleases.filter((n) => n !== 1).length} freed more than once), ${fmt(simUsed / GPU_BYTES)} still allocated`,
+    );
+    if (retries) for (const [why, n] of retries.counts) console.log(`  retried ${n}× ${why}`);
+    const closeErrorCount = Object.values(result.closeErrors).reduce((a, b) => a + b, 0);
+    if (closeErrorCount > 0) console.log(`  close requests not accepted: ${JSON.stringify(result.closeErrors)}`);
+    for (const name of ['destroy-dispatch', 'gpu-release'] as const) {
+      const lines = stack.logs[name].filter((l) => /"level":(40|50|60|"warn"|"error"|"fatal")/.test(l));
+      if (lines.length > 0) console.log(`  ${name} logged warnings or errors (${lines.length} of its last lines), e.g. ${lines.at(-1)!.slice(0, 400)}`);
+      if (VERBOSE) console.log(stack.logs[name].slice(-60).join('\n'));
+    }
+
+    if (!(p50 <= TARGET_P50_MS)) miss(`p50 close → destroyed ≤ ${TARGET_P50_MS} ms (reached ${ms(p50)} ms)`);
+    if (!(p99 <= TARGET_P99_MS)) miss(`p99 close → destroyed ≤ ${TARGET_P99_MS} ms (reached ${ms(p99)} ms)`);
+    if (CLOSED / sendSeconds < RATE * 0.98) miss(`${RATE} closes/s offered`);
+    if (closeErrorCount > 0) miss('every close accepted by the Broker');
+    if (notDestroyed > 0 || arrived < measured) miss('every closed session destroyed');
+    if (twice > 0 || simReleases.some((n) => n !== 1) || simReleases.length > CLOSED) miss('each destroy and release exactly once');
+    if (wrongCause > 0 || spareTouched > 0) miss('no session destroyed but the closed ones');
+    if (!audit.balanced) miss('the ledger balances');
+    // Once every closed session is destroyed, the books must agree with the runtimes to the byte.
+    else if (notDestroyed === 0 && (audit.totals.releases !== CLOSED || audit.totals.heldBytes !== spare * GPU_BYTES || simUsed !== spare * GPU_BYTES)) {
+      miss('the ledger and the runtimes agree: every closed session released, every open one held');
+    }
+    redis.disconnect();
+  } finally {
+    await stack?.stop();
+    await Promise.all(runtimes.map((r) => r.stop()));
+    await driver.close();
+  }
+  console.log(failed ? 'bench:functions destroy-dispatch: a target was missed' : 'bench:functions destroy-dispatch: all targets met');
+  process.exitCode = failed ? 1 : 0;
+}
+
+if (isMainThread) await main();
+else await driverThread();
