@@ -1,5 +1,6 @@
 // Runs the local Broker as a process: `npx node functions/local-broker/index.ts`. Settings come from the
 // environment (BrokerSettingsSchema); SIGTERM or SIGINT stops it, finishing or persisting pending deliveries.
+import { stopOnSignals } from '../core/process-lifecycle.ts';
 import { Type } from '@sinclair/typebox';
 import { pino } from 'pino';
 import { ConfigError, readSettings } from '../core/config.ts';
@@ -58,21 +59,10 @@ try {
     ...(s.BROKER_MANIFESTS_DIR === '' ? {} : { triggersDir: s.BROKER_MANIFESTS_DIR }),
     ...(s.BROKER_FORWARD_URL === '' ? {} : { forward: s.BROKER_FORWARD_URL }),
   });
-  const stop = (signal: string) => {
-    log.info({ signal }, 'stopping');
-    broker.stop().then(
-      (report) => {
-        log.info({ ...report, stats: broker.stats() }, 'stopped');
-        process.exit(0);
-      },
-      (err: unknown) => {
-        log.error({ err }, 'stop failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  stopOnSignals(log, 'the local Broker', async () => {
+    const report = await broker.stop();
+    log.info({ ...report, stats: broker.stats() }, 'stopped');
+  });
 } catch (err) {
   log.fatal({ err }, err instanceof ConfigError ? 'invalid settings' : 'failed to start');
   process.exitCode = 1;

@@ -1,0 +1,38 @@
+// The lifecycle every long-running process here shares: stop once on SIGTERM or SIGINT (Kubernetes and Ctrl-C),
+// log how it went, and exit 0 only when the stop completed; and, for the ones Kubernetes probes, a /healthz.
+import { createServer, type Server } from 'node:http';
+import type { Logger } from './log.ts';
+
+/** Runs `stop` once on the first SIGTERM/SIGINT, then exits 0 (or 1 if stopping failed). */
+export function stopOnSignals(logger: Pick<Logger, 'info' | 'error'>, name: string, stop: (signal: string) => Promise<void>): void {
+  let stopping = false;
+  const onSignal = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, `stopping ${name}`);
+    stop(signal).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error({ err }, `${name} did not stop cleanly`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+}
+
+/** Serves GET /healthz (and /readyz) on `port`: 200 while `healthy()` says so, 503 otherwise; 404 for anything else. */
+export function serveHealth(name: string, port: number, healthy: () => Promise<boolean>, onListening: () => void): Server {
+  const server = createServer((req, res) => {
+    if (req.method === 'GET' && (req.url === '/healthz' || req.url === '/readyz')) {
+      void healthy().then((ok) => {
+        res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: ok ? 'ok' : 'unavailable', function: name }));
+      });
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'NOT_FOUND' }));
+  });
+  server.listen(port, onListening);
+  return server;
+}
