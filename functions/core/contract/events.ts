@@ -391,11 +391,11 @@ export const catalogue = [
   { type: EventType.SessionDestroyRequested, direction: 'inbound', producer: 'operator', consumers: ['destroy-dispatch'], summary: 'An operator forces the destroy of a session.' },
   { type: EventType.SessionExpired, direction: 'emitted', producer: 'heartbeat-timeout', consumers: ['destroy-dispatch'], summary: 'The session missed its liveness deadline.' },
   { type: EventType.SessionIdle, direction: 'emitted', producer: 'activity-score', consumers: ['destroy-dispatch'], summary: 'The idle score crossed the threshold for the current load.' },
-  { type: EventType.GpuReleaseRequested, direction: 'emitted', producer: 'destroy-dispatch', consumers: ['gpu-release'], summary: 'Free the GPU memory of the session on its runtime.' },
+  { type: EventType.GpuReleaseRequested, direction: 'emitted', producer: 'destroy-dispatch', consumers: ['gpu-release'], summary: 'Free the GPU memory of the session on its runtime (heartbeat-timeout also sends it for the old placement of a migrated session).' },
   { type: EventType.GpuReleased, direction: 'emitted', producer: 'gpu-release', consumers: ['destroy-dispatch'], summary: 'The runtime freed the GPU memory.' },
   { type: EventType.GpuReleaseFailed, direction: 'emitted', producer: 'gpu-release', consumers: ['destroy-dispatch'], summary: 'Freeing the GPU memory failed (retryable or not).' },
   { type: EventType.SessionDestroyed, direction: 'emitted', producer: 'destroy-dispatch', consumers: [], summary: 'The session is gone, with the timeline of its destroy; for observers.' },
-  { type: EventType.DestroyResume, direction: 'emitted', producer: 'heartbeat-timeout', consumers: ['destroy-dispatch'], summary: 'A stalled destroy is resumed from the stage it reached.' },
+  { type: EventType.DestroyResume, direction: 'emitted', producer: 'heartbeat-timeout', consumers: ['destroy-dispatch'], summary: 'The deadline engine (heartbeat-timeout) resumes a stalled destroy from the stage it reached.' },
 ] as const satisfies readonly CatalogueEntry[];
 
 /** Types sent to the system from outside it. */
