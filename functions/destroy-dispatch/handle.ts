@@ -8,7 +8,7 @@ import type { InboundEvent } from '../core/contract/parse.ts';
 import type { CoreDeps } from '../core/function-host.ts';
 import { eventFingerprint, UnexpectedReplyError, type Cause, type Placement, type Stage } from '../core/session-store.ts';
 import { HOOK_STAGES, runPendingHooks, type DestroyHooks, type HookFailedError, type HookProgress, type HookStage } from './hooks.ts';
-import { releaseMember, type StormGuard } from './storm-guard.ts';
+import { parseReleaseMember, ReleaseThrottledError, releaseMember, type StormGuard } from './storm-guard.ts';
 
 /** The event types destroy-dispatch consumes. */
 export const ACCEPTS = [
@@ -142,8 +142,10 @@ async function trigger(
 async function released(deps: DestroyDispatchDeps, data: { sessionId: string; incarnation: number; node: string; freedBytes: number }, now: number): Promise<void> {
   const { sessionId, incarnation } = data;
   const r = await deps.store.recordRelease(sessionId, incarnation, data.freedBytes, now, data.node);
-  // Whatever the booking says, the runtime is done with this release: its in-flight slot is free.
-  await deps.stormGuard.releaseSlot(r.code === 'RELEASED' || r.code === 'MIGRATION_RELEASED' ? r.node || data.node : data.node, releaseMember(sessionId, incarnation));
+  // Whatever the booking says, the runtime is done with this release: its in-flight slot goes to the next waiter.
+  const node = r.code === 'RELEASED' || r.code === 'MIGRATION_RELEASED' ? r.node || data.node : data.node;
+  const freed = await deps.stormGuard.releaseSlot(node, releaseMember(sessionId, incarnation), now);
+  await continueHanded(deps, node, freed.handed);
   switch (r.code) {
     case 'RELEASED':
       deps.logger.info({ sessionId, incarnation, node: r.node, freedBytes: data.freedBytes, registeredBytes: r.registeredBytes }, 'GPU memory released');
@@ -163,6 +165,53 @@ async function released(deps: DestroyDispatchDeps, data: { sessionId: string; in
   }
 }
 
+/**
+ * Continues the destroys that were handed a node slot, oldest first. A waiter whose destroy is no longer waiting
+ * for its release (it ended meanwhile, moved on, or its session was reopened) passes the slot on to the next one.
+ * A failure is logged, never thrown: it is not the fault of the event being handled, and the destroy, still
+ * claimed and holding its slot, is resumed by its stall watchdog.
+ */
+async function continueHanded(deps: DestroyDispatchDeps, node: string, handed: readonly string[]): Promise<void> {
+  const queue = [...handed];
+  for (let member = queue.shift(); member !== undefined; member = queue.shift()) {
+    try {
+      queue.push(...(await continueWaiter(deps, node, member)));
+    } catch (err) {
+      deps.logger.warn({ err, node, member }, 'a destroy handed a release slot could not go on; its stall watchdog resumes it');
+    }
+  }
+}
+
+/** Continues one waiter handed a slot on `node`; returns the waiters handed the slot in its place when it is skipped. */
+async function continueWaiter(deps: DestroyDispatchDeps, node: string, member: string): Promise<string[]> {
+  const who = parseReleaseMember(member);
+  const view = who ? await deps.store.inspect(who.sessionId) : null;
+  const placement = view?.placement;
+  const stage = view?.stage;
+  if (
+    !who || !view || !placement || view.incarnation !== who.incarnation || view.state !== 'destroying' || placement.node !== node
+    || (stage !== 'claimed' && stage !== 'gpu_release_requested')
+  ) {
+    deps.logger.info({ node, member, state: view?.state, stage }, 'a waiting destroy is no longer waiting: its slot goes to the next');
+    return (await deps.stormGuard.releaseSlot(node, member, deps.now())).handed;
+  }
+  const { sessionId, incarnation } = who;
+  deps.logger.debug({ sessionId, incarnation, node }, 'a waiting destroy was handed a release slot');
+  // The rate limit holds for waiters too. One that gets no token keeps its slot and its checkpoint: its stall
+  // watchdog resumes it (admitted again as the slot's holder).
+  if (!(await deps.stormGuard.awaitToken(placement.runtimeUrl, () => deps.now()))) {
+    deps.logger.warn({ sessionId, incarnation, node, runtimeUrl: placement.runtimeUrl }, 'a waiting destroy got no release token in time; its stall watchdog resumes it');
+    return [];
+  }
+  await continueDestroy(deps, {
+    sessionId, incarnation, stage, cause: view.cause, placement, releaseAttempt: view.releaseAttempt,
+    // Waiting at gpu_release_requested means its last attempt lost its slot (it failed for good, or its lease ran
+    // out): a new attempt, as the watchdog would.
+    reissue: stage === 'gpu_release_requested',
+  });
+  return [];
+}
+
 async function releaseFailed(deps: DestroyDispatchDeps, data: { sessionId: string; incarnation: number; node: string; error: string; retryable: boolean }): Promise<void> {
   const { sessionId, incarnation, node, error, retryable } = data;
   if (retryable) {
@@ -170,10 +219,11 @@ async function releaseFailed(deps: DestroyDispatchDeps, data: { sessionId: strin
     deps.logger.warn({ sessionId, incarnation, node, error, retryable }, 'GPU release failed; gpu-release retries it');
     return;
   }
-  // Nothing more will come of this attempt: free its slot for other destroys. The destroy stays checkpointed at
+  // Nothing more will come of this attempt: its slot goes to the next waiter. The destroy stays checkpointed at
   // gpu_release_requested; the deadline engine's watchdog emits destroy.resume after DESTROY_STALL_MS, which
   // re-issues the release under a new attempt, and operators see it in the destroys in flight meanwhile.
-  await deps.stormGuard.releaseSlot(node, releaseMember(sessionId, incarnation));
+  const freed = await deps.stormGuard.releaseSlot(node, releaseMember(sessionId, incarnation), deps.now());
+  await continueHanded(deps, node, freed.handed);
   deps.logger.error({ sessionId, incarnation, node, error, retryable }, 'GPU release failed for good; the destroy waits at its checkpoint for the watchdog');
 }
 
@@ -266,7 +316,14 @@ async function requestRelease(deps: DestroyDispatchDeps, point: DestroyPoint): P
     throw new UnexpectedReplyError(`session ${sessionId}/${incarnation} is being destroyed but has no placement to release`);
   }
   const now = deps.now();
-  await deps.stormGuard.admit(releaseMember(sessionId, incarnation), placement, now);
+  const admission = await deps.stormGuard.admit(releaseMember(sessionId, incarnation), placement, now);
+  await continueHanded(deps, placement.node, admission.handed);
+  if (admission.code === 'WAITING') {
+    // Acknowledged: the destroy waits, claimed, in its node's queue; whoever frees a slot continues it.
+    deps.logger.info({ sessionId, incarnation, node: placement.node, position: admission.position }, 'GPU release waits for a slot on its node');
+    return;
+  }
+  if (admission.code === 'THROTTLED') throw new ReleaseThrottledError('runtime', placement.runtimeUrl, admission.retryInMs);
 
   let attempt: number;
   if (point.stage === 'claimed') {

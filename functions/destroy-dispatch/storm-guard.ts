@@ -1,8 +1,11 @@
 // The storm guard: a mass expiry (after a Redis outage, a node drain) must not stampede the GPU runtimes. Before a
 // release is requested it needs a slot on its GPU node (a distributed concurrency limit) and a token from its
-// runtime's bucket (a distributed rate limit), both kept in Redis and shared by every replica. A destroy refused
-// either one fails with ReleaseThrottledError (503): the Broker redelivers it later with backoff, so excess
-// destroys wait their turn and none is dropped.
+// runtime's bucket (a distributed rate limit), both kept in Redis and shared by every replica. A destroy refused a
+// slot joins its node's wait queue and its trigger is acknowledged: whoever frees a slot hands it to the oldest
+// waiter in the same script, so excess destroys wait their turn without spending the Broker's retry budget. A
+// destroy refused a token fails with ReleaseThrottledError (503): a rate is about time, and the Broker's backoff
+// is the tool that waits it out. Either way none is dropped (the stall watchdog resumes anything stranded).
+import { setTimeout as sleep } from 'node:timers/promises';
 import { TransientError, BackpressureError } from '../core/errors.ts';
 import type { RedisClient } from '../core/redis/connect.ts';
 import type { KeySpace } from '../core/redis/keys.ts';
@@ -47,14 +50,30 @@ export class ReleaseThrottledError extends BackpressureError {
   }
 }
 
-/** The outcome of asking for a node slot. */
-export type SlotOutcome = { code: 'ACQUIRED' | 'HELD'; inFlight: number } | { code: 'BUSY'; inFlight: number; retryInMs: number };
+/**
+ * The outcome of asking for a node slot. `handed` are waiters (release members) that were given a free slot by the
+ * same step, oldest first: the caller must continue their destroys.
+ */
+export type SlotOutcome =
+  | { code: 'ACQUIRED'; inFlight: number; handed: string[] }
+  | { code: 'HELD'; inFlight: number; handed: string[] }
+  | { code: 'WAITING'; position: number; handed: string[] };
+
+/** The outcome of freeing a node slot: the waiters handed the free slots, oldest first. */
+export interface FreedSlot {
+  code: 'FREED' | 'NOT_HELD';
+  inFlight: number;
+  handed: string[];
+}
 
 /** The outcome of asking for a runtime token. */
 export type TokenOutcome = { code: 'TAKEN'; tokensLeft: number } | { code: 'EMPTY'; retryInMs: number };
 
-/** What admit granted: a new slot (and a token), or the slot the member already held (no new token). */
-export type Admission = 'ACQUIRED' | 'HELD';
+/**
+ * What admit decided: a new slot (and a token), the slot the member already held (no new token), or a place in the
+ * node's wait queue; `handed` as in SlotOutcome.
+ */
+export type Admission = SlotOutcome | { code: 'THROTTLED'; retryInMs: number; handed: string[] };
 
 const text = (v: unknown): string => (typeof v === 'string' ? v : Buffer.isBuffer(v) ? v.toString('utf8') : String(v));
 const int = (v: unknown): number => Number(v);
@@ -62,6 +81,14 @@ const int = (v: unknown): number => Number(v);
 /** The in-flight member of one destroy's release: one per session incarnation. */
 export function releaseMember(sessionId: string, incarnation: number): string {
   return `${sessionId}:${incarnation}`;
+}
+
+/** The session and incarnation of a release member (a session id may itself contain ':'). */
+export function parseReleaseMember(member: string): { sessionId: string; incarnation: number } | undefined {
+  const at = member.lastIndexOf(':');
+  const incarnation = Number(member.slice(at + 1));
+  if (at <= 0 || !Number.isSafeInteger(incarnation) || incarnation < 1) return undefined;
+  return { sessionId: member.slice(0, at), incarnation };
 }
 
 /** The default lease of a slot: twice the longest a release can take through gpu-release's retry budget. */
@@ -100,13 +127,14 @@ export class StormGuard {
     return this.#scripts;
   }
 
-  /** Takes (or renews) the member's in-flight slot on a node. */
+  /** Takes (or renews) the member's in-flight slot on a node, or queues the member for one. */
   async acquireSlot(node: string, member: string, now: number): Promise<SlotOutcome> {
     const scripts = await this.#ready();
-    const r = await scripts.run('acquireReleaseSlot', [this.#keys.nodeInflight(node)], [member, now, this.limits.leaseMs, this.limits.nodeMaxInflight]);
+    const r = await scripts.run('admitOrWait', this.#slotKeys(node), [member, now, this.limits.leaseMs, this.limits.nodeMaxInflight]);
     const code = text(r[0]);
-    if (code === 'ACQUIRED' || code === 'HELD') return { code, inFlight: int(r[1]) };
-    return { code: 'BUSY', inFlight: int(r[1]), retryInMs: int(r[2]) };
+    const handed = r.slice(2).map(text);
+    if (code === 'ACQUIRED' || code === 'HELD') return { code, inFlight: int(r[1]), handed };
+    return { code: 'WAITING', position: int(r[1]), handed };
   }
 
   /** Takes one token from a runtime's bucket. */
@@ -118,25 +146,55 @@ export class StormGuard {
   }
 
   /**
-   * Admits one release request, or throws ReleaseThrottledError. A member that already holds a live slot is
-   * admitted again without a token: it is the same release being re-sent (a redelivery), not a new one. A new
-   * slot whose runtime has no token is given back at once, so waiting destroys never hoard a node's slots.
+   * Takes a token for a waiter that was handed a slot, waiting for the bucket to refill for up to two refills (at
+   * least a second): its trigger was acknowledged, so no Broker redelivery waits for it. False when none came.
+   */
+  async awaitToken(runtimeUrl: string, now: () => number): Promise<boolean> {
+    const patienceMs = Math.max(1000, 2000 / this.limits.ratePerS);
+    for (let waitedMs = 0; ; ) {
+      const token = await this.takeToken(runtimeUrl, now());
+      if (token.code === 'TAKEN') return true;
+      const pause = Math.max(1, token.retryInMs);
+      if (waitedMs + pause > patienceMs) return false;
+      await sleep(pause);
+      waitedMs += pause;
+    }
+  }
+
+  /**
+   * Admits one release request, queues it, or refuses it for want of a token (THROTTLED: the caller answers 503).
+   * A member that already holds a live slot is admitted again without a token: it is the same release being
+   * re-sent (a redelivery), or a waiter handed its slot, which took its token then (awaitToken). A new slot whose runtime has no token is given back at once
+   * (to the next waiter), so destroys held back by the rate never hoard a node's slots.
    */
   async admit(member: string, placement: Pick<Placement, 'node' | 'runtimeUrl'>, now: number): Promise<Admission> {
     const slot = await this.acquireSlot(placement.node, member, now);
-    if (slot.code === 'BUSY') throw new ReleaseThrottledError('node', placement.node, slot.retryInMs);
-    if (slot.code === 'HELD') return 'HELD';
+    if (slot.code !== 'ACQUIRED') return slot;
     const token = await this.takeToken(placement.runtimeUrl, now);
     if (token.code === 'EMPTY') {
-      await this.releaseSlot(placement.node, member);
-      throw new ReleaseThrottledError('runtime', placement.runtimeUrl, token.retryInMs);
+      const freed = await this.releaseSlot(placement.node, member, now);
+      return { code: 'THROTTLED', retryInMs: token.retryInMs, handed: [...slot.handed, ...freed.handed] };
     }
-    return 'ACQUIRED';
+    return slot;
   }
 
-  /** Frees a member's slot on a node (idempotent: freeing a slot not held changes nothing). */
-  async releaseSlot(node: string, member: string): Promise<void> {
-    await this.#redis.zrem(this.#keys.nodeInflight(node), member);
+  /**
+   * Frees a member's slot on a node and hands the free slots to the oldest waiters, in one step (idempotent:
+   * freeing a slot not held frees nothing, but still fills free slots).
+   */
+  async releaseSlot(node: string, member: string, now: number): Promise<FreedSlot> {
+    const scripts = await this.#ready();
+    const r = await scripts.run('releaseSlotAndAdmitNext', this.#slotKeys(node), [member, now, this.limits.leaseMs, this.limits.nodeMaxInflight]);
+    return { code: text(r[0]) === 'FREED' ? 'FREED' : 'NOT_HELD', inFlight: int(r[1]), handed: r.slice(2).map(text) };
+  }
+
+  /** The destroys waiting for a slot on a node, oldest first (operators and tests). */
+  async waiting(node: string): Promise<string[]> {
+    return this.#redis.zrange(this.#keys.nodeWaiting(node), '0', '-1');
+  }
+
+  #slotKeys(node: string): string[] {
+    return [this.#keys.nodeInflight(node), this.#keys.nodeWaiting(node)];
   }
 
   /** The members holding a live slot on a node, soonest lease end first (operators and tests). */

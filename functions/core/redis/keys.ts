@@ -114,6 +114,11 @@ export class KeySpace {
     return `${this.prefix}:{node:${node}}:inflight`;
   }
 
+  /** Storm guard: destroys waiting for an in-flight slot on one GPU node, oldest first (same hash tag as its slots). */
+  nodeWaiting(node: string): string {
+    return `${this.prefix}:{node:${node}}:waiting`;
+  }
+
   /** Storm guard: token bucket of one runtime endpoint. */
   runtimeTokens(runtimeUrl: string): string {
     return `${this.prefix}:{rt:${runtimeUrl}}:tokens`;
