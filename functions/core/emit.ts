@@ -10,6 +10,7 @@ import CircuitBreaker from 'opossum';
 import type { Logger } from 'pino';
 import { ConfigError } from './config.ts';
 import { TransientError } from './errors.ts';
+import { senderFor, type HttpAnswer } from './http-client.ts';
 import {
   ATTR_CLOUDEVENTS_EVENT_ID,
   ATTR_CLOUDEVENTS_EVENT_SOURCE,
@@ -53,7 +54,7 @@ export interface EmitterOptions {
   retryBaseDelayMs?: number;
   breaker?: SinkBreakerOptions;
   logger: Logger;
-  /** The fetch to send with; the global one when absent. */
+  /** A fetch to send with instead of the shared keep-alive client (http-client.ts), e.g. to observe requests in a test. */
   fetchImpl?: typeof fetch;
   /** The tracer for PRODUCER spans; the global tracer provider's when absent. */
   tracer?: Tracer;
@@ -151,20 +152,19 @@ export function createEmitter(opts: EmitterOptions): Emitter {
   const sinkUrl = validSink(opts.sink).href;
   const retries = opts.retries ?? DEFAULT_RETRIES;
   const retryBaseDelayMs = opts.retryBaseDelayMs ?? DEFAULT_RETRY_BASE_DELAY_MS;
-  const send = opts.fetchImpl ?? fetch;
+  const send = senderFor(opts.fetchImpl);
   const log = opts.logger.child({ component: 'emit', sink: sinkUrl });
   const tracerFor = (): Tracer => opts.tracer ?? trace.getTracer(TRACER_NAME);
 
   // One attempt; the breaker counts its outcome. A refusal (EventRejectedError) is filtered out of the
   // breaker's failures: it says our event is wrong, not that the Broker is unwell.
   async function attempt(out: Outgoing): Promise<number> {
-    let res: Response;
+    let res: HttpAnswer;
     try {
       res = await send(sinkUrl, {
         method: 'POST',
         headers: out.headers,
-        body: out.body,
-        redirect: 'manual',
+        ...(out.body === undefined ? {} : { body: out.body }),
         signal: AbortSignal.timeout(opts.timeoutMs),
       });
     } catch (err) {

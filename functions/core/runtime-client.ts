@@ -4,6 +4,7 @@
 // confirmed it (200 with a valid body, or a recognised 404/409); everything else is a typed RuntimeReleaseError.
 import CircuitBreaker from 'opossum';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { senderFor, type HttpAnswer, type HttpRequestInit } from './http-client.ts';
 
 /** Session ids the runtime API accepts (the OpenAPI document's SessionId schema). */
 export const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -85,6 +86,7 @@ export interface RuntimeClientOptions {
   logger?: RuntimeClientLogger;
   /** Called on each breaker transition, e.g. to export it as a metric. */
   onBreakerStateChange?: (change: { endpoint: string; state: BreakerState }) => void;
+  /** A fetch to send with instead of the shared keep-alive client (http-client.ts), e.g. to observe requests in a test. */
   fetchImpl?: typeof fetch;
   /** Source of backoff jitter in [0, 1); default Math.random. */
   random?: () => number;
@@ -159,7 +161,7 @@ export function runtimeEndpoint(runtimeUrl: string): string {
 
 /** Builds a runtime client; call shutdown() when done so breaker timers stop. */
 export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
-  const fetchImpl = opts.fetchImpl ?? fetch;
+  const send = senderFor(opts.fetchImpl);
   const random = opts.random ?? Math.random;
   const log = opts.logger;
   const breakers = new Map<string, AttemptBreaker>();
@@ -287,11 +289,11 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
 
   // One HTTP exchange: sends, reads the whole body under the same deadline, and hands status and text to
   // `interpret`, which returns the answer or throws. Transport failures become typed errors here.
-  async function exchange<T>(url: string, init: RequestInit, signal: AbortSignal, interpret: (status: number, text: string, res: Response) => T): Promise<T> {
-    let res: Response;
+  async function exchange<T>(url: string, init: HttpRequestInit, signal: AbortSignal, interpret: (status: number, text: string, res: HttpAnswer) => T): Promise<T> {
+    let res: HttpAnswer;
     let text: string;
     try {
-      res = await fetchImpl(url, { ...init, signal, redirect: 'manual' });
+      res = await send(url, { ...init, signal });
       text = await res.text();
     } catch (err) {
       if (signal.aborted && !lifetime.signal.aborted) {
@@ -306,7 +308,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
     return interpret(res.status, text, res);
   }
 
-  function statusError(url: string, status: number, text: string, res: Response): RuntimeReleaseError {
+  function statusError(url: string, status: number, text: string, res: HttpAnswer): RuntimeReleaseError {
     const code = field(parseJson(text), 'code');
     return new RuntimeReleaseError(`runtime answered ${status}${typeof code === 'string' ? ` (${code})` : ''} for ${url}`, {
       reason: 'http_status',
@@ -339,7 +341,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
         throw new RuntimeReleaseError(`incarnation must be an integer >= 0, got ${String(incarnation)}`, { reason: 'invalid_request', retryable: false });
       }
       const url = `${runtimeEndpoint(runtimeUrl)}/v1/sessions/${encodeURIComponent(sessionId)}/release`;
-      const init: RequestInit = {
+      const init: HttpRequestInit = {
         method: 'POST',
         // The same key on every attempt: a retry after a lost response gets the stored answer, not a second release.
         headers: headersFor(ctx, { 'content-type': 'application/json', 'idempotency-key': `${sessionId}:${incarnation}` }),
@@ -369,7 +371,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
 
     async memory(runtimeUrl, ctx) {
       const url = `${runtimeEndpoint(runtimeUrl)}/v1/memory`;
-      const init: RequestInit = { method: 'GET', headers: headersFor(ctx, {}) };
+      const init: HttpRequestInit = { method: 'GET', headers: headersFor(ctx, {}) };
       const { value } = await withRetries(runtimeUrl, 'memory', {}, (signal) =>
         exchange(url, init, signal, (status, text, res): RuntimeMemory => {
           if (status !== 200) throw statusError(url, status, text, res);

@@ -17,6 +17,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino, type Logger } from 'pino';
 import { isEmittedType } from '../core/contract/events.ts';
+import { sharedHttpClient } from '../core/http-client.ts';
 import { openDeadLetterStore, type DeadLetter, type DeadLetterReason } from './dead-letters.ts';
 import { backoffMs, loadRoutingTable, matches, type DeliverySpec, type Route, type RoutingTable } from './triggers.ts';
 import {
@@ -301,7 +302,8 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     const timeoutMs = d.target.delivery.timeoutMs ?? defaultTimeoutMs;
     const signal = AbortSignal.any([stopping.signal, AbortSignal.timeout(timeoutMs)]);
     try {
-      const res = await fetch(d.target.url, { method: 'POST', headers, ...(body === undefined ? {} : { body }), redirect: 'manual', signal });
+      // The shared keep-alive client never follows a redirect (fetch's redirect: 'manual'): a 3xx is a failed delivery.
+      const res = await sharedHttpClient.request(d.target.url, { method: 'POST', headers, ...(body === undefined ? {} : { body }), signal });
       const text = (await res.text()).slice(0, RESPONSE_EXCERPT_CHARS);
       if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status };
       return {
