@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CloudEvent, HTTP } from 'cloudevents';
-import { startEventSink } from './event-sink.ts';
-import { missingEntryFiles, startStack } from './stack.ts';
+import { startEventSink } from '../support/event-sink.ts';
+import { missingEntryFiles, startStack } from '../support/stack.ts';
 
 async function send(url: string, ev: CloudEvent<unknown>): Promise<number> {
   const m = HTTP.binary(ev);
