@@ -17,6 +17,15 @@ export function eventFingerprint(source: string, id: string): string {
   return createHash('sha1').update(source).update('\n').update(id).digest('base64url').slice(0, 12);
 }
 
+/**
+ * One CloudEvent may have two effects on a session (inference.completed is scored by activity-score and ends the
+ * session in destroy-dispatch), and each must be deduplicated on its own: claims record their fingerprints in the
+ * session's ring under their own namespace, so one consumer's record never makes the other's effect a duplicate.
+ */
+function claimFingerprint(fingerprint: string): string {
+  return fingerprint === '' ? '' : `c${fingerprint}`;
+}
+
 /** Where a session's GPU memory lives. */
 export interface Placement {
   node: string;
@@ -343,7 +352,7 @@ export class SessionStore {
     const r = await this.#scripts.run(
       'claimDestroy',
       [k.session, k.deadlines, k.destroying, k.context],
-      [input.sessionId, input.fingerprint, input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0, input.sentAt ?? ''],
+      [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0, input.sentAt ?? ''],
     );
     const code = str(r[0]);
     switch (code) {

@@ -190,6 +190,15 @@ for (const topology of TOPOLOGIES) {
         assert.equal((await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now: T0 + 20_000, idleSince: T0 + 650 })).code, 'CLAIMED');
       });
 
+      test('dedups a claim apart from other effects of the same event (inference.completed is scored and ends the session)', async () => {
+        await openAt(core, 'claim-6', T0);
+        const f = fp();
+        const scored = await core.store.recordActivity({ sessionId: 'claim-6', fingerprint: f, liveFrom: T0 + 1, now: T0 + 1, expectedVersion: 0, lastActivityAt: T0 + 1, context: {} });
+        assert.equal(scored.code, 'APPLIED');
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-6', fingerprint: f, cause: 'completed', now: T0 + 2 })).code, 'CLAIMED');
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-6', fingerprint: f, cause: 'completed', now: T0 + 3 })).code, 'DUPLICATE');
+      });
+
       test('never ends a reopened incarnation for a trigger sent before the reopen', async () => {
         const first = await openAt(core, 'claim-5', T0);
         if (first.code !== 'OPENED') return assert.fail(first.code);
