@@ -25,12 +25,12 @@ for k = 2, #KEYS do
   elseif s ~= 'A' then
     out[n + 1], out[n + 2], out[n + 3] = 'ENDED', tonumber(state[2]), s
   else
-    -- max(current, target) without a second read: ZADD GT only ever raises the score.
+    -- max(current, target): ZADD GT only ever raises the score, and CH says whether it did, so the common case
+    -- (the deadline moved out) needs no read; only a heartbeat that changed nothing reads the score it left.
     local target = tonumber(ARGV[2 * k - 2]) + tonumber(state[3])
-    local current = tonumber(call('ZSCORE', deadlinesKey, sessionId))
-    if not current or target > current then
-      call('ZADD', deadlinesKey, target, sessionId)
-      current = target
+    local current = target
+    if call('ZADD', deadlinesKey, 'GT', 'CH', target, sessionId) == 0 then
+      current = tonumber(call('ZSCORE', deadlinesKey, sessionId))
     end
     out[n + 1], out[n + 2], out[n + 3] = 'REFRESHED', tonumber(state[2]), current
   end
