@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { EventType, type ActivityKind } from '../core/contract/events.ts';
 import type { BrokerEvent } from '../local-broker/wire.ts';
+import { seededRandom } from '../core/seeded-random.ts';
 
 /** How a demo session is meant to end (the system may end it otherwise first). */
 export type DemoEnding = 'closes' | 'completes' | 'walks-away' | 'vanishes';
@@ -92,17 +93,6 @@ const REPLIES = ['Here is a summary of the main points.', 'The usual cause is th
 const TOOLS = ['web search', 'code interpreter', 'vector store lookup', 'spreadsheet export', 'batch embedding job'];
 const ENDINGS: ReadonlyArray<[DemoEnding, number]> = [['closes', 0.3], ['completes', 0.25], ['walks-away', 0.2], ['vanishes', 0.25]];
 
-// mulberry32: small, seedable, good enough to vary behaviour reproducibly.
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface DemoSession {
   id: string;
@@ -119,7 +109,7 @@ interface DemoSession {
 
 /** Starts the demo: sessions open over the first third of the duration and live out their plans. */
 export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
-  const random = prng(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
+  const random = seededRandom(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
   const between = (lo: number, hi: number) => lo + (hi - lo) * random();
   const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
   const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 1000;

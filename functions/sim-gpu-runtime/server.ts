@@ -9,6 +9,7 @@ import { randomInt } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Type, type Static } from '@sinclair/typebox';
 import { readSettings } from '../core/config.ts';
+import { seededRandom } from '../core/seeded-random.ts';
 
 /** Session ids the API accepts, as the OpenAPI document's SessionId schema states them. */
 export const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -176,17 +177,6 @@ export class SimRefusal extends Error {
   }
 }
 
-// mulberry32: tiny, fast and good enough to draw faults; what matters is that a seed replays a run.
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const DEFAULT_FAULTS: SimFaults = {
   latencyMs: 0,
