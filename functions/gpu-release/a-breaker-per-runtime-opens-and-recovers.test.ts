@@ -3,20 +3,10 @@ import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
-import { createRuntimeClient, RuntimeReleaseError } from '../core/runtime-client.ts';
-import { breakerRecorder, testClientOptions } from './runtime-client-test-support.ts';
+import { createRuntimeClient } from '../core/runtime-client.ts';
+import { breakerRecorder, testClientOptions, rejection } from './runtime-client-test-support.ts';
 
 const GiB = 1024 ** 3;
-
-async function rejection(p: Promise<unknown>): Promise<RuntimeReleaseError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof RuntimeReleaseError, `expected RuntimeReleaseError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail('expected the call to fail');
-}
 
 // A real pino logger writing into memory: proves the client's logger type accepts pino and shows what it logs.
 function memoryPino(): { logger: pino.Logger; lines: Record<string, unknown>[] } {

@@ -2,22 +2,12 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
 import { createRuntimeClient, RuntimeReleaseError, runtimeEndpoint, type RuntimeClient } from '../core/runtime-client.ts';
-import { testClientOptions } from './runtime-client-test-support.ts';
+import { testClientOptions, rejection } from './runtime-client-test-support.ts';
 
 const GiB = 1024 ** 3;
 
 function pick(r: { traceparent: string | undefined; tracestate: string | undefined } | undefined): Record<string, unknown> {
   return { traceparent: r?.traceparent, tracestate: r?.tracestate };
-}
-
-async function rejection(p: Promise<unknown>): Promise<RuntimeReleaseError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof RuntimeReleaseError, `expected RuntimeReleaseError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail('expected the call to fail');
 }
 
 describe('release outcomes follow the runtime answer', () => {

@@ -4,20 +4,11 @@ import { createServer } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
-import { createRuntimeClient, retryAfterMs, RuntimeReleaseError } from '../core/runtime-client.ts';
-import { capturingLogger, testClientOptions } from './runtime-client-test-support.ts';
+import type { RuntimeReleaseError } from '../core/runtime-client.ts';
+import { createRuntimeClient, retryAfterMs } from '../core/runtime-client.ts';
+import { capturingLogger, testClientOptions, rejection } from './runtime-client-test-support.ts';
 
 const GiB = 1024 ** 3;
-
-async function rejection(p: Promise<unknown>): Promise<RuntimeReleaseError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof RuntimeReleaseError, `expected RuntimeReleaseError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail('expected the call to fail');
-}
 
 function retryDelays(entries: ReturnType<typeof capturingLogger>['entries']): unknown[] {
   return entries.filter((e) => e.msg?.includes('retrying')).map((e) => e.obj.delayMs);

@@ -1,8 +1,9 @@
 // Shared by the runtime client's tests: a logger that keeps what it is given, a breaker-transition recorder, and
-// a condition wait, so tests wait on what happened instead of sleeping for fixed times.
+// a condition wait (so tests wait on what happened instead of sleeping for fixed times), and a failed-call helper.
+import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { BreakerState, RuntimeClientLogger, RuntimeClientOptions } from '../core/runtime-client.ts';
+import { RuntimeReleaseError, type BreakerState, type RuntimeClientLogger, type RuntimeClientOptions } from '../core/runtime-client.ts';
 
 /** One captured log call. */
 export interface CapturedLog {
@@ -55,4 +56,15 @@ export function testClientOptions(overrides: Partial<RuntimeClientOptions> = {})
     breaker: { errorThresholdPercentage: 50, resetTimeoutMs: 500, volumeThreshold: 1000, rollingCountTimeoutMs: 10_000 },
     ...overrides,
   };
+}
+
+/** Awaits a call that must fail with a RuntimeReleaseError, and returns the error for further checks. */
+export async function rejection(p: Promise<unknown>): Promise<RuntimeReleaseError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof RuntimeReleaseError, `expected RuntimeReleaseError, got ${String(err)}`);
+    return err;
+  }
+  assert.fail('expected the call to fail');
 }
