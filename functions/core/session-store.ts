@@ -63,6 +63,16 @@ export type ClaimResult =
   | { code: 'STALE' | 'REVIVED' | 'ENDED'; incarnation: number }
   | { code: 'UNKNOWN' };
 
+/** What the deadline engine's claim of a bucket's due sessions took (claimDue). */
+export interface DueClaims {
+  /** Sessions claimed as expired, in deadline order. */
+  claimed: { sessionId: string; incarnation: number; deadline: number }[];
+  /** Due entries whose session had already ended (closed meanwhile); removed from the index. */
+  skipped: number;
+  /** The bucket's earliest deadline after the claims, or null when no session is left in its index. */
+  head: number | null;
+}
+
 export type ExpiryClaim = { code: 'CLAIMED'; incarnation: number; deadline: number } | { code: 'NOT_DUE'; deadline: number } | { code: 'GONE' };
 
 export type AdvanceResult =
@@ -375,7 +385,20 @@ export class SessionStore {
     throw new UnexpectedReplyError(`claimDestroy replied ${code}`);
   }
 
-  /** The deadline engine's atomic claim of one due session. */
+  /**
+   * The deadline engine's claim of up to `limit` due sessions of a bucket, with the bucket's next deadline: one
+   * script call, so a wake-up costs one round trip however many sessions fall due together.
+   */
+  async claimDue(bucket: number, now: number, limit: number): Promise<DueClaims> {
+    const b = this.keys.bucket(bucket);
+    const r = await this.#scripts.run('claimDue', [b.deadlines, b.destroying], [now, limit, this.keys.sessionRecordPrefix(bucket)]);
+    const claimed: DueClaims['claimed'] = [];
+    for (let i = 2; i + 2 < r.length; i += 3) claimed.push({ sessionId: str(r[i]), incarnation: num(r[i + 1]), deadline: num(r[i + 2]) });
+    const head = str(r[0]);
+    return { claimed, skipped: num(r[1]), head: head === '' ? null : Number(head) };
+  }
+
+  /** The atomic claim of one due session (the engine claims a bucket's at once with claimDue). */
   async claimExpired(sessionId: string, now: number): Promise<ExpiryClaim> {
     const k = this.keys.session(sessionId);
     const r = await this.#scripts.run('claimExpired', [k.session, k.deadlines, k.destroying], [sessionId, now]);

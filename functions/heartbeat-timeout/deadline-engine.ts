@@ -4,8 +4,9 @@
 // How it finds due deadlines without scanning: every bucket's ACTIVE sessions sit in a sorted set scored by deadline
 // (the deadline index), so a bucket's earliest deadline is its head, read in O(log n). The engine keeps the heads
 // of all buckets and sets ONE precise timer for the earliest; when it fires, only buckets whose head is due are read
-// (ZRANGEBYSCORE -inf..now, O(log n + k) for k due sessions) and each due session is claimed atomically by a Lua
-// script (claimExpired), so any number of engine replicas can race: exactly one claim wins, the others see GONE.
+// and their due sessions are claimed by one Lua script per bucket (claimDue: ZRANGEBYSCORE -inf..now, O(log n + k) for
+// k due sessions, and the claims, in one atomic step and one round trip), so any number of engine replicas can
+// race: each session is claimed by exactly one.
 // Nothing here relies on keyspace notifications (lost while disconnected, and late under load).
 //
 // Heartbeats and holds only ever move a deadline later (ZADD GT), so a cached head is a lower bound of the true one:
@@ -271,33 +272,24 @@ export class DeadlineEngine {
 
   /** Claims up to a batch of a bucket's due sessions and emits session.expired for each claim won. */
   async #expireBucket(store: SessionStore, bucket: number, now: number, report: PassReport): Promise<void> {
-    // The head is read alongside: when nothing is due (the cached head was stale, a heartbeat moved it), that read
-    // is the bucket's new head and the wake-up costs one round trip.
-    const [ids, head] = await Promise.all([store.dueSessions(bucket, now, this.#batch), store.earliestDeadline(bucket)]);
-    if (ids.length === 0) {
-      this.#heads[bucket] = head;
-      return;
-    }
+    // One script call claims what is due and answers the bucket's next deadline: when nothing was due (the cached
+    // head was stale, a heartbeat moved it) that is the new head, and either way the timer is re-armed without
+    // waiting for the next poll.
+    const { claimed, skipped, head } = await store.claimDue(bucket, now, this.#batch);
+    this.#heads[bucket] = head;
+    report.skipped += skipped;
+    report.expired += claimed.length;
     await Promise.all(
-      ids.map(async (sessionId) => {
-        const claim = await store.claimExpired(sessionId, now);
-        if (claim.code !== 'CLAIMED') {
-          report.skipped += 1;
-          return;
-        }
-        report.expired += 1;
-        const { incarnation, deadline } = claim;
-        await this.#emitTracked(report, sessionId, () =>
+      claimed.map(({ sessionId, incarnation, deadline }) =>
+        this.#emitTracked(report, sessionId, () =>
           this.#deps.emit(
             EventType.SessionExpired,
             { sessionId, incarnation, deadline: new Date(deadline).toISOString(), detectedAt: new Date(now).toISOString(), lagMs: Math.max(0, now - deadline) },
             `${sessionId}/${incarnation}/expired`,
           ),
-        );
-      }),
+        ),
+      ),
     );
-    // The bucket's next deadline, so the timer is re-armed without waiting for the next poll.
-    this.#heads[bucket] = await store.earliestDeadline(bucket);
   }
 
   /** Resumes a bucket's destroys (and migration releases) that made no progress for DESTROY_STALL_MS. */

@@ -38,6 +38,8 @@ const EXPIRING_WINDOW_MS = 3 * EXPIRING_INTERVAL_MS;
 const MISSED_AFTER_MS = 2000;
 const TARGET_P99_MS = 10;
 const TARGET_EVENTS_PER_S = 10_000;
+// BENCH_CPU_PROF_DIR=dir: the deadline engine and the function write a V8 CPU profile there when they stop.
+const CPU_PROF_DIR = process.env.BENCH_CPU_PROF_DIR;
 
 const keepId = (i: number) => `k-${String(i).padStart(7, '0')}`;
 const expId = (i: number) => `x-${String(i).padStart(6, '0')}`;
@@ -112,14 +114,14 @@ async function main(): Promise<void> {
   const sink = await startSinkThread();
   const placement = (i: number) => ({ node: `gpu-node-${i % 8}`, runtimeUrl: `http://runtime-${i % 8}.inference.svc:8000`, gpuBytes: 2 ** 31 });
 
-  async function openAll(count: number, id: (i: number) => string, windowMs: number, deadlines?: Float64Array): Promise<number> {
+  async function openAll(count: number, id: (i: number) => string, windowMs: number, deadlines?: Float64Array, liveFrom?: (i: number, now: number) => number): Promise<number> {
     const started = performance.now();
     const WAVE = 8000;
     for (let base = 0; base < count; base += WAVE) {
       const now = Date.now();
       const wave: Promise<unknown>[] = [];
       for (let i = base; i < Math.min(count, base + WAVE); i++) {
-        const opened = store.open({ sessionId: id(i), fingerprint: eventFingerprint('bench', id(i)), now, liveFrom: now, windowMs, placement: placement(i) });
+        const opened = store.open({ sessionId: id(i), fingerprint: eventFingerprint('bench', id(i)), now, liveFrom: liveFrom?.(i, now) ?? now, windowMs, placement: placement(i) });
         wave.push(deadlines ? opened.then((r) => (deadlines[i] = 'deadline' in r ? r.deadline : Number.NaN)) : opened);
       }
       await Promise.all(wave);
@@ -130,11 +132,13 @@ async function main(): Promise<void> {
   const openMs = await openAll(SESSIONS, keepId, KEEP_WINDOW_MS);
   console.log(`(a) ${fmt(SESSIONS)} sessions opened through the core in ${(openMs / 1000).toFixed(1)} s (${fmt((SESSIONS / openMs) * 1000)}/s), window ${KEEP_WINDOW_MS / 1000} s`);
 
-  const engine = await startDeadlineEngine({ REDIS_URL: server.url, INDEX_BUCKETS: String(BUCKETS), K_SINK: sink.url, LOG_LEVEL: process.env.BENCH_ENGINE_LOG_LEVEL ?? 'warn' });
+  const engine = await startDeadlineEngine({ REDIS_URL: server.url, INDEX_BUCKETS: String(BUCKETS), K_SINK: sink.url, LOG_LEVEL: process.env.BENCH_ENGINE_LOG_LEVEL ?? 'warn', ...(CPU_PROF_DIR ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${CPU_PROF_DIR}` } : {}) });
 
-  // The sessions due to expire: opened now, beating every second until their stop time, then silent.
+  // The sessions due to expire: beating every second until their stop time, then silent. Each one's open is dated
+  // one interval before its first beat, as if it had been beating all along, so that even those that stop before
+  // their first beat fall due at their own moments rather than all at once, at their shared opening instant.
   const expectedDeadline = new Float64Array(EXPIRING);
-  await openAll(EXPIRING, expId, EXPIRING_WINDOW_MS, expectedDeadline);
+  await openAll(EXPIRING, expId, EXPIRING_WINDOW_MS, expectedDeadline, (i, now) => now - EXPIRING_INTERVAL_MS + (i / EXPIRING) * EXPIRING_INTERVAL_MS);
   const phaseStart = Date.now();
   const stopAt = Float64Array.from({ length: EXPIRING }, () => phaseStart + Math.random() * SPREAD_MS);
   // Every expiring session beats at the same interval, so a FIFO of (session, next beat) is also in time order.
@@ -255,7 +259,7 @@ async function main(): Promise<void> {
 
   // ---------------- (b) heartbeat events/s through one function instance over HTTP ----------------
   const fnSink = await startEventSink();
-  const fn = await startHeartbeatFunction({ REDIS_URL: server.url, INDEX_BUCKETS: String(BUCKETS), K_SINK: fnSink.url, LOG_LEVEL: 'warn' });
+  const fn = await startHeartbeatFunction({ REDIS_URL: server.url, INDEX_BUCKETS: String(BUCKETS), K_SINK: fnSink.url, LOG_LEVEL: 'warn', ...(CPU_PROF_DIR ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${CPU_PROF_DIR}` } : {}) });
   const target = new URL(fn.url);
   const agent = new Agent({ keepAlive: true, maxSockets: HTTP_CONNECTIONS });
   const statuses = new Map<string, number>();

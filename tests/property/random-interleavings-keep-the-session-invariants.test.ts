@@ -205,13 +205,16 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
       now += op.ms;
       // The deadline engine: claim everything due, in every bucket.
       for (const b of core.keys.allBuckets()) {
-        for (const sid of await core.store.dueSessions(b.bucket, now, 100)) {
-          const r = await core.store.claimExpired(sid, now);
-          const m = model.get(sid);
-          assert.ok(m && m.state === 'A' && m.deadline <= now, `only a due active session is claimed (${sid})`);
-          assert.deepEqual(r, { code: 'CLAIMED', incarnation: m.incarnation, deadline: m.deadline });
+        const { claimed, skipped, head } = await core.store.claimDue(b.bucket, now, 100);
+        assert.equal(skipped, 0, 'the index holds only active sessions');
+        for (const r of claimed) {
+          const m = model.get(r.sessionId);
+          assert.ok(m && m.state === 'A' && m.deadline <= now, `only a due active session is claimed (${r.sessionId})`);
+          assert.deepEqual(r, { sessionId: r.sessionId, incarnation: m.incarnation, deadline: m.deadline });
           Object.assign(m, { state: 'D', claimedAt: now, stage: 'claimed' });
         }
+        const left = [...model].filter(([sid, m]) => m.state === 'A' && core.keys.bucketOf(sid) === b.bucket).map(([, m]) => m.deadline);
+        assert.equal(head, left.length === 0 ? null : Math.min(...left), `bucket ${b.bucket}'s next deadline`);
       }
       for (const [sid, m] of model) if (m.state === 'A') assert.ok(m.deadline > now, `a due session was missed: ${sid}`);
     } else if (op.kind === 'releaseMigrations') {

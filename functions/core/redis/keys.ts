@@ -101,7 +101,12 @@ export class KeySpace {
 
   /** Just the record key of a session in a known bucket: the heartbeat hot path builds nothing else. */
   sessionRecord(bucket: number, sessionId: string): string {
-    return `${this.prefix}:{${bucket}}:s:${sessionId}`;
+    return `${this.sessionRecordPrefix(bucket)}${sessionId}`;
+  }
+
+  /** What every session record key of a bucket starts with, for scripts that learn the ids from an index. */
+  sessionRecordPrefix(bucket: number): string {
+    return `${this.prefix}:{${bucket}}:s:`;
   }
 
   /** Every bucket, for the deadline engine and ledger audits (O(buckets), never a SCAN). */
