@@ -232,7 +232,7 @@ export class SessionStore {
 
   /**
    * Applies a session.heartbeat: the deadline moves to liveFrom + window, never earlier. Heartbeats that arrive in
-   * the same event-loop turn are applied together, one script call per bucket (see heartbeat-n.lua).
+   * the same event-loop turn are applied together, one script call per bucket (see heartbeat-1.lua).
    */
   heartbeat(sessionId: string, liveFrom: number, now: number): Promise<LivenessResult> {
     const bucket = this.keys.bucketOf(sessionId);
@@ -264,15 +264,11 @@ export class SessionStore {
     );
   }
 
-  /** One heartbeat-n.lua call for heartbeats of one bucket. */
+  /** One heartbeat-1.lua call for heartbeats of one bucket. */
   async #runHeartbeats(bucket: number, batch: readonly { sessionId: string; liveFrom: number }[]): Promise<LivenessResult[]> {
-    const keys: string[] = [this.keys.bucket(bucket).deadlines];
-    const args: (string | number)[] = [];
-    for (const h of batch) {
-      keys.push(this.keys.sessionRecord(bucket, h.sessionId));
-      args.push(h.sessionId, h.liveFrom);
-    }
-    const r = await this.#scripts.run('heartbeat', keys, args);
+    const args: (string | number)[] = [this.keys.sessionRecordPrefix(bucket)];
+    for (const h of batch) args.push(h.sessionId, h.liveFrom);
+    const r = await this.#scripts.run('heartbeat', [this.keys.bucket(bucket).deadlines], args);
     return batch.map((_, i): LivenessResult => {
       const code = str(r[3 * i]);
       if (code === 'REFRESHED') return { code, incarnation: num(r[3 * i + 1]), deadline: num(r[3 * i + 2]) };

@@ -99,12 +99,10 @@ export class KeySpace {
     return { ...b, sessionId, session: `${tag}:s:${sessionId}`, context: `${tag}:ctx:${sessionId}`, destroyHooks: `${tag}:dh:${sessionId}` };
   }
 
-  /** Just the record key of a session in a known bucket: the heartbeat hot path builds nothing else. */
-  sessionRecord(bucket: number, sessionId: string): string {
-    return `${this.sessionRecordPrefix(bucket)}${sessionId}`;
-  }
-
-  /** What every session record key of a bucket starts with, for scripts that learn the ids from an index. */
+  /**
+   * What every session record key of a bucket starts with: the hottest scripts (heartbeats, due claims) are sent it
+   * and build the keys themselves, from ids they are sent or read from an index.
+   */
   sessionRecordPrefix(bucket: number): string {
     return `${this.prefix}:{${bucket}}:s:`;
   }

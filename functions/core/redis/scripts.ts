@@ -1,4 +1,4 @@
-// Loads the named Lua scripts (lua/<name>-<numberOfKeys>.lua, or <name>-n.lua for a batch taking any number), inlines their `-- @include "x"` helpers, defines
+// Loads the named Lua scripts (lua/<name>-<numberOfKeys>.lua), inlines their `-- @include "x"` helpers, defines
 // them as commands on a client, and compiles each once on every master so that a broken script stops the process
 // at start instead of failing the first event that needs it.
 import { readdirSync, readFileSync } from 'node:fs';
@@ -6,15 +6,15 @@ import { join } from 'node:path';
 import type { RedisClient } from './connect.ts';
 
 const LUA_DIR = join(import.meta.dirname, 'lua');
-const FILE_NAME = /^([a-z][a-z-]*[a-z])-(\d+|n)\.lua$/;
+const FILE_NAME = /^([a-z][a-z-]*[a-z])-(\d+)\.lua$/;
 const INCLUDE = /^-- @include "([a-z-]+)"$/m;
 
 /** One script as sent to Redis. */
 export interface ScriptSource {
   /** camelCase command name, e.g. `openSession` for open-session-7.lua. */
   readonly name: string;
-  /** Fixed key count, or undefined for a batch script (`-n.lua`) whose caller passes the count. */
-  readonly numberOfKeys: number | undefined;
+  /** How many KEYS it takes. */
+  readonly numberOfKeys: number;
   readonly lua: string;
 }
 
@@ -48,12 +48,12 @@ export function loadScriptSources(dir: string = LUA_DIR): ScriptSource[] {
     .sort()
     .map((file) => {
       const m = FILE_NAME.exec(file);
-      if (!m?.[1] || !m[2]) throw new ScriptLoadError(`${file}: script files are named <name>-<numberOfKeys|n>.lua`);
+      if (!m?.[1] || !m[2]) throw new ScriptLoadError(`${file}: script files are named <name>-<numberOfKeys>.lua`);
       const lua = readFileSync(join(dir, file), 'utf8');
       for (const section of ['KEYS[1]', 'ARGV[1]', 'Returns']) {
         if (!lua.slice(0, 4000).includes(section)) throw new ScriptLoadError(`${file}: header does not document ${section}`);
       }
-      return { name: camel(m[1]), numberOfKeys: m[2] === 'n' ? undefined : Number(m[2]), lua: inline(lua, file, dir) };
+      return { name: camel(m[1]), numberOfKeys: Number(m[2]), lua: inline(lua, file, dir) };
     });
 }
 
@@ -71,7 +71,7 @@ export class Scripts {
 
   /** Defines every script on the client (EVALSHA with EVAL fallback, per ioredis) and compiles each on every master. */
   static async register(client: RedisClient, sources: ScriptSource[] = loadScriptSources()): Promise<Scripts> {
-    for (const s of sources) client.defineCommand(s.name, s.numberOfKeys === undefined ? { lua: s.lua } : { numberOfKeys: s.numberOfKeys, lua: s.lua });
+    for (const s of sources) client.defineCommand(s.name, { numberOfKeys: s.numberOfKeys, lua: s.lua });
     const masters = 'nodes' in client && typeof client.nodes === 'function' ? client.nodes('master') : [client];
     for (const node of masters) {
       for (const s of sources) {
@@ -89,13 +89,12 @@ export class Scripts {
   async run(name: string, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown[]> {
     const source = this.#sources.get(name);
     if (!source) throw new ScriptLoadError(`no script named ${name}`);
-    if (source.numberOfKeys !== undefined && keys.length !== source.numberOfKeys) {
+    if (keys.length !== source.numberOfKeys) {
       throw new ScriptLoadError(`${name} takes ${source.numberOfKeys} keys, got ${keys.length}`);
     }
     const fn = (this.#client as unknown as Record<string, ScriptFn>)[name];
     if (!fn) throw new ScriptLoadError(`script ${name} is not defined on this client`);
-    const head = source.numberOfKeys === undefined ? [keys.length] : [];
-    const reply = await fn.call(this.#client, ...head, ...keys, ...args);
+    const reply = await fn.call(this.#client, ...keys, ...args);
     if (!Array.isArray(reply)) throw new ScriptLoadError(`${name} returned ${typeof reply}, expected an array`);
     return reply as unknown[];
   }

@@ -4,9 +4,11 @@
   pushes its session's deadline to live-from + window, never earlier than it already is, so a duplicate or a
   redelivered older heartbeat changes nothing (max() is idempotent).
 
-  KEYS[1] bucket deadline index (ZSET)   KEYS[2..n+1] the session records, one per heartbeat (all of this bucket)
-  ARGV[1] session id of KEYS[2]          ARGV[2] its live-from (ms; the event's time, capped at now)
-  ARGV[2i-1], ARGV[2i]                    the same for KEYS[i+1]
+  KEYS[1] bucket deadline index (ZSET)
+  ARGV[1] the bucket's session record key prefix (`<prefix>:{<bucket>}:s:`): a record's key is the prefix and its
+          session id, built here rather than sent, because the heartbeat is the hottest call there is and a third of
+          its bytes were those keys; they carry the bucket's hash tag, so on Redis Cluster they live in KEYS[1]'s slot
+  ARGV[2i], ARGV[2i+1]                    session id and live-from (ms; the event's time, capped at now) of heartbeat i
 
   Returns a flat array, three entries per heartbeat, in order:
     'REFRESHED', incarnation, deadline
@@ -14,11 +16,11 @@
     'ENDED', incarnation, state        destroying (D) or destroyed (X): a late heartbeat never revives it
 ]]
 local call, tonumber = redis.call, tonumber
-local deadlinesKey = KEYS[1]
+local deadlinesKey, recordPrefix = KEYS[1], ARGV[1]
 local out, n = {}, 0
-for k = 2, #KEYS do
-  local sessionId = ARGV[2 * k - 3]
-  local state = call('HMGET', KEYS[k], 's', 'i', 'w')
+for k = 2, #ARGV, 2 do
+  local sessionId = ARGV[k]
+  local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w')
   local s = state[1]
   if not s then
     out[n + 1], out[n + 2], out[n + 3] = 'UNKNOWN', 0, 0
@@ -27,7 +29,7 @@ for k = 2, #KEYS do
   else
     -- max(current, target): ZADD GT only ever raises the score, and CH says whether it did, so the common case
     -- (the deadline moved out) needs no read; only a heartbeat that changed nothing reads the score it left.
-    local target = tonumber(ARGV[2 * k - 2]) + tonumber(state[3])
+    local target = tonumber(ARGV[k + 1]) + tonumber(state[3])
     local current = target
     if call('ZADD', deadlinesKey, 'GT', 'CH', target, sessionId) == 0 then
       current = tonumber(call('ZSCORE', deadlinesKey, sessionId))
