@@ -547,17 +547,6 @@ export class SessionStore {
     return view;
   }
 
-  /** The earliest deadline in a bucket, or null when the bucket is empty: O(log n). */
-  async earliestDeadline(bucket: number): Promise<number | null> {
-    const head = await this.redis.zrange(this.keys.bucket(bucket).deadlines, '0', '0', 'WITHSCORES');
-    return head[1] === undefined ? null : Number(head[1]);
-  }
-
-  /** Up to `limit` sessions of a bucket whose deadline is at or before `now`: O(log n + k). */
-  async dueSessions(bucket: number, now: number, limit: number): Promise<string[]> {
-    return this.redis.zrangebyscore(this.keys.bucket(bucket).deadlines, '-inf', now, 'LIMIT', '0', String(limit));
-  }
-
   /** Watchdog members of a bucket whose last progress is at or before `before`. */
   async stalledMembers(bucket: number, before: number, limit: number): Promise<string[]> {
     return this.redis.zrangebyscore(this.keys.bucket(bucket).destroying, '-inf', before, 'LIMIT', '0', String(limit));

@@ -12,10 +12,13 @@
 // Heartbeats and holds only ever move a deadline later (ZADD GT), so a cached head is a lower bound of the true one:
 // the timer may fire early (then nothing is due, the head is re-read and the timer re-armed), never late. Only a new
 // session (session.opened) can put an earlier deadline into a bucket, and the engine learns of it by re-reading the
-// heads every DEADLINE_POLL_MS: one ZRANGE 0 0 per bucket, pipelined, i.e. O(buckets · log n) per poll and
-// independent of how many sessions exist, where a scan would be O(n). Because no liveness window is shorter than
-// 100 ms (heartbeatIntervalMs ≥ 100) and DEADLINE_POLL_MS ≤ 100 ms, a new session's deadline is always learned
-// before it falls due.
+// heads every DEADLINE_POLL_MS: one claimDue per bucket, pipelined (it claims whatever is due and answers the head),
+// i.e. O(buckets · log n) per poll and independent of how many sessions exist, where a scan would be O(n). Because
+// no liveness window is shorter than 100 ms (heartbeatIntervalMs ≥ 100) and DEADLINE_POLL_MS ≤ 100 ms, a new
+// session's deadline is always learned before it falls due.
+//
+// Claims in different buckets run concurrently (one per bucket at a time), so a deadline never waits for another
+// bucket's round trip to Redis.
 import type { Config } from '../core/config.ts';
 import { EventType } from '../core/contract/events.ts';
 import type { CoreDeps } from '../core/function-host.ts';
@@ -59,15 +62,11 @@ export interface PassReport {
   emitFailures: number;
 }
 
-type PassKind = 'poll' | 'wake';
-
 const DEFAULT_BATCH = 256;
 const DEFAULT_MAX_IN_FLIGHT = 256;
 const DEFAULT_MAX_BACKOFF_MS = 2000;
 /** Longest single timer (Node's limit is 2^31 - 1 ms); the poll re-arms long before anyway. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
-/** Wake-ups in a row that may find nothing to take before the engine leaves a due head to the next poll. */
-const MAX_IDLE_WAKES = 3;
 
 function emptyReport(): PassReport {
   return { expired: 0, skipped: 0, resumed: 0, migrationsReissued: 0, emitFailures: 0 };
@@ -81,22 +80,25 @@ export class DeadlineEngine {
   readonly #maxInFlight: number;
   readonly #maxBackoffMs: number;
   readonly #log: Logger;
-  /** Cached earliest deadline per bucket (null: empty); a lower bound of the true head, see the file comment. */
-  #heads: (number | null)[];
+  /** Cached earliest deadline per bucket (null: empty or unknown); a lower bound of the true head, see the file comment. */
+  readonly #heads: (number | null)[];
   #pollTimer: NodeJS.Timeout | undefined;
   #wakeTimer: NodeJS.Timeout | undefined;
-  /** Passes run one at a time: this is the tail of the chain. */
+  /** Polls (and runOnce) run one at a time: this is the tail of their chain. */
   #chain: Promise<unknown> = Promise.resolve();
-  #passRunning = false;
-  #pending: PassKind | undefined;
+  /**
+   * Buckets with a claim in flight. Claims in different buckets overlap: a deadline falling due while another
+   * bucket's claim waits on Redis is claimed at once rather than after it. One bucket has one claim at a time, so
+   * its cached head is only ever written by the claim that read it.
+   */
+  readonly #claiming = new Set<number>();
+  readonly #wakeClaims = new Set<Promise<void>>();
   readonly #emits = new Set<Promise<void>>();
   #slotsInUse = 0;
   readonly #slotWaiters: (() => void)[] = [];
   #started = false;
   #failures = 0;
   #lastFailureLogAt = 0;
-  /** Consecutive wake-ups that found a due head but could take nothing. */
-  #idleWakes = 0;
 
   constructor(opts: DeadlineEngineOptions) {
     this.#deps = opts.deps;
@@ -113,40 +115,40 @@ export class DeadlineEngine {
     return this.#started;
   }
 
-  /** Whether the last pass reached Redis (false after a failure, until a pass succeeds again). */
+  /** Whether the last call to Redis succeeded (false after a failure, until one succeeds again). */
   get connected(): boolean {
     return this.#failures === 0;
   }
 
-  /** Starts watching: the first pass runs at once and catches up on everything already overdue. */
+  /** Starts watching: the first poll runs at once and catches up on everything already overdue. */
   start(): void {
     if (this.#started) return;
     this.#started = true;
     this.#log.info({ buckets: this.#heads.length, pollMs: this.#deps.config.DEADLINE_POLL_MS, stallMs: this.#deps.config.DESTROY_STALL_MS }, 'deadline engine started');
-    this.#request('poll');
+    this.#onPoll();
   }
 
-  /** Stops the timers; resolves once the pass in progress and every emission it started have finished. */
+  /** Stops the timers; resolves once the claims in progress and every emission they started have finished. */
   async stop(): Promise<void> {
     if (!this.#started) return;
     this.#started = false;
-    this.#pending = undefined;
     clearTimeout(this.#pollTimer);
     clearTimeout(this.#wakeTimer);
     this.#pollTimer = this.#wakeTimer = undefined;
     await this.#chain;
+    while (this.#wakeClaims.size > 0) await Promise.allSettled([...this.#wakeClaims]);
     await this.#drainEmits();
     this.#log.info('deadline engine stopped');
   }
 
   /**
-   * One full pass at `now` (re-read every head, run the watchdog, expire everything due), waiting for its emissions:
-   * for tests and tools. Throws if Redis is unreachable.
+   * One full pass at `now` (claim in every bucket, run the watchdog), waiting for its emissions: for tests and
+   * tools. Throws if Redis is unreachable.
    */
   async runOnce(now: number = this.#deps.now()): Promise<PassReport> {
     const report = await this.#exclusive(async () => {
       await this.#ready();
-      return this.#pass('poll', now);
+      return this.#poll(now);
     });
     await this.#drainEmits();
     return report;
@@ -160,114 +162,115 @@ export class DeadlineEngine {
     return run;
   }
 
-  /** Runs a pass of `kind` now, or right after the running one (a poll subsumes a wake). */
-  #request(kind: PassKind): void {
-    if (!this.#started) return;
-    if (this.#passRunning) {
-      if (this.#pending !== 'poll') this.#pending = kind;
-      return;
-    }
-    this.#passRunning = true;
-    void this.#exclusive(() => this.#tick(kind));
-  }
-
-  async #tick(kind: PassKind): Promise<void> {
-    const now = this.#deps.now();
-    let progressed = false;
-    let failed = false;
-    try {
-      await this.#ready();
-      const report = await this.#pass(kind, now);
-      progressed = report.expired + report.skipped > 0;
-      if (this.#failures > 0) this.#log.info({ afterFailures: this.#failures }, 'deadline engine reaches Redis again');
-      this.#failures = 0;
-    } catch (err) {
-      failed = true;
-      this.#failures += 1;
-      // One line on the first failure and then at most one every 10 s, not one per retry.
-      if (this.#failures === 1 || now - this.#lastFailureLogAt >= 10_000) {
-        this.#lastFailureLogAt = now;
-        this.#log.warn({ err, failures: this.#failures }, 'deadline engine pass failed (Redis unreachable?); backing off');
-      }
-    }
-    this.#passRunning = false;
-    if (!this.#started) return;
-    const pending = this.#pending;
-    this.#pending = undefined;
-    if (pending !== undefined && !failed) {
-      this.#request(pending);
-      return;
-    }
-    this.#arm(failed, progressed, kind);
-  }
-
-  /** Sets the next poll and the precise wake-up at the earliest known deadline. */
-  #arm(failed: boolean, progressed: boolean, kind: PassKind): void {
-    clearTimeout(this.#wakeTimer);
-    this.#wakeTimer = undefined;
-    const poll = this.#deps.config.DEADLINE_POLL_MS;
-    if (failed) {
-      clearTimeout(this.#pollTimer);
-      // Exponential back-off with full jitter, so replicas do not hammer a recovering Redis in step.
-      const ceiling = Math.min(this.#maxBackoffMs, poll * 2 ** Math.min(this.#failures, 16));
-      this.#pollTimer = setTimeout(() => this.#onPoll(), Math.max(poll, Math.random() * ceiling));
-      return;
-    }
-    if (kind === 'poll' || this.#pollTimer === undefined) {
-      clearTimeout(this.#pollTimer);
-      this.#pollTimer = setTimeout(() => this.#onPoll(), poll);
-    }
-    let earliest: number | null = null;
-    for (const head of this.#heads) if (head !== null && (earliest === null || head < earliest)) earliest = head;
-    if (earliest === null) return;
-    const delay = earliest - this.#deps.now();
-    if (progressed) this.#idleWakes = 0;
-    if (delay <= 0) {
-      // Due now. After progress: more to take (a full batch, or deadlines that passed during the pass), so at once.
-      // Without progress the timer fired a hair early (timers run on libuv's cached monotonic clock, deadlines on
-      // the wall clock), so retry in 1 ms, a few times at most: if nothing can be taken, the next poll retries and
-      // the engine never spins.
-      if (progressed) this.#wakeTimer = setTimeout(() => this.#onWake(), 0);
-      else if (this.#idleWakes++ < MAX_IDLE_WAKES) this.#wakeTimer = setTimeout(() => this.#onWake(), 1);
-      return;
-    }
-    // Rounded up: a timer that fired a fraction early would find nothing due yet.
-    this.#wakeTimer = setTimeout(() => this.#onWake(), Math.min(Math.ceil(delay), MAX_TIMER_MS));
-  }
-
+  /** Every DEADLINE_POLL_MS (longer, backing off, while Redis is unreachable): a poll, then the wake-up re-armed. */
   #onPoll(): void {
     this.#pollTimer = undefined;
-    this.#request('poll');
+    if (!this.#started) return;
+    void this.#exclusive(async () => {
+      const now = this.#deps.now();
+      let failed = false;
+      try {
+        await this.#ready();
+        await this.#poll(now);
+        this.#succeeded();
+      } catch (err) {
+        failed = true;
+        this.#failed(err, now);
+      }
+      if (!this.#started) return;
+      const poll = this.#deps.config.DEADLINE_POLL_MS;
+      // Exponential back-off with full jitter, so replicas do not hammer a recovering Redis in step.
+      const delay = failed ? Math.max(poll, Math.random() * Math.min(this.#maxBackoffMs, poll * 2 ** Math.min(this.#failures, 16))) : poll;
+      this.#pollTimer = setTimeout(() => this.#onPoll(), delay);
+      this.#armWake();
+    });
   }
 
+  /** At the earliest cached head: claims in every bucket whose head is due and has no claim in flight. */
   #onWake(): void {
     this.#wakeTimer = undefined;
-    this.#request('wake');
+    if (!this.#started) return;
+    const now = this.#deps.now();
+    this.#heads.forEach((head, bucket) => {
+      if (head === null || head > now || this.#claiming.has(bucket)) return;
+      const claim = this.#claimBucket(bucket, now, emptyReport()).then(
+        () => this.#succeeded(),
+        (err: unknown) => {
+          // Unknown until the next poll (which backs off while Redis stays unreachable): a head left due would
+          // re-arm the wake-up at once, and the engine would spin against a Redis that is down.
+          this.#heads[bucket] = null;
+          this.#failed(err, now);
+        },
+      ).finally(() => {
+        this.#wakeClaims.delete(claim);
+        this.#armWake();
+      });
+      this.#wakeClaims.add(claim);
+    });
+    this.#armWake();
   }
 
-  // ---- one pass ----
+  /**
+   * Sets the one precise timer at the earliest cached head of the buckets with no claim in flight (theirs is re-armed
+   * when the claim answers). A head already due fires at once: a bucket with more due than a batch is claimed again.
+   */
+  #armWake(): void {
+    clearTimeout(this.#wakeTimer);
+    this.#wakeTimer = undefined;
+    if (!this.#started) return;
+    let earliest: number | null = null;
+    this.#heads.forEach((head, bucket) => {
+      if (head !== null && !this.#claiming.has(bucket) && (earliest === null || head < earliest)) earliest = head;
+    });
+    if (earliest === null) return;
+    // Rounded up: a timer that fired a fraction early would find nothing due yet. Timers run on libuv's monotonic
+    // clock and deadlines on the wall clock, so one may still fire a hair early; the wake-up then re-arms for the
+    // remaining millisecond and claims nothing in between.
+    const delay = Math.max(0, Math.ceil(earliest - this.#deps.now()));
+    this.#wakeTimer = setTimeout(() => this.#onWake(), Math.min(delay, MAX_TIMER_MS));
+  }
 
-  /** A poll re-reads every head and runs the watchdog; both kinds then expire what is due. */
-  async #pass(kind: PassKind, now: number): Promise<PassReport> {
+  #succeeded(): void {
+    if (this.#failures > 0) this.#log.info({ afterFailures: this.#failures }, 'deadline engine reaches Redis again');
+    this.#failures = 0;
+  }
+
+  #failed(err: unknown, now: number): void {
+    this.#failures += 1;
+    // One line on the first failure and then at most one every 10 s, not one per retry.
+    if (this.#failures === 1 || now - this.#lastFailureLogAt >= 10_000) {
+      this.#lastFailureLogAt = now;
+      this.#log.warn({ err, failures: this.#failures }, 'deadline engine could not reach Redis (unreachable?); backing off');
+    }
+  }
+
+  // ---- one poll ----
+
+  /**
+   * Claims in every bucket without a claim in flight (claimDue answers each head, so this is also how the engine
+   * learns of new sessions' earlier deadlines) and runs the watchdog: one round trip.
+   */
+  async #poll(now: number): Promise<PassReport> {
     const report = emptyReport();
     const store = this.#deps.store;
     const buckets = [...this.#heads.keys()];
-    if (kind === 'poll') {
-      // ZRANGE 0 0 per bucket; ioredis pipelines them into one round trip.
-      this.#heads = await Promise.all(buckets.map((b) => store.earliestDeadline(b)));
-    }
-    const due = buckets.filter((b) => {
-      const head = this.#heads[b];
-      return head !== null && head !== undefined && head <= now;
-    });
     await Promise.all([
-      ...due.map((b) => this.#expireBucket(store, b, now, report)),
-      ...(kind === 'poll' ? buckets.map((b) => this.#watchBucket(store, b, now, report)) : []),
+      ...buckets.filter((b) => !this.#claiming.has(b)).map((b) => this.#claimBucket(b, now, report)),
+      ...buckets.map((b) => this.#watchBucket(store, b, now, report)),
     ]);
-    if (report.expired + report.resumed + report.migrationsReissued > 0) {
-      this.#log.debug({ ...report, kind }, 'deadline engine pass');
-    }
+    if (report.expired + report.resumed + report.migrationsReissued > 0) this.#log.debug({ ...report }, 'deadline engine poll');
     return report;
+  }
+
+  /** A bucket's claim, marked in flight while it waits on Redis. */
+  async #claimBucket(bucket: number, now: number, report: PassReport): Promise<void> {
+    this.#claiming.add(bucket);
+    try {
+      await this.#ready();
+      await this.#expireBucket(this.#deps.store, bucket, now, report);
+    } finally {
+      this.#claiming.delete(bucket);
+    }
   }
 
   /** Claims up to a batch of a bucket's due sessions and emits session.expired for each claim won. */
