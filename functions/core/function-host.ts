@@ -6,7 +6,7 @@ import type { Tracer } from '@opentelemetry/api';
 import { loadConfig, type Config } from './config.ts';
 import { buildEvent } from './contract/build.ts';
 import type { DataOf, EmittedType, ContractType, FunctionName } from './contract/events.ts';
-import { parseInbound, type InboundEvent } from './contract/parse.ts';
+import { isBatchRequest, parseInbound, parseInboundBatch, type InboundEvent } from './contract/parse.ts';
 import { createEmitter, EventRejectedError, type Emitter } from './emit.ts';
 import { BackpressureError, ContractError, TransientError } from './errors.ts';
 import { createLogger, withLogContext, type Logger } from './log.ts';
@@ -132,6 +132,13 @@ export interface FunctionDefinition<A extends readonly ContractType[], D> {
   /** Function-specific dependencies built once from the core (a runtime client, a hook registry…). */
   extend: (core: Core) => D;
   handle: (event: InboundEvent<A[number]>, deps: CoreDeps & D) => Promise<void>;
+  /**
+   * Whether producers may also post batches (CloudEvents' batched content mode) straight to this function: the
+   * Broker delivers one event per request, but a producer of many small events (heartbeats) can send hundreds in
+   * one. The events of a batch are handled concurrently; the answer is 204 when all were applied, else the status
+   * of the worst failure, and the sender resends the batch (every handler is idempotent).
+   */
+  batches?: boolean;
 }
 
 /** Maps an error to the status the Broker acts on: 400 never redelivered, 500 a bug, 503 redelivered. */
@@ -160,37 +167,63 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
       res.status(405).json({ error: 'METHOD_NOT_ALLOWED', reason: 'CloudEvents are POSTed' });
       return;
     }
-    let event: InboundEvent<A[number]>;
+    const batch = def.batches === true && isBatchRequest(req.headers);
+    let events: InboundEvent<A[number]>[];
     try {
-      event = parseInbound({ headers: req.headers, body: req.body as Buffer | string | object | undefined, ...(req.rawBody ? { rawBody: req.rawBody } : {}) }, { maxBytes: config.MAX_EVENT_BYTES, accept: def.accept });
+      const raw = { headers: req.headers, body: req.body as Buffer | string | object | undefined, ...(req.rawBody ? { rawBody: req.rawBody } : {}) };
+      const opts = { maxBytes: config.MAX_EVENT_BYTES, accept: def.accept };
+      events = batch ? parseInboundBatch(raw, opts) : [parseInbound(raw, opts)];
     } catch (err) {
       if (!(err instanceof ContractError)) throw err;
-      logger.warn({ code: err.code, field: err.field, reason: err.reason, eventId: headerOf(req, 'ce-id') }, 'rejected malformed event');
+      logger.warn({ code: err.code, field: err.field, reason: err.reason, eventId: batch ? undefined : headerOf(req, 'ce-id') }, batch ? 'rejected malformed batch' : 'rejected malformed event');
       res.status(400).json({ error: err.code, field: err.field, reason: err.reason });
       return;
     }
-    const sessionId = (event.data).sessionId;
-    const log = withLogContext(logger, { sessionId, eventId: event.id, eventType: event.type });
+    // Settled, not raced: a batch answers once every event's handler has finished, so none is still writing when
+    // the sender resends it.
+    const outcomes = await Promise.allSettled(events.map((event) => apply(event)));
+    let worst: { status: 400 | 500 | 503; err: unknown; index: number } | undefined;
+    outcomes.forEach((o, index) => {
+      if (o.status === 'fulfilled') return;
+      const status = statusOf(o.reason);
+      if (!worst || rank(status) > rank(worst.status)) worst = { status, err: o.reason, index };
+    });
+    if (!worst) {
+      res.status(204).end();
+      return;
+    }
+    const { status, err, index } = worst;
+    if (status === 400 && err instanceof ContractError) {
+      res.status(400).json({ error: err.code, field: batch ? `batch[${index}].${err.field}` : err.field, reason: err.reason });
+      return;
+    }
+    res.status(status).json({ error: status === 503 ? 'UNAVAILABLE' : 'INTERNAL', reason: (err as Error).message });
+  }
+
+  /** Handles one event in its span; logs its failure once, with its session and trace, and rethrows it. */
+  async function apply(event: InboundEvent<A[number]>): Promise<void> {
+    const sessionId = event.data.sessionId;
     try {
       await withEventSpan(tracer, `${def.name} ${event.type.replace('dev.sessionreaper.', '')}`, { ...event, subject: sessionId }, { [ATTR_SESSION_ID]: sessionId }, async () => {
         await core.ready();
         await def.handle(event, deps);
       });
-      res.status(204).end();
     } catch (err) {
       const status = statusOf(err);
-      if (status === 400 && err instanceof ContractError) {
-        log.warn({ code: err.code, field: err.field, reason: err.reason }, 'rejected event');
-        res.status(400).json({ error: err.code, field: err.field, reason: err.reason });
-        return;
-      }
-      if (err instanceof BackpressureError) log.info({ reason: err.message }, 'backpressure; the Broker will redeliver later');
+      const log = withLogContext(logger, { sessionId, eventId: event.id, eventType: event.type });
+      if (status === 400 && err instanceof ContractError) log.warn({ code: err.code, field: err.field, reason: err.reason }, 'rejected event');
+      else if (err instanceof BackpressureError) log.info({ reason: err.message }, 'backpressure; the Broker will redeliver later');
       else log.error({ err, status }, status === 503 ? 'transient failure; the Broker will redeliver' : 'handler failed');
-      res.status(status).json({ error: status === 503 ? 'UNAVAILABLE' : 'INTERNAL', reason: (err as Error).message });
+      throw err;
     }
   }
 
   return { handler, core, deps };
+}
+
+/** Which failure a batch answers with: a bug (500) over a refusal (400) over a transient fault (503). */
+function rank(status: 400 | 500 | 503): number {
+  return status === 500 ? 3 : status === 400 ? 2 : 1;
 }
 
 function headerOf(req: HostRequest, name: string): string | undefined {

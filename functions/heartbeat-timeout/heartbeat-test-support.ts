@@ -105,3 +105,15 @@ export async function postEvent(url: string, event: CloudEvent<object>, mode: 'b
   const text = await res.text();
   return { status: res.status, body: text === '' ? undefined : (JSON.parse(text) as unknown) };
 }
+
+/** POSTs events as one batch (CloudEvents' batched content mode); resolves with the status and the parsed answer. */
+export async function postBatch(url: string, events: readonly CloudEvent<object>[]): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/cloudevents-batch+json' },
+    body: JSON.stringify(events.map((e) => e.toJSON())),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text === '' ? undefined : (JSON.parse(text) as unknown) };
+}

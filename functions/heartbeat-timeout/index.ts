@@ -4,7 +4,7 @@ import * as ff from '@google-cloud/functions-framework';
 import { createFunctionHost } from '../core/function-host.ts';
 import { ACCEPTS, handle } from './handle.ts';
 
-const host = createFunctionHost({ name: 'heartbeat-timeout', accept: ACCEPTS, extend: () => ({}), handle });
+const host = createFunctionHost({ name: 'heartbeat-timeout', accept: ACCEPTS, extend: () => ({}), handle, batches: true });
 
 ff.http('heartbeat-timeout', host.handler);
 

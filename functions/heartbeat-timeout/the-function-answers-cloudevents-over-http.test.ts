@@ -1,5 +1,5 @@
 // heartbeat-timeout as deployed: the real functions-framework process, real Redis (single and cluster), CloudEvents
-// sent over HTTP in binary and structured mode; malformed events answered 400 naming the field with nothing
+// sent over HTTP in binary, structured and batched mode; malformed events answered 400 naming the field with nothing
 // written, and an unreachable Redis answered 503 so the Broker redelivers.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -8,7 +8,7 @@ import { testCore, type TestCore } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { freePort } from '../../tests/support/redis-harness.ts';
 import { TOPOLOGIES, testRedisEnv } from '../../tests/support/redis.ts';
-import { inboundEvent, postEvent, startHeartbeatFunction, type RunningProcess } from './heartbeat-test-support.ts';
+import { inboundEvent, postBatch, postEvent, startHeartbeatFunction, type RunningProcess } from './heartbeat-test-support.ts';
 
 const PLACEMENT = { node: 'gpu-node-a', runtimeUrl: 'http://runtime-a.test:8000', gpuBytes: 1000 };
 
@@ -75,6 +75,35 @@ for (const topology of TOPOLOGIES) {
       assert.equal(await core.store.activeCount(), (await Promise.all(['http-1', 'http-2', 'http-3', 'http-4'].map((id) => core.store.inspect(id)))).filter((v) => v?.state === 'active').length);
     });
 
+    test('a batch (batched content mode) is answered 204 once every event in it is applied', async () => {
+      const ids = ['http-b1', 'http-b2', 'http-b3'];
+      const openedAt = Date.now() - 2000;
+      const opened = ids.map((sessionId) => inboundEvent(EventType.SessionOpened, { sessionId, placement: PLACEMENT, heartbeatIntervalMs: 1000, missedBeats: 3 }, { time: new Date(openedAt).toISOString() }));
+      const openedRes = await postBatch(fn.url, opened);
+      assert.equal(openedRes.status, 204, JSON.stringify(openedRes.body));
+      const beatAt = Date.now();
+      const beats = ids.map((sessionId) => inboundEvent(EventType.SessionHeartbeat, { sessionId, seq: 1 }, { time: new Date(beatAt).toISOString() }));
+      const hold = inboundEvent(EventType.SessionHold, { sessionId: 'http-b3', durationMs: 60_000, reason: 'tool call' });
+      assert.equal((await postBatch(fn.url, [...beats, hold])).status, 204);
+      const views = await Promise.all(ids.map((id) => core.store.inspect(id)));
+      assert.deepEqual(views.map((v) => v?.deadline), [beatAt + 3000, beatAt + 3000, Math.max(beatAt + 3000, views[2]?.holdUntil ?? 0)]);
+      assert.ok((views[2]?.holdUntil ?? 0) >= beatAt + 60_000);
+    });
+
+    test('a batch holding one malformed event is answered 400 naming it, and none of the batch is applied', async () => {
+      await postEvent(fn.url, inboundEvent(EventType.SessionOpened, { sessionId: 'http-b4', placement: PLACEMENT }), 'binary');
+      const before = await core.store.inspect('http-b4');
+      const batch = [inboundEvent(EventType.SessionHeartbeat, { sessionId: 'http-b4', seq: 9 }), inboundEvent(EventType.SessionHeartbeat, { sessionId: 'not valid' })];
+      const res = await postBatch(fn.url, batch);
+      assert.equal(res.status, 400);
+      assert.equal((res.body as { field?: string }).field, 'batch[1].data.sessionId');
+      assert.deepEqual(await core.store.inspect('http-b4'), before);
+      for (const body of ['[]', '{"specversion":"1.0"}', '[42]']) {
+        const r = await fetch(fn.url, { method: 'POST', headers: { 'content-type': 'application/cloudevents-batch+json' }, body });
+        assert.equal(r.status, 400, body);
+      }
+    });
+
     test('an event type this function does not consume is answered 400 naming ce.type', async () => {
       const res = await postEvent(fn.url, inboundEvent(EventType.SessionClosed, { sessionId: 'http-5' }), 'binary');
       assert.equal(res.status, 400);
@@ -100,6 +129,10 @@ for (const topology of TOPOLOGIES) {
     test('a valid heartbeat is answered 503 so the Broker redelivers it', async () => {
       const res = await postEvent(fn.url, inboundEvent(EventType.SessionHeartbeat, { sessionId: 'down-1' }), 'binary');
       assert.equal(res.status, 503);
+    });
+
+    test('a valid batch is answered 503 so its sender resends it', async () => {
+      assert.equal((await postBatch(fn.url, [inboundEvent(EventType.SessionHeartbeat, { sessionId: 'down-3' })])).status, 503);
     });
 
     test('a malformed event is still answered 400: it is never worth redelivering', async () => {

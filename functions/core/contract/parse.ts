@@ -43,6 +43,9 @@ export interface ParseOptions<A extends readonly ContractType[] = readonly Contr
 
 const REQUIRED_ATTRIBUTES = ['specversion', 'id', 'source', 'type'] as const;
 const STRUCTURED_MEDIA_TYPE = 'application/cloudevents+json';
+const BATCH_MEDIA_TYPE = 'application/cloudevents-batch+json';
+/** Most events one batch may hold. */
+export const MAX_BATCH_EVENTS = 1000;
 const TRACEPARENT_PATTERN = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
 const ajv = new Ajv2020({ allErrors: false, strict: true });
 ajvFormats.default(ajv, ['date-time', 'uri']);
@@ -64,8 +67,47 @@ export function parseInbound(req: RawRequest, opts: ParseOptions): InboundEvent 
   if (structured && mediaType !== STRUCTURED_MEDIA_TYPE) {
     throw new ContractError('NOT_A_CLOUDEVENT', 'content-type', `only single events in ${STRUCTURED_MEDIA_TYPE} are accepted, not ${mediaType}`);
   }
-  const { message, data, rawTime } = structured ? decodeStructured(headers, body) : decodeBinary(headers, body, mediaType);
+  return finish(structured ? decodeStructured(headers, body) : decodeBinary(headers, body, mediaType), headers, structured, opts);
+}
 
+/** Whether a request is a batch: CloudEvents' HTTP batched content mode (a JSON array of structured events). */
+export function isBatchRequest(headers: RawRequest['headers']): boolean {
+  const contentType = headers['content-type'];
+  return mediaTypeOf(Array.isArray(contentType) ? contentType[0] : contentType) === BATCH_MEDIA_TYPE;
+}
+
+/**
+ * Decodes and validates a batch (CloudEvents HTTP batched content mode): every event is checked before any is
+ * returned, so a malformed one refuses the whole batch, and its ContractError's field names it (`batch[3].data…`).
+ */
+export function parseInboundBatch<const A extends readonly ContractType[]>(req: RawRequest, opts: ParseOptions<A> & { accept: A }): InboundEvent<A[number]>[];
+export function parseInboundBatch(req: RawRequest, opts: ParseOptions): InboundEvent[] {
+  const headers = normaliseHeaders(req.headers);
+  const body = req.rawBody ?? req.body;
+  const events = decodeJson(body, 'body');
+  if (!Array.isArray(events)) throw new ContractError('NOT_A_CLOUDEVENT', 'body', `a ${BATCH_MEDIA_TYPE} body must be a JSON array of structured CloudEvents`);
+  if (events.length === 0) throw new ContractError('NOT_A_CLOUDEVENT', 'body', 'the batch holds no event');
+  if (events.length > MAX_BATCH_EVENTS) {
+    throw new ContractError('TOO_LARGE', 'body', `the batch holds ${events.length} events; at most ${MAX_BATCH_EVENTS} are accepted`);
+  }
+  // Each event is held to MAX_EVENT_BYTES on average: measuring each one would mean serialising it again.
+  const bytes = byteLengthOf(body);
+  if (bytes > opts.maxBytes * events.length) {
+    throw new ContractError('TOO_LARGE', 'body', `the batch is ${bytes} bytes for ${events.length} events; at most ${opts.maxBytes} per event are accepted`);
+  }
+  return events.map((event: unknown, i) => {
+    try {
+      if (!isPlainObject(event)) throw new ContractError('NOT_A_CLOUDEVENT', 'event', 'a structured CloudEvent must be a JSON object');
+      return finish(decodeStructured(headers, event), headers, true, opts);
+    } catch (err) {
+      if (!(err instanceof ContractError)) throw err;
+      throw new ContractError(err.code, `batch[${i}].${err.field}`, err.reason, { cause: err });
+    }
+  });
+}
+
+function finish(decoded: Decoded, headers: Record<string, string>, structured: boolean, opts: ParseOptions): InboundEvent {
+  const { message, data, rawTime } = decoded;
   const ce = decodeEnvelope(message);
   if (rawTime !== undefined && !isRfc3339(rawTime)) {
     throw new ContractError('INVALID_FIELD', 'ce.time', 'must be an RFC 3339 date-time');
