@@ -165,7 +165,7 @@ export function createEmitter(opts: EmitterOptions): Emitter {
         method: 'POST',
         headers: out.headers,
         ...(out.body === undefined ? {} : { body: out.body }),
-        signal: AbortSignal.timeout(opts.timeoutMs),
+        timeoutMs: opts.timeoutMs,
       });
     } catch (err) {
       const timedOut = err instanceof DOMException && err.name === 'TimeoutError';

@@ -160,6 +160,31 @@ test('no answer within AbortSignal.timeout rejects with a TimeoutError DOMExcept
   await until(() => server.connections.size === 0, 'the server sees the connection closed');
 });
 
+test('no answer within timeoutMs rejects as AbortSignal.timeout does, and bounds reading the body too', async () => {
+  const silent = await startServer(() => undefined);
+  const client = newClient();
+  await assert.rejects(client.request(silent.url, { method: 'POST', body: 'x', timeoutMs: 50 }), (e: unknown) => e instanceof DOMException && e.name === 'TimeoutError');
+  await until(() => silent.connections.size === 0, 'the server sees the connection closed');
+
+  const stalling = await startServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write('partial');
+  });
+  const res = await client.request(stalling.url, { timeoutMs: 100 });
+  assert.equal(res.status, 200);
+  await assert.rejects(res.text(), (e: unknown) => e instanceof DOMException && e.name === 'TimeoutError');
+});
+
+test('a request answered in time leaves no timer behind', async () => {
+  const server = await startServer(ok);
+  const client = newClient();
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  await (await client.request(server.url, { timeoutMs: 60_000 })).text();
+  const before = timers();
+  await Promise.all(Array.from({ length: 20 }, async () => (await client.request(server.url, { timeoutMs: 60_000 })).text()));
+  assert.equal(timers(), before);
+});
+
 test('abort() rejects with an AbortError DOMException, and an aborted signal sends nothing', async () => {
   const server = await startServer(() => undefined);
   const client = newClient();
@@ -328,8 +353,12 @@ test('senderFor uses an injected fetch with redirect manual, and the shared clie
   const viaFetch = await senderFor(observed)(server.url, { method: 'POST', body: 'x' });
   assert.equal(await viaFetch.text(), 'fine');
   assert.equal(inits[0]?.redirect, 'manual');
+  // An injected fetch is given timeoutMs as the signal fetch understands.
+  await (await senderFor(observed)(server.url, { timeoutMs: 5000 })).text();
+  assert.ok(inits[1]?.signal instanceof AbortSignal);
+  assert.equal('timeoutMs' in (inits[1] ?? {}), false);
   const viaClient = await senderFor()(server.url, { method: 'POST', body: 'y' });
   assert.equal(viaClient.status, 200);
   assert.equal(await viaClient.text(), 'fine');
-  assert.equal(inits.length, 1);
+  assert.equal(inits.length, 2);
 });

@@ -20,6 +20,14 @@ export interface HttpRequestInit {
   body?: string | Uint8Array;
   /** Aborts the request, and the reading of its answer's body, when it fires. */
   signal?: AbortSignal;
+  /**
+   * Aborts the request, and the reading of its answer's body, after this many ms, rejecting with the DOMException
+   * named TimeoutError that AbortSignal.timeout would. Preferred to AbortSignal.timeout on hot paths: its timer is
+   * cleared as soon as the body is read, where each AbortSignal.timeout lives (a timer, a weak reference and a
+   * finalizer) until it fires or is collected, so a process sending a thousand requests a second carried thousands
+   * of them through every garbage collection.
+   */
+  timeoutMs?: number;
 }
 
 /** An answer's headers: lower-cased names, repeated fields joined with ', ' (set-cookie included). */
@@ -77,6 +85,11 @@ function abortReason(signal: AbortSignal): Error {
   return new DOMException('This operation was aborted', { name: 'AbortError', cause: reason });
 }
 
+// What a request that ran out of time rejects with: what fetch rejects with when an AbortSignal.timeout fires.
+function timeoutError(): DOMException {
+  return new DOMException('The operation was aborted due to timeout', 'TimeoutError');
+}
+
 function outgoingHeaders(headers: Readonly<Record<string, string>> | undefined, body: string | Uint8Array | undefined, method: string): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
   if (headers !== undefined) for (const [name, value] of Object.entries(headers)) out[name.toLowerCase()] = value;
@@ -124,13 +137,18 @@ export function createHttpClient(opts: HttpClientOptions = {}): HttpClient {
       let bodyDone: (body: Buffer) => void = () => undefined;
       let bodyFailed: (err: Error) => void = () => undefined;
 
-      const onAbort = (): void => {
-        const reason = abortReason(signal!);
+      const abortWith = (reason: Error): void => {
         req.destroy();
         if (settled) bodyFailed(reason);
         else fail(reason);
       };
-      const unlisten = (): void => signal?.removeEventListener('abort', onAbort);
+      const onAbort = (): void => abortWith(abortReason(signal!));
+      let timedOut: Error | undefined;
+      const timer = init.timeoutMs === undefined ? undefined : setTimeout(() => abortWith((timedOut = timeoutError())), init.timeoutMs);
+      const unlisten = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
       const fail = (err: Error): void => {
         if (settled) return;
         settled = true;
@@ -148,7 +166,8 @@ export function createHttpClient(opts: HttpClientOptions = {}): HttpClient {
           send(url, init, method, headers, false).then(resolve, reject);
           return;
         }
-        if (signal?.aborted === true) fail(abortReason(signal));
+        if (timedOut) fail(timedOut);
+        else if (signal?.aborted === true) fail(abortReason(signal));
         else fail(new TypeError('fetch failed', { cause: err }));
       });
 
@@ -169,7 +188,7 @@ export function createHttpClient(opts: HttpClientOptions = {}): HttpClient {
         });
         res.on('error', (err) => {
           unlisten();
-          bodyFailed(signal?.aborted === true ? abortReason(signal) : new TypeError('terminated', { cause: err }));
+          bodyFailed(timedOut ?? (signal?.aborted === true ? abortReason(signal) : new TypeError('terminated', { cause: err })));
         });
         res.on('aborted', () => {
           unlisten();
@@ -239,7 +258,11 @@ export type HttpSend = (url: string, init: HttpRequestInit) => Promise<HttpAnswe
 /** The sender a module uses: the shared keep-alive client, or the fetch a test injected (with redirect 'manual'). */
 export function senderFor(fetchImpl?: typeof fetch): HttpSend {
   if (fetchImpl === undefined) return (url, init) => sharedHttpClient.request(url, init);
-  return (url, init) => fetchImpl(url, { ...init, redirect: 'manual' });
+  return (url, { timeoutMs, signal, ...init }) => {
+    const timeout = timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs);
+    const either = timeout && signal ? AbortSignal.any([timeout, signal]) : (timeout ?? signal);
+    return fetchImpl(url, { ...init, ...(either ? { signal: either } : {}), redirect: 'manual' });
+  };
 }
 
 // Statuses whose Response must have a null body (the Response constructor refuses one otherwise).

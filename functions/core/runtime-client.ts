@@ -175,7 +175,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
     const b = opts.breaker;
     const breaker: AttemptBreaker = new CircuitBreaker((attempt: Attempt<unknown>, signal: AbortSignal) => attempt(signal), {
       name: endpoint,
-      // false (default 10000): each attempt already aborts its own fetch with AbortSignal.timeout(timeoutMs),
+      // false (default 10000): each attempt already aborts its own request after timeoutMs (the HTTP client's timer),
       // which cancels the request; opossum's timer would only reject the promise and leave the socket running,
       // and its shared abortController would cancel every concurrent call to the endpoint at once.
       timeout: false,
@@ -226,7 +226,8 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
   // Runs one attempt through the endpoint's breaker, turning breaker refusals and transport failures into
   // RuntimeReleaseErrors.
   async function attemptOnce<T>(breaker: AttemptBreaker, attempt: Attempt<T>, attempts: number): Promise<T> {
-    const signal = AbortSignal.any([AbortSignal.timeout(opts.timeoutMs), lifetime.signal]);
+    // The per-call timeout is the HTTP client's own (timeoutMs, in exchange): a cleared timer, not a signal.
+    const signal = lifetime.signal;
     try {
       // The breaker is typed for unknown results because one breaker serves every call shape to its endpoint;
       // the value is whatever `attempt` resolved with.
@@ -293,10 +294,10 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
     let res: HttpAnswer;
     let text: string;
     try {
-      res = await send(url, { ...init, signal });
+      res = await send(url, { ...init, signal, timeoutMs: opts.timeoutMs });
       text = await res.text();
     } catch (err) {
-      if (signal.aborted && !lifetime.signal.aborted) {
+      if (err instanceof DOMException && err.name === 'TimeoutError' && !lifetime.signal.aborted) {
         throw new RuntimeReleaseError(`no answer from ${url} within ${opts.timeoutMs} ms`, { reason: 'timeout', retryable: true, cause: err });
       }
       if (lifetime.signal.aborted) throw shutDownError(0, err);

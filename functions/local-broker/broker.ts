@@ -300,10 +300,10 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   async function attempt(d: Delivery): Promise<AttemptResult> {
     const { headers, body } = toBinaryRequest(d.event);
     const timeoutMs = d.target.delivery.timeoutMs ?? defaultTimeoutMs;
-    const signal = AbortSignal.any([stopping.signal, AbortSignal.timeout(timeoutMs)]);
+    const signal = stopping.signal;
     try {
       // The shared keep-alive client never follows a redirect (fetch's redirect: 'manual'): a 3xx is a failed delivery.
-      const res = await sharedHttpClient.request(d.target.url, { method: 'POST', headers, ...(body === undefined ? {} : { body }), signal });
+      const res = await sharedHttpClient.request(d.target.url, { method: 'POST', headers, ...(body === undefined ? {} : { body }), signal, timeoutMs });
       const text = (await res.text()).slice(0, RESPONSE_EXCERPT_CHARS);
       if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status };
       return {
@@ -313,8 +313,8 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
         reason: { status: res.status, body: text, message: `${d.target.url} answered HTTP ${res.status}` },
       };
     } catch (err) {
-      const interrupted = stopping.signal.aborted;
-      const timedOut = !interrupted && signal.aborted;
+      const interrupted = signal.aborted;
+      const timedOut = !interrupted && err instanceof DOMException && err.name === 'TimeoutError';
       const error = timedOut ? `no answer within ${timeoutMs} ms` : `${(err as Error).name}: ${(err as Error).message}${(err as { cause?: Error }).cause ? ` (${(err as { cause: Error }).cause.message})` : ''}`;
       return { ok: false, retryable: true, interrupted, reason: { error, message: `${d.target.url} not reached: ${error}` } };
     }
