@@ -103,3 +103,32 @@ test('an OTLP endpoint turns exporting on, unless OTEL_TRACES_EXPORTER=none', ()
   active = initTelemetry({ serviceName: 'from-code', env: { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9' } });
   assert.equal(active.exporting, true);
 });
+
+test('with nowhere to export, spans record nothing yet carry the same trace context the SDK would', async () => {
+  const unsampledEvent = { ...sampledEvent, traceparent: `00-${UPSTREAM_TRACE}-00f067aa0ba902b7-00`, tracestate: 'vendor=1' };
+  for (const [env, expectRoot] of [[{}, '01'], [{ OTEL_TRACES_SAMPLER: 'always_off' }, '00'], [{ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' }, '00']] as const) {
+    active = initTelemetry({ serviceName: 'from-code', env });
+    assert.equal(active.exporting, false);
+    let recording: boolean | undefined;
+    const continued = await withEventSpan(active.tracer, 'handle', sampledEvent, {}, (span) => {
+      recording = span.isRecording();
+      return Promise.resolve(traceHeadersForActiveContext());
+    });
+    assert.equal(recording, false);
+    const [, traceId, spanId, flags] = (continued.traceparent ?? '').split('-');
+    assert.equal(traceId, UPSTREAM_TRACE, JSON.stringify(env));
+    assert.match(spanId ?? '', /^[0-9a-f]{16}$/);
+    assert.notEqual(spanId, '00f067aa0ba902b7', 'a span of its own, not the parent');
+    const sampledKept = env === undefined || !('OTEL_TRACES_SAMPLER' in env) || env.OTEL_TRACES_SAMPLER.startsWith('parentbased');
+    assert.equal(flags, sampledKept ? '01' : '00', JSON.stringify(env));
+
+    const unsampled = await withEventSpan(active.tracer, 'handle', unsampledEvent, {}, () => Promise.resolve(traceHeadersForActiveContext()));
+    assert.match(unsampled.traceparent ?? '', new RegExp(`^00-${UPSTREAM_TRACE}-[0-9a-f]{16}-00$`));
+    assert.equal(unsampled.tracestate, 'vendor=1');
+
+    const root = await withEventSpan(active.tracer, 'handle', rootEvent, {}, () => Promise.resolve(traceHeadersForActiveContext()));
+    assert.match(root.traceparent ?? '', new RegExp(`^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-${expectRoot}$`), JSON.stringify(env));
+    await active.shutdown();
+    active = undefined;
+  }
+});
