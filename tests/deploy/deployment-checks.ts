@@ -28,6 +28,9 @@ export const NAMESPACE = 'session-reaper';
 /** The kustomize overlays a user deploys. */
 export const OVERLAYS = ['dev', 'prod', 'prod-memorystore'] as const;
 
+/** The policy of knative/components/direct-heartbeats: producers that may post heartbeats past the Broker. */
+export const DIRECT_PRODUCERS_POLICY = 'heartbeat-timeout-direct-producers';
+
 /** The four functions; one name is their framework target, Knative Service, image, account and OTEL_SERVICE_NAME. */
 export const FUNCTIONS = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release'] as const;
 export type FunctionName = (typeof FUNCTIONS)[number];
@@ -321,7 +324,16 @@ export function checkFunctionsComplete(ms: readonly Manifest[]): string[] {
     if (JSON.stringify(routed) !== JSON.stringify(expected)) problems.push(`${fn} receives [${routed.join(', ')}] but consumes [${expected.join(', ')}]`);
 
     const allow = ofKind(ms, 'AuthorizationPolicy', 'security.istio.io').filter((p) => selectsLabels(p, 'serving.knative.dev/service', fn) && (str(at(p.doc, 'spec.action')) ?? 'ALLOW') === 'ALLOW');
-    const principals = allow.flatMap((p) => arr(at(p.doc, 'spec.rules')).flatMap((r) => arr(obj(r).from).flatMap((f) => arr(at(obj(f), 'source.principals')))));
+    // heartbeat-timeout alone may also admit direct producers, through the direct-heartbeats component's policy,
+    // and only for POSTs to its one path.
+    const direct = allow.filter((p) => fn === 'heartbeat-timeout' && nameOf(p) === DIRECT_PRODUCERS_POLICY);
+    for (const p of direct) {
+      const ops = arr(at(p.doc, 'spec.rules')).flatMap((r) => arr(obj(r).to).map((t) => obj(at(obj(t), 'operation'))));
+      if (ops.length === 0 || ops.some((o) => JSON.stringify(o.methods) !== '["POST"]' || JSON.stringify(o.paths) !== '["/"]')) {
+        problems.push(`${DIRECT_PRODUCERS_POLICY} admits more than POST /`);
+      }
+    }
+    const principals = allow.filter((p) => !direct.includes(p)).flatMap((p) => arr(at(p.doc, 'spec.rules')).flatMap((r) => arr(obj(r).from).flatMap((f) => arr(at(obj(f), 'source.principals')))));
     if (!principals.includes('cluster.local/ns/knative-eventing/sa/mt-broker-filter')) problems.push(`${fn} has no AuthorizationPolicy admitting the Broker's data plane`);
     const foreign = principals.filter((p) => p !== 'cluster.local/ns/knative-eventing/sa/mt-broker-filter');
     if (foreign.length > 0) problems.push(`${fn} also admits ${foreign.map(show).join(', ')}`);

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import {
+  DIRECT_PRODUCERS_POLICY,
   OVERLAYS,
   REPO_ROOT,
   applySkaffoldProfile,
@@ -29,7 +30,7 @@ import {
   type GpuPool,
 } from './deployment-checks.ts';
 import { checkImageContents, imageUses } from './image-contents.ts';
-import { describe as describeManifest, parseManifests, type Json, type Manifest } from './manifest-schemas.ts';
+import { SchemaRegistry, describe as describeManifest, formatIssues, parseManifests, upstreamSchemasDir, type Json, type Manifest } from './manifest-schemas.ts';
 
 const rendered = new Map(OVERLAYS.map((o) => [o, renderOverlay(o)]));
 const skaffold = parseYaml(readFileSync(path.join(REPO_ROOT, 'skaffold.yaml'), 'utf8')) as Record<string, Json>;
@@ -43,6 +44,8 @@ const gpuPool: GpuPool = { labels: terraform.locals.gpu_node_labels, taints: [..
 function overlay(name: (typeof OVERLAYS)[number]): Manifest[] {
   return rendered.get(name) ?? [];
 }
+
+const schemas = new SchemaRegistry(upstreamSchemasDir(REPO_ROOT));
 
 void describe('functions, triggers, policies and images line up', () => {
   for (const o of OVERLAYS) {
@@ -124,6 +127,24 @@ void describe('functions, triggers, policies and images line up', () => {
     assert.match(checkFunctionsComplete(without).join('\n'), /activity-score has no AuthorizationPolicy/);
     const wider = withChange(overlay('prod'), 'AuthorizationPolicy', 'gpu-release', '/spec/rules/0/from/0/source/principals/-', 'cluster.local/ns/default/sa/default');
     assert.match(checkFunctionsComplete(wider).join('\n'), /gpu-release also admits cluster\.local\/ns\/default\/sa\/default/);
+  });
+
+  void it('the direct-heartbeats component admits its producers to heartbeat-timeout alone, for POST / only', () => {
+    const ms = renderKustomization('tests/deploy/fixtures/prod-with-direct-heartbeats');
+    const issues = ms.flatMap((m) => schemas.validate(m));
+    assert.deepEqual(issues, [], formatIssues(issues));
+    assert.deepEqual(checkFunctionsComplete(ms), []);
+    const policy = ms.find((m) => describeManifest(m) === `AuthorizationPolicy/${DIRECT_PRODUCERS_POLICY}`);
+    assert.equal(policy?.doc.metadata && (policy.doc.metadata as { namespace?: string }).namespace, 'session-reaper');
+    assert.deepEqual(policy?.doc.spec, {
+      action: 'ALLOW',
+      selector: { matchLabels: { 'serving.knative.dev/service': 'heartbeat-timeout' } },
+      rules: [{ from: [{ source: { principals: ['cluster.local/ns/inference/sa/gateway'] } }], to: [{ operation: { methods: ['POST'], paths: ['/'] } }] }],
+    });
+    const wider = withChange(ms, 'AuthorizationPolicy', DIRECT_PRODUCERS_POLICY, '/spec/rules/0/to/0/operation/methods/-', 'GET');
+    assert.match(checkFunctionsComplete(wider).join('\n'), /heartbeat-timeout-direct-producers admits more than POST \//);
+    const elsewhere = withChange(ms, 'AuthorizationPolicy', DIRECT_PRODUCERS_POLICY, '/spec/selector/matchLabels/serving.knative.dev~1service', 'destroy-dispatch');
+    assert.match(checkFunctionsComplete(elsewhere).join('\n'), /destroy-dispatch also admits cluster\.local\/ns\/inference\/sa\/gateway/);
   });
 
   void it('notices a setting no code reads and one that does not parse', () => {
