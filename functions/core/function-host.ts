@@ -136,7 +136,8 @@ export interface FunctionDefinition<A extends readonly ContractType[], D> {
    * Whether producers may also post batches (CloudEvents' batched content mode) straight to this function: the
    * Broker delivers one event per request, but a producer of many small events (heartbeats) can send hundreds in
    * one. The events of a batch are handled concurrently; the answer is 204 when all were applied, else the status
-   * of the worst failure, and the sender resends the batch (every handler is idempotent).
+   * of the worst failure (500, then 503, then 400), and on a 5xx the sender resends the batch (every handler is
+   * idempotent).
    */
   batches?: boolean;
 }
@@ -221,9 +222,12 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
   return { handler, core, deps };
 }
 
-/** Which failure a batch answers with: a bug (500) over a refusal (400) over a transient fault (503). */
+/**
+ * Which failure a batch answers with: a bug (500), then a transient fault (503: the whole batch is resent, and the
+ * events already applied are idempotent), then a refusal (400: never resent, so it must not hide a 503).
+ */
 function rank(status: 400 | 500 | 503): number {
-  return status === 500 ? 3 : status === 400 ? 2 : 1;
+  return status === 500 ? 3 : status === 503 ? 2 : 1;
 }
 
 function headerOf(req: HostRequest, name: string): string | undefined {

@@ -143,6 +143,7 @@ export function createHttpClient(opts: HttpClientOptions = {}): HttpClient {
         else fail(reason);
       };
       const onAbort = (): void => abortWith(abortReason(signal!));
+      const startedAt = performance.now();
       let timedOut: Error | undefined;
       const timer = init.timeoutMs === undefined ? undefined : setTimeout(() => abortWith((timedOut = timeoutError())), init.timeoutMs);
       const unlisten = (): void => {
@@ -163,7 +164,9 @@ export function createHttpClient(opts: HttpClientOptions = {}): HttpClient {
           // the request never reached it: send once more on a fresh connection, as node's documentation advises.
           settled = true;
           unlisten();
-          send(url, init, method, headers, false).then(resolve, reject);
+          // The retry gets what is left of the one deadline, not a fresh one.
+          const left = init.timeoutMs === undefined ? undefined : Math.max(1, init.timeoutMs - (performance.now() - startedAt));
+          send(url, left === undefined ? init : { ...init, timeoutMs: left }, method, headers, false).then(resolve, reject);
           return;
         }
         if (timedOut) fail(timedOut);

@@ -69,6 +69,12 @@ export interface DueClaims {
   claimed: { sessionId: string; incarnation: number; deadline: number }[];
   /** Due entries whose session had already ended (closed meanwhile); removed from the index. */
   skipped: number;
+  /**
+   * Due ids whose record the script did not find: a stray entry, or on Redis Cluster a record a resharding has
+   * moved already. Left in the index, for the caller to settle with claimExpired, whose declared keys Redis
+   * redirects (and which removes a true stray).
+   */
+  unresolved: string[];
   /** The bucket's earliest deadline after the claims, or null when no session is left in its index. */
   head: number | null;
 }
@@ -388,13 +394,15 @@ export class SessionStore {
   async claimDue(bucket: number, now: number, limit: number): Promise<DueClaims> {
     const b = this.keys.bucket(bucket);
     const r = await this.#scripts.run('claimDue', [b.deadlines, b.destroying], [now, limit, this.keys.sessionRecordPrefix(bucket)]);
+    const unresolvedCount = num(r[2]);
+    const unresolved = r.slice(3, 3 + unresolvedCount).map(str);
     const claimed: DueClaims['claimed'] = [];
-    for (let i = 2; i + 2 < r.length; i += 3) claimed.push({ sessionId: str(r[i]), incarnation: num(r[i + 1]), deadline: num(r[i + 2]) });
+    for (let i = 3 + unresolvedCount; i + 2 < r.length; i += 3) claimed.push({ sessionId: str(r[i]), incarnation: num(r[i + 1]), deadline: num(r[i + 2]) });
     const head = str(r[0]);
-    return { claimed, skipped: num(r[1]), head: head === '' ? null : Number(head) };
+    return { claimed, skipped: num(r[1]), unresolved, head: head === '' ? null : Number(head) };
   }
 
-  /** The atomic claim of one due session (the engine claims a bucket's at once with claimDue). */
+  /** The atomic claim of one due session, with declared keys (the engine claims a bucket's at once with claimDue). */
   async claimExpired(sessionId: string, now: number): Promise<ExpiryClaim> {
     const k = this.keys.session(sessionId);
     const r = await this.#scripts.run('claimExpired', [k.session, k.deadlines, k.destroying], [sessionId, now]);

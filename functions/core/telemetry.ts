@@ -249,10 +249,12 @@ class PropagatingTracer implements Tracer {
   }
 
   startSpan(name: string, options: SpanOptions = {}, ctx: Context = context.active()): Span {
-    const parent = options.root === true ? undefined : trace.getSpanContext(ctx);
+    // As the SDK does: a root span ignores (and shows its sampler) no parent.
+    const parentCtx = options.root === true ? trace.deleteSpan(ctx) : ctx;
+    const parent = trace.getSpanContext(parentCtx);
     const valid = parent !== undefined && trace.isSpanContextValid(parent);
     const traceId = valid ? parent.traceId : this.#ids.generateTraceId();
-    const decision = this.#sampler.shouldSample(ctx, traceId, name, options.kind ?? SpanKind.INTERNAL, options.attributes ?? {}, options.links ?? []);
+    const decision = this.#sampler.shouldSample(parentCtx, traceId, name, options.kind ?? SpanKind.INTERNAL, options.attributes ?? {}, options.links ?? []);
     const traceState = decision.traceState ?? (valid ? parent.traceState : undefined);
     return trace.wrapSpanContext({
       traceId,

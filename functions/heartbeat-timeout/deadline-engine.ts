@@ -148,6 +148,8 @@ export class DeadlineEngine {
   async runOnce(now: number = this.#deps.now()): Promise<PassReport> {
     const report = await this.#exclusive(async () => {
       await this.#ready();
+      // A running engine's wake-up claims finish first, so the pass claims in every bucket.
+      await Promise.allSettled([...this.#wakeClaims]);
       return this.#poll(now);
     });
     await this.#drainEmits();
@@ -254,10 +256,14 @@ export class DeadlineEngine {
     const report = emptyReport();
     const store = this.#deps.store;
     const buckets = [...this.#heads.keys()];
-    await Promise.all([
+    // Settled, not raced: a poll that fails still waits for its other claims, so none runs on untracked (past
+    // stop(), or answering a head no one re-arms the wake-up for).
+    const outcomes = await Promise.allSettled([
       ...buckets.filter((b) => !this.#claiming.has(b)).map((b) => this.#claimBucket(b, now, report)),
       ...buckets.map((b) => this.#watchBucket(store, b, now, report)),
     ]);
+    const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (failure) throw failure.reason;
     if (report.expired + report.resumed + report.migrationsReissued > 0) this.#log.debug({ ...report }, 'deadline engine poll');
     return report;
   }
@@ -278,9 +284,15 @@ export class DeadlineEngine {
     // One script call claims what is due and answers the bucket's next deadline: when nothing was due (the cached
     // head was stale, a heartbeat moved it) that is the new head, and either way the timer is re-armed without
     // waiting for the next poll.
-    const { claimed, skipped, head } = await store.claimDue(bucket, now, this.#batch);
-    this.#heads[bucket] = head;
+    const { claimed, skipped, unresolved, head } = await store.claimDue(bucket, now, this.#batch);
     report.skipped += skipped;
+    // Rare: a stray entry, or a record a Cluster resharding moved; one claim each with declared keys settles them.
+    for (const sessionId of unresolved) {
+      const one = await store.claimExpired(sessionId, now);
+      if (one.code === 'CLAIMED') claimed.push({ sessionId, incarnation: one.incarnation, deadline: one.deadline });
+      else report.skipped += 1;
+    }
+    this.#heads[bucket] = head;
     report.expired += claimed.length;
     await Promise.all(
       claimed.map(({ sessionId, incarnation, deadline }) =>

@@ -100,6 +100,19 @@ for (const topology of TOPOLOGIES) {
       for (const id of ids) assert.equal(expiryIdsOf(sink, id).length, 1);
     });
 
+    test('an index entry whose record the claim script cannot see is settled with declared keys, never emitted for', async () => {
+      const at = Date.now();
+      await open('beside-stray', 200, at);
+      // An entry with no record: a stray here; on Cluster it could be a record a resharding moved already.
+      await core.redis.zadd(core.keys.session('stray-1').deadlines, at + 100, 'stray-1');
+      const report = await newEngine().runOnce(at + 200);
+      // At least: a session an earlier test left due would be claimed in the same pass.
+      assert.ok(report.expired >= 1 && report.skipped >= 1, JSON.stringify(report));
+      assert.equal(await core.redis.zscore(core.keys.session('stray-1').deadlines, 'stray-1'), null);
+      assert.equal(expiredOf(sink, 'stray-1').length, 0);
+      assert.equal(expiryIdsOf(sink, 'beside-stray').length, 1);
+    });
+
     test('never expires a session that kept heartbeating, while one that stopped expires', async () => {
       // The live one's window leaves ample slack for a slow loop on a loaded machine; it outlives the dead one's.
       await open('alive-1', 800);

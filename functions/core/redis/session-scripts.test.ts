@@ -102,6 +102,11 @@ for (const topology of TOPOLOGIES) {
 
       test('reports UNKNOWN for a session never opened and ENDED for one being destroyed', async () => {
         assert.deepEqual(await core.store.heartbeat('hb-none', T0, T0), { code: 'UNKNOWN' });
+        // Indexed without a record here: on Cluster a resharding moved it, so the heartbeat is refused with
+        // TRYAGAIN (retried by the client, else answered 5xx), never dropped as UNKNOWN.
+        await core.redis.zadd(core.keys.session('hb-moved').deadlines, T0 + 1000, 'hb-moved');
+        await assert.rejects(core.store.heartbeatMany([{ sessionId: 'hb-moved', liveFrom: T0 }], T0), /TRYAGAIN/);
+        await core.redis.zrem(core.keys.session('hb-moved').deadlines, 'hb-moved');
         await openAt(core, 'hb-3', T0);
         await core.store.claimDestroy({ sessionId: 'hb-3', fingerprint: fp(), cause: 'closed', now: T0 + 1 });
         const r = await core.store.heartbeat('hb-3', T0 + 2, T0 + 2);
@@ -219,6 +224,73 @@ for (const topology of TOPOLOGIES) {
         await core.store.claimDestroy({ sessionId: 'claim-4', fingerprint: fp(), cause: 'closed', now: T0 });
         await destroyFully(core, 'claim-4', r.incarnation, T0 + 1);
         assert.equal((await core.store.claimDestroy({ sessionId: 'claim-4', fingerprint: fp(), cause: 'closed', now: T0 + 9 })).code, 'ENDED');
+      });
+    });
+
+    describe('claimDue', () => {
+      // Long before T0, so no other test's session in the same bucket is due.
+      const T1 = T0 - 1_000_000_000;
+      /** `count` fresh ids that all live in one bucket. */
+      const idsInOneBucket = (stem: string, count: number): { bucket: number; ids: string[] } => {
+        const bucket = core.keys.bucketOf(`${stem}-0`);
+        const ids: string[] = [];
+        for (let i = 0; ids.length < count; i++) if (core.keys.bucketOf(`${stem}-${i}`) === bucket) ids.push(`${stem}-${i}`);
+        return { bucket, ids };
+      };
+      const incarnationOf = (r: Awaited<ReturnType<typeof openAt>>): number => (r.code === 'OPENED' ? r.incarnation : Number.NaN);
+
+      test('claims every due session of a bucket once, in deadline order, and answers the next deadline', async () => {
+        const { bucket, ids } = idsInOneBucket('due', 4);
+        const [late, early, beating, closed] = ids as [string, string, string, string];
+        const lateOpen = await openAt(core, late, T1 + 10);
+        const earlyOpen = await openAt(core, early, T1);
+        await openAt(core, beating, T1);
+        await openAt(core, closed, T1);
+        await core.store.heartbeat(beating, T1 + 900, T1 + 900);
+        assert.equal((await core.store.claimDestroy({ sessionId: closed, fingerprint: fp(), cause: 'closed', now: T1 + 5 })).code, 'CLAIMED');
+        assert.deepEqual(await core.store.claimDue(bucket, T1 + 999, 10), { claimed: [], skipped: 0, unresolved: [], head: T1 + 1000 });
+        assert.deepEqual(await core.store.claimDue(bucket, T1 + 1010, 10), {
+          claimed: [
+            { sessionId: early, incarnation: incarnationOf(earlyOpen), deadline: T1 + 1000 },
+            { sessionId: late, incarnation: incarnationOf(lateOpen), deadline: T1 + 1010 },
+          ],
+          skipped: 0,
+          unresolved: [],
+          head: T1 + 1900,
+        });
+        // Another replica racing for the same bucket finds nothing left to claim.
+        assert.deepEqual(await core.store.claimDue(bucket, T1 + 1010, 10), { claimed: [], skipped: 0, unresolved: [], head: T1 + 1900 });
+        assert.equal((await core.store.inspect(early))?.cause, 'expired');
+        assert.equal((await core.store.inspect(beating))?.state, 'active');
+        assert.equal((await core.store.inspect(closed))?.cause, 'closed');
+        assert.ok((await core.store.stalledMembers(bucket, T1 + 1010, 100)).includes(early), 'a claimed session is watched for stalls');
+      });
+
+      test('takes at most the limit, and leaves an entry without a record to a claim with declared keys', async () => {
+        const { bucket, ids } = idsInOneBucket('due-limit', 3);
+        const [first, second, stray] = ids as [string, string, string];
+        await openAt(core, first, T1 - 2000);
+        await openAt(core, second, T1 - 1999);
+        const deadlines = core.keys.bucket(bucket).deadlines;
+        await core.redis.zadd(deadlines, T1 - 3000, stray);
+        // No record where the script looked: on Cluster it may be a resharding's moved record, so it is not removed.
+        assert.deepEqual(await core.store.claimDue(bucket, T1 - 500, 1), { claimed: [], skipped: 0, unresolved: [stray], head: T1 - 3000 });
+        assert.equal(Number(await core.redis.zscore(deadlines, stray)), T1 - 3000);
+        assert.deepEqual(await core.store.claimExpired(stray, T1 - 500), { code: 'GONE' });
+        assert.equal(await core.redis.zscore(deadlines, stray), null);
+        assert.deepEqual((await core.store.claimDue(bucket, T1 - 500, 1)).claimed.map((c) => c.sessionId), [first]);
+        assert.deepEqual((await core.store.claimDue(bucket, T1 - 500, 1)).claimed.map((c) => c.sessionId), [second]);
+      });
+
+      test('removes the entry of a session that ended without leaving the index', async () => {
+        const { bucket, ids } = idsInOneBucket('due-ended', 1);
+        const [ended] = ids as [string];
+        await openAt(core, ended, T1 - 5000);
+        // A record no longer active while still indexed (only a bug or an operator could leave one).
+        await core.redis.hset(core.keys.session(ended).session, 's', 'X');
+        const r = await core.store.claimDue(bucket, T1 - 3500, 10);
+        assert.deepEqual({ skipped: r.skipped, unresolved: r.unresolved, claimed: r.claimed }, { skipped: 1, unresolved: [], claimed: [] });
+        assert.equal(await core.redis.zscore(core.keys.bucket(bucket).deadlines, ended), null);
       });
     });
 

@@ -9,9 +9,12 @@
   (`<prefix>:{<bucket>}:s:`): records are named from it because their ids are only known once the index is read;
   they carry the bucket's hash tag, so on Redis Cluster they live in the slot of KEYS[1].
 
-  Returns {head, skipped, id1, incarnation1, deadline1, id2, ...}:
+  Returns {head, skipped, u, unresolved1, ..., unresolvedU, id1, incarnation1, deadline1, id2, ...}:
     head       the bucket's earliest deadline after the claims (ms), or '' when the index is empty
-    skipped    due entries whose session was no longer active (closed meanwhile); they are removed
+    skipped    due entries whose session had ended (closed meanwhile); they are removed
+    u, then u due ids whose record is not here: a stray entry, or, on Redis Cluster, a record already moved by a
+               resharding of the bucket's slot (built keys get no ASK or TRYAGAIN); left as they are, for the caller
+               to claim one by one with declared keys (claimExpired), which Redis redirects correctly
     then one triple per session claimed, in deadline order
 ]]
 -- @include "session"
@@ -19,20 +22,24 @@ local deadlinesKey, destroyingKey = KEYS[1], KEYS[2]
 local now, limit, recordPrefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 
 local due = redis.call('ZRANGEBYSCORE', deadlinesKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-local out, skipped = { '', 0 }, 0
+local claimed, unresolved, skipped = {}, {}, 0
 for k = 1, #due, 2 do
   local sessionId, deadline = due[k], tonumber(due[k + 1])
   local sessionKey = recordPrefix .. sessionId
   local state = redis.call('HMGET', sessionKey, 's', 'i')
   if state[1] == 'A' then
     claim(sessionKey, deadlinesKey, destroyingKey, sessionId, 'expired', now)
-    out[#out + 1], out[#out + 2], out[#out + 3] = sessionId, tonumber(state[2]), deadline
-  else
+    local n = #claimed
+    claimed[n + 1], claimed[n + 2], claimed[n + 3] = sessionId, tonumber(state[2]), deadline
+  elseif state[1] then
     redis.call('ZREM', deadlinesKey, sessionId)
     skipped = skipped + 1
+  else
+    unresolved[#unresolved + 1] = sessionId
   end
 end
 local head = redis.call('ZRANGE', deadlinesKey, 0, 0, 'WITHSCORES')
-if head[2] then out[1] = head[2] end
-out[2] = skipped
+local out = { head[2] or '', skipped, #unresolved }
+for _, id in ipairs(unresolved) do out[#out + 1] = id end
+for _, v in ipairs(claimed) do out[#out + 1] = v end
 return out

@@ -10,7 +10,7 @@
           its bytes were those keys; they carry the bucket's hash tag, so on Redis Cluster they live in KEYS[1]'s slot
   ARGV[2i], ARGV[2i+1]                    session id and live-from (ms; the event's time, capped at now) of heartbeat i
 
-  Returns a flat array, three entries per heartbeat, in order:
+  Returns a flat array, three entries per heartbeat, in order (or a TRYAGAIN error, see below):
     'REFRESHED', incarnation, deadline
     'UNKNOWN', 0, 0                    no such session (never opened, or its tombstone expired)
     'ENDED', incarnation, state        destroying (D) or destroyed (X): a late heartbeat never revives it
@@ -23,6 +23,12 @@ for k = 2, #ARGV, 2 do
   local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w')
   local s = state[1]
   if not s then
+    -- Indexed but no record here: on Redis Cluster, the bucket's slot is being resharded and this record has moved
+    -- already. Declared keys would make Redis answer TRYAGAIN; built keys do not, so the script does (ioredis
+    -- retries it, and else the caller answers 5xx): a heartbeat must never be dropped as UNKNOWN for it.
+    if call('ZSCORE', deadlinesKey, sessionId) then
+      return redis.error_reply('TRYAGAIN session record ' .. recordPrefix .. sessionId .. ' is not on this node, its deadline is')
+    end
     out[n + 1], out[n + 2], out[n + 3] = 'UNKNOWN', 0, 0
   elseif s ~= 'A' then
     out[n + 1], out[n + 2], out[n + 3] = 'ENDED', tonumber(state[2]), s
