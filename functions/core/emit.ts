@@ -187,7 +187,7 @@ export function createEmitter(opts: EmitterOptions): Emitter {
   const b = opts.breaker ?? {};
   const breaker = new CircuitBreaker<[Outgoing], number>(attempt, {
     name: `emit ${sinkUrl}`,
-    // The attempt's own AbortSignal is the one timeout: it also closes the socket, which opossum's cannot.
+    // The attempt's own timeoutMs is the one timeout: it also closes the socket, which opossum's cannot.
     timeout: false,
     errorThresholdPercentage: b.errorThresholdPercentage ?? 50,
     resetTimeout: b.resetTimeoutMs ?? 5000,
