@@ -21,7 +21,7 @@ export const ConfigSchema = Type.Object({
   MAX_HOLD_MS: Int(1000, 3_600_000, 'Longest hold a session.hold may grant; longer requests are capped.'),
   CORE_TIMEOUT_MS: Int(10, 1000, 'Timeout of core calls: Redis commands and event emission to the Broker.'),
   RUNTIME_TIMEOUT_MS: Int(100, 5000, 'Timeout of one call to a GPU inference runtime (third-party tier).'),
-  DEADLINE_POLL_MS: Int(10, 100, 'How often the deadline engine re-reads bucket heads to learn of new earlier deadlines.'),
+  DEADLINE_POLL_MS: Int(10, 100, 'How often the deadline engine re-reads bucket heads to learn of new earlier deadlines (at most 100, the shortest liveness window, so the deadline of a new session is known before it falls due).', 100),
   DESTROY_STALL_MS: Int(1000, 30_000, 'A destroy with no progress for this long is resumed by the deadline engine.'),
   K_SINK: Type.String({ default: '', description: 'Where emitted events go (the Broker); injected by Knative SinkBinding or ContainerSource.' }),
   LOG_LEVEL: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info', description: 'Log level.' }),
