@@ -82,7 +82,7 @@ void describe('functions, triggers, policies and images line up', () => {
   }
 
   void it('the install notes name the Knative, Istio and Gateway API versions the schemas come from', () => {
-    const sources = readFileSync(path.resolve(REPO_ROOT, '..', 'shared', 'upstream', 'schemas', 'SOURCES.md'), 'utf8');
+    const sources = readFileSync(path.join(upstreamSchemasDir(REPO_ROOT), 'SOURCES.md'), 'utf8');
     const notes = readFileSync(path.join(REPO_ROOT, 'infra', 'README.md'), 'utf8');
     const patterns: [string, RegExp][] = [
       ['Knative Serving', /`knative-serving\/\*\.yaml` \| knative\/serving \| tag `knative-(v[\d.]+)`/],

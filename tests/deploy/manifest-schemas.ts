@@ -1,4 +1,4 @@
-// Validates Kubernetes manifests offline against the upstream schemas in ../shared/upstream/schemas, the way an
+// Validates Kubernetes manifests offline against the upstream schemas in tests/deploy/upstream/schemas, the way an
 // API server with strict field validation (kubectl's default) would: unknown fields are errors, except under
 // x-kubernetes-preserve-unknown-fields, and x-kubernetes-int-or-string accepts either. Where a CRD stubs out an
 // embedded Kubernetes type with preserve-unknown-fields (Knative's pod spec behind feature flags, ContainerSource's
@@ -53,9 +53,17 @@ const EMBEDDED_KUBERNETES_TYPES: Record<string, Record<string, string>> = {
   'sinks.knative.dev/JobSink': { 'spec.job': 'io.k8s.api.batch.v1.Job' },
 };
 
-/** Where the upstream schemas live: ../shared/upstream/schemas beside the repository. */
+/**
+ * The upstream projects' schemas and sample manifests, copied verbatim into the repository (provenance in
+ * schemas/SOURCES.md, checksums in schemas/SHA256SUMS), so a fresh clone validates offline with nothing beside it.
+ */
+export function upstreamDir(repoRoot: string): string {
+  return path.join(repoRoot, 'tests', 'deploy', 'upstream');
+}
+
+/** The upstream CRD and JSON schemas. */
 export function upstreamSchemasDir(repoRoot: string): string {
-  return path.resolve(repoRoot, '..', 'shared', 'upstream', 'schemas');
+  return path.join(upstreamDir(repoRoot), 'schemas');
 }
 
 /** Parses every YAML document of a text into manifests; empty documents are skipped, syntax errors thrown. */
