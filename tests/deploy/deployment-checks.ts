@@ -11,7 +11,7 @@ import { parse as parseYaml } from 'yaml';
 import type { TObject } from '@sinclair/typebox';
 import { ActivityScoreSettingsSchema, readActivityScoreSettings } from '../../functions/activity-score/settings.ts';
 import { ConfigSchema, loadConfig, readSettings, type Config } from '../../functions/core/config.ts';
-import { EventType } from '../../functions/core/contract/events.ts';
+import { EventType, catalogue } from '../../functions/core/contract/events.ts';
 import { otlpTracesConfigured, samplerFromEnv } from '../../functions/core/telemetry.ts';
 import { DestroyDispatchSettingsSchema } from '../../functions/destroy-dispatch/definition.ts';
 import { defaultLeaseMs } from '../../functions/destroy-dispatch/storm-guard.ts';
@@ -35,22 +35,10 @@ export const DIRECT_PRODUCERS_POLICY = 'heartbeat-timeout-direct-producers';
 export const FUNCTIONS = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release'] as const;
 export type FunctionName = (typeof FUNCTIONS)[number];
 
-/** The event types each function consumes: one Trigger each, no more, no fewer. */
-export const CONSUMED_EVENT_TYPES: Record<FunctionName, readonly string[]> = {
-  'heartbeat-timeout': [EventType.SessionOpened, EventType.SessionHeartbeat, EventType.SessionHold],
-  'activity-score': [EventType.SessionActivity, EventType.InferenceCompleted],
-  'destroy-dispatch': [
-    EventType.SessionClosed,
-    EventType.SessionExpired,
-    EventType.SessionIdle,
-    EventType.InferenceCompleted,
-    EventType.GpuReleased,
-    EventType.GpuReleaseFailed,
-    EventType.DestroyResume,
-    EventType.SessionDestroyRequested,
-  ],
-  'gpu-release': [EventType.GpuReleaseRequested],
-};
+/** The event types a function consumes, as the contract's catalogue says: one Trigger each, no more, no fewer. */
+export function consumedEventTypes(fn: FunctionName): string[] {
+  return catalogue.filter((e) => (e.consumers as readonly string[]).includes(fn)).map((e) => e.type);
+}
 
 /** Calls one core-tier delivery may make, each bounded by CORE_TIMEOUT_MS: Redis round trips and 3 emit attempts. */
 export const CORE_CALLS_PER_DELIVERY = 6;
@@ -320,7 +308,7 @@ export function checkFunctionsComplete(ms: readonly Manifest[]): string[] {
 
     const triggers = ofKind(ms, 'Trigger', 'eventing.knative.dev').filter((t) => str(at(t.doc, 'spec.subscriber.ref.name')) === fn && str(at(t.doc, 'spec.subscriber.ref.kind')) === 'Service');
     const routed = triggers.map((t) => str(at(t.doc, 'spec.filter.attributes.type')) ?? '').sort();
-    const expected = [...CONSUMED_EVENT_TYPES[fn]].sort();
+    const expected = consumedEventTypes(fn).sort();
     if (JSON.stringify(routed) !== JSON.stringify(expected)) problems.push(`${fn} receives [${routed.join(', ')}] but consumes [${expected.join(', ')}]`);
 
     const allow = ofKind(ms, 'AuthorizationPolicy', 'security.istio.io').filter((p) => selectsLabels(p, 'serving.knative.dev/service', fn) && (str(at(p.doc, 'spec.action')) ?? 'ALLOW') === 'ALLOW');
