@@ -7,24 +7,9 @@
 // and it makes the source of what it emits `/session-reaper/deadline-engine` — the same for every replica, so the
 // deterministic event ids still deduplicate across replicas.
 import { createCore } from '../core/function-host.ts';
-import { serveHealth, stopOnSignals } from '../core/process-lifecycle.ts';
+import { runLongRunning } from '../core/process-lifecycle.ts';
 import { DeadlineEngine } from './deadline-engine.ts';
 
 const core = createCore({ name: 'deadline-engine' });
-const { logger } = core.deps;
 const engine = new DeadlineEngine({ deps: core.deps, ready: () => core.ready() });
-const port = Number(process.env.PORT ?? 8080);
-
-const server = serveHealth('deadline-engine', port, () => core.healthy(), () => {
-  logger.info({ port }, 'deadline engine health endpoint listening');
-  engine.start();
-});
-
-stopOnSignals(logger, 'the deadline engine', async () => {
-  server.close();
-  try {
-    await engine.stop();
-  } finally {
-    await core.close();
-  }
-});
+runLongRunning({ name: 'deadline-engine', label: 'the deadline engine', core, worker: engine, port: Number(process.env.PORT ?? 8080) });
