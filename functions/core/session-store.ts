@@ -133,6 +133,9 @@ export interface SessionView {
   tombstoneTtlMs?: number;
 }
 
+/** What finishing a destroy reads of a session's record: the fields session.destroyed is made of. */
+export type DestroyRecord = Pick<SessionView, 'state' | 'incarnation' | 'cause' | 'extraCauses' | 'stage' | 'timeline' | 'claimedAt'>;
+
 /** Most heartbeats applied by one script call: bounds the time Redis spends in one script. */
 const MAX_HEARTBEAT_BATCH = 256;
 
@@ -553,6 +556,25 @@ export class SessionStore {
     set('completedAt', opt('t'));
     set('tombstoneTtlMs', fields.s === 'X' && ttl > 0 ? ttl : undefined);
     return view;
+  }
+
+  /**
+   * The part of a session's record that finishing its destroy needs, in one HMGET (inspect also reads the deadline
+   * index, the TTL and the placement), or null if the id is unknown.
+   */
+  async destroyRecord(sessionId: string): Promise<DestroyRecord | null> {
+    const [s, i, c, xc, st, tl, ca] = await this.redis.hmget(this.keys.session(sessionId).session, 's', 'i', 'c', 'xc', 'st', 'tl', 'ca');
+    if (!s) return null;
+    const record: DestroyRecord = {
+      state: STATE_OF[s] ?? 'active',
+      incarnation: Number(i),
+      extraCauses: xc ? (xc.split(',') as Cause[]) : [],
+      timeline: parseTimeline(tl),
+    };
+    if (c) record.cause = c as Cause;
+    if (st) record.stage = st as Stage;
+    if (ca) record.claimedAt = Number(ca);
+    return record;
   }
 
   /** Watchdog members of a bucket whose last progress is at or before `before`. */

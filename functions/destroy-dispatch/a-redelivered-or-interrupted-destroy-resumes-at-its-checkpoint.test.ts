@@ -103,6 +103,39 @@ for (const topology of TOPOLOGIES) {
       }
     });
 
+    test('a purge that reached Redis ahead of its booking is refused, and the destroy purges from its checkpoint', async () => {
+      h.setNow(T0);
+      const inc = await h.open('purge-ran-first');
+      assert.equal(await h.replica.deliver(events.closed('purge-ran-first')), 'ok');
+      // The reply a purge gets when it runs before the booking it was sent after (a Cluster redirect, a reload after
+      // NOSCRIPT): this handling of gpu.released is handed it instead of its own.
+      const early = await h.deps.store.purge('purge-ran-first', inc, T0 + 5);
+      assert.equal(early.code, 'NOT_READY');
+      const store = h.deps.store;
+      let purges = 0;
+      const reordered = new Proxy(store, {
+        get(target, prop) {
+          if (prop === 'purge') {
+            return async (...args: Parameters<typeof store.purge>) => (++purges === 1 ? early : target.purge(...args));
+          }
+          const value: unknown = Reflect.get(target, prop, target);
+          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+      Object.defineProperty(h.deps, 'store', { value: reordered, configurable: true });
+      try {
+        h.setNow(T0 + 10);
+        assert.equal(await h.replica.deliver(events.released('purge-ran-first', inc)), 'ok');
+      } finally {
+        delete (h.deps as { store?: unknown }).store;
+      }
+      assert.equal(purges, 2, 'the refused purge is sent again from the checkpoint');
+      assert.equal(destroyedCount('purge-ran-first'), 1);
+      const data = h.emitted(EventType.SessionDestroyed, 'purge-ran-first')[0]!.event.data as { timeline: { stage: string }[] };
+      assert.deepEqual(data.timeline.map((t) => t.stage), ['claimed', 'gpu_release_requested', 'gpu_released', 'state_purged', 'completed']);
+      assert.equal((await h.deps.store.inspect('purge-ran-first'))?.state, 'destroyed');
+    });
+
     test('a session.destroyed the Broker refused leaves the destroy at state_purged; the redelivery emits it once', async () => {
       h.setNow(T0);
       const inc = await h.open('destroyed-refused');
