@@ -15,7 +15,9 @@
 // single runtime taking 500 releases/s would be exactly the stampede the guard exists to refuse.
 //
 // It also checks that every closed session was destroyed exactly once and no other was touched, that the GPU
-// ledger balances, and that every runtime freed each closed session's memory exactly once.
+// ledger balances, and that every runtime freed each closed session's memory exactly once. Before the load it
+// measures the transport's floor on this machine (machine-floor.ts): the CPU a destroy's fixed path of HTTP
+// exchanges and Redis round trips takes with no-op ends, and the share of the machine that alone needs at the rate.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -35,6 +37,7 @@ import { KeySpace } from '../../functions/core/redis/keys.ts';
 import { Scripts } from '../../functions/core/redis/scripts.ts';
 import { SessionStore, eventFingerprint } from '../../functions/core/session-store.ts';
 import { freePort } from '../support/redis-harness.ts';
+import { DESTROY_PATH, destroyFloorMs, measureMachineFloor, type MachineFloor } from './machine-floor.ts';
 import { REPO_ROOT, startStack, type Stack } from '../support/stack.ts';
 
 const RATE = Number(process.env.BENCH_DESTROY_RATE ?? 500);
@@ -62,6 +65,8 @@ const VERBOSE = Boolean(process.env.BENCH_VERBOSE);
 // BENCH_STACK_ENV='NAME=value,…': extra environment for the functions and the engine (tuning experiments, e.g.
 // RUNTIME_RELEASE_RATE_PER_S=1000 or OTEL_SDK_DISABLED=true); the run says what it was given.
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF_DIR;
+// BENCH_FLOOR=0: skip measuring the transport's floor on this machine (tests/bench/machine-floor.ts, ~10 s).
+const FLOOR = process.env.BENCH_FLOOR !== '0';
 const nodeOptions = [process.env.BENCH_NODE_OPTIONS ?? '', CPU_PROF_DIR ? `--cpu-prof --cpu-prof-dir=${CPU_PROF_DIR}` : ''].filter(Boolean).join(' ');
 const nodeOptionsEnv: Record<string, string> = nodeOptions ? { NODE_OPTIONS: nodeOptions } : {};
 const STACK_ENV: Record<string, string> = Object.fromEntries(
@@ -361,6 +366,20 @@ function cpuReport(a: CpuSample | undefined, b: CpuSample | undefined, destroys:
   return `${parts.join(', ')}; in all ${ms((totalSeconds * 1000) / destroys)} ms of CPU per destroy`;
 }
 
+/** The transport's floor, and what share of the machine it alone would take at the offered rate. */
+function floorReport(f: MachineFloor): string {
+  const us = (n: number) => `${Math.round(n)} µs`;
+  const share = (msPerDestroy: number) => `${Math.round((msPerDestroy * RATE) / 10 / cpus().length)}%`;
+  const p = DESTROY_PATH;
+  return (
+    `transport floor on this machine (no-op ends, ${cpus().length} cores): a plain HTTP exchange ${us(f.plainHttpMicros)}, a request served by ` +
+    `functions-framework ${us(f.frameworkMicros)} (${us(f.frameworkWithoutDomainMicros)} without its per-request domain), a Redis round trip ` +
+    `${us(f.redisRoundTripMicros)} of CPU, both ends together; a destroy's path (${p.frameworkRequests} framework requests, ${p.plainHttp} plain ` +
+    `exchanges, ${p.redisRoundTrips} Redis round trips) costs at least ${ms(destroyFloorMs(f))} ms of CPU: at ${fmt(RATE)}/s, ` +
+    `${share(destroyFloorMs(f))} of the machine before any work (${share(destroyFloorMs(f, f.frameworkWithoutDomainMicros))} without the domain)`
+  );
+}
+
 // ---------------------------------------------------------------- Broker retries ----------------------------------
 
 /** A Broker logger that only counts failed delivery attempts, by trigger and reason. */
@@ -415,6 +434,9 @@ async function main(): Promise<void> {
       `bench:functions destroy-dispatch — Node ${process.version}, Redis ${version}, ${cpus().length} × ${cpus()[0]?.model}, ` +
         `${(totalmem() / 2 ** 30).toFixed(0)} GiB, load average at start ${loadAtStart.toFixed(2)}`,
     );
+
+    // Before any load, while the machine is quiet: what the transport alone costs here.
+    const floor = FLOOR ? await measureMachineFloor(stack.redisUrl) : undefined;
 
     // Setup: open every session through the core and allocate its memory on its runtime, so releases free real bytes.
     const setupStart = performance.now();
@@ -525,6 +547,7 @@ async function main(): Promise<void> {
     const loopMs = (p: number) => loop.percentile(p) / 1e6;
     console.log(`Broker (main thread) event-loop delay during the run: p50 ${ms(loopMs(50))} ms, p99 ${ms(loopMs(99))} ms, max ${ms(loop.max / 1e6)} ms`);
     console.log(`CPU from the first close to the last destroyed event (100% = one core): ${cpuReport(cpuBefore, cpuAfter, CLOSED)}; load average at end ${loadAtEnd.toFixed(2)}`);
+    if (floor) console.log(floorReport(floor));
     const retried = brokerAfter.retried - brokerBefore.retried;
     const deadLettered = brokerAfter.deadLettered - brokerBefore.deadLettered;
     console.log(

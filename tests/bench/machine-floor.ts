@@ -1,0 +1,165 @@
+// What the transport alone costs on this machine, measured with no-op work at both ends, so a destroy's CPU figure
+// can be read against what no code of ours could go below. A destroy crosses the Broker, so its path is fixed by the
+// architecture: three requests served by functions-framework (session.closed and gpu.released to destroy-dispatch,
+// gpu.release.requested to gpu-release), six plain HTTP exchanges (the close into the Broker, three emits into it,
+// the runtime call, the delivery to the subscriber) and destroy-dispatch's sequential Redis round trips. Each is
+// timed here as the CPU both of its ends spend (this process's and the server's, from /proc or Redis INFO).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { createRedisClient, connectRedis } from '../../functions/core/redis/connect.ts';
+import { freePort } from '../support/redis-harness.ts';
+import { REPO_ROOT } from '../support/stack.ts';
+
+/** The transport's cost on this machine, µs of CPU (both ends together) per exchange. */
+export interface MachineFloor {
+  plainHttpMicros: number;
+  frameworkMicros: number;
+  /** functions-framework with its per-request `domain` replaced by a pass-through (what the domain costs). */
+  frameworkWithoutDomainMicros: number;
+  redisRoundTripMicros: number;
+}
+
+/** Exchanges a destroy makes, by kind (see the header); destroy-dispatch's Redis round trips as of this version. */
+export const DESTROY_PATH = { frameworkRequests: 3, plainHttp: 6, redisRoundTrips: 6 } as const;
+
+const CONNECTIONS = 8;
+const SECONDS = 2;
+const CLOCK_TICKS_PER_S = 100;
+
+function ticksOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+const selfMicros = () => {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+};
+
+async function startServer(args: string[], port: number): Promise<ChildProcess> {
+  const proc = spawn(process.execPath, args, { cwd: REPO_ROOT, env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'ignore', 'inherit'] });
+  for (let i = 0; i < 200; i++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const req = request({ port, method: 'GET', path: '/' }, (res) => {
+        res.resume();
+        resolve(true);
+      });
+      req.on('error', () => resolve(false));
+      req.end();
+    });
+    if (up) return proc;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  proc.kill();
+  throw new Error(`no-op server on port ${port} did not start`);
+}
+
+/** Posts small binary-mode CloudEvents over keep-alive connections for a while; µs of CPU per exchange, both ends. */
+async function exchangeCost(port: number, serverPid: number): Promise<number> {
+  const agent = new Agent({ keepAlive: true, maxSockets: CONNECTIONS });
+  const headers = {
+    'content-type': 'application/json', 'ce-specversion': '1.0', 'ce-id': 'floor-1', 'ce-source': '/bench/floor',
+    'ce-type': 'dev.sessionreaper.session.closed.v1', traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+  };
+  const body = '{"sessionId":"floor-0001"}';
+  let done = 0;
+  let stopAt = 0;
+  const loop = async (): Promise<void> => {
+    while (performance.now() < stopAt) {
+      await new Promise<void>((resolve, reject) => {
+        const req = request({ port, method: 'POST', path: '/', agent, headers }, (res) => {
+          res.resume();
+          res.on('end', resolve);
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+      done++;
+    }
+  };
+  // A short warm-up, then the measured spell.
+  stopAt = performance.now() + 500;
+  await Promise.all(Array.from({ length: CONNECTIONS }, loop));
+  done = 0;
+  const [self0, server0] = [selfMicros(), ticksOf(serverPid)];
+  stopAt = performance.now() + SECONDS * 1000;
+  await Promise.all(Array.from({ length: CONNECTIONS }, loop));
+  const used = selfMicros() - self0 + ((ticksOf(serverPid) - server0) / CLOCK_TICKS_PER_S) * 1e6;
+  agent.destroy();
+  return used / done;
+}
+
+async function redisRoundTripCost(redisUrl: string): Promise<number> {
+  const redis = createRedisClient({ REDIS_URL: redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: '', REDIS_TLS: false, CORE_TIMEOUT_MS: 30_000 });
+  await connectRedis(redis);
+  redis.defineCommand('floorNoop', { numberOfKeys: 1, lua: "return redis.call('EXISTS', KEYS[1])" });
+  const noop = (redis as unknown as { floorNoop(key: string): Promise<number> }).floorNoop.bind(redis);
+  const redisCpu = async () => {
+    const info = await redis.info('cpu');
+    const field = (name: string) => Number(new RegExp(`${name}:([\\d.]+)`).exec(info)?.[1] ?? 0);
+    return (field('used_cpu_sys') + field('used_cpu_user')) * 1e6;
+  };
+  let done = 0;
+  let stopAt = performance.now() + 500;
+  // As destroy-dispatch makes them: each caller waits for its reply before its next call.
+  const loop = async (i: number): Promise<void> => {
+    while (performance.now() < stopAt) {
+      await noop(`bench:floor:${i}`);
+      done++;
+    }
+  };
+  await Promise.all(Array.from({ length: CONNECTIONS }, (_, i) => loop(i)));
+  done = 0;
+  const [self0, server0] = [selfMicros(), await redisCpu()];
+  stopAt = performance.now() + SECONDS * 1000;
+  await Promise.all(Array.from({ length: CONNECTIONS }, (_, i) => loop(i)));
+  const used = selfMicros() - self0 + ((await redisCpu()) - server0);
+  redis.disconnect();
+  return used / done;
+}
+
+async function stop(proc: ChildProcess): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  proc.kill('SIGTERM');
+  await once(proc, 'exit');
+}
+
+/** Measures the floor; the machine should be otherwise idle. */
+export async function measureMachineFloor(redisUrl: string): Promise<MachineFloor> {
+  const dir = mkdtempSync(join(tmpdir(), 'session-reaper-floor-'));
+  const noDomain = join(dir, 'no-domain.cjs');
+  try {
+    // The function file lives outside the repository: it requires the framework the CLI runs from, by its path.
+    const framework = join(REPO_ROOT, 'node_modules/@google-cloud/functions-framework');
+    writeFileSync(join(dir, 'noop.cjs'), `require(${JSON.stringify(framework)}).http('noop', (req, res) => res.status(204).end());\n`);
+    // Only for this measurement: what functions-framework's domain per request costs, never used by the functions.
+    writeFileSync(noDomain, "const d = require('node:domain'); const { EventEmitter } = require('node:events');\n" +
+      'd.create = () => Object.assign(new EventEmitter(), { run: (fn) => fn(), bind: (fn) => fn });\n');
+    const plainPort = await freePort();
+    const plain = await startServer(['-e', `require('node:http').createServer((q, s) => { q.resume(); q.on('end', () => s.writeHead(204).end()); }).listen(${plainPort})`], plainPort);
+    const plainHttpMicros = await exchangeCost(plainPort, plain.pid!).finally(() => stop(plain));
+    const ffMain = join(framework, 'build/src/main.js');
+    const ffArgs = (port: number) => [ffMain, '--target=noop', `--source=${join(dir, 'noop.cjs')}`, `--port=${port}`];
+    const ffPort = await freePort();
+    const ff = await startServer(ffArgs(ffPort), ffPort);
+    const frameworkMicros = await exchangeCost(ffPort, ff.pid!).finally(() => stop(ff));
+    const bareFfPort = await freePort();
+    const bareFf = await startServer(['--require', noDomain, ...ffArgs(bareFfPort)], bareFfPort);
+    const frameworkWithoutDomainMicros = await exchangeCost(bareFfPort, bareFf.pid!).finally(() => stop(bareFf));
+    const redisRoundTripMicros = await redisRoundTripCost(redisUrl);
+    return { plainHttpMicros, frameworkMicros, frameworkWithoutDomainMicros, redisRoundTripMicros };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** CPU per destroy, ms, that the transport alone takes on a destroy's path. */
+export function destroyFloorMs(f: MachineFloor, framework = f.frameworkMicros): number {
+  return (DESTROY_PATH.frameworkRequests * framework + DESTROY_PATH.plainHttp * f.plainHttpMicros + DESTROY_PATH.redisRoundTrips * f.redisRoundTripMicros) / 1000;
+}
