@@ -541,7 +541,7 @@ async function main(): Promise<void> {
     seg('close sent → claimed (Broker → destroy-dispatch, claim)', segments.toClaim);
     seg('claimed → release requested (hooks, storm guard, checkpoint)', segments.toRequest);
     seg('release requested → released (→ Broker → gpu-release → runtime → Broker → destroy-dispatch)', segments.requestToReleased);
-    seg('released → completed (booking, purge, inspect)', segments.releasedToCompleted);
+    seg('released → completed (booking, purge, read)', segments.releasedToCompleted);
     seg('completed → Broker accepted session.destroyed (emit)', segments.toBroker);
     seg('Broker accepted → sink received (Broker delivery)', segments.brokerToSink);
     const loopMs = (p: number) => loop.percentile(p) / 1e6;
