@@ -142,7 +142,7 @@ export interface LocalBroker {
   readonly port: number;
   /** The routing table read from the manifests. */
   readonly table: RoutingTable;
-  /** The most recent accepted events, oldest first (at most keepReceived). */
+  /** The most recent accepted events, oldest first (at most keepReceived): a copy taken when read. */
   readonly received: readonly BrokerEvent[];
   readonly deadLetters: {
     readonly dir: string;
@@ -284,7 +284,16 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   const forwardTarget: Target | undefined = opts.forward ? { name: FORWARD_ROUTE, url: opts.forward, delivery: table.delivery } : undefined;
   const readyRoutes = table.routes.filter((r): r is Route & { url: string } => r.url !== undefined);
 
-  const received: BrokerEvent[] = [];
+  // The most recent accepted events, as a ring: trimming an array from its front on every event moved all of it.
+  const recent: BrokerEvent[] = [];
+  let oldest = 0;
+  const remember = (ev: BrokerEvent): void => {
+    if (recent.length < keepReceived) recent.push(ev);
+    else if (keepReceived > 0) {
+      recent[oldest] = ev;
+      oldest = (oldest + 1) % keepReceived;
+    }
+  };
   const pending = new Map<string, Delivery>();
   const running = new Set<Promise<void>>();
   const idleWaiters = new Set<() => void>();
@@ -405,8 +414,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
 
   function accept(ev: BrokerEvent): void {
     counters.received++;
-    received.push(ev);
-    if (received.length > keepReceived) received.splice(0, received.length - keepReceived);
+    remember(ev);
     const targets = targetsOf(ev);
     if (targets.length === 0) log.debug({ eventId: ev.attributes.id, eventType: ev.attributes.type }, 'no trigger matches; event accepted and not delivered');
     for (const target of targets) launch({ key: randomUUID(), target, event: ev, attempts: 0, loaded: false });
@@ -597,7 +605,9 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     url,
     port,
     table,
-    received,
+    get received(): BrokerEvent[] {
+      return [...recent.slice(oldest), ...recent.slice(0, oldest)];
+    },
     deadLetters: {
       dir: deadLetterDir,
       list: () => store.list(),

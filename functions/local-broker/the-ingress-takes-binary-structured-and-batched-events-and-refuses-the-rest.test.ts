@@ -99,3 +99,17 @@ test('an oversized event or batch is answered 413 and delivered nowhere', async 
   await broker.idle();
   assert.equal(sink.requests.length, before + 1);
 });
+
+test('the broker keeps the most recent keepReceived events, oldest first', async () => {
+  const small = await startLocalBroker({ subscribers: { 'destroy-dispatch': sink.url }, deadLetterDir: tempStoreDir('recent'), keepReceived: 3 });
+  try {
+    const sent = Array.from({ length: 7 }, () => eventOf(CLOSED));
+    for (const [i, ev] of sent.entries()) {
+      assert.equal((await sendBinary(small.url, ev)).status, 202);
+      const expected = sent.slice(Math.max(0, i - 2), i + 1).map((e) => e.id);
+      assert.deepEqual(small.received.map((e) => e.attributes.id), expected, `after ${i + 1} events`);
+    }
+  } finally {
+    await small.stop({ graceMs: 0 });
+  }
+});
