@@ -136,6 +136,23 @@ export interface SessionView {
 /** What finishing a destroy reads of a session's record: the fields session.destroyed is made of. */
 export type DestroyRecord = Pick<SessionView, 'state' | 'incarnation' | 'cause' | 'extraCauses' | 'stage' | 'timeline' | 'claimedAt'>;
 
+/** The record fields a DestroyRecord is made of (`s` first: a record without it is unknown). */
+const DESTROY_RECORD_FIELDS = ['s', 'i', 'c', 'xc', 'st', 'tl', 'ca'] as const;
+
+/** The DestroyRecord part of a session record's fields (inspect's view starts from it). */
+function destroyRecordOf(fields: Partial<Record<string, string>>): DestroyRecord {
+  const record: DestroyRecord = {
+    state: STATE_OF[fields.s ?? ''] ?? 'active',
+    incarnation: Number(fields.i),
+    extraCauses: fields.xc ? (fields.xc.split(',') as Cause[]) : [],
+    timeline: parseTimeline(fields.tl),
+  };
+  if (fields.c) record.cause = fields.c as Cause;
+  if (fields.st) record.stage = fields.st as Stage;
+  if (fields.ca) record.claimedAt = Number(fields.ca);
+  return record;
+}
+
 /** Most heartbeats applied by one script call: bounds the time Redis spends in one script. */
 const MAX_HEARTBEAT_BATCH = 256;
 
@@ -530,14 +547,7 @@ export class SessionStore {
     if (!fields.s) return null;
     const opt = (f: string) => (fields[f] === undefined ? undefined : Number(fields[f]));
     const placement = fields.p ? await this.#placement(k, fields.p, Number(fields.g ?? 0)) : undefined;
-    const view: SessionView = {
-      sessionId,
-      bucket: k.bucket,
-      state: STATE_OF[fields.s] ?? 'active',
-      incarnation: Number(fields.i),
-      extraCauses: fields.xc ? (fields.xc.split(',') as Cause[]) : [],
-      timeline: parseTimeline(fields.tl),
-    };
+    const view: SessionView = { sessionId, bucket: k.bucket, ...destroyRecordOf(fields) };
     const set = <K extends keyof SessionView>(key: K, value: SessionView[K] | undefined) => {
       if (value !== undefined) view[key] = value;
     };
@@ -548,11 +558,8 @@ export class SessionStore {
     set('tenant', fields.tn);
     set('model', fields.m);
     set('openedAt', opt('o'));
-    set('cause', fields.c as Cause | undefined);
-    set('stage', fields.st as Stage | undefined);
     set('releaseAttempt', opt('ga'));
     set('confirmedFreedBytes', opt('gr'));
-    set('claimedAt', opt('ca'));
     set('completedAt', opt('t'));
     set('tombstoneTtlMs', fields.s === 'X' && ttl > 0 ? ttl : undefined);
     return view;
@@ -563,18 +570,9 @@ export class SessionStore {
    * index, the TTL and the placement), or null if the id is unknown.
    */
   async destroyRecord(sessionId: string): Promise<DestroyRecord | null> {
-    const [s, i, c, xc, st, tl, ca] = await this.redis.hmget(this.keys.session(sessionId).session, 's', 'i', 'c', 'xc', 'st', 'tl', 'ca');
-    if (!s) return null;
-    const record: DestroyRecord = {
-      state: STATE_OF[s] ?? 'active',
-      incarnation: Number(i),
-      extraCauses: xc ? (xc.split(',') as Cause[]) : [],
-      timeline: parseTimeline(tl),
-    };
-    if (c) record.cause = c as Cause;
-    if (st) record.stage = st as Stage;
-    if (ca) record.claimedAt = Number(ca);
-    return record;
+    const values = await this.redis.hmget(this.keys.session(sessionId).session, ...DESTROY_RECORD_FIELDS);
+    if (!values[0]) return null;
+    return destroyRecordOf(Object.fromEntries(DESTROY_RECORD_FIELDS.map((f, i) => [f, values[i] ?? undefined])));
   }
 
   /** Watchdog members of a bucket whose last progress is at or before `before`. */

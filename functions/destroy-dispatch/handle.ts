@@ -48,7 +48,8 @@ export interface DestroyPoint {
   /** At gpu_release_requested: request the release again under a new attempt (the watchdog found it stalled),
    *  rather than re-send the current attempt's request (a redelivery). */
   reissue?: boolean;
-  /** At state_purged: the record as read right after the purge, so finishing need not read it again. */
+  /** At state_purged: the record as read right after the purge, so finishing need not read it again; given only
+   *  when no hook runs after the purge (one that did would leave it stale). */
   record?: DestroyRecord | null | undefined;
 }
 
@@ -334,8 +335,7 @@ export async function continueDestroy(deps: DestroyDispatchDeps, point: DestroyP
   if (stage === 'state_purged') {
     const failure = await hooksDue('state_purged');
     if (failure) throw failure;
-    // A record read before this point's hooks ran would be stale: finishing reads it again.
-    await finish(deps, sessionId, incarnation, deps.hooks.any(['state_purged']) ? undefined : point.record);
+    await finish(deps, sessionId, incarnation, point.record);
   }
 }
 

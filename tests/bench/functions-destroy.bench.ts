@@ -37,7 +37,7 @@ import { KeySpace } from '../../functions/core/redis/keys.ts';
 import { Scripts } from '../../functions/core/redis/scripts.ts';
 import { SessionStore, eventFingerprint } from '../../functions/core/session-store.ts';
 import { freePort } from '../support/redis-harness.ts';
-import { DESTROY_PATH, destroyFloorMs, measureMachineFloor, type MachineFloor } from './machine-floor.ts';
+import { CLOCK_TICKS_PER_S, DESTROY_PATH, destroyFloorMs, measureMachineFloor, procStat, type MachineFloor } from './machine-floor.ts';
 import { REPO_ROOT, startStack, type Stack } from '../support/stack.ts';
 
 const RATE = Number(process.env.BENCH_DESTROY_RATE ?? 500);
@@ -322,8 +322,6 @@ interface CpuSample {
   selfMicros: number;
 }
 
-const CLOCK_TICKS_PER_S = 100;
-
 // Every child of this process (the stack, the extra runtimes, redis-server), labelled by what it runs.
 function sampleCpu(): CpuSample | undefined {
   if (!existsSync('/proc/self/stat')) return undefined;
@@ -331,10 +329,8 @@ function sampleCpu(): CpuSample | undefined {
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      const stat = readFileSync(join('/proc', entry, 'stat'), 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[1]) !== process.pid) continue;
-      const used = Number(fields[11]) + Number(fields[12]);
+      const { ppid, ticks: used } = procStat(entry);
+      if (ppid !== process.pid) continue;
       const cmd = readFileSync(join('/proc', entry, 'cmdline'), 'utf8').split('\0');
       const env = readFileSync(join('/proc', entry, 'environ'), 'utf8').split('\0');
       const target = env.find((e) => e.startsWith('FUNCTION_TARGET='))?.slice('FUNCTION_TARGET='.length);

@@ -29,18 +29,45 @@ export const DESTROY_PATH = { frameworkRequests: 3, plainHttp: 6, redisRoundTrip
 
 const CONNECTIONS = 8;
 const SECONDS = 2;
-const CLOCK_TICKS_PER_S = 100;
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on Linux). */
+export const CLOCK_TICKS_PER_S = 100;
 
-function ticksOf(pid: number): number {
+/** A process's parent and the CPU it used so far (user + system, clock ticks), from /proc/<pid>/stat. */
+export function procStat(pid: number | string): { ppid: number; ticks: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name, which is in parentheses and may hold spaces.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
+  return { ppid: Number(fields[1]), ticks: Number(fields[11]) + Number(fields[12]) };
 }
 
 const selfMicros = () => {
   const u = process.cpuUsage();
   return u.user + u.system;
 };
+
+/**
+ * Runs CONNECTIONS concurrent callers of `call`, each waiting for its reply before its next call, for a short
+ * warm-up and then SECONDS; µs of CPU per call, this process's plus what `serverMicros` says the other end used.
+ */
+async function cpuPerCall(call: (caller: number) => Promise<void>, serverMicros: () => number | Promise<number>): Promise<number> {
+  let done = 0;
+  let stopAt = 0;
+  const caller = async (i: number): Promise<void> => {
+    while (performance.now() < stopAt) {
+      await call(i);
+      done++;
+    }
+  };
+  const spell = (ms: number) => {
+    stopAt = performance.now() + ms;
+    return Promise.all(Array.from({ length: CONNECTIONS }, (_, i) => caller(i)));
+  };
+  await spell(500);
+  done = 0;
+  const [self0, server0] = [selfMicros(), await serverMicros()];
+  await spell(SECONDS * 1000);
+  return (selfMicros() - self0 + ((await serverMicros()) - server0)) / done;
+}
 
 async function startServer(args: string[], port: number): Promise<ChildProcess> {
   const proc = spawn(process.execPath, args, { cwd: REPO_ROOT, env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'ignore', 'inherit'] });
@@ -60,7 +87,7 @@ async function startServer(args: string[], port: number): Promise<ChildProcess> 
   throw new Error(`no-op server on port ${port} did not start`);
 }
 
-/** Posts small binary-mode CloudEvents over keep-alive connections for a while; µs of CPU per exchange, both ends. */
+/** Posts small binary-mode CloudEvents over keep-alive connections; µs of CPU per exchange, both ends. */
 async function exchangeCost(port: number, serverPid: number): Promise<number> {
   const agent = new Agent({ keepAlive: true, maxSockets: CONNECTIONS });
   const headers = {
@@ -68,60 +95,40 @@ async function exchangeCost(port: number, serverPid: number): Promise<number> {
     'ce-type': 'dev.sessionreaper.session.closed.v1', traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
   };
   const body = '{"sessionId":"floor-0001"}';
-  let done = 0;
-  let stopAt = 0;
-  const loop = async (): Promise<void> => {
-    while (performance.now() < stopAt) {
-      await new Promise<void>((resolve, reject) => {
-        const req = request({ port, method: 'POST', path: '/', agent, headers }, (res) => {
-          res.resume();
-          res.on('end', resolve);
-        });
-        req.on('error', reject);
-        req.end(body);
+  const exchange = () =>
+    new Promise<void>((resolve, reject) => {
+      const req = request({ port, method: 'POST', path: '/', agent, headers }, (res) => {
+        res.resume();
+        res.on('end', resolve);
       });
-      done++;
-    }
-  };
-  // A short warm-up, then the measured spell.
-  stopAt = performance.now() + 500;
-  await Promise.all(Array.from({ length: CONNECTIONS }, loop));
-  done = 0;
-  const [self0, server0] = [selfMicros(), ticksOf(serverPid)];
-  stopAt = performance.now() + SECONDS * 1000;
-  await Promise.all(Array.from({ length: CONNECTIONS }, loop));
-  const used = selfMicros() - self0 + ((ticksOf(serverPid) - server0) / CLOCK_TICKS_PER_S) * 1e6;
-  agent.destroy();
-  return used / done;
+      req.on('error', reject);
+      req.end(body);
+    });
+  try {
+    return await cpuPerCall(exchange, () => (procStat(serverPid).ticks / CLOCK_TICKS_PER_S) * 1e6);
+  } finally {
+    agent.destroy();
+  }
 }
 
+/** A no-op script call per round trip, as destroy-dispatch makes them; µs of CPU per round trip, both ends. */
 async function redisRoundTripCost(redisUrl: string): Promise<number> {
   const redis = createRedisClient({ REDIS_URL: redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: '', REDIS_TLS: false, CORE_TIMEOUT_MS: 30_000 });
   await connectRedis(redis);
   redis.defineCommand('floorNoop', { numberOfKeys: 1, lua: "return redis.call('EXISTS', KEYS[1])" });
   const noop = (redis as unknown as { floorNoop(key: string): Promise<number> }).floorNoop.bind(redis);
-  const redisCpu = async () => {
+  const redisMicros = async () => {
     const info = await redis.info('cpu');
     const field = (name: string) => Number(new RegExp(`${name}:([\\d.]+)`).exec(info)?.[1] ?? 0);
     return (field('used_cpu_sys') + field('used_cpu_user')) * 1e6;
   };
-  let done = 0;
-  let stopAt = performance.now() + 500;
-  // As destroy-dispatch makes them: each caller waits for its reply before its next call.
-  const loop = async (i: number): Promise<void> => {
-    while (performance.now() < stopAt) {
+  try {
+    return await cpuPerCall(async (i) => {
       await noop(`bench:floor:${i}`);
-      done++;
-    }
-  };
-  await Promise.all(Array.from({ length: CONNECTIONS }, (_, i) => loop(i)));
-  done = 0;
-  const [self0, server0] = [selfMicros(), await redisCpu()];
-  stopAt = performance.now() + SECONDS * 1000;
-  await Promise.all(Array.from({ length: CONNECTIONS }, (_, i) => loop(i)));
-  const used = selfMicros() - self0 + ((await redisCpu()) - server0);
-  redis.disconnect();
-  return used / done;
+    }, redisMicros);
+  } finally {
+    redis.disconnect();
+  }
 }
 
 async function stop(proc: ChildProcess): Promise<void> {
