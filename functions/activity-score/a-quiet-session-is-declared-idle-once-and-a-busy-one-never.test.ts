@@ -11,12 +11,12 @@ import { idleDecision } from './scoring.ts';
 import { policyFor } from './settings.ts';
 
 // Types every `gapMs` from `from`, `count` times, moving the clock with each keystroke; returns when it stopped.
-async function type(h: Harness, sessionId: string, from: number, count: number, gapMs = 2000): Promise<number> {
+async function type(h: Harness, sessionId: string, from: number, count: number, gapMs = 2000, tenant?: string): Promise<number> {
   let at = from;
   for (let i = 0; i < count; i++) {
     at = from + i * gapMs;
     h.clock.now = at;
-    await handle(activity(sessionId, 'input', at), h.deps);
+    await handle(activity(sessionId, 'input', at, tenant === undefined ? {} : { tenant }), h.deps);
   }
   return at;
 }
@@ -158,7 +158,7 @@ for (const topology of TOPOLOGIES) {
       for (let i = 0; i < 20; i++) {
         h.clock.now = from + i * 2000;
         await handle(activity('hasty-user', 'input', h.clock.now), h.deps);
-        await handle(activity('patient-user', 'input', h.clock.now), h.deps);
+        await handle(activity('patient-user', 'input', h.clock.now, { tenant: 'patient' }), h.deps);
       }
       const hastyAt = await idleAtUnder(h, 'hasty-user', 'normal');
       const patientAt = await idleAtUnder(h, 'patient-user', 'normal', 'patient');
@@ -175,9 +175,9 @@ for (const topology of TOPOLOGIES) {
 
     it('ends a released session at once through the checker where the tenant honours release, and ignores events of sessions not live', async () => {
       await h.open('done', { tenant: 'releasing' });
-      await type(h, 'done', h.clock.now + 1000, 3);
+      await type(h, 'done', h.clock.now + 1000, 3, 2000, 'releasing');
       h.clock.now += 500;
-      await handle(completed('done', h.clock.now, true), h.deps);
+      await handle(completed('done', h.clock.now, true, 'releasing'), h.deps);
       const checker = await h.checker();
       await checker.runOnce(h.clock.now);
       assert.equal(h.idleEvents('done').length, 1);

@@ -52,7 +52,7 @@ export async function harness(topology: Topology, env: Record<string, string> = 
   return {
     clock, sink, core, deps, settings, env: fullEnv,
     async checker() {
-      const other = createCore({ name: 'deadline-engine', env: fullEnv, now: () => clock.now });
+      const other = createCore({ name: 'idle-checker', env: fullEnv, now: () => clock.now });
       await other.ready();
       const checker = new IdleChecker(other.deps, { settings });
       others.push({ core: other, checker });
@@ -89,22 +89,24 @@ export async function harness(topology: Topology, env: Record<string, string> = 
 let eventSeq = 0;
 
 /** Builds an inbound event exactly as the host would hand it to handle(): encoded as binary HTTP, then parsed. */
-export function inbound(type: ActivityScoreEvent['type'], data: Record<string, unknown>, opts: { time: number; id?: string }): ActivityScoreEvent {
+export function inbound(type: ActivityScoreEvent['type'], data: Record<string, unknown>, opts: { time: number; id?: string; tenant?: string | undefined }): ActivityScoreEvent {
   eventSeq += 1;
   const ce = new CloudEvent({
-    specversion: '1.0', id: opts.id ?? `evt-${eventSeq}`, source: '/tests/pipeline', type, time: new Date(opts.time).toISOString(), datacontenttype: 'application/json', data,
+    specversion: '1.0', id: opts.id ?? `evt-${eventSeq}`, source: '/tests/pipeline', type, time: new Date(opts.time).toISOString(), datacontenttype: 'application/json',
+    ...(opts.tenant === undefined ? {} : { tenant: opts.tenant }),
+    data,
   });
   const message = HTTP.binary(ce);
   return parseInbound({ headers: message.headers, body: message.body as string }, { maxBytes: 1 << 20, accept: ACTIVITY_SCORE_ACCEPTS });
 }
 
-/** A session.activity at `at` (also its CloudEvent time). */
-export function activity(sessionId: string, kind: ActivityKind, at: number, extra: { text?: string; embedding?: number[]; id?: string } = {}): ActivityScoreEvent {
-  const { id, ...rest } = extra;
-  return inbound(EventType.SessionActivity, { sessionId, kind, at: new Date(at).toISOString(), ...rest }, { time: at, ...(id === undefined ? {} : { id }) });
+/** A session.activity at `at` (also its CloudEvent time), naming `tenant` when the session has one. */
+export function activity(sessionId: string, kind: ActivityKind, at: number, extra: { text?: string; embedding?: number[]; id?: string; tenant?: string } = {}): ActivityScoreEvent {
+  const { id, tenant, ...rest } = extra;
+  return inbound(EventType.SessionActivity, { sessionId, kind, at: new Date(at).toISOString(), ...rest }, { time: at, tenant, ...(id === undefined ? {} : { id }) });
 }
 
-/** An inference.completed at `at`. */
-export function completed(sessionId: string, at: number, release: boolean): ActivityScoreEvent {
-  return inbound(EventType.InferenceCompleted, { sessionId, requestId: `req-${at}`, release }, { time: at });
+/** An inference.completed at `at`, naming `tenant` when the session has one. */
+export function completed(sessionId: string, at: number, release: boolean, tenant?: string): ActivityScoreEvent {
+  return inbound(EventType.InferenceCompleted, { sessionId, requestId: `req-${at}`, release }, { time: at, tenant });
 }

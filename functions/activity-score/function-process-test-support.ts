@@ -1,5 +1,5 @@
-// Test support: runs a function as the real process functions-framework starts in production (its main.js, the
-// function's index.ts, env settings), and sends it CloudEvents over HTTP in binary or structured mode.
+// Test support: runs a function as the real process its container starts in production (the function's index.ts,
+// which serves it; env settings), and sends it CloudEvents over HTTP in binary or structured mode.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -7,7 +7,6 @@ import { CloudEvent, HTTP } from 'cloudevents';
 import { freePort } from '../../tests/support/redis-harness.ts';
 
 const REPO_ROOT = join(import.meta.dirname, '..', '..');
-const FRAMEWORK_MAIN = join(REPO_ROOT, 'node_modules', '@google-cloud', 'functions-framework', 'build', 'src', 'main.js');
 
 /** A function process under test. */
 export interface FunctionProcess {
@@ -19,18 +18,15 @@ export interface FunctionProcess {
   stop(): Promise<void>;
 }
 
-/** Starts `functions/<name>/index.ts` under functions-framework with `env`, waiting until it answers /healthz. */
+/** Starts `functions/<name>/index.ts` with `env`, waiting until it answers /healthz. */
 export async function startFunctionProcess(name: string, env: Record<string, string>): Promise<FunctionProcess> {
   const port = await freePort();
   let output = '';
-  const child: ChildProcess = spawn(process.execPath, [FRAMEWORK_MAIN], {
+  const child: ChildProcess = spawn(process.execPath, [join('functions', name, 'index.ts')], {
     cwd: REPO_ROOT,
     env: {
       ...process.env,
       ...env,
-      FUNCTION_TARGET: name,
-      FUNCTION_SIGNATURE_TYPE: 'http',
-      FUNCTION_SOURCE: join('functions', name, 'index.ts'),
       PORT: String(port),
     },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -4,7 +4,7 @@
 // quiet is reached by the idle checker (idle-checker.ts) when that moment comes, not by a later event.
 import { EventType } from '../core/contract/events.ts';
 import type { InboundEvent } from '../core/contract/parse.ts';
-import { TransientError } from '../core/errors.ts';
+import { OwnershipError, TransientError } from '../core/errors.ts';
 import type { Core, CoreDeps } from '../core/function-host.ts';
 import { eventFingerprint } from '../core/session-store.ts';
 import { IdleIndex } from './idle-index.ts';
@@ -28,12 +28,13 @@ export interface ActivityScoreDeps {
 
 /** Builds activity-score's dependencies once per process (the `extend` of its definition); timers start with `load.start()`. */
 export function createActivityScoreDeps(core: Pick<Core, 'deps'>, settings: ActivityScoreSettings): ActivityScoreDeps {
-  const { config, logger, redis } = core.deps;
+  const { config, logger, redis, runtimes, outboundPolicy } = core.deps;
   const load = new LoadMonitor(redis, {
     prefix: config.REDIS_KEY_PREFIX,
     policy: settings.loadPolicy,
     runtimeTtlMs: settings.runtimeTtlMs,
-    runtime: createMemoryProbe(config, logger),
+    registry: runtimes,
+    runtime: createMemoryProbe(config, logger, { registry: runtimes, addressPolicy: outboundPolicy }),
     logger,
     now: () => core.deps.now(),
   });
@@ -82,6 +83,8 @@ export async function handle(event: ActivityScoreEvent, deps: Deps): Promise<voi
     log.debug({ state: session?.state ?? 'unknown' }, 'activity for a session that is not live; ignored');
     return;
   }
+  // Refused before anything is counted; the script checks it again, atomically with the write.
+  if ((session.tenant ?? '') !== (event.tenant ?? '')) throw new OwnershipError(sessionId);
   deps.load.recordEvent(now, session.placement?.runtimeUrl);
   // The tier only moves the threshold and the grace, which the idle checker applies; folding an event uses neither.
   const policy = policyFor(deps.settings, session.tenant, 'normal');
@@ -94,7 +97,7 @@ export async function handle(event: ActivityScoreEvent, deps: Deps): Promise<voi
         ? applyActivity(ctx, { kind: event.data.kind, at, text: event.data.text, embedding: event.data.embedding }, policy)
         : applyCompletion(ctx, { at, release: event.data.release }, policy);
     const result = await deps.store.recordActivity({
-      sessionId, fingerprint, liveFrom, now, expectedVersion: version, lastActivityAt: next.lastEventAt, context: storedContextFields(next),
+      sessionId, fingerprint, liveFrom, now, expectedVersion: version, lastActivityAt: next.lastEventAt, context: storedContextFields(next), tenant: event.tenant,
     });
     switch (result.code) {
       case 'APPLIED': {
@@ -116,6 +119,8 @@ export async function handle(event: ActivityScoreEvent, deps: Deps): Promise<voi
       case 'ENDED':
         log.debug({ code: result.code }, 'session ended while its activity was scored; ignored');
         return;
+      case 'NOT_OWNER':
+        throw new OwnershipError(sessionId);
     }
   }
 }

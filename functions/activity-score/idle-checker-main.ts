@@ -7,6 +7,6 @@ import { runLongRunning } from '../core/process-lifecycle.ts';
 import { IdleChecker } from './idle-checker.ts';
 import { readActivityScoreSettings } from './settings.ts';
 
-const core = createCore({ name: 'activity-score' });
+const core = createCore({ name: 'idle-checker' });
 const checker = new IdleChecker(core.deps, { settings: readActivityScoreSettings(process.env) });
 runLongRunning({ name: 'idle-checker', label: 'the idle checker', core, worker: checker, port: Number(process.env.PORT ?? 8080) });

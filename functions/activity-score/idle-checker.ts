@@ -19,7 +19,7 @@ import { ActivityContextDecodeError, type ActivityContext } from './scoring.ts';
 import type { ActivityScoreSettings } from './settings.ts';
 
 /** What the checker uses from its host process: the core's deps fit. */
-export type IdleCheckerDeps = Pick<CoreDeps, 'redis' | 'store' | 'logger' | 'config' | 'now' | 'emit'>;
+export type IdleCheckerDeps = Pick<CoreDeps, 'redis' | 'store' | 'logger' | 'config' | 'now' | 'emit' | 'runtimes' | 'outboundPolicy'>;
 
 /** How the checker runs. */
 export interface IdleCheckerOptions {
@@ -70,7 +70,8 @@ export class IdleChecker {
         prefix: deps.config.REDIS_KEY_PREFIX,
         policy: opts.settings.loadPolicy,
         runtimeTtlMs: opts.settings.runtimeTtlMs,
-        runtime: createMemoryProbe(deps.config, deps.logger),
+        registry: deps.runtimes,
+        runtime: createMemoryProbe(deps.config, deps.logger, { registry: deps.runtimes, addressPolicy: deps.outboundPolicy }),
         logger: deps.logger,
         now: () => deps.now(),
       });

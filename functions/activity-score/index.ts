@@ -1,7 +1,8 @@
-// Entry point of activity-score for functions-framework (FUNCTION_TARGET=activity-score, signature http: see the
-// host). The idle checker is not run here (this function scales to zero); a long-running process hosts it.
-import * as ff from '@google-cloud/functions-framework';
+// activity-score's process: the host's handler served behind the request bounds (functions/framework/serve.ts; the
+// `http` signature: see the host). The idle checker is not run here (this function scales to zero); a long-running
+// process hosts it.
 import { createFunctionHost } from '../core/function-host.ts';
+import { serveHost } from '../framework/serve.ts';
 import { ACTIVITY_SCORE_ACCEPTS, createActivityScoreDeps, handle } from './handle.ts';
 import { readActivityScoreSettings } from './settings.ts';
 
@@ -15,8 +16,8 @@ export const host = createFunctionHost({
 
 host.deps.load.start();
 
-ff.http('activity-score', host.handler);
+const server = await serveHost('activity-score', host);
 
 process.once('SIGTERM', () => {
-  void host.deps.load.stop().finally(() => host.core.close());
+  void server.close().then(() => host.deps.load.stop()).finally(() => host.core.close());
 });

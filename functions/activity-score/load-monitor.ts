@@ -2,17 +2,21 @@
 // second and the runtimes its sessions live on, adds them to per-second counters in Redis about once a second, and
 // one process per interval (whoever takes the evaluation lease) turns the fleet-wide event rate and the runtimes'
 // GPU memory reports into a load tier (load-policy.ts) stored in Redis, which every replica and the idle checker read.
+// Only registered runtimes (RUNTIMES) are ever counted or polled: every runtime an entry names by its URL, and those a
+// wildcard entry admits while sessions on them are scored.
 //
 // Keys (hash tag {load}, so they share one slot on a Cluster; prefix = REDIS_KEY_PREFIX):
 //   <prefix>:{load}:events:<second>  STRING  events scored during that epoch second, all replicas together (expires)
-//   <prefix>:{load}:runtimes         ZSET    runtime base URL -> when a session on it was last scored (ms)
+//   <prefix>:{load}:runtimes         ZSET    registered runtime endpoint -> when a session on it was last scored (ms)
 //   <prefix>:{load}:tier             STRING  the current tier; expires after three intervals, so a fleet whose
 //                                            evaluators all stopped falls back to `normal`
 //   <prefix>:{load}:evaluating       STRING  the evaluation lease (SET NX PX), so one process polls the runtimes
 import type { Config } from '../core/config.ts';
 import type { RedisClient } from '../core/redis/connect.ts';
 import type { Logger } from '../core/log.ts';
+import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
 import { createRuntimeClient, type RuntimeClient } from '../core/runtime-client.ts';
+import type { RuntimeRegistry } from '../core/runtime-registry.ts';
 import { loadKeys } from '../core/redis/keys.ts';
 import { assessLoad, LOAD_TIERS, type LoadAssessment, type LoadPolicy, type LoadTier } from './load-policy.ts';
 
@@ -33,6 +37,8 @@ export interface LoadMonitorOptions {
   runtimeTtlMs: number;
   /** Reads a runtime's GET /v1/memory; without it no memory pressure is seen. */
   runtime?: Pick<RuntimeClient, 'memory'>;
+  /** The registered runtimes: the only ones counted and polled. */
+  registry: RuntimeRegistry;
   logger: Logger;
   now: () => number;
 }
@@ -59,11 +65,12 @@ export class LoadMonitor {
     return this.#opts.policy;
   }
 
-  /** Counts one scored event (at `at`, ms) and the runtime its session lives on; no I/O. */
+  /** Counts one scored event (at `at`, ms) and the runtime its session lives on, if registered; no I/O. */
   recordEvent(at: number, runtimeUrl?: string): void {
     const second = Math.floor(at / 1000);
     this.#events.set(second, (this.#events.get(second) ?? 0) + 1);
-    if (runtimeUrl !== undefined && runtimeUrl !== '') this.#runtimes.set(runtimeUrl, Math.max(at, this.#runtimes.get(runtimeUrl) ?? 0));
+    const endpoint = runtimeUrl === undefined || runtimeUrl === '' ? undefined : this.#opts.registry.lookup(runtimeUrl)?.endpoint;
+    if (endpoint !== undefined) this.#runtimes.set(endpoint, Math.max(at, this.#runtimes.get(endpoint) ?? 0));
   }
 
   /** Adds what was counted since the last flush to the shared counters. */
@@ -126,7 +133,10 @@ export class LoadMonitor {
     if (!runtime) return [];
     const now = this.#opts.now();
     await this.#redis.zremrangebyscore(this.#keys.runtimes, '-inf', `(${now - this.#opts.runtimeTtlMs}`);
-    const urls = await this.#redis.zrevrange(this.#keys.runtimes, 0, MAX_RUNTIMES_POLLED - 1);
+    const seen = await this.#redis.zrevrange(this.#keys.runtimes, 0, MAX_RUNTIMES_POLLED - 1);
+    // Registered by URL first, then the recently used ones a wildcard admits; never one the registry does not know.
+    const fixed = this.#opts.registry.fixedEndpoints().map((r) => r.endpoint);
+    const urls = [...new Set([...fixed, ...seen.filter((url) => this.#opts.registry.lookup(url) !== undefined)])].slice(0, MAX_RUNTIMES_POLLED);
     const reports = await Promise.allSettled(urls.map(async (runtimeUrl) => ({ runtimeUrl, ...(await runtime.memory(runtimeUrl)) })));
     const out: { runtimeUrl: string; totalBytes: number; usedBytes: number }[] = [];
     reports.forEach((r, i) => {
@@ -182,9 +192,18 @@ export class LoadMonitor {
   }
 }
 
-/** The runtime client the load monitor reads memory reports with: one attempt per report, the runtime tier's timeout. */
-export function createMemoryProbe(config: Pick<Config, 'RUNTIME_TIMEOUT_MS'>, logger: Logger): RuntimeClient {
+/**
+ * The runtime client the load monitor reads memory reports with: one attempt per report, the runtime tier's timeout,
+ * registered runtimes only, at addresses the outbound policy allows.
+ */
+export function createMemoryProbe(
+  config: Pick<Config, 'RUNTIME_TIMEOUT_MS'>,
+  logger: Logger,
+  outbound: { registry: RuntimeRegistry; addressPolicy: OutboundAddressPolicy },
+): RuntimeClient {
   return createRuntimeClient({
+    registry: outbound.registry,
+    addressPolicy: outbound.addressPolicy,
     timeoutMs: config.RUNTIME_TIMEOUT_MS,
     retries: 0,
     baseBackoffMs: 1,

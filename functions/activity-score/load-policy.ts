@@ -4,8 +4,10 @@
 //
 // 1. Demand comes from the rate of events this function receives: below 200 events/s it is low, from 200 medium,
 //    from 1000 high.
-// 2. Memory pressure is the used share of GPU memory on the most loaded runtime that reported (one runtime close to
-//    full is what fails the next request, whatever the fleet average says).
+// 2. Memory pressure is the median used share of GPU memory over the registered runtimes that reported: the tier is
+//    fleet-wide, so it follows the typical runtime, and no runtime on its own (fewer than half of them together)
+//    can move every tenant to a tighter policy by reporting itself full. (Reclaiming idle sessions elsewhere would
+//    not free memory on one full runtime anyway.)
 // 3. Each demand level has a memory watermark: 85 % at low demand, 75 % at medium, 60 % at high (the busier the
 //    system, the sooner free memory will be claimed, so the earlier reclamation must start). While pressure is below
 //    the watermark for the current demand, the tier is `normal`; at or above it, the tier is the demand level
@@ -80,7 +82,7 @@ export interface LoadInputs {
 export interface LoadAssessment {
   tier: LoadTier;
   demand: DemandLevel;
-  /** Used share of GPU memory on the most loaded runtime, in [0, 1]; 0 with no reports. */
+  /** Median used share of GPU memory over the runtimes that reported, in [0, 1]; 0 with no reports. */
   memoryPressure: number;
   /** The watermark the pressure was compared with. */
   watermark: number;
@@ -88,14 +90,20 @@ export interface LoadAssessment {
 
 const rank = (tier: LoadTier): number => LOAD_TIERS.indexOf(tier);
 
-/** The used share of GPU memory on the most loaded runtime; reports with no usable figures are skipped. */
+/**
+ * The median used share of GPU memory over the runtimes' reports (the mean of the middle two for an even count); a
+ * report with no usable figures, or more used than total, is skipped. 0 with no usable report.
+ */
 export function memoryPressure(memory: LoadInputs['memory']): number {
-  let pressure = 0;
+  const shares: number[] = [];
   for (const { totalBytes, usedBytes } of memory) {
-    if (!Number.isFinite(totalBytes) || !Number.isFinite(usedBytes) || totalBytes <= 0 || usedBytes < 0) continue;
-    pressure = Math.max(pressure, Math.min(1, usedBytes / totalBytes));
+    if (!Number.isFinite(totalBytes) || !Number.isFinite(usedBytes) || totalBytes <= 0 || usedBytes < 0 || usedBytes > totalBytes) continue;
+    shares.push(usedBytes / totalBytes);
   }
-  return pressure;
+  if (shares.length === 0) return 0;
+  shares.sort((a, b) => a - b);
+  const mid = shares.length >> 1;
+  return shares.length % 2 === 1 ? shares[mid]! : (shares[mid - 1]! + shares[mid]!) / 2;
 }
 
 /** Decides the load tier, with the figures behind it; `previous` (the last tier) adds hysteresis. */

@@ -2,6 +2,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
 import { TOPOLOGIES } from '../../tests/support/redis.ts';
+import { runtimesEnv } from '../../tests/support/runtimes.ts';
 import { activity, harness, type Harness } from './activity-score-test-support.ts';
 import { handle } from './handle.ts';
 import { loadKeys } from './load-monitor.ts';
@@ -16,7 +17,9 @@ for (const topology of TOPOLOGIES) {
       // 1000 bytes of GPU memory, 70 % in use: above the high-demand watermark (60 %), below the low one (85 %).
       sim = await startSimRuntime({ totalBytes: 1000, seed: 5 });
       sim.allocate('resident', 1, 700);
-      h = await harness(topology, { LOAD_POLICY: JSON.stringify({ demandEventsPerSecond: { medium: 1, high: 2 } }), LOAD_EVAL_MS: '10000' });
+      h = await harness(topology, {
+        LOAD_POLICY: JSON.stringify({ demandEventsPerSecond: { medium: 1, high: 2 } }), LOAD_EVAL_MS: '10000', ...runtimesEnv({ name: 'sim', url: sim.url }),
+      });
     });
     after(async () => {
       await h.close();

@@ -29,7 +29,8 @@ test('the tier is the demand level once memory reaches that level’s watermark 
     [999, [0.8], 'medium'],
     [1000, [0.59], 'normal'],
     [1000, [0.6], 'high'],
-    [1000, [0.1, 0.2, 0.61], 'high'],
+    [1000, [0.1, 0.2, 0.61], 'normal'],
+    [1000, [0.1, 0.61, 0.65], 'high'],
   ];
   for (const [eventsPerSecond, shares, expected] of cases) {
     const tier = evaluateLoadTier({ eventsPerSecond, memory: shares.map(runtime) });
@@ -37,7 +38,7 @@ test('the tier is the demand level once memory reaches that level’s watermark 
   }
 });
 
-test('memory reports with no usable figures are skipped and pressure is that of the fullest runtime', () => {
+test('memory reports with no usable figures are skipped and pressure is the median runtime\'s', () => {
   const memory = [
     { totalBytes: 0, usedBytes: 10 },
     { totalBytes: Number.NaN, usedBytes: 1 },
@@ -46,9 +47,19 @@ test('memory reports with no usable figures are skipped and pressure is that of 
     runtime(0.3),
   ];
   const assessment = assessLoad({ eventsPerSecond: Number.NaN, memory });
-  assert.equal(assessment.memoryPressure, 1, 'a runtime reporting more used than total counts as full');
+  assert.equal(assessment.memoryPressure, 0.3, 'a runtime reporting more used than total is not believed');
   assert.equal(assessment.demand, 'low');
-  assert.equal(assessment.tier, 'low');
+  assert.equal(assessment.tier, 'normal');
+  assert.equal(assessLoad({ eventsPerSecond: 0, memory: [runtime(0.2), runtime(0.9), runtime(0.4)] }).memoryPressure, 0.4);
+  assert.equal(assessLoad({ eventsPerSecond: 0, memory: [runtime(0.2), runtime(0.9), runtime(0.4), runtime(0.6)] }).memoryPressure, 0.5);
+});
+
+test('one runtime reporting itself full among honest ones moves no tenant to a tighter policy', () => {
+  const honest = [runtime(0.3), runtime(0.35), runtime(0.4), runtime(0.3)];
+  for (const eventsPerSecond of [0, 500, 5000]) {
+    const fleet = assessLoad({ eventsPerSecond, memory: [...honest, { totalBytes: 80e9, usedBytes: 80e9 }] });
+    assert.equal(fleet.tier, 'normal', `${eventsPerSecond}/s`);
+  }
 });
 
 test('a tier is left only once load falls clearly below what raised it', () => {

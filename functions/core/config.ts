@@ -15,7 +15,8 @@ export const ConfigSchema = Type.Object({
   REDIS_KEY_PREFIX: Type.String({ default: 'sr', pattern: '^[A-Za-z0-9_.-]{1,32}$', description: 'Prefix of every key this system writes.' }),
   INDEX_BUCKETS: Int(1, 32, 'Buckets the session keyspace and deadline index are sharded into (fixed for the life of a deployment).', 4096),
   TOMBSTONE_TTL_MS: Int(1000, 86_400_000, 'How long a destroyed incarnation is remembered so late events are recognised; must outlast the Broker redelivery window.'),
-  MAX_EVENT_BYTES: Int(1024, 1_048_576, 'Largest accepted CloudEvent (body plus attributes), in bytes.'),
+  MAX_EVENT_BYTES: Int(1024, 1_048_576, 'Largest accepted CloudEvent (body plus attributes), in bytes; a larger request is answered 413 before its body is read.', 16_777_216),
+  MAX_BATCH_BYTES: Int(1024, 2_097_152, 'Largest accepted batch request (heartbeat-timeout only), in bytes; answered 413 beyond it.', 67_108_864),
   DEFAULT_HEARTBEAT_INTERVAL_MS: Int(100, 30_000, 'Heartbeat interval assumed when session.opened sets none.'),
   DEFAULT_MISSED_BEATS: Int(1, 3, 'Missed heartbeats after which a session is dead, when session.opened sets none.'),
   MAX_HOLD_MS: Int(1000, 3_600_000, 'Longest hold a session.hold may grant; longer requests are capped.'),
@@ -24,6 +25,20 @@ export const ConfigSchema = Type.Object({
   DEADLINE_POLL_MS: Int(10, 100, 'How often the deadline engine re-reads bucket heads to learn of new earlier deadlines (at most 100, the shortest liveness window, so the deadline of a new session is known before it falls due).', 100),
   DESTROY_STALL_MS: Int(1000, 30_000, 'A destroy with no progress for this long is resumed by the deadline engine.'),
   K_SINK: Type.String({ default: '', description: 'Where emitted events go (the Broker); injected by Knative SinkBinding or ContainerSource.' }),
+  SINK_TOKEN_FILE: Type.String({
+    default: '',
+    description: "File holding the bearer token sent with every emitted event: a projected ServiceAccount token whose audience is the Broker's, so its EventPolicies know the sender. Re-read as it rotates; none sent when empty.",
+  }),
+  K_CA_CERTS: Type.String({ default: '', description: 'CA certificates (PEM) trusted for an https K_SINK besides the system ones (Knative transport encryption; SinkBinding injects it).' }),
+  RUNTIMES: Type.String({
+    default: '',
+    description: 'The GPU runtimes that may be called, as a JSON array of {name, url, nodes?} (functions/core/runtime-registry.ts); a session.opened naming any other is refused. None when empty.',
+  }),
+  OUTBOUND_ALLOWED_CIDRS: Type.String({
+    default: '',
+    description: 'Comma-separated networks (CIDR) that calls to runtimes and hooks may reach although loopback, link-local or private (a cluster\'s Service network); every other such address is refused.',
+  }),
+  LISTEN_HOST: Type.String({ default: '', description: 'Interface a function or a long-running part listens on; every interface when empty (in a pod), 127.0.0.1 under npm start.' }),
   LOG_LEVEL: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info', description: 'Log level.' }),
 });
 

@@ -10,7 +10,8 @@ import CircuitBreaker from 'opossum';
 import type { Logger } from 'pino';
 import { ConfigError } from './config.ts';
 import { TransientError } from './errors.ts';
-import { senderFor, type HttpAnswer } from './http-client.ts';
+import { createHttpClient, senderFor, type HttpAnswer, type HttpSend } from './http-client.ts';
+import type { SinkToken } from './sink-token.ts';
 import {
   ATTR_CLOUDEVENTS_EVENT_ID,
   ATTR_CLOUDEVENTS_EVENT_SOURCE,
@@ -58,6 +59,10 @@ export interface EmitterOptions {
   fetchImpl?: typeof fetch;
   /** The tracer for PRODUCER spans; the global tracer provider's when absent. */
   tracer?: Tracer;
+  /** The sender's identity token, presented as `Authorization: Bearer` (SINK_TOKEN_FILE); none when absent. */
+  token?: SinkToken;
+  /** CA certificates (PEM) trusted for an https sink besides the system's (K_CA_CERTS). */
+  caCerts?: string;
 }
 
 /** Sends CloudEvents to the Broker. */
@@ -110,8 +115,10 @@ interface Outgoing {
   body: string | Uint8Array | undefined;
 }
 
+// 401: our token was refused, which a rotated token read again may cure (the Broker's EventPolicies answer 403 to
+// a sender they do not admit, which no retry cures).
 function isRetryableStatus(status: number): boolean {
-  return status === 429 || status >= 500;
+  return status === 401 || status === 429 || status >= 500;
 }
 
 function toHeaderRecord(headers: Record<string, string | string[] | undefined>): Record<string, string> {
@@ -147,12 +154,16 @@ function validSink(sink: string): URL {
   return url;
 }
 
+function senderOf(client: ReturnType<typeof createHttpClient>): HttpSend {
+  return (url, init) => client.request(url, init);
+}
+
 /** Creates the emitter for one sink; throws a ConfigError at once when the sink is missing or not a URL. */
 export function createEmitter(opts: EmitterOptions): Emitter {
   const sinkUrl = validSink(opts.sink).href;
   const retries = opts.retries ?? DEFAULT_RETRIES;
   const retryBaseDelayMs = opts.retryBaseDelayMs ?? DEFAULT_RETRY_BASE_DELAY_MS;
-  const send = senderFor(opts.fetchImpl);
+  const send: HttpSend = opts.fetchImpl === undefined && opts.caCerts ? senderOf(createHttpClient({ caCerts: opts.caCerts })) : senderFor(opts.fetchImpl);
   const log = opts.logger.child({ component: 'emit', sink: sinkUrl });
   const tracerFor = (): Tracer => opts.tracer ?? trace.getTracer(TRACER_NAME);
 
@@ -160,10 +171,18 @@ export function createEmitter(opts: EmitterOptions): Emitter {
   // breaker's failures: it says our event is wrong, not that the Broker is unwell.
   async function attempt(out: Outgoing): Promise<number> {
     let res: HttpAnswer;
+    let headers = out.headers;
+    if (opts.token) {
+      try {
+        headers = { ...headers, authorization: `Bearer ${opts.token.current()}` };
+      } catch (err) {
+        throw new AttemptFailedError('no sender token to present', undefined, { cause: err });
+      }
+    }
     try {
       res = await send(sinkUrl, {
         method: 'POST',
-        headers: out.headers,
+        headers,
         ...(out.body === undefined ? {} : { body: out.body }),
         timeoutMs: opts.timeoutMs,
       });
@@ -179,6 +198,7 @@ export function createEmitter(opts: EmitterOptions): Emitter {
       if (res.ok) throw new AttemptFailedError('answer body not received', res.status, { cause: err });
     }
     if (res.ok) return res.status;
+    if (res.status === 401) opts.token?.invalidate();
     const excerpt = text.slice(0, RESPONSE_EXCERPT_CHARS);
     if (isRetryableStatus(res.status)) throw new AttemptFailedError(`HTTP ${res.status}: ${excerpt}`, res.status);
     throw new EventRejectedError(res.status, out.eventId, excerpt);

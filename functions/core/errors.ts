@@ -11,6 +11,8 @@ export type ContractErrorCode =
   | 'INVALID_FIELD'
   | 'UNKNOWN_FIELD'
   | 'BAD_SESSION_ID'
+  | 'FORBIDDEN_SOURCE'
+  | 'UNREGISTERED_RUNTIME'
   | 'TOO_LARGE';
 
 /** An event that breaks the contract: answered 400 and never retried, because resending it cannot help. */
@@ -37,6 +39,21 @@ export class ContractError extends Error {
   }
 }
 
+/**
+ * A well-formed event about a session that belongs to another tenant (or a tenant-owned session, by an event that
+ * names none): answered 403 and never retried, and nothing is written. The sender may act on its own sessions only.
+ */
+export class OwnershipError extends Error {
+  override name = 'OwnershipError';
+  readonly status = 403;
+  readonly sessionId: string;
+
+  constructor(sessionId: string) {
+    super(`session ${sessionId} belongs to another tenant`);
+    this.sessionId = sessionId;
+  }
+}
+
 /** An infrastructure fault (Redis, the Broker, a timeout): answered 503 so the Broker redelivers the event. */
 export class TransientError extends Error {
   override name = 'TransientError';
@@ -55,9 +72,10 @@ export class BackpressureError extends TransientError {
   override name = 'BackpressureError';
 }
 
-/** The HTTP status a handler answers with for a thrown value: 400, 503, or 500 for anything unexpected. */
-export function httpStatusOf(err: unknown): 400 | 500 | 503 {
+/** The HTTP status a handler answers with for a thrown value: 400, 403, 503, or 500 for anything unexpected. */
+export function httpStatusOf(err: unknown): 400 | 403 | 500 | 503 {
   if (err instanceof ContractError) return err.status;
+  if (err instanceof OwnershipError) return err.status;
   if (err instanceof TransientError) return err.status;
   return 500;
 }

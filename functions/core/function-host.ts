@@ -3,12 +3,15 @@
 // a request into a validated contract event and a handler's outcome into the status the Broker acts on:
 // 2xx acknowledged, 400 malformed (never redelivered, nothing written), 5xx redelivered.
 import type { Tracer } from '@opentelemetry/api';
-import { loadConfig, type Config } from './config.ts';
+import { ConfigError, loadConfig, type Config } from './config.ts';
 import { buildEvent } from './contract/build.ts';
-import type { DataOf, EmittedType, ContractType, FunctionName } from './contract/events.ts';
+import { sourceOf, type DataOf, type EmittedType, type ContractType, type FunctionName, type Workload } from './contract/events.ts';
 import { isBatchRequest, parseInbound, parseInboundBatch, type InboundEvent } from './contract/parse.ts';
 import { createEmitter, EventRejectedError, type Emitter } from './emit.ts';
-import { BackpressureError, ContractError, TransientError } from './errors.ts';
+import { BackpressureError, ContractError, OwnershipError, TransientError } from './errors.ts';
+import { OutboundAddressPolicy } from './outbound-address.ts';
+import { RuntimeRegistry } from './runtime-registry.ts';
+import { SinkToken } from './sink-token.ts';
 import { createLogger, withLogContext, type Logger } from './log.ts';
 import { KeySpace } from './redis/keys.ts';
 import { connectRedis, createRedisClient, type RedisClient } from './redis/connect.ts';
@@ -26,6 +29,10 @@ export interface CoreDeps {
   readonly redis: RedisClient;
   /** The CloudEvent `source` of everything this process emits. */
   readonly source: string;
+  /** The GPU runtimes the operator registered (RUNTIMES): the only ones a session may be placed on or called. */
+  readonly runtimes: RuntimeRegistry;
+  /** Where outbound calls to runtimes and hooks may connect (OUTBOUND_ALLOWED_CIDRS). */
+  readonly outboundPolicy: OutboundAddressPolicy;
   /** Wall clock in ms (tests may pin it). */
   now(): number;
   /** Builds, validates and sends one follow-on event to the Broker; `id` should be deterministic where a
@@ -46,7 +53,8 @@ export interface Core {
 }
 
 export interface CoreOptions {
-  name: FunctionName | 'deadline-engine';
+  /** The workload: its name is its source (`/session-reaper/<name>`) and its ServiceAccount. */
+  name: Workload;
   env?: NodeJS.ProcessEnv;
   /** Tests: capture spans in memory. */
   exporter?: SpanExporter;
@@ -62,8 +70,14 @@ export function createCore(opts: CoreOptions): Core {
   const redis = createRedisClient(config);
   redis.on('error', (err: Error) => logger.warn({ err }, 'redis connection error'));
   const keys = new KeySpace(config.REDIS_KEY_PREFIX, config.INDEX_BUCKETS);
-  const emitter = createEmitter({ sink: config.K_SINK, timeoutMs: config.CORE_TIMEOUT_MS, logger, tracer: telemetry.tracer });
-  const source = `/session-reaper/${opts.name}`;
+  const runtimes = RuntimeRegistry.parse(config.RUNTIMES);
+  const outboundPolicy = outboundPolicyOf(config);
+  const emitter = createEmitter({
+    sink: config.K_SINK, timeoutMs: config.CORE_TIMEOUT_MS, logger, tracer: telemetry.tracer,
+    ...(config.SINK_TOKEN_FILE === '' ? {} : { token: new SinkToken(config.SINK_TOKEN_FILE) }),
+    ...(config.K_CA_CERTS === '' ? {} : { caCerts: config.K_CA_CERTS }),
+  });
+  const source = sourceOf(opts.name);
   const now = opts.now ?? Date.now;
   let store: SessionStore | undefined;
   let readying: Promise<void> | undefined;
@@ -81,7 +95,7 @@ export function createCore(opts: CoreOptions): Core {
   };
 
   const deps: CoreDeps = {
-    config, logger, tracer: telemetry.tracer, redis, source, now,
+    config, logger, tracer: telemetry.tracer, redis, source, now, runtimes, outboundPolicy,
     get store(): SessionStore {
       if (!store) throw new TransientError('the session core is not ready', { cause: undefined });
       return store;
@@ -142,9 +156,25 @@ export interface FunctionDefinition<A extends readonly ContractType[], D> {
   batches?: boolean;
 }
 
-/** Maps an error to the status the Broker acts on: 400 never redelivered, 500 a bug, 503 redelivered. */
-export function statusOf(err: unknown): 400 | 500 | 503 {
+/** OUTBOUND_ALLOWED_CIDRS as a policy; a ConfigError naming the variable when a network is not a CIDR. */
+export function outboundPolicyOf(config: Pick<Config, 'OUTBOUND_ALLOWED_CIDRS'>): OutboundAddressPolicy {
+  try {
+    return OutboundAddressPolicy.fromList(config.OUTBOUND_ALLOWED_CIDRS);
+  } catch (err) {
+    throw new ConfigError(`OUTBOUND_ALLOWED_CIDRS=${JSON.stringify(config.OUTBOUND_ALLOWED_CIDRS)} is invalid: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** The status a failure is answered with. */
+export type FailureStatus = 400 | 403 | 500 | 503;
+
+/**
+ * Maps an error to the status the Broker acts on: 400 malformed and 403 not the sender's session (neither
+ * redelivered), 500 a bug, 503 redelivered.
+ */
+export function statusOf(err: unknown): FailureStatus {
   if (err instanceof ContractError) return 400;
+  if (err instanceof OwnershipError) return 403;
   if (err instanceof UnexpectedReplyError || err instanceof ScriptLoadError || err instanceof EventRejectedError) return 500;
   // Anything else is an infrastructure fault (Redis, the Broker, a runtime): let the Broker redeliver.
   return 503;
@@ -172,7 +202,7 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
     let events: InboundEvent<A[number]>[];
     try {
       const raw = { headers: req.headers, body: req.body as Buffer | string | object | undefined, ...(req.rawBody ? { rawBody: req.rawBody } : {}) };
-      const opts = { maxBytes: config.MAX_EVENT_BYTES, accept: def.accept };
+      const opts = { maxBytes: config.MAX_EVENT_BYTES, maxBatchBytes: config.MAX_BATCH_BYTES, accept: def.accept };
       events = batch ? parseInboundBatch(raw, opts) : [parseInbound(raw, opts)];
     } catch (err) {
       if (!(err instanceof ContractError)) throw err;
@@ -183,7 +213,7 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
     // Settled, not raced: a batch answers once every event's handler has finished, so none is still writing when
     // the sender resends it.
     const outcomes = await Promise.allSettled(events.map((event) => apply(event)));
-    let worst: { status: 400 | 500 | 503; err: unknown; index: number } | undefined;
+    let worst: { status: FailureStatus; err: unknown; index: number } | undefined;
     outcomes.forEach((o, index) => {
       if (o.status === 'fulfilled') return;
       const status = statusOf(o.reason);
@@ -198,7 +228,13 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
       res.status(400).json({ error: err.code, field: batch ? `batch[${index}].${err.field}` : err.field, reason: err.reason });
       return;
     }
-    res.status(status).json({ error: status === 503 ? 'UNAVAILABLE' : 'INTERNAL', reason: (err as Error).message });
+    if (status === 403) {
+      res.status(403).json({ error: 'NOT_OWNER', ...(batch ? { field: `batch[${index}]` } : {}), reason: 'the session belongs to another tenant' });
+      return;
+    }
+    // The cause stays in the log (written once, with the session and trace): an answer never carries internal
+    // messages, addresses or anything a dependency replied.
+    res.status(status).json(status === 503 ? { error: 'UNAVAILABLE', reason: 'a dependency is unavailable; retry later' } : { error: 'INTERNAL', reason: 'the event could not be handled' });
   }
 
   /** Handles one event in its span; logs its failure once, with its session and trace, and rethrows it. */
@@ -213,6 +249,7 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
       const status = statusOf(err);
       const log = withLogContext(logger, { sessionId, eventId: event.id, eventType: event.type });
       if (status === 400 && err instanceof ContractError) log.warn({ code: err.code, field: err.field, reason: err.reason }, 'rejected event');
+      else if (status === 403) log.warn({ tenant: event.tenant, source: event.source }, 'refused an event about a session of another tenant; nothing written');
       else if (err instanceof BackpressureError) log.info({ reason: err.message }, 'backpressure; the Broker will redeliver later');
       else log.error({ err, status }, status === 503 ? 'transient failure; the Broker will redeliver' : 'handler failed');
       throw err;
@@ -224,10 +261,11 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
 
 /**
  * Which failure a batch answers with: a bug (500), then a transient fault (503: the whole batch is resent, and the
- * events already applied are idempotent), then a refusal (400: never resent, so it must not hide a 503).
+ * events already applied are idempotent), then a refusal (403 or 400: never resent, so neither may hide a 503);
+ * an event about another tenant's session (403) outranks a malformed one, so the producer hears of it.
  */
-function rank(status: 400 | 500 | 503): number {
-  return status === 500 ? 3 : status === 503 ? 2 : 1;
+function rank(status: FailureStatus): number {
+  return { 500: 4, 503: 3, 403: 2, 400: 1 }[status];
 }
 
 function headerOf(req: HostRequest, name: string): string | undefined {

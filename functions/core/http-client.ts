@@ -7,6 +7,8 @@
 // Redirects are never followed (fetch's redirect: 'manual'): a 3xx comes back as it is.
 import { Agent as HttpAgent, request as httpRequest, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { rootCertificates } from 'node:tls';
+import type { OutboundAddressPolicy } from './outbound-address.ts';
 
 /** Sockets one client keeps open to one origin at most; further requests to it queue in the Agent. */
 export const DEFAULT_MAX_SOCKETS_PER_ORIGIN = 64;
@@ -64,6 +66,14 @@ export interface HttpResponse {
 export interface HttpClientOptions {
   /** Sockets per origin at most. Default DEFAULT_MAX_SOCKETS_PER_ORIGIN. */
   maxSocketsPerOrigin?: number;
+  /**
+   * Where the client may connect: every address a host resolves to (or a literal host) is checked when the socket
+   * connects, and a refused one fails the request with a TypeError whose cause is a ForbiddenAddressError.
+   * Anywhere when absent (our own infrastructure: the Broker, Redis, the collector).
+   */
+  addressPolicy?: OutboundAddressPolicy;
+  /** Extra CA certificates (PEM) trusted for https besides the system's, e.g. the Broker's (K_CA_CERTS). */
+  caCerts?: string;
 }
 
 /** Sends requests over pooled keep-alive connections. */
@@ -124,13 +134,21 @@ export function createHttpClient(opts: HttpClientOptions = {}): HttpClient {
   // the rest idle out. The Agent also honours the server's Keep-Alive: timeout hint, closing before the server does.
   const agentOptions = { keepAlive: true, maxSockets, maxFreeSockets: maxSockets, scheduling: 'lifo' as const };
   const httpAgent = new HttpAgent(agentOptions);
-  const httpsAgent = new HttpsAgent(agentOptions);
+  const httpsAgent = new HttpsAgent({ ...agentOptions, ...(opts.caCerts ? { ca: [...rootCertificates, opts.caCerts] } : {}) });
+  const policy = opts.addressPolicy;
 
   function send(url: URL, init: HttpRequestInit, method: string, headers: OutgoingHttpHeaders, mayRetryStale: boolean): Promise<HttpResponse> {
     const signal = init.signal;
     return new Promise<HttpResponse>((resolve, reject) => {
       const isHttps = url.protocol === 'https:';
-      const req = (isHttps ? httpsRequest : httpRequest)(url, { method, headers, agent: isHttps ? httpsAgent : httpAgent });
+      // A literal address is never looked up, so it is checked here; a name is checked as it resolves.
+      try {
+        policy?.checkHost(url.hostname);
+      } catch (err) {
+        reject(new TypeError('fetch failed', { cause: err }));
+        return;
+      }
+      const req = (isHttps ? httpsRequest : httpRequest)(url, { method, headers, agent: isHttps ? httpsAgent : httpAgent, ...(policy ? { lookup: policy.lookup } : {}) });
       let answered = false;
       let settled = false;
       // Resolved with the whole body, or rejected; handed to the response's readers.

@@ -37,7 +37,7 @@ export interface LongRunningWorker {
 export function runLongRunning(opts: { name: string; label: string; core: Core; worker: LongRunningWorker; port: number }): void {
   const { name, label, core, worker, port } = opts;
   const { logger } = core.deps;
-  const server = serveHealth(name, port, () => core.healthy(), () => {
+  const server = serveHealth(name, port, core.deps.config.LISTEN_HOST, () => core.healthy(), () => {
     logger.info({ port }, `${label} health endpoint listening`);
     void core.ready().catch((err: unknown) => logger.warn({ err }, `Redis not reachable yet; ${label} keeps trying`));
     worker.start();
@@ -52,8 +52,11 @@ export function runLongRunning(opts: { name: string; label: string; core: Core; 
   });
 }
 
-/** Serves GET /healthz (and /readyz) on `port`: 200 while `healthy()` says so, 503 otherwise; 404 for anything else. */
-function serveHealth(name: string, port: number, healthy: () => Promise<boolean>, onListening: () => void): Server {
+/**
+ * Serves GET /healthz (and /readyz) on `port` and `host` (every interface when empty): 200 while `healthy()` says so,
+ * 503 otherwise; 404 for anything else.
+ */
+function serveHealth(name: string, port: number, host: string, healthy: () => Promise<boolean>, onListening: () => void): Server {
   const server = createServer((req, res) => {
     if (req.method === 'GET' && (req.url === '/healthz' || req.url === '/readyz')) {
       void healthy().then((ok) => {
@@ -63,6 +66,7 @@ function serveHealth(name: string, port: number, healthy: () => Promise<boolean>
     }
     res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'NOT_FOUND' }));
   });
-  server.listen(port, onListening);
+  if (host === '') server.listen(port, onListening);
+  else server.listen(port, host, onListening);
   return server;
 }

@@ -2,9 +2,13 @@
 // Retries for this hop live here and nowhere else: one circuit breaker per runtime endpoint wraps each single
 // HTTP attempt, and a bounded, jittered retry budget sits around it. A release is reported only when the runtime
 // confirmed it (200 with a valid body, or a recognised 404/409); everything else is a typed RuntimeReleaseError.
+// Only registered runtimes are called (RUNTIMES), and only at addresses the outbound policy allows; nothing a runtime
+// answers is copied into an error's message (which may reach an event or a log).
 import CircuitBreaker from 'opossum';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { senderFor, type HttpAnswer, type HttpRequestInit } from './http-client.ts';
+import { createHttpClient, senderFor, type HttpAnswer, type HttpRequestInit, type HttpSend } from './http-client.ts';
+import { forbiddenAddressIn, type OutboundAddressPolicy } from './outbound-address.ts';
+import { runtimeEndpoint as normalisedEndpoint, RuntimeUrlError, type RuntimeRegistry } from './runtime-registry.ts';
 
 /** Session ids the runtime API accepts (the OpenAPI document's SessionId schema). */
 export const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -28,7 +32,31 @@ export interface RuntimeMemory {
 }
 
 /** Why a call failed; `invalid_request` means the caller passed an argument the API cannot carry. */
-export type RuntimeReleaseErrorReason = 'breaker_open' | 'budget_exhausted' | 'timeout' | 'http_status' | 'network' | 'bad_response' | 'invalid_request';
+export type RuntimeReleaseErrorReason =
+  | 'breaker_open' | 'budget_exhausted' | 'timeout' | 'http_status' | 'network' | 'bad_response' | 'invalid_request'
+  | 'unregistered_runtime' | 'forbidden_address';
+
+/**
+ * What a failure may say outside the process (a gpu.release.failed, an answer): a fixed description of its kind,
+ * with the HTTP status where there was one, never a URL, an address or anything the runtime sent.
+ */
+export function publicDescription(err: RuntimeReleaseError): string {
+  const status = err.status === undefined ? '' : ` (last answer HTTP ${err.status})`;
+  switch (err.reason) {
+    case 'breaker_open': return `the runtime's breaker is open${status}`;
+    case 'budget_exhausted': {
+      const attempts = `${err.attempts} attempt${err.attempts === 1 ? '' : 's'}`;
+      return err.status === undefined ? `${attempts} failed` : `the runtime answered HTTP ${err.status} (${attempts})`;
+    }
+    case 'timeout': return 'the runtime did not answer in time';
+    case 'http_status': return `the runtime answered HTTP ${err.status ?? 0}`;
+    case 'network': return 'the runtime could not be reached';
+    case 'bad_response': return `the runtime's answer was not understood${status}`;
+    case 'invalid_request': return 'the release cannot be sent as asked';
+    case 'unregistered_runtime': return 'the runtime is not registered';
+    case 'forbidden_address': return "the runtime's address is not allowed for outbound calls";
+  }
+}
 
 /** A call to the runtime that did not end in a confirmed answer; `retryable` says whether trying later may help. */
 export class RuntimeReleaseError extends Error {
@@ -90,6 +118,10 @@ export interface RuntimeClientOptions {
   fetchImpl?: typeof fetch;
   /** Source of backoff jitter in [0, 1); default Math.random. */
   random?: () => number;
+  /** The runtimes that may be called; a URL outside it fails with unregistered_runtime. Any runtime when absent (tests). */
+  registry?: RuntimeRegistry;
+  /** Where the client may connect (OUTBOUND_ALLOWED_CIDRS); anywhere when absent. Not used with fetchImpl. */
+  addressPolicy?: OutboundAddressPolicy;
 }
 
 /** Per-call context propagated to the runtime. */
@@ -144,24 +176,19 @@ export function retryAfterMs(header: string | null, now: number = Date.now()): n
 
 /** Normalises a runtime base URL into the endpoint key its breaker is filed under: origin plus path, no trailing slash. */
 export function runtimeEndpoint(runtimeUrl: string): string {
-  let url: URL;
   try {
-    url = new URL(runtimeUrl);
-  } catch (cause) {
-    throw new RuntimeReleaseError(`runtimeUrl ${JSON.stringify(runtimeUrl)} is not a URL`, { reason: 'invalid_request', retryable: false, cause });
+    return normalisedEndpoint(runtimeUrl);
+  } catch (err) {
+    if (!(err instanceof RuntimeUrlError)) throw err;
+    throw new RuntimeReleaseError(err.message, { reason: 'invalid_request', retryable: false, cause: err });
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new RuntimeReleaseError(`runtimeUrl must be http or https, got ${url.protocol}`, { reason: 'invalid_request', retryable: false });
-  }
-  if (url.username !== '' || url.password !== '' || url.search !== '' || url.hash !== '') {
-    throw new RuntimeReleaseError('runtimeUrl must not carry credentials, a query or a fragment', { reason: 'invalid_request', retryable: false });
-  }
-  return `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
 }
 
 /** Builds a runtime client; call shutdown() when done so breaker timers stop. */
 export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
-  const send = senderFor(opts.fetchImpl);
+  // The runtimes get a client of their own when an address policy applies: the shared one reaches our own services.
+  const guarded = opts.fetchImpl === undefined && opts.addressPolicy !== undefined ? createHttpClient({ addressPolicy: opts.addressPolicy }) : undefined;
+  const send: HttpSend = guarded ? (url, init) => guarded.request(url, init) : senderFor(opts.fetchImpl);
   const random = opts.random ?? Math.random;
   const log = opts.logger;
   const breakers = new Map<string, AttemptBreaker>();
@@ -243,8 +270,17 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
     }
   }
 
-  async function withRetries<T>(runtimeUrl: string, op: string, logFields: Record<string, unknown>, attempt: Attempt<T>): Promise<{ value: T; attempts: number }> {
+  // The registered endpoint of a runtime URL; an unregistered one is never called.
+  function endpointOf(runtimeUrl: string): string {
     const endpoint = runtimeEndpoint(runtimeUrl);
+    if (opts.registry && opts.registry.lookup(endpoint) === undefined) {
+      throw new RuntimeReleaseError(`runtime ${endpoint} is not registered (RUNTIMES)`, { reason: 'unregistered_runtime', retryable: false });
+    }
+    return endpoint;
+  }
+
+  async function withRetries<T>(runtimeUrl: string, op: string, logFields: Record<string, unknown>, attempt: Attempt<T>): Promise<{ value: T; attempts: number }> {
+    const endpoint = endpointOf(runtimeUrl);
     let attempts = 0;
     for (;;) {
       if (lifetime.signal.aborted) throw shutDownError(attempts);
@@ -301,7 +337,12 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
         throw new RuntimeReleaseError(`no answer from ${url} within ${opts.timeoutMs} ms`, { reason: 'timeout', retryable: true, cause: err });
       }
       if (lifetime.signal.aborted) throw shutDownError(0, err);
-      throw new RuntimeReleaseError(`request to ${url} failed: ${String(field(err, 'cause') ?? err)}`, { reason: 'network', retryable: true, cause: err });
+      const forbidden = forbiddenAddressIn(err);
+      if (forbidden) {
+        throw new RuntimeReleaseError(`${url} resolves to ${forbidden.address} (${forbidden.range}), which outbound calls may not reach`, { reason: 'forbidden_address', retryable: false, cause: err });
+      }
+      const code = field(field(err, 'cause'), 'code');
+      throw new RuntimeReleaseError(`request to ${url} failed${typeof code === 'string' ? ` (${code})` : ''}`, { reason: 'network', retryable: true, cause: err });
     }
     if (text.length > MAX_RESPONSE_CHARS) {
       throw new RuntimeReleaseError(`response from ${url} is over ${MAX_RESPONSE_CHARS} characters`, { reason: 'bad_response', retryable: true, status: res.status });
@@ -309,9 +350,8 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
     return interpret(res.status, text, res);
   }
 
-  function statusError(url: string, status: number, text: string, res: HttpAnswer): RuntimeReleaseError {
-    const code = field(parseJson(text), 'code');
-    return new RuntimeReleaseError(`runtime answered ${status}${typeof code === 'string' ? ` (${code})` : ''} for ${url}`, {
+  function statusError(url: string, status: number, _text: string, res: HttpAnswer): RuntimeReleaseError {
+    return new RuntimeReleaseError(`runtime answered ${status} for ${url}`, {
       reason: 'http_status',
       retryable: isRetryableStatus(status),
       status,
@@ -341,7 +381,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
       if (!isNonNegativeInteger(incarnation)) {
         throw new RuntimeReleaseError(`incarnation must be an integer >= 0, got ${String(incarnation)}`, { reason: 'invalid_request', retryable: false });
       }
-      const url = `${runtimeEndpoint(runtimeUrl)}/v1/sessions/${encodeURIComponent(sessionId)}/release`;
+      const url = `${endpointOf(runtimeUrl)}/v1/sessions/${encodeURIComponent(sessionId)}/release`;
       const init: HttpRequestInit = {
         method: 'POST',
         // The same key on every attempt: a retry after a lost response gets the stored answer, not a second release.
@@ -355,7 +395,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
           if (status === 200) {
             const freedBytes = field(body, 'freedBytes');
             if (!isNonNegativeInteger(freedBytes)) {
-              throw new RuntimeReleaseError(`200 from ${url} without a valid freedBytes: ${text.slice(0, 200)}`, { reason: 'bad_response', retryable: true, status });
+              throw new RuntimeReleaseError(`200 from ${url} without a valid freedBytes (${text.length} characters)`, { reason: 'bad_response', retryable: true, status });
             }
             return { outcome: 'released', freedBytes, status };
           }
@@ -371,7 +411,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
     },
 
     async memory(runtimeUrl, ctx) {
-      const url = `${runtimeEndpoint(runtimeUrl)}/v1/memory`;
+      const url = `${endpointOf(runtimeUrl)}/v1/memory`;
       const init: HttpRequestInit = { method: 'GET', headers: headersFor(ctx, {}) };
       const { value } = await withRetries(runtimeUrl, 'memory', {}, (signal) =>
         exchange(url, init, signal, (status, text, res): RuntimeMemory => {
@@ -379,7 +419,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
           const body = parseJson(text);
           const [totalBytes, usedBytes, sessions] = [field(body, 'totalBytes'), field(body, 'usedBytes'), field(body, 'sessions')];
           if (!isNonNegativeInteger(totalBytes) || !isNonNegativeInteger(usedBytes) || !isNonNegativeInteger(sessions)) {
-            throw new RuntimeReleaseError(`200 from ${url} is not a memory summary: ${text.slice(0, 200)}`, { reason: 'bad_response', retryable: true, status });
+            throw new RuntimeReleaseError(`200 from ${url} is not a memory summary (${text.length} characters)`, { reason: 'bad_response', retryable: true, status });
           }
           return { totalBytes, usedBytes, sessions };
         }),
@@ -397,6 +437,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
       lifetime.abort();
       for (const breaker of breakers.values()) breaker.shutdown();
       breakers.clear();
+      guarded?.close();
     },
   };
 }

@@ -1,7 +1,7 @@
 // The session core: every state change of a session is one named Lua script (functions/core/redis/lua), so any
 // replica may handle any event, duplicates and redeliveries change nothing, and an event for an older incarnation
 // never touches a newer one. This module turns script replies into typed results; it holds no state of its own.
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { RedisClient } from './redis/connect.ts';
 import type { KeySpace, SessionKeys } from './redis/keys.ts';
 import type { Scripts } from './redis/scripts.ts';
@@ -11,6 +11,32 @@ export const STAGES = ['claimed', 'gpu_release_requested', 'gpu_released', 'stat
 export type Stage = (typeof STAGES)[number];
 export type Cause = 'closed' | 'expired' | 'idle' | 'completed' | 'forced';
 export type SessionState = 'active' | 'destroying' | 'destroyed';
+
+/**
+ * What a migration's pending release is called in its bucket's destroy watchdog. Session ids start with a letter or
+ * a digit, so this prefix keeps migrations and sessions apart (includes/session.lua's MIGRATION_MEMBER_PREFIX).
+ */
+export const MIGRATION_MEMBER_PREFIX = '!m:';
+
+/** The watchdog member of the release a migration of `sessionId` left behind for `incarnation`. */
+export function migrationMember(sessionId: string, incarnation: number): string {
+  return `${MIGRATION_MEMBER_PREFIX}${sessionId}:${incarnation}`;
+}
+
+/** The session and incarnation of a migration's watchdog member, or undefined for a session's own member. */
+export function parseMigrationMember(member: string): { sessionId: string; incarnation: number } | undefined {
+  if (!member.startsWith(MIGRATION_MEMBER_PREFIX)) return undefined;
+  const m = /^(.+):(\d+)$/.exec(member.slice(MIGRATION_MEMBER_PREFIX.length));
+  return m?.[1] && m[2] ? { sessionId: m[1], incarnation: Number(m[2]) } : undefined;
+}
+
+/**
+ * A fresh release token: 128 random bits, base64url (22 characters). Drawn when a release attempt is requested and
+ * stored with it; only a gpu.released or gpu.release.failed echoing it answers that attempt.
+ */
+export function drawReleaseToken(): string {
+  return randomBytes(16).toString('base64url');
+}
 
 /** Identifies a CloudEvent for idempotence: a duplicate is the same `source` + `id`. */
 export function eventFingerprint(source: string, id: string): string {
@@ -37,30 +63,39 @@ export type OpenResult =
   | { code: 'OPENED'; incarnation: number; deadline: number }
   | { code: 'REOPENED'; incarnation: number; deadline: number; previousIncarnation: number }
   | { code: 'REFRESHED'; incarnation: number; deadline: number }
-  | { code: 'MIGRATED'; incarnation: number; deadline: number; previous: { incarnation: number; placement: Placement } }
-  | { code: 'DUPLICATE' | 'STALE' | 'BUSY'; incarnation: number };
+  | { code: 'MIGRATED'; incarnation: number; deadline: number; previous: { incarnation: number; placement: Placement; token: string } }
+  | { code: 'DUPLICATE' | 'STALE' | 'BUSY' | 'NOT_OWNER'; incarnation: number };
 
 export type LivenessResult =
   | { code: 'REFRESHED'; incarnation: number; deadline: number }
   | { code: 'UNKNOWN' }
-  | { code: 'ENDED'; incarnation: number; state: SessionState };
+  | { code: 'ENDED'; incarnation: number; state: SessionState }
+  | { code: 'NOT_OWNER'; incarnation: number };
 
 export type HoldResult =
   | { code: 'HELD'; incarnation: number; holdUntil: number; deadline: number }
   | { code: 'DUPLICATE'; incarnation: number }
   | { code: 'UNKNOWN' }
-  | { code: 'ENDED'; incarnation: number; state: SessionState };
+  | { code: 'ENDED'; incarnation: number; state: SessionState }
+  | { code: 'NOT_OWNER'; incarnation: number };
 
 export type ActivityResult =
   | { code: 'APPLIED'; incarnation: number; deadline: number; holdUntil: number; version: number }
   | { code: 'CONFLICT'; incarnation: number; version: number }
   | { code: 'DUPLICATE'; incarnation: number }
   | { code: 'UNKNOWN' }
-  | { code: 'ENDED'; incarnation: number; state: SessionState };
+  | { code: 'ENDED'; incarnation: number; state: SessionState }
+  | { code: 'NOT_OWNER'; incarnation: number };
+
+/** The GPU release attempt a destroy recorded: its number and token (0 and '' before any was requested). */
+export interface ReleaseAttempt {
+  attempt: number;
+  token: string;
+}
 
 export type ClaimResult =
-  | { code: 'CLAIMED' | 'ALREADY' | 'DUPLICATE'; incarnation: number; stage: Stage; cause: Cause; placement: Placement }
-  | { code: 'STALE' | 'REVIVED' | 'ENDED'; incarnation: number }
+  | { code: 'CLAIMED' | 'ALREADY' | 'DUPLICATE'; incarnation: number; stage: Stage; cause: Cause; placement: Placement; release: ReleaseAttempt }
+  | { code: 'STALE' | 'REVIVED' | 'ENDED' | 'NOT_OWNER'; incarnation: number }
   | { code: 'UNKNOWN' };
 
 /** What the deadline engine's claim of a bucket's due sessions took (claimDue). */
@@ -93,7 +128,13 @@ export type ReleaseResult =
   | { code: 'RELEASED' | 'MIGRATION_RELEASED'; node: string; registeredBytes: number }
   | { code: 'DUPLICATE'; stage: Stage }
   | { code: 'STALE'; incarnation: number }
-  | { code: 'NOT_DESTROYING' | 'UNKNOWN' };
+  | { code: 'NOT_REQUESTED'; stage: Stage }
+  | { code: 'NOT_DESTROYING' | 'UNKNOWN' | 'TOKEN_MISMATCH' };
+
+/** What a gpu.release.requested may make gpu-release call (releaseTarget). */
+export type ReleaseTarget =
+  | { code: 'PENDING'; kind: 'destroy' | 'migration'; node: string; runtimeUrl: string; attempt: number }
+  | { code: 'NOT_PENDING'; why: 'unknown' | 'stale' | 'live' | 'not_requested' | 'released' | 'token_mismatch' };
 
 export type PurgeResult =
   | { code: 'PURGED' | 'COMPLETED' }
@@ -105,7 +146,7 @@ export type PurgeResult =
 
 export type StallClaim =
   | { code: 'STALLED'; sessionId: string; incarnation: number; stage: Stage; cause: Cause; placement: Placement; attempt: number }
-  | { code: 'MIGRATION'; sessionId: string; incarnation: number; placement: Placement }
+  | { code: 'MIGRATION'; sessionId: string; incarnation: number; placement: Placement; token: string }
   | { code: 'NOT_STALLED' | 'GONE' };
 
 /** What `inspect` shows of a session (sessionctl, tests, the destroy pipeline). */
@@ -159,6 +200,7 @@ const MAX_HEARTBEAT_BATCH = 256;
 interface PendingHeartbeat {
   sessionId: string;
   liveFrom: number;
+  tenant: string;
   resolve: (r: LivenessResult) => void;
   reject: (err: unknown) => void;
 }
@@ -220,15 +262,18 @@ export class SessionStore {
     liveFrom: number;
     windowMs: number;
     placement: Placement;
+    /** The tenant the opened names: the new session's owner, and a live session's must be the same. */
     tenant?: string | undefined;
     model?: string | undefined;
   }): Promise<OpenResult> {
     const k = this.keys.session(input.sessionId);
+    // Should this opened move the session, the old allocation's release is booked only with this token.
+    const migrationToken = drawReleaseToken();
     const r = await this.#scripts.run(
       'openSession',
       [k.session, k.deadlines, k.meta, k.placements, k.ledger, k.migrations, k.destroying],
       [input.sessionId, input.fingerprint, input.now, Math.min(input.liveFrom, input.now), input.windowMs,
-        input.placement.node, input.placement.runtimeUrl, input.placement.gpuBytes, input.tenant ?? '', input.model ?? ''],
+        input.placement.node, input.placement.runtimeUrl, input.placement.gpuBytes, input.tenant ?? '', input.model ?? '', migrationToken],
     );
     const code = str(r[0]);
     switch (code) {
@@ -240,19 +285,21 @@ export class SessionStore {
       case 'MIGRATED':
         return {
           code, incarnation: num(r[1]), deadline: num(r[2]),
-          previous: { incarnation: num(r[3]), placement: { node: str(r[4]), runtimeUrl: str(r[5]), gpuBytes: num(r[6]) } },
+          previous: { incarnation: num(r[3]), placement: { node: str(r[4]), runtimeUrl: str(r[5]), gpuBytes: num(r[6]) }, token: migrationToken },
         };
       case 'DUPLICATE':
       case 'STALE':
       case 'BUSY':
+      case 'NOT_OWNER':
         return { code, incarnation: num(r[1]) };
     }
     throw new UnexpectedReplyError(`openSession replied ${code}`);
   }
 
-  #liveness(code: string, r: unknown[]): { code: 'UNKNOWN' } | { code: 'ENDED'; incarnation: number; state: SessionState } | undefined {
+  #liveness(code: string, r: unknown[]): { code: 'UNKNOWN' } | { code: 'ENDED'; incarnation: number; state: SessionState } | { code: 'NOT_OWNER'; incarnation: number } | undefined {
     if (code === 'UNKNOWN') return { code };
     if (code === 'ENDED') return { code, incarnation: num(r[1]), state: STATE_OF[str(r[2])] ?? 'destroyed' };
+    if (code === 'NOT_OWNER') return { code, incarnation: num(r[1]) };
     return undefined;
   }
 
@@ -260,7 +307,7 @@ export class SessionStore {
    * Applies a session.heartbeat: the deadline moves to liveFrom + window, never earlier. Heartbeats that arrive in
    * the same event-loop turn are applied together, one script call per bucket (see heartbeat-1.lua).
    */
-  heartbeat(sessionId: string, liveFrom: number, now: number): Promise<LivenessResult> {
+  heartbeat(sessionId: string, liveFrom: number, now: number, tenant = ''): Promise<LivenessResult> {
     const bucket = this.keys.bucketOf(sessionId);
     let batch = this.#pendingHeartbeats.get(bucket);
     if (!batch) {
@@ -268,7 +315,7 @@ export class SessionStore {
       this.#pendingHeartbeats.set(bucket, batch);
     }
     const pending = batch;
-    const result = new Promise<LivenessResult>((resolve, reject) => pending.push({ sessionId, liveFrom: Math.min(liveFrom, now), resolve, reject }));
+    const result = new Promise<LivenessResult>((resolve, reject) => pending.push({ sessionId, liveFrom: Math.min(liveFrom, now), tenant, resolve, reject }));
     if (pending.length >= MAX_HEARTBEAT_BATCH) this.#flushHeartbeats(bucket);
     else if (!this.#flushScheduled) {
       this.#flushScheduled = true;
@@ -291,27 +338,28 @@ export class SessionStore {
   }
 
   /** One heartbeat-1.lua call for heartbeats of one bucket. */
-  async #runHeartbeats(bucket: number, batch: readonly { sessionId: string; liveFrom: number }[]): Promise<LivenessResult[]> {
+  async #runHeartbeats(bucket: number, batch: readonly { sessionId: string; liveFrom: number; tenant?: string }[]): Promise<LivenessResult[]> {
     const args: (string | number)[] = [this.keys.sessionRecordPrefix(bucket)];
-    for (const h of batch) args.push(h.sessionId, h.liveFrom);
+    for (const h of batch) args.push(h.sessionId, h.liveFrom, h.tenant ?? '');
     const r = await this.#scripts.run('heartbeat', [this.keys.bucket(bucket).deadlines], args);
     return batch.map((_, i): LivenessResult => {
       const code = str(r[3 * i]);
       if (code === 'REFRESHED') return { code, incarnation: num(r[3 * i + 1]), deadline: num(r[3 * i + 2]) };
       if (code === 'UNKNOWN') return { code };
       if (code === 'ENDED') return { code, incarnation: num(r[3 * i + 1]), state: STATE_OF[str(r[3 * i + 2])] ?? 'destroyed' };
+      if (code === 'NOT_OWNER') return { code, incarnation: num(r[3 * i + 1]) };
       throw new UnexpectedReplyError(`heartbeat replied ${code}`);
     });
   }
 
   /** Applies many heartbeats at once (a batched delivery): one script call per bucket touched, results in order. */
-  async heartbeatMany(items: readonly { sessionId: string; liveFrom: number }[], now: number): Promise<LivenessResult[]> {
-    const byBucket = new Map<number, { sessionId: string; liveFrom: number; index: number }[]>();
+  async heartbeatMany(items: readonly { sessionId: string; liveFrom: number; tenant?: string }[], now: number): Promise<LivenessResult[]> {
+    const byBucket = new Map<number, { sessionId: string; liveFrom: number; tenant: string; index: number }[]>();
     items.forEach((h, index) => {
       const bucket = this.keys.bucketOf(h.sessionId);
       let group = byBucket.get(bucket);
       if (!group) byBucket.set(bucket, (group = []));
-      group.push({ sessionId: h.sessionId, liveFrom: Math.min(h.liveFrom, now), index });
+      group.push({ sessionId: h.sessionId, liveFrom: Math.min(h.liveFrom, now), tenant: h.tenant ?? '', index });
     });
     const out = new Array<LivenessResult>(items.length);
     const calls: Promise<void>[] = [];
@@ -326,9 +374,9 @@ export class SessionStore {
   }
 
   /** Applies a session.hold: no reclamation for silence or idleness until now + durationMs. */
-  async hold(sessionId: string, fingerprint: string, now: number, durationMs: number): Promise<HoldResult> {
+  async hold(sessionId: string, fingerprint: string, now: number, durationMs: number, tenant = ''): Promise<HoldResult> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('grantHold', [k.session, k.deadlines], [sessionId, fingerprint, now, durationMs]);
+    const r = await this.#scripts.run('grantHold', [k.session, k.deadlines], [sessionId, fingerprint, now, durationMs, tenant]);
     const code = str(r[0]);
     if (code === 'HELD') return { code, incarnation: num(r[1]), holdUntil: num(r[2]), deadline: num(r[3]) };
     if (code === 'DUPLICATE') return { code, incarnation: num(r[1]) };
@@ -352,13 +400,15 @@ export class SessionStore {
     expectedVersion: number;
     lastActivityAt: number;
     context: Record<string, string>;
+    /** The tenant the event names ('' or absent for none). */
+    tenant?: string | undefined;
   }): Promise<ActivityResult> {
     const k = this.keys.session(input.sessionId);
     const pairs = Object.entries(input.context).flatMap(([f, v]) => [f, v]);
     const r = await this.#scripts.run(
       'recordActivity',
       [k.session, k.deadlines, k.context],
-      [input.sessionId, input.fingerprint, Math.min(input.liveFrom, input.now), String(input.expectedVersion), input.lastActivityAt, ...pairs],
+      [input.sessionId, input.fingerprint, Math.min(input.liveFrom, input.now), String(input.expectedVersion), input.lastActivityAt, input.tenant ?? '', ...pairs],
     );
     const code = str(r[0]);
     if (code === 'APPLIED') return { code, incarnation: num(r[1]), deadline: num(r[2]), holdUntil: num(r[3]), version: num(r[4]) };
@@ -379,12 +429,18 @@ export class SessionStore {
     idleSince?: number | undefined;
     /** When the trigger was sent (its CloudEvent time), if known: one sent before a reopen is STALE. */
     sentAt?: number | undefined;
+    /**
+     * For the pipeline's triggers (closed, completed): the tenant the event names ('' for none), which must own the
+     * session. Absent for our own triggers and an operator's, which may end any session.
+     */
+    owner?: string | undefined;
   }): Promise<ClaimResult> {
     const k = this.keys.session(input.sessionId);
     const r = await this.#scripts.run(
       'claimDestroy',
       [k.session, k.deadlines, k.destroying, k.context],
-      [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0, input.sentAt ?? ''],
+      [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0, input.sentAt ?? '',
+        input.owner === undefined ? '' : `t:${input.owner}`],
     );
     const code = str(r[0]);
     switch (code) {
@@ -395,11 +451,13 @@ export class SessionStore {
         return {
           code, incarnation: num(r[1]), stage: str(r[2]) as Stage, cause: str(r[3]) as Cause,
           placement: await this.#placement(k, r[4], Number(view ?? 0)),
+          release: { attempt: num(r[5] ?? 0), token: str(r[6]) },
         };
       }
       case 'STALE':
       case 'REVIVED':
       case 'ENDED':
+      case 'NOT_OWNER':
         return { code, incarnation: num(r[1]) };
       case 'UNKNOWN':
         return { code };
@@ -433,10 +491,13 @@ export class SessionStore {
     throw new UnexpectedReplyError(`claimExpired replied ${code}`);
   }
 
-  /** Checkpoints a destroy at `stage` (forward only); with `attempt`, records a re-issued GPU release. */
-  async advance(sessionId: string, incarnation: number, stage: Stage, now: number, attempt?: number): Promise<AdvanceResult> {
+  /**
+   * Checkpoints a destroy at `stage` (forward only); with `release`, records the GPU release attempt and its token
+   * (a higher attempt at the same stage re-issues the release).
+   */
+  async advance(sessionId: string, incarnation: number, stage: Stage, now: number, release?: ReleaseAttempt): Promise<AdvanceResult> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('advanceStage', [k.session, k.destroying], [sessionId, incarnation, stage, now, attempt ?? '']);
+    const r = await this.#scripts.run('advanceStage', [k.session, k.destroying], [sessionId, incarnation, stage, now, release?.attempt ?? '', release?.token ?? '']);
     const code = str(r[0]);
     switch (code) {
       case 'ADVANCED':
@@ -454,13 +515,16 @@ export class SessionStore {
     throw new UnexpectedReplyError(`advanceStage replied ${code}`);
   }
 
-  /** Books a runtime-confirmed GPU release in the ledger, exactly once per allocation. */
-  async recordRelease(sessionId: string, incarnation: number, freedBytes: number, now: number, node: string): Promise<ReleaseResult> {
+  /**
+   * Books a runtime-confirmed GPU release in the ledger, exactly once per allocation, and only as the answer to the
+   * release requested under `token`.
+   */
+  async recordRelease(sessionId: string, incarnation: number, freedBytes: number, now: number, node: string, token: string): Promise<ReleaseResult> {
     const k = this.keys.session(sessionId);
     const r = await this.#scripts.run(
       'recordRelease',
       [k.session, k.destroying, k.ledger, k.migrations, k.placements],
-      [sessionId, incarnation, freedBytes, now, node],
+      [sessionId, incarnation, freedBytes, now, node, token],
     );
     const code = str(r[0]);
     switch (code) {
@@ -471,11 +535,38 @@ export class SessionStore {
         return { code, stage: str(r[1]) as Stage };
       case 'STALE':
         return { code, incarnation: num(r[1]) };
+      case 'NOT_REQUESTED':
+        return { code, stage: str(r[1]) as Stage };
       case 'NOT_DESTROYING':
       case 'UNKNOWN':
+      case 'TOKEN_MISMATCH':
         return { code };
     }
     throw new UnexpectedReplyError(`recordRelease replied ${code}`);
+  }
+
+  /**
+   * What a gpu.release.requested carrying `token` may make gpu-release call: the runtime the session (or its
+   * migration's old allocation) was opened with, while that very release is pending; else why nothing may be called.
+   */
+  async releaseTarget(sessionId: string, incarnation: number, token: string): Promise<ReleaseTarget> {
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run('releaseTarget', [k.session, k.migrations, k.placements], [sessionId, incarnation, token]);
+    const code = str(r[0]);
+    if (code === 'PENDING') {
+      const kind = str(r[1]);
+      if (kind !== 'destroy' && kind !== 'migration') throw new UnexpectedReplyError(`releaseTarget replied kind ${kind}`);
+      return { code, kind, node: str(r[2]), runtimeUrl: str(r[3]), attempt: num(r[4]) };
+    }
+    if (code === 'NOT_PENDING') return { code, why: str(r[1]) as Extract<ReleaseTarget, { code: 'NOT_PENDING' }>['why'] };
+    throw new UnexpectedReplyError(`releaseTarget replied ${code}`);
+  }
+
+  /** The GPU release attempt a destroy has recorded (its number and token), or undefined when none. */
+  async releaseAttempt(sessionId: string, incarnation: number): Promise<ReleaseAttempt | undefined> {
+    const [s, i, ga, gt] = await this.redis.hmget(this.keys.session(sessionId).session, 's', 'i', 'ga', 'gt');
+    if (!s || Number(i) !== incarnation || !ga || !gt) return undefined;
+    return { attempt: Number(ga), token: gt };
   }
 
   #purgeLike(name: string, r: unknown[]): PurgeResult {
@@ -514,13 +605,13 @@ export class SessionStore {
 
   /** The watchdog's claim of a stalled destroy or migration release, so exactly one replica resumes it. */
   async claimStalled(member: string, now: number, stallMs: number): Promise<StallClaim> {
-    const migration = /^m:(.+):(\d+)$/.exec(member);
-    const sessionId = migration?.[1] ?? member;
+    const migration = parseMigrationMember(member);
+    const sessionId = migration?.sessionId ?? member;
     const k = this.keys.session(sessionId);
     const r = await this.#scripts.run(
       'claimStalled',
       [k.session, k.destroying, k.migrations, k.placements],
-      [member, now, stallMs, sessionId, migration?.[2] ?? ''],
+      [member, now, stallMs, sessionId, migration === undefined ? '' : String(migration.incarnation)],
     );
     const code = str(r[0]);
     if (code === 'STALLED') {
@@ -530,7 +621,7 @@ export class SessionStore {
       };
     }
     if (code === 'MIGRATION') {
-      return { code, sessionId, incarnation: num(r[1]), placement: { node: str(r[2]), runtimeUrl: str(r[3]), gpuBytes: num(r[4]) } };
+      return { code, sessionId, incarnation: num(r[1]), placement: { node: str(r[2]), runtimeUrl: str(r[3]), gpuBytes: num(r[4]) }, token: str(r[5]) };
     }
     if (code === 'NOT_STALLED' || code === 'GONE') return { code };
     throw new UnexpectedReplyError(`claimStalled replied ${code}`);

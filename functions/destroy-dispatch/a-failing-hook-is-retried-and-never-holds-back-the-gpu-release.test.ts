@@ -155,7 +155,7 @@ for (const topology of TOPOLOGIES) {
       // The cache keys live under the test's prefix, so its cleanup removes whatever a failing test leaves.
       h = await startHarness(topology, {
         prefix,
-        env: { ROUTER_DEREGISTER_URL: router.url, ROUTER_DEREGISTER_TIMEOUT_MS: '2000', CONVERSATION_CACHE_KEYS: `${prefix}:conv:{sessionId}, ${prefix}:conv:{sessionId}:{incarnation}` },
+        env: { ROUTER_DEREGISTER_URL: router.url, ROUTER_DEREGISTER_TIMEOUT_MS: '2000', OUTBOUND_ALLOWED_CIDRS: '127.0.0.0/8', CONVERSATION_CACHE_KEYS: `${prefix}:conv:{sessionId}, ${prefix}:conv:{sessionId}:{incarnation}` },
       });
     });
     after(async () => {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { EventType } from '../core/contract/events.ts';
 import { auditLedger } from '../core/ledger.ts';
-import { eventFingerprint } from '../core/session-store.ts';
+import { drawReleaseToken, eventFingerprint } from '../core/session-store.ts';
 import { TOPOLOGIES } from '../../tests/support/redis.ts';
 import { events, placementA, startHarness, T0, type Harness } from './destroy-dispatch-test-support.ts';
 import { releaseMember } from './storm-guard.ts';
@@ -52,7 +52,7 @@ for (const topology of TOPOLOGIES) {
       // What the crashed delivery did: claimed and checkpointed, but never sent the request.
       const claim = await h.deps.store.claimDestroy({ sessionId: 'crash-before-emit', fingerprint: eventFingerprint(closed.source, closed.id), cause: 'closed', now: T0 });
       assert.equal(claim.code, 'CLAIMED');
-      assert.equal((await h.deps.store.advance('crash-before-emit', inc, 'gpu_release_requested', T0, 1)).code, 'ADVANCED');
+      assert.equal((await h.deps.store.advance('crash-before-emit', inc, 'gpu_release_requested', T0, { attempt: 1, token: drawReleaseToken() })).code, 'ADVANCED');
       assert.deepEqual(releaseIds('crash-before-emit'), []);
 
       assert.equal(await h.replica.deliver(closed), 'ok');
@@ -88,7 +88,7 @@ for (const topology of TOPOLOGIES) {
         const inc = await h.open(sessionId);
         assert.equal(await h.replica.deliver(events.closed(sessionId)), 'ok');
         // What the crashed delivery of gpu.released did before dying.
-        assert.equal((await h.deps.store.recordRelease(sessionId, inc, 1000, T0 + 10, placementA.node)).code, 'RELEASED');
+        assert.equal((await h.deps.store.recordRelease(sessionId, inc, 1000, T0 + 10, placementA.node, (await h.deps.store.releaseAttempt(sessionId, inc))!.token)).code, 'RELEASED');
         if (steps === 2) assert.equal((await h.deps.store.purge(sessionId, inc, T0 + 11)).code, 'PURGED');
         assert.equal(destroyedCount(sessionId), 0);
 
@@ -175,7 +175,7 @@ for (const topology of TOPOLOGIES) {
       h.setNow(T0);
       const inc = await h.open('stalled-2');
       assert.equal(await h.replica.deliver(events.closed('stalled-2')), 'ok');
-      await h.deps.store.recordRelease('stalled-2', inc, 1000, T0 + 1, placementA.node);
+      await h.deps.store.recordRelease('stalled-2', inc, 1000, T0 + 1, placementA.node, (await h.deps.store.releaseAttempt('stalled-2', inc))!.token);
       assert.equal(await h.replica.deliver(events.resume('stalled-2', inc, 'gpu_released')), 'ok');
       assert.equal(destroyedCount('stalled-2'), 1);
 

@@ -37,6 +37,7 @@ export function extendDestroyDispatch(core: Core, settings: DestroyDispatchSetti
       routerDeregisterUrl: settings.ROUTER_DEREGISTER_URL,
       routerTimeoutMs: settings.ROUTER_DEREGISTER_TIMEOUT_MS,
       conversationCacheKeys: settings.CONVERSATION_CACHE_KEYS,
+      addressPolicy: core.deps.outboundPolicy,
     }),
     hookProgress: new HookProgress(redis, keys, config.TOMBSTONE_TTL_MS),
     stormGuard: new StormGuard(redis, keys, {

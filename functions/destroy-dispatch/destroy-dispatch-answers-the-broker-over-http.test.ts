@@ -7,14 +7,13 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { CloudEvent, HTTP } from 'cloudevents';
-import { EventType } from '../core/contract/events.ts';
+import { EventType, sendersOf, sourceOf } from '../core/contract/events.ts';
 import { freePort, startRedis, type RedisProcess } from '../../tests/support/redis-harness.ts';
 import { TOPOLOGIES } from '../../tests/support/redis.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { startHarness, type Harness } from './destroy-dispatch-test-support.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const FRAMEWORK_MAIN = join(ROOT, 'node_modules/@google-cloud/functions-framework/build/src/main.js');
 
 interface RunningFunction {
   url: string;
@@ -24,12 +23,9 @@ interface RunningFunction {
 /** Starts the function as its container does, and waits until it answers HTTP. */
 async function startFunction(env: Record<string, string>): Promise<RunningFunction> {
   const port = await freePort();
-  const child: ChildProcess = spawn(process.execPath, [FRAMEWORK_MAIN], {
+  const child: ChildProcess = spawn(process.execPath, [join('functions', 'destroy-dispatch', 'index.ts')], {
     cwd: ROOT,
-    env: {
-      ...process.env, ...env,
-      PORT: String(port), FUNCTION_TARGET: 'destroy-dispatch', FUNCTION_SIGNATURE_TYPE: 'http', FUNCTION_SOURCE: 'functions/destroy-dispatch/index.ts',
-    },
+    env: { ...process.env, ...env, PORT: String(port) },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
@@ -58,9 +54,12 @@ async function startFunction(env: Record<string, string>): Promise<RunningFuncti
 }
 
 let seq = 0;
+// An event as its sender sends it: session-reaper's own types from the workload that sends them.
 function cloudEvent(type: string, data: object, id?: string): CloudEvent<object> {
   seq += 1;
-  return new CloudEvent({ specversion: '1.0', id: id ?? `http-${process.pid}-${seq}`, source: '/tests/http', type, time: new Date().toISOString(), datacontenttype: 'application/json', data });
+  const ours = sendersOf(type)[0];
+  const source = ours !== undefined && ours !== 'inference-pipeline' && ours !== 'operator' ? sourceOf(ours) : '/tests/http';
+  return new CloudEvent({ specversion: '1.0', id: id ?? `http-${process.pid}-${seq}`, source, type, time: new Date().toISOString(), datacontenttype: 'application/json', data });
 }
 
 async function send(url: string, ce: CloudEvent<object>, mode: 'binary' | 'structured'): Promise<{ status: number; body: string }> {
@@ -93,7 +92,8 @@ for (const topology of TOPOLOGIES) {
       assert.deepEqual(new Set(requests.map((e) => e.event.id)), new Set([`http-1/${inc}/release/1`]));
       assert.equal(requests[0]!.event.source, '/session-reaper/destroy-dispatch');
 
-      const released = cloudEvent(EventType.GpuReleased, { sessionId: 'http-1', incarnation: inc, node: 'gpu-node-a', freedBytes: 1000 });
+      const { token } = requests[0]!.event.data as { token: string };
+      const released = cloudEvent(EventType.GpuReleased, { sessionId: 'http-1', incarnation: inc, node: 'gpu-node-a', freedBytes: 1000, token });
       assert.equal((await send(fn.url, released, 'structured')).status, 204);
       assert.equal((await send(fn.url, released, 'binary')).status, 204);
       const destroyed = h.emitted(EventType.SessionDestroyed, 'http-1');
@@ -113,7 +113,7 @@ for (const topology of TOPOLOGIES) {
       const before = h.sink.events.length;
       const cases: [CloudEvent<object>, string][] = [
         [cloudEvent(EventType.SessionClosed, { sessionId: 'http/3' }), 'data.sessionId'],
-        [cloudEvent(EventType.GpuReleased, { sessionId: 'http-3', incarnation: 1, node: 'gpu-node-a' }), 'data.freedBytes'],
+        [cloudEvent(EventType.GpuReleased, { sessionId: 'http-3', incarnation: 1, node: 'gpu-node-a', token: 'q3Zp0c8Wm1tYb6Nf2LxR-A' }), 'data.freedBytes'],
         [cloudEvent(EventType.SessionExpired, { sessionId: 'http-3', incarnation: 0, deadline: '2026-11-21T06:45:04.123Z', detectedAt: '2026-11-21T06:45:04.131Z', lagMs: 8 }), 'data.incarnation'],
         [cloudEvent(EventType.SessionHeartbeat, { sessionId: 'http-3' }), 'ce.type'],
       ];

@@ -4,7 +4,7 @@ import { CloudEvent, HTTP } from 'cloudevents';
 import type { ContractType, DataOf } from '../core/contract/events.ts';
 import { EventType } from '../core/contract/events.ts';
 import { parseInbound } from '../core/contract/parse.ts';
-import { createFunctionHost, statusOf } from '../core/function-host.ts';
+import { createFunctionHost, statusOf, type FailureStatus } from '../core/function-host.ts';
 import type { Placement } from '../core/session-store.ts';
 import { startEventSink, type EventSink, type ReceivedEvent } from '../../tests/support/event-sink.ts';
 import { dropPrefix, testRedisEnv, uniquePrefix, type Topology } from '../../tests/support/redis.ts';
@@ -23,7 +23,7 @@ export interface Replica {
   readonly deps: DestroyDispatchDeps;
   readonly host: ReturnType<typeof createFunctionHost<typeof ACCEPTS, DestroyExtras>>;
   /** Delivers one event to the pure handler as the host would: 'ok' (2xx) or the status of the failure. */
-  deliver(event: DestroyDispatchEvent): Promise<'ok' | 400 | 500 | 503>;
+  deliver(event: DestroyDispatchEvent): Promise<'ok' | FailureStatus>;
   close(): Promise<void>;
 }
 
@@ -48,8 +48,25 @@ export interface Harness {
 
 let eventSeq = 0;
 
+/**
+ * The token a test's gpu.released or gpu.release.failed carries to mean "the answer to the release pending now": a
+ * replica's deliver() puts the pending attempt's real token in its place, as gpu-release echoes the one it was sent.
+ * A test of a forged or stale answer gives a token of its own.
+ */
+export const ECHO_PENDING_TOKEN = 'echo-the-pending-token';
+
+/** The event with its ECHO_PENDING_TOKEN replaced by the token of the release pending for its session now. */
+async function echoPendingToken(event: DestroyDispatchEvent, deps: DestroyDispatchDeps): Promise<DestroyDispatchEvent> {
+  if ((event.type !== EventType.GpuReleased && event.type !== EventType.GpuReleaseFailed) || event.data.token !== ECHO_PENDING_TOKEN) return event;
+  const { sessionId, incarnation } = event.data;
+  const attempt = await deps.store.releaseAttempt(sessionId, incarnation);
+  const migration = await deps.redis.hget(deps.store.keys.session(sessionId).migrations, `${sessionId}:${incarnation}`);
+  const token = attempt?.token ?? migration?.split('|')[2] ?? 'no-release-is-pending';
+  return { ...event, data: { ...event.data, token } } as DestroyDispatchEvent;
+}
+
 /** A contract event as parseInbound hands it to the handler (validated, so a test cannot send what HTTP would refuse). */
-export function inbound<T extends (typeof ACCEPTS)[number]>(type: T, data: DataOf<T>, opts: { id?: string; source?: string; time?: number } = {}): DestroyDispatchEvent {
+export function inbound<T extends (typeof ACCEPTS)[number]>(type: T, data: DataOf<T>, opts: { id?: string; source?: string; time?: number; tenant?: string } = {}): DestroyDispatchEvent {
   eventSeq += 1;
   const ce = new CloudEvent({
     specversion: '1.0',
@@ -58,6 +75,7 @@ export function inbound<T extends (typeof ACCEPTS)[number]>(type: T, data: DataO
     type,
     time: new Date(opts.time ?? T0).toISOString(),
     datacontenttype: 'application/json',
+    ...(opts.tenant === undefined ? {} : { tenant: opts.tenant }),
     data,
   });
   const message = HTTP.structured(ce);
@@ -74,16 +92,20 @@ export const events = {
     inbound(
       EventType.SessionExpired,
       { sessionId, incarnation, deadline: new Date(T0).toISOString(), detectedAt: new Date(T0 + 1).toISOString(), lagMs: 1 },
-      opts,
+      { source: '/session-reaper/deadline-engine', ...opts },
     ),
   idle: (sessionId: string, incarnation: number, opts?: { id?: string; time?: number }) =>
-    inbound(EventType.SessionIdle, { sessionId, incarnation, score: 0.9, components: { behavior: 0.9, semantic: 0.9, timing: 0.9 } }, opts),
-  released: (sessionId: string, incarnation: number, node = placementA.node, freedBytes = 1000, opts?: { id?: string }) =>
-    inbound(EventType.GpuReleased, { sessionId, incarnation, node, freedBytes }, { source: '/session-reaper/gpu-release', ...opts }),
-  releaseFailed: (sessionId: string, incarnation: number, retryable: boolean, node = placementA.node, opts?: { id?: string }) =>
-    inbound(EventType.GpuReleaseFailed, { sessionId, incarnation, node, error: 'runtime answered 500', retryable }, { source: '/session-reaper/gpu-release', ...opts }),
+    inbound(EventType.SessionIdle, { sessionId, incarnation, score: 0.9, components: { behavior: 0.9, semantic: 0.9, timing: 0.9 } }, { source: '/session-reaper/idle-checker', ...opts }),
+  released: (sessionId: string, incarnation: number, node = placementA.node, freedBytes = 1000, opts?: { id?: string; token?: string }) =>
+    inbound(EventType.GpuReleased, { sessionId, incarnation, node, freedBytes, token: opts?.token ?? ECHO_PENDING_TOKEN }, { source: '/session-reaper/gpu-release', ...opts }),
+  releaseFailed: (sessionId: string, incarnation: number, retryable: boolean, node = placementA.node, opts?: { id?: string; token?: string }) =>
+    inbound(
+      EventType.GpuReleaseFailed,
+      { sessionId, incarnation, node, error: 'runtime answered 500', retryable, token: opts?.token ?? ECHO_PENDING_TOKEN },
+      { source: '/session-reaper/gpu-release', ...opts },
+    ),
   resume: (sessionId: string, incarnation: number, stage: DataOf<typeof EventType.DestroyResume>['stage'], opts?: { id?: string }) =>
-    inbound(EventType.DestroyResume, { sessionId, incarnation, stage }, { source: '/session-reaper/heartbeat-timeout', ...opts }),
+    inbound(EventType.DestroyResume, { sessionId, incarnation, stage }, { source: '/session-reaper/deadline-engine', ...opts }),
 };
 
 /** Starts a harness on a topology; `env` adds destroy-dispatch settings (e.g. NODE_MAX_INFLIGHT_RELEASES). */
@@ -110,7 +132,7 @@ export async function startHarness(topology: Topology, opts: { env?: Record<stri
       host,
       async deliver(event) {
         try {
-          await handle(event, host.deps);
+          await handle(await echoPendingToken(event, host.deps), host.deps);
           return 'ok';
         } catch (err) {
           return statusOf(err);

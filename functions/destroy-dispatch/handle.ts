@@ -5,8 +5,11 @@
 // redelivered or interrupted destroy resumes where it stopped and no step's effect happens twice.
 import { EventType } from '../core/contract/events.ts';
 import type { InboundEvent } from '../core/contract/parse.ts';
+import { OwnershipError } from '../core/errors.ts';
 import type { CoreDeps } from '../core/function-host.ts';
-import { eventFingerprint, UnexpectedReplyError, type Cause, type DestroyRecord, type Placement, type PurgeResult, type Stage } from '../core/session-store.ts';
+import {
+  drawReleaseToken, eventFingerprint, UnexpectedReplyError, type Cause, type DestroyRecord, type Placement, type PurgeResult, type ReleaseAttempt, type Stage,
+} from '../core/session-store.ts';
 import { HOOK_STAGES, runPendingHooks, type DestroyHooks, type HookFailedError, type HookProgress, type HookStage } from './hooks.ts';
 import { parseReleaseMember, ReleaseThrottledError, releaseMember, type StormGuard } from './storm-guard.ts';
 
@@ -41,8 +44,8 @@ export interface DestroyPoint {
   stage: Stage;
   cause?: Cause | undefined;
   placement?: Placement | undefined;
-  /** The GPU release attempt recorded so far (the store's `ga`), when known. */
-  releaseAttempt?: number | undefined;
+  /** The GPU release attempt recorded so far (the store's `ga` and its token `gt`), when known. */
+  release?: ReleaseAttempt | undefined;
   /** Nothing has run for this destroy yet (it was claimed by this very event): no hook progress to read. */
   fresh?: boolean;
   /** At gpu_release_requested: request the release again under a new attempt (the watchdog found it stalled),
@@ -88,7 +91,7 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
   const fingerprint = eventFingerprint(event.source, event.id);
   switch (event.type) {
     case EventType.SessionClosed:
-      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'closed', now, sentAt: sentAtOf(event) });
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'closed', now, sentAt: sentAtOf(event), owner: event.tenant ?? '' });
     case EventType.SessionDestroyRequested:
       deps.logger.info({ sessionId: event.data.sessionId, reason: event.data.reason }, 'destroy requested by an operator');
       return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'forced', now, sentAt: sentAtOf(event) });
@@ -106,7 +109,7 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
         if (deps.logger.isLevelEnabled('debug')) deps.logger.debug({ sessionId: event.data.sessionId, requestId: event.data.requestId }, 'inference completed without release: ignored');
         return;
       }
-      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'completed', now, sentAt: sentAtOf(event) });
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'completed', now, sentAt: sentAtOf(event), owner: event.tenant ?? '' });
     case EventType.GpuReleased:
       return released(deps, event.data, now);
     case EventType.GpuReleaseFailed:
@@ -118,11 +121,13 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
 
 async function trigger(
   deps: DestroyDispatchDeps,
-  claim: { sessionId: string; fingerprint: string; cause: Cause; now: number; incarnation?: number; idleSince?: number; sentAt?: number | undefined },
+  claim: { sessionId: string; fingerprint: string; cause: Cause; now: number; incarnation?: number; idleSince?: number; sentAt?: number | undefined; owner?: string },
 ): Promise<void> {
   const r = await deps.store.claimDestroy(claim);
   const log = deps.logger;
   switch (r.code) {
+    case 'NOT_OWNER':
+      throw new OwnershipError(claim.sessionId);
     case 'CLAIMED':
     case 'ALREADY':
     case 'DUPLICATE':
@@ -130,6 +135,7 @@ async function trigger(
       else log.debug({ sessionId: claim.sessionId, incarnation: r.incarnation, code: r.code, stage: r.stage, cause: claim.cause }, 'destroy in progress: resuming at its checkpoint');
       return continueDestroy(deps, {
         sessionId: claim.sessionId, incarnation: r.incarnation, stage: r.stage, cause: r.cause, placement: r.placement, fresh: r.code === 'CLAIMED',
+        ...(r.release.attempt > 0 ? { release: r.release } : {}),
       });
     case 'STALE':
     case 'REVIVED':
@@ -142,7 +148,7 @@ async function trigger(
   }
 }
 
-async function released(deps: DestroyDispatchDeps, data: { sessionId: string; incarnation: number; node: string; freedBytes: number }, now: number): Promise<void> {
+async function released(deps: DestroyDispatchDeps, data: { sessionId: string; incarnation: number; node: string; freedBytes: number; token: string }, now: number): Promise<void> {
   const { sessionId, incarnation } = data;
   const member = releaseMember(sessionId, incarnation);
   // When no hook runs between the booking and the purge (nor after it), the purge and the read that finishing needs
@@ -152,14 +158,15 @@ async function released(deps: DestroyDispatchDeps, data: { sessionId: string; in
   // checkpoint as it would have without it.
   const eager = !deps.hooks.any(hookStagesDueAt('gpu_released'));
   const readRecord = eager && !deps.hooks.any(['state_purged']);
-  const [r, purged, record, freed] = await settled([
-    deps.store.recordRelease(sessionId, incarnation, data.freedBytes, now, data.node),
+  const [r, purged, record] = await settled([
+    deps.store.recordRelease(sessionId, incarnation, data.freedBytes, now, data.node, data.token),
     eager ? deps.store.purge(sessionId, incarnation, now) : undefined,
     readRecord ? deps.store.destroyRecord(sessionId) : undefined,
-    // Whatever the booking says, the runtime is done with this release: its in-flight slot goes to the next waiter.
-    deps.stormGuard.releaseSlot(data.node, member, now),
   ] as const);
-  await continueHanded(deps, data.node, freed.handed);
+  // Only an answer to the release requested frees its node slot (to the next waiter): a forged or stale one must
+  // neither book anything nor let more releases at a node than its limit.
+  const answered = r.code === 'RELEASED' || r.code === 'MIGRATION_RELEASED' || r.code === 'DUPLICATE';
+  if (answered) await continueHanded(deps, data.node, (await deps.stormGuard.releaseSlot(data.node, member, now)).handed);
   const bookedNode = r.code === 'RELEASED' || r.code === 'MIGRATION_RELEASED' ? r.node : '';
   if (bookedNode && bookedNode !== data.node) {
     // The slot was taken on the node the record names; the event named another.
@@ -181,7 +188,9 @@ async function released(deps: DestroyDispatchDeps, data: { sessionId: string; in
     case 'STALE':
     case 'NOT_DESTROYING':
     case 'UNKNOWN':
-      deps.logger.warn({ sessionId, incarnation, code: r.code, node: data.node }, 'gpu.released for no release of ours: ignored');
+    case 'NOT_REQUESTED':
+    case 'TOKEN_MISMATCH':
+      deps.logger.warn({ sessionId, incarnation, code: r.code, node: data.node }, 'gpu.released that answers no release of ours: ignored, nothing booked');
       return;
   }
 }
@@ -241,7 +250,7 @@ async function continueWaiter(deps: DestroyDispatchDeps, node: string, member: s
     return [];
   }
   await continueDestroy(deps, {
-    sessionId, incarnation, stage, cause: view.cause, placement, releaseAttempt: view.releaseAttempt,
+    sessionId, incarnation, stage, cause: view.cause, placement, release: await deps.store.releaseAttempt(sessionId, incarnation),
     // Waiting at gpu_release_requested means its last attempt lost its slot (it failed for good, or its lease ran
     // out): a new attempt, as the watchdog would.
     reissue: stage === 'gpu_release_requested',
@@ -249,8 +258,17 @@ async function continueWaiter(deps: DestroyDispatchDeps, node: string, member: s
   return [];
 }
 
-async function releaseFailed(deps: DestroyDispatchDeps, data: { sessionId: string; incarnation: number; node: string; error: string; retryable: boolean }): Promise<void> {
+async function releaseFailed(
+  deps: DestroyDispatchDeps,
+  data: { sessionId: string; incarnation: number; node: string; error: string; retryable: boolean; token: string },
+): Promise<void> {
   const { sessionId, incarnation, node, error, retryable } = data;
+  // Only the answer to the release attempt in flight counts: a forged or stale failure changes nothing.
+  const pending = await deps.store.releaseTarget(sessionId, incarnation, data.token);
+  if (pending.code !== 'PENDING') {
+    deps.logger.warn({ sessionId, incarnation, node, why: pending.why }, 'gpu.release.failed that answers no release in flight: ignored');
+    return;
+  }
   if (retryable) {
     // gpu-release keeps the request and the Broker redelivers it; the slot stays held (its lease bounds it).
     deps.logger.warn({ sessionId, incarnation, node, error, retryable }, 'GPU release failed; gpu-release retries it');
@@ -259,8 +277,8 @@ async function releaseFailed(deps: DestroyDispatchDeps, data: { sessionId: strin
   // Nothing more will come of this attempt: its slot goes to the next waiter. The destroy stays checkpointed at
   // gpu_release_requested; the deadline engine's watchdog emits destroy.resume after DESTROY_STALL_MS, which
   // re-issues the release under a new attempt, and operators see it in the destroys in flight meanwhile.
-  const freed = await deps.stormGuard.releaseSlot(node, releaseMember(sessionId, incarnation), deps.now());
-  await continueHanded(deps, node, freed.handed);
+  const freed = await deps.stormGuard.releaseSlot(pending.node, releaseMember(sessionId, incarnation), deps.now());
+  await continueHanded(deps, pending.node, freed.handed);
   deps.logger.error({ sessionId, incarnation, node, error, retryable }, 'GPU release failed for good; the destroy waits at its checkpoint for the watchdog');
 }
 
@@ -279,9 +297,9 @@ async function resume(deps: DestroyDispatchDeps, data: { sessionId: string; inca
     return;
   }
   if (r.stage !== data.stage) deps.logger.debug({ sessionId, incarnation, watchdogStage: data.stage, stage: r.stage }, 'destroy moved on since the watchdog saw it');
-  deps.logger.info({ sessionId, incarnation, stage: r.stage, attempt: view.releaseAttempt }, 'resuming a stalled destroy');
+  deps.logger.info({ sessionId, incarnation, stage: r.stage, attempt: r.release.attempt }, 'resuming a stalled destroy');
   return continueDestroy(deps, {
-    sessionId, incarnation, stage: r.stage, cause: r.cause, placement: r.placement, releaseAttempt: view.releaseAttempt, reissue: r.code === 'ALREADY',
+    sessionId, incarnation, stage: r.stage, cause: r.cause, placement: r.placement, release: r.release.attempt > 0 ? r.release : undefined, reissue: r.code === 'ALREADY',
   });
 }
 
@@ -342,13 +360,13 @@ export async function continueDestroy(deps: DestroyDispatchDeps, point: DestroyP
 /** Admits the release through the storm guard, checkpoints it, and sends the gpu.release.requested. */
 async function requestRelease(deps: DestroyDispatchDeps, point: DestroyPoint): Promise<void> {
   const { sessionId, incarnation } = point;
-  let { placement, releaseAttempt } = point;
-  if (!placement || (point.stage === 'gpu_release_requested' && releaseAttempt === undefined)) {
+  let { placement, release } = point;
+  if (!placement) {
     const view = await deps.store.inspect(sessionId);
     if (!view || view.incarnation !== incarnation || view.state !== 'destroying') return;
-    placement ??= view.placement;
-    releaseAttempt ??= view.releaseAttempt;
+    placement = view.placement;
   }
+  if (point.stage === 'gpu_release_requested' && release === undefined) release = await deps.store.releaseAttempt(sessionId, incarnation);
   if (!placement?.node || !placement.runtimeUrl) {
     throw new UnexpectedReplyError(`session ${sessionId}/${incarnation} is being destroyed but has no placement to release`);
   }
@@ -362,32 +380,37 @@ async function requestRelease(deps: DestroyDispatchDeps, point: DestroyPoint): P
   }
   if (admission.code === 'THROTTLED') throw new ReleaseThrottledError('runtime', placement.runtimeUrl, admission.retryInMs);
 
-  let attempt: number;
+  // Each attempt draws its token when it is checkpointed; gpu-release calls the runtime only for the attempt pending
+  // under that token, and only an answer echoing it is booked.
+  let attempt: ReleaseAttempt;
   if (point.stage === 'claimed') {
-    const r = await deps.store.advance(sessionId, incarnation, 'gpu_release_requested', now, 1);
+    attempt = { attempt: 1, token: drawReleaseToken() };
+    const r = await deps.store.advance(sessionId, incarnation, 'gpu_release_requested', now, attempt);
     if (r.code !== 'ADVANCED') {
       // Another delivery checkpointed it first and sends the request itself (or the destroy is over).
       deps.logger.debug({ sessionId, incarnation, code: r.code }, 'release request checkpointed elsewhere');
       return;
     }
-    attempt = 1;
-  } else if (point.reissue) {
-    const r = await deps.store.advance(sessionId, incarnation, 'gpu_release_requested', now, (releaseAttempt ?? 0) + 1);
+  } else if (point.reissue || release === undefined) {
+    attempt = { attempt: (release?.attempt ?? 0) + 1, token: drawReleaseToken() };
+    const r = await deps.store.advance(sessionId, incarnation, 'gpu_release_requested', now, attempt);
     if (r.code !== 'REISSUED') {
       deps.logger.debug({ sessionId, incarnation, code: r.code }, 'release re-issued elsewhere, or the destroy moved on');
       return;
     }
-    attempt = r.attempt;
   } else {
-    // A redelivery: the request may have been lost after its checkpoint, so send it again, under the same id.
-    attempt = Math.max(1, releaseAttempt ?? 1);
+    // A redelivery: the request may have been lost after its checkpoint, so send it again, under the same id and token.
+    attempt = release;
   }
   await deps.emit(
     EventType.GpuReleaseRequested,
-    { sessionId, incarnation, placement: { node: placement.node, runtimeUrl: placement.runtimeUrl, gpuBytes: placement.gpuBytes }, attempt, reason: 'destroy' },
-    releaseRequestId(sessionId, incarnation, attempt),
+    {
+      sessionId, incarnation, placement: { node: placement.node, runtimeUrl: placement.runtimeUrl, gpuBytes: placement.gpuBytes },
+      attempt: attempt.attempt, token: attempt.token, reason: 'destroy',
+    },
+    releaseRequestId(sessionId, incarnation, attempt.attempt),
   );
-  deps.logger.info({ sessionId, incarnation, attempt, node: placement.node }, 'GPU release requested');
+  deps.logger.info({ sessionId, incarnation, attempt: attempt.attempt, node: placement.node }, 'GPU release requested');
 }
 
 /**

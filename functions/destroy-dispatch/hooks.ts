@@ -15,6 +15,8 @@
 // still be idempotent, because a crash between its success and that record runs it twice.
 import type { Logger } from 'pino';
 import { TransientError } from '../core/errors.ts';
+import { createHttpClient, senderFor, type HttpSend } from '../core/http-client.ts';
+import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
 import type { RedisClient } from '../core/redis/connect.ts';
 import type { KeySpace } from '../core/redis/keys.ts';
 import type { Cause, Placement, Stage } from '../core/session-store.ts';
@@ -178,6 +180,8 @@ export interface RouterDeregistration {
   url: string;
   timeoutMs: number;
   fetchImpl?: typeof fetch;
+  /** Where the call may connect (OUTBOUND_ALLOWED_CIDRS); anywhere when absent. Not used with fetchImpl. */
+  addressPolicy?: OutboundAddressPolicy;
 }
 
 /**
@@ -186,12 +190,14 @@ export interface RouterDeregistration {
  * timeout, fails the hook.
  */
 export function deregisterFromRouterHook(opts: RouterDeregistration): DestroyHook {
-  const send = opts.fetchImpl ?? fetch;
+  const url = routerUrl(opts.url);
+  const guarded = opts.fetchImpl === undefined && opts.addressPolicy !== undefined ? createHttpClient({ addressPolicy: opts.addressPolicy }) : undefined;
+  const send: HttpSend = guarded ? (u, init) => guarded.request(u, init) : senderFor(opts.fetchImpl);
   return {
     name: 'deregister-from-router',
     stage: 'claimed',
     async run(ctx) {
-      const res = await send(opts.url, {
+      const res = await send(url, {
         method: 'POST',
         headers: { 'content-type': 'application/json', 'idempotency-key': `${ctx.sessionId}:${ctx.incarnation}` },
         body: JSON.stringify({
@@ -201,12 +207,26 @@ export function deregisterFromRouterHook(opts: RouterDeregistration): DestroyHoo
           runtimeUrl: ctx.placement?.runtimeUrl,
           cause: ctx.cause,
         }),
-        signal: AbortSignal.timeout(opts.timeoutMs),
+        timeoutMs: opts.timeoutMs,
       });
-      await res.body?.cancel();
+      await res.text().catch(() => '');
       if (!res.ok && res.status !== 404) throw new Error(`router answered ${res.status}`);
     },
   };
+}
+
+// ROUTER_DEREGISTER_URL: an http(s) URL without credentials (they would end up in logs).
+function routerUrl(text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new RangeError('ROUTER_DEREGISTER_URL is not a URL');
+  }
+  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.username !== '' || url.password !== '') {
+    throw new RangeError('ROUTER_DEREGISTER_URL must be an http(s) URL without credentials');
+  }
+  return url.href;
 }
 
 /** The settings the default hooks are built from. */
@@ -216,13 +236,18 @@ export interface DefaultHookSettings {
   routerTimeoutMs: number;
   /** CONVERSATION_CACHE_KEYS, comma-separated key templates; no cache hook when empty. */
   conversationCacheKeys: string;
+  /** Where outbound hooks may connect (OUTBOUND_ALLOWED_CIDRS). */
+  addressPolicy?: OutboundAddressPolicy;
 }
 
 /** The hooks a deployment gets from its settings: each only when configured. */
 export function defaultHooks(settings: DefaultHookSettings): DestroyHooks {
   const hooks = new DestroyHooks();
   if (settings.routerDeregisterUrl.trim() !== '') {
-    hooks.registerHook(deregisterFromRouterHook({ url: settings.routerDeregisterUrl.trim(), timeoutMs: settings.routerTimeoutMs }));
+    hooks.registerHook(deregisterFromRouterHook({
+      url: settings.routerDeregisterUrl.trim(), timeoutMs: settings.routerTimeoutMs,
+      ...(settings.addressPolicy ? { addressPolicy: settings.addressPolicy } : {}),
+    }));
   }
   const templates = settings.conversationCacheKeys.split(',').map((t) => t.trim()).filter((t) => t !== '');
   if (templates.length > 0) hooks.registerHook(purgeConversationCacheHook(templates));

@@ -1,13 +1,13 @@
-// destroy-dispatch over HTTP: functions-framework serves the host's handler (the `http` signature, so malformed
-// events can be answered 400; see functions/core/function-host.ts).
-import * as ff from '@google-cloud/functions-framework';
+// destroy-dispatch's process: the host's handler served behind the request bounds (functions/framework/serve.ts;
+// the `http` signature, so malformed events can be answered 400: see functions/core/function-host.ts).
 import { createFunctionHost } from '../core/function-host.ts';
+import { serveHost } from '../framework/serve.ts';
 import { destroyDispatch } from './definition.ts';
 
 const host = createFunctionHost(destroyDispatch(process.env));
 
-ff.http('destroy-dispatch', host.handler);
+const server = await serveHost('destroy-dispatch', host);
 
 process.once('SIGTERM', () => {
-  void host.core.close();
+  void server.close().finally(() => host.core.close());
 });

@@ -27,7 +27,9 @@ for (const topology of TOPOLOGIES) {
       const requests = h.emitted(EventType.GpuReleaseRequested, 'closed-1');
       assert.equal(requests.length, 1);
       assert.equal(requests[0]!.event.id, `closed-1/${inc}/release/1`);
-      assert.deepEqual(requests[0]!.event.data, { sessionId: 'closed-1', incarnation: inc, placement: placementA, attempt: 1, reason: 'destroy' });
+      const { token, ...request } = requests[0]!.event.data as { token: string };
+      assert.deepEqual(request, { sessionId: 'closed-1', incarnation: inc, placement: placementA, attempt: 1, reason: 'destroy' });
+      assert.deepEqual(await h.deps.store.releaseAttempt('closed-1', inc), { attempt: 1, token }, 'the request carries the token its attempt was stored with');
       assert.equal((await h.deps.store.inspect('closed-1'))?.stage, 'gpu_release_requested');
       assert.deepEqual(await h.deps.stormGuard.inFlight(placementA.node, h.now()), [releaseMember('closed-1', inc)]);
 

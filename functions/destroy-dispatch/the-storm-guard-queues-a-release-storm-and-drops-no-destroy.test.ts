@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { EventType } from '../core/contract/events.ts';
 import { auditLedger } from '../core/ledger.ts';
 import { KeySpace } from '../core/redis/keys.ts';
+import { drawReleaseToken } from '../core/session-store.ts';
 import { TOPOLOGIES } from '../../tests/support/redis.ts';
 import { events, placementA, startHarness, T0, type Harness, type Replica } from './destroy-dispatch-test-support.ts';
 import { handle } from './handle.ts';
@@ -106,8 +107,9 @@ for (const topology of TOPOLOGIES) {
         h.setNow(T0 + 2);
         assert.equal(await h.replica.deliver(events.closed('skip-d')), 'ok');
         // skip-c's destroy finishes by another way (an operator's tool driving the store) while it waits.
-        assert.equal((await h.deps.store.advance('skip-c', c, 'gpu_release_requested', T0 + 3, 1)).code, 'ADVANCED');
-        assert.equal((await h.deps.store.recordRelease('skip-c', c, 1000, T0 + 3, placementA.node)).code, 'RELEASED');
+        const token = drawReleaseToken();
+        assert.equal((await h.deps.store.advance('skip-c', c, 'gpu_release_requested', T0 + 3, { attempt: 1, token })).code, 'ADVANCED');
+        assert.equal((await h.deps.store.recordRelease('skip-c', c, 1000, T0 + 3, placementA.node, token)).code, 'RELEASED');
         assert.equal((await h.deps.store.purge('skip-c', c, T0 + 3)).code, 'PURGED');
         assert.equal((await h.deps.store.complete('skip-c', c, T0 + 3)).code, 'COMPLETED');
 

@@ -1,10 +1,13 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventType } from '../core/contract/events.ts';
+import { drawReleaseToken } from '../core/session-store.ts';
 import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { testCore, type TestCore } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { freePort } from '../../tests/support/redis-harness.ts';
-import { testRedisEnv, uniquePrefix } from '../../tests/support/redis.ts';
+import { testRedisEnv } from '../../tests/support/redis.ts';
+import { runtimesEnv } from '../../tests/support/runtimes.ts';
 import { postEvent, postRaw, startFunctionProcess, type FunctionProcess } from '../activity-score/function-process-test-support.ts';
 
 const GiB = 1024 ** 3;
@@ -13,12 +16,14 @@ describe('gpu-release answers the Broker over HTTP', () => {
   let sim: SimRuntime;
   let sink: EventSink;
   let fn: FunctionProcess;
+  let core: TestCore;
 
   before(async () => {
-    [sim, sink] = await Promise.all([startSimRuntime({ seed: 21 }), startEventSink()]);
+    [sim, sink, core] = await Promise.all([startSimRuntime({ seed: 21 }), startEventSink(), testCore('single', { buckets: 32 })]);
     fn = await startFunctionProcess('gpu-release', {
       ...testRedisEnv('single'),
-      REDIS_KEY_PREFIX: uniquePrefix(),
+      ...runtimesEnv({ name: 'sim', url: sim.url }),
+      REDIS_KEY_PREFIX: core.prefix,
       K_SINK: sink.url,
       LOG_LEVEL: 'silent',
       RELEASE_RETRIES: '0',
@@ -27,33 +32,47 @@ describe('gpu-release answers the Broker over HTTP', () => {
   });
   after(async () => {
     await fn.stop();
+    await core.close();
     await Promise.all([sim.stop(), sink.close()]);
   });
 
-  const request = (sessionId: string, incarnation: number) => ({
-    sessionId, incarnation, attempt: 1, placement: { node: 'gpu-node-h', runtimeUrl: sim.url, gpuBytes: GiB },
-  });
+  const placement = () => ({ node: 'gpu-node-h', runtimeUrl: sim.url, gpuBytes: GiB });
+
+  // A destroy waiting for its release, as destroy-dispatch leaves it: what gpu-release may act on.
+  async function pending(sessionId: string): Promise<{ incarnation: number; token: string }> {
+    const opened = await core.store.open({ sessionId, fingerprint: `o-${sessionId}`, now: Date.now(), liveFrom: Date.now(), windowMs: 60_000, placement: placement() });
+    if (opened.code !== 'OPENED') throw new Error(opened.code);
+    await core.store.claimDestroy({ sessionId, fingerprint: `c-${sessionId}`, cause: 'closed', now: Date.now() });
+    const token = drawReleaseToken();
+    await core.store.advance(sessionId, opened.incarnation, 'gpu_release_requested', Date.now(), { attempt: 1, token });
+    return { incarnation: opened.incarnation, token };
+  }
+
+  const request = (sessionId: string, incarnation: number, token: string) => ({ sessionId, incarnation, attempt: 1, token, placement: placement() });
+  const OURS = '/session-reaper/destroy-dispatch';
 
   for (const mode of ['binary', 'structured'] as const) {
     it(`releases on a ${mode} event, answers 204, and a duplicate changes nothing`, async () => {
       const sessionId = `http-${mode}`;
-      sim.allocate(sessionId, 1, GiB);
-      const event = { type: EventType.GpuReleaseRequested, id: `${sessionId}/1/release/1`, data: request(sessionId, 1) };
+      const { incarnation, token } = await pending(sessionId);
+      sim.allocate(sessionId, incarnation, GiB);
+      const event = { type: EventType.GpuReleaseRequested, source: OURS, id: `${sessionId}/${incarnation}/release/1`, data: request(sessionId, incarnation, token) };
       assert.equal((await postEvent(fn.url, mode, event)).status, 204, fn.output());
       assert.equal((await postEvent(fn.url, mode, event)).status, 204);
       const released = sink.events.filter((e) => e.event.subject === sessionId);
       assert.equal(released.length, 2);
-      assert.ok(released.every((e) => e.event.id === `${sessionId}/1/released` && e.event.type === EventType.GpuReleased));
-      assert.deepEqual(released[0]?.event.data, { sessionId, incarnation: 1, node: 'gpu-node-h', freedBytes: GiB });
-      assert.equal(sim.stats().releases[`${sessionId}:1`], 1);
+      assert.ok(released.every((e) => e.event.id === `${sessionId}/${incarnation}/released/1` && e.event.type === EventType.GpuReleased));
+      assert.deepEqual(released[0]?.event.data, { sessionId, incarnation, node: 'gpu-node-h', freedBytes: GiB, token });
+      assert.equal(sim.stats().releases[`${sessionId}:${incarnation}`], 1);
     });
   }
 
   it('answers 503 with a retryable gpu.release.failed while the runtime is down', async () => {
-    sim.allocate('http-down', 1, GiB);
+    const { incarnation, token } = await pending('http-down');
+    sim.allocate('http-down', incarnation, GiB);
     sim.setFaults({ down: true });
     try {
-      const res = await postEvent(fn.url, 'binary', { type: EventType.GpuReleaseRequested, id: 'http-down/1/release/1', data: request('http-down', 1) });
+      const res = await postEvent(fn.url, 'binary', { type: EventType.GpuReleaseRequested, source: OURS, id: 'http-down/1/release/1', data: request('http-down', incarnation, token) });
       assert.equal(res.status, 503);
     } finally {
       sim.setFaults({ down: false });
@@ -65,7 +84,7 @@ describe('gpu-release answers the Broker over HTTP', () => {
 
   it('answers 400 naming the field for a malformed event, and calls no runtime', async () => {
     const before = sim.stats().received;
-    const missing = await postEvent(fn.url, 'structured', { type: EventType.GpuReleaseRequested, id: 'bad-1', data: { sessionId: 'bad', incarnation: 1, attempt: 1 } });
+    const missing = await postEvent(fn.url, 'structured', { type: EventType.GpuReleaseRequested, source: OURS, id: 'bad-1', data: { sessionId: 'bad', incarnation: 1, attempt: 1 } });
     assert.equal(missing.status, 400);
     assert.deepEqual(missing.body, { error: 'MISSING_FIELD', field: 'data.placement', reason: 'is required' });
     const notJson = await postRaw(fn.url, { 'content-type': 'application/json', 'ce-specversion': '1.0', 'ce-id': 'x', 'ce-source': '/t', 'ce-type': EventType.GpuReleaseRequested }, '{');
@@ -79,12 +98,13 @@ describe('gpu-release answers the Broker over HTTP', () => {
 
   it('answers 503 when Redis is unreachable, so the Broker redelivers', async () => {
     const down = await startFunctionProcess('gpu-release', {
-      REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_CLUSTER_NODES: '', K_SINK: sink.url, LOG_LEVEL: 'silent',
+      REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_CLUSTER_NODES: '', K_SINK: sink.url, LOG_LEVEL: 'silent', ...runtimesEnv({ name: 'sim', url: sim.url }),
     });
     try {
       sim.allocate('http-no-redis', 1, GiB);
-      const res = await postEvent(down.url, 'binary', { type: EventType.GpuReleaseRequested, id: 'nr/1', data: request('http-no-redis', 1) });
+      const res = await postEvent(down.url, 'binary', { type: EventType.GpuReleaseRequested, source: OURS, id: 'nr/1', data: request('http-no-redis', 1, drawReleaseToken()) });
       assert.equal(res.status, 503);
+      assert.deepEqual(res.body, { error: 'UNAVAILABLE', reason: 'a dependency is unavailable; retry later' }, 'nothing of the fault itself is answered');
       assert.equal((await fetch(`${down.url}healthz`)).status, 503);
     } finally {
       await down.stop();

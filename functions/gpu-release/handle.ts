@@ -1,6 +1,8 @@
 // gpu-release: frees a session's GPU memory on the inference runtime that holds it, and says so only when the runtime
-// confirmed it. Idempotence comes from the runtime itself (the Idempotency-Key `{sessionId}:{incarnation}`), so a
-// redelivered request replays the runtime's stored answer instead of releasing twice; no Redis is needed here.
+// confirmed it. What it calls comes from Redis, never from the event: the runtime the session (or a migration's old
+// allocation) was opened with, and only while the release the event carries the token of is pending, so a forged or
+// stale request calls nothing. Idempotence at the runtime comes from the Idempotency-Key `{sessionId}:{incarnation}`,
+// so a redelivered request replays the runtime's stored answer instead of releasing twice.
 import { Type, type Static } from '@sinclair/typebox';
 import { readSettings } from '../core/config.ts';
 import { EventType } from '../core/contract/events.ts';
@@ -8,7 +10,7 @@ import type { InboundEvent } from '../core/contract/parse.ts';
 import { TransientError } from '../core/errors.ts';
 import type { Core, CoreDeps } from '../core/function-host.ts';
 import { traceHeadersForActiveContext } from '../core/telemetry.ts';
-import { createRuntimeClient, RuntimeReleaseError, type RuntimeCallContext, type RuntimeClient } from '../core/runtime-client.ts';
+import { createRuntimeClient, publicDescription, RuntimeReleaseError, type RuntimeCallContext, type RuntimeClient } from '../core/runtime-client.ts';
 
 /** The event types gpu-release consumes. */
 export const GPU_RELEASE_ACCEPTS = [EventType.GpuReleaseRequested] as const;
@@ -45,8 +47,10 @@ export interface GpuReleaseDeps {
 
 /** Builds gpu-release's dependencies once per process (the `extend` of its function definition). */
 export function createGpuReleaseDeps(core: Pick<Core, 'deps'>, settings: GpuReleaseSettings): GpuReleaseDeps {
-  const { config, logger } = core.deps;
+  const { config, logger, runtimes, outboundPolicy } = core.deps;
   const runtime = createRuntimeClient({
+    registry: runtimes,
+    addressPolicy: outboundPolicy,
     timeoutMs: config.RUNTIME_TIMEOUT_MS,
     retries: settings.RELEASE_RETRIES,
     baseBackoffMs: settings.RELEASE_BASE_BACKOFF_MS,
@@ -61,8 +65,6 @@ export function createGpuReleaseDeps(core: Pick<Core, 'deps'>, settings: GpuRele
   });
   return { runtime };
 }
-
-const MAX_ERROR_CHARS = 2048;
 
 // The runtime call continues the handler's span; with no active span (a bare handle() call) the event's own
 // trace context is passed on, so the runtime still joins the session's trace.
@@ -80,20 +82,31 @@ function callContext(event: GpuReleaseEvent): RuntimeCallContext {
  * permanent one emits gpu.release.failed (retryable: false) and acknowledges, since redelivery cannot help.
  */
 export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuReleaseDeps): Promise<void> {
-  const { sessionId, incarnation, placement, attempt } = event.data;
-  const log = deps.logger.child({ sessionId, incarnation, node: placement.node, attempt });
+  const { sessionId, incarnation, attempt, token } = event.data;
+  const target = await deps.store.releaseTarget(sessionId, incarnation, token);
+  if (target.code !== 'PENDING') {
+    // Acknowledged: a redelivery of an attempt since superseded, or booked, is normal; a forged one calls nothing.
+    deps.logger.warn({ sessionId, incarnation, attempt, why: target.why }, 'gpu.release.requested for no release pending under its token: nothing called');
+    return;
+  }
+  const { node, runtimeUrl } = target;
+  const log = deps.logger.child({ sessionId, incarnation, node, attempt });
+  if (event.data.placement.runtimeUrl !== runtimeUrl || event.data.placement.node !== node) {
+    log.warn({ named: event.data.placement.node }, 'gpu.release.requested names another placement than the session was opened with; the stored one is called');
+  }
   let freedBytes: number;
   let outcome: string;
   try {
-    const result = await deps.runtime.release(placement.runtimeUrl, sessionId, incarnation, callContext(event));
+    const result = await deps.runtime.release(runtimeUrl, sessionId, incarnation, callContext(event));
     freedBytes = result.freedBytes;
     outcome = result.outcome;
   } catch (err) {
     if (!(err instanceof RuntimeReleaseError)) throw err;
     // One id per (attempt, reason): a redelivery that fails the same way reports the same failure, not a new one.
+    // The event says what kind of failure it was, never what the runtime answered or where it is (the log has it).
     await deps.emit(
       EventType.GpuReleaseFailed,
-      { sessionId, incarnation, node: placement.node, error: err.message.slice(0, MAX_ERROR_CHARS) || err.reason, retryable: err.retryable },
+      { sessionId, incarnation, node, error: publicDescription(err), retryable: err.retryable, token },
       `${sessionId}/${incarnation}/failed/${attempt}/${err.reason}`,
     );
     if (err.retryable) {
@@ -102,6 +115,6 @@ export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuRelease
     log.error({ reason: err.reason, status: err.status, err: err.message }, 'GPU release refused for good; not retried');
     return;
   }
-  await deps.emit(EventType.GpuReleased, { sessionId, incarnation, node: placement.node, freedBytes }, `${sessionId}/${incarnation}/released`);
+  await deps.emit(EventType.GpuReleased, { sessionId, incarnation, node, freedBytes, token }, `${sessionId}/${incarnation}/released/${attempt}`);
   log.info({ outcome, freedBytes, reason: event.data.reason ?? 'destroy' }, 'GPU memory released');
 }

@@ -1,6 +1,7 @@
-// Entry point of gpu-release for functions-framework (FUNCTION_TARGET=gpu-release, signature http: see the host).
-import * as ff from '@google-cloud/functions-framework';
+// gpu-release's process: the host's handler served behind the request bounds (functions/framework/serve.ts; the
+// `http` signature: see the host).
 import { createFunctionHost } from '../core/function-host.ts';
+import { serveHost } from '../framework/serve.ts';
 import { createGpuReleaseDeps, GPU_RELEASE_ACCEPTS, handle, readGpuReleaseSettings } from './handle.ts';
 
 /** The running gpu-release function: its HTTP handler, its core and its dependencies. */
@@ -11,9 +12,9 @@ export const host = createFunctionHost({
   handle,
 });
 
-ff.http('gpu-release', host.handler);
+const server = await serveHost('gpu-release', host);
 
 process.once('SIGTERM', () => {
   host.deps.runtime.shutdown();
-  void host.core.close();
+  void server.close().finally(() => host.core.close());
 });

@@ -332,7 +332,7 @@ export class DeadlineEngine {
           await this.#emitTracked(report, sessionId, () =>
             this.#deps.emit(
               EventType.GpuReleaseRequested,
-              { sessionId, incarnation, placement, attempt, reason: 'migration' },
+              { sessionId, incarnation, placement, attempt, token: claim.token, reason: 'migration' },
               `${sessionId}/${incarnation}/release/${attempt}`,
             ),
           );

@@ -3,7 +3,7 @@
 // by the deadline engine (deadline-engine.ts), the second entry point of this function.
 import { EventType } from '../core/contract/events.ts';
 import type { InboundEvent } from '../core/contract/parse.ts';
-import { BackpressureError } from '../core/errors.ts';
+import { BackpressureError, ContractError, OwnershipError } from '../core/errors.ts';
 import type { CoreDeps } from '../core/function-host.ts';
 import { eventFingerprint } from '../core/session-store.ts';
 
@@ -27,7 +27,8 @@ export async function handle(event: HeartbeatTimeoutEvent, deps: CoreDeps): Prom
     case EventType.SessionOpened:
       return opened(event, deps, now, liveFrom);
     case EventType.SessionHeartbeat: {
-      const r = await deps.store.heartbeat(event.data.sessionId, liveFrom, now);
+      const r = await deps.store.heartbeat(event.data.sessionId, liveFrom, now, event.tenant ?? '');
+      if (r.code === 'NOT_OWNER') throw new OwnershipError(event.data.sessionId);
       // A heartbeat for a session being destroyed (or gone) never revives it: acknowledged and dropped.
       if (r.code !== 'REFRESHED' && deps.logger.isLevelEnabled('debug')) {
         deps.logger.debug({ sessionId: event.data.sessionId, code: r.code }, 'heartbeat for a session that is not live: ignored');
@@ -37,7 +38,8 @@ export async function handle(event: HeartbeatTimeoutEvent, deps: CoreDeps): Prom
     case EventType.SessionHold: {
       const { sessionId, durationMs, reason } = event.data;
       const granted = Math.min(durationMs, deps.config.MAX_HOLD_MS);
-      const r = await deps.store.hold(sessionId, eventFingerprint(event.source, event.id), now, granted);
+      const r = await deps.store.hold(sessionId, eventFingerprint(event.source, event.id), now, granted, event.tenant ?? '');
+      if (r.code === 'NOT_OWNER') throw new OwnershipError(sessionId);
       if (r.code === 'HELD') deps.logger.info({ sessionId, incarnation: r.incarnation, holdUntil: r.holdUntil, requestedMs: durationMs, grantedMs: granted, reason }, 'hold granted');
       else deps.logger.debug({ sessionId, code: r.code }, 'hold not applied');
       return;
@@ -46,7 +48,14 @@ export async function handle(event: HeartbeatTimeoutEvent, deps: CoreDeps): Prom
 }
 
 async function opened(event: Extract<HeartbeatTimeoutEvent, { type: typeof EventType.SessionOpened }>, deps: CoreDeps, now: number, liveFrom: number): Promise<void> {
-  const { sessionId, placement, heartbeatIntervalMs, missedBeats, tenant, model } = event.data;
+  const { sessionId, placement, heartbeatIntervalMs, missedBeats, model } = event.data;
+  // The runtime must be one the operator registered, for this node: an event never chooses where a release goes.
+  const registered = deps.runtimes.resolve(placement.runtimeUrl, placement.node);
+  if ('refused' in registered) {
+    throw registered.refused === 'node_not_registered'
+      ? new ContractError('UNREGISTERED_RUNTIME', 'data.placement.node', 'the runtime is registered, but not for this node (RUNTIMES)')
+      : new ContractError('UNREGISTERED_RUNTIME', 'data.placement.runtimeUrl', 'is not a registered runtime (RUNTIMES)');
+  }
   const windowMs = (heartbeatIntervalMs ?? deps.config.DEFAULT_HEARTBEAT_INTERVAL_MS) * (missedBeats ?? deps.config.DEFAULT_MISSED_BEATS);
   const r = await deps.store.open({
     sessionId,
@@ -54,8 +63,8 @@ async function opened(event: Extract<HeartbeatTimeoutEvent, { type: typeof Event
     now,
     liveFrom,
     windowMs,
-    placement: { node: placement.node, runtimeUrl: placement.runtimeUrl, gpuBytes: placement.gpuBytes ?? 0 },
-    tenant,
+    placement: { node: placement.node, runtimeUrl: registered.endpoint, gpuBytes: placement.gpuBytes ?? 0 },
+    tenant: event.tenant,
     model,
   });
   const log = deps.logger;
@@ -69,6 +78,8 @@ async function opened(event: Extract<HeartbeatTimeoutEvent, { type: typeof Event
     case 'STALE':
       log.debug({ sessionId, incarnation: r.incarnation, code: r.code }, 'session.opened changed nothing new');
       return;
+    case 'NOT_OWNER':
+      throw new OwnershipError(sessionId);
     case 'BUSY':
       // The previous incarnation is mid-destroy; once it is destroyed this opened starts a new one.
       throw new BackpressureError(`session ${sessionId} is still being destroyed (incarnation ${r.incarnation}); retry later`, { cause: undefined });
@@ -80,7 +91,7 @@ async function opened(event: Extract<HeartbeatTimeoutEvent, { type: typeof Event
       // release once the migration entry has stalled for DESTROY_STALL_MS, so the memory is never forgotten.
       await deps.emit(
         EventType.GpuReleaseRequested,
-        { sessionId, incarnation: previous.incarnation, placement: previous.placement, attempt: 1, reason: 'migration' },
+        { sessionId, incarnation: previous.incarnation, placement: previous.placement, attempt: 1, token: previous.token, reason: 'migration' },
         `${sessionId}/${previous.incarnation}/release/1`,
       );
       return;

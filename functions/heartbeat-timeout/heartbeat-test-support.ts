@@ -1,4 +1,4 @@
-// Test and benchmark support for heartbeat-timeout: the real function process (functions-framework) and the real
+// Test and benchmark support for heartbeat-timeout: the real function process (its index.ts) and the real
 // deadline engine process, started with a given environment, and CloudEvents sent to them over HTTP.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -7,7 +7,6 @@ import { CloudEvent, HTTP } from 'cloudevents';
 import { freePort } from '../../tests/support/redis-harness.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const FRAMEWORK_MAIN = 'node_modules/@google-cloud/functions-framework/build/src/main.js';
 
 /** A started process answering HTTP on `url`. */
 export interface RunningProcess {
@@ -66,13 +65,9 @@ async function startProcess(args: string[], env: Record<string, string>, what: s
   };
 }
 
-/** Starts heartbeat-timeout under functions-framework, as deployed, with the given environment. */
+/** Starts heartbeat-timeout as deployed (its index.ts serves it), with the given environment. */
 export function startHeartbeatFunction(env: Record<string, string>): Promise<RunningProcess> {
-  return startProcess(
-    [FRAMEWORK_MAIN],
-    { FUNCTION_TARGET: 'heartbeat-timeout', FUNCTION_SIGNATURE_TYPE: 'http', FUNCTION_SOURCE: 'functions/heartbeat-timeout/index.ts', ...env },
-    'heartbeat-timeout',
-  );
+  return startProcess(['functions/heartbeat-timeout/index.ts'], env, 'heartbeat-timeout');
 }
 
 /** Starts the deadline engine process (functions/heartbeat-timeout/engine.ts) with the given environment. */

@@ -1,13 +1,14 @@
-// heartbeat-timeout over HTTP: functions-framework serves the host's handler (the `http` signature, so malformed
-// events can be answered 400; see functions/core/function-host.ts). The deadline engine is engine.ts.
-import * as ff from '@google-cloud/functions-framework';
+// heartbeat-timeout's process: the host's handler served behind the request bounds (functions/framework/serve.ts;
+// the `http` signature, so malformed events can be answered 400: see functions/core/function-host.ts). The deadline
+// engine is engine.ts.
 import { createFunctionHost } from '../core/function-host.ts';
+import { serveHost } from '../framework/serve.ts';
 import { ACCEPTS, handle } from './handle.ts';
 
 const host = createFunctionHost({ name: 'heartbeat-timeout', accept: ACCEPTS, extend: () => ({}), handle, batches: true });
 
-ff.http('heartbeat-timeout', host.handler);
+const server = await serveHost('heartbeat-timeout', host, { batches: true });
 
 process.once('SIGTERM', () => {
-  void host.core.close();
+  void server.close().finally(() => host.core.close());
 });

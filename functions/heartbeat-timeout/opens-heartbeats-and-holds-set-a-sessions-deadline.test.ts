@@ -9,6 +9,7 @@ import { TransientError } from '../core/errors.ts';
 import { createCore, type Core } from '../core/function-host.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { TOPOLOGIES, dropPrefix, testRedisEnv, uniquePrefix } from '../../tests/support/redis.ts';
+import { runtimesEnv } from '../../tests/support/runtimes.ts';
 import { ACCEPTS, handle, type HeartbeatTimeoutEvent } from './handle.ts';
 import { inboundEvent } from './heartbeat-test-support.ts';
 
@@ -35,7 +36,7 @@ for (const topology of TOPOLOGIES) {
       sink = await startEventSink();
       core = createCore({
         name: 'heartbeat-timeout',
-        env: { ...testRedisEnv(topology), REDIS_KEY_PREFIX: prefix, K_SINK: sink.url, LOG_LEVEL: 'silent', MAX_HOLD_MS: '60000' },
+        env: { ...testRedisEnv(topology), ...runtimesEnv(), REDIS_KEY_PREFIX: prefix, K_SINK: sink.url, LOG_LEVEL: 'silent', MAX_HOLD_MS: '60000' },
         now: () => clock,
       });
       await core.ready();
@@ -142,7 +143,11 @@ for (const topology of TOPOLOGIES) {
       assert.deepEqual(after.placement, PLACEMENT_B);
       const release = await sink.waitForEvent((e) => e.event.type === EventType.GpuReleaseRequested && e.event.subject === 'move-1');
       assert.equal(release.event.id, `move-1/${before.incarnation}/release/1`);
-      assert.deepEqual(release.event.data, { sessionId: 'move-1', incarnation: before.incarnation, placement: PLACEMENT_A, attempt: 1, reason: 'migration' });
+      const { token, ...data } = release.event.data as { token: string };
+      assert.deepEqual(data, { sessionId: 'move-1', incarnation: before.incarnation, placement: PLACEMENT_A, attempt: 1, reason: 'migration' });
+      assert.deepEqual(await core.deps.store.releaseTarget('move-1', before.incarnation, token), {
+        code: 'PENDING', kind: 'migration', node: PLACEMENT_A.node, runtimeUrl: PLACEMENT_A.runtimeUrl, attempt: 0,
+      }, 'the request carries the token its release is pending under');
       assert.equal(release.event.source, '/session-reaper/heartbeat-timeout');
       assert.equal(sink.events.filter((e) => e.event.subject === 'move-1').length, 1);
     });

@@ -8,6 +8,7 @@ import { testCore, type TestCore } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { freePort } from '../../tests/support/redis-harness.ts';
 import { TOPOLOGIES, testRedisEnv } from '../../tests/support/redis.ts';
+import { runtimesEnv } from '../../tests/support/runtimes.ts';
 import { inboundEvent, postBatch, postEvent, startHeartbeatFunction, type RunningProcess } from './heartbeat-test-support.ts';
 
 const PLACEMENT = { node: 'gpu-node-a', runtimeUrl: 'http://runtime-a.test:8000', gpuBytes: 1000 };
@@ -21,7 +22,7 @@ for (const topology of TOPOLOGIES) {
     before(async () => {
       sink = await startEventSink();
       core = await testCore(topology, { buckets: 32 });
-      fn = await startHeartbeatFunction({ ...testRedisEnv(topology), REDIS_KEY_PREFIX: core.prefix, INDEX_BUCKETS: '32', K_SINK: sink.url, LOG_LEVEL: 'silent' });
+      fn = await startHeartbeatFunction({ ...testRedisEnv(topology), ...runtimesEnv(), REDIS_KEY_PREFIX: core.prefix, INDEX_BUCKETS: '32', K_SINK: sink.url, LOG_LEVEL: 'silent' });
     });
     after(async () => {
       await fn.stop();
@@ -119,7 +120,7 @@ for (const topology of TOPOLOGIES) {
       sink = await startEventSink();
       const closed = `127.0.0.1:${await freePort()}`;
       const redis: Record<string, string> = topology === 'single' ? { REDIS_URL: `redis://${closed}`, REDIS_CLUSTER_NODES: '' } : { REDIS_CLUSTER_NODES: closed };
-      fn = await startHeartbeatFunction({ ...redis, K_SINK: sink.url, LOG_LEVEL: 'silent' });
+      fn = await startHeartbeatFunction({ ...redis, ...runtimesEnv(), K_SINK: sink.url, LOG_LEVEL: 'silent' });
     });
     after(async () => {
       await fn.stop();

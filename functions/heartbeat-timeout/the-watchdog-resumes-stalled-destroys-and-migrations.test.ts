@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { EventType } from '../core/contract/events.ts';
 import { createCore, type Core } from '../core/function-host.ts';
+import { drawReleaseToken } from '../core/session-store.ts';
 import { fp, placementA, placementB, testCore, type TestCore } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { TOPOLOGIES, testRedisEnv } from '../../tests/support/redis.ts';
@@ -43,7 +44,7 @@ for (const topology of TOPOLOGIES) {
       const opened = await core.store.open({ sessionId: 'stall-1', fingerprint: fp(), now: t, liveFrom: t, windowMs: 60_000, placement: placementA });
       const claim = await core.store.claimDestroy({ sessionId: 'stall-1', fingerprint: fp(), cause: 'closed', now: t });
       assert.equal(claim.code, 'CLAIMED');
-      assert.equal((await core.store.advance('stall-1', opened.incarnation, 'gpu_release_requested', t + 10, 1)).code, 'ADVANCED');
+      assert.equal((await core.store.advance('stall-1', opened.incarnation, 'gpu_release_requested', t + 10, { attempt: 1, token: drawReleaseToken() })).code, 'ADVANCED');
 
       assert.equal((await engine.runOnce(t + 10 + STALL_MS - 1)).resumed, 0, 'not stalled yet');
       const report = await engine.runOnce(t + 10 + STALL_MS);
@@ -68,7 +69,9 @@ for (const topology of TOPOLOGIES) {
       assert.equal(report.migrationsReissued, 1);
       const requests = ofSession('move-1').filter((e) => e.event.type === EventType.GpuReleaseRequested);
       assert.equal(requests.length, 1);
-      const data = requests[0]!.event.data as { incarnation: number; placement: unknown; attempt: number; reason: string };
+      const data = requests[0]!.event.data as { incarnation: number; placement: unknown; attempt: number; reason: string; token: string };
+      if (moved.code !== 'MIGRATED') return assert.fail('not migrated');
+      assert.equal(data.token, moved.previous.token, 'the same token as the first request: the release it answers is the same');
       assert.equal(data.incarnation, first.incarnation);
       assert.deepEqual(data.placement, placementA);
       assert.equal(data.reason, 'migration');
@@ -76,7 +79,7 @@ for (const topology of TOPOLOGIES) {
       assert.equal(requests[0]!.event.id, `move-1/${first.incarnation}/release/${data.attempt}`);
 
       // Once the runtime's release is booked, there is nothing left to resume.
-      assert.equal((await core.store.recordRelease('move-1', first.incarnation, 1000, t + 10, 'gpu-node-a')).code, 'MIGRATION_RELEASED');
+      assert.equal((await core.store.recordRelease('move-1', first.incarnation, 1000, t + 10, 'gpu-node-a', data.token)).code, 'MIGRATION_RELEASED');
       assert.equal((await engine.runOnce(t + 5 + 3 * STALL_MS)).migrationsReissued, 0);
     });
 

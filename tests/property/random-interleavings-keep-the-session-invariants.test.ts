@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { auditLedger } from '../../functions/core/ledger.ts';
-import { eventFingerprint, type Placement, type Stage } from '../../functions/core/session-store.ts';
+import { drawReleaseToken, eventFingerprint, type Placement, type Stage } from '../../functions/core/session-store.ts';
 import { TOPOLOGIES } from '../support/redis.ts';
 import { testCore, type TestCore } from '../support/core.ts';
 
@@ -53,6 +53,8 @@ interface ModelSession {
   seen: Set<string>;
   claimedAt: number;
   stage: Stage;
+  /** The token of the release requested for this incarnation, once requested. */
+  token?: string;
   /** Live-from of the opened that reopened this id, if it was reopened. */
   reopenedFrom?: number;
 }
@@ -66,7 +68,7 @@ interface Delivery {
 
 async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
   const model = new Map<string, ModelSession>();
-  const pendingMigrations = new Map<string, number>(); // `${id}:${inc}` -> bytes
+  const pendingMigrations = new Map<string, { bytes: number; token: string }>(); // `${id}:${inc}` -> bytes and release token
   const destroyedIncarnations = new Set<string>();
   const releasedIncarnations = new Set<string>();
   const history: Delivery[] = [];
@@ -116,7 +118,7 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
             if (r.code !== 'MIGRATED') return;
             assert.equal(r.previous.incarnation, m.incarnation);
             assert.ok(r.incarnation > m.incarnation);
-            pendingMigrations.set(`${op.id}:${m.incarnation}`, PLACEMENTS[m.placement]!.gpuBytes);
+            pendingMigrations.set(`${op.id}:${m.incarnation}`, { bytes: PLACEMENTS[m.placement]!.gpuBytes, token: r.previous.token });
             registered += placement.gpuBytes;
             Object.assign(m, { incarnation: r.incarnation, placement: op.placement, liveFrom, openedFp: fp });
           }
@@ -172,10 +174,13 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
         if (!m || m.state !== 'D') return;
         const inc = m.incarnation;
         if (m.stage === 'claimed') {
-          assert.equal((await core.store.advance(op.id, inc, 'gpu_release_requested', now, 1)).code, 'ADVANCED');
-          m.stage = 'gpu_release_requested';
+          const token = drawReleaseToken();
+          assert.equal((await core.store.advance(op.id, inc, 'gpu_release_requested', now, { attempt: 1, token })).code, 'ADVANCED');
+          Object.assign(m, { stage: 'gpu_release_requested', token });
         } else if (m.stage === 'gpu_release_requested') {
-          const r = await core.store.recordRelease(op.id, inc, PLACEMENTS[m.placement]!.gpuBytes, now, PLACEMENTS[m.placement]!.node);
+          const forged = await core.store.recordRelease(op.id, inc, PLACEMENTS[m.placement]!.gpuBytes, now, PLACEMENTS[m.placement]!.node, drawReleaseToken());
+          assert.equal(forged.code, 'TOKEN_MISMATCH', 'an answer to no request of ours books nothing');
+          const r = await core.store.recordRelease(op.id, inc, PLACEMENTS[m.placement]!.gpuBytes, now, PLACEMENTS[m.placement]!.node, m.token!);
           assert.equal(r.code, 'RELEASED');
           assert.ok(!releasedIncarnations.has(`${op.id}:${inc}`), 'an allocation is released once');
           releasedIncarnations.add(`${op.id}:${inc}`);
@@ -192,7 +197,7 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
         }
         // A redelivered release of the same incarnation books nothing more.
         if (m.stage === 'gpu_released' || m.stage === 'state_purged' || m.stage === 'completed') {
-          const dup = await core.store.recordRelease(op.id, inc, 1, now, PLACEMENTS[m.placement]!.node);
+          const dup = await core.store.recordRelease(op.id, inc, 1, now, PLACEMENTS[m.placement]!.node, m.token!);
           assert.equal(dup.code, 'DUPLICATE');
         }
         return;
@@ -218,9 +223,9 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
       }
       for (const [sid, m] of model) if (m.state === 'A') assert.ok(m.deadline > now, `a due session was missed: ${sid}`);
     } else if (op.kind === 'releaseMigrations') {
-      for (const [key, bytes] of pendingMigrations) {
+      for (const [key, { bytes, token }] of pendingMigrations) {
         const [sid, inc] = key.split(':') as [string, string];
-        const r = await core.store.recordRelease(sid, Number(inc), bytes, now, '');
+        const r = await core.store.recordRelease(sid, Number(inc), bytes, now, '', token);
         assert.equal(r.code, 'MIGRATION_RELEASED');
         released += bytes;
         pendingMigrations.delete(key);

@@ -7,7 +7,7 @@ import { EventType } from './events.ts';
 import { MAX_BATCH_EVENTS, isBatchRequest, parseInbound, parseInboundBatch } from './parse.ts';
 
 const BATCH = { 'content-type': 'application/cloudevents-batch+json; charset=utf-8' };
-const OPTS = { maxBytes: 4096, accept: [EventType.SessionHeartbeat, EventType.SessionHold] as const };
+const OPTS = { maxBytes: 4096, maxBatchBytes: 8192, accept: [EventType.SessionHeartbeat, EventType.SessionHold] as const };
 
 const heartbeat = (sessionId: string, extra: Record<string, unknown> = {}) => ({
   specversion: '1.0', id: `hb-${sessionId}`, source: '/tests/gateway', type: EventType.SessionHeartbeat, time: '2026-11-21T06:45:00.000Z', data: { sessionId }, ...extra,
@@ -50,7 +50,9 @@ describe('parseInboundBatch', () => {
     assert.deepEqual(pick(refusal(heartbeat('a'))), { code: 'NOT_A_CLOUDEVENT', field: 'body' });
     assert.deepEqual(pick(refusal([])), { code: 'NOT_A_CLOUDEVENT', field: 'body' });
     assert.deepEqual(pick(refusal(Array.from({ length: MAX_BATCH_EVENTS + 1 }, (_, i) => heartbeat(`s${i}`)))), { code: 'TOO_LARGE', field: 'body' });
-    assert.deepEqual(pick(refusal([heartbeat('a', { data: { sessionId: 'a', pad: 'x'.repeat(5000) } })])), { code: 'TOO_LARGE', field: 'body' });
+    // The cap is on the whole batch (MAX_BATCH_BYTES), not the events times MAX_EVENT_BYTES.
+    assert.deepEqual(pick(refusal([heartbeat('a', { data: { sessionId: 'a', pad: 'x'.repeat(9000) } })])), { code: 'TOO_LARGE', field: 'body' });
+    assert.deepEqual(pick(refusal(Array.from({ length: 60 }, (_, i) => heartbeat(`s${i}`)))), { code: 'TOO_LARGE', field: 'body' }, '60 small events over 8 KiB');
   });
 
   it('is not how single events are read: parseInbound still refuses a batch', () => {

@@ -63,8 +63,16 @@ const SessionId = Type.String({
   description: 'The session: 1 to 128 characters, letters and digits, then also `.`, `_`, `:` or `-`.',
 });
 
+/** Largest GPU byte count one event may carry (4 TiB): far above any one session, and low enough that the ledger's
+ *  64-bit counters cannot overflow inside a script (which would leave it half applied). */
+export const MAX_GPU_BYTES = 4 * 1024 ** 4;
+
+/** Longest interval or duration an inbound event may name: one week, in ms. */
+export const MAX_DURATION_MS = 7 * 24 * 3600 * 1000;
+
 const Incarnation = Type.Integer({
   minimum: 1,
+  maximum: Number.MAX_SAFE_INTEGER,
   description: 'Which life of the session id this is (1, 2, ...): a reused id is a new incarnation, so late events about an old one are recognised.',
 });
 
@@ -72,7 +80,19 @@ const Incarnation = Type.Integer({
 const EmittedInstant = (description: string) =>
   Type.String({ format: 'date-time', pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}\\.\\d{3}Z$', description: `${description} RFC 3339, UTC, with milliseconds.` });
 
-const DurationMs = (minimum: number, description: string) => Type.Integer({ minimum, description: `${description} Integer milliseconds.` });
+const DurationMs = (minimum: number, description: string, maximum: number = Number.MAX_SAFE_INTEGER) =>
+  Type.Integer({ minimum, maximum, description: `${description} Integer milliseconds.` });
+
+const GpuBytes = (description: string) => Type.Integer({ minimum: 0, maximum: MAX_GPU_BYTES, description: `${description} At most 4 TiB.` });
+
+/** Pattern of a release token: what destroy-dispatch (or heartbeat-timeout, for a migration) drew when it requested
+ *  one release attempt; only an answer that echoes it is booked. */
+export const RELEASE_TOKEN_PATTERN = '^[A-Za-z0-9_-]{16,64}$';
+
+const ReleaseToken = Type.String({
+  pattern: RELEASE_TOKEN_PATTERN,
+  description: 'The release attempt\'s token, drawn when the attempt was requested; gpu.released and gpu.release.failed echo it, and an answer with another token is ignored.',
+})
 
 const ShortText = (description: string, maxLength = 256) => Type.String({ minLength: 1, maxLength, description });
 
@@ -80,8 +100,11 @@ const ShortText = (description: string, maxLength = 256) => Type.String({ minLen
 export const Placement = Type.Object(
   {
     node: Type.String({ minLength: 1, maxLength: 253, description: 'Kubernetes node name the runtime runs on.' }),
-    runtimeUrl: Type.String({ format: 'uri', pattern: '^https?://', maxLength: 2048, description: 'Base URL (http or https) of the inference runtime holding the session.' }),
-    gpuBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'GPU memory the session holds, in bytes, when the pipeline knows it.' })),
+    runtimeUrl: Type.String({
+      format: 'uri', pattern: '^https?://', maxLength: 2048,
+      description: 'Base URL (http or https) of the inference runtime holding the session; it must be one the operator registered (RUNTIMES), and it is never called from an event: gpu-release takes the address a session was opened with from Redis.',
+    }),
+    gpuBytes: Type.Optional(GpuBytes('GPU memory the session holds, in bytes, when the pipeline knows it.')),
   },
   { additionalProperties: false, description: 'Where the session runs.' },
 );
@@ -116,12 +139,12 @@ export const SessionOpenedData = eventData(
     sessionId: SessionId,
     placement: Placement,
     heartbeatIntervalMs: Type.Optional(
-      Type.Integer({ minimum: 100, default: 30_000, description: 'How often the pipeline promises a heartbeat. Integer milliseconds; when absent, DEFAULT_HEARTBEAT_INTERVAL_MS (30000).' }),
+      Type.Integer({ minimum: 100, maximum: 86_400_000, default: 30_000, description: 'How often the pipeline promises a heartbeat. Integer milliseconds, at most a day; when absent, DEFAULT_HEARTBEAT_INTERVAL_MS (30000).' }),
     ),
     missedBeats: Type.Optional(
       Type.Integer({ minimum: 1, maximum: 100, default: 3, description: 'Heartbeats that may be missed before the session is dead; when absent, DEFAULT_MISSED_BEATS (3).' }),
     ),
-    tenant: Type.Optional(ShortText('Tenant the session belongs to, for logs and metrics.', 128)),
+    tenant: Type.Optional(ShortText('Tenant the session belongs to: it owns the session (later events about it must name the same tenant in their `tenant` attribute), and it picks the idle policy.', 128)),
     model: Type.Optional(ShortText('Model the session runs, for logs and metrics.', 128)),
   },
   [
@@ -141,7 +164,7 @@ export const SessionHeartbeatData = eventData(
   'The session is alive; pushes its liveness deadline out by heartbeatIntervalMs x missedBeats.',
   {
     sessionId: SessionId,
-    seq: Type.Optional(Type.Integer({ minimum: 0, description: 'Sequence number of the heartbeat, for tracing only; order is not enforced.' })),
+    seq: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: 'Sequence number of the heartbeat, for tracing only; order is not enforced.' })),
   },
   [{ sessionId: 'sess-7f3a9c', seq: 42 }],
 );
@@ -155,7 +178,7 @@ export const SessionActivityData = eventData(
     at: Type.Optional(Type.String({ format: 'date-time', description: 'When it happened (RFC 3339); the CloudEvent time when absent.' })),
     text: Type.Optional(Type.String({ maxLength: 65_536, description: 'Text of the activity (at most 65536 characters), for the semantic idle signal.' })),
     embedding: Type.Optional(
-      Type.Array(Type.Number(), { minItems: 1, maxItems: 8192, description: 'Embedding of the activity text: 1 to 8192 finite numbers.' }),
+      Type.Array(Type.Number({ minimum: -1e6, maximum: 1e6 }), { minItems: 1, maxItems: 8192, description: 'Embedding of the activity text: 1 to 8192 numbers, each within ±1e6.' }),
     ),
   },
   [{ sessionId: 'sess-7f3a9c', kind: 'message', at: '2026-11-21T06:45:04.123Z', text: 'Summarise the last report, please.', embedding: [0.12, -0.03, 0.88] }],
@@ -166,7 +189,7 @@ export const SessionHoldData = eventData(
   'An explicit grant that the session is busy (e.g. a long tool call): it must not expire or be judged idle for durationMs.',
   {
     sessionId: SessionId,
-    durationMs: DurationMs(1, 'How long the hold lasts from now (capped at MAX_HOLD_MS).'),
+    durationMs: DurationMs(1, 'How long the hold lasts from now (capped at MAX_HOLD_MS; at most a week may be asked).', MAX_DURATION_MS),
     reason: ShortText('Why the session is busy, for logs.'),
   },
   [{ sessionId: 'sess-7f3a9c', durationMs: 120_000, reason: 'batch tool call' }],
@@ -241,12 +264,13 @@ export const SessionIdleData = eventData(
 
 export const GpuReleaseRequestedData = eventData(
   EventType.GpuReleaseRequested,
-  'The GPU memory of the session is to be freed by its inference runtime.',
+  'The GPU memory of the session is to be freed by its inference runtime. The placement is for observers only: gpu-release calls the runtime the session was opened with, as Redis holds it.',
   {
     sessionId: SessionId,
     incarnation: Incarnation,
     placement: Placement,
-    attempt: Type.Integer({ minimum: 1, description: 'Which attempt at this release this is, from 1.' }),
+    attempt: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: 'Which attempt at this release this is, from 1.' }),
+    token: ReleaseToken,
     reason: Type.Optional(stringEnum(RELEASE_REASONS, 'Why the memory is freed; destroy when absent.')),
   },
   [
@@ -255,6 +279,7 @@ export const GpuReleaseRequestedData = eventData(
       incarnation: 1,
       placement: { node: 'gpu-node-a100-3', runtimeUrl: 'http://vllm-0.inference.svc.cluster.local:8000', gpuBytes: 17_179_869_184 },
       attempt: 1,
+      token: 'q3Zp0c8Wm1tYb6Nf2LxR-A',
       reason: 'destroy',
     },
   ],
@@ -267,9 +292,10 @@ export const GpuReleasedData = eventData(
     sessionId: SessionId,
     incarnation: Incarnation,
     node: Type.String({ minLength: 1, maxLength: 253, description: 'Node whose GPU memory was freed.' }),
-    freedBytes: Type.Integer({ minimum: 0, description: 'GPU memory freed, in bytes (0 when the runtime no longer held the session).' }),
+    freedBytes: GpuBytes('GPU memory freed, in bytes (0 when the runtime no longer held the session).'),
+    token: ReleaseToken,
   },
-  [{ sessionId: 'sess-7f3a9c', incarnation: 1, node: 'gpu-node-a100-3', freedBytes: 17_179_869_184 }],
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, node: 'gpu-node-a100-3', freedBytes: 17_179_869_184, token: 'q3Zp0c8Wm1tYb6Nf2LxR-A' }],
 );
 
 export const GpuReleaseFailedData = eventData(
@@ -279,10 +305,11 @@ export const GpuReleaseFailedData = eventData(
     sessionId: SessionId,
     incarnation: Incarnation,
     node: Type.String({ minLength: 1, maxLength: 253, description: 'Node whose GPU memory could not be freed.' }),
-    error: Type.String({ minLength: 1, maxLength: 2048, description: 'What went wrong, for the operator.' }),
+    error: Type.String({ minLength: 1, maxLength: 2048, description: 'What went wrong, for the operator: a fixed description of the failure (never the runtime\'s reply or address).' }),
     retryable: Type.Boolean({ description: 'True when trying again may succeed (timeout, 5xx); false when it cannot.' }),
+    token: ReleaseToken,
   },
-  [{ sessionId: 'sess-7f3a9c', incarnation: 1, node: 'gpu-node-a100-3', error: 'runtime answered 503 three times', retryable: true }],
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, node: 'gpu-node-a100-3', error: 'runtime answered 503 three times', retryable: true, token: 'q3Zp0c8Wm1tYb6Nf2LxR-A' }],
 );
 
 export const SessionDestroyedData = eventData(
@@ -370,32 +397,56 @@ export type DestroyResume = Static<typeof DestroyResumeData>;
 /** The functions of the system, by their one name (framework target, Knative Service, image). */
 export type FunctionName = 'heartbeat-timeout' | 'activity-score' | 'destroy-dispatch' | 'gpu-release';
 
-/** One row of the event catalogue: who produces a type, who consumes it, and what it means. */
+/**
+ * Every workload of session-reaper that sends events: the four functions and the two long-running parts. Each has
+ * its own ServiceAccount of that name (the identity the Broker's EventPolicies admit) and sends with the CloudEvent
+ * `source` `/session-reaper/<name>` (sourceOf), which the functions check.
+ */
+export type Workload = FunctionName | 'deadline-engine' | 'idle-checker';
+
+/** Who may send an event type: one of our workloads, the inference pipeline, or an operator. */
+export type Sender = Workload | 'inference-pipeline' | 'operator';
+
+/** What every source of ours starts with; no inbound event may claim it (only session-reaper speaks for itself). */
+export const OWN_SOURCE_PREFIX = '/session-reaper/';
+
+/** The CloudEvent `source` of everything a workload emits. */
+export function sourceOf(workload: Workload): string {
+  return `${OWN_SOURCE_PREFIX}${workload}`;
+}
+
+/** One row of the event catalogue: who sends a type, who consumes it, and what it means. */
 export interface CatalogueEntry {
   type: ContractType;
-  /** inbound: sent to the system from outside; emitted: produced by one of its functions. */
+  /** inbound: sent to the system from outside; emitted: produced by one of its workloads. */
   direction: 'inbound' | 'emitted';
+  /** Who produces it, in words (the README's event table). */
   producer: FunctionName | 'inference pipeline' | 'operator';
+  /**
+   * Exactly who may send it: the Broker's EventPolicies admit these identities for this type and no other, and a
+   * function refuses an emitted type whose source is not one of these workloads' (tests/deploy checks both).
+   */
+  senders: readonly Sender[];
   consumers: readonly FunctionName[];
   summary: string;
 }
 
-/** Every event type with its producer and consumers; the README's event table and the schema index come from it. */
+/** Every event type with its senders and consumers; the README's event table and the schema index come from it. */
 export const catalogue = [
-  { type: EventType.SessionOpened, direction: 'inbound', producer: 'inference pipeline', consumers: ['heartbeat-timeout'], summary: 'A session started; its liveness deadline starts.' },
-  { type: EventType.SessionHeartbeat, direction: 'inbound', producer: 'inference pipeline', consumers: ['heartbeat-timeout'], summary: 'The session is alive; its deadline moves out.' },
-  { type: EventType.SessionActivity, direction: 'inbound', producer: 'inference pipeline', consumers: ['activity-score'], summary: 'User or model activity; feeds the idle score and refreshes liveness.' },
-  { type: EventType.SessionHold, direction: 'inbound', producer: 'inference pipeline', consumers: ['heartbeat-timeout'], summary: 'The session is busy for a while: no expiry, no idle verdict.' },
-  { type: EventType.InferenceCompleted, direction: 'inbound', producer: 'inference pipeline', consumers: ['activity-score', 'destroy-dispatch'], summary: 'A request finished; with release=true the session is destroyed.' },
-  { type: EventType.SessionClosed, direction: 'inbound', producer: 'inference pipeline', consumers: ['destroy-dispatch'], summary: 'The owner closed the session; it is destroyed.' },
-  { type: EventType.SessionDestroyRequested, direction: 'inbound', producer: 'operator', consumers: ['destroy-dispatch'], summary: 'An operator forces the destroy of a session.' },
-  { type: EventType.SessionExpired, direction: 'emitted', producer: 'heartbeat-timeout', consumers: ['destroy-dispatch'], summary: 'The session missed its liveness deadline.' },
-  { type: EventType.SessionIdle, direction: 'emitted', producer: 'activity-score', consumers: ['destroy-dispatch'], summary: 'The idle score crossed the threshold for the current load.' },
-  { type: EventType.GpuReleaseRequested, direction: 'emitted', producer: 'destroy-dispatch', consumers: ['gpu-release'], summary: 'Free the GPU memory of the session on its runtime (heartbeat-timeout also sends it for the old placement of a migrated session).' },
-  { type: EventType.GpuReleased, direction: 'emitted', producer: 'gpu-release', consumers: ['destroy-dispatch'], summary: 'The runtime freed the GPU memory.' },
-  { type: EventType.GpuReleaseFailed, direction: 'emitted', producer: 'gpu-release', consumers: ['destroy-dispatch'], summary: 'Freeing the GPU memory failed (retryable or not).' },
-  { type: EventType.SessionDestroyed, direction: 'emitted', producer: 'destroy-dispatch', consumers: [], summary: 'The session is gone, with the timeline of its destroy; for observers.' },
-  { type: EventType.DestroyResume, direction: 'emitted', producer: 'heartbeat-timeout', consumers: ['destroy-dispatch'], summary: 'The deadline engine (heartbeat-timeout) resumes a stalled destroy from the stage it reached.' },
+  { type: EventType.SessionOpened, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['heartbeat-timeout'], summary: 'A session started; its liveness deadline starts.' },
+  { type: EventType.SessionHeartbeat, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['heartbeat-timeout'], summary: 'The session is alive; its deadline moves out.' },
+  { type: EventType.SessionActivity, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['activity-score'], summary: 'User or model activity; feeds the idle score and refreshes liveness.' },
+  { type: EventType.SessionHold, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['heartbeat-timeout'], summary: 'The session is busy for a while: no expiry, no idle verdict.' },
+  { type: EventType.InferenceCompleted, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['activity-score', 'destroy-dispatch'], summary: 'A request finished; with release=true the session is destroyed.' },
+  { type: EventType.SessionClosed, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['destroy-dispatch'], summary: 'The owner closed the session; it is destroyed.' },
+  { type: EventType.SessionDestroyRequested, direction: 'inbound', producer: 'operator', senders: ['operator'], consumers: ['destroy-dispatch'], summary: 'An operator forces the destroy of a session.' },
+  { type: EventType.SessionExpired, direction: 'emitted', producer: 'heartbeat-timeout', senders: ['deadline-engine'], consumers: ['destroy-dispatch'], summary: 'The session missed its liveness deadline.' },
+  { type: EventType.SessionIdle, direction: 'emitted', producer: 'activity-score', senders: ['idle-checker'], consumers: ['destroy-dispatch'], summary: 'The idle score crossed the threshold for the current load.' },
+  { type: EventType.GpuReleaseRequested, direction: 'emitted', producer: 'destroy-dispatch', senders: ['destroy-dispatch', 'heartbeat-timeout', 'deadline-engine'], consumers: ['gpu-release'], summary: 'Free the GPU memory of the session on its runtime (heartbeat-timeout also sends it for the old placement of a migrated session, and the deadline engine again when that release stalled).' },
+  { type: EventType.GpuReleased, direction: 'emitted', producer: 'gpu-release', senders: ['gpu-release'], consumers: ['destroy-dispatch'], summary: 'The runtime freed the GPU memory.' },
+  { type: EventType.GpuReleaseFailed, direction: 'emitted', producer: 'gpu-release', senders: ['gpu-release'], consumers: ['destroy-dispatch'], summary: 'Freeing the GPU memory failed (retryable or not).' },
+  { type: EventType.SessionDestroyed, direction: 'emitted', producer: 'destroy-dispatch', senders: ['destroy-dispatch'], consumers: [], summary: 'The session is gone, with the timeline of its destroy; for observers.' },
+  { type: EventType.DestroyResume, direction: 'emitted', producer: 'heartbeat-timeout', senders: ['deadline-engine'], consumers: ['destroy-dispatch'], summary: 'The deadline engine (heartbeat-timeout) resumes a stalled destroy from the stage it reached.' },
 ] as const satisfies readonly CatalogueEntry[];
 
 /** Types sent to the system from outside it. */
@@ -414,4 +465,20 @@ export function isContractType(type: unknown): type is ContractType {
 /** True when a string is a type the system itself emits. */
 export function isEmittedType(type: unknown): type is EmittedType {
   return typeof type === 'string' && emittedTypes.has(type);
+}
+
+
+/** The workloads of ours that send anything, and the types each may send (for EventPolicies and their checks). */
+export const WORKLOADS: readonly Workload[] = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release', 'deadline-engine', 'idle-checker'];
+
+const sendersOfType = new Map<string, readonly Sender[]>(catalogue.map((entry) => [entry.type, entry.senders]));
+
+/** Who may send a type (the catalogue's senders); empty for a type outside the contract. */
+export function sendersOf(type: string): readonly Sender[] {
+  return sendersOfType.get(type) ?? [];
+}
+
+/** The types a sender may send, in catalogue order. */
+export function typesSentBy(sender: Sender): ContractType[] {
+  return catalogue.filter((entry) => (entry.senders as readonly Sender[]).includes(sender)).map((entry) => entry.type);
 }

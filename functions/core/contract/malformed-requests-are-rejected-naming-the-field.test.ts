@@ -146,7 +146,7 @@ describe('accept: the types a function consumes', () => {
 
   it('accepts events another function emitted when they are listed', () => {
     const expired = new CloudEvent({
-      source: '/session-reaper/heartbeat-timeout',
+      source: '/session-reaper/deadline-engine',
       type: EventType.SessionExpired,
       subject: 's',
       data: { sessionId: 's', incarnation: 1, deadline: '2026-11-21T06:45:04.123Z', detectedAt: '2026-11-21T06:45:04.130Z', lagMs: 7 },
@@ -165,6 +165,19 @@ describe('accept: the types a function consumes', () => {
       case EventType.SessionHeartbeat:
         assert.fail(`unexpected heartbeat seq ${ev.data.seq}`);
     }
+  });
+
+  it('refuses an internal type from any source but its senders\', and an inbound type claiming one of ours', () => {
+    const idle = (source: string) => new CloudEvent({
+      source, type: EventType.SessionIdle, subject: 's', data: { sessionId: 's', incarnation: 1, score: 0.9, components: { behavior: 1, semantic: 1, timing: 1 } },
+    });
+    const accept = [EventType.SessionIdle, EventType.SessionClosed];
+    assert.equal(parseInbound(HTTP.binary(idle('/session-reaper/idle-checker')) as RawRequest, { maxBytes: MAX, accept }).type, EventType.SessionIdle);
+    for (const source of ['/inference-pipeline/gateway', '/session-reaper/deadline-engine', '/session-reaper/idle-checker/x', 'https://evil.example/session-reaper/idle-checker']) {
+      rejects(HTTP.binary(idle(source)) as RawRequest, 'FORBIDDEN_SOURCE', 'ce.source', accept);
+    }
+    const closed = new CloudEvent({ source: '/session-reaper/destroy-dispatch', type: EventType.SessionClosed, data: { sessionId: 's' } });
+    rejects(HTTP.structured(closed) as RawRequest, 'FORBIDDEN_SOURCE', 'ce.source', accept);
   });
 
   it('validateData refuses a type outside the contract', () => {

@@ -6,7 +6,7 @@ import { CloudEvent, HTTP, ValidationError } from 'cloudevents';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import ajvFormats from 'ajv-formats';
 import { ContractError } from '../errors.ts';
-import { EventTypes, SESSION_ID_PATTERN, isContractType, type ContractType, type DataOf } from './events.ts';
+import { EventTypes, OWN_SOURCE_PREFIX, SESSION_ID_PATTERN, isContractType, isEmittedType, sendersOf, sourceOf, WORKLOADS, type ContractType, type DataOf, type Workload } from './events.ts';
 
 /** An HTTP request as a server framework hands it over; the body may be raw, text, or already parsed JSON. */
 export interface RawRequest {
@@ -25,6 +25,12 @@ export type InboundEvent<T extends ContractType = ContractType> = T extends Cont
       readonly source: string;
       /** The event's own time attribute (normalised to ISO 8601 UTC), when the producer set one. */
       readonly time?: string;
+      /**
+       * The tenant the event speaks for: its `tenant` extension attribute (for session.opened, also its data's
+       * tenant; the two must agree). A session opened with a tenant belongs to it, and an event about the session
+       * naming another tenant, or none, is refused (OwnershipError, 403).
+       */
+      readonly tenant?: string;
       /** W3C trace context: the event's distributed-tracing extension, else the request's traceparent header. */
       readonly traceparent?: string;
       readonly tracestate?: string;
@@ -37,6 +43,8 @@ export type InboundEvent<T extends ContractType = ContractType> = T extends Cont
 export interface ParseOptions<A extends readonly ContractType[] = readonly ContractType[]> {
   /** Largest accepted event: body bytes plus CloudEvent attribute headers (MAX_EVENT_BYTES). */
   maxBytes: number;
+  /** Largest accepted batch body (MAX_BATCH_BYTES); batches are refused when absent. */
+  maxBatchBytes?: number;
   /** The types this function consumes; any other type is UNKNOWN_TYPE. All contract types when absent. */
   accept?: A;
 }
@@ -90,11 +98,10 @@ export function parseInboundBatch(req: RawRequest, opts: ParseOptions): InboundE
   if (events.length > MAX_BATCH_EVENTS) {
     throw new ContractError('TOO_LARGE', 'body', `the batch holds ${events.length} events; at most ${MAX_BATCH_EVENTS} are accepted`);
   }
-  // Each event is held to MAX_EVENT_BYTES on average: measuring each one would mean serialising it again.
+  // A cap on the whole batch, not events x MAX_EVENT_BYTES: what a request may make a process hold is the batch.
   const bytes = byteLengthOf(body);
-  if (bytes > opts.maxBytes * events.length) {
-    throw new ContractError('TOO_LARGE', 'body', `the batch is ${bytes} bytes for ${events.length} events; at most ${opts.maxBytes} per event are accepted`);
-  }
+  const cap = opts.maxBatchBytes ?? 0;
+  if (bytes > cap) throw new ContractError('TOO_LARGE', 'body', `the batch is ${bytes} bytes; at most ${cap} are accepted`);
   return events.map((event: unknown, i) => {
     try {
       if (!isPlainObject(event)) throw new ContractError('NOT_A_CLOUDEVENT', 'event', 'a structured CloudEvent must be a JSON object');
@@ -119,17 +126,55 @@ function finish(decoded: Decoded, headers: Record<string, string>, structured: b
     throw new ContractError('INVALID_FIELD', 'ce.datacontenttype', 'data must be JSON (application/json)');
   }
 
+  checkSource(type, ce.source);
+  const valid = validateData(type, data);
+  const tenant = tenantOf(ce, valid);
   const traceparent = traceparentOf(ce, headers);
   return {
     type,
-    data: validateData(type, data),
+    data: valid,
     id: ce.id,
     source: ce.source,
     time: rawTime === undefined ? undefined : ce.time,
+    tenant,
     traceparent,
     tracestate: traceparent === undefined ? undefined : tracestateOf(ce, headers, traceparent),
     ce,
   } as InboundEvent;
+}
+
+const ownSources: ReadonlyMap<string, Workload> = new Map(WORKLOADS.map((w) => [sourceOf(w), w]));
+
+/**
+ * Only session-reaper speaks for itself: an emitted (internal) type must carry the source of one of the workloads the
+ * catalogue names as its senders, and an inbound type may not claim a source of ours. The Broker's EventPolicies
+ * enforce who may send what; this is the same rule again, where the event is consumed.
+ */
+export function checkSource(type: ContractType, source: string): void {
+  if (isEmittedType(type)) {
+    const allowed = sendersOf(type);
+    const workload = ownSources.get(source);
+    if (workload === undefined || !allowed.includes(workload)) {
+      throw new ContractError('FORBIDDEN_SOURCE', 'ce.source', `${type} is sent only by session-reaper itself (${allowed.map((w) => sourceOf(w as Workload)).join(', ')})`);
+    }
+  } else if (source.startsWith(OWN_SOURCE_PREFIX)) {
+    throw new ContractError('FORBIDDEN_SOURCE', 'ce.source', `sources under ${OWN_SOURCE_PREFIX} are session-reaper's own; an inbound event may not claim one`);
+  }
+}
+
+const MAX_TENANT_CHARS = 128;
+
+// The tenant an event speaks for: the `tenant` extension attribute, or for session.opened its data's tenant.
+function tenantOf(ce: CloudEvent<unknown>, data: object): string | undefined {
+  const attribute: unknown = ce['tenant'];
+  if (attribute !== undefined && (typeof attribute !== 'string' || attribute.length === 0 || attribute.length > MAX_TENANT_CHARS)) {
+    throw new ContractError('INVALID_FIELD', 'ce.tenant', `must be a string of 1 to ${MAX_TENANT_CHARS} characters`);
+  }
+  const named = 'tenant' in data && typeof data.tenant === 'string' ? data.tenant : undefined;
+  if (attribute !== undefined && named !== undefined && attribute !== named) {
+    throw new ContractError('INVALID_FIELD', 'ce.tenant', 'must be the tenant the data names');
+  }
+  return attribute ?? named;
 }
 
 /** Validates the data of an event of the given type against its schema; returns it typed, or throws ContractError. */

@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { auditLedger } from '../ledger.ts';
+import { drawReleaseToken, migrationMember } from '../session-store.ts';
 import { TOPOLOGIES } from '../../../tests/support/redis.ts';
 import { fp, openAt, placementA, placementB, testCore, type TestCore } from '../../../tests/support/core.ts';
 
@@ -9,8 +10,9 @@ const T0 = 1_800_000_000_000;
 
 /** Drives a claimed destroy through every stage, as destroy-dispatch does. */
 async function destroyFully(core: TestCore, id: string, inc: number, at: number): Promise<void> {
-  assert.equal((await core.store.advance(id, inc, 'gpu_release_requested', at, 1)).code, 'ADVANCED');
-  assert.equal((await core.store.recordRelease(id, inc, 1000, at + 1, 'gpu-node-a')).code, 'RELEASED');
+  const token = drawReleaseToken();
+  assert.equal((await core.store.advance(id, inc, 'gpu_release_requested', at, { attempt: 1, token })).code, 'ADVANCED');
+  assert.equal((await core.store.recordRelease(id, inc, 1000, at + 1, 'gpu-node-a', token)).code, 'RELEASED');
   assert.equal((await core.store.purge(id, inc, at + 2)).code, 'PURGED');
   assert.equal((await core.store.complete(id, inc, at + 3)).code, 'COMPLETED');
 }
@@ -53,11 +55,12 @@ for (const topology of TOPOLOGIES) {
         assert.equal(r.code, 'MIGRATED');
         if (r.code !== 'MIGRATED' || first.code !== 'OPENED') return;
         assert.ok(r.incarnation > first.incarnation);
-        assert.deepEqual(r.previous, { incarnation: first.incarnation, placement: placementA });
+        assert.deepEqual({ ...r.previous, token: typeof r.previous.token }, { incarnation: first.incarnation, placement: placementA, token: 'string' });
         const inflight = await core.store.destroysInFlight();
-        assert.ok(inflight.some((m) => m.member === `m:open-4:${first.incarnation}`));
-        assert.equal((await core.store.recordRelease('open-4', first.incarnation, 1000, T0 + 200, 'gpu-node-a')).code, 'MIGRATION_RELEASED');
-        assert.equal((await core.store.recordRelease('open-4', first.incarnation, 1000, T0 + 201, 'gpu-node-a')).code, 'STALE');
+        assert.ok(inflight.some((m) => m.member === migrationMember('open-4', first.incarnation)));
+        assert.equal((await core.store.recordRelease('open-4', first.incarnation, 1000, T0 + 199, 'gpu-node-a', drawReleaseToken())).code, 'TOKEN_MISMATCH', 'another token books nothing');
+        assert.equal((await core.store.recordRelease('open-4', first.incarnation, 1000, T0 + 200, 'gpu-node-a', r.previous.token)).code, 'MIGRATION_RELEASED');
+        assert.equal((await core.store.recordRelease('open-4', first.incarnation, 1000, T0 + 201, 'gpu-node-a', r.previous.token)).code, 'STALE');
       });
 
       test('refuses to move a live session back to a placement set by an older opened', async () => {
@@ -321,13 +324,18 @@ for (const topology of TOPOLOGIES) {
         const inc = r.incarnation;
         await core.store.claimDestroy({ sessionId: 'stage-1', fingerprint: fp(), cause: 'closed', now: T0 + 1 });
         assert.deepEqual(await core.store.purge('stage-1', inc, T0 + 2), { code: 'NOT_READY', stage: 'claimed' });
-        assert.deepEqual(await core.store.advance('stage-1', inc, 'gpu_release_requested', T0 + 2, 1), { code: 'ADVANCED', stage: 'gpu_release_requested' });
-        assert.deepEqual(await core.store.advance('stage-1', inc, 'gpu_release_requested', T0 + 3, 2), { code: 'REISSUED', attempt: 2 });
+        const [first, second] = [drawReleaseToken(), drawReleaseToken()];
+        assert.deepEqual(await core.store.recordRelease('stage-1', inc, 900, T0 + 2, 'gpu-node-a', first), { code: 'NOT_REQUESTED', stage: 'claimed' }, 'no answer before a request');
+        assert.deepEqual(await core.store.advance('stage-1', inc, 'gpu_release_requested', T0 + 2, { attempt: 1, token: first }), { code: 'ADVANCED', stage: 'gpu_release_requested' });
+        assert.deepEqual(await core.store.advance('stage-1', inc, 'gpu_release_requested', T0 + 3, { attempt: 2, token: second }), { code: 'REISSUED', attempt: 2 });
+        assert.deepEqual(await core.store.releaseAttempt('stage-1', inc), { attempt: 2, token: second });
         assert.deepEqual(await core.store.advance('stage-1', inc, 'claimed', T0 + 3), { code: 'ALREADY', stage: 'gpu_release_requested' });
         assert.deepEqual(await core.store.advance('stage-1', inc + 1, 'gpu_released', T0 + 3), { code: 'STALE', incarnation: inc });
         assert.deepEqual(await core.store.complete('stage-1', inc, T0 + 3), { code: 'NOT_READY', stage: 'gpu_release_requested' });
-        assert.deepEqual(await core.store.recordRelease('stage-1', inc, 900, T0 + 4, 'gpu-node-a'), { code: 'RELEASED', node: 'gpu-node-a', registeredBytes: 1000 });
-        assert.deepEqual(await core.store.recordRelease('stage-1', inc, 900, T0 + 5, 'gpu-node-a'), { code: 'DUPLICATE', stage: 'gpu_released' });
+        assert.deepEqual(await core.store.recordRelease('stage-1', inc, 900, T0 + 4, 'gpu-node-a', first), { code: 'TOKEN_MISMATCH' }, 'the superseded attempt\'s answer books nothing');
+        assert.deepEqual(await core.store.recordRelease('stage-1', inc, 900, T0 + 4, 'gpu-node-a', second), { code: 'RELEASED', node: 'gpu-node-a', registeredBytes: 1000 });
+        assert.deepEqual(await core.store.recordRelease('stage-1', inc, 900, T0 + 5, 'gpu-node-a', second), { code: 'DUPLICATE', stage: 'gpu_released' });
+        assert.deepEqual(await core.store.recordRelease('stage-1', inc, 900, T0 + 5, 'gpu-node-a', first), { code: 'TOKEN_MISMATCH' });
         assert.deepEqual(await core.store.purge('stage-1', inc, T0 + 6), { code: 'PURGED' });
         assert.deepEqual(await core.store.purge('stage-1', inc, T0 + 6), { code: 'ALREADY', stage: 'state_purged' });
         assert.deepEqual(await core.store.complete('stage-1', inc, T0 + 7), { code: 'COMPLETED' });
@@ -344,14 +352,14 @@ for (const topology of TOPOLOGIES) {
         assert.deepEqual(await core.store.advance('stage-none', 1, 'gpu_released', T0), { code: 'UNKNOWN' });
         assert.deepEqual(await core.store.purge('stage-none', 1, T0), { code: 'UNKNOWN' });
         assert.deepEqual(await core.store.complete('stage-none', 1, T0), { code: 'UNKNOWN' });
-        assert.deepEqual(await core.store.recordRelease('stage-none', 1, 0, T0, 'gpu-node-z'), { code: 'UNKNOWN' });
+        assert.deepEqual(await core.store.recordRelease('stage-none', 1, 0, T0, 'gpu-node-z', drawReleaseToken()), { code: 'UNKNOWN' });
         const r = await openAt(core, 'stage-2', T0);
         if (r.code !== 'OPENED') return assert.fail(r.code);
         assert.deepEqual(await core.store.advance('stage-2', r.incarnation, 'gpu_released', T0), { code: 'NOT_DESTROYING', state: 'active' });
         assert.deepEqual(await core.store.purge('stage-2', r.incarnation, T0), { code: 'NOT_DESTROYING', state: 'active' });
         assert.deepEqual(await core.store.complete('stage-2', r.incarnation, T0), { code: 'NOT_DESTROYING', state: 'active' });
-        assert.deepEqual(await core.store.recordRelease('stage-2', r.incarnation, 0, T0, 'gpu-node-a'), { code: 'NOT_DESTROYING' });
-        assert.deepEqual(await core.store.recordRelease('stage-2', r.incarnation + 7, 0, T0, 'gpu-node-a'), { code: 'STALE', incarnation: r.incarnation });
+        assert.deepEqual(await core.store.recordRelease('stage-2', r.incarnation, 0, T0, 'gpu-node-a', drawReleaseToken()), { code: 'NOT_DESTROYING' });
+        assert.deepEqual(await core.store.recordRelease('stage-2', r.incarnation + 7, 0, T0, 'gpu-node-a', drawReleaseToken()), { code: 'STALE', incarnation: r.incarnation });
         assert.deepEqual(await core.store.purge('stage-2', r.incarnation + 7, T0), { code: 'STALE', incarnation: r.incarnation });
         assert.deepEqual(await core.store.complete('stage-2', r.incarnation + 7, T0), { code: 'STALE', incarnation: r.incarnation });
       });
@@ -371,11 +379,75 @@ for (const topology of TOPOLOGIES) {
 
       test('hands out a stalled migration release and drops stray entries', async () => {
         const first = await openAt(core, 'stall-2', T0);
-        await openAt(core, 'stall-2', T0 + 1, placementB);
-        const member = `m:stall-2:${first.incarnation}`;
-        assert.deepEqual(await core.store.claimStalled(member, T0 + 5000, 1000), { code: 'MIGRATION', sessionId: 'stall-2', incarnation: first.incarnation, placement: placementA });
+        const moved = await openAt(core, 'stall-2', T0 + 1, placementB);
+        if (moved.code !== 'MIGRATED') return assert.fail(moved.code);
+        const member = migrationMember('stall-2', first.incarnation);
+        assert.deepEqual(await core.store.claimStalled(member, T0 + 5000, 1000), {
+          code: 'MIGRATION', sessionId: 'stall-2', incarnation: first.incarnation, placement: placementA, token: moved.previous.token,
+        });
         await core.redis.zadd(core.keys.session('stall-2').destroying, T0, 'stall-2');
         assert.deepEqual(await core.store.claimStalled('stall-2', T0 + 5000, 1000), { code: 'GONE' }, 'an active session is not a stalled destroy');
+      });
+
+      test('a session whose id looks like a migration entry is resumed as the session it is', async () => {
+        for (const id of ['m:x:1', 'm:stall-3:2']) {
+          const r = await openAt(core, id, T0);
+          if (r.code !== 'OPENED') return assert.fail(r.code);
+          await core.store.claimDestroy({ sessionId: id, fingerprint: fp(), cause: 'closed', now: T0 });
+          const stalled = await core.store.claimStalled(id, T0 + 1000, 1000);
+          assert.equal(stalled.code, 'STALLED', `${id} is a stalled destroy`);
+          assert.ok(stalled.code === 'STALLED' && stalled.sessionId === id && stalled.incarnation === r.incarnation);
+        }
+      });
+    });
+
+    describe('releaseTarget', () => {
+      test('names the stored runtime only for the release pending under the given token', async () => {
+        const r = await openAt(core, 'target-1', T0);
+        if (r.code !== 'OPENED') return assert.fail(r.code);
+        const inc = r.incarnation;
+        const token = drawReleaseToken();
+        assert.deepEqual(await core.store.releaseTarget('target-1', inc, token), { code: 'NOT_PENDING', why: 'live' });
+        await core.store.claimDestroy({ sessionId: 'target-1', fingerprint: fp(), cause: 'closed', now: T0 });
+        assert.deepEqual(await core.store.releaseTarget('target-1', inc, token), { code: 'NOT_PENDING', why: 'not_requested' });
+        await core.store.advance('target-1', inc, 'gpu_release_requested', T0 + 1, { attempt: 1, token });
+        assert.deepEqual(await core.store.releaseTarget('target-1', inc, drawReleaseToken()), { code: 'NOT_PENDING', why: 'token_mismatch' });
+        assert.deepEqual(await core.store.releaseTarget('target-1', inc + 1, token), { code: 'NOT_PENDING', why: 'stale' });
+        assert.deepEqual(await core.store.releaseTarget('target-1', inc, token), { code: 'PENDING', kind: 'destroy', node: placementA.node, runtimeUrl: placementA.runtimeUrl, attempt: 1 });
+        await core.store.recordRelease('target-1', inc, 1000, T0 + 2, placementA.node, token);
+        assert.deepEqual(await core.store.releaseTarget('target-1', inc, token), { code: 'NOT_PENDING', why: 'released' });
+        assert.deepEqual(await core.store.releaseTarget('target-none', 1, token), { code: 'NOT_PENDING', why: 'unknown' });
+
+        const first = await openAt(core, 'target-2', T0);
+        const moved = await openAt(core, 'target-2', T0 + 1, placementB);
+        if (moved.code !== 'MIGRATED') return assert.fail(moved.code);
+        assert.deepEqual(await core.store.releaseTarget('target-2', first.incarnation, moved.previous.token), {
+          code: 'PENDING', kind: 'migration', node: placementA.node, runtimeUrl: placementA.runtimeUrl, attempt: 0,
+        });
+        assert.deepEqual(await core.store.releaseTarget('target-2', first.incarnation, token), { code: 'NOT_PENDING', why: 'token_mismatch' });
+      });
+    });
+
+    describe('ownership', () => {
+      test('a session opened by a tenant is moved, refreshed, beaten, held, scored and closed only by events naming it', async () => {
+        const open = (tenant: string | undefined, placement = placementA) =>
+          core.store.open({ sessionId: 'owned-1', fingerprint: fp(), now: T0, liveFrom: T0, windowMs: 1000, placement, tenant });
+        const r = await open('acme');
+        if (r.code !== 'OPENED') return assert.fail(r.code);
+        const inc = r.incarnation;
+        assert.deepEqual(await open('umbrella', placementB), { code: 'NOT_OWNER', incarnation: inc }, 'no migration by another tenant');
+        assert.deepEqual(await open(undefined, placementB), { code: 'NOT_OWNER', incarnation: inc }, 'nor by an opened that names none');
+        assert.deepEqual((await core.store.inspect('owned-1'))?.placement, placementA);
+        assert.deepEqual(await core.store.heartbeatMany([{ sessionId: 'owned-1', liveFrom: T0 + 500, tenant: 'umbrella' }, { sessionId: 'owned-1', liveFrom: T0 + 500 }], T0 + 500),
+          [{ code: 'NOT_OWNER', incarnation: inc }, { code: 'NOT_OWNER', incarnation: inc }]);
+        assert.equal((await core.store.heartbeat('owned-1', T0 + 500, T0 + 500, 'acme')).code, 'REFRESHED');
+        assert.deepEqual(await core.store.hold('owned-1', fp(), T0, 60_000, 'umbrella'), { code: 'NOT_OWNER', incarnation: inc });
+        const activity = { sessionId: 'owned-1', liveFrom: T0, now: T0, expectedVersion: 0, lastActivityAt: T0, context: {} };
+        assert.deepEqual(await core.store.recordActivity({ ...activity, fingerprint: fp(), tenant: 'umbrella' }), { code: 'NOT_OWNER', incarnation: inc });
+        assert.deepEqual(await core.store.claimDestroy({ sessionId: 'owned-1', fingerprint: fp(), cause: 'closed', now: T0, owner: 'umbrella' }), { code: 'NOT_OWNER', incarnation: inc });
+        assert.deepEqual(await core.store.claimDestroy({ sessionId: 'owned-1', fingerprint: fp(), cause: 'closed', now: T0, owner: '' }), { code: 'NOT_OWNER', incarnation: inc });
+        assert.equal((await core.store.inspect('owned-1'))?.state, 'active', 'nothing a foreign event did changed the session');
+        assert.equal((await core.store.claimDestroy({ sessionId: 'owned-1', fingerprint: fp(), cause: 'forced', now: T0 })).code, 'CLAIMED', 'an operator may end any session');
       });
     });
 

@@ -4,6 +4,8 @@
 
   KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] stage   ARGV[4] now (ms)   ARGV[5] GPU release attempt ('' = none)
+  ARGV[6] token of that release attempt ('' with no attempt): drawn by the caller, stored as the record's 'gt'; the
+          runtime's answer is booked only if it echoes it
 
   Returns one of:
     {'ADVANCED', stage}
@@ -15,7 +17,8 @@
 ]]
 -- @include "session"
 local sessionKey, destroyingKey = KEYS[1], KEYS[2]
-local sessionId, inc, stage, now, attempt = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local sessionId, inc, stage, now, attempt, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6] or ''
+if attempt ~= '' and token == '' then return redis.error_reply('ERR a release attempt needs its token') end
 if not STAGE_ORDER[stage] then return redis.error_reply('ERR unknown stage ' .. stage) end
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'ga')
@@ -24,13 +27,13 @@ if tonumber(state[2]) ~= inc then return { 'STALE', tonumber(state[2]) } end
 if state[1] ~= 'D' then return { 'NOT_DESTROYING', state[1] } end
 local current = STAGE_ORDER[state[3]]
 if current == STAGE_ORDER[stage] and attempt ~= '' and tonumber(attempt) > tonumber(state[4] or '0') then
-  redis.call('HSET', sessionKey, 'ga', attempt)
+  redis.call('HSET', sessionKey, 'ga', attempt, 'gt', token)
   redis.call('ZADD', destroyingKey, now, sessionId)
   return { 'REISSUED', tonumber(attempt) }
 end
 if current >= STAGE_ORDER[stage] then return { 'ALREADY', state[3] } end
 redis.call('HSET', sessionKey, 'st', stage)
-if attempt ~= '' then redis.call('HSET', sessionKey, 'ga', attempt) end
+if attempt ~= '' then redis.call('HSET', sessionKey, 'ga', attempt, 'gt', token) end
 appendTimeline(sessionKey, stage, now)
 redis.call('ZADD', destroyingKey, now, sessionId)
 return { 'ADVANCED', stage }

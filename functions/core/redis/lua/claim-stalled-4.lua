@@ -3,12 +3,12 @@
   for the stall time, marking it touched so that only one replica resumes it and not again before another stall.
 
   KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket migrations   KEYS[4] bucket placements
-  ARGV[1] watchdog member (a session id, or 'm:<id>:<incarnation>' for a migration)   ARGV[2] now (ms)
+  ARGV[1] watchdog member (a session id, or '!m:<id>:<incarnation>' for a migration)   ARGV[2] now (ms)
   ARGV[3] stall (ms)   ARGV[4] session id   ARGV[5] incarnation of a migration member ('' otherwise)
 
   Returns one of:
     {'STALLED', incarnation, stage, cause, node, runtimeUrl, bytes, attempt}
-    {'MIGRATION', incarnation, node, runtimeUrl, bytes}
+    {'MIGRATION', incarnation, node, runtimeUrl, bytes, token}
     {'NOT_STALLED'}
     {'GONE'}      nothing to resume; stray entries are removed
 ]]
@@ -26,10 +26,10 @@ if migrationInc ~= '' then
     redis.call('ZREM', destroyingKey, member)
     return { 'GONE' }
   end
-  local sep = string.find(migration, '|', 1, true)
-  local node, url = placementOf(placementsKey, string.sub(migration, 1, sep - 1))
+  local pid, bytes, token = parseMigration(migration)
+  local node, url = placementOf(placementsKey, pid)
   redis.call('ZADD', destroyingKey, now, member)
-  return { 'MIGRATION', tonumber(migrationInc), node, url, tonumber(string.sub(migration, sep + 1)) }
+  return { 'MIGRATION', tonumber(migrationInc), node, url, bytes, token }
 end
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'g', 'ga')

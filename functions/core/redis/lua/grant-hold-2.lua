@@ -4,20 +4,23 @@
 
   KEYS[1] session record   KEYS[2] bucket deadline index (ZSET)
   ARGV[1] session id   ARGV[2] event fingerprint   ARGV[3] now (ms)   ARGV[4] duration (ms, already capped)
+  ARGV[5] the tenant the event names ('' for none): a session of another tenant is not held
 
   Returns one of:
     {'HELD', incarnation, holdUntil, deadline}
     {'DUPLICATE', incarnation}
     {'UNKNOWN'}
     {'ENDED', incarnation, state}
+    {'NOT_OWNER', incarnation}
 ]]
 -- @include "session"
 local sessionKey, deadlinesKey = KEYS[1], KEYS[2]
 local sessionId, fingerprint, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'h')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'h', 'tn')
 if not state[1] then return { 'UNKNOWN' } end
 local inc = tonumber(state[2])
+if not owns(state[4], ARGV[5] or '') then return { 'NOT_OWNER', inc } end
 if state[1] ~= 'A' then return { 'ENDED', inc, state[1] } end
 if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc } end
 local holdUntil = math.max(tonumber(state[3] or '0'), now + duration)

@@ -8,19 +8,21 @@
   ARGV[1] the bucket's session record key prefix (`<prefix>:{<bucket>}:s:`): a record's key is the prefix and its
           session id, built here rather than sent, because the heartbeat is the hottest call there is and a third of
           its bytes were those keys; they carry the bucket's hash tag, so on Redis Cluster they live in KEYS[1]'s slot
-  ARGV[2i], ARGV[2i+1]                    session id and live-from (ms; the event's time, capped at now) of heartbeat i
+  ARGV[3i-1], ARGV[3i], ARGV[3i+1]        session id, live-from (ms; the event's time, capped at now) and the tenant
+                                          the event names ('' for none) of heartbeat i
 
   Returns a flat array, three entries per heartbeat, in order (or a TRYAGAIN error, see below):
     'REFRESHED', incarnation, deadline
     'UNKNOWN', 0, 0                    no such session (never opened, or its tombstone expired)
     'ENDED', incarnation, state        destroying (D) or destroyed (X): a late heartbeat never revives it
+    'NOT_OWNER', incarnation, 0        the session belongs to another tenant: its deadline is not moved
 ]]
 local call, tonumber = redis.call, tonumber
 local deadlinesKey, recordPrefix = KEYS[1], ARGV[1]
 local out, n = {}, 0
-for k = 2, #ARGV, 2 do
+for k = 2, #ARGV, 3 do
   local sessionId = ARGV[k]
-  local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w')
+  local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w', 'tn')
   local s = state[1]
   if not s then
     -- Indexed but no record here: on Redis Cluster, the bucket's slot is being resharded and this record has moved
@@ -32,6 +34,8 @@ for k = 2, #ARGV, 2 do
     out[n + 1], out[n + 2], out[n + 3] = 'UNKNOWN', 0, 0
   elseif s ~= 'A' then
     out[n + 1], out[n + 2], out[n + 3] = 'ENDED', tonumber(state[2]), s
+  elseif (state[4] or '') ~= ARGV[k + 2] then
+    out[n + 1], out[n + 2], out[n + 3] = 'NOT_OWNER', tonumber(state[2]), 0
   else
     -- max(current, target): ZADD GT only ever raises the score, and CH says whether it did, so the common case
     -- (the deadline moved out) needs no read; only a heartbeat that changed nothing reads the score it left.

@@ -3,9 +3,11 @@
 
   KEYS[1] session record            KEYS[2] bucket deadline index (ZSET)   KEYS[3] bucket meta (counters)
   KEYS[4] bucket placements         KEYS[5] bucket GPU ledger               KEYS[6] bucket migrations
-  KEYS[7] bucket destroy watchdog (ZSET; a pending migration release is tracked there as 'm:<id>:<incarnation>')
+  KEYS[7] bucket destroy watchdog (ZSET; a pending migration release is tracked there as '!m:<id>:<incarnation>')
   ARGV[1] session id   ARGV[2] event fingerprint   ARGV[3] now (ms)   ARGV[4] live-from (ms; event time, capped at now)
-  ARGV[5] liveness window (ms)   ARGV[6] node   ARGV[7] runtime URL   ARGV[8] GPU bytes   ARGV[9] tenant   ARGV[10] model
+  ARGV[5] liveness window (ms)   ARGV[6] node   ARGV[7] runtime URL   ARGV[8] GPU bytes   ARGV[9] tenant ('' = none;
+  a live session's tenant must match)   ARGV[10] model   ARGV[11] release token for the old allocation, should
+  this opened move the session (drawn by the caller; the release is booked only with it)
 
   Returns one of:
     {'OPENED', incarnation, deadline}                       a new session
@@ -18,12 +20,14 @@
     {'STALE', incarnation}         older than the destruction of the last incarnation (never revives it), or
                                    older than the opened that set the live placement (never moves it back)
     {'BUSY', incarnation}          the previous incarnation is still being destroyed: retry later
+    {'NOT_OWNER', incarnation}     the live session belongs to another tenant: nothing changes (no refresh, no move)
 ]]
 -- @include "session"
 local sessionKey, deadlinesKey, metaKey, placementsKey, ledgerKey, migrationsKey, destroyingKey =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local sessionId, fingerprint, now, liveFrom = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, node, url, bytes, tenant, model = tonumber(ARGV[5]), ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local migrationToken = ARGV[11]
 
 local function create(previous)
   local inc = redis.call('HINCRBY', metaKey, 'inc', 1)
@@ -43,9 +47,10 @@ local function create(previous)
   return { 'OPENED', inc, deadline }
 end
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'f', 'ca', 'p', 'g', 'o')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'f', 'ca', 'p', 'g', 'o', 'tn')
 local s, inc, f = state[1], state[2], state[3]
 if not s then return create(nil) end
+if s == 'A' and not owns(state[8], tenant) then return { 'NOT_OWNER', tonumber(inc) } end
 if f == fingerprint then return { 'DUPLICATE', tonumber(inc) } end
 if s == 'D' then return { 'BUSY', tonumber(inc) } end
 if s == 'X' then
@@ -57,7 +62,6 @@ end
 local pid = placementId(placementsKey, metaKey, node, url)
 if pid ~= state[5] and liveFrom < tonumber(state[7]) then return { 'STALE', tonumber(inc) } end
 redis.call('HSET', sessionKey, 'w', window)
-if tenant ~= '' then redis.call('HSET', sessionKey, 'tn', tenant) end
 if model ~= '' then redis.call('HSET', sessionKey, 'm', model) end
 redis.call('ZADD', deadlinesKey, 'GT', liveFrom + window, sessionId)
 local deadline = tonumber(redis.call('ZSCORE', deadlinesKey, sessionId))
@@ -68,8 +72,8 @@ end
 
 local oldInc, oldPid, oldBytes = tonumber(inc), state[5], tonumber(state[6] or '0')
 local newInc = redis.call('HINCRBY', metaKey, 'inc', 1)
-redis.call('HSET', migrationsKey, sessionId .. ':' .. oldInc, oldPid .. '|' .. oldBytes)
-redis.call('ZADD', destroyingKey, now, 'm:' .. sessionId .. ':' .. oldInc)
+redis.call('HSET', migrationsKey, sessionId .. ':' .. oldInc, oldPid .. '|' .. oldBytes .. '|' .. migrationToken)
+redis.call('ZADD', destroyingKey, now, MIGRATION_MEMBER_PREFIX .. sessionId .. ':' .. oldInc)
 redis.call('HSET', sessionKey, 'i', newInc, 'p', pid, 'g', bytes, 'f', fingerprint, 'o', liveFrom)
 ledgerRegister(ledgerKey, node, bytes)
 local oldNode, oldUrl = placementOf(placementsKey, oldPid)

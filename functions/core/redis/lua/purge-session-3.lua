@@ -1,6 +1,7 @@
 --[[
   purgeSession: after the GPU memory is released, drops the session's working state (activity context, placement,
-  liveness, dedup ring) and checkpoints state_purged. What remains is what the tombstone needs.
+  liveness, dedup ring) and checkpoints state_purged. What remains is what the tombstone needs (its tenant too, so a
+  late event of the owner is told apart from another tenant's).
 
   KEYS[1] session record   KEYS[2] activity context   KEYS[3] bucket destroy watchdog (ZSET)
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] now (ms)
@@ -26,7 +27,7 @@ local current = STAGE_ORDER[state[3]]
 if current >= STAGE_ORDER.state_purged then return { 'ALREADY', state[3] } end
 if current < STAGE_ORDER.gpu_released then return { 'NOT_READY', state[3] } end
 redis.call('DEL', contextKey)
-redis.call('HDEL', sessionKey, 'w', 'h', 'r', 'tn', 'm')
+redis.call('HDEL', sessionKey, 'w', 'h', 'r', 'm')
 redis.call('HSET', sessionKey, 'st', 'state_purged')
 appendTimeline(sessionKey, 'state_purged', now)
 redis.call('ZADD', destroyingKey, now, sessionId)

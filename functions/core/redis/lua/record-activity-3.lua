@@ -5,7 +5,8 @@
 
   KEYS[1] session record   KEYS[2] bucket deadline index (ZSET)   KEYS[3] activity context (HASH)
   ARGV[1] session id   ARGV[2] event fingerprint   ARGV[3] live-from (ms)   ARGV[4] expected context version ('0' = none yet)
-  ARGV[5] last activity at (ms; stored as context field 'la')   ARGV[6..] context field/value pairs to store
+  ARGV[5] last activity at (ms; stored as context field 'la')   ARGV[6] the tenant the event names ('' for none): a
+  session of another tenant is not touched   ARGV[7..] context field/value pairs to store
 
   Returns one of:
     {'APPLIED', incarnation, deadline, holdUntil, newVersion}
@@ -13,21 +14,23 @@
     {'DUPLICATE', incarnation}
     {'UNKNOWN'}
     {'ENDED', incarnation, state}
+    {'NOT_OWNER', incarnation}
 ]]
 -- @include "session"
 local sessionKey, deadlinesKey, contextKey = KEYS[1], KEYS[2], KEYS[3]
 local sessionId, fingerprint, liveFrom, expected, lastActivity = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'w', 'h')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'w', 'h', 'tn')
 if not state[1] then return { 'UNKNOWN' } end
 local inc = tonumber(state[2])
+if not owns(state[5], ARGV[6]) then return { 'NOT_OWNER', inc } end
 if state[1] ~= 'A' then return { 'ENDED', inc, state[1] } end
 if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc } end
 local version = redis.call('HGET', contextKey, 'v') or '0'
 if version ~= expected then return { 'CONFLICT', inc, tonumber(version) } end
 
 local fields = { 'v', tostring(tonumber(version) + 1), 'la', lastActivity }
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', contextKey, unpack(fields))
 redis.call('ZADD', deadlinesKey, 'GT', liveFrom + tonumber(state[3]), sessionId)
 remember(sessionKey, fingerprint)

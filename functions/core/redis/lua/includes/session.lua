@@ -14,7 +14,28 @@
 --   st  destroy stage              tl  timeline "stage@ms,stage@ms,..."
 --   ca  destroy claimed at (ms)   ga  GPU release attempt    gr  bytes the runtime confirmed freed
 --   t   destroy completed at (ms)      ro  live-from of the opened that reopened this id (only after a reopen)
+--   gt  token of the current GPU release attempt (drawn by the requester; only an answer echoing it is booked)
+--
+-- Ownership: a session opened with a tenant (tn) belongs to it; the scripts that apply the pipeline's events are
+-- sent the tenant the event names ('' for none) and refuse (NOT_OWNER) an event whose tenant is not the session's.
+-- The tenant stays in the tombstone, so a late event of the owner is still told apart from a foreign one.
 local RING_SIZE = 16
+-- A migration's pending release in the destroy watchdog: '!m:<id>:<incarnation>'. No session id starts with '!'
+-- (they start with a letter or digit), so no session can be mistaken for a migration, nor one for a session.
+local MIGRATION_MEMBER_PREFIX = '!m:'
+
+-- Whether an event naming `tenant` ('' for none) may act on a session whose record holds `tn` (nil for none).
+local function owns(tn, tenant)
+  return (tn or '') == tenant
+end
+
+-- A migration's entry in the bucket's migrations hash: '<pid>|<bytes>|<token>'.
+local function parseMigration(entry)
+  local a = string.find(entry, '|', 1, true)
+  local b = string.find(entry, '|', a + 1, true)
+  if not b then return string.sub(entry, 1, a - 1), tonumber(string.sub(entry, a + 1)), '' end
+  return string.sub(entry, 1, a - 1), tonumber(string.sub(entry, a + 1, b - 1)), string.sub(entry, b + 1)
+end
 local STAGE_ORDER = { claimed = 1, gpu_release_requested = 2, gpu_released = 3, state_purged = 4, completed = 5 }
 
 local function seen(sessionKey, fingerprint)

@@ -1,0 +1,36 @@
+--[[
+  releaseTarget: what gpu-release may call for a gpu.release.requested (read only). The runtime to call is the one
+  the session (or the migration's old allocation) was opened with, as stored here, never one an event names, and
+  only while that release is pending under the token the event carries: a forged or stale request calls nothing.
+
+  KEYS[1] session record   KEYS[2] bucket migrations   KEYS[3] bucket placements
+  ARGV[1] session id   ARGV[2] incarnation   ARGV[3] the release token the request carries
+
+  Returns one of:
+    {'PENDING', 'destroy', node, runtimeUrl, attempt}   the destroy waits for this very release attempt
+    {'PENDING', 'migration', node, runtimeUrl, 0}       the allocation a migration left behind waits for it
+    {'NOT_PENDING', why}   nothing to call: 'unknown' (no such session), 'stale' (another incarnation), 'live' (not
+                           being destroyed), 'not_requested' (no release requested yet), 'released' (booked already),
+                           'token_mismatch' (a release is pending, but not this one)
+]]
+-- @include "session"
+local sessionKey, migrationsKey, placementsKey = KEYS[1], KEYS[2], KEYS[3]
+local sessionId, inc, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+
+local migration = redis.call('HGET', migrationsKey, sessionId .. ':' .. inc)
+if migration then
+  local pid, _, expected = parseMigration(migration)
+  if token == '' or token ~= expected then return { 'NOT_PENDING', 'token_mismatch' } end
+  local node, url = placementOf(placementsKey, pid)
+  return { 'PENDING', 'migration', node, url, 0 }
+end
+
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'p', 'ga', 'gt')
+if not state[1] then return { 'NOT_PENDING', 'unknown' } end
+if tonumber(state[2]) ~= inc then return { 'NOT_PENDING', 'stale' } end
+if state[1] == 'A' then return { 'NOT_PENDING', 'live' } end
+if state[1] == 'X' or STAGE_ORDER[state[3]] >= STAGE_ORDER.gpu_released then return { 'NOT_PENDING', 'released' } end
+if state[3] ~= 'gpu_release_requested' then return { 'NOT_PENDING', 'not_requested' } end
+if token == '' or token ~= state[6] then return { 'NOT_PENDING', 'token_mismatch' } end
+local node, url = placementOf(placementsKey, state[4])
+return { 'PENDING', 'destroy', node, url, tonumber(state[5] or '0') }

@@ -1,0 +1,182 @@
+// The GPU runtimes session-reaper may call, registered by the operator (RUNTIMES), never named by an event alone:
+// a session.opened must place the session on a registered runtime (and, where the entry lists them, on one of its
+// nodes) or it is refused with 400, and every call to a runtime (a release, a memory report) goes only to a
+// registered one. An entry names one runtime by its base URL, or a family of them by a URL whose host starts with
+// one wildcard label (`http://*.vllm.inference.svc.cluster.local:8000` matches `http://vllm-0.vllm.inference…:8000`).
+//
+// RUNTIMES is a JSON array, e.g.
+//   [{"name": "vllm-a100", "url": "http://*.vllm.inference.svc.cluster.local:8000", "nodes": ["gpu-a100-*"]},
+//    {"name": "sim", "url": "http://127.0.0.1:8081"}]
+// `name` is what logs and metrics call the runtime (bounded: never a URL); `nodes` (optional) are node names, with
+// `*` matching any run of characters.
+import { ConfigError } from './config.ts';
+
+/** One runtime (or family of runtimes) as the operator registered it. */
+export interface RuntimeEntry {
+  /** Short name for logs and metrics: 1 to 63 characters of [a-z0-9-]. */
+  readonly name: string;
+  /** Base URL; the host may start with a `*` label. */
+  readonly url: string;
+  /** Nodes the runtime may serve sessions on; any node when absent. */
+  readonly nodes?: readonly string[];
+}
+
+/** What a registered runtime URL resolved to. */
+export interface RegisteredRuntime {
+  /** The entry's name. */
+  readonly name: string;
+  /** The normalised endpoint (origin and path, no trailing slash): what is called and what breakers are keyed by. */
+  readonly endpoint: string;
+}
+
+/** Why a runtime URL was not accepted. */
+export type RuntimeRefusal = 'not_a_url' | 'not_registered' | 'node_not_registered';
+
+/** A runtime URL that cannot be a runtime's base URL at all (scheme, credentials, query, fragment). */
+export class RuntimeUrlError extends Error {
+  override name = 'RuntimeUrlError';
+}
+
+/** The normalised endpoint of a runtime base URL: origin plus path without trailing slash. */
+export function runtimeEndpoint(runtimeUrl: string): string {
+  let url: URL;
+  try {
+    url = new URL(runtimeUrl);
+  } catch (cause) {
+    throw new RuntimeUrlError('the runtime URL is not a URL', { cause });
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new RuntimeUrlError(`a runtime URL must be http or https, not ${url.protocol}`);
+  if (url.username !== '' || url.password !== '' || url.search !== '' || url.hash !== '') {
+    throw new RuntimeUrlError('a runtime URL must not carry credentials, a query or a fragment');
+  }
+  return `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
+}
+
+interface CompiledEntry {
+  name: string;
+  protocol: string;
+  /** Exact host, or the suffix after the wildcard label (starting with '.'). */
+  host: string;
+  wildcard: boolean;
+  port: string;
+  path: string;
+  nodes: RegExp[] | undefined;
+}
+
+const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
+
+function globToRegExp(glob: string): RegExp {
+  return new RegExp(`^${glob.split('*').map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`);
+}
+
+function compile(entry: unknown, index: number): CompiledEntry {
+  const where = `RUNTIMES[${index}]`;
+  if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw new ConfigError(`${where} must be an object {name, url, nodes?}`);
+  const { name, url, nodes, ...rest } = entry as Record<string, unknown>;
+  const unknown = Object.keys(rest);
+  if (unknown.length > 0) throw new ConfigError(`${where} has unknown field ${unknown[0]}`);
+  if (typeof name !== 'string' || !NAME.test(name)) throw new ConfigError(`${where}.name must be 1-63 characters of a-z, 0-9 and -`);
+  if (typeof url !== 'string') throw new ConfigError(`${where}.url must be a string`);
+  const wildcard = /^https?:\/\/\*\./.test(url);
+  // The wildcard label is swapped for a plain one so the URL parser can check the rest.
+  let parsed: URL;
+  try {
+    parsed = new URL(wildcard ? url.replace('*.', 'x.') : url);
+  } catch {
+    throw new ConfigError(`${where}.url is not a URL`);
+  }
+  try {
+    runtimeEndpoint(parsed.href);
+  } catch (err) {
+    throw new ConfigError(`${where}.url: ${(err as Error).message}`);
+  }
+  if (url.indexOf('*', wildcard ? url.indexOf('*') + 1 : 0) !== -1) throw new ConfigError(`${where}.url may hold one wildcard, as the whole first label of its host`);
+  if (nodes !== undefined && (!Array.isArray(nodes) || nodes.length === 0 || !nodes.every((n) => typeof n === 'string' && n.length > 0 && n.length <= 253))) {
+    throw new ConfigError(`${where}.nodes must be a non-empty array of node names (with * as a wildcard)`);
+  }
+  return {
+    name,
+    protocol: parsed.protocol,
+    host: wildcard ? parsed.hostname.slice(1) : parsed.hostname,
+    wildcard,
+    port: parsed.port,
+    path: parsed.pathname.replace(/\/+$/, ''),
+    nodes: (nodes as string[] | undefined)?.map(globToRegExp),
+  };
+}
+
+/** The registered runtimes; built once from RUNTIMES. */
+export class RuntimeRegistry {
+  readonly #entries: readonly CompiledEntry[];
+  /** The entries as configured. */
+  readonly entries: readonly RuntimeEntry[];
+
+  constructor(entries: readonly RuntimeEntry[]) {
+    this.#entries = entries.map(compile);
+    const names = new Set<string>();
+    for (const e of this.#entries) {
+      if (names.has(e.name)) throw new ConfigError(`RUNTIMES names ${e.name} twice`);
+      names.add(e.name);
+    }
+    this.entries = entries;
+  }
+
+  /** Parses RUNTIMES (a JSON array; empty text: no runtime registered). */
+  static parse(text: string): RuntimeRegistry {
+    if (text.trim() === '') return new RuntimeRegistry([]);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (err) {
+      throw new ConfigError(`RUNTIMES is not JSON: ${(err as Error).message}`);
+    }
+    if (!Array.isArray(parsed)) throw new ConfigError('RUNTIMES must be a JSON array of {name, url, nodes?}');
+    return new RuntimeRegistry(parsed as RuntimeEntry[]);
+  }
+
+  /** Whether any runtime is registered. */
+  get size(): number {
+    return this.#entries.length;
+  }
+
+  /** The registered runtime a URL names (and, when `node` is given, whose entry admits that node), else why not. */
+  resolve(runtimeUrl: string, node?: string): RegisteredRuntime | { refused: RuntimeRefusal } {
+    let url: URL;
+    let endpoint: string;
+    try {
+      endpoint = runtimeEndpoint(runtimeUrl);
+      url = new URL(endpoint);
+    } catch {
+      return { refused: 'not_a_url' };
+    }
+    let nodeRefused = false;
+    for (const e of this.#entries) {
+      if (!this.#urlMatches(e, url)) continue;
+      if (node !== undefined && e.nodes !== undefined && !e.nodes.some((n) => n.test(node))) {
+        nodeRefused = true;
+        continue;
+      }
+      return { name: e.name, endpoint };
+    }
+    return { refused: nodeRefused ? 'node_not_registered' : 'not_registered' };
+  }
+
+  /** The registered runtime a URL names, or undefined. */
+  lookup(runtimeUrl: string): RegisteredRuntime | undefined {
+    const r = this.resolve(runtimeUrl);
+    return 'refused' in r ? undefined : r;
+  }
+
+  /** The endpoints of the entries that name one runtime (no wildcard): these can be polled without a session on them. */
+  fixedEndpoints(): { name: string; endpoint: string }[] {
+    return this.#entries.filter((e) => !e.wildcard).map((e) => ({ name: e.name, endpoint: `${e.protocol}//${e.host}${e.port === '' ? '' : `:${e.port}`}${e.path}` }));
+  }
+
+  #urlMatches(e: CompiledEntry, url: URL): boolean {
+    if (url.protocol !== e.protocol || url.port !== e.port || url.pathname.replace(/\/+$/, '') !== e.path) return false;
+    if (!e.wildcard) return url.hostname === e.host;
+    if (!url.hostname.endsWith(e.host)) return false;
+    return LABEL.test(url.hostname.slice(0, url.hostname.length - e.host.length));
+  }
+}

@@ -1,0 +1,107 @@
+// The only module that imports functions-framework besides the functions themselves: core stays framework-free.
+// The HTTP server of a function's process. functions-framework's own server (its CLI, main.js) listens on every
+// interface and reads any body up to 1 GiB (server.ts: `requestLimit = '1024mb'`, gzip inflated) before a handler
+// can look at it, with no option for either: one large POST would OOM-kill a pod of 256 MiB, again at each
+// redelivery. So the process owns its server: it listens where LISTEN_HOST says, and bounds every request before
+// the framework sees a byte of its body (a Content-Length over the limit: 413; a Content-Encoding: 415; a chunked
+// body held up to the limit, then 413 past it), then hands the request to the framework's Express app for the
+// function, which it obtains through the framework's documented getTestServer. Nothing of the framework is patched.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import * as ff from '@google-cloud/functions-framework';
+import { getTestServer } from '@google-cloud/functions-framework/testing';
+import type { Logger } from 'pino';
+import { BoundedIncomingMessage, isChunked, refuseDeclaredBody, sendRefusal } from '../core/bounded-request.ts';
+import { isBatchRequest } from '../core/contract/parse.ts';
+
+type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
+
+/** How a function's server is bound and bounded. */
+export interface ServeOptions {
+  /** The function's name: its framework target. */
+  name: string;
+  /** The `http`-signature handler the framework invokes (the function host's). */
+  handler: ff.HttpFunction;
+  port: number;
+  /** Interface to listen on; every interface when empty. */
+  host: string;
+  /** Largest body accepted for a request, by its headers (a batch may be larger than one event). */
+  bodyLimit: (req: IncomingMessage) => number;
+  logger: Logger;
+}
+
+/** A function's server, listening. */
+export interface FunctionServer {
+  readonly server: Server;
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/** Registers the handler with functions-framework and serves it behind the request bounds; resolves once listening. */
+export async function serveFunction(opts: ServeOptions): Promise<FunctionServer> {
+  ff.http(opts.name, opts.handler);
+  const [app] = getTestServer(opts.name).listeners('request') as RequestListener[];
+  if (app === undefined) throw new Error(`functions-framework built no request listener for ${opts.name}`);
+
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    const limit = opts.bodyLimit(req);
+    const refusal = refuseDeclaredBody(req, limit);
+    if (refusal) {
+      opts.logger.warn({ status: refusal.status, reason: refusal.reason }, 'refused a request before reading its body');
+      sendRefusal(req, res, refusal);
+      return;
+    }
+    if (!isChunked(req) || !(req instanceof BoundedIncomingMessage)) {
+      app(req, res);
+      return;
+    }
+    void req.holdUpTo(limit).then((outcome) => {
+      if (outcome === 'complete') {
+        app(req, res);
+        return;
+      }
+      const over = { status: 413 as const, error: 'TOO_LARGE' as const, reason: `the request is over ${limit} bytes; at most ${limit} are accepted` };
+      opts.logger.warn({ status: 413, reason: over.reason }, 'refused a chunked request past its limit');
+      sendRefusal(req, res, over);
+    });
+  };
+
+  const server = createServer({ IncomingMessage: BoundedIncomingMessage }, onRequest);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    if (opts.host === '') server.listen(opts.port, () => resolve());
+    else server.listen(opts.port, opts.host, () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+  return {
+    server,
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      }),
+  };
+}
+
+/** The slice of a function host (functions/core/function-host.ts) a function's process serves. */
+export interface ServableHost {
+  handler: ff.HttpFunction;
+  core: { deps: { config: { LISTEN_HOST: string; MAX_EVENT_BYTES: number; MAX_BATCH_BYTES: number }; logger: Logger } };
+}
+
+/**
+ * Serves a function host on PORT (default 8080) and LISTEN_HOST: bodies are bounded by MAX_EVENT_BYTES, or by
+ * MAX_BATCH_BYTES for a batch to a function that takes batches.
+ */
+export function serveHost(name: string, host: ServableHost, opts: { batches?: boolean; port?: number } = {}): Promise<FunctionServer> {
+  const { config, logger } = host.core.deps;
+  return serveFunction({
+    name,
+    handler: host.handler,
+    port: opts.port ?? Number(process.env.PORT ?? 8080),
+    host: config.LISTEN_HOST,
+    bodyLimit: (req) => (opts.batches === true && isBatchRequest(req.headers) ? config.MAX_BATCH_BYTES : config.MAX_EVENT_BYTES),
+    logger,
+  });
+}
