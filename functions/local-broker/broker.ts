@@ -8,7 +8,14 @@
 // to a pending-deliveries file and re-queued by the next broker started on the same store, so nothing is lost.
 // Delivery is at-least-once, as with Knative: an attempt cut off by stop is sent again after the restart.
 // The same port serves a small JSON admin API for operators (sessionctl): GET /admin/stats, GET /admin/dead-letters,
-// GET /admin/dead-letters/:id and POST /admin/dead-letters/:id/replay.
+// GET /admin/dead-letters/:id and POST /admin/dead-letters/:id/replay; it answers only requests addressed to this
+// machine by a loopback name (Host), so a web page cannot reach it through DNS rebinding.
+//
+// Who may send what is Knative's sender authorization, from the same manifests (event-policies.ts): given the
+// senders' tokens, the ingress answers 401 to a request without a known bearer token and 403 to an event no
+// EventPolicy admits from its sender, before anything is delivered. Bodies are bounded before they are read: a
+// Content-Length over the limit is answered 413 at once (readably: the rest of the body is drained, not buffered),
+// a chunked body past it too, and a compressed one 415.
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -16,6 +23,10 @@ import { dirname, join, resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino, type Logger } from 'pino';
+import { BoundedIncomingMessage, isChunked, refuseDeclaredBody, sendRefusal, type BodyRefusal } from '../core/bounded-request.ts';
+import { createHttpClient, type HttpClient } from '../core/http-client.ts';
+import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
+import { admittingPolicy, loadSenderPolicies, type SenderPolicy } from './event-policies.ts';
 import { isEmittedType } from '../core/contract/events.ts';
 import { sharedHttpClient } from '../core/http-client.ts';
 import { openDeadLetterStore, type DeadLetter, type DeadLetterReason } from './dead-letters.ts';
@@ -76,6 +87,14 @@ export interface LocalBrokerOptions {
   pendingFile?: string;
   /** An outside sink that also gets, as binary CloudEvents, every event of a type the system's functions emit. */
   forward?: string;
+  /** Where the forward sink may be (its address is checked as it connects); anywhere when absent. */
+  forwardAddressPolicy?: OutboundAddressPolicy;
+  /**
+   * The senders' bearer tokens, each to its OIDC subject (`system:serviceaccount:<ns>:<sa>`): when given, the
+   * manifests' EventPolicies decide who may send what (401 without a known token, 403 for an event no policy
+   * admits). Without it nothing is authorized: for tests of routing alone.
+   */
+  identities?: Readonly<Record<string, string>>;
   /** Replaces parts of every delivery spec (tests: short backoff and timeouts). */
   deliveryOverride?: Partial<DeliverySpec>;
   /** Largest event, bytes (data plus attribute names and values); larger ones are answered 413. Default 1 MiB. */
@@ -105,7 +124,7 @@ export interface LocalBrokerOptions {
 export interface BrokerStats {
   /** Events accepted (202). */
   received: number;
-  /** Requests refused: 400, 413 or 503. */
+  /** Requests refused: 400, 401, 403, 413, 415 or 503. */
   rejected: number;
   /** Deliveries that got a 2xx. */
   delivered: number;
@@ -221,32 +240,37 @@ function createLimiter(limit: number) {
   };
 }
 
-class BodyTooLargeError extends Error {
-  override name = 'BodyTooLargeError';
-}
-
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+/**
+ * Reads a request's body within `limit`, or says why not: a declared length over it or a compressed body before a
+ * byte is read, a chunked body once it passes it. Nothing past the limit is ever kept.
+ */
+async function readBoundedBody(req: IncomingMessage, limit: number): Promise<Buffer | BodyRefusal> {
+  const refusal = refuseDeclaredBody(req, limit);
+  if (refusal) return refusal;
+  if (isChunked(req) && req instanceof BoundedIncomingMessage && (await req.holdUpTo(limit)) === 'over') {
+    return { status: 413, error: 'TOO_LARGE', reason: `the request is over ${limit} bytes; at most ${limit} are accepted` };
+  }
   return new Promise((resolveBody, reject) => {
-    const declared = Number(req.headers['content-length']);
-    if (Number.isFinite(declared) && declared > limit) {
-      reject(new BodyTooLargeError(`the request is ${declared} bytes; at most ${limit} are accepted`));
-      return;
-    }
     const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        req.removeAllListeners('data');
-        req.resume();
-        reject(new BodyTooLargeError(`the request is over ${limit} bytes`));
-        return;
-      }
-      chunks.push(chunk);
-    });
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
     req.on('end', () => resolveBody(Buffer.concat(chunks)));
     req.on('error', reject);
   });
+}
+
+/** The bearer token of an Authorization header, if it carries one. */
+function bearerOf(header: string | undefined): string | undefined {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+  return m?.[1];
+}
+
+// Names that address this machine itself: the admin API answers only those (a DNS-rebound name is refused).
+const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
+
+function addressedToLoopback(hostHeader: string | undefined): boolean {
+  if (hostHeader === undefined) return false;
+  const host = hostHeader.trim().toLowerCase().replace(/:\d+$/, '');
+  return LOOPBACK_HOSTS.has(host);
 }
 
 function send(res: ServerResponse, status: number, body?: unknown, headers: Record<string, string> = {}): void {
@@ -282,7 +306,15 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   const limiter = createLimiter(opts.concurrency ?? DEFAULT_CONCURRENCY);
   const stopping = new AbortController();
   const forwardTarget: Target | undefined = opts.forward ? { name: FORWARD_ROUTE, url: opts.forward, delivery: table.delivery } : undefined;
+  // The forward sink is an outside address someone typed: it gets a client of its own, held to the address policy.
+  const forwardClient: HttpClient | undefined = opts.forward && opts.forwardAddressPolicy ? createHttpClient({ addressPolicy: opts.forwardAddressPolicy }) : undefined;
   const readyRoutes = table.routes.filter((r): r is Route & { url: string } => r.url !== undefined);
+  const identities = opts.identities === undefined ? undefined : new Map(Object.entries(opts.identities));
+  const policies: readonly SenderPolicy[] = identities === undefined
+    ? []
+    : loadSenderPolicies({ broker: table.broker, ...(opts.manifests !== undefined ? { manifests: opts.manifests } : {}), ...(opts.triggersDir !== undefined ? { manifestsDir: opts.triggersDir } : {}) });
+  if (identities === undefined) log.warn('sender authorization is off: any request may send any event');
+  else if (policies.length === 0) log.warn('no EventPolicy applies to this Broker: every event is refused (deny-all)');
 
   // The most recent accepted events, as a ring: trimming an array from its front on every event moved all of it.
   const recent: BrokerEvent[] = [];
@@ -312,7 +344,8 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     const signal = stopping.signal;
     try {
       // The shared keep-alive client never follows a redirect (fetch's redirect: 'manual'): a 3xx is a failed delivery.
-      const res = await sharedHttpClient.request(d.target.url, { method: 'POST', headers, ...(body === undefined ? {} : { body }), signal, timeoutMs });
+      const client = d.target.name === FORWARD_ROUTE && forwardClient ? forwardClient : sharedHttpClient;
+      const res = await client.request(d.target.url, { method: 'POST', headers, ...(body === undefined ? {} : { body }), signal, timeoutMs });
       const text = (await res.text()).slice(0, RESPONSE_EXCERPT_CHARS);
       if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status };
       return {
@@ -433,24 +466,40 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       return;
     }
     if (path?.startsWith(ADMIN_PREFIX)) {
+      req.resume();
+      if (!addressedToLoopback(req.headers.host)) {
+        send(res, 403, { error: 'the admin API answers only requests addressed to localhost' });
+        return;
+      }
       await admin(req.method ?? 'GET', path.slice(ADMIN_PREFIX.length), res);
       return;
     }
     if (req.method !== 'POST') {
+      req.resume();
       send(res, 405, { error: 'CloudEvents are POSTed' }, { allow: 'POST' });
       return;
     }
     const headers = headerRecord(req);
+    // Who is sending comes first, as in Knative: an unknown sender's body is never read.
+    const subject = identities === undefined ? undefined : identities.get(bearerOf(headers.authorization) ?? '');
+    if (identities !== undefined && subject === undefined) {
+      counters.rejected++;
+      log.info({ authorization: headers.authorization === undefined ? 'none' : 'unknown token' }, 'refused a request without a known sender token');
+      sendRefusal(req, res, { status: 401, error: 'UNAUTHENTICATED', reason: 'a bearer token of a known sender is required' });
+      return;
+    }
     let events: BrokerEvent[];
     try {
-      const body = await readBody(req, requestLimit(headers['content-type'], limits));
+      const body = await readBoundedBody(req, requestLimit(headers['content-type'], limits));
+      if (!Buffer.isBuffer(body)) {
+        counters.rejected++;
+        log.info({ status: body.status, reason: body.reason }, 'refused a request');
+        sendRefusal(req, res, body);
+        return;
+      }
       events = decodeRequest(headers, body, limits);
     } catch (err) {
       counters.rejected++;
-      if (err instanceof BodyTooLargeError) {
-        send(res, 413, { error: err.message }, { connection: 'close' });
-        return;
-      }
       if (err instanceof IngressError) {
         log.info({ status: err.status, reason: err.message }, 'refused a request');
         send(res, err.status, { error: err.message });
@@ -462,6 +511,16 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       counters.rejected++;
       send(res, 503, { error: 'the broker is stopping' }, { 'retry-after': '1' });
       return;
+    }
+    if (subject !== undefined) {
+      const refused = events.findIndex((ev) => admittingPolicy(policies, subject, ev.attributes) === undefined);
+      if (refused !== -1) {
+        counters.rejected++;
+        const ev = events[refused]!;
+        log.warn({ subject, eventType: ev.attributes.type, source: ev.attributes.source, eventId: ev.attributes.id }, 'refused an event its sender may not send');
+        send(res, 403, { error: `${subject} may not send this event (${String(ev.attributes.type)} from ${String(ev.attributes.source)})${events.length > 1 ? `: batch[${refused}]` : ''}` });
+        return;
+      }
     }
     const now = new Date().toISOString();
     const traced = events.map((ev) => {
@@ -567,7 +626,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     }
   }
 
-  const server = createServer((req, res) => {
+  const server = createServer({ IncomingMessage: BoundedIncomingMessage }, (req, res) => {
     ingress(req, res).catch((err: unknown) => {
       log.error({ err }, 'ingress failed');
       send(res, 500, { error: 'internal error' });
@@ -598,6 +657,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     if (persisted > 0) log.info({ persisted, file: pendingFile }, 'pending deliveries persisted for the next start');
     server.closeAllConnections();
     await serverClosed;
+    forwardClient?.close();
     return { persisted };
   }
 

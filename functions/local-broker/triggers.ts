@@ -129,7 +129,8 @@ function stringMap(raw: unknown, where: string): Record<string, string> {
   return out;
 }
 
-function parseFilterExpression(raw: unknown, where: string): FilterExpression {
+/** Parses one filter expression of the SubscriptionsAPI dialects (Trigger `filters`, EventPolicy `filters`). */
+export function parseFilterExpression(raw: unknown, where: string): FilterExpression {
   if (!isObj(raw)) throw new ManifestError(`${where} must be an object`);
   const keys = Object.keys(raw);
   if (keys.length !== 1) throw new ManifestError(`${where} must have exactly one dialect (exact, prefix, suffix, all, any, not)`);
@@ -264,7 +265,12 @@ function holds(expr: FilterExpression, attrs: AttributeView): boolean {
   return !holds(expr.not, attrs);
 }
 
+/** True when an event with these attributes passes every filter (no filters: every event). */
+export function filtersHold(filters: readonly FilterExpression[], attrs: AttributeView): boolean {
+  return filters.every((f) => holds(f, attrs));
+}
+
 /** True when an event with these attributes passes the route's filters (a route without filters takes all). */
 export function matches(route: Pick<Route, 'filters'>, attrs: AttributeView): boolean {
-  return route.filters.every((f) => holds(f, attrs));
+  return filtersHold(route.filters, attrs);
 }

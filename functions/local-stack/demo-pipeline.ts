@@ -21,6 +21,8 @@ export type DemoEnding = 'closes' | 'completes' | 'walks-away' | 'vanishes';
 export interface DemoOptions {
   /** The Broker ingress to send events to. */
   brokerUrl: string;
+  /** The pipeline's bearer token for the Broker (its identity, which the EventPolicies admit). */
+  token: string;
   /** The runtime sessions are placed on (placement.runtimeUrl) and whose memory the demo allocates. */
   runtimeUrl: string;
   /** Sessions to open. */
@@ -33,7 +35,7 @@ export interface DemoOptions {
   heartbeatIntervalMs?: number;
   /** Heartbeats that may be missed. Default 3. */
   missedBeats?: number;
-  /** The tenant sessions belong to (its idle policy applies). Default 'demo'. */
+  /** The tenant sessions belong to (its idle policy applies; every event names it). Default 'demo'. */
   tenant?: string;
   /** Seed of the behaviour; the same seed gives the same plans. Default: random. */
   seed?: number;
@@ -133,7 +135,7 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
   async function post(headers: Record<string, string>, body: string, what: string): Promise<boolean> {
     for (let attempt = 1; ; attempt++) {
       try {
-        const res = await fetch(opts.brokerUrl, { method: 'POST', headers, body, signal: AbortSignal.timeout(10_000) });
+        const res = await fetch(opts.brokerUrl, { method: 'POST', headers: { ...headers, authorization: `Bearer ${opts.token}` }, body, signal: AbortSignal.timeout(10_000) });
         await res.body?.cancel();
         if (res.status === 202) return true;
         if (res.status !== 503 || attempt >= 5 || stopping.signal.aborted) {
@@ -151,7 +153,8 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
   }
 
   function event(type: string, data: Record<string, unknown>): CloudEvent<Record<string, unknown>> {
-    return new CloudEvent({ type, source: SOURCE, id: randomUUID(), time: new Date().toISOString(), datacontenttype: 'application/json', data });
+    // Every event names the tenant: a session belongs to the tenant that opened it, and events about it must say so.
+    return new CloudEvent({ type, source: SOURCE, id: randomUUID(), time: new Date().toISOString(), datacontenttype: 'application/json', tenant, data });
   }
 
   function send(type: string, data: Record<string, unknown>): Promise<boolean> {

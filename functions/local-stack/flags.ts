@@ -1,7 +1,9 @@
 // The flags of `npm start` (after `--`), parsed with node:util parseArgs: an unknown flag or a bad value is a
 // UsageError, which start.ts reports with the usage text and exit status 2.
 import { join, resolve } from 'node:path';
+import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
+import { OutboundAddressPolicy } from '../core/outbound-address.ts';
 import { REPO_ROOT } from './stack.ts';
 
 /** The usage text, printed by --help and with every usage error. */
@@ -15,6 +17,9 @@ Options:
   --port N               ingress port (default 8080; 0 picks a free one)
   --runtime-port N       simulated runtime port (default: the ingress port + 1; 0 picks a free one)
   --forward URL          also deliver every event the system emits to this HTTP sink, as CloudEvents
+  --host ADDR            interface every part listens on (default 127.0.0.1; 0.0.0.0 for every interface)
+  --runtime NAME=URL     register a GPU runtime besides the simulator (repeatable): sessions may be placed on it
+  --allow-cidr CIDR      a network outbound calls may reach besides loopback, e.g. a LAN runtime's (repeatable)
   --sessions N           demo sessions to open (default 50)
   --duration S           about how long the demo's sessions live, seconds (default 30)
   --seed N               seed of the demo's behaviour (default: random)
@@ -31,6 +36,9 @@ export interface StartFlags {
   port: number;
   runtimePort: number;
   forward: string | undefined;
+  host: string;
+  runtimes: Array<{ name: string; url: string }>;
+  allowCidrs: string[];
   sessions: number;
   durationMs: number;
   seed: number | undefined;
@@ -66,6 +74,9 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
         port: { type: 'string' },
         'runtime-port': { type: 'string' },
         forward: { type: 'string' },
+        host: { type: 'string' },
+        runtime: { type: 'string', multiple: true },
+        'allow-cidr': { type: 'string', multiple: true },
         sessions: { type: 'string' },
         duration: { type: 'string' },
         seed: { type: 'string' },
@@ -93,11 +104,29 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
     forward = url.href;
   }
   if (!values.demo && values['exit-after-demo']) throw new UsageError('--exit-after-demo needs the demo; drop --no-demo');
+  const host = values.host ?? '127.0.0.1';
+  if (isIP(host) === 0) throw new UsageError(`--host must be an IP address such as 127.0.0.1 or 0.0.0.0, not '${host}'`);
+  const runtimes = (values.runtime ?? []).map((text) => {
+    const m = /^([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)=(https?:\/\/.+)$/.exec(text);
+    if (!m?.[1] || !m[2]) throw new UsageError(`--runtime must be NAME=URL (NAME of a-z, 0-9 and -; an http(s) URL), not '${text}'`);
+    return { name: m[1], url: m[2] };
+  });
+  const allowCidrs = values['allow-cidr'] ?? [];
+  for (const cidr of allowCidrs) {
+    try {
+      new OutboundAddressPolicy([cidr]);
+    } catch {
+      throw new UsageError(`--allow-cidr must be a network such as 192.168.1.0/24, not '${cidr}'`);
+    }
+  }
   return {
     demo: values.demo,
     port,
     runtimePort,
     forward,
+    host,
+    runtimes,
+    allowCidrs,
     sessions: integer('sessions', values.sessions, 1, 10_000) ?? 50,
     durationMs: (integer('duration', values.duration, 1, 3600) ?? 30) * 1000,
     seed: integer('seed', values.seed, 0, 0xffffffff),

@@ -1,8 +1,12 @@
 // A private redis-server for the local stack: started on a free loopback port, kept in its own process group (so a
 // Ctrl-C in the terminal reaches only the launcher, which stops the parts in order), and stopped gracefully. With a
 // data directory it keeps its data there (append-only file) so sessions, deadlines and the GPU ledger survive a
-// restart of `npm start`; without one it is throw-away, removed on stop.
+// restart of `npm start`; without one it is throw-away, removed on stop. It listens on loopback only, in protected
+// mode, and asks every client for a password drawn at random for each start; the password reaches redis-server on
+// its standard input (`redis-server -` reads its configuration there), never on its command line, which any user of
+// the machine can read.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -27,25 +31,36 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Sends PING over a plain TCP connection; true once the server answers PONG. */
-export function pingRedis(port: number, timeoutMs = 1000): Promise<boolean> {
+/** Sends PING (after AUTH, given a password) over a plain TCP connection; true once the server answers PONG. */
+export function pingRedis(port: number, timeoutMs = 1000, password?: string): Promise<boolean> {
   return new Promise((answer) => {
     const socket = connect({ host: '127.0.0.1', port });
+    let received = '';
     const done = (ok: boolean) => {
       socket.destroy();
       answer(ok);
     };
     socket.setTimeout(timeoutMs, () => done(false));
     socket.once('error', () => done(false));
-    socket.once('connect', () => socket.write('PING\r\n'));
-    socket.once('data', (chunk: Buffer) => done(chunk.toString('utf8').startsWith('+PONG')));
+    socket.once('connect', () => {
+      const auth = password === undefined ? '' : `*2\r\n$4\r\nAUTH\r\n$${Buffer.byteLength(password)}\r\n${password}\r\n`;
+      socket.write(`${auth}PING\r\n`);
+    });
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('utf8');
+      if (received.includes('+PONG')) done(true);
+      else if (received.includes('-')) done(false);
+    });
   });
 }
 
 /** A running private redis-server. */
 export interface RedisServer {
   readonly port: number;
+  /** redis://127.0.0.1:<port>, without the password. */
   readonly url: string;
+  /** The password every client must give (REDIS_PASSWORD). */
+  readonly password: string;
   /** Where its data is kept, or undefined when it is throw-away. */
   readonly dataDir: string | undefined;
   /** Stops it with SIGTERM (it writes its data first when it has a data directory) and waits for it to exit. */
@@ -69,8 +84,10 @@ export async function startRedisServer(opts: { dataDir?: string } = {}): Promise
   const dir = dataDir ?? mkdtempSync(join(tmpdir(), `sr-redis-${port}-`));
   if (dataDir !== undefined) mkdirSync(dataDir, { recursive: true });
   const persistence = dataDir === undefined ? ['--save', '', '--appendonly', 'no'] : ['--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec'];
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--protected-mode', 'no', '--loglevel', 'warning', '--dir', dir, ...persistence];
-  const child: ChildProcess = spawn('redis-server', args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  const password = randomBytes(24).toString('base64url');
+  const args = ['-', '--port', String(port), '--bind', '127.0.0.1', '--protected-mode', 'yes', '--loglevel', 'warning', '--dir', dir, ...persistence];
+  const child: ChildProcess = spawn('redis-server', args, { stdio: ['pipe', 'ignore', 'pipe'], detached: true });
+  child.stdin?.end(`requirepass ${password}\n`);
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString('utf8')).slice(-4000)));
   const exited = new Promise<void>((done) => child.once('exit', () => done()));
@@ -82,7 +99,7 @@ export async function startRedisServer(opts: { dataDir?: string } = {}): Promise
   };
 
   const deadline = Date.now() + START_TIMEOUT_MS;
-  while (!(await pingRedis(port))) {
+  while (!(await pingRedis(port, 1000, password))) {
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill('SIGKILL');
       await exited;
@@ -96,6 +113,7 @@ export async function startRedisServer(opts: { dataDir?: string } = {}): Promise
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
+    password,
     dataDir,
     stop: () =>
       (stopped ??= (async () => {

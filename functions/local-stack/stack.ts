@@ -1,5 +1,5 @@
 // The whole system on one machine, for tests, benchmarks and `npm start`: a private redis-server (unless a Redis
-// URL is given), the simulated GPU runtime, each of the four functions as its own functions-framework process,
+// URL is given; its password drawn at random), the simulated GPU runtime, each of the four functions as its own process,
 // the deadline engine, and the local Broker (in this process, so tests can inspect it), all on free loopback
 // ports. Processes are started with this process's Node (process.execPath), so a run through npm or npx uses
 // Node 24 for all of them, each in its own process group: a Ctrl-C in the terminal reaches only the launcher, which
@@ -9,16 +9,25 @@
 // The Broker itself starts last, once its subscribers are up, so the deliveries kept at the last stop go straight
 // out rather than into retries against processes still starting; until then a stand-in on the ingress port answers
 // /healthz with 503 and events with 503 and Retry-After (both what a Knative Broker that is not ready answers).
+//
+// The trust boundary is the deployed one: every part listens on 127.0.0.1 unless told otherwise; every sender (each
+// workload, the pipeline, an operator) gets a token of its own, drawn at each start and kept in a private folder,
+// and the Broker admits only what the manifests' EventPolicies let that sender send; the one registered runtime is
+// the simulator, and outbound calls may reach loopback addresses only.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
+import { WORKLOADS, type Sender } from '../core/contract/events.ts';
+import { OutboundAddressPolicy } from '../core/outbound-address.ts';
+import type { RuntimeEntry } from '../core/runtime-registry.ts';
 import { startLocalBroker, type LocalBroker } from '../local-broker/broker.ts';
+import { loadSenderPolicies } from '../local-broker/event-policies.ts';
 import type { DeliverySpec } from '../local-broker/triggers.ts';
 import type { BrokerEvent } from '../local-broker/wire.ts';
 import { freePort, startRedisServer, type RedisServer } from './redis-server.ts';
@@ -33,14 +42,35 @@ export type FunctionName = (typeof FUNCTION_NAMES)[number];
 /** Every process of the stack besides Redis and the in-process Broker. */
 export type ProcessName = FunctionName | 'deadline-engine' | 'idle-checker' | 'sim-gpu-runtime';
 
-const FRAMEWORK_MAIN = 'node_modules/@google-cloud/functions-framework/build/src/main.js';
 const ENGINE_ENTRY = 'functions/heartbeat-timeout/engine.ts';
 const IDLE_CHECKER_ENTRY = 'functions/activity-score/idle-checker-main.ts';
 const RUNTIME_ENTRY = 'functions/sim-gpu-runtime/index.ts';
 const functionEntry = (name: FunctionName) => `functions/${name}/index.ts`;
 
 /** The entry files the stack runs, relative to the repository root. */
-export const STACK_ENTRY_FILES: readonly string[] = [FRAMEWORK_MAIN, ENGINE_ENTRY, IDLE_CHECKER_ENTRY, RUNTIME_ENTRY, ...FUNCTION_NAMES.map(functionEntry)];
+export const STACK_ENTRY_FILES: readonly string[] = [ENGINE_ENTRY, IDLE_CHECKER_ENTRY, RUNTIME_ENTRY, ...FUNCTION_NAMES.map(functionEntry)];
+
+/** The senders that get a token: our workloads, the inference pipeline, an operator. */
+export const STACK_SENDERS: readonly Sender[] = [...WORKLOADS, 'inference-pipeline', 'operator'];
+
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', '::1', 'localhost']);
+
+/** Networks the local stack's outbound calls may reach: this machine only. */
+export const LOOPBACK_CIDRS: readonly string[] = ['127.0.0.0/8', '::1/128'];
+
+/**
+ * The OIDC subject the manifests' EventPolicies admit for each sender (the policy annotated with it): what the local
+ * Broker knows each sender's token as.
+ */
+export function senderSubjects(manifestsDir?: string): Record<Sender, string> {
+  const policies = loadSenderPolicies({ broker: 'default', ...(manifestsDir === undefined ? {} : { manifestsDir }) });
+  const out: Partial<Record<Sender, string>> = {};
+  for (const sender of STACK_SENDERS) {
+    const subject = policies.find((p) => p.sender === sender)?.subjects[0];
+    if (subject !== undefined) out[sender] = subject;
+  }
+  return out as Record<Sender, string>;
+}
 
 /** The entry files that do not exist (yet); the stack cannot start while any is missing. */
 export function missingEntryFiles(): string[] {
@@ -83,6 +113,14 @@ export interface StackOptions {
   onProcessExit?: (name: ProcessName, code: number | null) => void;
   /** How long the Broker's stop lets pending deliveries finish before persisting them, ms. Default 5000. */
   stopGraceMs?: number;
+  /** Interface every part listens on. Default 127.0.0.1. */
+  host?: string;
+  /** Runtimes registered besides the simulator (RUNTIMES). */
+  runtimes?: readonly RuntimeEntry[];
+  /** Networks outbound calls may reach besides loopback (OUTBOUND_ALLOWED_CIDRS). */
+  allowedCidrs?: readonly string[];
+  /** Where the senders' token files are written. Default: a private temporary folder, removed at stop. */
+  tokenDir?: string;
 }
 
 /** A running stack. */
@@ -91,7 +129,14 @@ export interface Stack {
   readonly brokerUrl: string;
   /** The simulated GPU runtime's base URL: use it as a session's placement.runtimeUrl. */
   readonly runtimeUrl: string;
+  /** Redis, without its password (see redisPassword). */
   readonly redisUrl: string;
+  /** The private redis-server's password ('' for a Redis given by URL). */
+  readonly redisPassword: string;
+  /** Each sender's bearer token for the Broker: send as the pipeline with tokens['inference-pipeline']. */
+  readonly tokens: Readonly<Record<Sender, string>>;
+  /** Where each sender's token file is (SINK_TOKEN_FILE of the workloads; sessionctl reads the operator's). */
+  readonly tokenFiles: Readonly<Record<Sender, string>>;
   /** The Broker's dead-letter directory. */
   readonly deadLetterDir: string;
   readonly keyPrefix: string;
@@ -129,6 +174,14 @@ function baseEnv(): Record<string, string> {
     ...Object.fromEntries(keep.flatMap((k) => (process.env[k] === undefined ? [] : [[k, process.env[k]]]))),
     NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE ?? join(tmpdir(), 'session-reaper-node-compile-cache'),
   };
+}
+
+// A token file only its owner can read: the token is a sender's identity.
+function writeToken(dir: string, sender: Sender, token: string): string {
+  const file = join(dir, sender);
+  writeFileSync(file, `${token}\n`, { mode: 0o600 });
+  chmodSync(file, 0o600);
+  return file;
 }
 
 function spawnChild(name: ProcessName, args: string[], env: Record<string, string>): Child {
@@ -174,7 +227,7 @@ async function waitHealthy(child: Child, url: string, deadline: number): Promise
 }
 
 // The ingress while the stack starts: the port is taken (and K_SINK known) from the first moment.
-async function listenStandIn(port: number): Promise<Server> {
+async function listenStandIn(port: number, host: string): Promise<Server> {
   const server = createServer((req, res) => {
     req.resume();
     res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1', connection: 'close' });
@@ -182,7 +235,7 @@ async function listenStandIn(port: number): Promise<Server> {
   });
   await new Promise<void>((listening, reject) => {
     server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => listening());
+    server.listen(port, host, () => listening());
   });
   return server;
 }
@@ -214,6 +267,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   let broker: LocalBroker | undefined;
   let standIn: Server | undefined;
   let tempDir: string | undefined;
+  let ownTokenDir: string | undefined;
   let ready = false;
   let stopping = false;
   // Children are in their own process groups, so they would outlive a launcher that dies without stopping them.
@@ -231,12 +285,27 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     await redis?.stop();
     process.removeListener('exit', killAll);
     if (tempDir) rmSync(tempDir, { recursive: true, force: true });
+    if (ownTokenDir) rmSync(ownTokenDir, { recursive: true, force: true });
   }
 
   try {
     const redisUrl = opts.redisUrl ?? process.env.REDIS_URL ?? (redis = await startRedisServer(opts.redisDataDir === undefined ? {} : { dataDir: opts.redisDataDir })).url;
+    const redisPassword = redis?.password ?? '';
     const keyPrefix = opts.keyPrefix ?? `sr${randomUUID().slice(0, 8)}`;
     const logLevel = opts.logLevel ?? 'warn';
+    const host = opts.host ?? '127.0.0.1';
+    // Every sender's identity for this run, known to the Broker by the subject its EventPolicy admits.
+    const subjects = senderSubjects();
+    const tokenDir = opts.tokenDir ?? (ownTokenDir = mkdtempSync(join(tmpdir(), 'sr-tokens-')));
+    mkdirSync(tokenDir, { recursive: true, mode: 0o700 });
+    chmodSync(tokenDir, 0o700);
+    const tokens = Object.fromEntries(STACK_SENDERS.map((sender) => [sender, randomBytes(24).toString('base64url')])) as Record<Sender, string>;
+    const tokenFiles = Object.fromEntries(STACK_SENDERS.map((sender) => [sender, writeToken(tokenDir, sender, tokens[sender])])) as Record<Sender, string>;
+    const identities = Object.fromEntries(STACK_SENDERS.filter((s) => subjects[s] !== undefined).map((s) => [tokens[s], subjects[s]]));
+    // The parts call each other where they listen; a specific address that is not loopback is allowed as well.
+    const specific = host !== '' && host !== '0.0.0.0' && host !== '::' && !LOOPBACK_HOSTS.has(host) ? [`${host}/${host.includes(':') ? 128 : 32}`] : [];
+    const allowedCidrs = [...LOOPBACK_CIDRS, ...specific, ...(opts.allowedCidrs ?? [])];
+    new OutboundAddressPolicy(allowedCidrs);
     const ports = {
       broker: opts.brokerPort ?? 0,
       'sim-gpu-runtime': opts.runtimePort || (await freePort()),
@@ -247,46 +316,50 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       'destroy-dispatch': await freePort(),
       'gpu-release': await freePort(),
     };
-    const local = (port: number) => `http://127.0.0.1:${port}`;
+    // Where the parts reach each other: the address they listen on, or loopback when that is every interface.
+    const reachable = host === '0.0.0.0' || host === '::' || host === '' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+    const local = (port: number) => `http://${reachable}:${port}`;
     if (opts.deadLetterDir === undefined) tempDir = mkdtempSync(join(tmpdir(), 'sr-stack-'));
     const deadLetterDir = resolve(opts.deadLetterDir ?? join(tempDir!, 'dead-letters'));
 
     // The ingress port first: every process gets its address as K_SINK.
-    standIn = await listenStandIn(ports.broker);
+    standIn = await listenStandIn(ports.broker, host);
     ports.broker = (standIn.address() as AddressInfo).port;
     const brokerUrl = `${local(ports.broker)}/`;
+    const runtimeUrl = local(ports['sim-gpu-runtime']);
+    const runtimes: RuntimeEntry[] = [{ name: 'sim', url: runtimeUrl }, ...(opts.runtimes ?? [])];
 
-    const shared = { ...baseEnv(), REDIS_URL: redisUrl, REDIS_KEY_PREFIX: keyPrefix, K_SINK: brokerUrl, LOG_LEVEL: logLevel, ...opts.env };
+    const shared = {
+      ...baseEnv(), REDIS_URL: redisUrl, REDIS_PASSWORD: redisPassword, REDIS_KEY_PREFIX: keyPrefix, K_SINK: brokerUrl, LOG_LEVEL: logLevel,
+      LISTEN_HOST: host, RUNTIMES: JSON.stringify(runtimes), OUTBOUND_ALLOWED_CIDRS: allowedCidrs.join(','), ...opts.env,
+    };
     const runtime = spawnChild('sim-gpu-runtime', [RUNTIME_ENTRY], {
       ...baseEnv(),
       PORT: String(ports['sim-gpu-runtime']),
-      SIM_HOST: '127.0.0.1',
+      SIM_HOST: host,
       LOG_LEVEL: logLevel,
       ...opts.runtimeEnv,
     });
     children.push(runtime);
     for (const name of FUNCTION_NAMES) {
-      children.push(
-        spawnChild(name, [FRAMEWORK_MAIN], {
-          ...shared,
-          PORT: String(ports[name]),
-          FUNCTION_TARGET: name,
-          FUNCTION_SIGNATURE_TYPE: 'http',
-          FUNCTION_SOURCE: functionEntry(name),
-          OTEL_SERVICE_NAME: name,
-        }),
-      );
+      children.push(spawnChild(name, [functionEntry(name)], { ...shared, PORT: String(ports[name]), OTEL_SERVICE_NAME: name, SINK_TOKEN_FILE: tokenFiles[name] }));
     }
-    children.push(spawnChild('deadline-engine', [ENGINE_ENTRY], { ...shared, PORT: String(ports['deadline-engine']), OTEL_SERVICE_NAME: 'deadline-engine' }));
-    children.push(spawnChild('idle-checker', [IDLE_CHECKER_ENTRY], { ...shared, PORT: String(ports['idle-checker']), OTEL_SERVICE_NAME: 'activity-score' }));
+    children.push(spawnChild('deadline-engine', [ENGINE_ENTRY], {
+      ...shared, PORT: String(ports['deadline-engine']), OTEL_SERVICE_NAME: 'deadline-engine', SINK_TOKEN_FILE: tokenFiles['deadline-engine'],
+    }));
+    children.push(spawnChild('idle-checker', [IDLE_CHECKER_ENTRY], {
+      ...shared, PORT: String(ports['idle-checker']), OTEL_SERVICE_NAME: 'activity-score', SINK_TOKEN_FILE: tokenFiles['idle-checker'],
+    }));
 
-    const runtimeUrl = local(ports['sim-gpu-runtime']);
     await Promise.all(
       children.map((child) => waitHealthy(child, child.name === 'sim-gpu-runtime' ? `${runtimeUrl}/v1/memory` : `${local(ports[child.name])}/healthz`, deadline)),
     );
     await closeServer(standIn);
     broker = await startLocalBroker({
       port: ports.broker,
+      host,
+      identities,
+      forwardAddressPolicy: new OutboundAddressPolicy(allowedCidrs),
       subscribers: { ...Object.fromEntries(FUNCTION_NAMES.map((n) => [n, local(ports[n])])), ...opts.subscribers },
       deadLetterDir,
       ready: () => ready,
@@ -308,6 +381,9 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       brokerUrl: broker.url,
       runtimeUrl,
       redisUrl,
+      redisPassword,
+      tokens,
+      tokenFiles,
       deadLetterDir,
       keyPrefix,
       ports,

@@ -3,7 +3,7 @@
 // on http://localhost:8080/ — plus, unless --no-demo, a simulated inference pipeline whose run ends in a report.
 // Ctrl-C or SIGTERM stops everything in order; deliveries still pending are finished or kept for the next start.
 /* eslint-disable no-console -- this is the terminal front end of the local stack: talking to the user is its job */
-import { appendFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { pino } from 'pino';
 import { auditLedger, type LedgerAudit } from '../core/ledger.ts';
@@ -97,19 +97,30 @@ async function main(): Promise<number> {
       onEvent: (ev) => observers.forEach((observe) => observe(ev)),
       onProcessExit: (name, code) => void live.shutdown?.(1, `${name} exited unexpectedly (${String(code)})`),
       ...(flags.forward !== undefined ? { forward: flags.forward } : {}),
+      host: flags.host,
+      runtimes: flags.runtimes,
+      allowedCidrs: flags.allowCidrs,
+      tokenDir: join(flags.stateDir, 'tokens'),
     });
   } catch (err) {
     console.error(`session-reaper: the stack did not start: ${(err as Error).message}`);
     return 1;
   }
   const running = stack;
-  const ingress = `http://localhost:${running.ports.broker}/`;
+  const ingress = running.brokerUrl.replace('://127.0.0.1:', '://localhost:');
+  // Readable by this user only: it holds the Redis password and where the senders' tokens are.
   writeFileSync(
     stateFile,
-    `${JSON.stringify({ pid: process.pid, ingressUrl: ingress, runtimeUrl: running.runtimeUrl, redisUrl: running.redisUrl, keyPrefix: running.keyPrefix, deadLetterDir: running.deadLetterDir, ports: running.ports, startedAt: new Date(startedAt).toISOString() }, null, 2)}\n`,
+    `${JSON.stringify({
+      pid: process.pid, ingressUrl: ingress, runtimeUrl: running.runtimeUrl, redisUrl: running.redisUrl, redisPassword: running.redisPassword,
+      keyPrefix: running.keyPrefix, deadLetterDir: running.deadLetterDir, ports: running.ports, tokenFiles: running.tokenFiles,
+      startedAt: new Date(startedAt).toISOString(),
+    }, null, 2)}\n`,
+    { mode: 0o600 },
   );
+  chmodSync(stateFile, 0o600);
 
-  const redis: RedisClient = createRedisClient({ REDIS_URL: running.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: '', REDIS_TLS: false, CORE_TIMEOUT_MS: 5000 });
+  const redis: RedisClient = createRedisClient({ REDIS_URL: running.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: running.redisPassword, REDIS_TLS: false, CORE_TIMEOUT_MS: 5000 });
   await connectRedis(redis);
   const keys = new KeySpace(running.keyPrefix, 32);
   const ledgerAtStart: LedgerAudit = await auditLedger(redis, keys);
@@ -131,7 +142,8 @@ async function main(): Promise<number> {
       `  ingress (Broker)   ${ingress}   ← POST CloudEvents: binary, structured or batched`,
       `  health             ${ingress}healthz`,
       `  GPU runtime (sim)  ${running.runtimeUrl}   (stats: ${running.runtimeUrl}/sim/stats)`,
-      `  Redis              ${running.redisUrl}   key prefix ${running.keyPrefix}`,
+      `  Redis              ${running.redisUrl}   key prefix ${running.keyPrefix}   (password in ${relative(process.cwd(), stateFile)})`,
+      `  sender tokens      ${relative(process.cwd(), join(flags.stateDir, 'tokens'))}/   ← send as the pipeline: -H "Authorization: Bearer $(cat ${relative(process.cwd(), running.tokenFiles['inference-pipeline'])})"`,
       `  dead letters       ${running.deadLetterDir}`,
       `  logs               ${logDir}`,
       ...(flags.forward !== undefined ? [`  forwarding to      ${flags.forward}`] : []),
@@ -189,6 +201,7 @@ async function main(): Promise<number> {
     const store = new SessionStore(redis, keys, await Scripts.register(redis), { tombstoneTtlMs: 60_000 });
     demo = startDemoPipeline({
       brokerUrl: running.brokerUrl,
+      token: running.tokens['inference-pipeline'],
       runtimeUrl: running.runtimeUrl,
       sessions: flags.sessions,
       durationMs: flags.durationMs,

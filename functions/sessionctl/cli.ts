@@ -30,6 +30,8 @@ const OPTIONS = {
   file: { type: 'string' },
   source: { type: 'string' },
   id: { type: 'string' },
+  tenant: { type: 'string' },
+  'token-file': { type: 'string' },
   reason: { type: 'string' },
   'older-than': { type: 'string' },
   all: { type: 'boolean' },
@@ -57,12 +59,17 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   },
   inspect: { usage: 'inspect <sessionId>', summary: 'one session: state, incarnation, deadline, activity score, destroy timeline', options: [], run: inspectCommand },
   send: {
-    usage: "send <type> --data '<json>' | --file f.json [--source s] [--id id]",
-    summary: 'validate and send any contract event (type short, e.g. session.opened, or full)',
-    options: ['data', 'file', 'source', 'id'],
+    usage: "send <type> --data '<json>' | --file f.json [--tenant t] [--source s] [--id id] [--token-file f]",
+    summary: 'validate and send a contract event as the pipeline (type short, e.g. session.opened, or full)',
+    options: ['data', 'file', 'source', 'id', 'tenant', 'token-file'],
     run: sendCommand,
   },
-  destroy: { usage: 'destroy <sessionId> [--reason r]', summary: 'force the destroy of a session (session.destroy.requested)', options: ['reason', 'source', 'id'], run: destroyCommand },
+  destroy: {
+    usage: 'destroy <sessionId> [--reason r] [--token-file f]',
+    summary: 'force the destroy of a session, as an operator (session.destroy.requested)',
+    options: ['reason', 'source', 'id', 'token-file'],
+    run: destroyCommand,
+  },
   stuck: {
     usage: 'stuck [--older-than 30s] [--limit N]',
     summary: 'destroys without progress for longer than the threshold (default DESTROY_STALL_MS)',
@@ -98,7 +105,10 @@ export function helpText(): string {
     '  -h, --help      this text',
     '',
     'Redis: the settings the functions use — REDIS_URL, REDIS_CLUSTER_NODES, REDIS_PASSWORD, REDIS_TLS, REDIS_KEY_PREFIX, INDEX_BUCKETS.',
-    'While `npm start` runs, its Redis, key prefix and Broker (.local/stack.json; SESSIONCTL_STACK_FILE) are used where these are unset.',
+    'Sender identity: events go to the Broker with a bearer token from --token-file, else SESSIONCTL_TOKEN_FILE (an',
+    "operator's: `kubectl create token session-reaper-operator --audience eventing.knative.dev/broker/session-reaper/default`);",
+    'send uses SESSIONCTL_PIPELINE_TOKEN_FILE first when set. The Broker admits an operator for destroy only.',
+    'While `npm start` runs, its Redis, key prefix, Broker and tokens (.local/stack.json; SESSIONCTL_STACK_FILE) are used where these are unset.',
     'exit codes: 0 ok, 1 failure (Redis or the Broker unreachable, a replay failed), 2 usage or invalid input, 3 not found.',
   ].join('\n');
 }

@@ -15,6 +15,8 @@ export interface OptionValues {
   file?: string | undefined;
   source?: string | undefined;
   id?: string | undefined;
+  tenant?: string | undefined;
+  'token-file'?: string | undefined;
   reason?: string | undefined;
   'older-than'?: string | undefined;
   all?: boolean | undefined;

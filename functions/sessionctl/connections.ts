@@ -94,10 +94,11 @@ async function request(base: URL, path: string, init: RequestInit): Promise<Brok
   return { status: res.status, body };
 }
 
-/** Sends one CloudEvent to the Broker's ingress in binary mode. */
-export function postEvent(base: URL, event: CloudEvent<unknown>): Promise<BrokerAnswer> {
+/** Sends one CloudEvent to the Broker's ingress in binary mode, with the sender's bearer token when given. */
+export function postEvent(base: URL, event: CloudEvent<unknown>, token?: string): Promise<BrokerAnswer> {
   const message = HTTP.binary(event);
   const headers = Object.fromEntries(Object.entries(message.headers).map(([k, v]) => [k, String(v)]));
+  if (token !== undefined) headers.authorization = `Bearer ${token}`;
   return request(base, base.pathname, { method: 'POST', headers, body: message.body as string });
 }
 

@@ -29,10 +29,10 @@ async function deliveredOf(id: string) {
 test('send with a short type and --data posts a binary CloudEvent that reaches the subscribing function', async () => {
   const run = await sessionctl(['send', 'session.opened', '--data', JSON.stringify(opened), '--id', 'ctl-open-1'], env);
   assert.equal(run.code, 0, run.stderr);
-  assert.match(run.stdout, /^202 accepted by http:\/\/127\.0\.0\.1:\d+\/: dev\.sessionreaper\.session\.opened id=ctl-open-1 source=\/session-reaper\/sessionctl session=sess-sent-1\n$/);
+  assert.match(run.stdout, /^202 accepted by http:\/\/127\.0\.0\.1:\d+\/: dev\.sessionreaper\.session\.opened id=ctl-open-1 source=\/sessionctl session=sess-sent-1\n$/);
   const got = await deliveredOf('ctl-open-1');
   assert.equal(got.headers['ce-type'], 'dev.sessionreaper.session.opened');
-  assert.equal(got.headers['ce-source'], '/session-reaper/sessionctl');
+  assert.equal(got.headers['ce-source'], '/sessionctl');
   assert.equal(got.headers['ce-subject'], 'sess-sent-1');
   assert.equal(got.headers['ce-dataschema'], 'https://sessionreaper.dev/schemas/v1/dev.sessionreaper.session.opened.schema.json');
   assert.match(String(got.headers['content-type']), /^application\/json/);

@@ -27,7 +27,7 @@ async function seed(topology: Topology): Promise<Seeded> {
   await openLongLived(core, 'sess-ending', now, placementOn('gpu-node-a'));
   const ctx = applyActivity(initialContext(now), { kind: 'message', at: now, text: 'hello there' }, DEFAULT_SCORING_POLICY);
   const recorded = await core.store.recordActivity({
-    sessionId: 'sess-later', fingerprint: fp('activity'), liveFrom: now, now, expectedVersion: 0, lastActivityAt: now, context: storedContextFields(ctx),
+    sessionId: 'sess-later', fingerprint: fp('activity'), liveFrom: now, now, expectedVersion: 0, lastActivityAt: now, context: storedContextFields(ctx), tenant: 'acme',
   });
   assert.equal(recorded.code, 'APPLIED');
   const claim = await core.store.claimDestroy({ sessionId: 'sess-ending', fingerprint: fp('destroy'), cause: 'forced', now });

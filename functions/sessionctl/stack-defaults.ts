@@ -10,8 +10,10 @@ export const DEFAULT_STACK_FILE = join(import.meta.dirname, '..', '..', '.local'
 interface StackFile {
   pid?: unknown;
   redisUrl?: unknown;
+  redisPassword?: unknown;
   keyPrefix?: unknown;
   ingressUrl?: unknown;
+  tokenFiles?: unknown;
 }
 
 function alive(pid: number): boolean {
@@ -39,8 +41,13 @@ export function withStackDefaults(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   const out = { ...env };
   if (!set(env.REDIS_URL) && !set(env.REDIS_CLUSTER_NODES) && typeof stack.redisUrl === 'string') {
     out.REDIS_URL = stack.redisUrl;
+    if (!set(env.REDIS_PASSWORD) && typeof stack.redisPassword === 'string') out.REDIS_PASSWORD = stack.redisPassword;
     if (!set(env.REDIS_KEY_PREFIX) && typeof stack.keyPrefix === 'string') out.REDIS_KEY_PREFIX = stack.keyPrefix;
   }
   if (!set(env.SESSIONCTL_BROKER_URL) && typeof stack.ingressUrl === 'string') out.SESSIONCTL_BROKER_URL = stack.ingressUrl;
+  // The local stack's senders: an operator's token for `destroy`, the pipeline's for `send`.
+  const files = typeof stack.tokenFiles === 'object' && stack.tokenFiles !== null ? (stack.tokenFiles as Record<string, unknown>) : {};
+  if (!set(env.SESSIONCTL_TOKEN_FILE) && typeof files.operator === 'string') out.SESSIONCTL_TOKEN_FILE = files.operator;
+  if (!set(env.SESSIONCTL_PIPELINE_TOKEN_FILE) && typeof files['inference-pipeline'] === 'string') out.SESSIONCTL_PIPELINE_TOKEN_FILE = files['inference-pipeline'];
   return out;
 }

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { fp, testCore, type TestCore } from '../../tests/support/core.ts';
+import { drawReleaseToken } from '../core/session-store.ts';
 import { eventOf, sendBinary } from '../local-broker/test-support.ts';
 import type { StatsSnapshot } from './stats-command.ts';
 import { cliEnv, coreEnv, jsonOf, openLongLived, placementOn, sessionctl, startTestBroker, unreachableBroker, type TestBroker } from './sessionctl-test-support.ts';
@@ -22,8 +23,9 @@ before(async () => {
   // A third session whose destroy got as far as the confirmed GPU release: 1000 bytes released on gpu-node-a.
   await openLongLived(core, 'sess-c', now, placementOn('gpu-node-a', 1000));
   assert.equal((await core.store.claimDestroy({ sessionId: 'sess-c', fingerprint: fp('d'), cause: 'closed', now })).code, 'CLAIMED');
-  assert.equal((await core.store.advance('sess-c', 1, 'gpu_release_requested', now)).code, 'ADVANCED');
-  assert.equal((await core.store.recordRelease('sess-c', 1, 1000, now, 'gpu-node-a')).code, 'RELEASED');
+  const token = drawReleaseToken();
+  assert.equal((await core.store.advance('sess-c', 1, 'gpu_release_requested', now, { attempt: 1, token })).code, 'ADVANCED');
+  assert.equal((await core.store.recordRelease('sess-c', 1, 1000, now, 'gpu-node-a', token)).code, 'RELEASED');
   assert.equal((await sendBinary(tb.broker.url, eventOf('dev.sessionreaper.session.heartbeat'))).status, 202);
   await tb.broker.idle();
 });

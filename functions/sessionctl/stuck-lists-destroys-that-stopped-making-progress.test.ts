@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { fp, testCore, type TestCore } from '../../tests/support/core.ts';
+import { drawReleaseToken } from '../core/session-store.ts';
 import type { StuckRow } from './session-commands.ts';
 import { cliEnv, coreEnv, jsonOf, openLongLived, placementOn, sessionctl } from './sessionctl-test-support.ts';
 
@@ -16,8 +17,8 @@ before(async () => {
   // Claimed two minutes ago, GPU release requested, then re-issued a minute ago: stalled for about a minute.
   await openLongLived(core, 'sess-stalled', now - 120_000, placementOn('gpu-node-a'));
   assert.equal((await core.store.claimDestroy({ sessionId: 'sess-stalled', fingerprint: fp('d'), cause: 'expired', now: now - 120_000 })).code, 'CLAIMED');
-  assert.equal((await core.store.advance('sess-stalled', 1, 'gpu_release_requested', now - 90_000, 1)).code, 'ADVANCED');
-  assert.equal((await core.store.advance('sess-stalled', 1, 'gpu_release_requested', now - 60_000, 2)).code, 'REISSUED');
+  assert.equal((await core.store.advance('sess-stalled', 1, 'gpu_release_requested', now - 90_000, { attempt: 1, token: drawReleaseToken() })).code, 'ADVANCED');
+  assert.equal((await core.store.advance('sess-stalled', 1, 'gpu_release_requested', now - 60_000, { attempt: 2, token: drawReleaseToken() })).code, 'REISSUED');
   // Claimed just now: in flight, not stuck.
   await openLongLived(core, 'sess-fresh', now, placementOn('gpu-node-b'));
   assert.equal((await core.store.claimDestroy({ sessionId: 'sess-fresh', fingerprint: fp('d'), cause: 'closed', now })).code, 'CLAIMED');

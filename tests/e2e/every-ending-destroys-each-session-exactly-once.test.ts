@@ -47,7 +47,7 @@ describe('the whole system, end to end', { skip: missing.length ? `entry points 
         TENANT_POLICIES: JSON.stringify({ 'e2e-fast': { threshold: 0.95, graceMs: 500 } }), LOAD_POLICY: JSON.stringify({ minGraceMs: 0 }), RELEASE_RETRIES: '1', BREAKER_RESET_TIMEOUT_MS: '500', BREAKER_VOLUME_THRESHOLD: '2' },
       deliveryOverride: { retry: 40, backoffPolicy: 'linear', backoffDelayMs: 50 },
     });
-    redis = createRedisClient({ REDIS_URL: stack.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: '', REDIS_TLS: false, CORE_TIMEOUT_MS: 5000 });
+    redis = createRedisClient({ REDIS_URL: stack.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: stack.redisPassword, REDIS_TLS: false, CORE_TIMEOUT_MS: 5000 });
     await connectRedis(redis);
     store = new SessionStore(redis, new KeySpace(stack.keyPrefix, 32), await Scripts.register(redis), { tombstoneTtlMs: 60_000 });
   });
@@ -58,10 +58,14 @@ describe('the whole system, end to end', { skip: missing.length ? `entry points 
     await sink?.close();
   });
 
-  async function send(type: string, data: Record<string, unknown>): Promise<void> {
-    const ce = new CloudEvent({ type: T + type, source: '/e2e/pipeline', id: randomUUID(), data, datacontenttype: 'application/json' });
+  // `tenant`: the tenant the event names (a session opened with one belongs to it).
+  async function send(type: string, data: Record<string, unknown>, tenant?: string): Promise<void> {
+    const ce = new CloudEvent({ type: T + type, source: '/e2e/pipeline', id: randomUUID(), data, datacontenttype: 'application/json', ...(tenant === undefined ? {} : { tenant }) });
     const { headers, body } = HTTP.binary(ce);
-    const res = await fetch(stack.brokerUrl, { method: 'POST', headers: headers as Record<string, string>, body: body as string });
+    // As the pipeline: the Broker admits what its EventPolicy lets the sender of this token send.
+    const res = await fetch(stack.brokerUrl, {
+      method: 'POST', headers: { ...(headers as Record<string, string>), authorization: `Bearer ${stack.tokens['inference-pipeline']}` }, body: body as string,
+    });
     assert.equal(res.status, 202, `${type} accepted by the Broker`);
   }
 
@@ -114,7 +118,7 @@ describe('the whole system, end to end', { skip: missing.length ? `entry points 
 
   test('a session whose activity dies down goes idle and is destroyed', async () => {
     const inc = await open('e2e-idle', { tenant: 'e2e-fast' });
-    await send('session.activity', { sessionId: 'e2e-idle', kind: 'message', text: 'hello there' });
+    await send('session.activity', { sessionId: 'e2e-idle', kind: 'message', text: 'hello there' }, 'e2e-fast');
     const ev = await destroyedEvent('e2e-idle', inc);
     assert.equal((ev.data as { cause: string }).cause, 'idle');
   });

@@ -7,9 +7,9 @@ import { CloudEvent, HTTP } from 'cloudevents';
 import { startEventSink } from '../support/event-sink.ts';
 import { missingEntryFiles, startStack } from '../support/stack.ts';
 
-async function send(url: string, ev: CloudEvent<unknown>): Promise<number> {
+async function send(url: string, ev: CloudEvent<unknown>, token: string): Promise<number> {
   const m = HTTP.binary(ev);
-  const res = await fetch(url, { method: 'POST', headers: m.headers as Record<string, string>, body: m.body as string });
+  const res = await fetch(url, { method: 'POST', headers: { ...(m.headers as Record<string, string>), authorization: `Bearer ${token}` }, body: m.body as string });
   await res.body?.cancel();
   return res.status;
 }
@@ -39,9 +39,9 @@ test('the stack starts every part healthy, carries a session to its destroy, dea
       data: { sessionId, placement: { node: 'sim-node', runtimeUrl: stack.runtimeUrl, gpuBytes: 1024 } },
     });
     const closed = new CloudEvent({ id: `${sessionId}-closed`, source: '/tests/stack', type: 'dev.sessionreaper.session.closed', datacontenttype: 'application/json', data: { sessionId } });
-    assert.equal(await send(stack.brokerUrl, opened), 202);
+    assert.equal(await send(stack.brokerUrl, opened, stack.tokens['inference-pipeline']), 202);
     await stack.broker.idle();
-    assert.equal(await send(stack.brokerUrl, closed), 202);
+    assert.equal(await send(stack.brokerUrl, closed, stack.tokens['inference-pipeline']), 202);
     const destroyed = await outside.waitForEvent((e) => e.event.type === 'dev.sessionreaper.session.destroyed', { timeoutMs: 30_000 }).catch((err: unknown) => {
       const logs = Object.entries(stack.logs).map(([name, lines]) => `--- ${name}\n${lines.slice(-15).join('\n')}`).join('\n');
       throw new Error(`${(err as Error).message}\nprocess logs:\n${logs}`, { cause: err });
@@ -52,7 +52,7 @@ test('the stack starts every part healthy, carries a session to its destroy, dea
     // An event that breaks the contract passes the Broker (202), is refused by its function (400, no retries)
     // and lands in the dead-letter store with the function's reason.
     const broken = new CloudEvent({ id: `${sessionId}-broken`, source: '/tests/stack', type: 'dev.sessionreaper.session.closed', datacontenttype: 'application/json', data: { sessionId: 42 } });
-    assert.equal(await send(stack.brokerUrl, broken), 202);
+    assert.equal(await send(stack.brokerUrl, broken, stack.tokens['inference-pipeline']), 202);
     await stack.broker.idle();
     const [dead, ...more] = await stack.broker.deadLetters.list();
     assert.equal(more.length, 0);

@@ -14,8 +14,11 @@ export interface StackFile {
   ingressUrl: string;
   runtimeUrl: string;
   redisUrl: string;
+  redisPassword: string;
   keyPrefix: string;
   deadLetterDir: string;
+  /** Each sender's token file (the pipeline's, the operator's, each workload's). */
+  tokenFiles: Record<string, string>;
 }
 
 /** A running `npm start`. */

@@ -44,6 +44,7 @@ describe('npm start', { skip: missing.length ? `entry points missing: ${missing.
   let redis: RedisClient;
   let store: SessionStore;
   let ports: [number, number];
+  let pipelineToken: string;
   const opened: string[] = []; // sessionId:incarnation
 
   before(async () => {
@@ -53,7 +54,8 @@ describe('npm start', { skip: missing.length ? `entry points missing: ${missing.
     healthAnswers = await waitHealthy(started, ports[0]);
     info = readStackFile(started.stateDir);
     ingress = `http://127.0.0.1:${ports[0]}/`;
-    redis = createRedisClient({ REDIS_URL: info.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: '', REDIS_TLS: false, CORE_TIMEOUT_MS: 5000 });
+    redis = createRedisClient({ REDIS_URL: info.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: info.redisPassword, REDIS_TLS: false, CORE_TIMEOUT_MS: 5000 });
+    pipelineToken = readFileSync(info.tokenFiles['inference-pipeline']!, 'utf8').trim();
     await connectRedis(redis);
     store = new SessionStore(redis, new KeySpace(info.keyPrefix, 32), await Scripts.register(redis), { tombstoneTtlMs: 60_000 });
   });
@@ -65,20 +67,23 @@ describe('npm start', { skip: missing.length ? `entry points missing: ${missing.
     if (started && !process.env.SR_KEEP_STATE) rmSync(started.stateDir, { recursive: true, force: true });
   });
 
+  // As the pipeline, with its token from the stack's token folder, as a user's own pipeline would send.
   async function post(headers: Record<string, string>, body: string | Buffer): Promise<{ status: number; text: string }> {
-    const res = await fetch(ingress, { method: 'POST', headers, body });
+    const res = await fetch(ingress, { method: 'POST', headers: { authorization: `Bearer ${pipelineToken}`, ...headers }, body });
     return { status: res.status, text: await res.text() };
   }
 
-  async function send(type: string, data: Record<string, unknown>, mode: 'binary' | 'structured' = 'binary'): Promise<void> {
-    const ce = new CloudEvent({ type: T + type, source: '/tests/stack', id: randomUUID(), data, datacontenttype: 'application/json' });
-    const { headers, body } = mode === 'binary' ? HTTP.binary(ce) : HTTP.structured(ce);
-    const res = await post(headers as Record<string, string>, body as string);
+  // As the pipeline (an operator for session.destroy.requested, the one type an operator sends), naming `tenant`.
+  async function send(type: string, data: Record<string, unknown>, opts: { mode?: 'binary' | 'structured'; tenant?: string } = {}): Promise<void> {
+    const ce = new CloudEvent({ type: T + type, source: '/tests/stack', id: randomUUID(), data, datacontenttype: 'application/json', ...(opts.tenant === undefined ? {} : { tenant: opts.tenant }) });
+    const { headers, body } = opts.mode === 'structured' ? HTTP.structured(ce) : HTTP.binary(ce);
+    const as: Record<string, string> = type === 'session.destroy.requested' ? { authorization: `Bearer ${readFileSync(info.tokenFiles.operator!, 'utf8').trim()}` } : {};
+    const res = await post({ ...(headers as Record<string, string>), ...as }, body as string);
     assert.equal(res.status, 202, `${type} accepted by the Broker: ${res.text}`);
   }
 
   async function open(sessionId: string, extra: Record<string, unknown> = {}): Promise<number> {
-    await send('session.opened', { sessionId, placement: { node: 'gpu-node-1', runtimeUrl: info.runtimeUrl, gpuBytes: GPU_BYTES }, heartbeatIntervalMs: 60_000, ...extra }, 'structured');
+    await send('session.opened', { sessionId, placement: { node: 'gpu-node-1', runtimeUrl: info.runtimeUrl, gpuBytes: GPU_BYTES }, heartbeatIntervalMs: 60_000, ...extra }, { mode: 'structured' });
     const view = await until(`${sessionId} opened`, async () => {
       const v = await store.inspect(sessionId);
       return v?.state === 'active' ? v : undefined;
@@ -131,7 +136,7 @@ describe('npm start', { skip: missing.length ? `entry points missing: ${missing.
     const idle = (async () => {
       // The 'demo' tenant's idle policy (short grace) is part of what npm start configures.
       await open('stack-idle', { tenant: 'demo' });
-      await send('session.activity', { sessionId: 'stack-idle', kind: 'message', text: 'hello there' });
+      await send('session.activity', { sessionId: 'stack-idle', kind: 'message', text: 'hello there' }, { tenant: 'demo' });
       assert.equal((await destroyed('stack-idle')).cause, 'idle');
     })();
     const completed = (async () => {
