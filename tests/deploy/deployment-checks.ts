@@ -11,7 +11,8 @@ import { parse as parseYaml } from 'yaml';
 import type { TObject } from '@sinclair/typebox';
 import { ActivityScoreSettingsSchema, readActivityScoreSettings } from '../../functions/activity-score/settings.ts';
 import { ConfigSchema, loadConfig, readSettings, type Config } from '../../functions/core/config.ts';
-import { EventType, catalogue } from '../../functions/core/contract/events.ts';
+import { EventType, OWN_SOURCE_PREFIX, WORKLOADS, catalogue, sourceOf, typesSentBy, type Sender, type Workload } from '../../functions/core/contract/events.ts';
+import { SENDER_ANNOTATION, admittingPolicy, senderPoliciesOf } from '../../functions/local-broker/event-policies.ts';
 import { otlpTracesConfigured, samplerFromEnv } from '../../functions/core/telemetry.ts';
 import { DestroyDispatchSettingsSchema } from '../../functions/destroy-dispatch/definition.ts';
 import { defaultLeaseMs } from '../../functions/destroy-dispatch/storm-guard.ts';
@@ -67,9 +68,9 @@ const OTEL_SETTINGS = [
   'OTEL_TRACES_EXPORTER',
   ...OTLP_SETTINGS.flatMap((s) => [`OTEL_EXPORTER_OTLP_${s}`, `OTEL_EXPORTER_OTLP_TRACES_${s}`]),
 ];
-// What Node itself reads, and what the functions framework reads (functions-framework/build/src/options.js).
+// What Node itself reads, and the port a function's server (functions/framework/serve.ts) listens on.
 const NODE_SETTINGS = ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS', 'NODE_ENV'];
-const FRAMEWORK_SETTINGS = ['PORT', 'FUNCTION_TARGET', 'FUNCTION_SIGNATURE_TYPE', 'FUNCTION_SOURCE'];
+const FRAMEWORK_SETTINGS = ['PORT'];
 
 /** What one entry point reads from its environment: the settings schemas (names and rules) and the standard names. */
 export interface EntryPointSettings {
@@ -351,8 +352,8 @@ export function functionWorkloads(ms: readonly Manifest[]): Manifest[] {
   return [...ofKind(ms, 'Service', 'serving.knative.dev'), ...ofKind(ms, 'Deployment', 'apps')].filter((w) => FUNCTION_IMAGES.includes(str(firstContainer(w).image) ?? ''));
 }
 
-/** The entry module a workload's container runs: its image's default (the functions framework serving the
- *  function's index.ts) or `node <module>`; a string that names neither is returned as the command line. */
+/** The entry module a workload's container runs: its image's default (the function's index.ts, which serves it;
+ *  functions/Dockerfile) or `node <module>`; a string that names neither is returned as the command line. */
 export function entryPointOf(workload: Manifest): string {
   const container = firstContainer(workload);
   const command = arr(container.command).map((c) => str(c) ?? '');
@@ -412,7 +413,10 @@ export function checkSettings(ms: readonly Manifest[]): string[] {
       problems.push(`${describe(w)}: ${(err as Error).message}`);
     }
     const sink = env.K_SINK;
-    if (w.doc.kind === 'Service' && broker && sink !== `http://broker-ingress.knative-eventing.svc.cluster.local/${NAMESPACE}/${nameOf(broker)}`) problems.push(`${describe(w)}'s K_SINK ${show(sink)} is not the Broker's ingress`);
+    // The Broker ingress's address: https under Knative transport encryption (prod), http where the mesh's mutual TLS
+    // alone covers the hop (dev).
+    const ingress = (scheme: string) => `${scheme}://broker-ingress.knative-eventing.svc.cluster.local/${NAMESPACE}/${nameOf(broker ?? w)}`;
+    if (w.doc.kind === 'Service' && broker && sink !== ingress('https') && sink !== ingress('http')) problems.push(`${describe(w)}'s K_SINK ${show(sink)} is not the Broker's ingress`);
   }
   // The idle checker re-judges what activity-score scored: one scoring policy for both.
   const scorers = functionWorkloads(ms).filter((w) => ENTRY_POINTS[entryPointOf(w)]?.schemas.includes(ActivityScoreSettingsSchema));
@@ -797,4 +801,79 @@ export function withEnv(ms: readonly Manifest[], kind: string, name: string, var
     container.env = [...env, { name: variable, value }];
     return { source: m.source, doc };
   });
+}
+
+/** The OIDC audience of the Broker the functions send to: what their projected tokens must be issued for. */
+export const BROKER_AUDIENCE = `eventing.knative.dev/broker/${NAMESPACE}/default`;
+
+/** Where a sender's events claim to come from when it sends as itself: our workloads their own source, others theirs. */
+function naturalSource(sender: Sender): string {
+  return (WORKLOADS as readonly string[]).includes(sender) ? sourceOf(sender as Workload) : `/${sender}`;
+}
+
+/**
+ * Who may send what, as the Broker would decide it from the rendered EventPolicies (the same evaluation the local
+ * Broker applies: functions/local-broker/event-policies.ts): every contract type is admitted from exactly the
+ * senders the catalogue names, as each sends it (its own source), and from nobody else; a workload cannot send
+ * under another's source, nor the pipeline or an operator under one of ours. Each sending workload runs as the
+ * ServiceAccount its policy names and presents a token of it for the Broker's audience.
+ */
+export function checkSenderPolicies(ms: readonly Manifest[]): string[] {
+  const problems: string[] = [];
+  const policies = senderPoliciesOf(ms.map((m) => m.doc as Record<string, unknown>), 'default');
+  const senders: Sender[] = [...WORKLOADS, 'inference-pipeline', 'operator'];
+  const subjectOf = new Map<Sender, string>();
+  for (const sender of senders) {
+    const own = policies.filter((p) => p.sender === sender);
+    const sends = typesSentBy(sender).length > 0;
+    if (!sends && own.length > 0) problems.push(`${sender} sends nothing, yet EventPolicy ${own[0]!.name} admits it`);
+    if (sends && own.length !== 1) problems.push(`${sender} should have exactly one EventPolicy (annotated ${SENDER_ANNOTATION}), has ${own.length}`);
+    const subject = own[0]?.subjects[0];
+    if (subject !== undefined) subjectOf.set(sender, subject);
+  }
+  const probe = (subject: string, type: string, source: string) => admittingPolicy(policies, subject, { specversion: '1.0', id: 'probe', type, source }) !== undefined;
+  for (const entry of catalogue) {
+    for (const sender of senders) {
+      const subject = subjectOf.get(sender);
+      if (subject === undefined) continue;
+      const expected = (entry.senders as readonly Sender[]).includes(sender);
+      if (probe(subject, entry.type, naturalSource(sender)) !== expected) {
+        problems.push(`${sender} (${subject}) ${expected ? 'may not send' : 'may send'} ${entry.type}, but the catalogue says ${expected ? 'it sends it' : 'it does not'}`);
+      }
+      if (!expected) continue;
+      // The same type under a source that is not its own.
+      const forged = (WORKLOADS as readonly string[]).includes(sender) ? WORKLOADS.filter((w) => w !== sender).map(sourceOf) : WORKLOADS.map(sourceOf);
+      for (const source of [...forged, '/someone-else']) {
+        if (source === naturalSource(sender)) continue;
+        if ((WORKLOADS as readonly string[]).includes(sender) && probe(subject, entry.type, source)) problems.push(`${sender} may send ${entry.type} under the source ${source}`);
+        if (!(WORKLOADS as readonly string[]).includes(sender) && source.startsWith(OWN_SOURCE_PREFIX) && probe(subject, entry.type, source)) {
+          problems.push(`${sender} may send ${entry.type} under session-reaper's own source ${source}`);
+        }
+      }
+    }
+    if (probe('system:serviceaccount:elsewhere:anyone', entry.type, '/anyone')) problems.push(`an unnamed sender may send ${entry.type}`);
+  }
+  for (const t of ofKind(ms, 'Trigger', 'eventing.knative.dev')) {
+    const type = str(at(t.doc, 'spec.filter.attributes.type')) ?? '';
+    if (!senders.some((s) => subjectOf.has(s) && probe(subjectOf.get(s)!, type, naturalSource(s)))) problems.push(`${describe(t)} waits for ${type}, which no sender may send`);
+  }
+  // Each sending workload: its ServiceAccount is the subject its policy admits, and it sends with a token for the Broker.
+  for (const w of ofKind(ms, 'Service', 'serving.knative.dev').concat(ofKind(ms, 'Deployment', 'apps'))) {
+    const tmpl = templateOf(w);
+    const sa = str(at(tmpl, 'spec.serviceAccountName')) ?? '';
+    const workload = WORKLOADS.find((x) => x === sa);
+    if (workload === undefined || typesSentBy(workload).length === 0) continue;
+    if (subjectOf.get(workload) !== `system:serviceaccount:${namespaceOf(w) || NAMESPACE}:${sa}`) problems.push(`${describe(w)} runs as ${sa}, which its EventPolicy does not name`);
+    const tokenFile = environmentOf(ms, w).SINK_TOKEN_FILE;
+    const projected = arr(at(tmpl, 'spec.volumes')).map(obj).flatMap((v) => arr(at(v, 'projected.sources')).map((src) => ({ volume: str(v.name), token: obj(obj(src).serviceAccountToken) })))
+      .filter((p) => Object.keys(p.token).length > 0);
+    const mounts = arr(firstContainer(w).volumeMounts).map(obj);
+    const presented = projected.some((p) => {
+      const mount = mounts.find((m) => m.name === p.volume);
+      return p.token.audience === BROKER_AUDIENCE && mount !== undefined && tokenFile === `${str(mount.mountPath) ?? ''}/${str(p.token.path) ?? ''}`;
+    });
+    if (!presented) problems.push(`${describe(w)} does not present a token of ${sa} for ${BROKER_AUDIENCE} (SINK_TOKEN_FILE on a projected serviceAccountToken)`);
+  }
+  if (subjectOf.has('operator') && !find(ms, 'ServiceAccount', '', 'session-reaper-operator')) problems.push('the operator\'s ServiceAccount session-reaper-operator is not deployed');
+  return problems;
 }

@@ -4,8 +4,10 @@
 // destroy-dispatch, gpu-release, Redis and the runtime. Only fetch and the cloudevents SDK.
 //
 // Environment: BROKER_URL (the Broker ingress; K_SINK when unset), RUNTIME_URL (the runtime the session claims
-// to run on), PORT (where session.destroyed arrives, default 8080), SMOKE_TIMEOUT_MS (default 60000).
+// to run on), PORT (where session.destroyed arrives, default 8080), SMOKE_TIMEOUT_MS (default 60000), SMOKE_TOKEN_FILE
+// (its ServiceAccount's token for the Broker, which the dev overlay's EventPolicy admits as the pipeline).
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage } from 'node:http';
 import { CloudEvent, HTTP } from 'cloudevents';
 
@@ -18,6 +20,8 @@ export interface SmokeSettings {
   runtimeUrl: string;
   port: number;
   timeoutMs: number;
+  /** The file holding the sender token, when the Broker checks senders. */
+  tokenFile: string | undefined;
 }
 
 /** Reads the smoke test's settings, failing with the variable's name when one is missing or malformed. */
@@ -29,14 +33,17 @@ export function readSmokeSettings(env: NodeJS.ProcessEnv): SmokeSettings {
   const timeoutMs = Number(env.SMOKE_TIMEOUT_MS ?? '60000');
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PORT=${env.PORT} is not a port`);
   if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new Error(`SMOKE_TIMEOUT_MS=${env.SMOKE_TIMEOUT_MS} is not a positive integer`);
-  return { brokerUrl, runtimeUrl, port, timeoutMs };
+  return { brokerUrl, runtimeUrl, port, timeoutMs, tokenFile: env.SMOKE_TOKEN_FILE || undefined };
 }
 
 /** Sends one event to the Broker in binary mode; a non-2xx answer is an error. */
-export async function sendEvent(brokerUrl: string, type: string, data: Record<string, unknown>, subject: string): Promise<void> {
+export async function sendEvent(brokerUrl: string, type: string, data: Record<string, unknown>, subject: string, tokenFile?: string): Promise<void> {
   const event = new CloudEvent({ type: `${TYPE_PREFIX}${type}`, source: SOURCE, subject, datacontenttype: 'application/json', data });
   const message = HTTP.binary(event);
-  const response = await fetch(brokerUrl, { method: 'POST', headers: message.headers as Record<string, string>, body: message.body as string });
+  const headers = { ...(message.headers as Record<string, string>) };
+  // Read at each send: the kubelet rotates the projected token.
+  if (tokenFile !== undefined) headers.authorization = `Bearer ${readFileSync(tokenFile, 'utf8').trim()}`;
+  const response = await fetch(brokerUrl, { method: 'POST', headers, body: message.body as string });
   if (!response.ok) throw new Error(`Broker answered ${response.status} to ${event.type}: ${await response.text()}`);
 }
 
@@ -78,9 +85,9 @@ export async function runSmoke(settings: SmokeSettings, log: (line: Record<strin
   });
   try {
     log({ msg: 'opening session', sessionId });
-    await sendEvent(settings.brokerUrl, 'session.opened', { sessionId, placement: { node: 'smoke-test', runtimeUrl: settings.runtimeUrl }, heartbeatIntervalMs: 60_000 }, sessionId);
+    await sendEvent(settings.brokerUrl, 'session.opened', { sessionId, placement: { node: 'smoke-test', runtimeUrl: settings.runtimeUrl }, heartbeatIntervalMs: 60_000 }, sessionId, settings.tokenFile);
     log({ msg: 'closing session', sessionId });
-    await sendEvent(settings.brokerUrl, 'session.closed', { sessionId, reason: 'smoke test' }, sessionId);
+    await sendEvent(settings.brokerUrl, 'session.closed', { sessionId, reason: 'smoke test' }, sessionId, settings.tokenFile);
     return await Promise.race([destroyed, timer]);
   } finally {
     server.close();
