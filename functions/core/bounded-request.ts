@@ -1,9 +1,10 @@
 // Requests whose bodies are bounded before anything buffers them. Node's HTTP server lets a server name the class
 // of its requests (http.createServer's `IncomingMessage` option, "useful for extending the original
 // IncomingMessage"), and every body byte the parser reads reaches the request through Readable#push: a request of
-// this class can therefore pass its body on as usual, hold it (a chunked body, whose size is known only at its end)
-// until it is complete and under the limit, or discard it (a request already refused), without ever keeping more
-// than the limit in memory. Used by the functions' server (serve.ts) and the local Broker's ingress.
+// this class can therefore collect its body up to a limit before anyone reads it (and be checked whole: a chunked
+// body's size is known only at its end, a body's JSON only once it is all there), then release it to its readers,
+// or discard it (a request refused), without ever keeping more than the limit in memory. Used by the functions'
+// server (functions/framework/serve.ts) and the local Broker's ingress.
 import { IncomingMessage, type ServerResponse } from 'node:http';
 
 /** Discarded bytes after which a refused request's connection is cut rather than read to its end. */
@@ -11,33 +12,47 @@ export const MAX_DISCARD_BYTES = 64 * 1024 * 1024;
 
 type Mode = 'pass' | 'hold' | 'discard';
 
-/** An IncomingMessage whose body can be held up to a limit, or discarded, instead of buffered. */
+/** An IncomingMessage whose body can be collected up to a limit, then released or discarded. */
 export class BoundedIncomingMessage extends IncomingMessage {
   #mode: Mode = 'pass';
   #limit = Number.POSITIVE_INFINITY;
   #held: Buffer[] = [];
   #heldBytes = 0;
+  #ended = false;
   #discarded = 0;
-  #whenHeld: ((outcome: 'complete' | 'over') => void) | undefined;
+  #whenHeld: ((body: Buffer | undefined) => void) | undefined;
 
   /**
-   * Keeps the body out of the stream until it is complete: resolves 'complete' once it is (its bytes are then in
-   * the stream, which ends), or 'over' as soon as it passes `limit` bytes (it is then discarded).
+   * Keeps the body from the stream's readers until it is complete: resolves with it then (release() hands it on), or
+   * with undefined as soon as it passes `limit` bytes (the rest is then discarded). Call before any body byte
+   * arrives: synchronously in the server's request listener.
    */
-  holdUpTo(limit: number): Promise<'complete' | 'over'> {
+  collect(limit: number): Promise<Buffer | undefined> {
     this.#mode = 'hold';
     this.#limit = limit;
     return new Promise((resolve) => (this.#whenHeld = resolve));
   }
 
+  /** After collect() resolved with the body: hands it to the stream's readers, then its end. */
+  release(): void {
+    if (this.#mode !== 'hold' || !this.#ended) throw new Error('release() follows a collect() that resolved with the body');
+    this.#mode = 'pass';
+    for (const held of this.#held) super.push(held);
+    this.#held = [];
+    super.push(null);
+  }
+
   /** Drops the rest of the body as it arrives; after MAX_DISCARD_BYTES the connection is cut. */
   discard(): void {
-    const wasHolding = this.#mode === 'hold';
+    const wasHolding = this.#mode === 'hold' && !this.#ended;
+    const endedWhileHeld = this.#mode === 'hold' && this.#ended;
     this.#mode = 'discard';
     this.#held = [];
     this.#heldBytes = 0;
-    if (wasHolding) this.#settle('over');
-    // Flowing, so that the end of the body, pushed below, is consumed and the request completes.
+    if (wasHolding) this.#settle(undefined);
+    // A body held to its end never reached the stream: end it, so the request completes.
+    if (endedWhileHeld) super.push(null);
+    // Flowing, so that the end of the body is consumed and the request completes.
     this.resume();
   }
 
@@ -47,12 +62,9 @@ export class BoundedIncomingMessage extends IncomingMessage {
     if (chunk !== null && !Buffer.isBuffer(chunk)) return super.push(chunk, encoding);
     if (chunk === null) {
       if (this.#mode === 'hold') {
-        for (const held of this.#held) super.push(held);
-        this.#held = [];
-        this.#mode = 'pass';
-        const pushed = super.push(null);
-        this.#settle('complete');
-        return pushed;
+        this.#ended = true;
+        this.#settle(this.#held.length === 1 ? this.#held[0]! : Buffer.concat(this.#held));
+        return true;
       }
       return super.push(null);
     }
@@ -71,24 +83,29 @@ export class BoundedIncomingMessage extends IncomingMessage {
     return true;
   }
 
-  #settle(outcome: 'complete' | 'over'): void {
+  #settle(body: Buffer | undefined): void {
     const resolve = this.#whenHeld;
     this.#whenHeld = undefined;
-    resolve?.(outcome);
+    resolve?.(body);
   }
 }
 
 /** A request refused before (or while) its body is read: its status, error code and reason. */
 export interface BodyRefusal {
-  status: 401 | 413 | 415;
-  error: 'TOO_LARGE' | 'UNSUPPORTED_ENCODING' | 'UNAUTHENTICATED';
+  status: 400 | 401 | 413 | 415;
+  error: 'TOO_LARGE' | 'UNSUPPORTED_ENCODING' | 'UNAUTHENTICATED' | 'BAD_JSON';
   reason: string;
+}
+
+/** The refusal of a body that passed its limit while it was collected. */
+export function tooLarge(limit: number): BodyRefusal {
+  return { status: 413, error: 'TOO_LARGE', reason: `the request is over ${limit} bytes; at most ${limit} are accepted` };
 }
 
 /**
  * Checks a request's declared body before any of it is read: a Content-Length over `limit` is refused (413), so is
- * a Content-Encoding (415: a compressed body's size says nothing of what it inflates to). A chunked body is held
- * up to the limit (holdUpTo) by the caller. Returns the refusal, or undefined when the body may be read.
+ * a Content-Encoding (415: a compressed body's size says nothing of what it inflates to). A chunked body is
+ * collected up to the limit by the caller. Returns the refusal, or undefined when the body may be read.
  */
 export function refuseDeclaredBody(req: IncomingMessage, limit: number): BodyRefusal | undefined {
   const encoding = req.headers['content-encoding'];
@@ -102,20 +119,15 @@ export function refuseDeclaredBody(req: IncomingMessage, limit: number): BodyRef
   return undefined;
 }
 
-/** Whether a request's body arrives in chunks of unknown total (Transfer-Encoding without Content-Length). */
-export function isChunked(req: IncomingMessage): boolean {
-  return req.headers['content-length'] === undefined && req.headers['transfer-encoding'] !== undefined;
-}
-
 /**
  * Answers a refusal and drops the rest of the body as it arrives, keeping the connection open until the sender has
  * sent it (so the sender can read the answer instead of seeing its upload cut, EPIPE), unless it is absurdly large.
  */
-export function sendRefusal(req: IncomingMessage, res: ServerResponse, refusal: BodyRefusal, field = 'body'): void {
+export function sendRefusal(req: IncomingMessage, res: ServerResponse, refusal: BodyRefusal, field = 'body', code: string = refusal.error): void {
   if (req instanceof BoundedIncomingMessage) req.discard();
   else req.resume();
   if (res.headersSent) return;
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (refusal.status === 401) headers['www-authenticate'] = 'Bearer';
-  res.writeHead(refusal.status, headers).end(JSON.stringify({ error: refusal.error, ...(refusal.status === 401 ? {} : { field }), reason: refusal.reason }));
+  res.writeHead(refusal.status, headers).end(JSON.stringify({ error: code, ...(refusal.status === 401 ? {} : { field }), reason: refusal.reason }));
 }

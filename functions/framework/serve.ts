@@ -3,16 +3,18 @@
 // interface and reads any body up to 1 GiB (server.ts: `requestLimit = '1024mb'`, gzip inflated) before a handler
 // can look at it, with no option for either: one large POST would OOM-kill a pod of 256 MiB, again at each
 // redelivery. So the process owns its server: it listens where LISTEN_HOST says, and bounds every request before
-// the framework sees a byte of its body (a Content-Length over the limit: 413; a Content-Encoding: 415; a chunked
-// body held up to the limit, then 413 past it), then hands the request to the framework's Express app for the
-// function, which it obtains through the framework's documented getTestServer. Nothing of the framework is patched.
+// the framework sees a byte of its body (a Content-Length over the limit: 413; a Content-Encoding: 415; any body
+// collected up to the limit, then 413 past it), checks what the framework's parsers would otherwise answer in their
+// own words (a body that is not JSON: 400 in the contract's words, never Express's error page), then hands the
+// request to the framework's Express app for the function, which it obtains through the framework's documented
+// getTestServer. Nothing of the framework is patched.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as ff from '@google-cloud/functions-framework';
 import { getTestServer } from '@google-cloud/functions-framework/testing';
 import type { Logger } from 'pino';
-import { BoundedIncomingMessage, isChunked, refuseDeclaredBody, sendRefusal } from '../core/bounded-request.ts';
-import { isBatchRequest } from '../core/contract/parse.ts';
+import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusal, tooLarge } from '../core/bounded-request.ts';
+import { bodyRefusal, isBatchRequest } from '../core/contract/parse.ts';
 
 type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -51,18 +53,25 @@ export async function serveFunction(opts: ServeOptions): Promise<FunctionServer>
       sendRefusal(req, res, refusal);
       return;
     }
-    if (!isChunked(req) || !(req instanceof BoundedIncomingMessage)) {
+    if (!(req instanceof BoundedIncomingMessage) || req.method !== 'POST') {
       app(req, res);
       return;
     }
-    void req.holdUpTo(limit).then((outcome) => {
-      if (outcome === 'complete') {
-        app(req, res);
+    // Collected whole (it is within the limit), so it can be judged whole before the framework parses it.
+    void req.collect(limit).then((body) => {
+      if (body === undefined) {
+        opts.logger.warn({ status: 413, limit }, 'refused a request past its limit');
+        sendRefusal(req, res, tooLarge(limit));
         return;
       }
-      const over = { status: 413 as const, error: 'TOO_LARGE' as const, reason: `the request is over ${limit} bytes; at most ${limit} are accepted` };
-      opts.logger.warn({ status: 413, reason: over.reason }, 'refused a chunked request past its limit');
-      sendRefusal(req, res, over);
+      const malformed = bodyRefusal(req.headers, body);
+      if (malformed) {
+        opts.logger.warn({ code: malformed.code, field: malformed.field, reason: malformed.reason }, 'rejected a malformed request');
+        sendRefusal(req, res, { status: 400, error: 'BAD_JSON', reason: malformed.reason }, malformed.field, malformed.code);
+        return;
+      }
+      req.release();
+      app(req, res);
     });
   };
 

@@ -23,7 +23,7 @@ import { dirname, join, resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino, type Logger } from 'pino';
-import { BoundedIncomingMessage, isChunked, refuseDeclaredBody, sendRefusal, type BodyRefusal } from '../core/bounded-request.ts';
+import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusal, tooLarge, type BodyRefusal } from '../core/bounded-request.ts';
 import { createHttpClient, type HttpClient } from '../core/http-client.ts';
 import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
 import { admittingPolicy, loadSenderPolicies, type SenderPolicy } from './event-policies.ts';
@@ -247,9 +247,7 @@ function createLimiter(limit: number) {
 async function readBoundedBody(req: IncomingMessage, limit: number): Promise<Buffer | BodyRefusal> {
   const refusal = refuseDeclaredBody(req, limit);
   if (refusal) return refusal;
-  if (isChunked(req) && req instanceof BoundedIncomingMessage && (await req.holdUpTo(limit)) === 'over') {
-    return { status: 413, error: 'TOO_LARGE', reason: `the request is over ${limit} bytes; at most ${limit} are accepted` };
-  }
+  if (req instanceof BoundedIncomingMessage) return (await req.collect(limit)) ?? tooLarge(limit);
   return new Promise((resolveBody, reject) => {
     const chunks: Buffer[] = [];
     req.on('data', (chunk: Buffer) => chunks.push(chunk));

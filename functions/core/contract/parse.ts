@@ -78,6 +78,36 @@ export function parseInbound(req: RawRequest, opts: ParseOptions): InboundEvent 
   return finish(structured ? decodeStructured(headers, body) : decodeBinary(headers, body, mediaType), headers, structured, opts);
 }
 
+/**
+ * What must be true of a request's body before any JSON parser of a framework sees it, or the refusal (400) naming
+ * what is wrong: a JSON media type (or none), UTF-8, and JSON. A framework's own parser would answer these itself,
+ * in its own words (an HTML page with a stack trace, in Express's development mode), not the contract's.
+ */
+export function bodyRefusal(headers: RawRequest['headers'], body: Buffer): ContractError | undefined {
+  const contentType = normaliseHeaders(headers)['content-type'];
+  if (contentType !== undefined && !isJsonMediaType(mediaTypeOf(contentType))) {
+    return new ContractError('INVALID_FIELD', 'ce.datacontenttype', 'data must be JSON (application/json)');
+  }
+  const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(contentType ?? '')?.[1]?.toLowerCase();
+  if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') return new ContractError('BAD_JSON', 'body', 'must be UTF-8');
+  if (body.length === 0) return undefined;
+  let value: unknown;
+  try {
+    value = decodeJson(body, 'body');
+  } catch (err) {
+    if (err instanceof ContractError) return err;
+    throw err;
+  }
+  // Only an object (an event, or binary mode's data) or an array (a batch) can be one; a framework's strict JSON
+  // parser refuses the rest in its own words.
+  if (typeof value !== 'object' || value === null) {
+    return mediaTypeOf(contentType)?.startsWith('application/cloudevents')
+      ? new ContractError('NOT_A_CLOUDEVENT', 'body', 'a structured CloudEvent must be a JSON object')
+      : new ContractError('INVALID_FIELD', 'data', 'must be a JSON object');
+  }
+  return undefined;
+}
+
 /** Whether a request is a batch: CloudEvents' HTTP batched content mode (a JSON array of structured events). */
 export function isBatchRequest(headers: RawRequest['headers']): boolean {
   const contentType = headers['content-type'];
