@@ -21,6 +21,10 @@ export const BrokerSettingsSchema = Type.Object({
   BROKER_MANIFESTS_DIR: Type.String({ default: '', description: 'Directory of the Broker and Trigger manifests; empty: knative/base.' }),
   BROKER_DEAD_LETTER_DIR: Type.String({ default: DEFAULT_DEAD_LETTER_DIR, description: 'Directory of the on-disk dead-letter store.' }),
   BROKER_FORWARD_URL: Type.String({ default: '', description: 'Outside sink that also gets every event the system emits; empty: none.' }),
+  BROKER_IDENTITIES: Type.String({
+    default: '',
+    description: "JSON map of each sender's bearer token to its OIDC subject (system:serviceaccount:<ns>:<sa>): the manifests' EventPolicies then decide who may send what. Empty: no sender is checked (a warning says so).",
+  }),
   BROKER_MAX_EVENT_BYTES: Type.Integer({ minimum: 1024, default: DEFAULT_MAX_EVENT_BYTES, description: 'Largest accepted event (data plus attributes).' }),
   BROKER_MAX_BATCH_BYTES: Type.Integer({ minimum: 1024, default: DEFAULT_MAX_BATCH_BYTES, description: 'Largest accepted batched request.' }),
   BROKER_STOP_GRACE_MS: Type.Integer({ minimum: 0, default: DEFAULT_STOP_GRACE_MS, description: 'How long pending deliveries may finish on stop before they are persisted.' }),
@@ -30,15 +34,15 @@ export const BrokerSettingsSchema = Type.Object({
   ),
 });
 
-function parseSubscribers(text: string): Record<string, string> {
+function parseStringMap(name: string, text: string, what: string): Record<string, string> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch (err) {
-    throw new ConfigError(`BROKER_SUBSCRIBERS is invalid: not JSON`, { cause: err });
+    throw new ConfigError(`${name} is invalid: not JSON`, { cause: err });
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) || !Object.values(parsed).every((v) => typeof v === 'string')) {
-    throw new ConfigError('BROKER_SUBSCRIBERS is invalid: expected a JSON object of name to URL strings');
+    throw new ConfigError(`${name} is invalid: expected a JSON object of ${what}`);
   }
   return parsed as Record<string, string>;
 }
@@ -50,7 +54,8 @@ try {
   const broker = await startLocalBroker({
     port: s.PORT,
     host: s.BROKER_HOST,
-    subscribers: parseSubscribers(s.BROKER_SUBSCRIBERS),
+    subscribers: parseStringMap('BROKER_SUBSCRIBERS', s.BROKER_SUBSCRIBERS, 'name to URL strings'),
+    ...(s.BROKER_IDENTITIES === '' ? {} : { identities: parseStringMap('BROKER_IDENTITIES', s.BROKER_IDENTITIES, 'token to subject strings') }),
     deadLetterDir: s.BROKER_DEAD_LETTER_DIR,
     maxEventBytes: s.BROKER_MAX_EVENT_BYTES,
     maxBatchBytes: s.BROKER_MAX_BATCH_BYTES,

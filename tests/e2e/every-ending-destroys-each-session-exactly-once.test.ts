@@ -8,12 +8,10 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { auditLedger } from '../../functions/core/ledger.ts';
-import { KeySpace } from '../../functions/core/redis/keys.ts';
-import { Scripts } from '../../functions/core/redis/scripts.ts';
-import { connectRedis, createRedisClient, type RedisClient } from '../../functions/core/redis/connect.ts';
-import { SessionStore } from '../../functions/core/session-store.ts';
+import type { RedisClient } from '../../functions/core/redis/connect.ts';
+import type { SessionStore } from '../../functions/core/session-store.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
-import { missingEntryFiles, startStack, type Stack } from '../support/stack.ts';
+import { missingEntryFiles, stackStore, startStack, type Stack } from '../support/stack.ts';
 
 const T = 'dev.sessionreaper.';
 const GPU_BYTES = 1 << 20;
@@ -47,9 +45,7 @@ describe('the whole system, end to end', { skip: missing.length ? `entry points 
         TENANT_POLICIES: JSON.stringify({ 'e2e-fast': { threshold: 0.95, graceMs: 500 } }), LOAD_POLICY: JSON.stringify({ minGraceMs: 0 }), RELEASE_RETRIES: '1', BREAKER_RESET_TIMEOUT_MS: '500', BREAKER_VOLUME_THRESHOLD: '2' },
       deliveryOverride: { retry: 40, backoffPolicy: 'linear', backoffDelayMs: 50 },
     });
-    redis = createRedisClient({ REDIS_URL: stack.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: stack.redisPassword, REDIS_TLS: false, CORE_TIMEOUT_MS: 5000 });
-    await connectRedis(redis);
-    store = new SessionStore(redis, new KeySpace(stack.keyPrefix, 32), await Scripts.register(redis), { tombstoneTtlMs: 60_000 });
+    ({ redis, store } = await stackStore(stack));
   });
 
   after(async () => {
@@ -178,7 +174,7 @@ describe('the whole system, end to end', { skip: missing.length ? `entry points 
     assert.equal(stats.totalFreed, stats.totalAllocated);
     assert.equal(stats.usedBytes, 0);
 
-    const audit = await auditLedger(redis, new KeySpace(stack.keyPrefix, 32));
+    const audit = await auditLedger(redis, store.keys);
     assert.deepEqual(audit.problems, []);
     assert.equal(audit.totals.heldBytes, 0, 'nothing held');
     assert.equal(audit.totals.registeredBytes, expected.length * GPU_BYTES);

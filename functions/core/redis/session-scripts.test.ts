@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { auditLedger } from '../ledger.ts';
+import { MAX_GPU_BYTES } from '../contract/events.ts';
 import { drawReleaseToken, migrationMember } from '../session-store.ts';
 import { TOPOLOGIES } from '../../../tests/support/redis.ts';
 import { fp, openAt, placementA, placementB, testCore, type TestCore } from '../../../tests/support/core.ts';
@@ -449,6 +450,23 @@ for (const topology of TOPOLOGIES) {
         assert.equal((await core.store.inspect('owned-1'))?.state, 'active', 'nothing a foreign event did changed the session');
         assert.equal((await core.store.claimDestroy({ sessionId: 'owned-1', fingerprint: fp(), cause: 'forced', now: T0 })).code, 'CLAIMED', 'an operator may end any session');
       });
+    });
+
+    test('a session at every bound the contract allows goes through every script whole', async () => {
+      // 4 TiB (MAX_GPU_BYTES) registered and released many times over: the ledger's 64-bit counters never overflow
+      // inside a script, which would leave it half applied.
+      for (let i = 0; i < 50; i++) {
+        const id = `bound-${i}`;
+        const r = await core.store.open({ sessionId: id, fingerprint: fp(), now: T0, liveFrom: T0, windowMs: 86_400_000 * 100, placement: { ...placementA, gpuBytes: MAX_GPU_BYTES } });
+        if (r.code !== 'OPENED') return assert.fail(r.code);
+        assert.equal((await core.store.hold(id, fp(), T0, 7 * 24 * 3600 * 1000)).code, 'HELD');
+        await core.store.claimDestroy({ sessionId: id, fingerprint: fp(), cause: 'closed', now: T0 });
+        const token = drawReleaseToken();
+        await core.store.advance(id, r.incarnation, 'gpu_release_requested', T0, { attempt: Number.MAX_SAFE_INTEGER, token });
+        assert.equal((await core.store.recordRelease(id, r.incarnation, MAX_GPU_BYTES, T0, placementA.node, token)).code, 'RELEASED');
+      }
+      const audit = await auditLedger(core.redis, core.keys);
+      assert.deepEqual(audit.problems, []);
     });
 
     test('the ledger balances: registered = released + held, per node', async () => {
