@@ -164,35 +164,40 @@ async function released(deps: DestroyDispatchDeps, data: { sessionId: string; in
     readRecord ? deps.store.destroyRecord(sessionId) : undefined,
   ] as const);
   // Only an answer to the release requested frees its node slot (to the next waiter): a forged or stale one must
-  // neither book anything nor let more releases at a node than its limit.
+  // neither book anything nor let more releases at a node than its limit. The slot is freed beside the rest of the
+  // destroy, not before it, so the check costs the destroy no round trip.
   const answered = r.code === 'RELEASED' || r.code === 'MIGRATION_RELEASED' || r.code === 'DUPLICATE';
-  if (answered) await continueHanded(deps, data.node, (await deps.stormGuard.releaseSlot(data.node, member, now)).handed);
   const bookedNode = r.code === 'RELEASED' || r.code === 'MIGRATION_RELEASED' ? r.node : '';
-  if (bookedNode && bookedNode !== data.node) {
-    // The slot was taken on the node the record names; the event named another.
-    await continueHanded(deps, bookedNode, (await deps.stormGuard.releaseSlot(bookedNode, member, now)).handed);
-  }
+  const freeSlots = async (): Promise<void> => {
+    if (!answered) return;
+    await continueHanded(deps, data.node, (await deps.stormGuard.releaseSlot(data.node, member, now)).handed);
+    // The slot was taken on the node the record names; the event may have named another.
+    if (bookedNode && bookedNode !== data.node) await continueHanded(deps, bookedNode, (await deps.stormGuard.releaseSlot(bookedNode, member, now)).handed);
+  };
   const from = (stage: Stage): DestroyPoint =>
     isPurged(purged) ? { sessionId, incarnation, stage: 'state_purged', record } : { sessionId, incarnation, stage };
-  switch (r.code) {
-    case 'RELEASED':
-      deps.logger.info({ sessionId, incarnation, node: r.node, freedBytes: data.freedBytes, registeredBytes: r.registeredBytes }, 'GPU memory released');
-      return continueDestroy(deps, from('gpu_released'));
-    case 'DUPLICATE':
-      // Booked already; if the destroy stopped after the booking (a crash, a failing hook) it resumes from there.
-      if (r.stage === 'gpu_released' || r.stage === 'state_purged') return continueDestroy(deps, from(r.stage));
-      return;
-    case 'MIGRATION_RELEASED':
-      deps.logger.info({ sessionId, incarnation, node: r.node, freedBytes: data.freedBytes }, 'GPU memory of a migrated session released');
-      return;
-    case 'STALE':
-    case 'NOT_DESTROYING':
-    case 'UNKNOWN':
-    case 'NOT_REQUESTED':
-    case 'TOKEN_MISMATCH':
-      deps.logger.warn({ sessionId, incarnation, code: r.code, node: data.node }, 'gpu.released that answers no release of ours: ignored, nothing booked');
-      return;
-  }
+  const goOn = (): Promise<void> => {
+    switch (r.code) {
+      case 'RELEASED':
+        deps.logger.info({ sessionId, incarnation, node: r.node, freedBytes: data.freedBytes, registeredBytes: r.registeredBytes }, 'GPU memory released');
+        return continueDestroy(deps, from('gpu_released'));
+      case 'DUPLICATE':
+        // Booked already; if the destroy stopped after the booking (a crash, a failing hook) it resumes from there.
+        if (r.stage === 'gpu_released' || r.stage === 'state_purged') return continueDestroy(deps, from(r.stage));
+        return Promise.resolve();
+      case 'MIGRATION_RELEASED':
+        deps.logger.info({ sessionId, incarnation, node: r.node, freedBytes: data.freedBytes }, 'GPU memory of a migrated session released');
+        return Promise.resolve();
+      case 'STALE':
+      case 'NOT_DESTROYING':
+      case 'UNKNOWN':
+      case 'NOT_REQUESTED':
+      case 'TOKEN_MISMATCH':
+        deps.logger.warn({ sessionId, incarnation, code: r.code, node: data.node }, 'gpu.released that answers no release of ours: ignored, nothing booked');
+        return Promise.resolve();
+    }
+  };
+  await settled([freeSlots(), goOn()] as const);
 }
 
 /** Whether a purge left the destroy at state_purged (this one purged, or an earlier one had). */

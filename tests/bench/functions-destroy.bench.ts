@@ -97,6 +97,8 @@ function distribution(values: readonly number[]): string {
 interface RunRequest {
   kind: 'run';
   brokerUrl: string;
+  /** The pipeline's bearer token: the Broker admits session.closed from it. */
+  token: string;
   sessionIds: string[];
   ratePerS: number;
   drainTimeoutMs: number;
@@ -174,6 +176,7 @@ async function driverThread(): Promise<void> {
           headers: {
             'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'ce-specversion': '1.0',
             'ce-id': `close-${id}`, 'ce-source': CLOSE_SOURCE, 'ce-type': EventType.SessionClosed, 'ce-time': new Date(sentAt[i]).toISOString(),
+            authorization: `Bearer ${job.token}`,
           },
         },
         (res) => {
@@ -409,7 +412,10 @@ async function main(): Promise<void> {
   const driver = await startDriver();
   const retries = VERBOSE ? retryCounter() : undefined;
   try {
+    // The runtimes first: each is registered with the stack (RUNTIMES), as an operator would.
+    for (let r = 1; r < RUNTIMES; r++) runtimes.push(await startRuntime());
     stack = await startStack({
+      runtimes: runtimes.map((r, i) => ({ name: `bench-${i + 1}`, url: r.url })),
       logLevel: process.env.BENCH_LOG_LEVEL ?? 'warn',
       runtimeEnv: { SIM_LATENCY_MS: '0', SIM_LATENCY_JITTER_MS: '0', SIM_TOTAL_BYTES: String(SIM_TOTAL_BYTES), ...nodeOptionsEnv },
       env: { ...STACK_ENV, ...nodeOptionsEnv },
@@ -417,11 +423,10 @@ async function main(): Promise<void> {
       readyTimeoutMs: 60_000,
       ...(retries ? { logger: retries.logger } : {}),
     });
-    for (let r = 1; r < RUNTIMES; r++) runtimes.push(await startRuntime());
     const runtimeUrls = [stack.runtimeUrl, ...runtimes.map((r) => r.url)];
     const placementOf = (i: number) => ({ node: `gpu-node-${i % RUNTIMES}`, runtimeUrl: runtimeUrls[i % RUNTIMES]!, gpuBytes: GPU_BYTES });
 
-    const redis = createRedisClient({ REDIS_URL: stack.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: '', REDIS_TLS: false, CORE_TIMEOUT_MS: 30_000 });
+    const redis = createRedisClient({ REDIS_URL: stack.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: stack.redisPassword, REDIS_TLS: false, CORE_TIMEOUT_MS: 30_000 });
     await connectRedis(redis);
     const keys = new KeySpace(stack.keyPrefix, BUCKETS);
     const store = new SessionStore(redis, keys, await Scripts.register(redis), { tombstoneTtlMs: 86_400_000 });
@@ -432,7 +437,7 @@ async function main(): Promise<void> {
     );
 
     // Before any load, while the machine is quiet: what the transport alone costs here.
-    const floor = FLOOR ? await measureMachineFloor(stack.redisUrl) : undefined;
+    const floor = FLOOR ? await measureMachineFloor(stack.redisUrl, stack.redisPassword) : undefined;
 
     // Setup: open every session through the core and allocate its memory on its runtime, so releases free real bytes.
     const setupStart = performance.now();
@@ -468,7 +473,7 @@ async function main(): Promise<void> {
     const brokerBefore = stack.broker.stats();
     const cpuBefore = sampleCpu();
     loop.enable();
-    const result = await driver.run({ brokerUrl: stack.brokerUrl, sessionIds: closedIds, ratePerS: RATE, drainTimeoutMs: DRAIN_TIMEOUT_MS });
+    const result = await driver.run({ brokerUrl: stack.brokerUrl, token: stack.tokens['inference-pipeline'], sessionIds: closedIds, ratePerS: RATE, drainTimeoutMs: DRAIN_TIMEOUT_MS });
     loop.disable();
     const cpuAfter = sampleCpu();
     const loadAtEnd = loadavg()[0]!;

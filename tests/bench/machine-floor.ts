@@ -112,8 +112,8 @@ async function exchangeCost(port: number, serverPid: number): Promise<number> {
 }
 
 /** A no-op script call per round trip, as destroy-dispatch makes them; µs of CPU per round trip, both ends. */
-async function redisRoundTripCost(redisUrl: string): Promise<number> {
-  const redis = createRedisClient({ REDIS_URL: redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: '', REDIS_TLS: false, CORE_TIMEOUT_MS: 30_000 });
+async function redisRoundTripCost(redisUrl: string, password: string): Promise<number> {
+  const redis = createRedisClient({ REDIS_URL: redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: password, REDIS_TLS: false, CORE_TIMEOUT_MS: 30_000 });
   await connectRedis(redis);
   redis.defineCommand('floorNoop', { numberOfKeys: 1, lua: "return redis.call('EXISTS', KEYS[1])" });
   const noop = (redis as unknown as { floorNoop(key: string): Promise<number> }).floorNoop.bind(redis);
@@ -138,7 +138,7 @@ async function stop(proc: ChildProcess): Promise<void> {
 }
 
 /** Measures the floor; the machine should be otherwise idle. */
-export async function measureMachineFloor(redisUrl: string): Promise<MachineFloor> {
+export async function measureMachineFloor(redisUrl: string, redisPassword = ''): Promise<MachineFloor> {
   const dir = mkdtempSync(join(tmpdir(), 'session-reaper-floor-'));
   const noDomain = join(dir, 'no-domain.cjs');
   try {
@@ -159,7 +159,7 @@ export async function measureMachineFloor(redisUrl: string): Promise<MachineFloo
     const bareFfPort = await freePort();
     const bareFf = await startServer(['--require', noDomain, ...ffArgs(bareFfPort)], bareFfPort);
     const frameworkWithoutDomainMicros = await exchangeCost(bareFfPort, bareFf.pid!).finally(() => stop(bareFf));
-    const redisRoundTripMicros = await redisRoundTripCost(redisUrl);
+    const redisRoundTripMicros = await redisRoundTripCost(redisUrl, redisPassword);
     return { plainHttpMicros, frameworkMicros, frameworkWithoutDomainMicros, redisRoundTripMicros };
   } finally {
     rmSync(dir, { recursive: true, force: true });
