@@ -66,7 +66,7 @@ function serveHealth(name: string, port: number, host: string, healthy: () => Pr
     }
     res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'NOT_FOUND' }));
   });
-  if (host === '') server.listen(port, onListening);
-  else server.listen(port, host, onListening);
+  // An empty host listens on every interface, as an omitted one does.
+  server.listen(port, host, onListening);
   return server;
 }

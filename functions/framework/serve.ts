@@ -78,8 +78,8 @@ export async function serveFunction(opts: ServeOptions): Promise<FunctionServer>
   const server = createServer({ IncomingMessage: BoundedIncomingMessage }, onRequest);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    if (opts.host === '') server.listen(opts.port, () => resolve());
-    else server.listen(opts.port, opts.host, () => resolve());
+    // An empty host listens on every interface, as an omitted one does.
+    server.listen(opts.port, opts.host, () => resolve());
   });
   const { port } = server.address() as AddressInfo;
   return {

@@ -25,6 +25,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pino, type Logger } from 'pino';
 import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusal, tooLarge, type BodyRefusal } from '../core/bounded-request.ts';
 import { createHttpClient, type HttpClient } from '../core/http-client.ts';
+import { isLoopbackName, reachableOrigin } from '../core/listen-host.ts';
 import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
 import { admittingPolicy, loadSenderPolicies, type SenderPolicy } from './event-policies.ts';
 import { isEmittedType } from '../core/contract/events.ts';
@@ -262,13 +263,9 @@ function bearerOf(header: string | undefined): string | undefined {
   return m?.[1];
 }
 
-// Names that address this machine itself: the admin API answers only those (a DNS-rebound name is refused).
-const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
-
+// Only names that address this machine itself reach the admin API (a DNS-rebound name is refused).
 function addressedToLoopback(hostHeader: string | undefined): boolean {
-  if (hostHeader === undefined) return false;
-  const host = hostHeader.trim().toLowerCase().replace(/:\d+$/, '');
-  return LOOPBACK_HOSTS.has(host);
+  return hostHeader !== undefined && isLoopbackName(hostHeader.trim().replace(/:\d+$/, ''));
 }
 
 function send(res: ServerResponse, status: number, body?: unknown, headers: Record<string, string> = {}): void {
@@ -635,7 +632,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolveListen());
   });
   const { port } = server.address() as AddressInfo;
-  const url = `http://${opts.host === undefined || opts.host === '0.0.0.0' ? '127.0.0.1' : opts.host}:${port}/`;
+  const url = `${reachableOrigin(opts.host ?? '127.0.0.1', port)}/`;
   await loadPending();
   log.info({ url, triggers: readyRoutes.length, deadLetterDir, forward: opts.forward }, 'local broker listening');
 

@@ -24,6 +24,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { WORKLOADS, type Sender } from '../core/contract/events.ts';
+import { isSpecificInterface, reachableOrigin } from '../core/listen-host.ts';
 import { OutboundAddressPolicy } from '../core/outbound-address.ts';
 import type { RuntimeEntry } from '../core/runtime-registry.ts';
 import { startLocalBroker, type LocalBroker } from '../local-broker/broker.ts';
@@ -52,8 +53,6 @@ export const STACK_ENTRY_FILES: readonly string[] = [ENGINE_ENTRY, IDLE_CHECKER_
 
 /** The senders that get a token: our workloads, the inference pipeline, an operator. */
 export const STACK_SENDERS: readonly Sender[] = [...WORKLOADS, 'inference-pipeline', 'operator'];
-
-const LOOPBACK_HOSTS = new Set(['127.0.0.1', '::1', 'localhost']);
 
 /** Networks the local stack's outbound calls may reach: this machine only. */
 export const LOOPBACK_CIDRS: readonly string[] = ['127.0.0.0/8', '::1/128'];
@@ -303,9 +302,10 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     const tokenFiles = Object.fromEntries(STACK_SENDERS.map((sender) => [sender, writeToken(tokenDir, sender, tokens[sender])])) as Record<Sender, string>;
     const identities = Object.fromEntries(STACK_SENDERS.filter((s) => subjects[s] !== undefined).map((s) => [tokens[s], subjects[s]]));
     // The parts call each other where they listen; a specific address that is not loopback is allowed as well.
-    const specific = host !== '' && host !== '0.0.0.0' && host !== '::' && !LOOPBACK_HOSTS.has(host) ? [`${host}/${host.includes(':') ? 128 : 32}`] : [];
+    const specific = isSpecificInterface(host) ? [`${host}/${host.includes(':') ? 128 : 32}`] : [];
     const allowedCidrs = [...LOOPBACK_CIDRS, ...specific, ...(opts.allowedCidrs ?? [])];
-    new OutboundAddressPolicy(allowedCidrs);
+    // Built before anything starts, so a bad --allow-cidr stops the stack here; the Broker's --forward is held to it.
+    const outboundPolicy = new OutboundAddressPolicy(allowedCidrs);
     const ports = {
       broker: opts.brokerPort ?? 0,
       'sim-gpu-runtime': opts.runtimePort || (await freePort()),
@@ -317,8 +317,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       'gpu-release': await freePort(),
     };
     // Where the parts reach each other: the address they listen on, or loopback when that is every interface.
-    const reachable = host === '0.0.0.0' || host === '::' || host === '' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
-    const local = (port: number) => `http://${reachable}:${port}`;
+    const local = (port: number) => reachableOrigin(host, port);
     if (opts.deadLetterDir === undefined) tempDir = mkdtempSync(join(tmpdir(), 'sr-stack-'));
     const deadLetterDir = resolve(opts.deadLetterDir ?? join(tempDir!, 'dead-letters'));
 
@@ -359,7 +358,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       port: ports.broker,
       host,
       identities,
-      forwardAddressPolicy: new OutboundAddressPolicy(allowedCidrs),
+      forwardAddressPolicy: outboundPolicy,
       subscribers: { ...Object.fromEntries(FUNCTION_NAMES.map((n) => [n, local(ports[n])])), ...opts.subscribers },
       deadLetterDir,
       ready: () => ready,
