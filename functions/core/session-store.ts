@@ -166,6 +166,8 @@ export interface SessionView {
   extraCauses: Cause[];
   stage?: Stage;
   releaseAttempt?: number;
+  /** The token of the recorded release attempt: what its gpu.released must echo to be booked. */
+  releaseToken?: string;
   confirmedFreedBytes?: number;
   timeline: { stage: Stage; at: number }[];
   claimedAt?: number;
@@ -181,6 +183,11 @@ export type DestroyRecord = Pick<SessionView, 'state' | 'incarnation' | 'cause' 
 const DESTROY_RECORD_FIELDS = ['s', 'i', 'c', 'xc', 'st', 'tl', 'ca'] as const;
 
 /** The DestroyRecord part of a session record's fields (inspect's view starts from it). */
+/** The release attempt a session's view records (its number and token), or undefined when it records none. */
+export function releaseAttemptOf(view: Pick<SessionView, 'releaseAttempt' | 'releaseToken'>): ReleaseAttempt | undefined {
+  return view.releaseAttempt === undefined || !view.releaseToken ? undefined : { attempt: view.releaseAttempt, token: view.releaseToken };
+}
+
 function destroyRecordOf(fields: Partial<Record<string, string>>): DestroyRecord {
   const record: DestroyRecord = {
     state: STATE_OF[fields.s ?? ''] ?? 'active',
@@ -565,8 +572,8 @@ export class SessionStore {
   /** The GPU release attempt a destroy has recorded (its number and token), or undefined when none. */
   async releaseAttempt(sessionId: string, incarnation: number): Promise<ReleaseAttempt | undefined> {
     const [s, i, ga, gt] = await this.redis.hmget(this.keys.session(sessionId).session, 's', 'i', 'ga', 'gt');
-    if (!s || Number(i) !== incarnation || !ga || !gt) return undefined;
-    return { attempt: Number(ga), token: gt };
+    if (!s || Number(i) !== incarnation) return undefined;
+    return releaseAttemptOf({ releaseAttempt: ga === null ? undefined : Number(ga), releaseToken: gt ?? undefined });
   }
 
   #purgeLike(name: string, r: unknown[]): PurgeResult {
@@ -650,6 +657,7 @@ export class SessionStore {
     set('model', fields.m);
     set('openedAt', opt('o'));
     set('releaseAttempt', opt('ga'));
+    set('releaseToken', fields.gt);
     set('confirmedFreedBytes', opt('gr'));
     set('completedAt', opt('t'));
     set('tombstoneTtlMs', fields.s === 'X' && ttl > 0 ? ttl : undefined);

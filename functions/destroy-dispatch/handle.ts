@@ -8,7 +8,7 @@ import type { InboundEvent } from '../core/contract/parse.ts';
 import { OwnershipError } from '../core/errors.ts';
 import type { CoreDeps } from '../core/function-host.ts';
 import {
-  drawReleaseToken, eventFingerprint, UnexpectedReplyError, type Cause, type DestroyRecord, type Placement, type PurgeResult, type ReleaseAttempt, type Stage,
+  drawReleaseToken, eventFingerprint, releaseAttemptOf, UnexpectedReplyError, type Cause, type DestroyRecord, type Placement, type PurgeResult, type ReleaseAttempt, type Stage,
 } from '../core/session-store.ts';
 import { HOOK_STAGES, runPendingHooks, type DestroyHooks, type HookFailedError, type HookProgress, type HookStage } from './hooks.ts';
 import { parseReleaseMember, ReleaseThrottledError, releaseMember, type StormGuard } from './storm-guard.ts';
@@ -255,7 +255,7 @@ async function continueWaiter(deps: DestroyDispatchDeps, node: string, member: s
     return [];
   }
   await continueDestroy(deps, {
-    sessionId, incarnation, stage, cause: view.cause, placement, release: await deps.store.releaseAttempt(sessionId, incarnation),
+    sessionId, incarnation, stage, cause: view.cause, placement, release: releaseAttemptOf(view),
     // Waiting at gpu_release_requested means its last attempt lost its slot (it failed for good, or its lease ran
     // out): a new attempt, as the watchdog would.
     reissue: stage === 'gpu_release_requested',
@@ -370,8 +370,10 @@ async function requestRelease(deps: DestroyDispatchDeps, point: DestroyPoint): P
     const view = await deps.store.inspect(sessionId);
     if (!view || view.incarnation !== incarnation || view.state !== 'destroying') return;
     placement = view.placement;
+    release ??= releaseAttemptOf(view);
+  } else if (point.stage === 'gpu_release_requested' && release === undefined) {
+    release = await deps.store.releaseAttempt(sessionId, incarnation);
   }
-  if (point.stage === 'gpu_release_requested' && release === undefined) release = await deps.store.releaseAttempt(sessionId, incarnation);
   if (!placement?.node || !placement.runtimeUrl) {
     throw new UnexpectedReplyError(`session ${sessionId}/${incarnation} is being destroyed but has no placement to release`);
   }
