@@ -135,7 +135,7 @@ export class LoadMonitor {
     await this.#redis.zremrangebyscore(this.#keys.runtimes, '-inf', `(${now - this.#opts.runtimeTtlMs}`);
     const seen = await this.#redis.zrevrange(this.#keys.runtimes, 0, MAX_RUNTIMES_POLLED - 1);
     // Registered by URL first, then the recently used ones a wildcard admits; never one the registry does not know.
-    const fixed = this.#opts.registry.fixedEndpoints().map((r) => r.endpoint);
+    const fixed = this.#opts.registry.fixedEndpoints();
     const urls = [...new Set([...fixed, ...seen.filter((url) => this.#opts.registry.lookup(url) !== undefined)])].slice(0, MAX_RUNTIMES_POLLED);
     const reports = await Promise.allSettled(urls.map(async (runtimeUrl) => ({ runtimeUrl, ...(await runtime.memory(runtimeUrl)) })));
     const out: { runtimeUrl: string; totalBytes: number; usedBytes: number }[] = [];

@@ -279,8 +279,8 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
     return endpoint;
   }
 
-  async function withRetries<T>(runtimeUrl: string, op: string, logFields: Record<string, unknown>, attempt: Attempt<T>): Promise<{ value: T; attempts: number }> {
-    const endpoint = endpointOf(runtimeUrl);
+  // `endpoint`: the runtime's registered endpoint (endpointOf), resolved once per call.
+  async function withRetries<T>(endpoint: string, op: string, logFields: Record<string, unknown>, attempt: Attempt<T>): Promise<{ value: T; attempts: number }> {
     let attempts = 0;
     for (;;) {
       if (lifetime.signal.aborted) throw shutDownError(attempts);
@@ -350,7 +350,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
     return interpret(res.status, text, res);
   }
 
-  function statusError(url: string, status: number, _text: string, res: HttpAnswer): RuntimeReleaseError {
+  function statusError(url: string, status: number, res: HttpAnswer): RuntimeReleaseError {
     return new RuntimeReleaseError(`runtime answered ${status} for ${url}`, {
       reason: 'http_status',
       retryable: isRetryableStatus(status),
@@ -381,7 +381,8 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
       if (!isNonNegativeInteger(incarnation)) {
         throw new RuntimeReleaseError(`incarnation must be an integer >= 0, got ${String(incarnation)}`, { reason: 'invalid_request', retryable: false });
       }
-      const url = `${endpointOf(runtimeUrl)}/v1/sessions/${encodeURIComponent(sessionId)}/release`;
+      const endpoint = endpointOf(runtimeUrl);
+      const url = `${endpoint}/v1/sessions/${encodeURIComponent(sessionId)}/release`;
       const init: HttpRequestInit = {
         method: 'POST',
         // The same key on every attempt: a retry after a lost response gets the stored answer, not a second release.
@@ -389,7 +390,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
         body: JSON.stringify({ incarnation }),
       };
       const logFields = { sessionId, incarnation };
-      const { value, attempts } = await withRetries(runtimeUrl, 'release', logFields, (signal) =>
+      const { value, attempts } = await withRetries(endpoint, 'release', logFields, (signal) =>
         exchange(url, init, signal, (status, text, res): Omit<ReleaseResult, 'attempts'> => {
           const body = parseJson(text);
           if (status === 200) {
@@ -403,19 +404,20 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
           // prefix would otherwise read as "released" while the memory stays held.
           if (status === 404 && field(body, 'code') === 'session_not_found') return { outcome: 'gone', freedBytes: 0, status };
           if (status === 409 && field(body, 'code') === 'incarnation_superseded') return { outcome: 'superseded', freedBytes: 0, status };
-          throw statusError(url, status, text, res);
+          throw statusError(url, status, res);
         }),
       );
-      log?.debug({ ...logFields, endpoint: runtimeEndpoint(runtimeUrl), outcome: value.outcome, freedBytes: value.freedBytes, attempts }, 'runtime release confirmed');
+      log?.debug({ ...logFields, endpoint, outcome: value.outcome, freedBytes: value.freedBytes, attempts }, 'runtime release confirmed');
       return { ...value, attempts };
     },
 
     async memory(runtimeUrl, ctx) {
-      const url = `${endpointOf(runtimeUrl)}/v1/memory`;
+      const endpoint = endpointOf(runtimeUrl);
+      const url = `${endpoint}/v1/memory`;
       const init: HttpRequestInit = { method: 'GET', headers: headersFor(ctx, {}) };
-      const { value } = await withRetries(runtimeUrl, 'memory', {}, (signal) =>
+      const { value } = await withRetries(endpoint, 'memory', {}, (signal) =>
         exchange(url, init, signal, (status, text, res): RuntimeMemory => {
-          if (status !== 200) throw statusError(url, status, text, res);
+          if (status !== 200) throw statusError(url, status, res);
           const body = parseJson(text);
           const [totalBytes, usedBytes, sessions] = [field(body, 'totalBytes'), field(body, 'usedBytes'), field(body, 'sessions')];
           if (!isNonNegativeInteger(totalBytes) || !isNonNegativeInteger(usedBytes) || !isNonNegativeInteger(sessions)) {

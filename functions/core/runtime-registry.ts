@@ -37,8 +37,8 @@ export class RuntimeUrlError extends Error {
   override name = 'RuntimeUrlError';
 }
 
-/** The normalised endpoint of a runtime base URL: origin plus path without trailing slash. */
-export function runtimeEndpoint(runtimeUrl: string): string {
+// A runtime base URL, parsed and checked: http or https, no credentials, query or fragment.
+function parseRuntimeUrl(runtimeUrl: string): URL {
   let url: URL;
   try {
     url = new URL(runtimeUrl);
@@ -49,7 +49,14 @@ export function runtimeEndpoint(runtimeUrl: string): string {
   if (url.username !== '' || url.password !== '' || url.search !== '' || url.hash !== '') {
     throw new RuntimeUrlError('a runtime URL must not carry credentials, a query or a fragment');
   }
-  return `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
+  return url;
+}
+
+const endpointOf = (url: URL): string => `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
+
+/** The normalised endpoint of a runtime base URL: origin plus path without trailing slash. */
+export function runtimeEndpoint(runtimeUrl: string): string {
+  return endpointOf(parseRuntimeUrl(runtimeUrl));
 }
 
 interface CompiledEntry {
@@ -61,6 +68,8 @@ interface CompiledEntry {
   port: string;
   path: string;
   nodes: RegExp[] | undefined;
+  /** The endpoint of an entry that names one runtime (no wildcard). */
+  endpoint: string | undefined;
 }
 
 const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -86,8 +95,9 @@ function compile(entry: unknown, index: number): CompiledEntry {
   } catch {
     throw new ConfigError(`${where}.url is not a URL`);
   }
+  let endpoint: string;
   try {
-    runtimeEndpoint(parsed.href);
+    endpoint = runtimeEndpoint(parsed.href);
   } catch (err) {
     throw new ConfigError(`${where}.url: ${(err as Error).message}`);
   }
@@ -103,14 +113,13 @@ function compile(entry: unknown, index: number): CompiledEntry {
     port: parsed.port,
     path: parsed.pathname.replace(/\/+$/, ''),
     nodes: (nodes as string[] | undefined)?.map(globToRegExp),
+    endpoint: wildcard ? undefined : endpoint,
   };
 }
 
 /** The registered runtimes; built once from RUNTIMES. */
 export class RuntimeRegistry {
   readonly #entries: readonly CompiledEntry[];
-  /** The entries as configured. */
-  readonly entries: readonly RuntimeEntry[];
 
   constructor(entries: readonly RuntimeEntry[]) {
     this.#entries = entries.map(compile);
@@ -119,7 +128,6 @@ export class RuntimeRegistry {
       if (names.has(e.name)) throw new ConfigError(`RUNTIMES names ${e.name} twice`);
       names.add(e.name);
     }
-    this.entries = entries;
   }
 
   /** Parses RUNTIMES (a JSON array; empty text: no runtime registered). */
@@ -135,18 +143,11 @@ export class RuntimeRegistry {
     return new RuntimeRegistry(parsed as RuntimeEntry[]);
   }
 
-  /** Whether any runtime is registered. */
-  get size(): number {
-    return this.#entries.length;
-  }
-
   /** The registered runtime a URL names (and, when `node` is given, whose entry admits that node), else why not. */
   resolve(runtimeUrl: string, node?: string): RegisteredRuntime | { refused: RuntimeRefusal } {
     let url: URL;
-    let endpoint: string;
     try {
-      endpoint = runtimeEndpoint(runtimeUrl);
-      url = new URL(endpoint);
+      url = parseRuntimeUrl(runtimeUrl);
     } catch {
       return { refused: 'not_a_url' };
     }
@@ -157,7 +158,7 @@ export class RuntimeRegistry {
         nodeRefused = true;
         continue;
       }
-      return { name: e.name, endpoint };
+      return { name: e.name, endpoint: endpointOf(url) };
     }
     return { refused: nodeRefused ? 'node_not_registered' : 'not_registered' };
   }
@@ -169,8 +170,8 @@ export class RuntimeRegistry {
   }
 
   /** The endpoints of the entries that name one runtime (no wildcard): these can be polled without a session on them. */
-  fixedEndpoints(): { name: string; endpoint: string }[] {
-    return this.#entries.filter((e) => !e.wildcard).map((e) => ({ name: e.name, endpoint: `${e.protocol}//${e.host}${e.port === '' ? '' : `:${e.port}`}${e.path}` }));
+  fixedEndpoints(): string[] {
+    return this.#entries.flatMap((e) => (e.endpoint === undefined ? [] : [e.endpoint]));
   }
 
   #urlMatches(e: CompiledEntry, url: URL): boolean {
