@@ -2,8 +2,8 @@
 // of its requests (http.createServer's `IncomingMessage` option, "useful for extending the original
 // IncomingMessage"), and every body byte the parser reads reaches the request through Readable#push: a request of
 // this class can therefore collect its body up to a limit before anyone reads it (and be checked whole: a chunked
-// body's size is known only at its end, a body's JSON only once it is all there), then release it to its readers,
-// or discard it (a request refused), without ever keeping more than the limit in memory. Used by the functions'
+// body's size is known only at its end, a body's JSON only once it is all there), then end it as read (its collector
+// keeps the body) or discard it (a request refused), without ever keeping more than the limit in memory. Used by the functions'
 // server (functions/framework/serve.ts) and the local Broker's ingress.
 import { IncomingMessage, type ServerResponse } from 'node:http';
 
@@ -33,13 +33,19 @@ export class BoundedIncomingMessage extends IncomingMessage {
     return new Promise((resolve) => (this.#whenHeld = resolve));
   }
 
-  /** After collect() resolved with the body: hands it to the stream's readers, then its end. */
-  release(): void {
-    if (this.#mode !== 'hold' || !this.#ended) throw new Error('release() follows a collect() that resolved with the body');
+  /**
+   * After collect() resolved with the body, which the caller keeps: ends the stream without handing it on, so that
+   * readers find the request read (body-parser skips a request whose stream has ended: on-finished's isFinished).
+   * Resolves once the stream has ended.
+   */
+  markRead(): Promise<void> {
+    if (this.#mode !== 'hold' || !this.#ended) throw new Error('markRead() follows a collect() that resolved with the body');
     this.#mode = 'pass';
-    for (const held of this.#held) super.push(held);
     this.#held = [];
+    const ended = new Promise<void>((resolve) => this.once('end', () => resolve()));
     super.push(null);
+    this.resume();
+    return ended;
   }
 
   /** Drops the rest of the body as it arrives; after MAX_DISCARD_BYTES the connection is cut. */

@@ -130,6 +130,8 @@ export interface HostRequest {
   headers: Record<string, string | string[] | undefined>;
   body: unknown;
   rawBody?: Buffer;
+  /** The body as the functions' server decoded it (functions/framework/serve.ts). */
+  decodedBody?: { value: object | undefined };
 }
 
 /** The slice of an Express response the host writes. */
@@ -201,7 +203,10 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
     const batch = def.batches === true && isBatchRequest(req.headers);
     let events: InboundEvent<A[number]>[];
     try {
-      const raw = { headers: req.headers, body: req.body as Buffer | string | object | undefined, ...(req.rawBody ? { rawBody: req.rawBody } : {}) };
+      const raw = {
+        headers: req.headers, body: req.body as Buffer | string | object | undefined,
+        ...(req.rawBody ? { rawBody: req.rawBody } : {}), ...(req.decodedBody ? { decoded: req.decodedBody } : {}),
+      };
       const opts = { maxBytes: config.MAX_EVENT_BYTES, maxBatchBytes: config.MAX_BATCH_BYTES, accept: def.accept };
       events = batch ? parseInboundBatch(raw, opts) : [parseInbound(raw, opts)];
     } catch (err) {

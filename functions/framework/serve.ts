@@ -4,17 +4,19 @@
 // can look at it, with no option for either: one large POST would OOM-kill a pod of 256 MiB, again at each
 // redelivery. So the process owns its server: it listens where LISTEN_HOST says, and bounds every request before
 // the framework sees a byte of its body (a Content-Length over the limit: 413; a Content-Encoding: 415; any body
-// collected up to the limit, then 413 past it), checks what the framework's parsers would otherwise answer in their
-// own words (a body that is not JSON: 400 in the contract's words, never Express's error page), then hands the
-// request to the framework's Express app for the function, which it obtains through the framework's documented
-// getTestServer. Nothing of the framework is patched.
+// collected up to the limit, then 413 past it), decodes it once, answering what the framework's parsers would
+// otherwise answer in their own words (a body that is not JSON: 400 in the contract's words, never Express's error
+// page), then hands the request, read, with its body decoded (`body`, and `decodedBody` for the function host) and
+// its bytes (`rawBody`, as the framework keeps them), to the framework's Express app for the function, which it
+// obtains through the framework's documented getTestServer; the framework's body parsers skip a request already
+// read. Nothing of the framework is patched.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as ff from '@google-cloud/functions-framework';
 import { getTestServer } from '@google-cloud/functions-framework/testing';
 import type { Logger } from 'pino';
 import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusal, tooLarge } from '../core/bounded-request.ts';
-import { bodyRefusal, isBatchRequest } from '../core/contract/parse.ts';
+import { decodeBody, isBatchRequest } from '../core/contract/parse.ts';
 
 type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -58,19 +60,21 @@ export async function serveFunction(opts: ServeOptions): Promise<FunctionServer>
       return;
     }
     // Collected whole (it is within the limit), so it can be judged whole before the framework parses it.
-    void req.collect(limit).then((body) => {
+    void req.collect(limit).then(async (body) => {
       if (body === undefined) {
         opts.logger.warn({ status: 413, limit }, 'refused a request past its limit');
         sendRefusal(req, res, tooLarge(limit));
         return;
       }
-      const malformed = bodyRefusal(req.headers, body);
-      if (malformed) {
-        opts.logger.warn({ code: malformed.code, field: malformed.field, reason: malformed.reason }, 'rejected a malformed request');
-        sendRefusal(req, res, { status: 400, error: 'BAD_JSON', reason: malformed.reason }, malformed.field, malformed.code);
+      const decoded = decodeBody(req.headers, body);
+      if ('refusal' in decoded) {
+        const { code, field, reason } = decoded.refusal;
+        opts.logger.warn({ code, field, reason }, 'rejected a malformed request');
+        sendRefusal(req, res, { status: 400, error: 'BAD_JSON', reason }, field, code);
         return;
       }
-      req.release();
+      Object.assign(req, { body: decoded.value, rawBody: body, decodedBody: decoded });
+      await req.markRead();
       app(req, res);
     });
   };

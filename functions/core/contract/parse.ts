@@ -8,12 +8,17 @@ import ajvFormats from 'ajv-formats';
 import { ContractError } from '../errors.ts';
 import { EventTypes, OWN_SOURCE_PREFIX, SESSION_ID_PATTERN, isContractType, isEmittedType, sendersOf, sourceOf, WORKLOADS, type ContractType, type DataOf, type Workload } from './events.ts';
 
-/** An HTTP request as a server framework hands it over; the body may be raw, text, or already parsed JSON. */
+/** An HTTP request as a server hands it over; the body may be raw, text, or already decoded JSON. */
 export interface RawRequest {
   headers: Record<string, string | string[] | undefined>;
   body: Buffer | string | object | undefined;
   /** The unparsed body, when the framework kept it (functions-framework does): preferred for size and decoding. */
   rawBody?: Buffer;
+  /**
+   * The body as the server decoded it already (the functions' server, serve.ts, with decodeBody; its bytes are
+   * rawBody): used as it is, so a body is decoded once.
+   */
+  decoded?: { value: object | undefined };
 }
 
 /** A decoded contract event; a union over types, so `switch (ev.type)` narrows `ev.data`. */
@@ -67,8 +72,8 @@ export function parseInbound<const A extends readonly ContractType[]>(req: RawRe
 export function parseInbound(req: RawRequest, opts: ParseOptions): InboundEvent;
 export function parseInbound(req: RawRequest, opts: ParseOptions): InboundEvent {
   const headers = normaliseHeaders(req.headers);
-  const body = req.rawBody ?? req.body;
-  checkSize(headers, body, opts.maxBytes);
+  const { bytes, body } = bodyOf(req);
+  checkSize(headers, bytes, opts.maxBytes);
 
   const mediaType = mediaTypeOf(headers['content-type']);
   const structured = mediaType !== undefined && mediaType.startsWith('application/cloudevents');
@@ -79,33 +84,43 @@ export function parseInbound(req: RawRequest, opts: ParseOptions): InboundEvent 
 }
 
 /**
- * What must be true of a request's body before any JSON parser of a framework sees it, or the refusal (400) naming
- * what is wrong: a JSON media type (or none), UTF-8, and JSON. A framework's own parser would answer these itself,
- * in its own words (an HTML page with a stack trace, in Express's development mode), not the contract's.
+ * Decodes a request's body before any JSON parser of a framework sees it: its JSON value (undefined when empty), or
+ * the refusal (400) naming what is wrong: a JSON media type (or none), UTF-8, and JSON. A framework's own parser
+ * would answer these itself, in its own words (an HTML page with a stack trace, in Express's development mode), not
+ * the contract's.
  */
-export function bodyRefusal(headers: RawRequest['headers'], body: Buffer): ContractError | undefined {
+export function decodeBody(headers: RawRequest['headers'], body: Buffer): { value: object | undefined } | { refusal: ContractError } {
   const contentType = normaliseHeaders(headers)['content-type'];
   if (contentType !== undefined && !isJsonMediaType(mediaTypeOf(contentType))) {
-    return new ContractError('INVALID_FIELD', 'ce.datacontenttype', 'data must be JSON (application/json)');
+    return { refusal: new ContractError('INVALID_FIELD', 'ce.datacontenttype', 'data must be JSON (application/json)') };
   }
   const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(contentType ?? '')?.[1]?.toLowerCase();
-  if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') return new ContractError('BAD_JSON', 'body', 'must be UTF-8');
-  if (body.length === 0) return undefined;
+  if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') return { refusal: new ContractError('BAD_JSON', 'body', 'must be UTF-8') };
+  if (body.length === 0) return { value: undefined };
   let value: unknown;
   try {
     value = decodeJson(body, 'body');
   } catch (err) {
-    if (err instanceof ContractError) return err;
+    if (err instanceof ContractError) return { refusal: err };
     throw err;
   }
   // Only an object (an event, or binary mode's data) or an array (a batch) can be one; a framework's strict JSON
   // parser refuses the rest in its own words.
   if (typeof value !== 'object' || value === null) {
-    return mediaTypeOf(contentType)?.startsWith('application/cloudevents')
-      ? new ContractError('NOT_A_CLOUDEVENT', 'body', 'a structured CloudEvent must be a JSON object')
-      : new ContractError('INVALID_FIELD', 'data', 'must be a JSON object');
+    return {
+      refusal: mediaTypeOf(contentType)?.startsWith('application/cloudevents')
+        ? new ContractError('NOT_A_CLOUDEVENT', 'body', 'a structured CloudEvent must be a JSON object')
+        : new ContractError('INVALID_FIELD', 'data', 'must be a JSON object'),
+    };
   }
-  return undefined;
+  return { value };
+}
+
+// A request's body as bytes (what its size is measured on) and as what to decode: its value when the server decoded
+// it already, else the bytes themselves.
+function bodyOf(req: RawRequest): { bytes: RawRequest['body']; body: RawRequest['body'] } {
+  const bytes = req.rawBody ?? req.body;
+  return { bytes, body: req.decoded ? req.decoded.value : bytes };
 }
 
 /** Whether a request is a batch: CloudEvents' HTTP batched content mode (a JSON array of structured events). */
@@ -121,7 +136,7 @@ export function isBatchRequest(headers: RawRequest['headers']): boolean {
 export function parseInboundBatch<const A extends readonly ContractType[]>(req: RawRequest, opts: ParseOptions<A> & { accept: A }): InboundEvent<A[number]>[];
 export function parseInboundBatch(req: RawRequest, opts: ParseOptions): InboundEvent[] {
   const headers = normaliseHeaders(req.headers);
-  const body = req.rawBody ?? req.body;
+  const { bytes: raw, body } = bodyOf(req);
   const events = decodeJson(body, 'body');
   if (!Array.isArray(events)) throw new ContractError('NOT_A_CLOUDEVENT', 'body', `a ${BATCH_MEDIA_TYPE} body must be a JSON array of structured CloudEvents`);
   if (events.length === 0) throw new ContractError('NOT_A_CLOUDEVENT', 'body', 'the batch holds no event');
@@ -129,7 +144,7 @@ export function parseInboundBatch(req: RawRequest, opts: ParseOptions): InboundE
     throw new ContractError('TOO_LARGE', 'body', `the batch holds ${events.length} events; at most ${MAX_BATCH_EVENTS} are accepted`);
   }
   // A cap on the whole batch, not events x MAX_EVENT_BYTES: what a request may make a process hold is the batch.
-  const bytes = byteLengthOf(body);
+  const bytes = byteLengthOf(raw);
   const cap = opts.maxBatchBytes ?? 0;
   if (bytes > cap) throw new ContractError('TOO_LARGE', 'body', `the batch is ${bytes} bytes; at most ${cap} are accepted`);
   return events.map((event: unknown, i) => {
