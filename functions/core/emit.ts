@@ -10,7 +10,7 @@ import CircuitBreaker from 'opossum';
 import type { Logger } from 'pino';
 import { ConfigError } from './config.ts';
 import { TransientError } from './errors.ts';
-import { createHttpClient, senderFor, type HttpAnswer, type HttpSend } from './http-client.ts';
+import { senderFor, type HttpAnswer } from './http-client.ts';
 import type { SinkToken } from './sink-token.ts';
 import {
   ATTR_CLOUDEVENTS_EVENT_ID,
@@ -154,16 +154,12 @@ function validSink(sink: string): URL {
   return url;
 }
 
-function senderOf(client: ReturnType<typeof createHttpClient>): HttpSend {
-  return (url, init) => client.request(url, init);
-}
-
 /** Creates the emitter for one sink; throws a ConfigError at once when the sink is missing or not a URL. */
 export function createEmitter(opts: EmitterOptions): Emitter {
   const sinkUrl = validSink(opts.sink).href;
   const retries = opts.retries ?? DEFAULT_RETRIES;
   const retryBaseDelayMs = opts.retryBaseDelayMs ?? DEFAULT_RETRY_BASE_DELAY_MS;
-  const send: HttpSend = opts.fetchImpl === undefined && opts.caCerts ? senderOf(createHttpClient({ caCerts: opts.caCerts })) : senderFor(opts.fetchImpl);
+  const send = senderFor(opts.fetchImpl, opts.caCerts ? { caCerts: opts.caCerts } : {});
   const log = opts.logger.child({ component: 'emit', sink: sinkUrl });
   const tracerFor = (): Tracer => opts.tracer ?? trace.getTracer(TRACER_NAME);
 
@@ -306,6 +302,7 @@ export function createEmitter(opts: EmitterOptions): Emitter {
     shutdown: () => {
       breaker.shutdown();
       breaker.removeAllListeners();
+      send.close();
     },
   };
 }

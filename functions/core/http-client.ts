@@ -276,14 +276,31 @@ export interface HttpAnswer {
 /** Sends one request and never follows a redirect. */
 export type HttpSend = (url: string, init: HttpRequestInit) => Promise<HttpAnswer>;
 
-/** The sender a module uses: the shared keep-alive client, or the fetch a test injected (with redirect 'manual'). */
-export function senderFor(fetchImpl?: typeof fetch): HttpSend {
-  if (fetchImpl === undefined) return (url, init) => sharedHttpClient.request(url, init);
-  return (url, { timeoutMs, signal, ...init }) => {
-    const timeout = timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs);
-    const either = timeout && signal ? AbortSignal.any([timeout, signal]) : (timeout ?? signal);
-    return fetchImpl(url, { ...init, ...(either ? { signal: either } : {}), redirect: 'manual' });
-  };
+/** A module's way to send; close() ends the client it holds of its own, if any. */
+export interface HttpSender extends HttpSend {
+  close(): void;
+}
+
+/**
+ * The sender a module uses: the fetch a test injected (with redirect 'manual'); else a client of its own when `own`
+ * asks for an address policy or extra CAs (the shared client reaches our own services as they are); else the shared
+ * keep-alive client.
+ */
+export function senderFor(fetchImpl?: typeof fetch, own: Pick<HttpClientOptions, 'addressPolicy' | 'caCerts'> = {}): HttpSender {
+  if (fetchImpl !== undefined) {
+    const send: HttpSend = (url, { timeoutMs, signal, ...init }) => {
+      const timeout = timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs);
+      const either = timeout && signal ? AbortSignal.any([timeout, signal]) : (timeout ?? signal);
+      return fetchImpl(url, { ...init, ...(either ? { signal: either } : {}), redirect: 'manual' });
+    };
+    return Object.assign(send, { close: () => {} });
+  }
+  const client = own.addressPolicy !== undefined || own.caCerts ? createHttpClient(own) : sharedHttpClient;
+  return Object.assign((url: string, init: HttpRequestInit) => client.request(url, init), {
+    close: () => {
+      if (client !== sharedHttpClient) client.close();
+    },
+  });
 }
 
 // Statuses whose Response must have a null body (the Response constructor refuses one otherwise).

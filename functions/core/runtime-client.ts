@@ -6,7 +6,7 @@
 // answers is copied into an error's message (which may reach an event or a log).
 import CircuitBreaker from 'opossum';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createHttpClient, senderFor, type HttpAnswer, type HttpRequestInit, type HttpSend } from './http-client.ts';
+import { senderFor, type HttpAnswer, type HttpRequestInit } from './http-client.ts';
 import { forbiddenAddressIn, type OutboundAddressPolicy } from './outbound-address.ts';
 import { runtimeEndpoint as normalisedEndpoint, RuntimeUrlError, type RuntimeRegistry } from './runtime-registry.ts';
 
@@ -186,9 +186,7 @@ export function runtimeEndpoint(runtimeUrl: string): string {
 
 /** Builds a runtime client; call shutdown() when done so breaker timers stop. */
 export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
-  // The runtimes get a client of their own when an address policy applies: the shared one reaches our own services.
-  const guarded = opts.fetchImpl === undefined && opts.addressPolicy !== undefined ? createHttpClient({ addressPolicy: opts.addressPolicy }) : undefined;
-  const send: HttpSend = guarded ? (url, init) => guarded.request(url, init) : senderFor(opts.fetchImpl);
+  const send = senderFor(opts.fetchImpl, opts.addressPolicy ? { addressPolicy: opts.addressPolicy } : {});
   const random = opts.random ?? Math.random;
   const log = opts.logger;
   const breakers = new Map<string, AttemptBreaker>();
@@ -439,7 +437,7 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
       lifetime.abort();
       for (const breaker of breakers.values()) breaker.shutdown();
       breakers.clear();
-      guarded?.close();
+      send.close();
     },
   };
 }

@@ -15,7 +15,7 @@
 // still be idempotent, because a crash between its success and that record runs it twice.
 import type { Logger } from 'pino';
 import { TransientError } from '../core/errors.ts';
-import { createHttpClient, senderFor, type HttpSend } from '../core/http-client.ts';
+import { senderFor } from '../core/http-client.ts';
 import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
 import type { RedisClient } from '../core/redis/connect.ts';
 import type { KeySpace } from '../core/redis/keys.ts';
@@ -191,8 +191,8 @@ export interface RouterDeregistration {
  */
 export function deregisterFromRouterHook(opts: RouterDeregistration): DestroyHook {
   const url = routerUrl(opts.url);
-  const guarded = opts.fetchImpl === undefined && opts.addressPolicy !== undefined ? createHttpClient({ addressPolicy: opts.addressPolicy }) : undefined;
-  const send: HttpSend = guarded ? (u, init) => guarded.request(u, init) : senderFor(opts.fetchImpl);
+  // Held for the life of the process, as the hook is.
+  const send = senderFor(opts.fetchImpl, opts.addressPolicy ? { addressPolicy: opts.addressPolicy } : {});
   return {
     name: 'deregister-from-router',
     stage: 'claimed',
