@@ -28,30 +28,25 @@ local sessionId, inc, confirmed, now, eventNode, token = ARGV[1], tonumber(ARGV[
 
 local function ignored(node) redis.call('HINCRBY', ledgerKey, 'ignored:' .. node, 1) end
 
-local migration = redis.call('HGET', migrationsKey, sessionId .. ':' .. inc)
-if migration then
-  local pid, bytes, expected = parseMigration(migration)
-  local node = placementOf(placementsKey, pid)
-  if token == '' or token ~= expected then ignored(node) return { 'TOKEN_MISMATCH' } end
-  ledgerRelease(ledgerKey, node, bytes, confirmed)
+local standing, state, matches = releaseStanding(sessionKey, migrationsKey, sessionId, inc, token)
+if standing == 'migration' then
+  local node = placementOf(placementsKey, state.pid)
+  if not matches then ignored(node) return { 'TOKEN_MISMATCH' } end
+  ledgerRelease(ledgerKey, node, state.bytes, confirmed)
   redis.call('HDEL', migrationsKey, sessionId .. ':' .. inc)
   redis.call('ZREM', destroyingKey, MIGRATION_MEMBER_PREFIX .. sessionId .. ':' .. inc)
-  return { 'MIGRATION_RELEASED', node, bytes }
+  return { 'MIGRATION_RELEASED', node, state.bytes }
 end
-
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'p', 'g', 'gt')
-if not state[1] then ignored(eventNode) return { 'UNKNOWN' } end
-if tonumber(state[2]) ~= inc then ignored(eventNode) return { 'STALE', tonumber(state[2]) } end
-if state[1] == 'A' then ignored(eventNode) return { 'NOT_DESTROYING' } end
+if standing == 'unknown' then ignored(eventNode) return { 'UNKNOWN' } end
+if standing == 'stale' then ignored(eventNode) return { 'STALE', tonumber(state[2]) } end
+if standing == 'live' then ignored(eventNode) return { 'NOT_DESTROYING' } end
 local node = placementOf(placementsKey, state[4])
-local matches = token ~= '' and token == state[6]
-if state[1] == 'X' or STAGE_ORDER[state[3]] >= STAGE_ORDER.gpu_released then
+if standing ~= 'pending' or not matches then
   ignored(node)
-  if not matches then return { 'TOKEN_MISMATCH' } end
-  return { 'DUPLICATE', state[3] }
+  if standing == 'released' and matches then return { 'DUPLICATE', state[3] } end
+  if standing == 'not_requested' then return { 'NOT_REQUESTED', state[3] } end
+  return { 'TOKEN_MISMATCH' }
 end
-if state[3] ~= 'gpu_release_requested' then ignored(node) return { 'NOT_REQUESTED', state[3] } end
-if not matches then ignored(node) return { 'TOKEN_MISMATCH' } end
 local bytes = tonumber(state[5] or '0')
 ledgerRelease(ledgerKey, node, bytes, confirmed)
 redis.call('HSET', sessionKey, 'st', 'gpu_released', 'gr', confirmed)

@@ -17,20 +17,13 @@
 local sessionKey, migrationsKey, placementsKey = KEYS[1], KEYS[2], KEYS[3]
 local sessionId, inc, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
-local migration = redis.call('HGET', migrationsKey, sessionId .. ':' .. inc)
-if migration then
-  local pid, _, expected = parseMigration(migration)
-  if token == '' or token ~= expected then return { 'NOT_PENDING', 'token_mismatch' } end
-  local node, url = placementOf(placementsKey, pid)
+local standing, state, matches = releaseStanding(sessionKey, migrationsKey, sessionId, inc, token)
+if standing == 'migration' then
+  if not matches then return { 'NOT_PENDING', 'token_mismatch' } end
+  local node, url = placementOf(placementsKey, state.pid)
   return { 'PENDING', 'migration', node, url, 0 }
 end
-
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'p', 'ga', 'gt')
-if not state[1] then return { 'NOT_PENDING', 'unknown' } end
-if tonumber(state[2]) ~= inc then return { 'NOT_PENDING', 'stale' } end
-if state[1] == 'A' then return { 'NOT_PENDING', 'live' } end
-if state[1] == 'X' or STAGE_ORDER[state[3]] >= STAGE_ORDER.gpu_released then return { 'NOT_PENDING', 'released' } end
-if state[3] ~= 'gpu_release_requested' then return { 'NOT_PENDING', 'not_requested' } end
-if token == '' or token ~= state[6] then return { 'NOT_PENDING', 'token_mismatch' } end
+if standing ~= 'pending' then return { 'NOT_PENDING', standing } end
+if not matches then return { 'NOT_PENDING', 'token_mismatch' } end
 local node, url = placementOf(placementsKey, state[4])
-return { 'PENDING', 'destroy', node, url, tonumber(state[5] or '0') }
+return { 'PENDING', 'destroy', node, url, tonumber(state[6] or '0') }

@@ -38,6 +38,30 @@ local function parseMigration(entry)
 end
 local STAGE_ORDER = { claimed = 1, gpu_release_requested = 2, gpu_released = 3, state_purged = 4, completed = 5 }
 
+-- Where the release a gpu.release.requested or an answer to it names stands, for incarnation `inc` carrying `token`
+-- (what releaseTarget and recordRelease both decide on). Returns standing, what the caller needs, and whether the
+-- token is the one the pending (or booked) release was requested under:
+--   'migration', {pid, bytes}, matches    the allocation a migration left behind waits for its release
+--   'unknown' | 'stale' | 'live', state   nothing of that incarnation is being destroyed
+--   'released' | 'not_requested' | 'pending', state, matches
+--                                         a destroy of it, past its release, before the request, or waiting for it
+-- state: the record's HMGET s, i, st, p, g, ga, gt.
+local function releaseStanding(sessionKey, migrationsKey, sessionId, inc, token)
+  local migration = redis.call('HGET', migrationsKey, sessionId .. ':' .. inc)
+  if migration then
+    local pid, bytes, expected = parseMigration(migration)
+    return 'migration', { pid = pid, bytes = bytes }, token ~= '' and token == expected
+  end
+  local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'p', 'g', 'ga', 'gt')
+  if not state[1] then return 'unknown', state, false end
+  if tonumber(state[2]) ~= inc then return 'stale', state, false end
+  if state[1] == 'A' then return 'live', state, false end
+  local matches = token ~= '' and token == state[7]
+  if state[1] == 'X' or STAGE_ORDER[state[3]] >= STAGE_ORDER.gpu_released then return 'released', state, matches end
+  if state[3] ~= 'gpu_release_requested' then return 'not_requested', state, matches end
+  return 'pending', state, matches
+end
+
 local function seen(sessionKey, fingerprint)
   if fingerprint == '' then return false end
   local ring = redis.call('HGET', sessionKey, 'r')
