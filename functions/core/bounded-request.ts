@@ -129,9 +129,8 @@ export function refuseDeclaredBody(req: IncomingMessage, limit: number): BodyRef
  * Answers a refusal and drops the rest of the body as it arrives, keeping the connection open until the sender has
  * sent it (so the sender can read the answer instead of seeing its upload cut, EPIPE), unless it is absurdly large.
  */
-export function sendRefusal(req: IncomingMessage, res: ServerResponse, refusal: BodyRefusal, field = 'body', code: string = refusal.error): void {
-  if (req instanceof BoundedIncomingMessage) req.discard();
-  else req.resume();
+export function sendRefusal(req: BoundedIncomingMessage, res: ServerResponse, refusal: BodyRefusal, field = 'body', code: string = refusal.error): void {
+  req.discard();
   if (res.headersSent) return;
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (refusal.status === 401) headers['www-authenticate'] = 'Bearer';

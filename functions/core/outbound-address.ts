@@ -37,12 +37,9 @@ export type GuardedLookup = (
 /** The rule outbound calls follow: public unicast addresses, plus the networks the operator allowed. */
 export class OutboundAddressPolicy {
   readonly #allowed: readonly Cidr[];
-  /** The allowed networks as given, for logs and errors. */
-  readonly allowedCidrs: readonly string[];
 
   /** `allowedCidrs`: networks (CIDR, e.g. 10.0.0.0/8, 127.0.0.1/32, ::1/128) that may be reached although special. */
   constructor(allowedCidrs: readonly string[]) {
-    this.allowedCidrs = allowedCidrs;
     this.#allowed = allowedCidrs.map((text) => {
       try {
         const cidr = ipaddr.parseCIDR(text.trim());

@@ -53,15 +53,13 @@ let eventSeq = 0;
  * replica's deliver() puts the pending attempt's real token in its place, as gpu-release echoes the one it was sent.
  * A test of a forged or stale answer gives a token of its own.
  */
-export const ECHO_PENDING_TOKEN = 'echo-the-pending-token';
+const ECHO_PENDING_TOKEN = 'echo-the-pending-token';
 
 /** The event with its ECHO_PENDING_TOKEN replaced by the token of the release pending for its session now. */
 async function echoPendingToken(event: DestroyDispatchEvent, deps: DestroyDispatchDeps): Promise<DestroyDispatchEvent> {
   if ((event.type !== EventType.GpuReleased && event.type !== EventType.GpuReleaseFailed) || event.data.token !== ECHO_PENDING_TOKEN) return event;
   const { sessionId, incarnation } = event.data;
-  const attempt = await deps.store.releaseAttempt(sessionId, incarnation);
-  const migration = await deps.redis.hget(deps.store.keys.session(sessionId).migrations, `${sessionId}:${incarnation}`);
-  const token = attempt?.token ?? migration?.split('|')[2] ?? 'no-release-is-pending';
+  const token = (await deps.store.releaseAttempt(sessionId, incarnation))?.token ?? 'no-release-is-pending';
   return { ...event, data: { ...event.data, token } } as DestroyDispatchEvent;
 }
 

@@ -47,7 +47,7 @@ export async function serveFunction(opts: ServeOptions): Promise<FunctionServer>
   const [app] = getTestServer(opts.name).listeners('request') as RequestListener[];
   if (app === undefined) throw new Error(`functions-framework built no request listener for ${opts.name}`);
 
-  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+  const onRequest = (req: BoundedIncomingMessage, res: ServerResponse): void => {
     const limit = opts.bodyLimit(req);
     const refusal = refuseDeclaredBody(req, limit);
     if (refusal) {
@@ -55,7 +55,7 @@ export async function serveFunction(opts: ServeOptions): Promise<FunctionServer>
       sendRefusal(req, res, refusal);
       return;
     }
-    if (!(req instanceof BoundedIncomingMessage) || req.method !== 'POST') {
+    if (req.method !== 'POST') {
       app(req, res);
       return;
     }
@@ -79,7 +79,7 @@ export async function serveFunction(opts: ServeOptions): Promise<FunctionServer>
     });
   };
 
-  const server = createServer({ IncomingMessage: BoundedIncomingMessage }, onRequest);
+  const server = createServer<typeof BoundedIncomingMessage>({ IncomingMessage: BoundedIncomingMessage }, onRequest);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     // An empty host listens on every interface, as an omitted one does.

@@ -245,16 +245,8 @@ function createLimiter(limit: number) {
  * Reads a request's body within `limit`, or says why not: a declared length over it or a compressed body before a
  * byte is read, a chunked body once it passes it. Nothing past the limit is ever kept.
  */
-async function readBoundedBody(req: IncomingMessage, limit: number): Promise<Buffer | BodyRefusal> {
-  const refusal = refuseDeclaredBody(req, limit);
-  if (refusal) return refusal;
-  if (req instanceof BoundedIncomingMessage) return (await req.collect(limit)) ?? tooLarge(limit);
-  return new Promise((resolveBody, reject) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (chunk: Buffer) => chunks.push(chunk));
-    req.on('end', () => resolveBody(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
+async function readBoundedBody(req: BoundedIncomingMessage, limit: number): Promise<Buffer | BodyRefusal> {
+  return refuseDeclaredBody(req, limit) ?? (await req.collect(limit)) ?? tooLarge(limit);
 }
 
 /** The bearer token of an Authorization header, if it carries one. */
@@ -453,7 +445,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     }
   }
 
-  async function ingress(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async function ingress(req: BoundedIncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method === 'GET' && (path === '/healthz' || path === '/readyz')) {
       const ok = !closed && (opts.ready ? await opts.ready() : true);
@@ -621,7 +613,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     }
   }
 
-  const server = createServer({ IncomingMessage: BoundedIncomingMessage }, (req, res) => {
+  const server = createServer<typeof BoundedIncomingMessage>({ IncomingMessage: BoundedIncomingMessage }, (req, res) => {
     ingress(req, res).catch((err: unknown) => {
       log.error({ err }, 'ingress failed');
       send(res, 500, { error: 'internal error' });

@@ -52,16 +52,16 @@ const functionEntry = (name: FunctionName) => `functions/${name}/index.ts`;
 export const STACK_ENTRY_FILES: readonly string[] = [ENGINE_ENTRY, IDLE_CHECKER_ENTRY, RUNTIME_ENTRY, ...FUNCTION_NAMES.map(functionEntry)];
 
 /** The senders that get a token: our workloads, the inference pipeline, an operator. */
-export const STACK_SENDERS: readonly Sender[] = [...WORKLOADS, 'inference-pipeline', 'operator'];
+const STACK_SENDERS: readonly Sender[] = [...WORKLOADS, 'inference-pipeline', 'operator'];
 
 /** Networks the local stack's outbound calls may reach: this machine only. */
-export const LOOPBACK_CIDRS: readonly string[] = ['127.0.0.0/8', '::1/128'];
+const LOOPBACK_CIDRS: readonly string[] = ['127.0.0.0/8', '::1/128'];
 
 /**
  * The OIDC subject the manifests' EventPolicies admit for each sender (the policy annotated with it): what the local
  * Broker knows each sender's token as.
  */
-export function senderSubjects(manifestsDir?: string): Record<Sender, string> {
+function senderSubjects(manifestsDir?: string): Record<Sender, string> {
   const policies = loadSenderPolicies({ broker: 'default', ...(manifestsDir === undefined ? {} : { manifestsDir }) });
   const out: Partial<Record<Sender, string>> = {};
   for (const sender of STACK_SENDERS) {

@@ -14,7 +14,7 @@ import { createRedisClient, type RedisClient } from '../../functions/core/redis/
 import { drawReleaseToken, type SessionStore } from '../../functions/core/session-store.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
 import { stackStore, startStack, type Stack } from '../support/stack.ts';
-import { forge, post, snapshot, until } from './attack-support.ts';
+import { forge, post, snapshot, until, type Snapshot } from './attack-support.ts';
 
 const GiB = 1024 ** 3;
 const T = 'dev.sessionreaper.';
@@ -90,7 +90,7 @@ describe('an attacker inside the cluster changes nothing', () => {
   const runtimeUsed = async () => ((await (await fetch(`${stack.runtimeUrl}/sim/stats`)).json()) as { usedBytes: number }).usedBytes;
 
   /** Waits until the Broker has delivered (or given up on) everything, then compares with the snapshot. */
-  async function unchanged(sessionId: string, before: Awaited<ReturnType<typeof snapshot>>, usedBefore: number): Promise<void> {
+  async function unchanged(sessionId: string, before: Snapshot, usedBefore: number): Promise<void> {
     await stack.broker.idle();
     const after = await snapshot(store, sessionId);
     assert.deepEqual(after.view, before.view, `${sessionId}'s session is untouched`);

@@ -804,7 +804,7 @@ export function withEnv(ms: readonly Manifest[], kind: string, name: string, var
 }
 
 /** The OIDC audience of the Broker the functions send to: what their projected tokens must be issued for. */
-export const BROKER_AUDIENCE = `eventing.knative.dev/broker/${NAMESPACE}/default`;
+const BROKER_AUDIENCE = `eventing.knative.dev/broker/${NAMESPACE}/default`;
 
 /** Where a sender's events claim to come from when it sends as itself: our workloads their own source, others theirs. */
 function naturalSource(sender: Sender): string {

@@ -4,7 +4,7 @@
 import type { RuntimeEntry } from '../../functions/core/runtime-registry.ts';
 
 /** The registered runtimes of handler tests that never call one. */
-export const TEST_RUNTIMES: readonly RuntimeEntry[] = [
+const TEST_RUNTIMES: readonly RuntimeEntry[] = [
   { name: 'test', url: 'http://*.test:8000' },
   { name: 'test-rt', url: 'http://*.test:8000/rt' },
   { name: 'inference', url: 'http://*.inference.svc.cluster.local:8000' },
