@@ -27,11 +27,11 @@ import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusal, tooLarge, type
 import { createHttpClient, type HttpClient } from '../core/http-client.ts';
 import { isLoopbackName, reachableOrigin } from '../core/listen-host.ts';
 import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
-import { admittingPolicy, loadSenderPolicies, type SenderPolicy } from './event-policies.ts';
+import { admittingOf, policiesNaming, senderPoliciesOf, type SenderPolicy } from './event-policies.ts';
 import { isEmittedType } from '../core/contract/events.ts';
 import { sharedHttpClient } from '../core/http-client.ts';
 import { openDeadLetterStore, type DeadLetter, type DeadLetterReason } from './dead-letters.ts';
-import { backoffMs, loadRoutingTable, matches, type DeliverySpec, type Route, type RoutingTable } from './triggers.ts';
+import { backoffMs, matches, readManifests, routingTableOf, type DeliverySpec, type Route, type RoutingTable } from './triggers.ts';
 import {
   IngressError,
   decodeRequest,
@@ -272,10 +272,13 @@ function send(res: ServerResponse, status: number, body?: unknown, headers: Reco
 /** Starts a local Broker: loads the manifests, re-queues persisted deliveries, and listens. */
 export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalBroker> {
   const log = (opts.logger ?? pino({ level: 'silent' })).child({ component: 'local-broker' });
-  const table = loadRoutingTable({
-    subscribers: opts.subscribers,
+  // Read once: the Triggers and the EventPolicies come from the same documents.
+  const docs = readManifests({
     ...(opts.manifests !== undefined ? { manifests: opts.manifests } : {}),
     ...(opts.triggersDir !== undefined ? { manifestsDir: opts.triggersDir } : {}),
+  });
+  const table = routingTableOf(docs, {
+    subscribers: opts.subscribers,
     ...(opts.broker !== undefined ? { broker: opts.broker } : {}),
     ...(opts.deliveryOverride !== undefined ? { deliveryOverride: opts.deliveryOverride } : {}),
   });
@@ -296,10 +299,11 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   // The forward sink is an outside address someone typed: it gets a client of its own, held to the address policy.
   const forwardClient: HttpClient | undefined = opts.forward && opts.forwardAddressPolicy ? createHttpClient({ addressPolicy: opts.forwardAddressPolicy }) : undefined;
   const readyRoutes = table.routes.filter((r): r is Route & { url: string } => r.url !== undefined);
-  const identities = opts.identities === undefined ? undefined : new Map(Object.entries(opts.identities));
-  const policies: readonly SenderPolicy[] = identities === undefined
-    ? []
-    : loadSenderPolicies({ broker: table.broker, ...(opts.manifests !== undefined ? { manifests: opts.manifests } : {}), ...(opts.triggersDir !== undefined ? { manifestsDir: opts.triggersDir } : {}) });
+  // Each known token's sender, with the policies naming it worked out once: an event is then checked against those only.
+  const policies: readonly SenderPolicy[] = opts.identities === undefined ? [] : senderPoliciesOf(docs, table.broker);
+  const identities = opts.identities === undefined
+    ? undefined
+    : new Map(Object.entries(opts.identities).map(([token, subject]) => [token, { subject, policies: policiesNaming(policies, subject) }]));
   if (identities === undefined) log.warn('sender authorization is off: any request may send any event');
   else if (policies.length === 0) log.warn('no EventPolicy applies to this Broker: every event is refused (deny-all)');
 
@@ -468,8 +472,8 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     }
     const headers = headerRecord(req);
     // Who is sending comes first, as in Knative: an unknown sender's body is never read.
-    const subject = identities === undefined ? undefined : identities.get(bearerOf(headers.authorization) ?? '');
-    if (identities !== undefined && subject === undefined) {
+    const sender = identities === undefined ? undefined : identities.get(bearerOf(headers.authorization) ?? '');
+    if (identities !== undefined && sender === undefined) {
       counters.rejected++;
       log.info({ authorization: headers.authorization === undefined ? 'none' : 'unknown token' }, 'refused a request without a known sender token');
       sendRefusal(req, res, { status: 401, error: 'UNAUTHENTICATED', reason: 'a bearer token of a known sender is required' });
@@ -499,8 +503,9 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       send(res, 503, { error: 'the broker is stopping' }, { 'retry-after': '1' });
       return;
     }
-    if (subject !== undefined) {
-      const refused = events.findIndex((ev) => admittingPolicy(policies, subject, ev.attributes) === undefined);
+    if (sender !== undefined) {
+      const { subject } = sender;
+      const refused = events.findIndex((ev) => admittingOf(sender.policies, ev.attributes) === undefined);
       if (refused !== -1) {
         counters.rejected++;
         const ev = events[refused]!;

@@ -5,7 +5,9 @@
 // event passes that policy's filters; without a token (or with an unknown one) it is answered 401, and a sender no
 // policy admits for that event 403 (knative/eventing pkg/auth/verifier.go: VerifyRequest, verifyAuthN, verifyAuthZ).
 // Each policy here holds one filter expression, so the reading of several filters (all or one of them) never matters.
-import { filtersHold, ManifestError, parseFilterExpression, readManifests, type AttributeView, type FilterExpression, type RoutingOptions } from './triggers.ts';
+import {
+  filtersHold, isEventingKind, isObj, ManifestError, nameOf, parseFilterExpression, readManifests, type AttributeView, type FilterExpression, type Obj, type RoutingOptions,
+} from './triggers.ts';
 
 /** The annotation naming which sender of the contract's catalogue a policy admits (tests/deploy checks it). */
 export const SENDER_ANNOTATION = 'sessionreaper.dev/sender';
@@ -19,9 +21,6 @@ export interface SenderPolicy {
   /** The catalogue sender it stands for, from its annotation, when it has one. */
   sender: string | undefined;
 }
-
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** Whether an OIDC subject is one a policy names: exactly (case-insensitive), or by the prefix before a trailing `*`. */
 export function subjectMatches(pattern: string, subject: string): boolean {
@@ -51,9 +50,9 @@ export function loadSenderPolicies(opts: Pick<RoutingOptions, 'manifestsDir' | '
 export function senderPoliciesOf(docs: readonly Obj[], broker: string): SenderPolicy[] {
   const out: SenderPolicy[] = [];
   for (const doc of docs) {
-    if (doc.kind !== 'EventPolicy' || typeof doc.apiVersion !== 'string' || !doc.apiVersion.startsWith('eventing.knative.dev/')) continue;
+    if (!isEventingKind(doc, 'EventPolicy')) continue;
     const meta = isObj(doc.metadata) ? doc.metadata : {};
-    const name = typeof meta.name === 'string' ? meta.name : '<unnamed>';
+    const name = nameOf(doc) ?? '<unnamed>';
     const where = `EventPolicy ${name}.spec`;
     const spec = isObj(doc.spec) ? doc.spec : {};
     if (!appliesTo(spec, broker, where)) continue;
@@ -70,7 +69,17 @@ export function senderPoliciesOf(docs: readonly Obj[], broker: string): SenderPo
   return out;
 }
 
+/** The policies that name `subject` among their senders (a Broker works them out once per known sender). */
+export function policiesNaming(policies: readonly SenderPolicy[], subject: string): SenderPolicy[] {
+  return policies.filter((p) => p.subjects.some((s) => subjectMatches(s, subject)));
+}
+
+/** Which of a sender's policies (policiesNaming) admits an event with these attributes, or undefined when none does. */
+export function admittingOf(policies: readonly SenderPolicy[], attrs: AttributeView): SenderPolicy | undefined {
+  return policies.find((p) => filtersHold(p.filters, attrs));
+}
+
 /** The policy that admits `subject` sending an event with these attributes, or undefined when none does. */
 export function admittingPolicy(policies: readonly SenderPolicy[], subject: string, attrs: AttributeView): SenderPolicy | undefined {
-  return policies.find((p) => p.subjects.some((s) => subjectMatches(s, subject)) && filtersHold(p.filters, attrs));
+  return admittingOf(policiesNaming(policies, subject), attrs);
 }

@@ -96,8 +96,13 @@ export function backoffMs(spec: DeliverySpec, retry: number): number {
   return spec.backoffPolicy === 'linear' ? spec.backoffDelayMs * retry : spec.backoffDelayMs * 2 ** retry;
 }
 
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** A manifest document, or an object within one. */
+export type Obj = Record<string, unknown>;
+export const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** Whether a document is a Knative Eventing resource of this kind. */
+export const isEventingKind = (d: Obj, kind: string): boolean => d.kind === kind && typeof d.apiVersion === 'string' && d.apiVersion.startsWith('eventing.knative.dev/');
+/** A document's metadata.name, when it has one. */
+export const nameOf = (d: Obj): string | undefined => (isObj(d.metadata) && typeof d.metadata.name === 'string' ? d.metadata.name : undefined);
 
 function parseDelivery(raw: unknown, where: string): DeliverySpec {
   if (!isObj(raw)) throw new ManifestError(`${where}.delivery must be an object`);
@@ -226,11 +231,13 @@ function applyOverride(spec: DeliverySpec, override: Partial<DeliverySpec> | und
 
 /** Builds the routing table from the manifests: the Broker's delivery and one route per Trigger of that Broker. */
 export function loadRoutingTable(opts: RoutingOptions): RoutingTable {
+  return routingTableOf(readManifests(opts), opts);
+}
+
+/** The routing table of manifest documents already read (readManifests). */
+export function routingTableOf(docs: readonly Obj[], opts: Omit<RoutingOptions, 'manifestsDir' | 'manifests'>): RoutingTable {
   const brokerName = opts.broker ?? DEFAULT_BROKER_NAME;
-  const docs = readManifests(opts);
-  const isKind = (d: Obj, kind: string) => d.kind === kind && typeof d.apiVersion === 'string' && d.apiVersion.startsWith('eventing.knative.dev/');
-  const nameOf = (d: Obj) => (isObj(d.metadata) && typeof d.metadata.name === 'string' ? d.metadata.name : undefined);
-  const broker = docs.find((d) => isKind(d, 'Broker') && nameOf(d) === brokerName);
+  const broker = docs.find((d) => isEventingKind(d, 'Broker') && nameOf(d) === brokerName);
   if (!broker) throw new ManifestError(`no Broker named ${brokerName} in the manifests`);
   const brokerSpec = isObj(broker.spec) ? broker.spec : {};
   const brokerDelivery = applyOverride(
@@ -239,7 +246,7 @@ export function loadRoutingTable(opts: RoutingOptions): RoutingTable {
   );
   const routes: Route[] = [];
   for (const doc of docs) {
-    if (!isKind(doc, 'Trigger')) continue;
+    if (!isEventingKind(doc, 'Trigger')) continue;
     const name = nameOf(doc);
     const where = `Trigger ${name ?? '<unnamed>'}.spec`;
     if (name === undefined) throw new ManifestError('a Trigger has no metadata.name');
