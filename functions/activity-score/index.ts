@@ -16,7 +16,7 @@ export const host = createFunctionHost({
 
 host.deps.load.start();
 
-const server = await serveHost('activity-score', host);
+const server = await serveHost(host);
 
 process.once('SIGTERM', () => {
   void server.close().then(() => host.deps.load.stop()).finally(() => host.core.close());

@@ -261,7 +261,8 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
     }
   }
 
-  return { handler, core, deps };
+  // The name and whether it takes batches travel with the host, so its server bounds its requests as it parses them.
+  return { name: def.name, batches: def.batches === true, handler, core, deps };
 }
 
 /**

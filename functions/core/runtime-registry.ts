@@ -72,7 +72,8 @@ interface CompiledEntry {
   endpoint: string | undefined;
 }
 
-const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** A runtime's name: 1 to 63 characters of a-z, 0-9 and -, neither first nor last a -. */
+export const RUNTIME_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
 
 function globToRegExp(glob: string): RegExp {
@@ -85,7 +86,7 @@ function compile(entry: unknown, index: number): CompiledEntry {
   const { name, url, nodes, ...rest } = entry as Record<string, unknown>;
   const unknown = Object.keys(rest);
   if (unknown.length > 0) throw new ConfigError(`${where} has unknown field ${unknown[0]}`);
-  if (typeof name !== 'string' || !NAME.test(name)) throw new ConfigError(`${where}.name must be 1-63 characters of a-z, 0-9 and -`);
+  if (typeof name !== 'string' || !RUNTIME_NAME.test(name)) throw new ConfigError(`${where}.name must be 1-63 characters of a-z, 0-9 and -`);
   if (typeof url !== 'string') throw new ConfigError(`${where}.url must be a string`);
   const wildcard = /^https?:\/\/\*\./.test(url);
   // The wildcard label is swapped for a plain one so the URL parser can check the rest.

@@ -6,7 +6,7 @@ import { destroyDispatch } from './definition.ts';
 
 const host = createFunctionHost(destroyDispatch(process.env));
 
-const server = await serveHost('destroy-dispatch', host);
+const server = await serveHost(host);
 
 process.once('SIGTERM', () => {
   void server.close().finally(() => host.core.close());

@@ -99,6 +99,10 @@ export async function serveFunction(opts: ServeOptions): Promise<FunctionServer>
 
 /** The slice of a function host (functions/core/function-host.ts) a function's process serves. */
 export interface ServableHost {
+  /** The function's name (its framework target). */
+  name: string;
+  /** Whether it takes batches: a batch's body is then bounded by MAX_BATCH_BYTES. */
+  batches: boolean;
   handler: ff.HttpFunction;
   core: { deps: { config: { LISTEN_HOST: string; MAX_EVENT_BYTES: number; MAX_BATCH_BYTES: number }; logger: Logger } };
 }
@@ -107,14 +111,14 @@ export interface ServableHost {
  * Serves a function host on PORT (default 8080) and LISTEN_HOST: bodies are bounded by MAX_EVENT_BYTES, or by
  * MAX_BATCH_BYTES for a batch to a function that takes batches.
  */
-export function serveHost(name: string, host: ServableHost, opts: { batches?: boolean; port?: number } = {}): Promise<FunctionServer> {
+export function serveHost(host: ServableHost, opts: { port?: number } = {}): Promise<FunctionServer> {
   const { config, logger } = host.core.deps;
   return serveFunction({
-    name,
+    name: host.name,
     handler: host.handler,
     port: opts.port ?? Number(process.env.PORT ?? 8080),
     host: config.LISTEN_HOST,
-    bodyLimit: (req) => (opts.batches === true && isBatchRequest(req.headers) ? config.MAX_BATCH_BYTES : config.MAX_EVENT_BYTES),
+    bodyLimit: (req) => (host.batches && isBatchRequest(req.headers) ? config.MAX_BATCH_BYTES : config.MAX_EVENT_BYTES),
     logger,
   });
 }

@@ -12,7 +12,7 @@ export const host = createFunctionHost({
   handle,
 });
 
-const server = await serveHost('gpu-release', host);
+const server = await serveHost(host);
 
 process.once('SIGTERM', () => {
   host.deps.runtime.shutdown();

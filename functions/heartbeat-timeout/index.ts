@@ -7,7 +7,7 @@ import { ACCEPTS, handle } from './handle.ts';
 
 const host = createFunctionHost({ name: 'heartbeat-timeout', accept: ACCEPTS, extend: () => ({}), handle, batches: true });
 
-const server = await serveHost('heartbeat-timeout', host, { batches: true });
+const server = await serveHost(host);
 
 process.once('SIGTERM', () => {
   void server.close().finally(() => host.core.close());

@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { OutboundAddressPolicy } from '../core/outbound-address.ts';
+import { RUNTIME_NAME } from '../core/runtime-registry.ts';
 import { REPO_ROOT } from './stack.ts';
 
 /** The usage text, printed by --help and with every usage error. */
@@ -107,8 +108,8 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
   const host = values.host ?? '127.0.0.1';
   if (isIP(host) === 0) throw new UsageError(`--host must be an IP address such as 127.0.0.1 or 0.0.0.0, not '${host}'`);
   const runtimes = (values.runtime ?? []).map((text) => {
-    const m = /^([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)=(https?:\/\/.+)$/.exec(text);
-    if (!m?.[1] || !m[2]) throw new UsageError(`--runtime must be NAME=URL (NAME of a-z, 0-9 and -; an http(s) URL), not '${text}'`);
+    const m = /^([^=]+)=(https?:\/\/.+)$/.exec(text);
+    if (!m?.[1] || !m[2] || !RUNTIME_NAME.test(m[1])) throw new UsageError(`--runtime must be NAME=URL (NAME of a-z, 0-9 and -; an http(s) URL), not '${text}'`);
     return { name: m[1], url: m[2] };
   });
   const allowCidrs = values['allow-cidr'] ?? [];

@@ -402,7 +402,10 @@ export type FunctionName = 'heartbeat-timeout' | 'activity-score' | 'destroy-dis
  * its own ServiceAccount of that name (the identity the Broker's EventPolicies admit) and sends with the CloudEvent
  * `source` `/session-reaper/<name>` (sourceOf), which the functions check.
  */
-export type Workload = FunctionName | 'deadline-engine' | 'idle-checker';
+export const WORKLOADS = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release', 'deadline-engine', 'idle-checker'] as const satisfies readonly (
+  FunctionName | 'deadline-engine' | 'idle-checker'
+)[];
+export type Workload = (typeof WORKLOADS)[number];
 
 /** Who may send an event type: one of our workloads, the inference pipeline, or an operator. */
 export type Sender = Workload | 'inference-pipeline' | 'operator';
@@ -467,9 +470,6 @@ export function isEmittedType(type: unknown): type is EmittedType {
   return typeof type === 'string' && emittedTypes.has(type);
 }
 
-
-/** The workloads of ours that send anything, and the types each may send (for EventPolicies and their checks). */
-export const WORKLOADS: readonly Workload[] = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release', 'deadline-engine', 'idle-checker'];
 
 const sendersOfType = new Map<string, readonly Sender[]>(catalogue.map((entry) => [entry.type, entry.senders]));
 
