@@ -1,57 +1,16 @@
-// destroy-dispatch as deployed: the real process (functions-framework's main.js loading index.ts) over HTTP,
+// destroy-dispatch as deployed: the real process (its index.ts, serving the function as its container does) over HTTP,
 // with real Redis and a real event sink as K_SINK. Binary and structured CloudEvents, duplicates, malformed
 // events (400 naming the field, nothing written) and Redis being unreachable (503, so the Broker redelivers).
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { EventType, sendersOf, sourceOf } from '../core/contract/events.ts';
 import { freePort, startRedis, type RedisProcess } from '../../tests/support/redis-harness.ts';
+import { startFunctionProcess, type FunctionProcess } from '../activity-score/function-process-test-support.ts';
 import { TOPOLOGIES } from '../../tests/support/redis.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { startHarness, type Harness } from './destroy-dispatch-test-support.ts';
-
-const ROOT = resolve(import.meta.dirname, '../..');
-
-interface RunningFunction {
-  url: string;
-  close(): Promise<void>;
-}
-
-/** Starts the function as its container does, and waits until it answers HTTP. */
-async function startFunction(env: Record<string, string>): Promise<RunningFunction> {
-  const port = await freePort();
-  const child: ChildProcess = spawn(process.execPath, [join('functions', 'destroy-dispatch', 'index.ts')], {
-    cwd: ROOT,
-    env: { ...process.env, ...env, PORT: String(port) },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
-  const url = `http://127.0.0.1:${port}/`;
-  const until = Date.now() + 30_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`destroy-dispatch exited with ${child.exitCode}: ${stderr}`);
-    try {
-      await fetch(`${url}healthz`);
-      break;
-    } catch {
-      if (Date.now() > until) throw new Error(`destroy-dispatch did not start: ${stderr}`);
-      await sleep(100);
-    }
-  }
-  return {
-    url,
-    async close() {
-      if (child.exitCode !== null) return;
-      const exited = new Promise<void>((done) => child.once('exit', () => done()));
-      child.kill('SIGKILL');
-      await exited;
-    },
-  };
-}
 
 let seq = 0;
 // An event as its sender sends it: session-reaper's own types from the workload that sends them.
@@ -71,13 +30,13 @@ async function send(url: string, ce: CloudEvent<object>, mode: 'binary' | 'struc
 for (const topology of TOPOLOGIES) {
   describe(`destroy-dispatch over HTTP on ${topology} Redis`, () => {
     let h: Harness;
-    let fn: RunningFunction;
+    let fn: FunctionProcess;
     before(async () => {
       h = await startHarness(topology);
-      fn = await startFunction({ ...h.env, LOG_LEVEL: 'silent' });
+      fn = await startFunctionProcess('destroy-dispatch', { ...h.env, LOG_LEVEL: 'silent' });
     });
     after(async () => {
-      await fn.close();
+      await fn.stop();
       await h.close();
     });
 
@@ -149,7 +108,7 @@ describe('destroy-dispatch over HTTP when Redis is unreachable', () => {
   test('answers 503 (the Broker redelivers) while Redis is down, and succeeds once it is back', async () => {
     const redis: RedisProcess = await startRedis();
     const env = { REDIS_URL: redis.url, REDIS_CLUSTER_NODES: '', REDIS_KEY_PREFIX: 'down', K_SINK: sink.url, LOG_LEVEL: 'silent', CORE_TIMEOUT_MS: '500' };
-    const fn = await startFunction(env);
+    const fn = await startFunctionProcess('destroy-dispatch', env);
     try {
       const closed = cloudEvent(EventType.SessionClosed, { sessionId: 'down-1' });
       assert.equal((await send(fn.url, closed, 'binary')).status, 204, 'an unknown session is acknowledged while Redis is up');
@@ -167,20 +126,20 @@ describe('destroy-dispatch over HTTP when Redis is unreachable', () => {
       }
       assert.equal(status, 204, 'the redelivery succeeds once Redis is back');
     } finally {
-      await fn.close();
+      await fn.stop();
       await redis.stop();
     }
   });
 
   test('answers 503 when Redis was never reachable', async () => {
     const env = { REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_CLUSTER_NODES: '', K_SINK: sink.url, LOG_LEVEL: 'silent', CORE_TIMEOUT_MS: '200' };
-    const fn = await startFunction(env);
+    const fn = await startFunctionProcess('destroy-dispatch', env);
     try {
       const res = await send(fn.url, cloudEvent(EventType.SessionDestroyRequested, { sessionId: 'down-2' }), 'structured');
       assert.equal(res.status, 503, res.body);
       assert.equal(sink.events.length, 0);
     } finally {
-      await fn.close();
+      await fn.stop();
     }
   });
 });

@@ -6,8 +6,9 @@ import { EventType, type GpuReleaseRequested } from '../core/contract/events.ts'
 import { parseInbound } from '../core/contract/parse.ts';
 import { TransientError } from '../core/errors.ts';
 import { createCore, type Core, type CoreDeps } from '../core/function-host.ts';
-import { drawReleaseToken, type Placement } from '../core/session-store.ts';
+import { drawReleaseToken } from '../core/session-store.ts';
 import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { pendingRelease } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { dropPrefix, testRedisEnv, uniquePrefix } from '../../tests/support/redis.ts';
 import { createGpuReleaseDeps, GPU_RELEASE_ACCEPTS, handle, readGpuReleaseSettings, type GpuReleaseDeps, type GpuReleaseEvent } from './handle.ts';
@@ -32,15 +33,6 @@ async function failure(p: Promise<unknown>): Promise<TransientError> {
 }
 
 /** A destroy of a session placed at `placement`, waiting for its release under a fresh token (as destroy-dispatch leaves it). */
-async function pendingDestroy(deps: CoreDeps, sessionId: string, placement: Placement): Promise<{ incarnation: number; token: string }> {
-  const opened = await deps.store.open({ sessionId, fingerprint: `open-${sessionId}`, now: Date.now(), liveFrom: Date.now(), windowMs: 60_000, placement });
-  if (opened.code !== 'OPENED') throw new Error(`${sessionId}: ${opened.code}`);
-  await deps.store.claimDestroy({ sessionId, fingerprint: `close-${sessionId}`, cause: 'closed', now: Date.now() });
-  const token = drawReleaseToken();
-  await deps.store.advance(sessionId, opened.incarnation, 'gpu_release_requested', Date.now(), { attempt: 1, token });
-  return { incarnation: opened.incarnation, token };
-}
-
 describe('a GPU release is reported only once the runtime confirms it', () => {
   let sim: SimRuntime;
   // A runtime of its own for the breaker test, so its breaker counts only that test's calls.
@@ -79,7 +71,7 @@ describe('a GPU release is reported only once the runtime confirms it', () => {
   const eventsOf = (sessionId: string) => sink.events.filter((e) => e.event.subject === sessionId);
 
   it('emits gpu.released with the bytes the runtime freed, once, even when the request is redelivered', async () => {
-    const { incarnation, token } = await pendingDestroy(deps, 'rel-1', placement());
+    const { incarnation, token } = await pendingRelease(deps.store, 'rel-1', placement());
     sim.allocate('rel-1', incarnation, 2 * GiB);
     const ev = requested({ sessionId: 'rel-1', incarnation, placement: placement(), attempt: 1, token, reason: 'destroy' });
     await handle(ev, deps);
@@ -98,7 +90,7 @@ describe('a GPU release is reported only once the runtime confirms it', () => {
   });
 
   it('reports 404 (gone) and 409 (superseded) as released with 0 bytes, leaving a newer incarnation alone', async () => {
-    const gone = await pendingDestroy(deps, 'never-there', placement());
+    const gone = await pendingRelease(deps.store, 'never-there', placement());
     await handle(requested({ sessionId: 'never-there', incarnation: gone.incarnation, placement: placement(), attempt: 1, token: gone.token }), deps);
     // A session that moved to another node of the same runtime, which now holds its newer incarnation.
     const first = await deps.store.open({ sessionId: 'moved-on', fingerprint: 'open-a', now: Date.now(), liveFrom: Date.now(), windowMs: 60_000, placement: placement() });
@@ -112,7 +104,7 @@ describe('a GPU release is reported only once the runtime confirms it', () => {
   });
 
   it('a permanent refusal emits gpu.release.failed (not retryable, saying nothing the runtime sent) and acknowledges', async () => {
-    const { incarnation, token } = await pendingDestroy(deps, 'refused', placement());
+    const { incarnation, token } = await pendingRelease(deps.store, 'refused', placement());
     sim.allocate('refused', incarnation, GiB);
     sim.queueFaults(400);
     await handle(requested({ sessionId: 'refused', incarnation, placement: placement(), attempt: 1, token }), deps);
@@ -127,7 +119,7 @@ describe('a GPU release is reported only once the runtime confirms it', () => {
   it('calls nothing for a request that names no pending release, or another runtime than the session was opened with', async () => {
     const decoy = flakySim;
     const decoyCalls = decoy.stats().received;
-    const { incarnation, token } = await pendingDestroy(deps, 'stored-only', placement());
+    const { incarnation, token } = await pendingRelease(deps.store, 'stored-only', placement());
     sim.allocate('stored-only', incarnation, GiB);
     const before = sim.stats().received;
     await handle(requested({ sessionId: 'stored-only', incarnation, placement: placement(), attempt: 1, token: drawReleaseToken() }), deps);
@@ -140,7 +132,7 @@ describe('a GPU release is reported only once the runtime confirms it', () => {
   it('a retryable failure emits gpu.release.failed (retryable) and throws for redelivery; the open breaker spares the runtime; it recovers', async () => {
     const sim = flakySim;
     const placement = () => ({ node: 'gpu-node-a', runtimeUrl: sim.url, gpuBytes: GiB });
-    const { incarnation, token } = await pendingDestroy(deps, 'flaky', placement());
+    const { incarnation, token } = await pendingRelease(deps.store, 'flaky', placement());
     sim.allocate('flaky', incarnation, GiB);
     sim.setFaults({ down: true });
     const before = sim.stats().received;

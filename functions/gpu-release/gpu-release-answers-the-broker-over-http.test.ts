@@ -3,10 +3,9 @@ import assert from 'node:assert/strict';
 import { EventType } from '../core/contract/events.ts';
 import { drawReleaseToken } from '../core/session-store.ts';
 import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
-import { testCore, type TestCore } from '../../tests/support/core.ts';
+import { coreEnv, pendingRelease, testCore, type TestCore } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { freePort } from '../../tests/support/redis-harness.ts';
-import { testRedisEnv } from '../../tests/support/redis.ts';
 import { runtimesEnv } from '../../tests/support/runtimes.ts';
 import { postEvent, postRaw, startFunctionProcess, type FunctionProcess } from '../activity-score/function-process-test-support.ts';
 
@@ -20,15 +19,9 @@ describe('gpu-release answers the Broker over HTTP', () => {
 
   before(async () => {
     [sim, sink, core] = await Promise.all([startSimRuntime({ seed: 21 }), startEventSink(), testCore('single', { buckets: 32 })]);
-    fn = await startFunctionProcess('gpu-release', {
-      ...testRedisEnv('single'),
-      ...runtimesEnv({ name: 'sim', url: sim.url }),
-      REDIS_KEY_PREFIX: core.prefix,
-      K_SINK: sink.url,
-      LOG_LEVEL: 'silent',
-      RELEASE_RETRIES: '0',
-      BREAKER_VOLUME_THRESHOLD: '1000',
-    });
+    fn = await startFunctionProcess('gpu-release', coreEnv(core, 'single', {
+      ...runtimesEnv({ name: 'sim', url: sim.url }), K_SINK: sink.url, LOG_LEVEL: 'silent', RELEASE_RETRIES: '0', BREAKER_VOLUME_THRESHOLD: '1000',
+    }));
   });
   after(async () => {
     await fn.stop();
@@ -38,15 +31,7 @@ describe('gpu-release answers the Broker over HTTP', () => {
 
   const placement = () => ({ node: 'gpu-node-h', runtimeUrl: sim.url, gpuBytes: GiB });
 
-  // A destroy waiting for its release, as destroy-dispatch leaves it: what gpu-release may act on.
-  async function pending(sessionId: string): Promise<{ incarnation: number; token: string }> {
-    const opened = await core.store.open({ sessionId, fingerprint: `o-${sessionId}`, now: Date.now(), liveFrom: Date.now(), windowMs: 60_000, placement: placement() });
-    if (opened.code !== 'OPENED') throw new Error(opened.code);
-    await core.store.claimDestroy({ sessionId, fingerprint: `c-${sessionId}`, cause: 'closed', now: Date.now() });
-    const token = drawReleaseToken();
-    await core.store.advance(sessionId, opened.incarnation, 'gpu_release_requested', Date.now(), { attempt: 1, token });
-    return { incarnation: opened.incarnation, token };
-  }
+  const pending = (sessionId: string) => pendingRelease(core.store, sessionId, placement());
 
   const request = (sessionId: string, incarnation: number, token: string) => ({ sessionId, incarnation, attempt: 1, token, placement: placement() });
   const OURS = '/session-reaper/destroy-dispatch';

@@ -9,7 +9,6 @@ import { tempStoreDir } from '../local-broker/test-support.ts';
 import type { Placement } from '../core/session-store.ts';
 import { fp, type TestCore } from '../../tests/support/core.ts';
 import { freePort } from '../../tests/support/redis-harness.ts';
-import { testRedisEnv, type Topology } from '../../tests/support/redis.ts';
 
 const CLI = join(import.meta.dirname, 'cli.ts');
 
@@ -29,9 +28,7 @@ export function cliEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
 }
 
 /** The Redis settings of a test core, as the CLI reads them. */
-export function coreEnv(core: TestCore, topology: Topology): Record<string, string> {
-  return { ...testRedisEnv(topology), REDIS_KEY_PREFIX: core.prefix, INDEX_BUCKETS: String(core.keys.buckets) };
-}
+export { coreEnv } from '../../tests/support/core.ts';
 
 /** Runs `sessionctl <args>` with Node (the test runner's own, Node 24) and waits for it to exit. */
 export function sessionctl(args: readonly string[], env: NodeJS.ProcessEnv, opts: { onStdout?: (chunk: string, child: { kill(signal: NodeJS.Signals): void }) => void } = {}): Promise<CliRun> {

@@ -9,7 +9,7 @@ import { drawReleaseToken } from '../../functions/core/session-store.ts';
 import { startHarness, type Harness } from '../../functions/destroy-dispatch/destroy-dispatch-test-support.ts';
 import { releaseMember } from '../../functions/destroy-dispatch/storm-guard.ts';
 import { startFunctionProcess, type FunctionProcess } from '../../functions/activity-score/function-process-test-support.ts';
-import { forge, post, snapshot, until } from './attack-support.ts';
+import { forge, post, snapshot } from './attack-support.ts';
 
 const T = 'dev.sessionreaper.';
 
@@ -50,7 +50,8 @@ describe('a release is booked only as the answer to one requested', () => {
     for (const id of ['ending-1', 'ending-2']) {
       assert.equal((await post(fn.url, forge(`${T}session.closed`, { sessionId: id }, { source: '/inference-pipeline' }))).status, 204);
     }
-    const request = await until('the first release requested', () => Promise.resolve(h.emitted(EventType.GpuReleaseRequested, 'ending-1')[0]));
+    const emittedFor = (type: string, sessionId: string) => h.sink.waitForEvent((e) => e.event.type === type && e.event.subject === sessionId, { timeoutMs: 30_000 });
+    const request = await emittedFor(EventType.GpuReleaseRequested, 'ending-1');
     const { token } = request.event.data as { token: string };
     assert.equal((await h.deps.store.inspect('ending-2'))?.stage, 'claimed');
     const ledger = (await snapshot(h.deps.store, 'ending-1')).ledger.totals;
@@ -67,8 +68,8 @@ describe('a release is booked only as the answer to one requested', () => {
 
     // The real answer, echoing the token it was sent, is booked, and the destroy goes on.
     assert.equal((await post(fn.url, released('ending-1', first, token))).status, 204);
-    await until('ending-1 destroyed', () => Promise.resolve(h.emitted(EventType.SessionDestroyed, 'ending-1')[0]));
-    await until('ending-2 handed the slot', () => Promise.resolve(h.emitted(EventType.GpuReleaseRequested, 'ending-2')[0]));
+    await emittedFor(EventType.SessionDestroyed, 'ending-1');
+    await emittedFor(EventType.GpuReleaseRequested, 'ending-2');
     assert.equal((await snapshot(h.deps.store, 'ending-1')).ledger.totals.releasedBytes, ledger.releasedBytes + 1000);
   });
 });

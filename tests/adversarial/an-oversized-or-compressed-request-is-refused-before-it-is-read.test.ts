@@ -11,10 +11,10 @@ import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { EventType } from '../../functions/core/contract/events.ts';
 import { startLocalBroker, type LocalBroker } from '../../functions/local-broker/broker.ts';
+import { tempStoreDir } from '../../functions/local-broker/test-support.ts';
 import { startHeartbeatFunction, type RunningProcess } from '../../functions/heartbeat-timeout/heartbeat-test-support.ts';
-import { testCore, type TestCore } from '../support/core.ts';
+import { coreEnv, testCore, type TestCore } from '../support/core.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
-import { testRedisEnv } from '../support/redis.ts';
 import { runtimesEnv } from '../support/runtimes.ts';
 import { forge, post } from './attack-support.ts';
 
@@ -69,8 +69,8 @@ describe('an oversized or compressed request is refused before it is read', () =
   before(async () => {
     core = await testCore('single', { buckets: 32 });
     sink = await startEventSink();
-    fn = await startHeartbeatFunction({ ...testRedisEnv('single'), ...runtimesEnv(), REDIS_KEY_PREFIX: core.prefix, INDEX_BUCKETS: '32', K_SINK: sink.url, LOG_LEVEL: 'silent' });
-    broker = await startLocalBroker({ subscribers: {}, deadLetterDir: `/tmp/sr-adversarial-dl-${process.pid}` });
+    fn = await startHeartbeatFunction(coreEnv(core, 'single', { ...runtimesEnv(), K_SINK: sink.url, LOG_LEVEL: 'silent' }));
+    broker = await startLocalBroker({ subscribers: {}, deadLetterDir: tempStoreDir('adversarial') });
   });
   after(async () => {
     await fn.stop();

@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { auditLedger, type LedgerAudit } from '../../functions/core/ledger.ts';
 import type { SessionStore, SessionView } from '../../functions/core/session-store.ts';
+import { postRaw } from '../../functions/activity-score/function-process-test-support.ts';
 
 /** A CloudEvent as an attacker sends it: any type, source and attributes. */
 export function forge(type: string, data: unknown, attrs: Record<string, string> = {}): CloudEvent<unknown> {
@@ -12,19 +13,10 @@ export function forge(type: string, data: unknown, attrs: Record<string, string>
 }
 
 /** Posts an event in binary mode, with a bearer token when given; the status and the parsed body. */
-export async function post(url: string, ce: CloudEvent<unknown>, token?: string): Promise<{ status: number; body: unknown }> {
+export function post(url: string, ce: CloudEvent<unknown>, token?: string): Promise<{ status: number; body: unknown }> {
   const message = HTTP.binary(ce);
-  const headers: Record<string, string> = { ...(message.headers as Record<string, string>) };
-  if (token !== undefined) headers.authorization = `Bearer ${token}`;
-  const res = await fetch(url, { method: 'POST', headers, body: message.body as string });
-  const text = await res.text();
-  let body: unknown = text;
-  try {
-    body = text === '' ? undefined : (JSON.parse(text) as unknown);
-  } catch {
-    // not JSON: kept as text
-  }
-  return { status: res.status, body };
+  const headers = { ...(message.headers as Record<string, string>), ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) };
+  return postRaw(url, headers, message.body as string);
 }
 
 /** What an attack on a session must not change. */

@@ -13,9 +13,8 @@ import fc from 'fast-check';
 import { EventType, OWN_SOURCE_PREFIX, isEmittedType, sendersOf, sourceOf, type Workload } from '../../functions/core/contract/events.ts';
 import { auditLedger } from '../../functions/core/ledger.ts';
 import { startFunctionProcess, type FunctionProcess } from '../../functions/activity-score/function-process-test-support.ts';
-import { testCore, type TestCore } from '../support/core.ts';
+import { coreEnv, testCore, type TestCore } from '../support/core.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
-import { testRedisEnv } from '../support/redis.ts';
 import { runtimesEnv } from '../support/runtimes.ts';
 
 const FUNCTIONS = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release'] as const;
@@ -93,7 +92,7 @@ describe('hostile events get a documented answer and change nothing', () => {
   before(async () => {
     core = await testCore('single', { buckets: 32 });
     sink = await startEventSink();
-    const env = { ...testRedisEnv('single'), ...runtimesEnv(), REDIS_KEY_PREFIX: core.prefix, INDEX_BUCKETS: '32', K_SINK: sink.url, LOG_LEVEL: 'silent', RELEASE_RETRIES: '0' };
+    const env = coreEnv(core, 'single', { ...runtimesEnv(), K_SINK: sink.url, LOG_LEVEL: 'silent', RELEASE_RETRIES: '0' });
     for (const fn of FUNCTIONS) fns.set(fn, await startFunctionProcess(fn, env));
     const now = Date.now();
     const opened = await core.store.open({

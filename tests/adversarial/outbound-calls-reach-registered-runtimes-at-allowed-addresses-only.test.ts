@@ -11,7 +11,8 @@ import { pino } from 'pino';
 import { DEFAULT_LOAD_POLICY } from '../../functions/activity-score/load-policy.ts';
 import { createMemoryProbe, LoadMonitor } from '../../functions/activity-score/load-monitor.ts';
 import { OutboundAddressPolicy } from '../../functions/core/outbound-address.ts';
-import { createRuntimeClient, RuntimeReleaseError } from '../../functions/core/runtime-client.ts';
+import { createRuntimeClient } from '../../functions/core/runtime-client.ts';
+import { rejection, testClientOptions } from '../../functions/gpu-release/runtime-client-test-support.ts';
 import { RuntimeRegistry } from '../../functions/core/runtime-registry.ts';
 import { deregisterFromRouterHook } from '../../functions/destroy-dispatch/hooks.ts';
 import { startSimRuntime, type SimRuntime } from '../../functions/sim-gpu-runtime/server.ts';
@@ -36,21 +37,7 @@ describe('outbound calls reach registered runtimes at allowed addresses only', (
   after(() => new Promise<void>((r) => target.close(() => r())));
 
   const client = (registry: RuntimeRegistry, allowed: string[]) =>
-    createRuntimeClient({
-      timeoutMs: 2000, retries: 0, baseBackoffMs: 1, maxBackoffMs: 1,
-      breaker: { errorThresholdPercentage: 50, resetTimeoutMs: 1000, volumeThreshold: 1000, rollingCountTimeoutMs: 10_000 },
-      registry, addressPolicy: new OutboundAddressPolicy(allowed),
-    });
-
-  async function refusal(p: Promise<unknown>): Promise<RuntimeReleaseError> {
-    try {
-      await p;
-    } catch (err) {
-      assert.ok(err instanceof RuntimeReleaseError, String(err));
-      return err;
-    }
-    return assert.fail('the call went through');
-  }
+    createRuntimeClient(testClientOptions({ retries: 0, registry, addressPolicy: new OutboundAddressPolicy(allowed) }));
 
   test('a registered name that resolves to loopback, and loopback in disguise, are refused unless loopback is allowed', async () => {
     const named = `http://localhost:${port}`;
@@ -58,7 +45,7 @@ describe('outbound calls reach registered runtimes at allowed addresses only', (
     const strict = client(registry, ['10.0.0.0/8']);
     try {
       for (const url of [named, `http://2130706433:${port}`, `http://[::ffff:7f00:1]:${port}`]) {
-        const err = await refusal(strict.release(url, 's', 1));
+        const err = await rejection(strict.release(url, 's', 1));
         assert.equal(err.reason, 'forbidden_address', url);
         assert.equal(err.retryable, false);
       }
@@ -79,9 +66,9 @@ describe('outbound calls reach registered runtimes at allowed addresses only', (
     const registry = new RuntimeRegistry([{ name: 'meta', url: 'http://169.254.169.254' }, { name: 'lan', url: 'http://192.168.77.1:8000' }]);
     const c = client(registry, ['10.0.0.0/8']);
     try {
-      assert.equal((await refusal(c.release('http://169.254.169.254', 's', 1))).reason, 'forbidden_address');
-      assert.equal((await refusal(c.memory('http://192.168.77.1:8000'))).reason, 'forbidden_address');
-      assert.equal((await refusal(c.release(`http://127.0.0.1:${port}`, 's', 1))).reason, 'unregistered_runtime');
+      assert.equal((await rejection(c.release('http://169.254.169.254', 's', 1))).reason, 'forbidden_address');
+      assert.equal((await rejection(c.memory('http://192.168.77.1:8000'))).reason, 'forbidden_address');
+      assert.equal((await rejection(c.release(`http://127.0.0.1:${port}`, 's', 1))).reason, 'unregistered_runtime');
     } finally {
       c.shutdown();
     }

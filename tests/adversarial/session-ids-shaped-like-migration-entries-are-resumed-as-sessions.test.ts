@@ -7,9 +7,8 @@ import { after, before, describe, test } from 'node:test';
 import { EventType } from '../../functions/core/contract/events.ts';
 import { createCore, type Core } from '../../functions/core/function-host.ts';
 import { DeadlineEngine } from '../../functions/heartbeat-timeout/deadline-engine.ts';
-import { fp, placementA, placementB, testCore, type TestCore } from '../support/core.ts';
+import { coreEnv, fp, placementA, placementB, testCore, type TestCore } from '../support/core.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
-import { testRedisEnv } from '../support/redis.ts';
 
 const STALL_MS = 1000;
 
@@ -24,7 +23,7 @@ describe('session ids shaped like migration entries are resumed as the sessions 
     sink = await startEventSink();
     engineCore = createCore({
       name: 'deadline-engine',
-      env: { ...testRedisEnv('single'), REDIS_KEY_PREFIX: core.prefix, INDEX_BUCKETS: '4', K_SINK: sink.url, LOG_LEVEL: 'silent', DESTROY_STALL_MS: String(STALL_MS) },
+      env: coreEnv(core, 'single', { K_SINK: sink.url, LOG_LEVEL: 'silent', DESTROY_STALL_MS: String(STALL_MS) }),
     });
     await engineCore.ready();
     engine = new DeadlineEngine({ deps: engineCore.deps, ready: () => engineCore.ready() });

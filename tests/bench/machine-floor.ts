@@ -138,7 +138,7 @@ async function stop(proc: ChildProcess): Promise<void> {
 }
 
 /** Measures the floor; the machine should be otherwise idle. */
-export async function measureMachineFloor(redisUrl: string, redisPassword = ''): Promise<MachineFloor> {
+export async function measureMachineFloor(redisUrl: string, redisPassword: string): Promise<MachineFloor> {
   const dir = mkdtempSync(join(tmpdir(), 'session-reaper-floor-'));
   const noDomain = join(dir, 'no-domain.cjs');
   try {

@@ -1,8 +1,8 @@
 // Cross-checks no schema can make: every Trigger's subscriber and sink exist, every function has its Service,
 // Triggers, AuthorizationPolicy and Sidecar, the deadline engine and the idle checker run as they must, settings are
 // ones the processes read (by the functions' own settings schemas) with values they accept, every image skaffold
-// builds is deployed and holds what its entry points import, gpu-release lands on the Terraform GPU pool, and the
-// install notes name the versions checked against.
+// builds is deployed and holds what its entry points import, gpu-release lands on the Terraform GPU pool, each sender
+// may send exactly what the catalogue names, and the install notes name the versions checked against.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -19,6 +19,7 @@ import {
   checkLongRunning,
   checkRedisAccess,
   checkReferences,
+  checkSenderPolicies,
   checkSettings,
   checkSkaffoldImages,
   entryPoints,
@@ -29,6 +30,8 @@ import {
   withEnv,
   type GpuPool,
 } from './deployment-checks.ts';
+import { EventType } from '../../functions/core/contract/events.ts';
+import { admittingPolicy, senderPoliciesOf } from '../../functions/local-broker/event-policies.ts';
 import { checkImageContents, imageUses } from './image-contents.ts';
 import { SchemaRegistry, describe as describeManifest, formatIssues, parseManifests, upstreamSchemasDir, type Json, type Manifest } from './manifest-schemas.ts';
 
@@ -232,5 +235,47 @@ void describe('functions, triggers, policies and images line up', () => {
   void it('notices gpu-release missing a toleration for the GPU pool', () => {
     const ms = withChange(overlay('prod'), 'Service', 'gpu-release', '/spec/template/spec/tolerations', [{ key: 'sessionreaper.dev/node-pool', operator: 'Equal', value: 'gpu', effect: 'NoSchedule' }]);
     assert.match(checkGpuScheduling(ms, gpuPool).join('\n'), /does not tolerate the GPU pool's taint nvidia\.com\/gpu/);
+  });
+});
+
+// Who may send what to the Broker, as the rendered EventPolicies decide it (Knative Eventing's sender authorization:
+// an event is admitted when one policy names its sender's OIDC subject and its filters pass; knative/eventing
+// pkg/auth/verifier.go). Evaluated for every contract type and every sender of every overlay, with the evaluation the
+// local Broker of `npm start` applies, so both deploy and local runs enforce the catalogue's `senders`. (The policies'
+// schemas are checked with every other document in every-overlay-renders-and-matches-the-upstream-schemas.)
+void describe('each sender may send exactly what the catalogue names', () => {
+  for (const o of OVERLAYS) {
+    void it(`${o}: every type is admitted from its catalogue senders alone, each as itself, with its own token`, () => {
+      assert.deepEqual(checkSenderPolicies(overlay(o)), []);
+    });
+  }
+
+  void it('the pipeline cannot end a session as the system, nor an operator close one as the pipeline', () => {
+    const policies = senderPoliciesOf(overlay('prod').map((m) => m.doc as Record<string, unknown>), 'default');
+    const pipeline = 'system:serviceaccount:inference:inference-pipeline';
+    const operator = 'system:serviceaccount:session-reaper:session-reaper-operator';
+    const admits = (subject: string, type: string, source: string) => admittingPolicy(policies, subject, { specversion: '1.0', id: 'x', type, source }) !== undefined;
+    assert.ok(admits(pipeline, EventType.SessionClosed, '/inference-pipeline'));
+    for (const type of [EventType.SessionExpired, EventType.GpuReleased, EventType.DestroyResume, EventType.GpuReleaseRequested, EventType.SessionDestroyRequested]) {
+      assert.ok(!admits(pipeline, type, '/inference-pipeline'), `the pipeline may not send ${type}`);
+    }
+    assert.ok(!admits(pipeline, EventType.SessionClosed, '/session-reaper/destroy-dispatch'), 'nor speak as session-reaper');
+    assert.ok(admits(operator, EventType.SessionDestroyRequested, '/sessionctl'));
+    assert.ok(!admits(operator, EventType.SessionClosed, '/sessionctl'));
+    assert.ok(!admits('system:serviceaccount:session-reaper:gpu-release', EventType.GpuReleased, '/session-reaper/destroy-dispatch'), 'a workload speaks only as itself');
+    assert.ok(!admits('system:serviceaccount:default:default', EventType.SessionHeartbeat, '/x'), 'nobody else sends anything');
+  });
+
+  // The check must be able to fail.
+  void it('notices a sender admitted for more than the catalogue names, a source left open, and a token missing', () => {
+    const wider = withChange(overlay('prod'), 'EventPolicy', 'sender-inference-pipeline', '/spec/filters/0/all/0/any/-', { exact: { type: EventType.GpuReleased } });
+    assert.match(checkSenderPolicies(wider).join('\n'), /inference-pipeline .* may send dev\.sessionreaper\.gpu\.released, but the catalogue says it does not/);
+    const unpinned = withChange(overlay('prod'), 'EventPolicy', 'sender-gpu-release', '/spec/filters/0/all/1', { prefix: { source: '/' } });
+    assert.match(checkSenderPolicies(unpinned).join('\n'), /gpu-release may send dev\.sessionreaper\.gpu\.released under the source \/session-reaper\/destroy-dispatch/);
+    const missing = overlay('prod').filter((m) => describeManifest(m) !== 'EventPolicy/sender-deadline-engine');
+    assert.match(checkSenderPolicies(missing).join('\n'), /deadline-engine should have exactly one EventPolicy/);
+    assert.match(checkSenderPolicies(missing).join('\n'), /Trigger\/destroy-dispatch-session-expired waits for dev\.sessionreaper\.session\.expired, which no sender may send/);
+    const tokenless = withChange(overlay('prod'), 'Service', 'destroy-dispatch', '/spec/template/spec/volumes/0/projected/sources/0/serviceAccountToken/audience', 'kubernetes');
+    assert.match(checkSenderPolicies(tokenless).join('\n'), /Service\/destroy-dispatch does not present a token of destroy-dispatch/);
   });
 });

@@ -12,13 +12,12 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { auditLedger } from '../../functions/core/ledger.ts';
-import { connectRedis, createRedisClient, type RedisClient } from '../../functions/core/redis/connect.ts';
+import type { RedisClient } from '../../functions/core/redis/connect.ts';
 import { KeySpace } from '../../functions/core/redis/keys.ts';
-import { Scripts } from '../../functions/core/redis/scripts.ts';
-import { SessionStore } from '../../functions/core/session-store.ts';
+import type { SessionStore } from '../../functions/core/session-store.ts';
 import { openDeadLetterStore } from '../../functions/local-broker/dead-letters.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
-import { missingEntryFiles } from '../support/stack.ts';
+import { missingEntryFiles, stackStore } from '../support/stack.ts';
 import { readStackFile, spawnStart, stopWith, twoFreePorts, waitHealthy, type StackFile, type StartedProcess } from './npm-start-process.ts';
 
 const T = 'dev.sessionreaper.';
@@ -54,10 +53,8 @@ describe('npm start', { skip: missing.length ? `entry points missing: ${missing.
     healthAnswers = await waitHealthy(started, ports[0]);
     info = readStackFile(started.stateDir);
     ingress = `http://127.0.0.1:${ports[0]}/`;
-    redis = createRedisClient({ REDIS_URL: info.redisUrl, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: info.redisPassword, REDIS_TLS: false, CORE_TIMEOUT_MS: 5000 });
     pipelineToken = readFileSync(info.tokenFiles['inference-pipeline']!, 'utf8').trim();
-    await connectRedis(redis);
-    store = new SessionStore(redis, new KeySpace(info.keyPrefix, 32), await Scripts.register(redis), { tombstoneTtlMs: 60_000 });
+    ({ redis, store } = await stackStore(info));
   });
 
   after(async () => {

@@ -1,9 +1,9 @@
 // A session core wired to the shared test Redis of one topology, under its own key prefix.
 import { KeySpace } from '../../functions/core/redis/keys.ts';
 import { Scripts } from '../../functions/core/redis/scripts.ts';
-import { SessionStore, eventFingerprint, type Placement } from '../../functions/core/session-store.ts';
+import { SessionStore, drawReleaseToken, eventFingerprint, type Placement } from '../../functions/core/session-store.ts';
 import type { RedisClient } from '../../functions/core/redis/connect.ts';
-import { dropPrefix, testRedis, uniquePrefix, type Topology } from './redis.ts';
+import { dropPrefix, testRedis, testRedisEnv, uniquePrefix, type Topology } from './redis.ts';
 
 export interface TestCore {
   store: SessionStore;
@@ -38,6 +38,25 @@ export function fp(label = 'e'): string {
 
 export const placementA: Placement = { node: 'gpu-node-a', runtimeUrl: 'http://runtime-a.test:8000', gpuBytes: 1000 };
 export const placementB: Placement = { node: 'gpu-node-b', runtimeUrl: 'http://runtime-b.test:8000/rt', gpuBytes: 3000 };
+
+/**
+ * A destroy waiting for its GPU release, as destroy-dispatch leaves it (opened, claimed, its release requested under
+ * a fresh token): what gpu-release may act on. Its incarnation and the token an answer must echo.
+ */
+export async function pendingRelease(store: SessionStore, sessionId: string, placement: Placement): Promise<{ incarnation: number; token: string }> {
+  const now = Date.now();
+  const opened = await store.open({ sessionId, fingerprint: `open-${sessionId}`, now, liveFrom: now, windowMs: 60_000, placement });
+  if (opened.code !== 'OPENED') throw new Error(`${sessionId}: ${opened.code}`);
+  await store.claimDestroy({ sessionId, fingerprint: `close-${sessionId}`, cause: 'closed', now });
+  const token = drawReleaseToken();
+  await store.advance(sessionId, opened.incarnation, 'gpu_release_requested', now, { attempt: 1, token });
+  return { incarnation: opened.incarnation, token };
+}
+
+/** The settings a process needs to work on a test core's keys (its Redis, key prefix and buckets), plus `extra`. */
+export function coreEnv(core: TestCore, topology: Topology, extra: Record<string, string> = {}): Record<string, string> {
+  return { ...testRedisEnv(topology), REDIS_KEY_PREFIX: core.prefix, INDEX_BUCKETS: String(core.keys.buckets), ...extra };
+}
 
 /** Opens a session with a 1000 ms window at `now`. */
 export function openAt(core: TestCore, sessionId: string, now: number, placement: Placement = placementA, fingerprint = fp('open')) {
