@@ -60,8 +60,8 @@ export interface Placement {
 }
 
 export type OpenResult =
-  | { code: 'OPENED'; incarnation: number; deadline: number }
-  | { code: 'REOPENED'; incarnation: number; deadline: number; previousIncarnation: number }
+  | { code: 'OPENED'; incarnation: number; deadline: number; endedBy?: Cause }
+  | { code: 'REOPENED'; incarnation: number; deadline: number; previousIncarnation: number; endedBy?: Cause }
   | { code: 'REFRESHED'; incarnation: number; deadline: number }
   | { code: 'MIGRATED'; incarnation: number; deadline: number; previous: { incarnation: number; placement: Placement; token: string } }
   | { code: 'DUPLICATE' | 'STALE' | 'BUSY' | 'NOT_OWNER'; incarnation: number };
@@ -96,7 +96,7 @@ export interface ReleaseAttempt {
 export type ClaimResult =
   | { code: 'CLAIMED' | 'ALREADY' | 'DUPLICATE'; incarnation: number; stage: Stage; cause: Cause; placement: Placement; release: ReleaseAttempt }
   | { code: 'STALE' | 'REVIVED' | 'ENDED' | 'NOT_OWNER'; incarnation: number }
-  | { code: 'UNKNOWN' };
+  | { code: 'UNKNOWN' | 'MARKED' };
 
 /** What the deadline engine's claim of a bucket's due sessions took (claimDue). */
 export interface DueClaims {
@@ -135,6 +135,14 @@ export type ReleaseResult =
 export type ReleaseTarget =
   | { code: 'PENDING'; kind: 'destroy' | 'migration'; node: string; runtimeUrl: string; attempt: number }
   | { code: 'NOT_PENDING'; why: 'unknown' | 'stale' | 'live' | 'not_requested' | 'released' | 'token_mismatch' };
+
+/** What gpu-release's delivery of a release request may do about the runtime call (beginReleaseCall). */
+export type ReleaseCall =
+  | { code: 'CALL'; kind: 'destroy' | 'migration'; node: string; runtimeUrl: string; attempt: number }
+  | { code: 'IN_FLIGHT'; leaseUntil: number }
+  | { code: 'ANSWERED'; freedBytes: number; node: string }
+  | { code: 'FAILED' }
+  | Extract<ReleaseTarget, { code: 'NOT_PENDING' }>;
 
 export type PurgeResult =
   | { code: 'PURGED' | 'COMPLETED' }
@@ -278,17 +286,22 @@ export class SessionStore {
     const migrationToken = drawReleaseToken();
     const r = await this.#scripts.run(
       'openSession',
-      [k.session, k.deadlines, k.meta, k.placements, k.ledger, k.migrations, k.destroying],
+      [k.session, k.deadlines, k.meta, k.placements, k.ledger, k.migrations, k.destroying, k.endMarker],
       [input.sessionId, input.fingerprint, input.now, Math.min(input.liveFrom, input.now), input.windowMs,
         input.placement.node, input.placement.runtimeUrl, input.placement.gpuBytes, input.tenant ?? '', input.model ?? '', migrationToken],
     );
     const code = str(r[0]);
     switch (code) {
-      case 'OPENED':
       case 'REFRESHED':
         return { code, incarnation: num(r[1]), deadline: num(r[2]) };
-      case 'REOPENED':
-        return { code, incarnation: num(r[1]), deadline: num(r[2]), previousIncarnation: num(r[3]) };
+      case 'OPENED':
+      case 'REOPENED': {
+        const endedBy = str(r[4]);
+        return {
+          code, incarnation: num(r[1]), deadline: num(r[2]), ...(code === 'REOPENED' ? { previousIncarnation: num(r[3]) } : {}),
+          ...(endedBy === '' ? {} : { endedBy: endedBy as Cause }),
+        } as OpenResult;
+      }
       case 'MIGRATED':
         return {
           code, incarnation: num(r[1]), deadline: num(r[2]),
@@ -441,13 +454,20 @@ export class SessionStore {
      * session. Absent for our own triggers and an operator's, which may end any session.
      */
     owner?: string | undefined;
+    /** When the cause was triggered, by event time (default: now); the earliest trigger is the destroy's cause. */
+    causeAt?: number | undefined;
+    /**
+     * The pipeline's ends: one that finds no session yet (the Broker delivered it before the open) waits in a marker
+     * for the tombstone TTL, and ends the open it was sent after (MARKED). Needs `sentAt` and `owner`.
+     */
+    waitForOpen?: boolean;
   }): Promise<ClaimResult> {
     const k = this.keys.session(input.sessionId);
     const r = await this.#scripts.run(
       'claimDestroy',
-      [k.session, k.deadlines, k.destroying, k.context],
+      [k.session, k.deadlines, k.destroying, k.context, k.endMarker],
       [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0, input.sentAt ?? '',
-        input.owner === undefined ? '' : `t:${input.owner}`],
+        input.owner === undefined ? '' : `t:${input.owner}`, input.causeAt ?? '', input.waitForOpen === true ? this.#tombstoneTtlMs : ''],
     );
     const code = str(r[0]);
     switch (code) {
@@ -467,6 +487,7 @@ export class SessionStore {
       case 'NOT_OWNER':
         return { code, incarnation: num(r[1]) };
       case 'UNKNOWN':
+      case 'MARKED':
         return { code };
     }
     throw new UnexpectedReplyError(`claimDestroy replied ${code}`);
@@ -567,6 +588,40 @@ export class SessionStore {
     }
     if (code === 'NOT_PENDING') return { code, why: str(r[1]) as Extract<ReleaseTarget, { code: 'NOT_PENDING' }>['why'] };
     throw new UnexpectedReplyError(`releaseTarget replied ${code}`);
+  }
+
+  /**
+   * Takes the one runtime call a release attempt gets (the attempt pending under `token`): CALL for this delivery,
+   * or what an earlier one made of it. The call is leased for `leaseMs`; settleReleaseCall records its outcome.
+   */
+  async beginReleaseCall(sessionId: string, incarnation: number, token: string, now: number, leaseMs: number): Promise<ReleaseCall> {
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run('beginReleaseCall', [k.session, k.migrations, k.placements, k.releaseCalls], [sessionId, incarnation, token, now, leaseMs]);
+    const code = str(r[0]);
+    switch (code) {
+      case 'CALL': {
+        const kind = str(r[1]);
+        if (kind !== 'destroy' && kind !== 'migration') throw new UnexpectedReplyError(`beginReleaseCall replied kind ${kind}`);
+        return { code, kind, node: str(r[2]), runtimeUrl: str(r[3]), attempt: num(r[4]) };
+      }
+      case 'IN_FLIGHT':
+        return { code, leaseUntil: num(r[1]) };
+      case 'ANSWERED':
+        return { code, freedBytes: num(r[1]), node: str(r[2]) };
+      case 'FAILED':
+        return { code };
+      case 'NOT_PENDING':
+        return { code, why: str(r[1]) as Extract<ReleaseTarget, { code: 'NOT_PENDING' }>['why'] };
+    }
+    throw new UnexpectedReplyError(`beginReleaseCall replied ${code}`);
+  }
+
+  /** Records what came of a runtime call taken with beginReleaseCall; false when the call is no longer this token's. */
+  async settleReleaseCall(sessionId: string, incarnation: number, token: string, outcome: { answered: number } | 'failed' | 'retry'): Promise<boolean> {
+    const k = this.keys.session(sessionId);
+    const args = typeof outcome === 'object' ? ['answered', outcome.answered] : [outcome, ''];
+    const r = await this.#scripts.run('settleReleaseCall', [k.releaseCalls], [incarnation, token, ...args]);
+    return str(r[0]) === 'SETTLED';
   }
 
   /** The GPU release attempt a destroy has recorded (its number and token), or undefined when none. */

@@ -91,10 +91,10 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
   const fingerprint = eventFingerprint(event.source, event.id);
   switch (event.type) {
     case EventType.SessionClosed:
-      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'closed', now, sentAt: sentAtOf(event), owner: event.tenant ?? '' });
+      return trigger(deps, pipelineEnd(event, fingerprint, 'closed', now));
     case EventType.SessionDestroyRequested:
       deps.logger.info({ sessionId: event.data.sessionId, reason: event.data.reason }, 'destroy requested by an operator');
-      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'forced', now, sentAt: sentAtOf(event) });
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'forced', now, sentAt: sentAtOf(event), causeAt: eventTimeOf(event, now) });
     case EventType.SessionExpired:
       // The deadline engine claimed the destroy already; this resumes it (or finds it a duplicate).
       return trigger(deps, { sessionId: event.data.sessionId, fingerprint, incarnation: event.data.incarnation, cause: 'expired', now });
@@ -103,13 +103,14 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
       // session and the claim is refused (claim-destroy-4.lua). The event carries no earlier instant to use.
       return trigger(deps, {
         sessionId: event.data.sessionId, fingerprint, incarnation: event.data.incarnation, cause: 'idle', now, idleSince: eventTimeOf(event, now),
+        causeAt: eventTimeOf(event, now),
       });
     case EventType.InferenceCompleted:
       if (!event.data.release) {
         if (deps.logger.isLevelEnabled('debug')) deps.logger.debug({ sessionId: event.data.sessionId, requestId: event.data.requestId }, 'inference completed without release: ignored');
         return;
       }
-      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, cause: 'completed', now, sentAt: sentAtOf(event), owner: event.tenant ?? '' });
+      return trigger(deps, pipelineEnd(event, fingerprint, 'completed', now));
     case EventType.GpuReleased:
       return released(deps, event.data, now);
     case EventType.GpuReleaseFailed:
@@ -119,10 +120,15 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
   }
 }
 
-async function trigger(
-  deps: DestroyDispatchDeps,
-  claim: { sessionId: string; fingerprint: string; cause: Cause; now: number; incarnation?: number; idleSince?: number; sentAt?: number | undefined; owner?: string },
-): Promise<void> {
+/** A claim by one of the pipeline's ends (closed, completed): fenced by its send time, and kept for an open it beat. */
+function pipelineEnd(event: { data: { sessionId: string }; time?: string | undefined; tenant?: string | undefined }, fingerprint: string, cause: Cause, now: number): ClaimInput {
+  const sentAt = sentAtOf(event);
+  return { sessionId: event.data.sessionId, fingerprint, cause, now, sentAt, causeAt: sentAt, owner: event.tenant ?? '', waitForOpen: true };
+}
+
+type ClaimInput = Parameters<DestroyDispatchDeps['store']['claimDestroy']>[0];
+
+async function trigger(deps: DestroyDispatchDeps, claim: ClaimInput): Promise<void> {
   const r = await deps.store.claimDestroy(claim);
   const log = deps.logger;
   switch (r.code) {
@@ -131,6 +137,13 @@ async function trigger(
     case 'CLAIMED':
     case 'ALREADY':
     case 'DUPLICATE':
+      // ALREADY: another trigger claimed this destroy and requests its release; a second request would reach the
+      // runtime again. A request lost after its checkpoint is re-issued by the stall watchdog, under a new attempt.
+      // From any other checkpoint, going on repeats no effect.
+      if (r.code === 'ALREADY' && r.stage === 'gpu_release_requested') {
+        log.debug({ sessionId: claim.sessionId, incarnation: r.incarnation, stage: r.stage, cause: claim.cause }, 'destroy in progress: its release is requested already');
+        return;
+      }
       if (r.code === 'CLAIMED') log.info({ sessionId: claim.sessionId, incarnation: r.incarnation, cause: r.cause }, 'destroy claimed');
       else log.debug({ sessionId: claim.sessionId, incarnation: r.incarnation, code: r.code, stage: r.stage, cause: claim.cause }, 'destroy in progress: resuming at its checkpoint');
       return continueDestroy(deps, {
@@ -144,6 +157,9 @@ async function trigger(
       return;
     case 'UNKNOWN':
       log.info({ sessionId: claim.sessionId, code: r.code, cause: claim.cause }, 'destroy trigger for an unknown session: ignored');
+      return;
+    case 'MARKED':
+      log.info({ sessionId: claim.sessionId, cause: claim.cause, sentAt: claim.sentAt }, 'end of a session not opened yet: it ends the open it was sent after');
       return;
   }
 }

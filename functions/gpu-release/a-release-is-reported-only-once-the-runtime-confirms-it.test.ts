@@ -83,10 +83,42 @@ describe('a GPU release is reported only once the runtime confirms it', () => {
       assert.equal(event.id, `rel-1/${incarnation}/released/1`);
       assert.deepEqual(event.data, { sessionId: 'rel-1', incarnation, node: 'gpu-node-a', freedBytes: 2 * GiB, token });
     }
-    assert.equal(sim.stats().releases[`rel-1:${incarnation}`], 1, 'the runtime freed the memory once; the redelivery was a replay');
+    assert.equal(sim.stats().releases[`rel-1:${incarnation}`], 1, 'the runtime freed the memory once');
     const sent = sim.requestLog().filter((r) => r.rawPath.endsWith('/rel-1/release'));
+    assert.equal(sent.length, 1, 'the redelivery reported the stored answer and called nothing');
     assert.equal(sent[0]?.idempotencyKey, `rel-1:${incarnation}`);
     assert.equal(sent[0]?.traceparent?.split('-')[1], TRACEPARENT.split('-')[1], 'the runtime call joins the event trace');
+  });
+
+  it('calls the runtime once for an attempt however many deliveries of it arrive at once', async () => {
+    const { incarnation, token } = await pendingRelease(deps.store, 'rel-dup', placement());
+    sim.allocate('rel-dup', incarnation, 2 * GiB);
+    const ev = requested({ sessionId: 'rel-dup', incarnation, placement: placement(), attempt: 1, token, reason: 'destroy' });
+    await Promise.all([handle(ev, deps), handle(ev, deps), handle(ev, deps), handle(ev, deps)]);
+    await handle(ev, deps);
+    assert.equal(sim.requestLog().filter((r) => r.rawPath.endsWith('/rel-dup/release')).length, 1, 'one runtime call for the attempt');
+    const released = eventsOf('rel-dup');
+    assert.ok(released.length >= 1 && released.every((e) => e.event.type === EventType.GpuReleased && e.event.id === `rel-dup/${incarnation}/released/1`));
+  });
+
+  it('lets the redelivery call again after a transient failure, and nothing after a refusal for good', async () => {
+    const transient = await pendingRelease(deps.store, 'rel-flaky', placement());
+    sim.allocate('rel-flaky', transient.incarnation, GiB);
+    sim.queueFaults(503, 503);
+    const ev = requested({ sessionId: 'rel-flaky', incarnation: transient.incarnation, placement: placement(), attempt: 1, token: transient.token });
+    await failure(handle(ev, deps));
+    await handle(ev, deps);
+    const calls = () => sim.requestLog().filter((r) => r.rawPath.endsWith('/rel-flaky/release')).length;
+    assert.equal(calls(), 3, 'two failed attempts of the first delivery, one call of the redelivery');
+    assert.equal(sim.session('rel-flaky'), undefined);
+
+    const refused = await pendingRelease(deps.store, 'rel-refused', placement());
+    sim.allocate('rel-refused', refused.incarnation, GiB);
+    sim.queueFaults(400);
+    const again = requested({ sessionId: 'rel-refused', incarnation: refused.incarnation, placement: placement(), attempt: 1, token: refused.token });
+    await handle(again, deps);
+    await handle(again, deps);
+    assert.equal(sim.requestLog().filter((r) => r.rawPath.endsWith('/rel-refused/release')).length, 1, 'a refused attempt is not called again');
   });
 
   it('reports 404 (gone) and 409 (superseded) as released with 0 bytes, leaving a newer incarnation alone', async () => {

@@ -1,8 +1,9 @@
 // gpu-release: frees a session's GPU memory on the inference runtime that holds it, and says so only when the runtime
 // confirmed it. What it calls comes from Redis, never from the event: the runtime the session (or a migration's old
 // allocation) was opened with, and only while the release the event carries the token of is pending, so a forged or
-// stale request calls nothing. Idempotence at the runtime comes from the Idempotency-Key `{sessionId}:{incarnation}`,
-// so a redelivered request replays the runtime's stored answer instead of releasing twice.
+// stale request calls nothing. Each release attempt reaches the runtime once (beginReleaseCall): a duplicate or
+// concurrent delivery of it calls nothing, since real engines do not honour the Idempotency-Key
+// `{sessionId}:{incarnation}` it is still sent with.
 import { Type, type Static } from '@sinclair/typebox';
 import { readSettings } from '../core/config.ts';
 import { EventType } from '../core/contract/events.ts';
@@ -43,6 +44,16 @@ export function readGpuReleaseSettings(env: NodeJS.ProcessEnv): GpuReleaseSettin
 /** What gpu-release's handler needs beyond the core: one runtime client (one breaker per runtime) per process. */
 export interface GpuReleaseDeps {
   readonly runtime: RuntimeClient;
+  /**
+   * How long one delivery holds the runtime call of a release attempt: the longest its call may take, retries and
+   * backoffs included, plus a second. Another delivery of the same attempt calls only once it ran out.
+   */
+  readonly callLeaseMs: number;
+}
+
+/** The longest one release call may take with its retries: every attempt timing out, every backoff at its cap. */
+export function releaseCallLeaseMs(timeoutMs: number, settings: Pick<GpuReleaseSettings, 'RELEASE_RETRIES' | 'RELEASE_MAX_BACKOFF_MS'>): number {
+  return timeoutMs * (settings.RELEASE_RETRIES + 1) + settings.RELEASE_MAX_BACKOFF_MS * settings.RELEASE_RETRIES + 1000;
 }
 
 /** Builds gpu-release's dependencies once per process (the `extend` of its function definition). */
@@ -63,7 +74,7 @@ export function createGpuReleaseDeps(core: Pick<Core, 'deps'>, settings: GpuRele
     },
     logger,
   });
-  return { runtime };
+  return { runtime, callLeaseMs: releaseCallLeaseMs(config.RUNTIME_TIMEOUT_MS, settings) };
 }
 
 // The runtime call continues the handler's span; with no active span (a bare handle() call) the event's own
@@ -83,11 +94,26 @@ function callContext(event: GpuReleaseEvent): RuntimeCallContext {
  */
 export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuReleaseDeps): Promise<void> {
   const { sessionId, incarnation, attempt, token } = event.data;
-  const target = await deps.store.releaseTarget(sessionId, incarnation, token);
-  if (target.code !== 'PENDING') {
-    // Acknowledged: a redelivery of an attempt since superseded, or booked, is normal; a forged one calls nothing.
-    deps.logger.warn({ sessionId, incarnation, attempt, why: target.why }, 'gpu.release.requested for no release pending under its token: nothing called');
-    return;
+  const target = await deps.store.beginReleaseCall(sessionId, incarnation, token, deps.now(), deps.callLeaseMs);
+  switch (target.code) {
+    case 'NOT_PENDING':
+      // Acknowledged: a redelivery of an attempt since superseded, or booked, is normal; a forged one calls nothing.
+      deps.logger.warn({ sessionId, incarnation, attempt, why: target.why }, 'gpu.release.requested for no release pending under its token: nothing called');
+      return;
+    case 'IN_FLIGHT':
+      // Another delivery of this attempt is calling the runtime; its outcome is reported (or, should it die, its
+      // lease runs out and the Broker's next redelivery calls, or the watchdog issues a new attempt).
+      deps.logger.info({ sessionId, incarnation, attempt, leaseUntil: target.leaseUntil }, 'GPU release of this attempt is in flight elsewhere: not called again');
+      return;
+    case 'FAILED':
+      deps.logger.info({ sessionId, incarnation, attempt }, 'GPU release of this attempt was refused for good already: not called again');
+      return;
+    case 'ANSWERED':
+      // The runtime confirmed it, and the report may have been lost: report it again (same id), call nothing.
+      await deps.emit(EventType.GpuReleased, { sessionId, incarnation, node: target.node, freedBytes: target.freedBytes, token }, `${sessionId}/${incarnation}/released/${attempt}`);
+      return;
+    case 'CALL':
+      break;
   }
   const { node, runtimeUrl } = target;
   const log = deps.logger.child({ sessionId, incarnation, node, attempt });
@@ -101,20 +127,32 @@ export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuRelease
     freedBytes = result.freedBytes;
     outcome = result.outcome;
   } catch (err) {
-    if (!(err instanceof RuntimeReleaseError)) throw err;
+    // An unexpected fault says nothing about the runtime: the call is released so the redelivery may call.
+    const settle = deps.store.settleReleaseCall(sessionId, incarnation, token, err instanceof RuntimeReleaseError && !err.retryable ? 'failed' : 'retry');
+    if (!(err instanceof RuntimeReleaseError)) {
+      await settle.catch((settleErr: unknown) => log.warn({ err: settleErr }, 'could not release the runtime call; its lease runs out'));
+      throw err;
+    }
     // One id per (attempt, reason): a redelivery that fails the same way reports the same failure, not a new one.
     // The event says what kind of failure it was, never what the runtime answered or where it is (the log has it).
-    await deps.emit(
-      EventType.GpuReleaseFailed,
-      { sessionId, incarnation, node, error: publicDescription(err), retryable: err.retryable, token },
-      `${sessionId}/${incarnation}/failed/${attempt}/${err.reason}`,
-    );
+    await Promise.all([
+      settle,
+      deps.emit(
+        EventType.GpuReleaseFailed,
+        { sessionId, incarnation, node, error: publicDescription(err), retryable: err.retryable, token },
+        `${sessionId}/${incarnation}/failed/${attempt}/${err.reason}`,
+      ),
+    ]);
     if (err.retryable) {
       throw new TransientError(`GPU release not confirmed (${err.reason}); the Broker will redeliver`, { cause: err });
     }
     log.error({ reason: err.reason, status: err.status, err: err.message }, 'GPU release refused for good; not retried');
     return;
   }
-  await deps.emit(EventType.GpuReleased, { sessionId, incarnation, node, freedBytes, token }, `${sessionId}/${incarnation}/released/${attempt}`);
+  // Recorded beside the report: should the report be lost, the redelivery finds the answer and reports it again.
+  await Promise.all([
+    deps.store.settleReleaseCall(sessionId, incarnation, token, { answered: freedBytes }),
+    deps.emit(EventType.GpuReleased, { sessionId, incarnation, node, freedBytes, token }, `${sessionId}/${incarnation}/released/${attempt}`),
+  ]);
   log.info({ outcome, freedBytes, reason: event.data.reason ?? 'destroy' }, 'GPU memory released');
 }

@@ -71,7 +71,8 @@ async function opened(event: Extract<HeartbeatTimeoutEvent, { type: typeof Event
   switch (r.code) {
     case 'OPENED':
     case 'REOPENED':
-      log.info({ sessionId, incarnation: r.incarnation, deadline: r.deadline, windowMs, code: r.code }, 'session opened');
+      if (r.endedBy) log.info({ sessionId, incarnation: r.incarnation, code: r.code, endedBy: r.endedBy }, 'session opened after its end arrived: the deadline engine ends it at once');
+      else log.info({ sessionId, incarnation: r.incarnation, deadline: r.deadline, windowMs, code: r.code }, 'session opened');
       return;
     case 'REFRESHED':
     case 'DUPLICATE':

@@ -24,6 +24,7 @@ export const EventType = {
   GpuReleased: 'dev.sessionreaper.gpu.released',
   GpuReleaseFailed: 'dev.sessionreaper.gpu.release.failed',
   SessionDestroyed: 'dev.sessionreaper.session.destroyed',
+  SessionDestroyFailed: 'dev.sessionreaper.session.destroy.failed',
   DestroyResume: 'dev.sessionreaper.destroy.resume',
 } as const;
 
@@ -344,6 +345,20 @@ export const SessionDestroyedData = eventData(
   ],
 );
 
+export const SessionDestroyFailedData = eventData(
+  EventType.SessionDestroyFailed,
+  'The destroy gave up: the GPU release failed RELEASE_MAX_ATTEMPTS times. The session stays out of service, its memory is counted as held, and it waits for an operator (sessionctl stuck, retry, resolve).',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    cause: Cause,
+    node: Type.String({ minLength: 1, maxLength: 253, description: 'Node whose GPU memory could not be freed.' }),
+    gpuBytes: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: 'Bytes registered for the allocation, still counted as held.' }),
+    attempts: Type.Integer({ minimum: 1, maximum: 1_000_000, description: 'Release attempts made.' }),
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, cause: 'closed', node: 'gpu-node-a100-3', gpuBytes: 4294967296, attempts: 5 }],
+);
+
 export const DestroyResumeData = eventData(
   EventType.DestroyResume,
   'A destroy made no progress for DESTROY_STALL_MS; destroy-dispatch resumes it from the stage it reached.',
@@ -370,6 +385,7 @@ export const EventTypes = {
   [EventType.GpuReleased]: GpuReleasedData,
   [EventType.GpuReleaseFailed]: GpuReleaseFailedData,
   [EventType.SessionDestroyed]: SessionDestroyedData,
+  [EventType.SessionDestroyFailed]: SessionDestroyFailedData,
   [EventType.DestroyResume]: DestroyResumeData,
 } as const satisfies Record<string, TSchema>;
 
@@ -432,16 +448,22 @@ export interface CatalogueEntry {
   senders: readonly Sender[];
   consumers: readonly FunctionName[];
   summary: string;
+  /**
+   * The CloudEvent `time` is required: it fences the event (an end sent before a reopen ends the older incarnation;
+   * an open sent before the one that set the placement never moves it back), so a redelivery without it could act on
+   * the wrong incarnation.
+   */
+  requiresTime?: true;
 }
 
 /** Every event type with its senders and consumers; the README's event table and the schema index come from it. */
 export const catalogue = [
-  { type: EventType.SessionOpened, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['heartbeat-timeout'], summary: 'A session started; its liveness deadline starts.' },
+  { type: EventType.SessionOpened, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['heartbeat-timeout'], summary: 'A session started; its liveness deadline starts.', requiresTime: true },
   { type: EventType.SessionHeartbeat, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['heartbeat-timeout'], summary: 'The session is alive; its deadline moves out.' },
   { type: EventType.SessionActivity, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['activity-score'], summary: 'User or model activity; feeds the idle score and refreshes liveness.' },
   { type: EventType.SessionHold, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['heartbeat-timeout'], summary: 'The session is busy for a while: no expiry, no idle verdict.' },
-  { type: EventType.InferenceCompleted, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['activity-score', 'destroy-dispatch'], summary: 'A request finished; with release=true the session is destroyed.' },
-  { type: EventType.SessionClosed, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['destroy-dispatch'], summary: 'The owner closed the session; it is destroyed.' },
+  { type: EventType.InferenceCompleted, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['activity-score', 'destroy-dispatch'], summary: 'A request finished; with release=true the session is destroyed.', requiresTime: true },
+  { type: EventType.SessionClosed, direction: 'inbound', producer: 'inference pipeline', senders: ['inference-pipeline'], consumers: ['destroy-dispatch'], summary: 'The owner closed the session; it is destroyed.', requiresTime: true },
   { type: EventType.SessionDestroyRequested, direction: 'inbound', producer: 'operator', senders: ['operator'], consumers: ['destroy-dispatch'], summary: 'An operator forces the destroy of a session.' },
   { type: EventType.SessionExpired, direction: 'emitted', producer: 'heartbeat-timeout', senders: ['deadline-engine'], consumers: ['destroy-dispatch'], summary: 'The session missed its liveness deadline.' },
   { type: EventType.SessionIdle, direction: 'emitted', producer: 'activity-score', senders: ['idle-checker'], consumers: ['destroy-dispatch'], summary: 'The idle score crossed the threshold for the current load.' },
@@ -449,6 +471,7 @@ export const catalogue = [
   { type: EventType.GpuReleased, direction: 'emitted', producer: 'gpu-release', senders: ['gpu-release'], consumers: ['destroy-dispatch'], summary: 'The runtime freed the GPU memory.' },
   { type: EventType.GpuReleaseFailed, direction: 'emitted', producer: 'gpu-release', senders: ['gpu-release'], consumers: ['destroy-dispatch'], summary: 'Freeing the GPU memory failed (retryable or not).' },
   { type: EventType.SessionDestroyed, direction: 'emitted', producer: 'destroy-dispatch', senders: ['destroy-dispatch'], consumers: [], summary: 'The session is gone, with the timeline of its destroy; for observers.' },
+  { type: EventType.SessionDestroyFailed, direction: 'emitted', producer: 'destroy-dispatch', senders: ['destroy-dispatch'], consumers: [], summary: 'A destroy gave up after RELEASE_MAX_ATTEMPTS failed GPU releases and waits for an operator; for observers and alerts.' },
   { type: EventType.DestroyResume, direction: 'emitted', producer: 'heartbeat-timeout', senders: ['deadline-engine'], consumers: ['destroy-dispatch'], summary: 'The deadline engine (heartbeat-timeout) resumes a stalled destroy from the stage it reached.' },
 ] as const satisfies readonly CatalogueEntry[];
 
@@ -472,6 +495,13 @@ export function isEmittedType(type: unknown): type is EmittedType {
 
 
 const sendersOfType = new Map<string, readonly Sender[]>(catalogue.map((entry) => [entry.type, entry.senders]));
+
+const timedTypes: ReadonlySet<string> = new Set(catalogue.filter((entry: CatalogueEntry) => entry.requiresTime === true).map((entry) => entry.type));
+
+/** Whether a type must carry its CloudEvent `time` (the catalogue's requiresTime). */
+export function requiresTime(type: string): boolean {
+  return timedTypes.has(type);
+}
 
 /** Who may send a type (the catalogue's senders); empty for a type outside the contract. */
 export function sendersOf(type: string): readonly Sender[] {

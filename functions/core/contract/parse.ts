@@ -6,7 +6,7 @@ import { CloudEvent, HTTP, ValidationError } from 'cloudevents';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import ajvFormats from 'ajv-formats';
 import { ContractError } from '../errors.ts';
-import { EventTypes, OWN_SOURCE_PREFIX, SESSION_ID_PATTERN, isContractType, isEmittedType, sendersOf, sourceOf, WORKLOADS, type ContractType, type DataOf, type Workload } from './events.ts';
+import { EventTypes, OWN_SOURCE_PREFIX, SESSION_ID_PATTERN, isContractType, isEmittedType, requiresTime, sendersOf, sourceOf, WORKLOADS, type ContractType, type DataOf, type Workload } from './events.ts';
 
 /** An HTTP request as a server hands it over; the body may be raw, text, or already decoded JSON. */
 export interface RawRequest {
@@ -167,6 +167,9 @@ function finish(decoded: Decoded, headers: Record<string, string>, structured: b
   const type = ce.type;
   if (!isContractType(type)) throw new ContractError('UNKNOWN_TYPE', 'ce.type', `${type} is not a type of the contract`);
   if (opts.accept && !opts.accept.includes(type)) throw new ContractError('UNKNOWN_TYPE', 'ce.type', `${type} is not consumed here`);
+  if (rawTime === undefined && requiresTime(type)) {
+    throw new ContractError('MISSING_FIELD', 'ce.time', `is required for ${type}: it fences the event against a reopened or moved session`);
+  }
   if (structured && ce.datacontenttype !== undefined && !isJsonMediaType(mediaTypeOf(ce.datacontenttype))) {
     throw new ContractError('INVALID_FIELD', 'ce.datacontenttype', 'data must be JSON (application/json)');
   }

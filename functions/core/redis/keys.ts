@@ -29,6 +29,11 @@ export interface BucketKeys {
   readonly migrations: string;
   /** ZSET session id -> when its idleness is next judged (activity-score's idle checker). */
   readonly idle: string;
+  /**
+   * ZSET session id -> when its destroy gave up (ms): destroys whose GPU release failed RELEASE_MAX_ATTEMPTS times.
+   * They left the stall watchdog and wait here for an operator (`sessionctl retry` or `sessionctl resolve`).
+   */
+  readonly failed: string;
 }
 
 /** Keys of one session (and its bucket). */
@@ -40,6 +45,16 @@ export interface SessionKeys extends BucketKeys {
   readonly context: string;
   /** SET `<incarnation>:<hook>` of the OnDestroy hooks that succeeded (destroy-dispatch). */
   readonly destroyHooks: string;
+  /**
+   * HASH (expires) the end of a session seen before its open: `c` cause, `at` when it was sent (ms), `tn` tenant. An
+   * open sent before `at` is ended at once, so a close the Broker delivered first is not lost.
+   */
+  readonly endMarker: string;
+  /**
+   * HASH (expires) the runtime call of each release: `<incarnation>` -> `<token>|calling|<lease until ms>`,
+   * `<token>|answered|<freed bytes>` or `<token>|failed|`, so each release attempt reaches the runtime once.
+   */
+  readonly releaseCalls: string;
 }
 
 /** Fleet-wide load figures, under one hash tag of their own (they span buckets). */
@@ -88,6 +103,7 @@ export class KeySpace {
       ledger: `${tag}:ledger`,
       migrations: `${tag}:migrations`,
       idle: `${tag}:idle`,
+      failed: `${tag}:failed`,
     };
   }
 
@@ -95,8 +111,12 @@ export class KeySpace {
   session(sessionId: string): SessionKeys {
     const b = this.bucket(this.bucketOf(sessionId));
     const tag = `${this.prefix}:{${b.bucket}}`;
-    // Distinct infixes (`:s:`, `:ctx:`, `:dh:`): an id may contain ':', but never one that makes another's key.
-    return { ...b, sessionId, session: `${tag}:s:${sessionId}`, context: `${tag}:ctx:${sessionId}`, destroyHooks: `${tag}:dh:${sessionId}` };
+    // Distinct infixes (`:s:`, `:ctx:`, `:dh:`, `:end:`, `:rc:`): an id may contain ':', but never one that makes
+    // another's key.
+    return {
+      ...b, sessionId, session: `${tag}:s:${sessionId}`, context: `${tag}:ctx:${sessionId}`, destroyHooks: `${tag}:dh:${sessionId}`,
+      endMarker: `${tag}:end:${sessionId}`, releaseCalls: `${tag}:rc:${sessionId}`,
+    };
   }
 
   /**

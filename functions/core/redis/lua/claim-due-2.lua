@@ -26,9 +26,9 @@ local claimed, unresolved, skipped = {}, {}, 0
 for k = 1, #due, 2 do
   local sessionId, deadline = due[k], tonumber(due[k + 1])
   local sessionKey = recordPrefix .. sessionId
-  local state = redis.call('HMGET', sessionKey, 's', 'i')
+  local state = redis.call('HMGET', sessionKey, 's', 'i', 'pc', 'pt')
   if state[1] == 'A' then
-    claim(sessionKey, deadlinesKey, destroyingKey, sessionId, 'expired', now)
+    claimDueSession(sessionKey, deadlinesKey, destroyingKey, sessionId, now, deadline, state[3], state[4])
     local n = #claimed
     claimed[n + 1], claimed[n + 2], claimed[n + 3] = sessionId, tonumber(state[2]), deadline
   elseif state[1] then

@@ -19,10 +19,10 @@ local deadline = redis.call('ZSCORE', deadlinesKey, sessionId)
 if not deadline then return { 'GONE' } end
 deadline = tonumber(deadline)
 if deadline > now then return { 'NOT_DUE', deadline } end
-local state = redis.call('HMGET', sessionKey, 's', 'i')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'pc', 'pt')
 if state[1] ~= 'A' then
   redis.call('ZREM', deadlinesKey, sessionId)
   return { 'GONE' }
 end
-claim(sessionKey, deadlinesKey, destroyingKey, sessionId, 'expired', now)
+claimDueSession(sessionKey, deadlinesKey, destroyingKey, sessionId, now, deadline, state[3], state[4])
 return { 'CLAIMED', tonumber(state[2]), deadline }

@@ -15,6 +15,11 @@
 --   ca  destroy claimed at (ms)   ga  GPU release attempt    gr  bytes the runtime confirmed freed
 --   t   destroy completed at (ms)      ro  live-from of the opened that reopened this id (only after a reopen)
 --   gt  token of the current GPU release attempt (drawn by the requester; only an answer echoing it is booked)
+--   ct  when the cause `c` was triggered (ms, by event time): a trigger sent earlier, learnt later, takes its place
+--   pc, pt  an end seen before this incarnation's open (its cause and send time): the deadline engine claims the
+--       session at once under that cause
+--   rf  when the destroy gave up its GPU release (ms; after RELEASE_MAX_ATTEMPTS attempts): it waits for an operator
+--   gb  the attempt the release budget counts from (an operator's retry restarts it; attempts keep their numbers)
 --
 -- Ownership: a session opened with a tenant (tn) belongs to it; the scripts that apply the pipeline's events are
 -- sent the tenant the event names ('' for none) and refuse (NOT_OWNER) an event whose tenant is not the session's.
@@ -116,9 +121,28 @@ local function appendTimeline(sessionKey, stage, now)
   redis.call('HSET', sessionKey, 'tl', tl and (tl .. ',' .. entry) or entry)
 end
 
--- ACTIVE -> DESTROYING(claimed): leaves the deadline index, enters the stall watchdog.
-local function claim(sessionKey, deadlinesKey, destroyingKey, sessionId, cause, now)
-  redis.call('HSET', sessionKey, 's', 'D', 'c', cause, 'st', 'claimed', 'ca', now, 'tl', 'claimed@' .. now)
+-- ACTIVE -> DESTROYING(claimed): leaves the deadline index, enters the stall watchdog. `causeAt`: when the cause was
+-- triggered (by event time), so a trigger sent earlier but delivered later can take its place.
+local function claim(sessionKey, deadlinesKey, destroyingKey, sessionId, cause, now, causeAt)
+  redis.call('HSET', sessionKey, 's', 'D', 'c', cause, 'ct', causeAt, 'st', 'claimed', 'ca', now, 'tl', 'claimed@' .. now)
   redis.call('ZREM', deadlinesKey, sessionId)
   redis.call('ZADD', destroyingKey, now, sessionId)
+end
+
+-- The claim the deadline engine makes of a due session: under the end seen before its open, if there was one (pc,
+-- pt), else as expired at its deadline.
+local function claimDueSession(sessionKey, deadlinesKey, destroyingKey, sessionId, now, deadline, pendingCause, pendingAt)
+  if pendingCause then
+    claim(sessionKey, deadlinesKey, destroyingKey, sessionId, pendingCause, now, tonumber(pendingAt) or deadline)
+    redis.call('HDEL', sessionKey, 'pc', 'pt')
+  else
+    claim(sessionKey, deadlinesKey, destroyingKey, sessionId, 'expired', now, deadline)
+  end
+end
+
+-- Leaves (or keeps) the end marker of a session not opened yet: the earliest end by send time is kept, for the cause.
+local function markEnd(markerKey, cause, sentAt, tenant, ttl)
+  local at = redis.call('HGET', markerKey, 'at')
+  if not at or sentAt < tonumber(at) then redis.call('HSET', markerKey, 'c', cause, 'at', sentAt, 'tn', tenant) end
+  redis.call('PEXPIRE', markerKey, ttl)
 end

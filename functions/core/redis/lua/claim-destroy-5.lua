@@ -3,7 +3,7 @@
   recorded as an extra cause and never starts a second destroy.
 
   KEYS[1] session record   KEYS[2] bucket deadline index (ZSET)   KEYS[3] bucket destroy watchdog (ZSET)
-  KEYS[4] activity context (HASH)
+  KEYS[4] activity context (HASH)   KEYS[5] end marker (HASH, expires): left by an end that finds no session to end
   ARGV[1] session id   ARGV[2] event fingerprint ('' = none)   ARGV[3] expected incarnation ('' = the current one)
   ARGV[4] cause   ARGV[5] now (ms)
   ARGV[6] idle-since (ms; only for cause 'idle': the claim is refused if the session was active after it or holds
@@ -12,6 +12,11 @@
           was sent before this id was reopened ends the previous incarnation, never this one
   ARGV[8] ownership check: '' for none (our own triggers, an operator's), else 't:' and the tenant the event names
           (possibly empty): a session of another tenant is refused
+  ARGV[9] when the cause was triggered (ms, by event time; '' = now): a trigger sent before the one that claimed the
+          destroy takes its place as the cause, the claimant's becomes an extra cause
+  ARGV[10] end-marker TTL (ms; '' = leave none): for the pipeline's ends (closed, completed). One that finds no session,
+          or only the tombstone of an incarnation ended before it was sent, leaves a marker, so the open that the
+          Broker delivers after it (sent earlier) is ended at once instead of living until its deadline
 
   Returns one of:
     {'CLAIMED', incarnation, stage, cause, placementId, attempt, token}
@@ -22,31 +27,56 @@
     {'STALE', incarnation}     the trigger names (or was sent before) an older incarnation: never touches the newer one
     {'REVIVED', incarnation}   idle verdict outdated (activity since, or an active hold)
     {'ENDED', incarnation}     destroyed already (tombstone)
+    {'MARKED'}                 no session to end yet: the end waits in its marker for the open
     {'UNKNOWN'}
 ]]
 -- @include "session"
-local sessionKey, deadlinesKey, destroyingKey, contextKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local sessionKey, deadlinesKey, destroyingKey, contextKey, markerKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local sessionId, fingerprint, expectedInc, cause, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local sentAt, ownerCheck, markerTtl = ARGV[7] or '', ARGV[8] or '', tonumber(ARGV[10] or '')
+local causeAt = tonumber(ARGV[9] or '') or now
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'h', 'xc', 'ro', 'tn', 'ga', 'gt')
-if not state[1] then return { 'UNKNOWN' } end
+-- Only an end that says when it was sent, for the tenant it names, may wait for an open.
+local function leaveMarker()
+  if not markerTtl or sentAt == '' or expectedInc ~= '' then return false end
+  markEnd(markerKey, cause, tonumber(sentAt), string.sub(ownerCheck, 3), markerTtl)
+  return true
+end
+
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'h', 'xc', 'ro', 'tn', 'ga', 'gt', 'ca', 'ct')
+if not state[1] then
+  if leaveMarker() then return { 'MARKED' } end
+  return { 'UNKNOWN' }
+end
 local s, inc = state[1], tonumber(state[2])
-local ownerCheck = ARGV[8] or ''
 if ownerCheck ~= '' and not owns(state[9], string.sub(ownerCheck, 3)) then return { 'NOT_OWNER', inc } end
 local attempt, token = tonumber(state[10] or '0'), state[11] or ''
 if expectedInc ~= '' and tonumber(expectedInc) ~= inc then return { 'STALE', inc } end
-local sentAt = ARGV[7] or ''
 if sentAt ~= '' and state[8] and tonumber(sentAt) < tonumber(state[8]) then return { 'STALE', inc } end
-if s == 'X' then return { 'ENDED', inc } end
+if s == 'X' then
+  -- Sent after this incarnation's destroy was claimed: it ends an incarnation whose open has not arrived yet (or is
+  -- a late copy of this one's end, whose marker no later open is sent before).
+  if tonumber(sentAt) and tonumber(sentAt) > tonumber(state[12] or '0') then leaveMarker() end
+  return { 'ENDED', inc }
+end
 if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc, state[3] or '', state[4] or '', state[5], attempt, token } end
 
 if s == 'D' then
-  local extra = state[7] or ''
-  if cause ~= state[4] and not string.find(',' .. extra .. ',', ',' .. cause .. ',', 1, true) then
-    redis.call('HSET', sessionKey, 'xc', extra == '' and cause or (extra .. ',' .. cause))
+  local current, extra, displaced = state[4], state[7] or '', cause
+  -- The cause is the earliest trigger by event time: one sent before the claimant's, delivered after it, takes its
+  -- place (a close processed after the deadline it was sent before is a close, not an expiry).
+  if cause ~= current and causeAt < tonumber(state[13] or causeAt) then
+    redis.call('HSET', sessionKey, 'c', cause, 'ct', causeAt)
+    displaced, current = current, cause
+  end
+  if displaced ~= current and not string.find(',' .. extra .. ',', ',' .. displaced .. ',', 1, true) then
+    local causes = {}
+    for c in string.gmatch(extra, '[^,]+') do if c ~= current then causes[#causes + 1] = c end end
+    causes[#causes + 1] = displaced
+    redis.call('HSET', sessionKey, 'xc', table.concat(causes, ','))
   end
   remember(sessionKey, fingerprint)
-  return { 'ALREADY', inc, state[3], state[4], state[5], attempt, token }
+  return { 'ALREADY', inc, state[3], current, state[5], attempt, token }
 end
 
 if cause == 'idle' then
@@ -54,6 +84,6 @@ if cause == 'idle' then
   local lastActivity = tonumber(redis.call('HGET', contextKey, 'la') or '0')
   if lastActivity > idleSince or tonumber(state[6] or '0') > now then return { 'REVIVED', inc } end
 end
-claim(sessionKey, deadlinesKey, destroyingKey, sessionId, cause, now)
+claim(sessionKey, deadlinesKey, destroyingKey, sessionId, cause, now, causeAt)
 remember(sessionKey, fingerprint)
 return { 'CLAIMED', inc, 'claimed', cause, state[5], 0, '' }

@@ -4,14 +4,19 @@
   KEYS[1] session record            KEYS[2] bucket deadline index (ZSET)   KEYS[3] bucket meta (counters)
   KEYS[4] bucket placements         KEYS[5] bucket GPU ledger               KEYS[6] bucket migrations
   KEYS[7] bucket destroy watchdog (ZSET; a pending migration release is tracked there as '!m:<id>:<incarnation>')
+  KEYS[8] the session's end marker (HASH, expires): an end the Broker delivered before this open
   ARGV[1] session id   ARGV[2] event fingerprint   ARGV[3] now (ms)   ARGV[4] live-from (ms; event time, capped at now)
   ARGV[5] liveness window (ms)   ARGV[6] node   ARGV[7] runtime URL   ARGV[8] GPU bytes   ARGV[9] tenant ('' = none;
   a live session's tenant must match)   ARGV[10] model   ARGV[11] release token for the old allocation, should
   this opened move the session (drawn by the caller; the release is booked only with it)
 
   Returns one of:
-    {'OPENED', incarnation, deadline}                       a new session
-    {'REOPENED', incarnation, deadline, previousIncarnation} an id opened again after its destruction
+    {'OPENED', incarnation, deadline, 0, endedBy}           a new session
+    {'REOPENED', incarnation, deadline, previousIncarnation, endedBy}
+                                                            an id opened again after its destruction
+                                   endedBy: '' , or the cause of an end sent after this open but delivered before it
+                                   (its marker, same tenant): the new session is due at once, and the deadline engine
+                                   claims it under that cause
     {'REFRESHED', incarnation, deadline}                    a live session, same placement
     {'MIGRATED', incarnation, deadline, oldIncarnation, oldNode, oldRuntimeUrl, oldBytes}
                                                             placement changed: a new incarnation; the old
@@ -23,8 +28,8 @@
     {'NOT_OWNER', incarnation}     the live session belongs to another tenant: nothing changes (no refresh, no move)
 ]]
 -- @include "session"
-local sessionKey, deadlinesKey, metaKey, placementsKey, ledgerKey, migrationsKey, destroyingKey =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local sessionKey, deadlinesKey, metaKey, placementsKey, ledgerKey, migrationsKey, destroyingKey, markerKey =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local sessionId, fingerprint, now, liveFrom = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, node, url, bytes, tenant, model = tonumber(ARGV[5]), ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local migrationToken = ARGV[11]
@@ -37,14 +42,25 @@ local function create(previous)
   redis.call('HSET', sessionKey, 's', 'A', 'i', inc, 'w', window, 'p', pid, 'g', bytes, 'o', liveFrom, 'f', fingerprint)
   if tenant ~= '' then redis.call('HSET', sessionKey, 'tn', tenant) end
   if model ~= '' then redis.call('HSET', sessionKey, 'm', model) end
+  -- An end sent after this open, by its tenant, already arrived: the session is registered (its memory is held and
+  -- must be released) and due now, under that end's cause. An end sent before this open ended an older incarnation.
+  local endedBy = ''
+  local marker = redis.call('HMGET', markerKey, 'c', 'at', 'tn')
+  if marker[1] then
+    if liveFrom <= tonumber(marker[2]) and owns(marker[3], tenant) then
+      endedBy, deadline = marker[1], now
+      redis.call('HSET', sessionKey, 'pc', marker[1], 'pt', marker[2])
+    end
+    if endedBy ~= '' or liveFrom > tonumber(marker[2]) then redis.call('DEL', markerKey) end
+  end
   redis.call('ZADD', deadlinesKey, deadline, sessionId)
   ledgerRegister(ledgerKey, node, bytes)
   if previous then
     -- Remember when the id was reopened: an end trigger sent before it names the previous incarnation.
     redis.call('HSET', sessionKey, 'ro', liveFrom)
-    return { 'REOPENED', inc, deadline, previous }
+    return { 'REOPENED', inc, deadline, previous, endedBy }
   end
-  return { 'OPENED', inc, deadline }
+  return { 'OPENED', inc, deadline, 0, endedBy }
 end
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'f', 'ca', 'p', 'g', 'o', 'tn')

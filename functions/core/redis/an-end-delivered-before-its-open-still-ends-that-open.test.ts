@@ -1,0 +1,100 @@
+// A Broker delivers in no particular order: an end may reach destroy-dispatch before the open it was sent after, and
+// a close sent before a deadline may be processed after it. claimDestroy, openSession and the deadline engine's claims
+// (claim-destroy-5, open-session-8, claim-due-2, claim-expired-3) against real Redis, single and cluster.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { TOPOLOGIES } from '../../../tests/support/redis.ts';
+import { fp, placementA, testCore, type TestCore } from '../../../tests/support/core.ts';
+
+const T0 = 1_800_000_000_000;
+
+for (const topology of TOPOLOGIES) {
+  describe(`ends and opens out of order on ${topology} Redis`, () => {
+    let core: TestCore;
+    before(async () => {
+      core = await testCore(topology);
+    });
+    after(async () => {
+      await core.close();
+    });
+
+    const open = (sessionId: string, at: number, tenant?: string, now = at + 50) =>
+      core.store.open({ sessionId, fingerprint: fp('open'), now, liveFrom: at, windowMs: 1000, placement: placementA, tenant });
+    const close = (sessionId: string, sentAt: number, now: number, owner = '') =>
+      core.store.claimDestroy({ sessionId, fingerprint: fp('close'), cause: 'closed', now, sentAt, causeAt: sentAt, owner, waitForOpen: true });
+    const markerOf = (sessionId: string) => core.redis.hgetall(core.keys.session(sessionId).endMarker);
+
+    test('a close that arrives before its open leaves a marker, and the open is ended at once under that cause', async () => {
+      assert.equal((await close('early-1', T0 + 10, T0 + 20)).code, 'MARKED');
+      const opened = await open('early-1', T0, undefined, T0 + 30);
+      assert.equal(opened.code, 'OPENED');
+      assert.ok(opened.code === 'OPENED' && opened.endedBy === 'closed' && opened.deadline === T0 + 30, 'due at once');
+      assert.deepEqual(await markerOf('early-1'), {}, 'the marker is used up');
+      const bucket = core.keys.bucketOf('early-1');
+      const due = await core.store.claimDue(bucket, T0 + 31, 100);
+      assert.deepEqual(due.claimed.map((c) => c.sessionId), ['early-1']);
+      const view = await core.store.inspect('early-1');
+      assert.equal(view?.state, 'destroying');
+      assert.equal(view?.cause, 'closed', 'the cause is the close, not an expiry');
+      assert.deepEqual(view?.extraCauses, []);
+    });
+
+    test('an open sent after the end is a new session the marker does not touch, and the marker is dropped', async () => {
+      assert.equal((await close('early-2', T0 + 10, T0 + 20)).code, 'MARKED');
+      const opened = await open('early-2', T0 + 11);
+      assert.ok(opened.code === 'OPENED' && opened.endedBy === undefined && opened.deadline === T0 + 1011);
+      assert.deepEqual(await markerOf('early-2'), {});
+    });
+
+    test("another tenant's end never ends an open", async () => {
+      assert.equal((await close('early-3', T0 + 10, T0 + 20, 'mallory')).code, 'MARKED');
+      const opened = await open('early-3', T0, 'acme');
+      assert.ok(opened.code === 'OPENED' && opened.endedBy === undefined);
+      assert.equal((await core.store.inspect('early-3'))?.state, 'active');
+    });
+
+    test('the earliest of several early ends is the cause', async () => {
+      await core.store.claimDestroy({ sessionId: 'early-4', fingerprint: fp(), cause: 'completed', now: T0 + 40, sentAt: T0 + 30, causeAt: T0 + 30, owner: '', waitForOpen: true });
+      await close('early-4', T0 + 10, T0 + 41);
+      const opened = await open('early-4', T0);
+      assert.ok(opened.code === 'OPENED' && opened.endedBy === 'closed');
+    });
+
+    test('an end without a send time, or one of our own, leaves no marker', async () => {
+      const r = await core.store.claimDestroy({ sessionId: 'early-5', fingerprint: fp(), cause: 'forced', now: T0 });
+      assert.equal(r.code, 'UNKNOWN');
+      assert.deepEqual(await markerOf('early-5'), {});
+    });
+
+    test('a close sent after a destroy completed waits for the reopen it was sent after', async () => {
+      const first = await open('early-6', T0);
+      assert.equal(first.code, 'OPENED');
+      // The first incarnation expires and is destroyed; the pipeline had reopened the id meanwhile and closed it.
+      await core.store.claimExpired('early-6', T0 + 2000);
+      await core.redis.hset(core.keys.session('early-6').session, 's', 'X');
+      assert.equal((await close('early-6', T0 + 2500, T0 + 2600)).code, 'ENDED');
+      const reopened = await open('early-6', T0 + 2400, undefined, T0 + 2700);
+      assert.ok(reopened.code === 'REOPENED' && reopened.endedBy === 'closed');
+    });
+
+    test('a close sent before the deadline but processed after the expiry claim becomes the cause', async () => {
+      await open('late-1', T0);
+      assert.equal((await core.store.claimExpired('late-1', T0 + 1500)).code, 'CLAIMED');
+      const r = await close('late-1', T0 + 10, T0 + 1600);
+      assert.ok(r.code === 'ALREADY' && r.cause === 'closed');
+      const view = await core.store.inspect('late-1');
+      assert.equal(view?.cause, 'closed');
+      assert.deepEqual(view?.extraCauses, ['expired']);
+    });
+
+    test('a close sent after the deadline stays an extra cause of the expiry', async () => {
+      await open('late-2', T0);
+      await core.store.claimExpired('late-2', T0 + 1500);
+      const r = await close('late-2', T0 + 1200, T0 + 1600);
+      assert.ok(r.code === 'ALREADY' && r.cause === 'expired');
+      const view = await core.store.inspect('late-2');
+      assert.equal(view?.cause, 'expired');
+      assert.deepEqual(view?.extraCauses, ['closed']);
+    });
+  });
+}
