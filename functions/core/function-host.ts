@@ -85,7 +85,7 @@ export function createCore(opts: CoreOptions): Core {
   const ready = (): Promise<void> => {
     readying ??= (async () => {
       await connectRedis(redis);
-      store = new SessionStore(redis, keys, await Scripts.register(redis), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS });
+      store = new SessionStore(redis, keys, await Scripts.register(redis), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS });
     })().catch((err: unknown) => {
       readying = undefined;
       if (err instanceof ScriptLoadError) throw err;

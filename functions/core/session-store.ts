@@ -119,6 +119,7 @@ export type ExpiryClaim = { code: 'CLAIMED'; incarnation: number; deadline: numb
 export type AdvanceResult =
   | { code: 'ADVANCED'; stage: Stage }
   | { code: 'REISSUED'; attempt: number }
+  | { code: 'EXHAUSTED' | 'GAVE_UP'; attempts: number }
   | { code: 'ALREADY'; stage: Stage }
   | { code: 'STALE'; incarnation: number }
   | { code: 'NOT_DESTROYING'; state: SessionState }
@@ -143,6 +144,12 @@ export type ReleaseCall =
   | { code: 'ANSWERED'; freedBytes: number; node: string }
   | { code: 'FAILED' }
   | Extract<ReleaseTarget, { code: 'NOT_PENDING' }>;
+
+export type FailedDestroySettlement =
+  | { code: 'RETRYING'; incarnation: number }
+  | { code: 'RESOLVED'; incarnation: number; node: string; bytes: number }
+  | { code: 'NOT_FAILED'; state: SessionState }
+  | { code: 'UNKNOWN' };
 
 export type PurgeResult =
   | { code: 'PURGED' | 'COMPLETED' }
@@ -177,6 +184,8 @@ export interface SessionView {
   /** The token of the recorded release attempt: what its gpu.released must echo to be booked. */
   releaseToken?: string;
   confirmedFreedBytes?: number;
+  /** When the destroy gave up its GPU release (release_failed), waiting for an operator to retry or resolve it. */
+  releaseFailedAt?: number;
   timeline: { stage: Stage; at: number }[];
   claimedAt?: number;
   completedAt?: number;
@@ -253,14 +262,17 @@ export class SessionStore {
   readonly keys: KeySpace;
   readonly #scripts: Scripts;
   readonly #tombstoneTtlMs: number;
+  /** Release attempts a destroy may make before it gives up (RELEASE_MAX_ATTEMPTS); no limit when absent. */
+  readonly #releaseMaxAttempts: number | undefined;
   readonly #pendingHeartbeats = new Map<number, PendingHeartbeat[]>();
   #flushScheduled = false;
 
-  constructor(redis: RedisClient, keys: KeySpace, scripts: Scripts, opts: { tombstoneTtlMs: number }) {
+  constructor(redis: RedisClient, keys: KeySpace, scripts: Scripts, opts: { tombstoneTtlMs: number; releaseMaxAttempts?: number }) {
     this.redis = redis;
     this.keys = keys;
     this.#scripts = scripts;
     this.#tombstoneTtlMs = opts.tombstoneTtlMs;
+    this.#releaseMaxAttempts = opts.releaseMaxAttempts;
   }
 
   async #placement(k: SessionKeys, pid: unknown, gpuBytes = 0): Promise<Placement> {
@@ -525,9 +537,16 @@ export class SessionStore {
    */
   async advance(sessionId: string, incarnation: number, stage: Stage, now: number, release?: ReleaseAttempt): Promise<AdvanceResult> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('advanceStage', [k.session, k.destroying], [sessionId, incarnation, stage, now, release?.attempt ?? '', release?.token ?? '']);
+    const r = await this.#scripts.run(
+      'advanceStage',
+      [k.session, k.destroying, k.failed],
+      [sessionId, incarnation, stage, now, release?.attempt ?? '', release?.token ?? '', this.#releaseMaxAttempts ?? ''],
+    );
     const code = str(r[0]);
     switch (code) {
+      case 'EXHAUSTED':
+      case 'GAVE_UP':
+        return { code, attempts: num(r[1]) };
       case 'ADVANCED':
       case 'ALREADY':
         return { code, stage: str(r[1]) as Stage };
@@ -689,6 +708,35 @@ export class SessionStore {
     throw new UnexpectedReplyError(`claimStalled replied ${code}`);
   }
 
+  /**
+   * An operator's answer to a destroy that gave up its release: 'retry' (a fresh release budget, resumed by the
+   * watchdog at once) or 'resolve' (the memory is written off as freed; the watchdog finishes the destroy).
+   */
+  async settleFailedDestroy(sessionId: string, action: 'retry' | 'resolve', now: number): Promise<FailedDestroySettlement> {
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run('settleFailedDestroy', [k.session, k.destroying, k.failed, k.ledger, k.placements], [sessionId, action, now]);
+    const code = str(r[0]);
+    switch (code) {
+      case 'RETRYING':
+        return { code, incarnation: num(r[1]) };
+      case 'RESOLVED':
+        return { code, incarnation: num(r[1]), node: str(r[2]), bytes: num(r[3]) };
+      case 'NOT_FAILED':
+        return { code, state: STATE_OF[str(r[1])] ?? 'active' };
+      case 'UNKNOWN':
+        return { code };
+    }
+    throw new UnexpectedReplyError(`settleFailedDestroy replied ${code}`);
+  }
+
+  /** Destroys that gave up their GPU release (every bucket), oldest first: id and when it gave up. */
+  async failedDestroys(): Promise<{ sessionId: string; failedAt: number }[]> {
+    const all = await Promise.all(this.keys.allBuckets().map((b) => this.redis.zrange(b.failed, '0', '-1', 'WITHSCORES')));
+    const out: { sessionId: string; failedAt: number }[] = [];
+    for (const r of all) for (let i = 0; i + 1 < r.length; i += 2) out.push({ sessionId: r[i]!, failedAt: Number(r[i + 1]) });
+    return out.sort((a, b) => a.failedAt - b.failedAt);
+  }
+
   /** Everything known about a session, or null if its id is unknown (never opened, or its tombstone expired). */
   async inspect(sessionId: string): Promise<SessionView | null> {
     const k = this.keys.session(sessionId);
@@ -714,6 +762,7 @@ export class SessionStore {
     set('releaseAttempt', opt('ga'));
     set('releaseToken', fields.gt);
     set('confirmedFreedBytes', opt('gr'));
+    set('releaseFailedAt', opt('rf'));
     set('completedAt', opt('t'));
     set('tombstoneTtlMs', fields.s === 'X' && ttl > 0 ? ttl : undefined);
     return view;

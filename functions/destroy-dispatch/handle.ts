@@ -417,6 +417,7 @@ async function requestRelease(deps: DestroyDispatchDeps, point: DestroyPoint): P
   } else if (point.reissue || release === undefined) {
     attempt = { attempt: (release?.attempt ?? 0) + 1, token: drawReleaseToken() };
     const r = await deps.store.advance(sessionId, incarnation, 'gpu_release_requested', now, attempt);
+    if (r.code === 'EXHAUSTED' || r.code === 'GAVE_UP') return giveUp(deps, point, placement, r);
     if (r.code !== 'REISSUED') {
       deps.logger.debug({ sessionId, incarnation, code: r.code }, 'release re-issued elsewhere, or the destroy moved on');
       return;
@@ -434,6 +435,29 @@ async function requestRelease(deps: DestroyDispatchDeps, point: DestroyPoint): P
     releaseRequestId(sessionId, incarnation, attempt.attempt),
   );
   deps.logger.info({ sessionId, incarnation, attempt: attempt.attempt, node: placement.node }, 'GPU release requested');
+}
+
+/**
+ * A destroy past its release budget: it left the watchdog for the failed set (EXHAUSTED, by this call) or had already
+ * (GAVE_UP). Its node slot goes to the next waiter and session.destroy.failed tells observers (again, under the same
+ * id, for GAVE_UP: the first emission may have failed after the script ran). The memory stays counted as held until
+ * an operator retries or resolves it.
+ */
+async function giveUp(deps: DestroyDispatchDeps, point: DestroyPoint, placement: Placement, r: { code: 'EXHAUSTED' | 'GAVE_UP'; attempts: number }): Promise<void> {
+  const { sessionId, incarnation } = point;
+  const freed = await deps.stormGuard.releaseSlot(placement.node, releaseMember(sessionId, incarnation), deps.now());
+  await continueHanded(deps, placement.node, freed.handed);
+  const cause = point.cause ?? (await deps.store.inspect(sessionId))?.cause ?? 'forced';
+  await deps.emit(
+    EventType.SessionDestroyFailed,
+    { sessionId, incarnation, cause, node: placement.node, gpuBytes: placement.gpuBytes, attempts: r.attempts },
+    `${sessionId}/${incarnation}/destroy-failed`,
+  );
+  if (r.code === 'GAVE_UP') return;
+  deps.logger.error(
+    { sessionId, incarnation, node: placement.node, attempts: r.attempts, gpuBytes: placement.gpuBytes },
+    'destroy gave up: the GPU release failed every attempt; it waits for an operator (sessionctl stuck, retry, resolve)',
+  );
 }
 
 /**

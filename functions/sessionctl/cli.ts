@@ -15,6 +15,8 @@ import { withStackDefaults } from './stack-defaults.ts';
 const sessionsCommand: Command = async (ctx) => (await import('./session-commands.ts')).sessionsCommand(ctx);
 const inspectCommand: Command = async (ctx) => (await import('./session-commands.ts')).inspectCommand(ctx);
 const stuckCommand: Command = async (ctx) => (await import('./session-commands.ts')).stuckCommand(ctx);
+const retryCommand: Command = async (ctx) => (await import('./session-commands.ts')).settleFailedCommand('retry')(ctx);
+const resolveCommand: Command = async (ctx) => (await import('./session-commands.ts')).settleFailedCommand('resolve')(ctx);
 const sendCommand: Command = async (ctx) => (await import('./event-commands.ts')).sendCommand(ctx);
 const destroyCommand: Command = async (ctx) => (await import('./event-commands.ts')).destroyCommand(ctx);
 const deadLettersCommand: Command = async (ctx) => (await import('./dead-letter-commands.ts')).deadLettersCommand(ctx);
@@ -76,6 +78,8 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
     options: ['older-than', 'limit'],
     run: stuckCommand,
   },
+  retry: { usage: 'retry <sessionId>', summary: 'a destroy that gave up its GPU release (release_failed): request it again', options: [], run: retryCommand },
+  resolve: { usage: 'resolve <sessionId>', summary: 'a destroy that gave up its GPU release: book the memory as freed and finish it', options: [], run: resolveCommand },
   'dead-letters': {
     usage: 'dead-letters [list | show <id> | replay <id> | replay --all]',
     summary: "the local Broker's dead letters: why each event died; send them again",

@@ -19,7 +19,7 @@ test('--help and help print the usage of every command and exit 0', async () => 
 test('a missing or unknown command, an unknown option and an option of another command exit 2', async () => {
   const cases: [string[], RegExp][] = [
     [[], /^sessionctl: no command given\n\nusage: sessionctl/],
-    [['reap'], /^sessionctl: unknown command "reap"; one of: sessions, inspect, send, destroy, stuck, dead-letters, stats/],
+    [['reap'], /^sessionctl: unknown command "reap"; one of: sessions, inspect, send, destroy, stuck, retry, resolve, dead-letters, stats/],
     [['sessions', '--colour'], /^sessionctl: Unknown option '--colour'/],
     [['inspect', 's-1', '--watch'], /^sessionctl: inspect does not take --watch \(usage: sessionctl inspect <sessionId>\)/],
     [['stats', 'now'], /^sessionctl: stats takes no arguments, got now/],

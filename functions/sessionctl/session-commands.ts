@@ -4,7 +4,7 @@
 import { DEFAULT_SCORING_POLICY, idleDecision, type IdleDecision } from '../activity-score/scoring.ts';
 import { contextFromFields } from '../activity-score/idle-judgement.ts';
 import { SESSION_ID_PATTERN } from '../core/contract/events.ts';
-import type { Cause, SessionState, SessionView, Stage } from '../core/session-store.ts';
+import { parseMigrationMember, type Cause, type SessionState, type SessionView, type Stage } from '../core/session-store.ts';
 import type { Command, CommandContext } from './command.ts';
 import { connectCore, type CoreConnection } from './connections.ts';
 import { NotFoundError, UsageError } from './errors.ts';
@@ -40,9 +40,11 @@ export interface StuckRow {
   node?: string;
   lastProgressAt: number;
   stalledForMs: number;
+  /** stalled: the watchdog keeps resuming it; release_failed: it gave up after its release budget, and waits for
+   *  `sessionctl retry` or `sessionctl resolve`. */
+  status: 'stalled' | 'release_failed';
 }
 
-const MIGRATION_MEMBER = /^m:(.+):(\d+)$/;
 const DEFAULT_LIMIT = 100;
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN);
 
@@ -113,7 +115,7 @@ export const sessionsCommand: Command = (ctx) => {
       for (const view of views) if (view?.state === 'active') rows.push(rowOf(view, now));
     }
     if (state !== 'active') {
-      const inFlight = (await core.store.destroysInFlight(Number.MAX_SAFE_INTEGER)).filter((m) => !MIGRATION_MEMBER.test(m.member));
+      const inFlight = (await core.store.destroysInFlight(Number.MAX_SAFE_INTEGER)).filter((m) => parseMigrationMember(m.member) === undefined);
       totals.destroying = inFlight.length;
       const shown = inFlight.slice(0, limit);
       const views = await Promise.all(shown.map((m) => core.store.inspect(m.member)));
@@ -245,12 +247,16 @@ export const stuckCommand: Command = (ctx) => {
   return withCore(ctx, async (core) => {
     const olderThanMs = olderThan ?? core.config.DESTROY_STALL_MS;
     const now = ctx.now();
-    const stalled = (await core.store.destroysInFlight(Number.MAX_SAFE_INTEGER)).filter((m) => m.lastProgressAt <= now - olderThanMs).slice(0, limit);
+    // Those that gave up come first: nothing resumes them but an operator.
+    const failed = (await core.store.failedDestroys()).map((f) => ({ member: f.sessionId, lastProgressAt: f.failedAt, status: 'release_failed' as const }));
+    const stalled = (await core.store.destroysInFlight(Number.MAX_SAFE_INTEGER))
+      .filter((m) => m.lastProgressAt <= now - olderThanMs)
+      .map((m) => ({ ...m, status: 'stalled' as const }));
     const rows = await Promise.all(
-      stalled.map(async (m): Promise<StuckRow> => {
-        const base = { lastProgressAt: m.lastProgressAt, stalledForMs: now - m.lastProgressAt };
-        const migration = MIGRATION_MEMBER.exec(m.member);
-        if (migration?.[1] !== undefined) return { sessionId: migration[1], kind: 'migration', incarnation: Number(migration[2]), ...base };
+      [...failed, ...stalled].slice(0, limit).map(async (m): Promise<StuckRow> => {
+        const base = { lastProgressAt: m.lastProgressAt, stalledForMs: now - m.lastProgressAt, status: m.status };
+        const migration = parseMigrationMember(m.member);
+        if (migration) return { sessionId: migration.sessionId, kind: 'migration', incarnation: migration.incarnation, ...base };
         const view = await core.store.inspect(m.member);
         const row: StuckRow = { sessionId: m.member, kind: 'destroy', ...base };
         if (view) {
@@ -267,9 +273,31 @@ export const stuckCommand: Command = (ctx) => {
       rows.length === 0
         ? `no destroy has been without progress for ${duration(olderThanMs)} or more`
         : table(
-            ['SESSION', 'KIND', 'INC', 'STAGE', 'CAUSE', 'ATTEMPT', 'NODE', 'NO PROGRESS FOR'],
-            rows.map((r) => [r.sessionId, r.kind, r.incarnation ?? '-', r.stage ?? '-', r.cause ?? '-', r.releaseAttempt ?? '-', r.node ?? '-', duration(r.stalledForMs)]),
-          );
+            ['SESSION', 'KIND', 'STATUS', 'INC', 'STAGE', 'CAUSE', 'ATTEMPT', 'NODE', 'NO PROGRESS FOR'],
+            rows.map((r) => [r.sessionId, r.kind, r.status, r.incarnation ?? '-', r.stage ?? '-', r.cause ?? '-', r.releaseAttempt ?? '-', r.node ?? '-', duration(r.stalledForMs)]),
+          ) + (failed.length > 0 ? '\n\nrelease_failed: `sessionctl retry <id>` requests the release again; `sessionctl resolve <id>` books it as freed.' : '');
     return { json: { now, olderThanMs, stuck: rows }, human };
   });
 };
+
+/**
+ * `retry <sessionId>` / `resolve <sessionId>`: an operator's answer to a destroy that gave up its GPU release. retry
+ * gives it a fresh release budget (the deadline engine's watchdog requests a new attempt at its next pass); resolve
+ * books the memory as freed without the runtime's word (the runtime was wiped, or the node is gone) and lets the
+ * watchdog finish the destroy.
+ */
+export function settleFailedCommand(action: 'retry' | 'resolve'): Command {
+  return (ctx) => {
+    const sessionId = sessionIdArgument(ctx, action);
+    return withCore(ctx, async (core) => {
+      const r = await core.store.settleFailedDestroy(sessionId, action, ctx.now());
+      if (r.code === 'UNKNOWN') throw new NotFoundError(`no session ${sessionId} (never opened, or its tombstone expired)`);
+      if (r.code === 'NOT_FAILED') throw new UsageError(`the destroy of ${sessionId} has not given up its release (the session is ${r.state}); see sessionctl stuck`);
+      const human =
+        r.code === 'RETRYING'
+          ? `${sessionId} (incarnation ${r.incarnation}): release budget restarted; the watchdog requests a new release attempt`
+          : `${sessionId} (incarnation ${r.incarnation}): ${bytes(r.bytes)} on ${r.node} booked as freed; the watchdog finishes the destroy`;
+      return { json: r, human };
+    });
+  };
+}

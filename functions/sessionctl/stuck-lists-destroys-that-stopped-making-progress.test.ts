@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { fp, testCore, type TestCore } from '../../tests/support/core.ts';
-import { drawReleaseToken } from '../core/session-store.ts';
+import { Scripts } from '../core/redis/scripts.ts';
+import { drawReleaseToken, SessionStore } from '../core/session-store.ts';
 import type { StuckRow } from './session-commands.ts';
 import { cliEnv, coreEnv, jsonOf, openLongLived, placementOn, sessionctl } from './sessionctl-test-support.ts';
 
@@ -47,9 +48,9 @@ test('stuck prints a table, and --older-than widens or narrows what counts as st
   const all = await sessionctl(['stuck', '--older-than', '0s'], env);
   assert.equal(all.code, 0, all.stderr);
   const lines = all.stdout.trimEnd().split('\n');
-  assert.match(lines[0]!, /^SESSION\s+KIND\s+INC\s+STAGE\s+CAUSE\s+ATTEMPT\s+NODE\s+NO PROGRESS FOR$/);
-  assert.match(lines[1]!, /^sess-stalled\s+destroy\s+1\s+gpu_release_requested\s+expired\s+2\s+gpu-node-a\s+1\.\d min$/);
-  assert.match(lines[2]!, /^sess-fresh\s+destroy\s+1\s+claimed\s+closed\s+-\s+gpu-node-b\s+\d/);
+  assert.match(lines[0]!, /^SESSION\s+KIND\s+STATUS\s+INC\s+STAGE\s+CAUSE\s+ATTEMPT\s+NODE\s+NO PROGRESS FOR$/);
+  assert.match(lines[1]!, /^sess-stalled\s+destroy\s+stalled\s+1\s+gpu_release_requested\s+expired\s+2\s+gpu-node-a\s+1\.\d min$/);
+  assert.match(lines[2]!, /^sess-fresh\s+destroy\s+stalled\s+1\s+claimed\s+closed\s+-\s+gpu-node-b\s+\d/);
 
   const none = await sessionctl(['stuck', '--older-than', '1h'], env);
   assert.equal(none.code, 0, none.stderr);
@@ -61,4 +62,36 @@ test('stuck refuses a threshold that is not a duration with exit 2', async () =>
   assert.equal(run.code, 2);
   assert.match(run.stderr, /--older-than "soon" is not a duration/);
   assert.equal(run.stdout, '');
+});
+
+test('a destroy that gave up its release is listed first, whatever the threshold, and retry or resolve answer it', async () => {
+  // A store whose budget is one attempt: the second attempt gives up, as destroy-dispatch's would.
+  const store = new SessionStore(core.redis, core.keys, await Scripts.register(core.redis), { tombstoneTtlMs: 60_000, releaseMaxAttempts: 1 });
+  const now = Date.now();
+  await openLongLived(core, 'sess-failed', now, placementOn('gpu-node-c'));
+  const inc = (await store.inspect('sess-failed'))!.incarnation;
+  await store.claimDestroy({ sessionId: 'sess-failed', fingerprint: fp('d'), cause: 'closed', now });
+  await store.advance('sess-failed', inc, 'gpu_release_requested', now, { attempt: 1, token: drawReleaseToken() });
+  assert.equal((await store.advance('sess-failed', inc, 'gpu_release_requested', now, { attempt: 2, token: drawReleaseToken() })).code, 'EXHAUSTED');
+
+  const listed = jsonOf<{ stuck: StuckRow[] }>(await sessionctl(['stuck', '--json', '--older-than', '1h'], env)).stuck;
+  assert.deepEqual(listed.map((r) => [r.sessionId, r.status, r.node]), [['sess-failed', 'release_failed', 'gpu-node-c']]);
+  const table = await sessionctl(['stuck', '--older-than', '1h'], env);
+  assert.match(table.stdout, /sessionctl retry <id>/);
+
+  const retried = await sessionctl(['retry', 'sess-failed'], env);
+  assert.equal(retried.code, 0, retried.stderr);
+  assert.match(retried.stdout, /release budget restarted/);
+  assert.deepEqual(jsonOf<{ stuck: StuckRow[] }>(await sessionctl(['stuck', '--json', '--older-than', '1h'], env)).stuck.map((r) => r.sessionId), ['sess-failed'], 'back with the watchdog, due at once');
+  const again = await sessionctl(['retry', 'sess-failed'], env);
+  assert.equal(again.code, 2);
+  assert.match(again.stderr, /has not given up its release/);
+
+  assert.equal((await store.advance('sess-failed', inc, 'gpu_release_requested', now, { attempt: 3, token: drawReleaseToken() })).code, 'EXHAUSTED');
+  const resolved = await sessionctl(['resolve', 'sess-failed', '--json'], env);
+  assert.equal(resolved.code, 0, resolved.stderr);
+  assert.equal(jsonOf<{ code: string }>(resolved).code, 'RESOLVED');
+  assert.equal((await store.inspect('sess-failed'))?.stage, 'gpu_released');
+  const unknown = await sessionctl(['resolve', 'sess-never'], env);
+  assert.equal(unknown.code, 3);
 });
