@@ -16,6 +16,7 @@ import { createLogger, withLogContext, type Logger } from './log.ts';
 import { KeySpace } from './redis/keys.ts';
 import { connectRedis, createRedisClient, type RedisClient } from './redis/connect.ts';
 import { ScriptLoadError, Scripts } from './redis/scripts.ts';
+import { RedisClock } from './redis/redis-clock.ts';
 import { SessionStore, UnexpectedReplyError } from './session-store.ts';
 import { ATTR_SESSION_ID, initTelemetry, withEventSpan, type Telemetry } from './telemetry.ts';
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
@@ -78,13 +79,19 @@ export function createCore(opts: CoreOptions): Core {
     ...(config.K_CA_CERTS === '' ? {} : { caCerts: config.K_CA_CERTS }),
   });
   const source = sourceOf(opts.name);
-  const now = opts.now ?? Date.now;
+  // Without a clock of the caller's (a test's), every replica reads Redis's: see redis-clock.ts.
+  const clock = opts.now ? undefined : new RedisClock(redis);
+  const now = opts.now ?? clock!.now;
   let store: SessionStore | undefined;
   let readying: Promise<void> | undefined;
 
   const ready = (): Promise<void> => {
     readying ??= (async () => {
       await connectRedis(redis);
+      if (clock) {
+        await clock.sync();
+        clock.start((err: unknown) => logger.warn({ err }, 'could not re-anchor the clock to Redis TIME; keeping the last anchor'));
+      }
       store = new SessionStore(redis, keys, await Scripts.register(redis), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS });
     })().catch((err: unknown) => {
       readying = undefined;
@@ -116,6 +123,7 @@ export function createCore(opts: CoreOptions): Core {
       }
     },
     async close() {
+      clock?.stop();
       emitter.shutdown();
       await telemetry.shutdown();
       redis.disconnect();

@@ -680,7 +680,7 @@ export class SessionStore {
     const k = this.keys.session(sessionId);
     return this.#purgeLike(
       'completeDestroy',
-      await this.#scripts.run('completeDestroy', [k.session, k.destroying], [sessionId, incarnation, now, this.#tombstoneTtlMs]),
+      await this.#scripts.run('completeDestroy', [k.session, k.destroying, k.placements], [sessionId, incarnation, now, this.#tombstoneTtlMs]),
     );
   }
 
@@ -755,7 +755,8 @@ export class SessionStore {
     set('deadline', deadline === null ? undefined : Number(deadline));
     set('holdUntil', opt('h'));
     set('windowMs', opt('w'));
-    set('placement', placement);
+    // A tombstone's placement is forgotten once no allocation names it any more.
+    set('placement', placement?.node ? placement : undefined);
     set('tenant', fields.tn);
     set('model', fields.m);
     set('openedAt', opt('o'));

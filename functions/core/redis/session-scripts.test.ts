@@ -478,3 +478,45 @@ for (const topology of TOPOLOGIES) {
     });
   });
 }
+
+describe('placements', () => {
+  let core: TestCore;
+  before(async () => {
+    core = await testCore('single', { buckets: 1 });
+  });
+  after(async () => {
+    await core.close();
+  });
+
+  test('a placement is forgotten with the last allocation naming it, so nodes that come and go leave nothing behind', async () => {
+    const placementsKey = core.keys.bucket(0).placements;
+    // Three sessions on a node of their own each, one of them migrated to a fourth node.
+    const nodes = ['churn-1', 'churn-2', 'churn-3'].map((node) => ({ ...placementA, node }));
+    const incs: number[] = [];
+    for (const [i, placement] of nodes.entries()) {
+      const r = await openAt(core, `churn-${i}`, T0, placement);
+      assert.equal(r.code, 'OPENED');
+      if (r.code === 'OPENED') incs.push(r.incarnation);
+    }
+    const moved = await openAt(core, 'churn-0', T0 + 10, { ...placementA, node: 'churn-4' });
+    assert.equal(moved.code, 'MIGRATED');
+    // A second session on churn-2 keeps it while the first goes.
+    const sharing = await openAt(core, 'churn-2b', T0, nodes[1]);
+    assert.equal(sharing.code, 'OPENED');
+    assert.equal(Object.keys(await core.redis.hgetall(placementsKey)).filter((f) => f.startsWith('id:')).length, 4);
+
+    if (moved.code !== 'MIGRATED') return;
+    assert.equal((await core.store.recordRelease('churn-0', moved.previous.incarnation, 1000, T0 + 20, 'churn-1', moved.previous.token)).code, 'MIGRATION_RELEASED');
+    for (const [id, inc] of [['churn-0', moved.incarnation], ['churn-1', incs[1]!], ['churn-2', incs[2]!]] as const) {
+      assert.equal((await core.store.claimDestroy({ sessionId: id, fingerprint: fp(), cause: 'closed', now: T0 + 30 })).code, 'CLAIMED');
+      await destroyFully(core, id, inc, T0 + 40);
+    }
+    const left = await core.redis.hgetall(placementsKey);
+    assert.deepEqual(Object.keys(left).filter((f) => f.startsWith('id:')).map((f) => (JSON.parse(left[f]!) as [string, string])[0]), ['churn-2'], 'only the placement still in use');
+    assert.deepEqual((await core.store.inspect('churn-2b'))?.placement, nodes[1]);
+    assert.equal((await core.store.inspect('churn-2'))?.placement, undefined, "a tombstone's forgotten placement is not shown");
+    // A session opened again on a forgotten node interns it afresh.
+    assert.equal((await openAt(core, 'churn-5', T0 + 50, nodes[0])).code, 'OPENED');
+    assert.deepEqual((await core.store.inspect('churn-5'))?.placement, nodes[0]);
+  });
+});

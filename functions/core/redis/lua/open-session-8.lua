@@ -37,6 +37,7 @@ local migrationToken = ARGV[11]
 local function create(previous)
   local inc = redis.call('HINCRBY', metaKey, 'inc', 1)
   local pid = placementId(placementsKey, metaKey, node, url)
+  placementRef(placementsKey, pid, 1)
   local deadline = liveFrom + window
   redis.call('DEL', sessionKey)
   redis.call('HSET', sessionKey, 's', 'A', 'i', inc, 'w', window, 'p', pid, 'g', bytes, 'o', liveFrom, 'f', fingerprint)
@@ -88,6 +89,8 @@ end
 
 local oldInc, oldPid, oldBytes = tonumber(inc), state[5], tonumber(state[6] or '0')
 local newInc = redis.call('HINCRBY', metaKey, 'inc', 1)
+-- The new incarnation names the new placement; the old one stays named by the migration entry until its release.
+placementRef(placementsKey, pid, 1)
 redis.call('HSET', migrationsKey, sessionId .. ':' .. oldInc, oldPid .. '|' .. oldBytes .. '|' .. migrationToken)
 redis.call('ZADD', destroyingKey, now, MIGRATION_MEMBER_PREFIX .. sessionId .. ':' .. oldInc)
 redis.call('HSET', sessionKey, 'i', newInc, 'p', pid, 'g', bytes, 'f', fingerprint, 'o', liveFrom)

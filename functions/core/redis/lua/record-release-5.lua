@@ -34,6 +34,7 @@ if standing == 'migration' then
   if not matches then ignored(node) return { 'TOKEN_MISMATCH' } end
   ledgerRelease(ledgerKey, node, state.bytes, confirmed)
   redis.call('HDEL', migrationsKey, sessionId .. ':' .. inc)
+  placementRef(placementsKey, state.pid, -1)
   redis.call('ZREM', destroyingKey, MIGRATION_MEMBER_PREFIX .. sessionId .. ':' .. inc)
   return { 'MIGRATION_RELEASED', node, state.bytes }
 end

@@ -93,6 +93,25 @@ local function placementId(placementsKey, metaKey, node, url)
   return pid
 end
 
+-- Counts the allocations that name an interned placement (`n:<pid>`: a session's incarnation from its open to its
+-- completed destroy, a migration's old allocation until its release is booked) and forgets the placement with the
+-- last of them, so the placements hash holds only placements in use, however many nodes come and go. A count below
+-- zero is one interned before counting began (an upgrade): it is dropped and the placement kept.
+local function placementRef(placementsKey, pid, delta)
+  if not pid then return end
+  local n = redis.call('HINCRBY', placementsKey, 'n:' .. pid, delta)
+  if n > 0 then return end
+  if n == 0 then
+    local raw = redis.call('HGET', placementsKey, 'id:' .. pid)
+    if raw then
+      local pair = cjson.decode(raw)
+      redis.call('HDEL', placementsKey, 'key:' .. pair[1] .. '\n' .. pair[2])
+    end
+    redis.call('HDEL', placementsKey, 'id:' .. pid)
+  end
+  redis.call('HDEL', placementsKey, 'n:' .. pid)
+end
+
 -- Returns node, runtimeUrl of an interned placement ('' , '' if unknown).
 local function placementOf(placementsKey, pid)
   if not pid then return '', '' end

@@ -1,8 +1,9 @@
 --[[
   completeDestroy: the last stage. The record becomes a tombstone (state X) that expires after the tombstone TTL,
-  so late events for this incarnation are recognised and ignored until then.
+  so late events for this incarnation are recognised and ignored until then. The incarnation no longer names its
+  placement (which is forgotten with the last allocation naming it).
 
-  KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)
+  KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket placements
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] now (ms)   ARGV[4] tombstone TTL (ms)
 
   Returns one of:
@@ -14,10 +15,10 @@
     {'UNKNOWN'}
 ]]
 -- @include "session"
-local sessionKey, destroyingKey = KEYS[1], KEYS[2]
+local sessionKey, destroyingKey, placementsKey = KEYS[1], KEYS[2], KEYS[3]
 local sessionId, inc, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'st')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'p')
 if not state[1] then return { 'UNKNOWN' } end
 if tonumber(state[2]) ~= inc then return { 'STALE', tonumber(state[2]) } end
 if state[1] == 'X' then return { 'ALREADY' } end
@@ -27,4 +28,5 @@ redis.call('HSET', sessionKey, 's', 'X', 'st', 'completed', 't', now)
 appendTimeline(sessionKey, 'completed', now)
 redis.call('ZREM', destroyingKey, sessionId)
 redis.call('PEXPIRE', sessionKey, ttl)
+placementRef(placementsKey, state[4], -1)
 return { 'COMPLETED' }
