@@ -30,6 +30,7 @@ export const GpuReleaseSettingsSchema = Type.Object({
   BREAKER_RESET_TIMEOUT_MS: Int(100, 600_000, 10_000, 'How long an open breaker refuses calls before one trial call.'),
   BREAKER_VOLUME_THRESHOLD: Int(0, 100_000, 5, 'Calls to a runtime within the rolling window before its breaker may open.'),
   BREAKER_ROLLING_WINDOW_MS: Int(100, 600_000, 10_000, 'Length of the breaker statistics window (ten equal slices).', { multipleOf: 10 }),
+  BREAKER_IDLE_MS: Int(1000, 86_400_000, 600_000, 'A closed breaker with no call to its runtime for this long is shut down and dropped (a later call makes a fresh one), so runtimes that come and go are not remembered forever.'),
 });
 
 /** gpu-release's validated settings. */
@@ -61,6 +62,7 @@ export function createGpuReleaseDeps(core: Pick<Core, 'deps'>, settings: GpuRele
       volumeThreshold: settings.BREAKER_VOLUME_THRESHOLD,
       rollingCountTimeoutMs: settings.BREAKER_ROLLING_WINDOW_MS,
     },
+    breakerIdleMs: settings.BREAKER_IDLE_MS,
     logger,
   });
   return { runtime };
