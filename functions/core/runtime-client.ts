@@ -32,6 +32,22 @@ export interface RuntimeMemory {
   sessions: number;
 }
 
+/** One session incarnation a runtime reports holding memory for (GET /v1/sessions). */
+export interface HeldSession {
+  sessionId: string;
+  incarnation: number;
+  bytes: number;
+}
+
+/**
+ * One page of a runtime's listing, `next` leading to the following one; or, for a runtime that answered 404, 405 or
+ * 501, `unsupported` (the listing is optional in the API).
+ */
+export type HeldSessionPage = { sessions: HeldSession[]; next?: string } | { unsupported: true; status: number };
+
+/** Most sessions one listing page holds (the API's SessionPage). */
+export const LIST_PAGE_LIMIT = 256;
+
 /** Why a call failed; `invalid_request` means the caller passed an argument the API cannot carry. */
 export type RuntimeReleaseErrorReason =
   | 'breaker_open' | 'budget_exhausted' | 'timeout' | 'http_status' | 'network' | 'bad_response' | 'invalid_request'
@@ -141,6 +157,8 @@ export interface RuntimeCallContext {
 export interface RuntimeClient {
   release(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext): Promise<ReleaseResult>;
   memory(runtimeUrl: string, ctx?: RuntimeCallContext): Promise<RuntimeMemory>;
+  /** One page of what the runtime holds (the optional GET /v1/sessions), after the session id `after`. */
+  listSessions(runtimeUrl: string, page?: { after?: string; limit?: number }, ctx?: RuntimeCallContext): Promise<HeldSessionPage>;
   breakerState(runtimeUrl: string): BreakerState;
   /** How many endpoints' breakers the client holds now (idle closed ones are dropped after breakerIdleMs). */
   breakerCount(): number;
@@ -474,6 +492,43 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
             throw new RuntimeReleaseError(`200 from ${url} is not a memory summary (${text.length} characters)`, { reason: 'bad_response', retryable: true, status });
           }
           return { totalBytes, usedBytes, sessions };
+        }),
+      );
+      return value;
+    },
+
+    async listSessions(runtimeUrl, page = {}, ctx) {
+      const limit = page.limit ?? LIST_PAGE_LIMIT;
+      if (!Number.isInteger(limit) || limit < 1 || limit > LIST_PAGE_LIMIT) {
+        throw new RuntimeReleaseError(`limit must be an integer within [1, ${LIST_PAGE_LIMIT}], got ${String(limit)}`, { reason: 'invalid_request', retryable: false });
+      }
+      if (page.after !== undefined && !SESSION_ID_PATTERN.test(page.after)) {
+        throw new RuntimeReleaseError(`after ${JSON.stringify(page.after)} does not match ${SESSION_ID_PATTERN.source}`, { reason: 'invalid_request', retryable: false });
+      }
+      const endpoint = endpointOf(runtimeUrl);
+      const query = new URLSearchParams({ limit: String(limit), ...(page.after === undefined ? {} : { after: page.after }) });
+      const url = `${endpoint}/v1/sessions?${query.toString()}`;
+      const init: HttpRequestInit = { method: 'GET', headers: headersFor(ctx, {}) };
+      const { value } = await withRetries(endpoint, 'list', {}, (signal) =>
+        exchange(url, init, signal, (status, text, res): HeldSessionPage => {
+          // The listing is optional: these say the runtime has none, which is an answer, not a failure.
+          if (status === 404 || status === 405 || status === 501) return { unsupported: true, status };
+          if (status !== 200) throw statusError(url, status, res);
+          const body = parseJson(text);
+          const sessions = field(body, 'sessions');
+          const next = field(body, 'next');
+          const entries = Array.isArray(sessions) ? (sessions as unknown[]) : undefined;
+          const valid = entries !== undefined && entries.length <= limit && entries.every((e) => {
+            const id = field(e, 'sessionId');
+            return typeof id === 'string' && SESSION_ID_PATTERN.test(id) && isNonNegativeInteger(field(e, 'incarnation')) && isNonNegativeInteger(field(e, 'bytes'));
+          });
+          // A `next` that does not move forward would make a caller page forever.
+          const nextValid = next === undefined || (typeof next === 'string' && SESSION_ID_PATTERN.test(next) && (page.after === undefined || next > page.after));
+          if (!valid || !nextValid) {
+            throw new RuntimeReleaseError(`200 from ${url} is not a session page (${text.length} characters)`, { reason: 'bad_response', retryable: true, status });
+          }
+          const held = entries.map((e) => ({ sessionId: field(e, 'sessionId') as string, incarnation: field(e, 'incarnation') as number, bytes: field(e, 'bytes') as number }));
+          return next === undefined ? { sessions: held } : { sessions: held, next };
         }),
       );
       return value;
