@@ -5,7 +5,7 @@ import type { Core } from '../core/function-host.ts';
 import { OrphanStore } from '../core/orphan-store.ts';
 import { Scripts } from '../core/redis/scripts.ts';
 import type { RuntimeClient } from '../core/runtime-client.ts';
-import { createGpuReleaseDeps, readGpuReleaseSettings } from '../gpu-release/handle.ts';
+import { readRuntimeCallSettings, runtimeClientFor } from '../core/runtime-call-settings.ts';
 import { readEngineSettings } from './engine-settings.ts';
 import { Reconciler } from './reconciler.ts';
 
@@ -19,7 +19,7 @@ export interface EngineReconciler {
 export function createEngineReconciler(core: Core, env: NodeJS.ProcessEnv): EngineReconciler | undefined {
   const settings = readEngineSettings(env);
   if (settings.RECONCILE_INTERVAL_MS === 0) return undefined;
-  const { runtime } = createGpuReleaseDeps(core, readGpuReleaseSettings(env));
+  const runtime = runtimeClientFor(core.deps, readRuntimeCallSettings(env));
   let orphans: Promise<OrphanStore> | undefined;
   const ready = (): Promise<OrphanStore> => {
     orphans ??= (async () => {
