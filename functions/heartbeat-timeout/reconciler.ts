@@ -26,6 +26,8 @@ import type { RuntimeRegistry } from '../core/runtime-registry.ts';
 const MAX_PAGES_PER_RUNTIME = 1000;
 /** Most recently used wildcard-family runtimes reconciled per pass, as the load monitor polls. */
 const MAX_SEEN_RUNTIMES = 256;
+/** Most runtimes remembered as having no listing (so each is logged once, not once per pass). */
+const MAX_UNSUPPORTED_REMEMBERED = 1024;
 
 /** What the reconciler uses from the core. */
 export interface ReconcilerDeps {
@@ -173,6 +175,8 @@ export class Reconciler {
       if ('unsupported' in listed) {
         report.unsupported += 1;
         if (!this.#unsupportedLogged.has(endpoint)) {
+          // Bounded like everything kept per runtime: members of a wildcard family come and go.
+          if (this.#unsupportedLogged.size >= MAX_UNSUPPORTED_REMEMBERED) this.#unsupportedLogged.clear();
           this.#unsupportedLogged.add(endpoint);
           this.#log.info({ runtime: name, status: listed.status }, 'runtime does not list its sessions; it is not reconciled');
         }
