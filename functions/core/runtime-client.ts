@@ -15,6 +15,7 @@ export const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 const TRACEPARENT_PATTERN = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
 const MAX_RESPONSE_CHARS = 64 * 1024;
+const DEFAULT_BREAKER_IDLE_MS = 600_000;
 
 /** How a release ended: freed now, already gone from the runtime, or left alone because a newer incarnation holds it. */
 export interface ReleaseResult {
@@ -30,6 +31,22 @@ export interface RuntimeMemory {
   usedBytes: number;
   sessions: number;
 }
+
+/** One session incarnation a runtime reports holding memory for (GET /v1/sessions). */
+export interface HeldSession {
+  sessionId: string;
+  incarnation: number;
+  bytes: number;
+}
+
+/**
+ * One page of a runtime's listing, `next` leading to the following one; or, for a runtime that answered 404, 405 or
+ * 501, `unsupported` (the listing is optional in the API).
+ */
+export type HeldSessionPage = { sessions: HeldSession[]; next?: string } | { unsupported: true; status: number };
+
+/** Most sessions one listing page holds (the API's SessionPage). */
+export const LIST_PAGE_LIMIT = 256;
 
 /** Why a call failed; `invalid_request` means the caller passed an argument the API cannot carry. */
 export type RuntimeReleaseErrorReason =
@@ -122,6 +139,11 @@ export interface RuntimeClientOptions {
   registry?: RuntimeRegistry;
   /** Where the client may connect (OUTBOUND_ALLOWED_CIDRS); anywhere when absent. Not used with fetchImpl. */
   addressPolicy?: OutboundAddressPolicy;
+  /**
+   * How long a closed breaker may go without a call before it is shut down and dropped (default 600000); a later
+   * call makes a fresh one. Bounds what the client keeps to the runtimes in use, however many come and go.
+   */
+  breakerIdleMs?: number;
 }
 
 /** Per-call context propagated to the runtime. */
@@ -135,7 +157,11 @@ export interface RuntimeCallContext {
 export interface RuntimeClient {
   release(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext): Promise<ReleaseResult>;
   memory(runtimeUrl: string, ctx?: RuntimeCallContext): Promise<RuntimeMemory>;
+  /** One page of what the runtime holds (the optional GET /v1/sessions), after the session id `after`. */
+  listSessions(runtimeUrl: string, page?: { after?: string; limit?: number }, ctx?: RuntimeCallContext): Promise<HeldSessionPage>;
   breakerState(runtimeUrl: string): BreakerState;
+  /** How many endpoints' breakers the client holds now (idle closed ones are dropped after breakerIdleMs). */
+  breakerCount(): number;
   /** Shuts every breaker down and cancels waits and requests in flight; later calls fail with breaker_open. */
   shutdown(): void;
 }
@@ -190,13 +216,44 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
   const random = opts.random ?? Math.random;
   const log = opts.logger;
   const breakers = new Map<string, AttemptBreaker>();
+  // Per endpoint: when a call last used its breaker, and how many calls are using it now (a call holds its breaker
+  // across retries and backoff, so one in use is never dropped under it).
+  const lastUsedAt = new Map<string, number>();
+  const callsInFlight = new Map<string, number>();
+  const idleMs = opts.breakerIdleMs ?? DEFAULT_BREAKER_IDLE_MS;
+  let sweepTimer: NodeJS.Timeout | undefined;
   const lifetime = new AbortController();
   if (!Number.isInteger(opts.retries) || opts.retries < 0) throw new RangeError('retries must be an integer >= 0');
   if (!(opts.timeoutMs > 0)) throw new RangeError('timeoutMs must be > 0');
+  if (!(idleMs > 0)) throw new RangeError('breakerIdleMs must be > 0');
+
+  // Drops the breakers that are closed, unused now and idle for breakerIdleMs: shutdown() stops their timers. An
+  // open or half-open breaker is kept, so a failing runtime is not handed a fresh, trusting breaker.
+  function sweepIdleBreakers(): void {
+    const now = Date.now();
+    for (const [endpoint, breaker] of breakers) {
+      if (!breaker.closed || (callsInFlight.get(endpoint) ?? 0) > 0 || now - (lastUsedAt.get(endpoint) ?? now) < idleMs) continue;
+      breaker.shutdown();
+      breakers.delete(endpoint);
+      lastUsedAt.delete(endpoint);
+      log?.debug({ endpoint, idleMs }, 'idle runtime breaker dropped');
+    }
+    if (breakers.size === 0) {
+      clearInterval(sweepTimer);
+      sweepTimer = undefined;
+    }
+  }
 
   function breakerFor(endpoint: string): AttemptBreaker {
+    lastUsedAt.set(endpoint, Date.now());
     const existing = breakers.get(endpoint);
     if (existing) return existing;
+    if (sweepTimer === undefined && !lifetime.signal.aborted) {
+      // Half the idle time: a breaker goes at most 1.5 x breakerIdleMs after its last call. Unref'd: it must not keep
+      // a process alive.
+      sweepTimer = setInterval(sweepIdleBreakers, Math.max(1, Math.floor(idleMs / 2)));
+      sweepTimer.unref();
+    }
     const b = opts.breaker;
     const breaker: AttemptBreaker = new CircuitBreaker((attempt: Attempt<unknown>, signal: AbortSignal) => attempt(signal), {
       name: endpoint,
@@ -279,6 +336,19 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
 
   // `endpoint`: the runtime's registered endpoint (endpointOf), resolved once per call.
   async function withRetries<T>(endpoint: string, op: string, logFields: Record<string, unknown>, attempt: Attempt<T>): Promise<{ value: T; attempts: number }> {
+    callsInFlight.set(endpoint, (callsInFlight.get(endpoint) ?? 0) + 1);
+    try {
+      return await retrying(endpoint, op, logFields, attempt);
+    } finally {
+      const left = (callsInFlight.get(endpoint) ?? 1) - 1;
+      if (left === 0) callsInFlight.delete(endpoint);
+      else callsInFlight.set(endpoint, left);
+      // The end of a call counts as use: its idle time starts now, not when it began.
+      if (breakers.has(endpoint)) lastUsedAt.set(endpoint, Date.now());
+    }
+  }
+
+  async function retrying<T>(endpoint: string, op: string, logFields: Record<string, unknown>, attempt: Attempt<T>): Promise<{ value: T; attempts: number }> {
     let attempts = 0;
     for (;;) {
       if (lifetime.signal.aborted) throw shutDownError(attempts);
@@ -427,16 +497,60 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
       return value;
     },
 
+    async listSessions(runtimeUrl, page = {}, ctx) {
+      const limit = page.limit ?? LIST_PAGE_LIMIT;
+      if (!Number.isInteger(limit) || limit < 1 || limit > LIST_PAGE_LIMIT) {
+        throw new RuntimeReleaseError(`limit must be an integer within [1, ${LIST_PAGE_LIMIT}], got ${String(limit)}`, { reason: 'invalid_request', retryable: false });
+      }
+      if (page.after !== undefined && !SESSION_ID_PATTERN.test(page.after)) {
+        throw new RuntimeReleaseError(`after ${JSON.stringify(page.after)} does not match ${SESSION_ID_PATTERN.source}`, { reason: 'invalid_request', retryable: false });
+      }
+      const endpoint = endpointOf(runtimeUrl);
+      const query = new URLSearchParams({ limit: String(limit), ...(page.after === undefined ? {} : { after: page.after }) });
+      const url = `${endpoint}/v1/sessions?${query.toString()}`;
+      const init: HttpRequestInit = { method: 'GET', headers: headersFor(ctx, {}) };
+      const { value } = await withRetries(endpoint, 'list', {}, (signal) =>
+        exchange(url, init, signal, (status, text, res): HeldSessionPage => {
+          // The listing is optional: these say the runtime has none, which is an answer, not a failure.
+          if (status === 404 || status === 405 || status === 501) return { unsupported: true, status };
+          if (status !== 200) throw statusError(url, status, res);
+          const body = parseJson(text);
+          const sessions = field(body, 'sessions');
+          const next = field(body, 'next');
+          const entries = Array.isArray(sessions) ? (sessions as unknown[]) : undefined;
+          const valid = entries !== undefined && entries.length <= limit && entries.every((e) => {
+            const id = field(e, 'sessionId');
+            return typeof id === 'string' && SESSION_ID_PATTERN.test(id) && isNonNegativeInteger(field(e, 'incarnation')) && isNonNegativeInteger(field(e, 'bytes'));
+          });
+          // A `next` that does not move forward would make a caller page forever.
+          const nextValid = next === undefined || (typeof next === 'string' && SESSION_ID_PATTERN.test(next) && (page.after === undefined || next > page.after));
+          if (!valid || !nextValid) {
+            throw new RuntimeReleaseError(`200 from ${url} is not a session page (${text.length} characters)`, { reason: 'bad_response', retryable: true, status });
+          }
+          const held = entries.map((e) => ({ sessionId: field(e, 'sessionId') as string, incarnation: field(e, 'incarnation') as number, bytes: field(e, 'bytes') as number }));
+          return next === undefined ? { sessions: held } : { sessions: held, next };
+        }),
+      );
+      return value;
+    },
+
     breakerState(runtimeUrl) {
       const breaker = breakers.get(runtimeEndpoint(runtimeUrl));
       if (!breaker || breaker.closed) return 'closed';
       return breaker.halfOpen ? 'halfOpen' : 'open';
     },
 
+    breakerCount() {
+      return breakers.size;
+    },
+
     shutdown() {
       lifetime.abort();
+      clearInterval(sweepTimer);
+      sweepTimer = undefined;
       for (const breaker of breakers.values()) breaker.shutdown();
       breakers.clear();
+      lastUsedAt.clear();
       send.close();
     },
   };

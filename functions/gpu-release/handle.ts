@@ -4,14 +4,13 @@
 // stale request calls nothing. Each release attempt reaches the runtime once (beginReleaseCall): a duplicate or
 // concurrent delivery of it calls nothing, since real engines do not honour the Idempotency-Key
 // `{sessionId}:{incarnation}` it is still sent with.
-import { Type, type Static } from '@sinclair/typebox';
-import { readSettings } from '../core/config.ts';
 import { EventType } from '../core/contract/events.ts';
 import type { InboundEvent } from '../core/contract/parse.ts';
 import { TransientError } from '../core/errors.ts';
 import type { Core, CoreDeps } from '../core/function-host.ts';
 import { traceHeadersForActiveContext } from '../core/telemetry.ts';
-import { createRuntimeClient, publicDescription, RuntimeReleaseError, type RuntimeCallContext, type RuntimeClient } from '../core/runtime-client.ts';
+import { publicDescription, RuntimeReleaseError, type RuntimeCallContext, type RuntimeClient } from '../core/runtime-client.ts';
+import { runtimeClientFor, type RuntimeCallSettings } from '../core/runtime-call-settings.ts';
 
 /** The event types gpu-release consumes. */
 export const GPU_RELEASE_ACCEPTS = [EventType.GpuReleaseRequested] as const;
@@ -19,27 +18,8 @@ export const GPU_RELEASE_ACCEPTS = [EventType.GpuReleaseRequested] as const;
 /** The event gpu-release handles. */
 export type GpuReleaseEvent = InboundEvent<(typeof GPU_RELEASE_ACCEPTS)[number]>;
 
-const Int = (minimum: number, maximum: number, dflt: number, description: string, extra: Record<string, number> = {}) =>
-  Type.Integer({ minimum, maximum, default: dflt, description, ...extra });
-
-/** gpu-release's own settings (the per-call timeout is the core's RUNTIME_TIMEOUT_MS). */
-export const GpuReleaseSettingsSchema = Type.Object({
-  RELEASE_RETRIES: Int(0, 10, 3, 'Retries of one release call after its first attempt, within one delivery.'),
-  RELEASE_BASE_BACKOFF_MS: Int(1, 10_000, 50, 'Cap of the first retry backoff; each retry waits a random time up to base x 2^n.'),
-  RELEASE_MAX_BACKOFF_MS: Int(1, 60_000, 1000, 'Largest wait between two attempts, Retry-After included.'),
-  BREAKER_ERROR_THRESHOLD_PERCENTAGE: Int(1, 100, 50, 'Failed share (%) of calls to one runtime, in the rolling window, that opens its breaker.'),
-  BREAKER_RESET_TIMEOUT_MS: Int(100, 600_000, 10_000, 'How long an open breaker refuses calls before one trial call.'),
-  BREAKER_VOLUME_THRESHOLD: Int(0, 100_000, 5, 'Calls to a runtime within the rolling window before its breaker may open.'),
-  BREAKER_ROLLING_WINDOW_MS: Int(100, 600_000, 10_000, 'Length of the breaker statistics window (ten equal slices).', { multipleOf: 10 }),
-});
-
-/** gpu-release's validated settings. */
-export type GpuReleaseSettings = Readonly<Static<typeof GpuReleaseSettingsSchema>>;
-
-/** Reads and validates gpu-release's settings from an environment map (defaults for what is unset). */
-export function readGpuReleaseSettings(env: NodeJS.ProcessEnv): GpuReleaseSettings {
-  return readSettings(GpuReleaseSettingsSchema, env);
-}
+/** gpu-release's own settings: the runtime call rules (functions/core/runtime-call-settings.ts), shared with the reconciler. */
+export { RuntimeCallSettingsSchema as GpuReleaseSettingsSchema, readRuntimeCallSettings as readGpuReleaseSettings, type RuntimeCallSettings as GpuReleaseSettings } from '../core/runtime-call-settings.ts';
 
 /** What gpu-release's handler needs beyond the core: one runtime client (one breaker per runtime) per process. */
 export interface GpuReleaseDeps {
@@ -52,29 +32,13 @@ export interface GpuReleaseDeps {
 }
 
 /** The longest one release call may take with its retries: every attempt timing out, every backoff at its cap. */
-export function releaseCallLeaseMs(timeoutMs: number, settings: Pick<GpuReleaseSettings, 'RELEASE_RETRIES' | 'RELEASE_MAX_BACKOFF_MS'>): number {
+export function releaseCallLeaseMs(timeoutMs: number, settings: Pick<RuntimeCallSettings, 'RELEASE_RETRIES' | 'RELEASE_MAX_BACKOFF_MS'>): number {
   return timeoutMs * (settings.RELEASE_RETRIES + 1) + settings.RELEASE_MAX_BACKOFF_MS * settings.RELEASE_RETRIES + 1000;
 }
 
 /** Builds gpu-release's dependencies once per process (the `extend` of its function definition). */
-export function createGpuReleaseDeps(core: Pick<Core, 'deps'>, settings: GpuReleaseSettings): GpuReleaseDeps {
-  const { config, logger, runtimes, outboundPolicy } = core.deps;
-  const runtime = createRuntimeClient({
-    registry: runtimes,
-    addressPolicy: outboundPolicy,
-    timeoutMs: config.RUNTIME_TIMEOUT_MS,
-    retries: settings.RELEASE_RETRIES,
-    baseBackoffMs: settings.RELEASE_BASE_BACKOFF_MS,
-    maxBackoffMs: settings.RELEASE_MAX_BACKOFF_MS,
-    breaker: {
-      errorThresholdPercentage: settings.BREAKER_ERROR_THRESHOLD_PERCENTAGE,
-      resetTimeoutMs: settings.BREAKER_RESET_TIMEOUT_MS,
-      volumeThreshold: settings.BREAKER_VOLUME_THRESHOLD,
-      rollingCountTimeoutMs: settings.BREAKER_ROLLING_WINDOW_MS,
-    },
-    logger,
-  });
-  return { runtime, callLeaseMs: releaseCallLeaseMs(config.RUNTIME_TIMEOUT_MS, settings) };
+export function createGpuReleaseDeps(core: Pick<Core, 'deps'>, settings: RuntimeCallSettings): GpuReleaseDeps {
+  return { runtime: runtimeClientFor(core.deps, settings), callLeaseMs: releaseCallLeaseMs(core.deps.config.RUNTIME_TIMEOUT_MS, settings) };
 }
 
 // The runtime call continues the handler's span; with no active span (a bare handle() call) the event's own

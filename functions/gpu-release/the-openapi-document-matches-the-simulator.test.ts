@@ -92,6 +92,8 @@ describe('the OpenAPI document matches the simulator', () => {
     for (const o of simOnly) assert.match(JSON.stringify(o.op), /SIMULATOR ONLY/);
     const api = operations().filter((o) => o.op.tags.includes('release'));
     assert.deepEqual(api.map((o) => o.op.operationId).sort(), ['getMemory', 'releaseSession']);
+    const optional = operations().filter((o) => o.op.tags.includes('reconcile'));
+    assert.deepEqual(optional.map((o) => o.op.operationId), ['listSessions']);
   });
 
   it('has examples that satisfy their own schemas', () => {
@@ -145,6 +147,22 @@ describe('the OpenAPI document matches the simulator', () => {
       const faulted = await call(sim, 'POST', `/v1/sessions/${id}/release`, { incarnation: 4 }, { 'idempotency-key': 'tenant-a:chat.42:4' });
       conforms('releaseSession', faulted.status, faulted.body);
     }
+
+    // The listing pages in id order; `next` leads to the rest, and the last page has none.
+    await call(sim, 'POST', `/v1/sessions/b-1/allocate`, { incarnation: 1, bytes: 10 });
+    await call(sim, 'POST', `/v1/sessions/a-1/allocate`, { incarnation: 2, bytes: 20 });
+    const first = await call(sim, 'GET', '/v1/sessions?limit=1');
+    assert.deepEqual(first, { status: 200, body: { sessions: [{ sessionId: 'a-1', incarnation: 2, bytes: 20 }], next: 'a-1' } });
+    conforms('listSessions', first.status, first.body);
+    const rest = await call(sim, 'GET', '/v1/sessions?after=a-1');
+    assert.deepEqual(rest, { status: 200, body: { sessions: [{ sessionId: 'b-1', incarnation: 1, bytes: 10 }] } });
+    conforms('listSessions', rest.status, rest.body);
+    const badLimit = await call(sim, 'GET', '/v1/sessions?limit=257');
+    assert.equal(badLimit.status, 400);
+    conforms('listSessions', badLimit.status, badLimit.body);
+    sim.queueFaults('error');
+    const unavailable = await call(sim, 'GET', '/v1/sessions');
+    conforms('listSessions', unavailable.status, unavailable.body);
 
     const memory = await call(sim, 'GET', '/v1/memory');
     conforms('getMemory', memory.status, memory.body);

@@ -1,6 +1,7 @@
 // The deadline engine's process: the long-running second entry point of heartbeat-timeout (same image, started as
 // `node functions/heartbeat-timeout/engine.ts`; see knative/base/deadline-engine.yaml). It serves GET /healthz on PORT
-// for the readiness probe and stops cleanly on SIGTERM/SIGINT.
+// for the readiness probe and stops cleanly on SIGTERM/SIGINT. Beside the deadline engine it runs the reconciler
+// (reconciler.ts), which releases GPU memory runtimes hold for no session, unless RECONCILE_INTERVAL_MS is 0.
 //
 // Its core is named 'deadline-engine', not 'heartbeat-timeout': that is the Deployment's name and its
 // OTEL_SERVICE_NAME in the manifests, it separates the engine's logs and spans from the request-driven function's,
@@ -9,7 +10,24 @@
 import { createCore } from '../core/function-host.ts';
 import { runLongRunning } from '../core/process-lifecycle.ts';
 import { DeadlineEngine } from './deadline-engine.ts';
+import { createEngineReconciler } from './engine-reconciler.ts';
 
 const core = createCore({ name: 'deadline-engine' });
 const engine = new DeadlineEngine({ deps: core.deps, ready: () => core.ready() });
-runLongRunning({ name: 'deadline-engine', label: 'the deadline engine', core, worker: engine, port: Number(process.env.PORT ?? 8080) });
+const reconciling = createEngineReconciler(core, process.env);
+runLongRunning({
+  name: 'deadline-engine',
+  label: 'the deadline engine',
+  core,
+  worker: {
+    start() {
+      engine.start();
+      reconciling?.reconciler.start();
+    },
+    async stop() {
+      await Promise.all([engine.stop(), reconciling?.reconciler.stop()]);
+      reconciling?.runtime.shutdown();
+    },
+  },
+  port: Number(process.env.PORT ?? 8080),
+});

@@ -17,8 +17,10 @@ export const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 const GiB = 1024 ** 3;
 const MAX_BODY_BYTES = 64 * 1024;
 const REQUEST_LOG_LIMIT = 1000;
+/** Most sessions in one page of GET /v1/sessions (the OpenAPI document's SessionPage). */
+const LIST_PAGE_LIMIT = 256;
 
-/** Fault settings; each rate is the fraction of API requests (release, memory) that get that fault. */
+/** Fault settings; each rate is the fraction of API requests (release, memory, listing) that get that fault. */
 export interface SimFaults {
   /** Fixed delay before each API request is handled. */
   latencyMs: number;
@@ -55,6 +57,8 @@ export interface SimRuntimeOptions extends Partial<SimFaults> {
   seed?: number;
   /** How long a 200 release response is kept for replay under its Idempotency-Key; default 24 h. */
   idempotencyTtlMs?: number;
+  /** Whether GET /v1/sessions lists what is held (default true); false answers it 501, as a runtime without it. */
+  listing?: boolean;
 }
 
 /** What the runtime holds for one session. */
@@ -75,7 +79,7 @@ export interface SimStats {
   totalSuperseded: number;
   /** Release requests answered from the idempotency store. */
   replays: number;
-  /** API requests received (release and memory), answered or not. */
+  /** API requests received (release, memory and listing), answered or not. */
   received: number;
   /** API requests left unanswered on purpose (hang faults). */
   hangs: number;
@@ -340,6 +344,22 @@ export async function startSimRuntime(opts: SimRuntimeOptions = {}): Promise<Sim
     return reply;
   }
 
+  // One page of the sessions held, in id order after `after` (the optional listing of the OpenAPI document).
+  function listSessions(query: URLSearchParams): Reply {
+    if (opts.listing === false) return problem(501, 'not_implemented', 'this runtime does not list its sessions');
+    const limitText = query.get('limit');
+    const limit = limitText === null ? LIST_PAGE_LIMIT : Number(limitText);
+    if (!Number.isInteger(limit) || limit < 1 || limit > LIST_PAGE_LIMIT) {
+      return problem(400, 'invalid_request', `limit must be an integer within [1, ${LIST_PAGE_LIMIT}]`);
+    }
+    const after = query.get('after');
+    if (after !== null && !SESSION_ID_PATTERN.test(after)) return problem(400, 'invalid_session_id', `after must match ${SESSION_ID_PATTERN.source}`);
+    const ids = [...sessions.keys()].filter((id) => after === null || id > after).sort();
+    const page = ids.slice(0, limit);
+    const next = ids.length > limit ? page.at(-1) : undefined;
+    return { status: 200, body: { sessions: page.map((id) => ({ ...sessions.get(id) })), ...(next === undefined ? {} : { next }) } };
+  }
+
   function memory(): { totalBytes: number; usedBytes: number; sessions: number } {
     return { totalBytes, usedBytes, sessions: sessions.size };
   }
@@ -365,7 +385,7 @@ export async function startSimRuntime(opts: SimRuntimeOptions = {}): Promise<Sim
     res.end(text);
   }
 
-  // The API plane (release, memory) gets latency and faults; the simulator-only plane answers straight away so
+  // The API plane (release, memory, listing) gets latency and faults; the simulator-only plane answers straight away so
   // tests can set up and inspect state reliably.
   async function handleApi(req: IncomingMessage, res: ServerResponse, rawPath: string, apply: () => Promise<Reply>): Promise<void> {
     stats.received++;
@@ -434,6 +454,11 @@ export async function startSimRuntime(opts: SimRuntimeOptions = {}): Promise<Sim
           const sessionId = decodeSessionId(parts[3] ?? '');
           return release(sessionId, Array.isArray(key) ? key.join(',') : key, await readJson(req));
         });
+      }
+      if (path === '/v1/sessions') {
+        if (!only('GET')) return;
+        const query = new URL(req.url ?? '/', 'http://sim').searchParams;
+        return await handleApi(req, res, rawPath, () => Promise.resolve(listSessions(query)));
       }
       if (path === '/v1/memory') {
         if (!only('GET')) return;

@@ -17,6 +17,8 @@ import { otlpTracesConfigured, samplerFromEnv } from '../../functions/core/telem
 import { DestroyDispatchSettingsSchema } from '../../functions/destroy-dispatch/definition.ts';
 import { defaultLeaseMs } from '../../functions/destroy-dispatch/storm-guard.ts';
 import { GpuReleaseSettingsSchema, readGpuReleaseSettings, type GpuReleaseSettings } from '../../functions/gpu-release/handle.ts';
+import { EngineSettingsSchema, readEngineSettings } from '../../functions/heartbeat-timeout/engine-settings.ts';
+import { readRuntimeCallSettings, RuntimeCallSettingsSchema } from '../../functions/core/runtime-call-settings.ts';
 import { readSimSettings, SimSettingsSchema } from '../../functions/sim-gpu-runtime/server.ts';
 import { describe, parseManifests, show, type Json, type Manifest } from './manifest-schemas.ts';
 
@@ -96,7 +98,8 @@ function coreEntry(own: readonly TObject[], read: (env: Record<string, string>) 
 /** Each process the images run, by its entry module, with the settings it reads (from the functions' own schemas). */
 export const ENTRY_POINTS: Record<string, EntryPointSettings> = {
   'functions/heartbeat-timeout/index.ts': coreEntry([], () => undefined, FRAMEWORK_SETTINGS),
-  'functions/heartbeat-timeout/engine.ts': coreEntry([], () => undefined, ['PORT']),
+  // The engine's reconciler reads its own settings and calls runtimes with gpu-release's.
+  'functions/heartbeat-timeout/engine.ts': coreEntry([EngineSettingsSchema, RuntimeCallSettingsSchema], (env) => [readEngineSettings(env), readRuntimeCallSettings(env)], ['PORT']),
   'functions/activity-score/index.ts': coreEntry([ActivityScoreSettingsSchema], readActivityScoreSettings, FRAMEWORK_SETTINGS),
   'functions/activity-score/idle-checker-main.ts': coreEntry([ActivityScoreSettingsSchema], readActivityScoreSettings, ['PORT']),
   'functions/destroy-dispatch/index.ts': coreEntry([DestroyDispatchSettingsSchema], (env) => readSettings(DestroyDispatchSettingsSchema, env), FRAMEWORK_SETTINGS),

@@ -26,6 +26,7 @@ export const EventType = {
   SessionDestroyed: 'dev.sessionreaper.session.destroyed',
   SessionDestroyFailed: 'dev.sessionreaper.session.destroy.failed',
   DestroyResume: 'dev.sessionreaper.destroy.resume',
+  GpuOrphanReleased: 'dev.sessionreaper.gpu.orphan.released',
 } as const;
 
 /** The file name a type's published schema has, e.g. `dev.sessionreaper.session.opened.schema.json`. */
@@ -370,6 +371,20 @@ export const DestroyResumeData = eventData(
   [{ sessionId: 'sess-7f3a9c', incarnation: 1, stage: 'gpu_release_requested' }],
 );
 
+export const GpuOrphanReleasedData = eventData(
+  EventType.GpuOrphanReleased,
+  'The reconciler freed GPU memory that a runtime held for a session incarnation no session owned (its record was lost, or never written) for longer than RECONCILE_GRACE_MS. For observers: no session record changes.',
+  {
+    sessionId: SessionId,
+    incarnation: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: 'The incarnation the runtime reported holding (the runtime API allows 0).' }),
+    runtime: Type.String({ pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$', description: 'Name of the registered runtime (RUNTIMES) that held it: a name, never its URL.' }),
+    freedBytes: GpuBytes('GPU memory the runtime freed, in bytes.'),
+    firstSeenAt: EmittedInstant('When the reconciler first saw the allocation with no owner.'),
+    releasedAt: EmittedInstant('When the runtime confirmed the release.'),
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 4, runtime: 'vllm-a100', freedBytes: 17_179_869_184, firstSeenAt: '2026-11-21T06:40:00.000Z', releasedAt: '2026-11-21T06:45:00.012Z' }],
+);
+
 /** The data schema of every event type, keyed by full type name. */
 export const EventTypes = {
   [EventType.SessionOpened]: SessionOpenedData,
@@ -387,6 +402,7 @@ export const EventTypes = {
   [EventType.SessionDestroyed]: SessionDestroyedData,
   [EventType.SessionDestroyFailed]: SessionDestroyFailedData,
   [EventType.DestroyResume]: DestroyResumeData,
+  [EventType.GpuOrphanReleased]: GpuOrphanReleasedData,
 } as const satisfies Record<string, TSchema>;
 
 /** Any full type name in the contract. */
@@ -409,6 +425,7 @@ export type GpuReleased = Static<typeof GpuReleasedData>;
 export type GpuReleaseFailed = Static<typeof GpuReleaseFailedData>;
 export type SessionDestroyed = Static<typeof SessionDestroyedData>;
 export type DestroyResume = Static<typeof DestroyResumeData>;
+export type GpuOrphanReleased = Static<typeof GpuOrphanReleasedData>;
 
 /** The functions of the system, by their one name (framework target, Knative Service, image). */
 export type FunctionName = 'heartbeat-timeout' | 'activity-score' | 'destroy-dispatch' | 'gpu-release';
@@ -473,6 +490,7 @@ export const catalogue = [
   { type: EventType.SessionDestroyed, direction: 'emitted', producer: 'destroy-dispatch', senders: ['destroy-dispatch'], consumers: [], summary: 'The session is gone, with the timeline of its destroy; for observers.' },
   { type: EventType.SessionDestroyFailed, direction: 'emitted', producer: 'destroy-dispatch', senders: ['destroy-dispatch'], consumers: [], summary: 'A destroy gave up after RELEASE_MAX_ATTEMPTS failed GPU releases and waits for an operator; for observers and alerts.' },
   { type: EventType.DestroyResume, direction: 'emitted', producer: 'heartbeat-timeout', senders: ['deadline-engine'], consumers: ['destroy-dispatch'], summary: 'The deadline engine (heartbeat-timeout) resumes a stalled destroy from the stage it reached.' },
+  { type: EventType.GpuOrphanReleased, direction: 'emitted', producer: 'heartbeat-timeout', senders: ['deadline-engine'], consumers: [], summary: "The deadline engine's reconciler freed GPU memory a runtime held that no session owned past the grace period; for observers." },
 ] as const satisfies readonly CatalogueEntry[];
 
 /** Types sent to the system from outside it. */

@@ -23,7 +23,10 @@ export interface BucketKeys {
   readonly meta: string;
   /** HASH interned placements: `id:<pid>` -> JSON [node, runtimeUrl]; `key:<node> <runtimeUrl>` -> pid. */
   readonly placements: string;
-  /** HASH GPU ledger counters per node: `reg|rel|held|allocs|frees|confirmed|ignored:<node>`. */
+  /**
+   * HASH GPU ledger counters per node: `reg|rel|held|allocs|frees|confirmed|ignored:<node>`; and per runtime name,
+   * the reconciler's `orphans|orphanBytes:<runtime>` (allocations no session owned, released, and their bytes).
+   */
   readonly ledger: string;
   /** HASH allocations left behind by a migration: `<sessionId>:<incarnation>` -> `<pid>|<bytes>`. */
   readonly migrations: string;
@@ -130,6 +133,21 @@ export class KeySpace {
   /** Every bucket, for the deadline engine and ledger audits (O(buckets), never a SCAN). */
   allBuckets(): BucketKeys[] {
     return Array.from({ length: this.buckets }, (_, b) => this.bucket(b));
+  }
+
+  /**
+   * Reconciler: HASH `f` (first seen, ms) and `c` (claimed for release at, ms) of one allocation a runtime reported
+   * and no session owns, in the session's bucket (so one script can check ownership and note it); it expires, so
+   * what a runtime stops reporting is forgotten. Runtime names are [a-z0-9-] and incarnations digits, so the id,
+   * last, cannot make another sighting's key.
+   */
+  orphanSighting(runtime: string, sessionId: string, incarnation: number): string {
+    return `${this.prefix}:{${this.bucketOf(sessionId)}}:orph:${runtime}:${incarnation}:${sessionId}`;
+  }
+
+  /** Reconciler: STRING the lease (SET NX PX) that lets one deadline engine replica reconcile per interval. */
+  reconcileLease(): string {
+    return `${this.prefix}:{reconcile}:lease`;
   }
 
   /** Storm guard: in-flight GPU releases on one GPU node (its own hash tag: it spans buckets). */
