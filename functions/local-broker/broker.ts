@@ -14,8 +14,9 @@
 // Who may send what is Knative's sender authorization, from the same manifests (event-policies.ts): given the
 // senders' tokens, the ingress answers 401 to a request without a known bearer token and 403 to an event no
 // EventPolicy admits from its sender, before anything is delivered. Bodies are bounded before they are read: a
-// Content-Length over the limit is answered 413 at once (readably: the rest of the body is drained, not buffered),
-// a chunked body past it too, and a compressed one 415.
+// Content-Length over the limit is answered 413 without keeping a byte, a chunked body past it too, and a compressed
+// one 415. Such an answer (and a 401) comes once the rest of the body has been drained, not buffered, so that every
+// client reads it (sendRefusalAfterBody says why an earlier answer is not enough).
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -23,7 +24,7 @@ import { dirname, join, resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino, type Logger } from 'pino';
-import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusal, tooLarge, type BodyRefusal } from '../core/bounded-request.ts';
+import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusalAfterBody, tooLarge, type BodyRefusal } from '../core/bounded-request.ts';
 import { createHttpClient, type HttpClient } from '../core/http-client.ts';
 import { isLoopbackName, reachableOrigin } from '../core/listen-host.ts';
 import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
@@ -476,7 +477,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     if (identities !== undefined && sender === undefined) {
       counters.rejected++;
       log.info({ authorization: headers.authorization === undefined ? 'none' : 'unknown token' }, 'refused a request without a known sender token');
-      sendRefusal(req, res, { status: 401, error: 'UNAUTHENTICATED', reason: 'a bearer token of a known sender is required' });
+      await sendRefusalAfterBody(req, res, { status: 401, error: 'UNAUTHENTICATED', reason: 'a bearer token of a known sender is required' });
       return;
     }
     let events: BrokerEvent[];
@@ -485,7 +486,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       if (!Buffer.isBuffer(body)) {
         counters.rejected++;
         log.info({ status: body.status, reason: body.reason }, 'refused a request');
-        sendRefusal(req, res, body);
+        await sendRefusalAfterBody(req, res, body);
         return;
       }
       events = decodeRequest(headers, body, limits);
