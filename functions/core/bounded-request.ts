@@ -11,6 +11,8 @@ import { IncomingMessage, type ServerResponse } from 'node:http';
 export const MAX_DISCARD_BYTES = 64 * 1024 * 1024;
 
 type Mode = 'pass' | 'hold' | 'discard';
+/** How a discarded body ended: read to its end, or still coming past MAX_DISCARD_BYTES. */
+export type DiscardEnd = 'ended' | 'over-bound';
 
 /** An IncomingMessage whose body can be collected up to a limit, then released or discarded. */
 export class BoundedIncomingMessage extends IncomingMessage {
@@ -21,6 +23,9 @@ export class BoundedIncomingMessage extends IncomingMessage {
   #ended = false;
   #discarded = 0;
   #whenHeld: ((body: Buffer | undefined) => void) | undefined;
+  #whenDiscardEnds: Array<(how: DiscardEnd) => void> = [];
+  // Set once a discardToEnd() caller was told 'over-bound': its answer closes the connection, push() must not cut it first.
+  #answerOwnsClose = false;
 
   /**
    * Keeps the body from the stream's readers until it is complete: resolves with it then (release() hands it on), or
@@ -48,7 +53,10 @@ export class BoundedIncomingMessage extends IncomingMessage {
     return ended;
   }
 
-  /** Drops the rest of the body as it arrives; after MAX_DISCARD_BYTES the connection is cut. */
+  /**
+   * Drops the rest of the body as it arrives; after MAX_DISCARD_BYTES the connection is cut, unless someone waits in
+   * discardToEnd() (who then answers and closes it).
+   */
   discard(): void {
     const wasHolding = this.#mode === 'hold' && !this.#ended;
     const endedWhileHeld = this.#mode === 'hold' && this.#ended;
@@ -57,9 +65,26 @@ export class BoundedIncomingMessage extends IncomingMessage {
     this.#heldBytes = 0;
     if (wasHolding) this.#settle(undefined);
     // A body held to its end never reached the stream: end it, so the request completes.
-    if (endedWhileHeld) super.push(null);
+    if (endedWhileHeld) {
+      super.push(null);
+      this.#discardEnded('ended');
+    }
     // Flowing, so that the end of the body is consumed and the request completes.
     this.resume();
+  }
+
+  /**
+   * Discards the rest of the body and resolves once it has all arrived ('ended'), or once more than MAX_DISCARD_BYTES
+   * were dropped ('over-bound': the connection is then the caller's to close, after its answer).
+   */
+  discardToEnd(): Promise<DiscardEnd> {
+    if (this.readableEnded || (this.#mode !== 'hold' && this.complete)) {
+      this.discard();
+      return Promise.resolve('ended');
+    }
+    const ended = new Promise<DiscardEnd>((resolve) => this.#whenDiscardEnds.push(resolve));
+    this.discard();
+    return ended;
   }
 
   override push(chunk: unknown, encoding?: BufferEncoding): boolean {
@@ -72,7 +97,9 @@ export class BoundedIncomingMessage extends IncomingMessage {
         this.#settle(this.#held.length === 1 ? this.#held[0]! : Buffer.concat(this.#held));
         return true;
       }
-      return super.push(null);
+      const pushed = super.push(null);
+      if (this.#mode === 'discard') this.#discardEnded('ended');
+      return pushed;
     }
     const bytes = chunk.length;
     if (this.#mode === 'hold') {
@@ -84,9 +111,19 @@ export class BoundedIncomingMessage extends IncomingMessage {
       this.discard();
     }
     this.#discarded += bytes;
-    if (this.#discarded > MAX_DISCARD_BYTES) this.socket?.destroy();
+    if (this.#discarded > MAX_DISCARD_BYTES) {
+      if (this.#whenDiscardEnds.length > 0) this.#discardEnded('over-bound');
+      else if (!this.#answerOwnsClose) this.socket?.destroy();
+    }
     // true: keep the socket reading, so the sender finishes sending and can read our answer.
     return true;
+  }
+
+  #discardEnded(how: DiscardEnd): void {
+    if (how === 'over-bound') this.#answerOwnsClose = true;
+    const waiting = this.#whenDiscardEnds;
+    this.#whenDiscardEnds = [];
+    for (const resolve of waiting) resolve(how);
   }
 
   #settle(body: Buffer | undefined): void {
@@ -125,14 +162,36 @@ export function refuseDeclaredBody(req: IncomingMessage, limit: number): BodyRef
   return undefined;
 }
 
+function writeRefusal(res: ServerResponse, refusal: BodyRefusal, field: string, code: string, extraHeaders: Record<string, string> = {}): void {
+  if (res.headersSent) return;
+  const headers: Record<string, string> = { 'content-type': 'application/json', ...extraHeaders };
+  if (refusal.status === 401) headers['www-authenticate'] = 'Bearer';
+  res.writeHead(refusal.status, headers).end(JSON.stringify({ error: code, ...(refusal.status === 401 ? {} : { field }), reason: refusal.reason }));
+}
+
 /**
  * Answers a refusal and drops the rest of the body as it arrives, keeping the connection open until the sender has
  * sent it (so the sender can read the answer instead of seeing its upload cut, EPIPE), unless it is absurdly large.
  */
 export function sendRefusal(req: BoundedIncomingMessage, res: ServerResponse, refusal: BodyRefusal, field = 'body', code: string = refusal.error): void {
   req.discard();
-  if (res.headersSent) return;
-  const headers: Record<string, string> = { 'content-type': 'application/json' };
-  if (refusal.status === 401) headers['www-authenticate'] = 'Bearer';
-  res.writeHead(refusal.status, headers).end(JSON.stringify({ error: code, ...(refusal.status === 401 ? {} : { field }), reason: refusal.reason }));
+  writeRefusal(res, refusal, field, code);
+}
+
+/**
+ * Like sendRefusal, but answers only once the rest of the body has arrived (dropped, never kept). An answer that
+ * comes while a client is still uploading is not one every client can read: Node's http client without keep-alive
+ * tears its socket down when the answer ends and its pending writes fail with EPIPE, and with keep-alive it stops
+ * emitting 'drain', so a sender that finishes its upload before reading the answer waits forever. After the whole
+ * body any client reads it. A body still coming past MAX_DISCARD_BYTES is answered then, with Connection: close.
+ */
+export async function sendRefusalAfterBody(req: BoundedIncomingMessage, res: ServerResponse, refusal: BodyRefusal, field = 'body', code: string = refusal.error): Promise<void> {
+  const how = await req.discardToEnd();
+  if (how === 'over-bound') {
+    // Node closes the connection once the answer is written (Connection: close); whatever the sender still sends then
+    // may reset it, a cost for a sender over the bound only.
+    writeRefusal(res, refusal, field, code, { connection: 'close' });
+    return;
+  }
+  writeRefusal(res, refusal, field, code);
 }

@@ -7,6 +7,10 @@
 // deliveries get a grace period to finish; what is left (waiting for a retry, or cut off mid-attempt) is written
 // to a pending-deliveries file and re-queued by the next broker started on the same store, so nothing is lost.
 // Delivery is at-least-once, as with Knative: an attempt cut off by stop is sent again after the restart.
+// A Broker that is killed (SIGKILL: no stop at all) loses nothing either: every accepted event is in a journal on the
+// same store before the ingress answers 202, and the next start delivers again what the journal does not record as
+// done (delivery-journal.ts). Options make delivery as untidy as a real Broker's: duplicated, reordered and delayed,
+// seeded so a run can be replayed (delivery-chaos.ts).
 // The same port serves a small JSON admin API for operators (sessionctl): GET /admin/stats, GET /admin/dead-letters,
 // GET /admin/dead-letters/:id and POST /admin/dead-letters/:id/replay; it answers only requests addressed to this
 // machine by a loopback name (Host), so a web page cannot reach it through DNS rebinding.
@@ -14,8 +18,9 @@
 // Who may send what is Knative's sender authorization, from the same manifests (event-policies.ts): given the
 // senders' tokens, the ingress answers 401 to a request without a known bearer token and 403 to an event no
 // EventPolicy admits from its sender, before anything is delivered. Bodies are bounded before they are read: a
-// Content-Length over the limit is answered 413 at once (readably: the rest of the body is drained, not buffered),
-// a chunked body past it too, and a compressed one 415.
+// Content-Length over the limit is answered 413 without keeping a byte, a chunked body past it too, and a compressed
+// one 415. Such an answer (and a 401) comes once the rest of the body has been drained, not buffered, so that every
+// client reads it (sendRefusalAfterBody says why an earlier answer is not enough).
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -23,7 +28,7 @@ import { dirname, join, resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino, type Logger } from 'pino';
-import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusal, tooLarge, type BodyRefusal } from '../core/bounded-request.ts';
+import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusalAfterBody, tooLarge, type BodyRefusal } from '../core/bounded-request.ts';
 import { createHttpClient, type HttpClient } from '../core/http-client.ts';
 import { isLoopbackName, reachableOrigin } from '../core/listen-host.ts';
 import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
@@ -31,6 +36,8 @@ import { admittingOf, policiesNaming, senderPoliciesOf, type SenderPolicy } from
 import { isEmittedType } from '../core/contract/events.ts';
 import { sharedHttpClient } from '../core/http-client.ts';
 import { openDeadLetterStore, type DeadLetter, type DeadLetterReason } from './dead-letters.ts';
+import { createDeliveryChaos, type ChaosCounters, type DeliveryChaos } from './delivery-chaos.ts';
+import { openDeliveryJournal, type DeliveryJournal, type JournaledEvent } from './delivery-journal.ts';
 import { backoffMs, matches, readManifests, routingTableOf, type DeliverySpec, type Route, type RoutingTable } from './triggers.ts';
 import {
   IngressError,
@@ -86,6 +93,17 @@ export interface LocalBrokerOptions {
   deadLetterDir?: string;
   /** File pending deliveries are persisted to on stop. Default <deadLetterDir>/.pending-deliveries.json. */
   pendingFile?: string;
+  /**
+   * Journal every accepted event before answering 202, so a killed Broker loses none (the next start delivers what
+   * it holds unfinished). Default true.
+   */
+  journal?: boolean;
+  /** The journal's file. Default <deadLetterDir>/.delivery-journal.ndjson. */
+  journalFile?: string;
+  /** fsync the journal before answering, which only losing the machine (not the process) needs. Default false. */
+  journalFsync?: boolean;
+  /** Duplicate, reorder and delay deliveries as a real Broker may (seeded). Default: none of it. */
+  chaos?: DeliveryChaos;
   /** An outside sink that also gets, as binary CloudEvents, every event of a type the system's functions emit. */
   forward?: string;
   /** Where the forward sink may be (its address is checked as it connects); anywhere when absent. */
@@ -122,7 +140,7 @@ export interface LocalBrokerOptions {
 }
 
 /** Counters since start. */
-export interface BrokerStats {
+export interface BrokerStats extends ChaosCounters {
   /** Events accepted (202). */
   received: number;
   /** Requests refused: 400, 401, 403, 413, 415 or 503. */
@@ -137,6 +155,8 @@ export interface BrokerStats {
   dropped: number;
   /** Deliveries not finished yet (queued, in flight or waiting for a retry). */
   pending: number;
+  /** Deliveries found unfinished in the journal at start (the last Broker was killed) and sent again. */
+  recovered: number;
   /** Attempts in flight now. */
   inFlight: number;
   /** Per Trigger (and 'forward'): deliveries delivered and given up. */
@@ -192,8 +212,10 @@ interface Delivery {
   event: BrokerEvent;
   /** Attempts made so far (carried over a restart). */
   attempts: number;
-  /** Set for deliveries loaded from the pending-deliveries file. */
+  /** Set for deliveries loaded from the pending-deliveries file (without a journal: with one they are journaled). */
   loaded: boolean;
+  /** Whether the journal holds it: its end is then recorded there. A duplicate made by chaos is not journaled. */
+  journaled: boolean;
 }
 
 type AttemptResult = { ok: true; status: number } | { ok: false; retryable: boolean; reason: DeadLetterReason; interrupted: boolean };
@@ -295,6 +317,11 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   const arrivalTime = opts.arrivalTime ?? true;
   const limiter = createLimiter(opts.concurrency ?? DEFAULT_CONCURRENCY);
   const stopping = new AbortController();
+  const chaos = createDeliveryChaos(opts.chaos, stopping.signal);
+  if (chaos.active) log.info({ chaos: { ...opts.chaos, seed: chaos.seed } }, 'deliveries are duplicated, reordered or delayed as asked');
+  const journal: DeliveryJournal | undefined = (opts.journal ?? true)
+    ? await openDeliveryJournal(resolve(opts.journalFile ?? join(deadLetterDir, '.delivery-journal.ndjson')), { fsync: opts.journalFsync ?? false, logger: log })
+    : undefined;
   const forwardTarget: Target | undefined = opts.forward ? { name: FORWARD_ROUTE, url: opts.forward, delivery: table.delivery } : undefined;
   // The forward sink is an outside address someone typed: it gets a client of its own, held to the address policy.
   const forwardClient: HttpClient | undefined = opts.forward && opts.forwardAddressPolicy ? createHttpClient({ addressPolicy: opts.forwardAddressPolicy }) : undefined;
@@ -322,7 +349,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   const idleWaiters = new Set<() => void>();
   let loadedLeft = 0;
   let closed = false;
-  const counters = { received: 0, rejected: 0, delivered: 0, retried: 0, deadLettered: 0, dropped: 0 };
+  const counters = { received: 0, rejected: 0, delivered: 0, retried: 0, deadLettered: 0, dropped: 0, recovered: 0 };
   const perRoute: Record<string, { delivered: number; failed: number }> = {};
   const countRoute = (name: string, field: 'delivered' | 'failed') => {
     perRoute[name] ??= { delivered: 0, failed: 0 };
@@ -408,13 +435,14 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
         log.warn({ ...ids, reason: outcome.reason }, 'delivery gave up; the delivery spec has no dead-letter sink, so the event is dropped');
       }
     }
+    if (d.journaled) journal?.done(d.key);
     pending.delete(d.key);
     if (d.loaded && --loadedLeft === 0 && !closed) await rm(pendingFile, { force: true });
   }
 
   function launch(d: Delivery): void {
     pending.set(d.key, d);
-    const run = deliver(d)
+    const run = (chaos.active ? chaos.hold(d.target.name).then(() => deliver(d)) : deliver(d))
       .then((outcome) => settle(d, outcome))
       .catch((err: unknown) => log.error({ err, trigger: d.target.name, eventId: d.event.attributes.id }, 'delivery crashed'))
       .finally(() => {
@@ -436,12 +464,24 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     return route ? { name: route.name, url: route.url, delivery: route.delivery } : undefined;
   }
 
-  function accept(ev: BrokerEvent): void {
+  // An event's deliveries, one per matching Trigger (and the forward sink), before anything is launched or journaled.
+  function deliveriesOf(ev: BrokerEvent): Delivery[] {
+    return targetsOf(ev).map((target) => ({ key: randomUUID(), target, event: ev, attempts: 0, loaded: false, journaled: journal !== undefined }));
+  }
+
+  function journalEntry(event: BrokerEvent, deliveries: readonly Delivery[]): JournaledEvent {
+    return { event: storeEvent(event), deliveries: deliveries.map((d) => ({ key: d.key, target: d.target.name, url: d.target.url })) };
+  }
+
+  function accept(ev: BrokerEvent, deliveries: readonly Delivery[]): void {
     counters.received++;
     remember(ev);
-    const targets = targetsOf(ev);
-    if (targets.length === 0) log.debug({ eventId: ev.attributes.id, eventType: ev.attributes.type }, 'no trigger matches; event accepted and not delivered');
-    for (const target of targets) launch({ key: randomUUID(), target, event: ev, attempts: 0, loaded: false });
+    if (deliveries.length === 0) log.debug({ eventId: ev.attributes.id, eventType: ev.attributes.type }, 'no trigger matches; event accepted and not delivered');
+    for (const d of deliveries) {
+      launch(d);
+      // The twin is launched at once: it may race the original, as a redelivery by a real Broker can.
+      if (chaos.duplicates()) launch({ ...d, key: randomUUID(), attempts: 0, loaded: false, journaled: false });
+    }
     try {
       opts.onEvent?.(ev);
     } catch (err) {
@@ -476,7 +516,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     if (identities !== undefined && sender === undefined) {
       counters.rejected++;
       log.info({ authorization: headers.authorization === undefined ? 'none' : 'unknown token' }, 'refused a request without a known sender token');
-      sendRefusal(req, res, { status: 401, error: 'UNAUTHENTICATED', reason: 'a bearer token of a known sender is required' });
+      await sendRefusalAfterBody(req, res, { status: 401, error: 'UNAUTHENTICATED', reason: 'a bearer token of a known sender is required' });
       return;
     }
     let events: BrokerEvent[];
@@ -485,7 +525,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       if (!Buffer.isBuffer(body)) {
         counters.rejected++;
         log.info({ status: body.status, reason: body.reason }, 'refused a request');
-        sendRefusal(req, res, body);
+        await sendRefusalAfterBody(req, res, body);
         return;
       }
       events = decodeRequest(headers, body, limits);
@@ -519,14 +559,32 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       const withTrace = withHopTraceContext(ev, headers);
       return arrivalTime && withTrace.attributes.knativearrivaltime === undefined ? { ...withTrace, attributes: { ...withTrace.attributes, knativearrivaltime: now } } : withTrace;
     });
-    const needed = traced.reduce((n, ev) => n + targetsOf(ev).length, 0);
+    const planned = traced.map((ev) => ({ ev, deliveries: deliveriesOf(ev) }));
+    const needed = planned.reduce((n, p) => n + p.deliveries.length, 0);
     if (pending.size + needed > maxPending) {
       counters.rejected++;
       log.warn({ pending: pending.size, maxPending }, 'too many pending deliveries; asking the sender to retry');
       send(res, 503, { error: `${pending.size} deliveries pending; try again` }, { 'retry-after': '1' });
       return;
     }
-    for (const ev of traced) accept(ev);
+    if (journal) {
+      // Durable before the answer: a 202 is a promise that the event is delivered even if this process is killed now.
+      try {
+        await journal.accept(planned.map((p) => journalEntry(p.ev, p.deliveries)));
+      } catch (err) {
+        counters.rejected++;
+        log.error({ err }, 'accepted events could not be journaled; asking the sender to retry');
+        send(res, 503, { error: 'the broker cannot store events now; try again' }, { 'retry-after': '1' });
+        return;
+      }
+      // Stop began while the journal was written: the deliveries would miss the pending-deliveries file.
+      if (closed) {
+        counters.rejected++;
+        send(res, 503, { error: 'the broker is stopping' }, { 'retry-after': '1' });
+        return;
+      }
+    }
+    for (const p of planned) accept(p.ev, p.deliveries);
     send(res, 202);
   }
 
@@ -540,6 +598,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       throw err;
     }
     const file = JSON.parse(text) as PendingFile;
+    const loaded: Delivery[] = [];
     for (const entry of file.deliveries) {
       const event = loadEvent(entry.event);
       const target = targetByName(entry.target);
@@ -555,11 +614,44 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
         counters.deadLettered++;
         continue;
       }
-      loadedLeft++;
-      launch({ key: randomUUID(), target, event, attempts: entry.attempts, loaded: true });
+      loaded.push({ key: randomUUID(), target, event, attempts: entry.attempts, loaded: journal === undefined, journaled: journal !== undefined });
     }
+    if (journal) {
+      // Journaled first, then the file goes: a kill from here on finds them in the journal.
+      await journal.accept(loaded.map((d) => journalEntry(d.event, [d])));
+      await rm(pendingFile, { force: true });
+    } else {
+      loadedLeft = loaded.length;
+    }
+    for (const d of loaded) launch(d);
     log.info({ deliveries: file.deliveries.length, file: pendingFile }, 're-queued deliveries persisted at the last stop');
-    if (loadedLeft === 0) await rm(pendingFile, { force: true });
+    if (!journal && loadedLeft === 0) await rm(pendingFile, { force: true });
+  }
+
+  // Deliveries the journal holds unfinished: the last Broker on this store was killed before it could stop.
+  async function recoverJournaled(): Promise<void> {
+    if (!journal || journal.unfinished.length === 0) return;
+    for (const entry of journal.unfinished) {
+      const event = loadEvent(entry.event);
+      for (const jd of entry.deliveries) {
+        const target = targetByName(jd.target);
+        if (!target) {
+          await store.add({
+            trigger: jd.target,
+            destination: jd.url,
+            attempts: 0,
+            reason: { message: `journaled delivery for trigger ${jd.target}, which no longer exists or has no local URL` },
+            event: entry.event,
+          });
+          counters.deadLettered++;
+          journal.done(jd.key);
+          continue;
+        }
+        counters.recovered++;
+        launch({ key: jd.key, target, event, attempts: 0, loaded: false, journaled: true });
+      }
+    }
+    log.warn({ deliveries: counters.recovered, tornLines: journal.tornLines }, 'the last broker on this store did not stop cleanly; delivering again what it had not finished');
   }
 
   async function persistPending(): Promise<number> {
@@ -577,14 +669,14 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   }
 
   function statsNow(): BrokerStats {
-    return { ...counters, pending: pending.size, inFlight: limiter.active, routes: structuredClone(perRoute) };
+    return { ...counters, ...chaos.counters, pending: pending.size, inFlight: limiter.active, routes: structuredClone(perRoute) };
   }
 
   async function replay(id: string): Promise<ReplayResult> {
     const entry = await store.get(id);
     if (!entry) return { outcome: 'not-found', id };
     const target = targetByName(entry.trigger) ?? { name: entry.trigger, url: entry.destination, delivery: table.delivery };
-    const d: Delivery = { key: randomUUID(), target, event: loadEvent(entry.event), attempts: 0, loaded: false };
+    const d: Delivery = { key: randomUUID(), target, event: loadEvent(entry.event), attempts: 0, loaded: false, journaled: false };
     const outcome = await deliver(d);
     if (outcome.kind === 'delivered') {
       countRoute(target.name, 'delivered');
@@ -624,12 +716,18 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       send(res, 500, { error: 'internal error' });
     });
   });
-  await new Promise<void>((resolveListen, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolveListen());
-  });
+  try {
+    await new Promise<void>((resolveListen, reject) => {
+      server.once('error', reject);
+      server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolveListen());
+    });
+  } catch (err) {
+    await journal?.close();
+    throw err;
+  }
   const { port } = server.address() as AddressInfo;
   const url = `${reachableOrigin(opts.host ?? '127.0.0.1', port)}/`;
+  await recoverJournaled();
   await loadPending();
   log.info({ url, triggers: readyRoutes.length, deadLetterDir, forward: opts.forward }, 'local broker listening');
 
@@ -647,6 +745,8 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     await Promise.allSettled([...running]);
     const persisted = await persistPending();
     if (persisted > 0) log.info({ persisted, file: pendingFile }, 'pending deliveries persisted for the next start');
+    // Everything unfinished is in the pending-deliveries file now; a journal kept too would deliver it twice.
+    await journal?.clearAndClose();
     server.closeAllConnections();
     await serverClosed;
     forwardClient?.close();

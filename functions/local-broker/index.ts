@@ -28,6 +28,14 @@ export const BrokerSettingsSchema = Type.Object({
   BROKER_MAX_EVENT_BYTES: Type.Integer({ minimum: 1024, default: DEFAULT_MAX_EVENT_BYTES, description: 'Largest accepted event (data plus attributes).' }),
   BROKER_MAX_BATCH_BYTES: Type.Integer({ minimum: 1024, default: DEFAULT_MAX_BATCH_BYTES, description: 'Largest accepted batched request.' }),
   BROKER_STOP_GRACE_MS: Type.Integer({ minimum: 0, default: DEFAULT_STOP_GRACE_MS, description: 'How long pending deliveries may finish on stop before they are persisted.' }),
+  BROKER_JOURNAL_FSYNC: Type.Boolean({
+    default: false,
+    description: 'fsync the journal of accepted events before each 202: only losing the machine needs it; a killed process loses nothing without it.',
+  }),
+  BROKER_CHAOS_DUPLICATE: Type.Number({ minimum: 0, maximum: 1, default: 0, description: 'Probability that a delivery is sent twice (possibly concurrently), as a real Broker may.' }),
+  BROKER_CHAOS_REORDER_MS: Type.Integer({ minimum: 0, default: 0, description: 'Deliveries to a subscriber are held this long, then sent in a shuffled order; 0: in order.' }),
+  BROKER_CHAOS_DELAY_MS: Type.Integer({ minimum: 0, default: 0, description: 'Each delivery waits a further random 0..N ms before its first attempt.' }),
+  BROKER_CHAOS_SEED: Type.String({ default: '', description: 'Seed of the duplicate, reorder and delay draws (a whole number); empty: a random one, logged.' }),
   LOG_LEVEL: Type.Union(
     [Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')],
     { default: 'info', description: 'Log level.' },
@@ -47,6 +55,12 @@ function parseStringMap(name: string, text: string, what: string): Record<string
   return parsed as Record<string, string>;
 }
 
+function parseSeed(text: string): number {
+  const seed = Number(text);
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(seed)) throw new ConfigError(`BROKER_CHAOS_SEED is invalid: expected a whole number, not '${text}'`);
+  return seed;
+}
+
 let log = pino({ name: 'local-broker' });
 try {
   const s = readSettings(BrokerSettingsSchema, process.env);
@@ -60,6 +74,13 @@ try {
     maxEventBytes: s.BROKER_MAX_EVENT_BYTES,
     maxBatchBytes: s.BROKER_MAX_BATCH_BYTES,
     stopGraceMs: s.BROKER_STOP_GRACE_MS,
+    journalFsync: s.BROKER_JOURNAL_FSYNC,
+    chaos: {
+      duplicate: s.BROKER_CHAOS_DUPLICATE,
+      reorderMs: s.BROKER_CHAOS_REORDER_MS,
+      delayMs: s.BROKER_CHAOS_DELAY_MS,
+      ...(s.BROKER_CHAOS_SEED === '' ? {} : { seed: parseSeed(s.BROKER_CHAOS_SEED) }),
+    },
     logger: log,
     ...(s.BROKER_MANIFESTS_DIR === '' ? {} : { triggersDir: s.BROKER_MANIFESTS_DIR }),
     ...(s.BROKER_FORWARD_URL === '' ? {} : { forward: s.BROKER_FORWARD_URL }),

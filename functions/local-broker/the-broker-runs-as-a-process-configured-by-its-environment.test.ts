@@ -57,3 +57,9 @@ test('a bad setting stops the broker process at start, naming the variable', { t
   assert.equal(await broker.exited, 1);
   assert.match(broker.output(), /BROKER_SUBSCRIBERS is invalid/);
 });
+
+test('a chaos setting out of range stops the broker process at start, naming the variable', { timeout: 60_000 }, async () => {
+  const broker = run({ PORT: '0', BROKER_DEAD_LETTER_DIR: tempStoreDir('process-chaos'), BROKER_CHAOS_DUPLICATE: '2', LOG_LEVEL: 'info' });
+  assert.equal(await broker.exited, 1);
+  assert.match(broker.output(), /BROKER_CHAOS_DUPLICATE/);
+});

@@ -5,6 +5,7 @@ import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { OutboundAddressPolicy } from '../core/outbound-address.ts';
 import { RUNTIME_NAME } from '../core/runtime-registry.ts';
+import type { DeliveryChaos } from '../local-broker/delivery-chaos.ts';
 import { REPO_ROOT } from './stack.ts';
 
 /** The usage text, printed by --help and with every usage error. */
@@ -27,6 +28,9 @@ Options:
   --exit-after-demo      stop once the demo's report is printed; exit 0 only if everything balanced
   --report-file FILE     also write each report as JSON to FILE (for CI)
   --state-dir DIR        where Redis data, dead letters, pending deliveries and logs are kept (default .local)
+  --duplicate P          the Broker sends each delivery twice with probability P (0 to 1), as real Brokers may
+  --reorder-ms N         the Broker holds deliveries to a subscriber N ms and sends them in a shuffled order
+  --delay-ms N           the Broker delays each delivery a further random 0..N ms (all three seeded by --seed)
   -h, --help             show this help
 
 Environment: REDIS_URL uses that Redis instead of a private redis-server; REDIS_KEY_PREFIX (default sr).`;
@@ -46,6 +50,8 @@ export interface StartFlags {
   exitAfterDemo: boolean;
   reportFile: string | undefined;
   stateDir: string;
+  /** --duplicate, --reorder-ms and --delay-ms (with --seed); undefined when none is given. */
+  brokerChaos: DeliveryChaos | undefined;
   help: boolean;
 }
 
@@ -84,6 +90,9 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
         'exit-after-demo': { type: 'boolean', default: false },
         'state-dir': { type: 'string' },
         'report-file': { type: 'string' },
+        duplicate: { type: 'string' },
+        'reorder-ms': { type: 'string' },
+        'delay-ms': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }));
@@ -120,6 +129,19 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
       throw new UsageError(`--allow-cidr must be a network such as 192.168.1.0/24, not '${cidr}'`);
     }
   }
+  const duplicate = values.duplicate === undefined ? undefined : Number(values.duplicate);
+  if (duplicate !== undefined && (values.duplicate!.trim() === '' || !(duplicate >= 0 && duplicate <= 1))) throw new UsageError(`--duplicate must be a probability from 0 to 1, not '${values.duplicate}'`);
+  const reorderMs = integer('reorder-ms', values['reorder-ms'], 0, 60_000);
+  const delayMs = integer('delay-ms', values['delay-ms'], 0, 60_000);
+  const seed = integer('seed', values.seed, 0, 0xffffffff);
+  const brokerChaos: DeliveryChaos | undefined = duplicate === undefined && reorderMs === undefined && delayMs === undefined
+    ? undefined
+    : {
+        ...(duplicate !== undefined ? { duplicate } : {}),
+        ...(reorderMs !== undefined ? { reorderMs } : {}),
+        ...(delayMs !== undefined ? { delayMs } : {}),
+        ...(seed !== undefined ? { seed } : {}),
+      };
   return {
     demo: values.demo,
     port,
@@ -130,10 +152,11 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
     allowCidrs,
     sessions: integer('sessions', values.sessions, 1, 10_000) ?? 50,
     durationMs: (integer('duration', values.duration, 1, 3600) ?? 30) * 1000,
-    seed: integer('seed', values.seed, 0, 0xffffffff),
+    seed,
     exitAfterDemo: values['exit-after-demo'],
     reportFile: values['report-file'] === undefined ? undefined : resolve(values['report-file']),
     stateDir: resolve(values['state-dir'] ?? join(REPO_ROOT, '.local')),
+    brokerChaos,
     help: values.help,
   };
 }

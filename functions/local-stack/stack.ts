@@ -29,6 +29,7 @@ import { OutboundAddressPolicy } from '../core/outbound-address.ts';
 import type { RuntimeEntry } from '../core/runtime-registry.ts';
 import { startLocalBroker, type LocalBroker } from '../local-broker/broker.ts';
 import { loadSenderPolicies } from '../local-broker/event-policies.ts';
+import type { DeliveryChaos } from '../local-broker/delivery-chaos.ts';
 import type { DeliverySpec } from '../local-broker/triggers.ts';
 import type { BrokerEvent } from '../local-broker/wire.ts';
 import { freePort, startRedisServer, type RedisServer } from './redis-server.ts';
@@ -100,6 +101,8 @@ export interface StackOptions {
   forward?: string;
   /** Replaces parts of every Trigger's delivery spec (tests: short backoff). */
   deliveryOverride?: Partial<DeliverySpec>;
+  /** The Broker's duplicated, reordered and delayed deliveries (its `chaos` option). Default: none. */
+  brokerChaos?: DeliveryChaos;
   /** Extra subscribers for the Broker, e.g. { 'inference-pipeline-session-destroyed': url }. */
   subscribers?: Readonly<Record<string, string>>;
   /** How long every part may take to answer its health check, ms. Default 30000. */
@@ -366,6 +369,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       ...(opts.stopGraceMs !== undefined ? { stopGraceMs: opts.stopGraceMs } : {}),
       ...(opts.forward !== undefined ? { forward: opts.forward } : {}),
       ...(opts.deliveryOverride !== undefined ? { deliveryOverride: opts.deliveryOverride } : {}),
+      ...(opts.brokerChaos !== undefined ? { chaos: opts.brokerChaos } : {}),
       ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
     });
     ready = true;

@@ -97,6 +97,7 @@ async function main(): Promise<number> {
       onEvent: (ev) => observers.forEach((observe) => observe(ev)),
       onProcessExit: (name, code) => void live.shutdown?.(1, `${name} exited unexpectedly (${String(code)})`),
       ...(flags.forward !== undefined ? { forward: flags.forward } : {}),
+      ...(flags.brokerChaos !== undefined ? { brokerChaos: flags.brokerChaos } : {}),
       host: flags.host,
       runtimes: flags.runtimes,
       allowedCidrs: flags.allowCidrs,

@@ -1,0 +1,239 @@
+// The local Broker's journal of accepted deliveries, so that a Broker killed with SIGKILL (the chaos run does it)
+// loses no event it answered 2xx to. It is an append-only file of JSON lines: an `accept` line per accepted event,
+// naming each of its deliveries by key and Trigger, written before the ingress answers; a `done` line per delivery
+// that finished (delivered, or kept as a dead letter). The next Broker on the same store reads it at start and
+// delivers again every delivery not recorded done: at-least-once, as Knative's, so a delivery that succeeded just
+// before the kill (its `done` not yet written) may arrive twice, but none is lost.
+//
+// Durability: the lines are write()n before the answer, not fsync'd by default. A write() that returned is in the
+// kernel's page cache, which outlives the process however it dies (SIGKILL, OOM-kill, a crash), and that is the
+// fault the local Broker stands in for; only losing the machine itself (power, kernel panic) would need fsync, at a
+// cost of milliseconds per request on most disks, so it is an option (fsync: true). Concurrent appends are batched
+// into one write (group commit), which also keeps the lines in the order they were appended.
+//
+// Bounded: the journal is rewritten to hold only the unfinished deliveries (compacted) at open, and again whenever it
+// has grown past both compactAtBytes and twice what the unfinished deliveries take, so it stays within a small
+// multiple of what is pending. The rewrite goes to a temporary file renamed over the journal, so a kill mid-rewrite
+// leaves the old journal whole.
+import { mkdir, open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { StoredEvent } from './wire.ts';
+
+/** One delivery of an accepted event: its key (unique in the journal) and where it goes. */
+export interface JournalDelivery {
+  key: string;
+  /** The Trigger's name (or 'forward'). */
+  target: string;
+  /** The subscriber's URL when it was accepted (for a dead letter if the Trigger is gone at the next start). */
+  url: string;
+}
+
+/** An accepted event and its deliveries not finished yet. */
+export interface JournaledEvent {
+  deliveries: JournalDelivery[];
+  event: StoredEvent;
+}
+
+/** How to open a journal. */
+export interface DeliveryJournalOptions {
+  /** fsync each write (survives losing the machine, not only the process). Default false: see the header. */
+  fsync?: boolean;
+  /** Size past which the journal is compacted (when it is also over twice the unfinished deliveries). Default 4 MiB. */
+  compactAtBytes?: number;
+  logger?: Logger;
+}
+
+/** An open journal. */
+export interface DeliveryJournal {
+  /** Every delivery the file held as accepted and not done when it was opened. */
+  readonly unfinished: readonly JournaledEvent[];
+  /** Lines a kill left half written (skipped at open). */
+  readonly tornLines: number;
+  /** Makes accepted events durable: resolves once their lines are written (rejects if they could not be). */
+  accept(events: readonly JournaledEvent[]): Promise<void>;
+  /** Records a delivery as finished; a key the journal does not hold is ignored. Written with the next batch. */
+  done(key: string): void;
+  /** Forgets every delivery (they are kept elsewhere now: the pending-deliveries file at stop) and closes. */
+  clearAndClose(): Promise<void>;
+  /** Writes what is queued and closes, keeping the journal as it is. */
+  close(): Promise<void>;
+  /** The journal's size now, bytes. */
+  readonly bytes: number;
+}
+
+/** The default compaction threshold, bytes. */
+export const DEFAULT_JOURNAL_COMPACT_BYTES = 4 * 1_048_576;
+
+type Line = { op: 'accept'; deliveries: JournalDelivery[]; event: StoredEvent } | { op: 'done'; key: string };
+
+interface LiveEvent {
+  event: StoredEvent;
+  deliveries: Map<string, JournalDelivery>;
+  /** Length of its accept line when written: what it costs the journal. */
+  bytes: number;
+}
+
+function acceptLine(event: StoredEvent, deliveries: Iterable<JournalDelivery>): string {
+  return `${JSON.stringify({ op: 'accept', deliveries: [...deliveries], event } satisfies Line)}\n`;
+}
+
+// Reads what a journal holds; a line that does not parse (the tail of a write cut by a lost machine) is skipped.
+async function readJournal(file: string): Promise<{ live: LiveEvent[]; torn: number }> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { live: [], torn: 0 };
+    throw err;
+  }
+  const events: LiveEvent[] = [];
+  const byKey = new Map<string, LiveEvent>();
+  let torn = 0;
+  for (const text_ of text.split('\n')) {
+    if (text_ === '') continue;
+    let line: Line;
+    try {
+      line = JSON.parse(text_) as Line;
+    } catch {
+      torn++;
+      continue;
+    }
+    if (line.op === 'accept') {
+      const live: LiveEvent = { event: line.event, deliveries: new Map(line.deliveries.map((d) => [d.key, d])), bytes: 0 };
+      events.push(live);
+      for (const d of line.deliveries) byKey.set(d.key, live);
+    } else if (line.op === 'done') {
+      byKey.get(line.key)?.deliveries.delete(line.key);
+      byKey.delete(line.key);
+    }
+  }
+  return { live: events.filter((e) => e.deliveries.size > 0), torn };
+}
+
+/** Opens (or creates) the journal at `file`, reads what it holds unfinished, and compacts it to that. */
+export async function openDeliveryJournal(file: string, opts: DeliveryJournalOptions = {}): Promise<DeliveryJournal> {
+  const fsync = opts.fsync ?? false;
+  const compactAtBytes = opts.compactAtBytes ?? DEFAULT_JOURNAL_COMPACT_BYTES;
+  await mkdir(dirname(file), { recursive: true });
+  const { live: found, torn } = await readJournal(file);
+  if (torn > 0) opts.logger?.warn({ file, torn }, 'skipped journal lines left half written');
+
+  // What is unfinished now, by key: updated as lines are queued, so a compaction writes exactly this.
+  const live = new Set<LiveEvent>(found);
+  const byKey = new Map<string, LiveEvent>();
+  let liveBytes = 0;
+  for (const ev of found) {
+    ev.bytes = Buffer.byteLength(acceptLine(ev.event, ev.deliveries.values()));
+    liveBytes += ev.bytes;
+    for (const key of ev.deliveries.keys()) byKey.set(key, ev);
+  }
+  const unfinished: JournaledEvent[] = found.map((ev) => ({ event: ev.event, deliveries: [...ev.deliveries.values()] }));
+
+  let handle: FileHandle | undefined;
+  let fileBytes = 0;
+  let queued: string[] = [];
+  let waiting: Array<{ resolve: () => void; reject: (err: unknown) => void }> = [];
+  let writing: Promise<void> | undefined;
+  let closed = false;
+
+  async function compact(): Promise<void> {
+    const tmp = `${file}.${randomUUID().slice(0, 8)}.tmp`;
+    const text = [...live].map((ev) => acceptLine(ev.event, ev.deliveries.values())).join('');
+    const out = await open(tmp, 'w', 0o600);
+    try {
+      await out.writeFile(text);
+      if (fsync) await out.sync();
+    } finally {
+      await out.close();
+    }
+    await rename(tmp, file);
+    await handle?.close();
+    handle = await open(file, 'a', 0o600);
+    fileBytes = Buffer.byteLength(text);
+  }
+
+  // One write at a time, each taking every line queued meanwhile (group commit). A compaction replaces the write:
+  // the live set it writes already reflects every queued line.
+  async function drain(): Promise<void> {
+    while (queued.length > 0) {
+      const lines = queued;
+      const batch = waiting;
+      queued = [];
+      waiting = [];
+      try {
+        if (fileBytes > Math.max(compactAtBytes, 2 * liveBytes)) {
+          await compact();
+        } else {
+          const buf = Buffer.from(lines.join(''));
+          await handle!.write(buf);
+          fileBytes += buf.length;
+          if (fsync) await handle!.datasync();
+        }
+        for (const w of batch) w.resolve();
+      } catch (err) {
+        for (const w of batch) w.reject(err);
+      }
+    }
+    writing = undefined;
+  }
+
+  function enqueue(line: string): Promise<void> {
+    const written = new Promise<void>((resolve, reject) => waiting.push({ resolve, reject }));
+    queued.push(line);
+    writing ??= drain();
+    return written;
+  }
+
+  await compact();
+
+  return {
+    unfinished,
+    tornLines: torn,
+    get bytes() {
+      return fileBytes;
+    },
+    accept(events) {
+      if (closed) return Promise.reject(new Error('the delivery journal is closed'));
+      const lines: string[] = [];
+      for (const { event, deliveries } of events) {
+        if (deliveries.length === 0) continue;
+        const line = acceptLine(event, deliveries);
+        const ev: LiveEvent = { event, deliveries: new Map(deliveries.map((d) => [d.key, d])), bytes: Buffer.byteLength(line) };
+        live.add(ev);
+        liveBytes += ev.bytes;
+        for (const d of deliveries) byKey.set(d.key, ev);
+        lines.push(line);
+      }
+      return lines.length === 0 ? Promise.resolve() : enqueue(lines.join(''));
+    },
+    done(key) {
+      const ev = byKey.get(key);
+      if (ev === undefined || closed) return;
+      byKey.delete(key);
+      ev.deliveries.delete(key);
+      if (ev.deliveries.size === 0) {
+        live.delete(ev);
+        liveBytes -= ev.bytes;
+      }
+      // Not awaited by anyone: a done line that is lost costs a duplicate delivery after a restart, never an event.
+      enqueue(`${JSON.stringify({ op: 'done', key } satisfies Line)}\n`).catch((err: unknown) => opts.logger?.warn({ err, file }, 'a finished delivery could not be journaled; it may be delivered again after a restart'));
+    },
+    async clearAndClose() {
+      closed = true;
+      await writing;
+      live.clear();
+      byKey.clear();
+      await handle?.close();
+      handle = undefined;
+      await rm(file, { force: true });
+    },
+    async close() {
+      closed = true;
+      await writing;
+      await handle?.close();
+      handle = undefined;
+    },
+  };
+}

@@ -1,0 +1,71 @@
+// The journal is what a killed Broker's successor reads: it must give back exactly the deliveries accepted and not
+// recorded done, survive a line left half written, and stay bounded however many events pass through it.
+import assert from 'node:assert/strict';
+import { appendFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { openDeliveryJournal, type JournaledEvent } from './delivery-journal.ts';
+import { tempStoreDir } from './test-support.ts';
+
+let seq = 0;
+function accepted(targets: readonly string[]): JournaledEvent {
+  seq += 1;
+  return {
+    event: { attributes: { specversion: '1.0', id: `j-${seq}`, source: '/tests', type: 'dev.sessionreaper.session.closed' }, data_base64: Buffer.from(`{"n":${seq}}`).toString('base64') },
+    deliveries: targets.map((target) => ({ key: `${target}-${seq}`, target, url: `http://127.0.0.1:1/${target}` })),
+  };
+}
+
+test('a reopened journal gives back every delivery accepted and not done, and only those', async () => {
+  const file = join(tempStoreDir('journal'), '.delivery-journal.ndjson');
+  const first = await openDeliveryJournal(file);
+  assert.deepEqual(first.unfinished, []);
+  const [a, b, c] = [accepted(['t1']), accepted(['t1', 't2']), accepted(['t2'])];
+  await first.accept([a, b]);
+  await first.accept([c]);
+  first.done(a.deliveries[0]!.key);
+  first.done(b.deliveries[1]!.key);
+  first.done('a key it never held');
+  // A kill leaves the file as written so far; close() only waits for the queued lines, as a write() that returned would.
+  await first.close();
+
+  const second = await openDeliveryJournal(file);
+  const keys = second.unfinished.flatMap((e) => e.deliveries.map((d) => d.key)).sort();
+  assert.deepEqual(keys, [b.deliveries[0]!.key, c.deliveries[0]!.key].sort());
+  assert.deepEqual(second.unfinished.find((e) => e.event.attributes.id === b.event.attributes.id)?.event, b.event, 'the event comes back whole');
+  await second.close();
+});
+
+test('a line left half written is skipped and the rest is read', async () => {
+  const file = join(tempStoreDir('journal-torn'), '.delivery-journal.ndjson');
+  const first = await openDeliveryJournal(file);
+  const kept = accepted(['t1']);
+  await first.accept([kept]);
+  await first.close();
+  appendFileSync(file, '{"op":"accept","deliveries":[{"key":"cut');
+
+  const second = await openDeliveryJournal(file);
+  assert.equal(second.tornLines, 1);
+  assert.deepEqual(second.unfinished.map((e) => e.event.attributes.id), [kept.event.attributes.id]);
+  await second.close();
+});
+
+test('the journal is compacted as events pass through, so it stays within a small multiple of what is unfinished', async () => {
+  const file = join(tempStoreDir('journal-bounded'), '.delivery-journal.ndjson');
+  const compactAtBytes = 16 * 1024;
+  const journal = await openDeliveryJournal(file, { compactAtBytes });
+  const open = accepted(['t1']);
+  await journal.accept([open]);
+  let largest = 0;
+  for (let i = 0; i < 2000; i++) {
+    const ev = accepted(['t1', 't2']);
+    await journal.accept([ev]);
+    for (const d of ev.deliveries) journal.done(d.key);
+    largest = Math.max(largest, journal.bytes);
+  }
+  await journal.close();
+  assert.ok(largest < 2 * compactAtBytes, `the journal reached ${largest} bytes after 2000 events`);
+  const reopened = await openDeliveryJournal(file);
+  assert.deepEqual(reopened.unfinished.map((e) => e.event.attributes.id), [open.event.attributes.id], 'compaction kept the unfinished one');
+  await reopened.clearAndClose();
+});
