@@ -6,6 +6,12 @@
 // stops the parts in order (the Broker first, so nothing in flight is lost). startStack resolves once every part
 // answers its health check.
 //
+// Every child dies with the launcher, however the launcher dies (SIGKILL included): each is spawned through
+// `setpriv --pdeathsig KILL` where util-linux has it (parent-death.ts). A part that crashes once the stack runs is
+// restarted on the same port, so the Broker's routes stay valid, as Knative's kubelet restarts a crashed container:
+// with CrashLoopBackOff's doubling delay, shortened for one machine (see RESTART_BACKOFF). Deliveries to it meanwhile
+// fail to connect and are retried by the Broker as their Trigger's delivery spec says.
+//
 // The Broker itself starts last, once its subscribers are up, so the deliveries kept at the last stop go straight
 // out rather than into retries against processes still starting; until then a stand-in on the ingress port answers
 // /healthz with 503 and events with 503 and Retry-After (both what a Knative Broker that is not ready answers).
@@ -31,6 +37,7 @@ import { startLocalBroker, type LocalBroker } from '../local-broker/broker.ts';
 import { loadSenderPolicies } from '../local-broker/event-policies.ts';
 import type { DeliverySpec } from '../local-broker/triggers.ts';
 import type { BrokerEvent } from '../local-broker/wire.ts';
+import { diesWithParent } from './parent-death.ts';
 import { freePort, startRedisServer, type RedisServer } from './redis-server.ts';
 
 /** The repository root: every entry file is given relative to it, and processes run in it. */
@@ -108,8 +115,12 @@ export interface StackOptions {
   logger?: Logger;
   /** Called with every event the Broker accepts. */
   onEvent?: (event: BrokerEvent) => void;
-  /** Called when a process of the stack exits on its own after the stack was ready (a crash). */
+  /** Called when a process of the stack exits on its own after the stack was ready (a crash); it is then restarted. */
   onProcessExit?: (name: ProcessName, code: number | null) => void;
+  /** Called when a crashed process is healthy again on its port, with its new pid and how often it was restarted. */
+  onProcessRestarted?: (name: ProcessName, pid: number, restarts: number) => void;
+  /** Restart a process that crashed (default true); false leaves it down, as before supervision. */
+  restartCrashed?: boolean;
   /** How long the Broker's stop lets pending deliveries finish before persisting them, ms. Default 5000. */
   stopGraceMs?: number;
   /** Interface every part listens on. Default 127.0.0.1. */
@@ -145,8 +156,30 @@ export interface Stack {
   readonly broker: LocalBroker;
   /** The most recent output lines of each process (stdout and stderr). */
   readonly logs: Readonly<Record<ProcessName, readonly string[]>>;
+  /** Each process's pid now (a restarted one has a new pid; undefined while it is down), the private Redis's too. */
+  pids(): Readonly<Record<ProcessName, number | undefined>> & { readonly 'redis-server'?: number | undefined };
+  /** Each process's state and how often it was restarted after a crash. */
+  processes(): Readonly<Record<ProcessName, ProcessStatus>>;
+  /** Sends a signal to one process (a chaos harness's kill -9); unless the stack is stopping, it is restarted. */
+  kill(name: ProcessName, signal?: NodeJS.Signals): void;
+  /**
+   * Restarts the private redis-server on its port with its password, after SIGTERM (it saves first) or SIGKILL
+   * (default: a crash). With a data directory (redisDataDir) nothing acknowledged is lost; a throw-away one restarts
+   * empty. The processes' clients reconnect on their own. Throws for a Redis given by URL.
+   */
+  restartRedis(signal?: NodeJS.Signals): Promise<void>;
   /** Stops the Broker (finishing or persisting its deliveries), then SIGTERMs every process and waits for it. */
   stop(): Promise<void>;
+}
+
+/** Where a supervised process is: running (healthy since its last start), starting, or waiting out its backoff. */
+export interface ProcessStatus {
+  state: 'running' | 'starting' | 'backoff' | 'stopped';
+  pid: number | undefined;
+  /** Restarts after a crash so far. */
+  restarts: number;
+  /** The exit status of its last crash (128 for a signal), if it crashed. */
+  lastExit?: number | null;
 }
 
 /** A part of the stack failed to start; the message carries its exit status and last log lines. */
@@ -155,7 +188,21 @@ export class StackStartError extends Error {
 }
 
 const KEEP_LOG_LINES = 400;
-const STOP_TIMEOUT_MS = 10_000;
+// Each process bounds its own stop (STOP_DEADLINE_MS in process-lifecycle.ts); this is the launcher's backstop.
+const STOP_TIMEOUT_MS = 6_000;
+
+/**
+ * The delay before restarting a crashed process. Kubernetes' kubelet restarts a crashed container after 10 s,
+ * doubling the delay at each further crash up to 5 minutes, and resets it once the container has run 10 minutes
+ * (CrashLoopBackOff; https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#container-restarts). On one
+ * machine, where a demo lasts a minute, we use the same shape with shorter values.
+ */
+export const RESTART_BACKOFF = { initialMs: 250, factor: 2, maxMs: 8_000, resetAfterMs: 30_000 } as const;
+
+/** The delay before the next restart of a process that has crashed `streak` times in a row (0: its first crash). */
+export function restartDelayMs(streak: number): number {
+  return Math.min(RESTART_BACKOFF.maxMs, RESTART_BACKOFF.initialMs * RESTART_BACKOFF.factor ** streak);
+}
 
 interface Child {
   name: ProcessName;
@@ -183,9 +230,9 @@ function writeToken(dir: string, sender: Sender, token: string): string {
   return file;
 }
 
-function spawnChild(name: ProcessName, args: string[], env: Record<string, string>): Child {
-  const proc = spawn(process.execPath, args, { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  const lines: string[] = [];
+function spawnChild(name: ProcessName, args: string[], env: Record<string, string>, lines: string[] = []): Child {
+  const [command, commandArgs] = diesWithParent(process.execPath, args);
+  const proc = spawn(command, commandArgs, { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const collect = (chunk: Buffer) => {
     for (const line of chunk.toString('utf8').split('\n')) {
       if (line.trim() === '') continue;
@@ -260,8 +307,14 @@ async function stopChild(child: Child): Promise<void> {
 export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const missing = missingEntryFiles();
   if (missing.length > 0) throw new StackStartError(`the stack cannot start: missing ${missing.join(', ')}`);
-  const deadline = Date.now() + (opts.readyTimeoutMs ?? 30_000);
-  const children: Child[] = [];
+  const readyTimeoutMs = opts.readyTimeoutMs ?? 30_000;
+  const deadline = Date.now() + readyTimeoutMs;
+  // The process now running under each name (a restart replaces it), how to start it again, and its status.
+  const current = new Map<ProcessName, Child>();
+  const specs = new Map<ProcessName, { args: string[]; env: Record<string, string>; healthUrl: string; lines: string[] }>();
+  const statuses = new Map<ProcessName, ProcessStatus>();
+  const crashStreak = new Map<ProcessName, number>();
+  const restartTimers = new Set<NodeJS.Timeout>();
   let redis: RedisServer | undefined;
   let broker: LocalBroker | undefined;
   let standIn: Server | undefined;
@@ -269,10 +322,62 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   let ownTokenDir: string | undefined;
   let ready = false;
   let stopping = false;
-  // Children are in their own process groups, so they would outlive a launcher that dies without stopping them.
+  // Children are in their own process groups, so they would outlive a launcher that exits without stopping them
+  // (a launcher that is killed is covered by their parent-death signal).
   const killAll = () => {
-    for (const c of children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL');
+    for (const c of current.values()) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL');
   };
+  const alive = (c: Child | undefined) => c !== undefined && c.proc.exitCode === null && c.proc.signalCode === null;
+
+  function launch(name: ProcessName, args: string[], env: Record<string, string>, healthUrl: string): Child {
+    const lines = specs.get(name)?.lines ?? [];
+    specs.set(name, { args, env, healthUrl, lines });
+    const child = spawnChild(name, args, env, lines);
+    current.set(name, child);
+    const status = statuses.get(name) ?? { state: 'starting', pid: undefined, restarts: 0 };
+    statuses.set(name, { ...status, state: 'starting', pid: child.proc.pid });
+    return child;
+  }
+
+  // Once the stack is ready, a process that exits on its own is restarted after its backoff delay.
+  function supervise(child: Child, startedAt: number): void {
+    void child.exited.then((code) => {
+      if (stopping || current.get(child.name) !== child) return;
+      const status = statuses.get(child.name)!;
+      statuses.set(child.name, { ...status, state: opts.restartCrashed === false ? 'stopped' : 'backoff', pid: undefined, lastExit: code });
+      opts.onProcessExit?.(child.name, code);
+      if (opts.restartCrashed === false) return;
+      // As the kubelet does: a process that ran long enough before crashing starts a new streak.
+      const streak = Date.now() - startedAt >= RESTART_BACKOFF.resetAfterMs ? 0 : (crashStreak.get(child.name) ?? 0);
+      crashStreak.set(child.name, streak + 1);
+      const delay = restartDelayMs(streak);
+      child.lines.push(`[stack] ${child.name} exited (${String(code)}); restarting in ${delay} ms`);
+      const timer = setTimeout(() => {
+        restartTimers.delete(timer);
+        void restart(child.name);
+      }, delay);
+      restartTimers.add(timer);
+    });
+  }
+
+  async function restart(name: ProcessName): Promise<void> {
+    const spec = specs.get(name);
+    if (stopping || spec === undefined) return;
+    const child = launch(name, spec.args, spec.env, spec.healthUrl);
+    const status = statuses.get(name)!;
+    statuses.set(name, { ...status, restarts: status.restarts + 1 });
+    supervise(child, Date.now());
+    try {
+      await waitHealthy(child, spec.healthUrl, Date.now() + readyTimeoutMs);
+    } catch {
+      // Never healthy (a failed liveness probe, to the kubelet): killed, and its exit schedules the next try.
+      if (alive(child)) child.proc.kill('SIGKILL');
+      return;
+    }
+    if (stopping || current.get(name) !== child) return;
+    statuses.set(name, { ...statuses.get(name)!, state: 'running' });
+    opts.onProcessRestarted?.(name, child.proc.pid!, statuses.get(name)!.restarts);
+  }
   process.once('exit', killAll);
 
   async function stopAll(): Promise<void> {
@@ -280,7 +385,9 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     if (standIn?.listening) await closeServer(standIn);
     // The Broker first, while its subscribers are still up to take what it has in flight.
     await broker?.stop();
-    await Promise.all(children.map(stopChild));
+    for (const timer of restartTimers) clearTimeout(timer);
+    restartTimers.clear();
+    await Promise.all([...current.values()].map(stopChild));
     await redis?.stop();
     process.removeListener('exit', killAll);
     if (tempDir) rmSync(tempDir, { recursive: true, force: true });
@@ -332,27 +439,25 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       ...baseEnv(), REDIS_URL: redisUrl, REDIS_PASSWORD: redisPassword, REDIS_KEY_PREFIX: keyPrefix, K_SINK: brokerUrl, LOG_LEVEL: logLevel,
       LISTEN_HOST: host, RUNTIMES: JSON.stringify(runtimes), OUTBOUND_ALLOWED_CIDRS: allowedCidrs.join(','), ...opts.env,
     };
-    const runtime = spawnChild('sim-gpu-runtime', [RUNTIME_ENTRY], {
+    const healthUrl = (name: ProcessName) => (name === 'sim-gpu-runtime' ? `${runtimeUrl}/v1/memory` : `${local(ports[name])}/healthz`);
+    launch('sim-gpu-runtime', [RUNTIME_ENTRY], {
       ...baseEnv(),
       PORT: String(ports['sim-gpu-runtime']),
       SIM_HOST: host,
       LOG_LEVEL: logLevel,
       ...opts.runtimeEnv,
-    });
-    children.push(runtime);
+    }, healthUrl('sim-gpu-runtime'));
     for (const name of FUNCTION_NAMES) {
-      children.push(spawnChild(name, [functionEntry(name)], { ...shared, PORT: String(ports[name]), OTEL_SERVICE_NAME: name, SINK_TOKEN_FILE: tokenFiles[name] }));
+      launch(name, [functionEntry(name)], { ...shared, PORT: String(ports[name]), OTEL_SERVICE_NAME: name, SINK_TOKEN_FILE: tokenFiles[name] }, healthUrl(name));
     }
-    children.push(spawnChild('deadline-engine', [ENGINE_ENTRY], {
+    launch('deadline-engine', [ENGINE_ENTRY], {
       ...shared, PORT: String(ports['deadline-engine']), OTEL_SERVICE_NAME: 'deadline-engine', SINK_TOKEN_FILE: tokenFiles['deadline-engine'],
-    }));
-    children.push(spawnChild('idle-checker', [IDLE_CHECKER_ENTRY], {
+    }, healthUrl('deadline-engine'));
+    launch('idle-checker', [IDLE_CHECKER_ENTRY], {
       ...shared, PORT: String(ports['idle-checker']), OTEL_SERVICE_NAME: 'activity-score', SINK_TOKEN_FILE: tokenFiles['idle-checker'],
-    }));
+    }, healthUrl('idle-checker'));
 
-    await Promise.all(
-      children.map((child) => waitHealthy(child, child.name === 'sim-gpu-runtime' ? `${runtimeUrl}/v1/memory` : `${local(ports[child.name])}/healthz`, deadline)),
-    );
+    await Promise.all([...current.values()].map((child) => waitHealthy(child, healthUrl(child.name), deadline)));
     await closeServer(standIn);
     broker = await startLocalBroker({
       port: ports.broker,
@@ -369,12 +474,12 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
     });
     ready = true;
-    for (const child of children) {
-      void child.exited.then((code) => {
-        if (!stopping) opts.onProcessExit?.(child.name, code);
-      });
+    const readyAt = Date.now();
+    for (const child of current.values()) {
+      statuses.set(child.name, { ...statuses.get(child.name)!, state: 'running' });
+      supervise(child, readyAt);
     }
-    const logs = Object.fromEntries(children.map((c) => [c.name, c.lines])) as Record<ProcessName, string[]>;
+    const logs = Object.fromEntries([...specs].map(([name, spec]) => [name, spec.lines])) as Record<ProcessName, string[]>;
     let stopped: Promise<void> | undefined;
     return {
       brokerUrl: broker.url,
@@ -388,6 +493,22 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       ports,
       broker,
       logs,
+      pids: () => ({
+        ...(Object.fromEntries([...current].map(([name, c]) => [name, alive(c) ? c.proc.pid : undefined])) as Record<ProcessName, number | undefined>),
+        ...(redis === undefined ? {} : { 'redis-server': redis.pid }),
+      }),
+      processes: () => Object.fromEntries([...statuses].map(([name, st]) => [name, { ...st }])) as Record<ProcessName, ProcessStatus>,
+      kill(name, signal = 'SIGKILL') {
+        const child = current.get(name);
+        if (alive(child)) child!.proc.kill(signal);
+      },
+      async restartRedis(signal = 'SIGKILL') {
+        const old = redis;
+        if (old === undefined) throw new Error('the stack uses a Redis given by URL; only a private redis-server can be restarted');
+        await old.kill(signal);
+        await old.stop();
+        redis = await startRedisServer({ port: old.port, password: old.password, ...(opts.redisDataDir === undefined ? {} : { dataDir: opts.redisDataDir }) });
+      },
       stop: () => (stopped ??= stopAll()),
     };
   } catch (err) {
