@@ -50,9 +50,13 @@ export type FunctionName = (typeof FUNCTION_NAMES)[number];
 /** Every process of the stack besides Redis and the in-process Broker. */
 export type ProcessName = FunctionName | 'deadline-engine' | 'idle-checker' | 'sim-gpu-runtime';
 
+/** Every process the stack supervises: the Broker too when it runs as its own process (brokerProcess). */
+export type SupervisedName = ProcessName | 'local-broker';
+
 const ENGINE_ENTRY = 'functions/heartbeat-timeout/engine.ts';
 const IDLE_CHECKER_ENTRY = 'functions/activity-score/idle-checker-main.ts';
 const RUNTIME_ENTRY = 'functions/sim-gpu-runtime/index.ts';
+const BROKER_ENTRY = 'functions/local-broker/index.ts';
 const functionEntry = (name: FunctionName) => `functions/${name}/index.ts`;
 
 /** The entry files the stack runs, relative to the repository root. */
@@ -116,9 +120,18 @@ export interface StackOptions {
   /** Called with every event the Broker accepts. */
   onEvent?: (event: BrokerEvent) => void;
   /** Called when a process of the stack exits on its own after the stack was ready (a crash); it is then restarted. */
-  onProcessExit?: (name: ProcessName, code: number | null) => void;
+  onProcessExit?: (name: SupervisedName, code: number | null) => void;
   /** Called when a crashed process is healthy again on its port, with its new pid and how often it was restarted. */
-  onProcessRestarted?: (name: ProcessName, pid: number, restarts: number) => void;
+  onProcessRestarted?: (name: SupervisedName, pid: number, restarts: number) => void;
+  /**
+   * Run the Broker as its own supervised process (functions/local-broker/index.ts, configured by its environment) on
+   * the ingress port, keeping its dead letters and pending deliveries in deadLetterDir, so a chaos harness can kill -9
+   * it and see it restarted. Such a stack has no in-process `broker` to inspect (startStack's return type says so), and
+   * onEvent, deliveryOverride and logger do not reach it; brokerEnv does. Default false: the Broker runs in this process.
+   */
+  brokerProcess?: boolean;
+  /** Extra environment for a Broker process (brokerProcess), e.g. its delivery settings. */
+  brokerEnv?: Readonly<Record<string, string>>;
   /** Restart a process that crashed (default true); false leaves it down, as before supervision. */
   restartCrashed?: boolean;
   /** How long the Broker's stop lets pending deliveries finish before persisting them, ms. Default 5000. */
@@ -157,11 +170,11 @@ export interface Stack {
   /** The most recent output lines of each process (stdout and stderr). */
   readonly logs: Readonly<Record<ProcessName, readonly string[]>>;
   /** Each process's pid now (a restarted one has a new pid; undefined while it is down), the private Redis's too. */
-  pids(): Readonly<Record<ProcessName, number | undefined>> & { readonly 'redis-server'?: number | undefined };
+  pids(): Readonly<Record<ProcessName, number | undefined>> & { readonly 'redis-server'?: number | undefined; readonly 'local-broker'?: number | undefined };
   /** Each process's state and how often it was restarted after a crash. */
-  processes(): Readonly<Record<ProcessName, ProcessStatus>>;
+  processes(): Readonly<Record<ProcessName, ProcessStatus>> & { readonly 'local-broker'?: ProcessStatus };
   /** Sends a signal to one process (a chaos harness's kill -9); unless the stack is stopping, it is restarted. */
-  kill(name: ProcessName, signal?: NodeJS.Signals): void;
+  kill(name: SupervisedName, signal?: NodeJS.Signals): void;
   /**
    * Restarts the private redis-server on its port with its password, after SIGTERM (it saves first) or SIGKILL
    * (default: a crash). With a data directory (redisDataDir) nothing acknowledged is lost; a throw-away one restarts
@@ -182,12 +195,17 @@ export interface ProcessStatus {
   lastExit?: number | null;
 }
 
+/** A stack whose Broker runs as its own process (brokerProcess): nothing in this process to inspect. */
+export type StackWithBrokerProcess = Omit<Stack, 'broker'>;
+
 /** A part of the stack failed to start; the message carries its exit status and last log lines. */
 export class StackStartError extends Error {
   override name = 'StackStartError';
 }
 
 const KEEP_LOG_LINES = 400;
+// A Broker process finishes its deliveries for this long on stop, then keeps the rest for its next start.
+const BROKER_PROCESS_STOP_GRACE_MS = 2000;
 // Each process bounds its own stop (STOP_DEADLINE_MS in process-lifecycle.ts); this is the launcher's backstop.
 const STOP_TIMEOUT_MS = 6_000;
 
@@ -205,7 +223,7 @@ export function restartDelayMs(streak: number): number {
 }
 
 interface Child {
-  name: ProcessName;
+  name: SupervisedName;
   proc: ChildProcess;
   lines: string[];
   exited: Promise<number | null>;
@@ -230,7 +248,7 @@ function writeToken(dir: string, sender: Sender, token: string): string {
   return file;
 }
 
-function spawnChild(name: ProcessName, args: string[], env: Record<string, string>, lines: string[] = []): Child {
+function spawnChild(name: SupervisedName, args: string[], env: Record<string, string>, lines: string[] = []): Child {
   const [command, commandArgs] = diesWithParent(process.execPath, args);
   const proc = spawn(command, commandArgs, { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const collect = (chunk: Buffer) => {
@@ -292,28 +310,30 @@ async function closeServer(server: Server): Promise<void> {
   await closed;
 }
 
-async function stopChild(child: Child): Promise<void> {
+async function stopChild(child: Child, timeoutMs = STOP_TIMEOUT_MS): Promise<void> {
   if (child.proc.exitCode !== null || child.proc.signalCode !== null) return;
   child.proc.kill('SIGTERM');
-  const exited = await Promise.race([child.exited.then(() => true), sleep(STOP_TIMEOUT_MS, false, { ref: false })]);
+  const exited = await Promise.race([child.exited.then(() => true), sleep(timeoutMs, false, { ref: false })]);
   if (!exited) {
-    child.lines.push(`did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM; killed`);
+    child.lines.push(`did not exit within ${timeoutMs} ms of SIGTERM; killed`);
     child.proc.kill('SIGKILL');
     await child.exited;
   }
 }
 
 /** Starts the whole system and resolves once every part is healthy; on failure stops what it started and throws. */
-export async function startStack(opts: StackOptions = {}): Promise<Stack> {
+export async function startStack(opts: StackOptions & { brokerProcess: true }): Promise<StackWithBrokerProcess>;
+export async function startStack(opts?: StackOptions): Promise<Stack>;
+export async function startStack(opts: StackOptions = {}): Promise<Stack | StackWithBrokerProcess> {
   const missing = missingEntryFiles();
   if (missing.length > 0) throw new StackStartError(`the stack cannot start: missing ${missing.join(', ')}`);
   const readyTimeoutMs = opts.readyTimeoutMs ?? 30_000;
   const deadline = Date.now() + readyTimeoutMs;
   // The process now running under each name (a restart replaces it), how to start it again, and its status.
-  const current = new Map<ProcessName, Child>();
-  const specs = new Map<ProcessName, { args: string[]; env: Record<string, string>; healthUrl: string; lines: string[] }>();
-  const statuses = new Map<ProcessName, ProcessStatus>();
-  const crashStreak = new Map<ProcessName, number>();
+  const current = new Map<SupervisedName, Child>();
+  const specs = new Map<SupervisedName, { args: string[]; env: Record<string, string>; healthUrl: string; lines: string[] }>();
+  const statuses = new Map<SupervisedName, ProcessStatus>();
+  const crashStreak = new Map<SupervisedName, number>();
   const restartTimers = new Set<NodeJS.Timeout>();
   let redis: RedisServer | undefined;
   let broker: LocalBroker | undefined;
@@ -329,7 +349,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   };
   const alive = (c: Child | undefined) => c !== undefined && c.proc.exitCode === null && c.proc.signalCode === null;
 
-  function launch(name: ProcessName, args: string[], env: Record<string, string>, healthUrl: string): Child {
+  function launch(name: SupervisedName, args: string[], env: Record<string, string>, healthUrl: string): Child {
     const lines = specs.get(name)?.lines ?? [];
     specs.set(name, { args, env, healthUrl, lines });
     const child = spawnChild(name, args, env, lines);
@@ -360,7 +380,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     });
   }
 
-  async function restart(name: ProcessName): Promise<void> {
+  async function restart(name: SupervisedName): Promise<void> {
     const spec = specs.get(name);
     if (stopping || spec === undefined) return;
     const child = launch(name, spec.args, spec.env, spec.healthUrl);
@@ -384,10 +404,12 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     stopping = true;
     if (standIn?.listening) await closeServer(standIn);
     // The Broker first, while its subscribers are still up to take what it has in flight.
-    await broker?.stop();
     for (const timer of restartTimers) clearTimeout(timer);
     restartTimers.clear();
-    await Promise.all([...current.values()].map(stopChild));
+    await broker?.stop();
+    const brokerChild = current.get('local-broker');
+    if (brokerChild !== undefined) await stopChild(brokerChild, (opts.stopGraceMs ?? BROKER_PROCESS_STOP_GRACE_MS) + STOP_TIMEOUT_MS);
+    await Promise.all([...current.values()].filter((c) => c !== brokerChild).map((c) => stopChild(c)));
     await redis?.stop();
     process.removeListener('exit', killAll);
     if (tempDir) rmSync(tempDir, { recursive: true, force: true });
@@ -457,9 +479,23 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       ...shared, PORT: String(ports['idle-checker']), OTEL_SERVICE_NAME: 'activity-score', SINK_TOKEN_FILE: tokenFiles['idle-checker'],
     }, healthUrl('idle-checker'));
 
-    await Promise.all([...current.values()].map((child) => waitHealthy(child, healthUrl(child.name), deadline)));
+    await Promise.all([...current.values()].map((child) => waitHealthy(child, specs.get(child.name)!.healthUrl, deadline)));
     await closeServer(standIn);
-    broker = await startLocalBroker({
+    if (opts.brokerProcess === true) {
+      const brokerChild = launch('local-broker', [BROKER_ENTRY], {
+        ...baseEnv(),
+        PORT: String(ports.broker),
+        BROKER_HOST: host,
+        BROKER_SUBSCRIBERS: JSON.stringify({ ...Object.fromEntries(FUNCTION_NAMES.map((n) => [n, local(ports[n])])), ...opts.subscribers }),
+        BROKER_IDENTITIES: JSON.stringify(identities),
+        BROKER_DEAD_LETTER_DIR: deadLetterDir,
+        BROKER_STOP_GRACE_MS: String(opts.stopGraceMs ?? BROKER_PROCESS_STOP_GRACE_MS),
+        LOG_LEVEL: logLevel,
+        ...(opts.forward !== undefined ? { BROKER_FORWARD_URL: opts.forward } : {}),
+        ...opts.brokerEnv,
+      }, `${local(ports.broker)}/healthz`);
+      await waitHealthy(brokerChild, `${local(ports.broker)}/healthz`, deadline);
+    } else broker = await startLocalBroker({
       port: ports.broker,
       host,
       identities,
@@ -482,7 +518,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     const logs = Object.fromEntries([...specs].map(([name, spec]) => [name, spec.lines])) as Record<ProcessName, string[]>;
     let stopped: Promise<void> | undefined;
     return {
-      brokerUrl: broker.url,
+      brokerUrl: broker?.url ?? brokerUrl,
       runtimeUrl,
       redisUrl,
       redisPassword,
@@ -491,13 +527,13 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       deadLetterDir,
       keyPrefix,
       ports,
-      broker,
+      ...(broker === undefined ? {} : { broker }),
       logs,
       pids: () => ({
         ...(Object.fromEntries([...current].map(([name, c]) => [name, alive(c) ? c.proc.pid : undefined])) as Record<ProcessName, number | undefined>),
         ...(redis === undefined ? {} : { 'redis-server': redis.pid }),
       }),
-      processes: () => Object.fromEntries([...statuses].map(([name, st]) => [name, { ...st }])) as Record<ProcessName, ProcessStatus>,
+      processes: () => Object.fromEntries([...statuses].map(([name, st]) => [name, { ...st }])) as Record<SupervisedName, ProcessStatus>,
       kill(name, signal = 'SIGKILL') {
         const child = current.get(name);
         if (alive(child)) child!.proc.kill(signal);

@@ -6,9 +6,9 @@ import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { startEventSink } from '../support/event-sink.ts';
-import { startStack, type ProcessName, type Stack } from '../support/stack.ts';
+import { stackStore, startStack, type Stack, type SupervisedName } from '../support/stack.ts';
 
-async function send(stack: Stack, ev: CloudEvent<unknown>): Promise<void> {
+async function send(stack: Pick<Stack, 'brokerUrl' | 'tokens'>, ev: CloudEvent<unknown>): Promise<void> {
   const m = HTTP.binary(ev);
   const res = await fetch(stack.brokerUrl, { method: 'POST', headers: { ...(m.headers as Record<string, string>), authorization: `Bearer ${stack.tokens['inference-pipeline']}` }, body: m.body as string });
   await res.body?.cancel();
@@ -33,8 +33,8 @@ function event(sessionId: string, type: 'opened' | 'closed', runtimeUrl: string)
 
 test('a function killed with SIGKILL is restarted on its port, counted, and a session closed meanwhile is still destroyed', { timeout: 180_000 }, async () => {
   const outside = await startEventSink();
-  const exits: Array<{ name: ProcessName; code: number | null }> = [];
-  const restarted: Array<{ name: ProcessName; pid: number }> = [];
+  const exits: Array<{ name: SupervisedName; code: number | null }> = [];
+  const restarted: Array<{ name: SupervisedName; pid: number }> = [];
   const stack = await startStack({
     forward: outside.url,
     deliveryOverride: { backoffDelayMs: 100 },
@@ -69,6 +69,36 @@ test('a function killed with SIGKILL is restarted on its port, counted, and a se
     assert.equal((destroyed.event.data as { sessionId: string }).sessionId, sessionId);
     assert.deepEqual(await stack.broker.deadLetters.list(), [], 'nothing was given up on');
     assert.ok(stack.logs['destroy-dispatch'].some((line) => line.includes('restarting in')), 'its log says it was restarted');
+  } finally {
+    await stack.stop();
+    await outside.close();
+  }
+});
+
+test('a Broker run as its own process and killed with SIGKILL is restarted on the ingress port and carries sessions again', { timeout: 180_000 }, async () => {
+  const outside = await startEventSink();
+  const stack = await startStack({ brokerProcess: true, forward: outside.url, env: { DEADLINE_POLL_MS: '50' } });
+  try {
+    const before = stack.pids()['local-broker'];
+    assert.ok(before !== undefined, 'the Broker runs as a process of its own');
+    stack.kill('local-broker', 'SIGKILL');
+    const status = await until('the Broker to run again', () => {
+      const s = stack.processes()['local-broker'];
+      return s?.state === 'running' && s.pid !== before ? s : undefined;
+    });
+    assert.equal(status.restarts, 1);
+    const sessionId = `broker-restarted-${process.pid}`;
+    const { redis, store } = await stackStore(stack);
+    try {
+      await send(stack, event(sessionId, 'opened', stack.runtimeUrl));
+      // No in-process Broker to ask whether it is idle: the session core says when the opening has landed.
+      await until('the session to be open', async () => ((await store.inspect(sessionId)) !== null ? true : undefined));
+    } finally {
+      redis.disconnect();
+    }
+    await send(stack, event(sessionId, 'closed', stack.runtimeUrl));
+    const destroyed = await outside.waitForEvent((e) => e.event.type === 'dev.sessionreaper.session.destroyed', { timeoutMs: 60_000 });
+    assert.equal((destroyed.event.data as { sessionId: string }).sessionId, sessionId);
   } finally {
     await stack.stop();
     await outside.close();
