@@ -173,7 +173,7 @@ export interface Stack {
   pids(): Readonly<Record<ProcessName, number | undefined>> & { readonly 'redis-server'?: number | undefined; readonly 'local-broker'?: number | undefined };
   /** Each process's state and how often it was restarted after a crash. */
   processes(): Readonly<Record<ProcessName, ProcessStatus>> & { readonly 'local-broker'?: ProcessStatus };
-  /** Sends a signal to one process (a chaos harness's kill -9); unless the stack is stopping, it is restarted. */
+  /** Sends a signal (default SIGKILL: a chaos harness's kill -9) to one process; unless the stack is stopping, it is restarted. */
   kill(name: SupervisedName, signal?: NodeJS.Signals): void;
   /**
    * Restarts the private redis-server on its port with its password, after SIGTERM (it saves first) or SIGKILL
