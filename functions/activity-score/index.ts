@@ -2,6 +2,7 @@
 // `http` signature: see the host). The idle checker is not run here (this function scales to zero); a long-running
 // process hosts it.
 import { createFunctionHost } from '../core/function-host.ts';
+import { stopOnSignals } from '../core/process-lifecycle.ts';
 import { serveHost } from '../framework/serve.ts';
 import { ACTIVITY_SCORE_ACCEPTS, createActivityScoreDeps, handle } from './handle.ts';
 import { readActivityScoreSettings } from './settings.ts';
@@ -18,6 +19,11 @@ host.deps.load.start();
 
 const server = await serveHost(host);
 
-process.once('SIGTERM', () => {
-  void server.close().then(() => host.deps.load.stop()).finally(() => host.core.close());
+stopOnSignals(host.core.deps.logger, 'activity-score', async () => {
+  try {
+    await server.close();
+    await host.deps.load.stop();
+  } finally {
+    await host.core.close();
+  }
 });

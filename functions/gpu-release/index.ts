@@ -1,6 +1,7 @@
 // gpu-release's process: the host's handler served behind the request bounds (functions/framework/serve.ts; the
 // `http` signature: see the host).
 import { createFunctionHost } from '../core/function-host.ts';
+import { stopOnSignals } from '../core/process-lifecycle.ts';
 import { serveHost } from '../framework/serve.ts';
 import { createGpuReleaseDeps, GPU_RELEASE_ACCEPTS, handle, readGpuReleaseSettings } from './handle.ts';
 
@@ -14,7 +15,11 @@ export const host = createFunctionHost({
 
 const server = await serveHost(host);
 
-process.once('SIGTERM', () => {
+stopOnSignals(host.core.deps.logger, 'gpu-release', async () => {
   host.deps.runtime.shutdown();
-  void server.close().finally(() => host.core.close());
+  try {
+    await server.close();
+  } finally {
+    await host.core.close();
+  }
 });

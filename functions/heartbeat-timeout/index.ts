@@ -2,6 +2,7 @@
 // the `http` signature, so malformed events can be answered 400: see functions/core/function-host.ts). The deadline
 // engine is engine.ts.
 import { createFunctionHost } from '../core/function-host.ts';
+import { stopOnSignals } from '../core/process-lifecycle.ts';
 import { serveHost } from '../framework/serve.ts';
 import { ACCEPTS, handle } from './handle.ts';
 
@@ -9,6 +10,10 @@ const host = createFunctionHost({ name: 'heartbeat-timeout', accept: ACCEPTS, ex
 
 const server = await serveHost(host);
 
-process.once('SIGTERM', () => {
-  void server.close().finally(() => host.core.close());
+stopOnSignals(host.core.deps.logger, 'heartbeat-timeout', async () => {
+  try {
+    await server.close();
+  } finally {
+    await host.core.close();
+  }
 });

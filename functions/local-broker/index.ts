@@ -1,6 +1,6 @@
 // Runs the local Broker as a process: `npx node functions/local-broker/index.ts`. Settings come from the
 // environment (BrokerSettingsSchema); SIGTERM or SIGINT stops it, finishing or persisting pending deliveries.
-import { stopOnSignals } from '../core/process-lifecycle.ts';
+import { STOP_DEADLINE_MS, stopOnSignals } from '../core/process-lifecycle.ts';
 import { Type } from '@sinclair/typebox';
 import { pino } from 'pino';
 import { ConfigError, readSettings } from '../core/config.ts';
@@ -88,7 +88,7 @@ try {
   stopOnSignals(log, 'the local Broker', async () => {
     const report = await broker.stop();
     log.info({ ...report, stats: broker.stats() }, 'stopped');
-  });
+  }, { deadlineMs: s.BROKER_STOP_GRACE_MS + STOP_DEADLINE_MS });
 } catch (err) {
   log.fatal({ err }, err instanceof ConfigError ? 'invalid settings' : 'failed to start');
   process.exitCode = 1;

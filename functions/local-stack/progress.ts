@@ -9,6 +9,15 @@ export interface ProgressExtras {
   demo?: { started: number; planned: number } | undefined;
   pendingDeliveries: number;
   deadLetters: number;
+  /** Crashed processes restarted so far, by name (only those restarted). */
+  restarts?: Readonly<Record<string, number>>;
+}
+
+// Shown only once something was restarted: "restarts 2 (destroy-dispatch 2)".
+function restartsPart(restarts: Readonly<Record<string, number>> | undefined): string[] {
+  const named = Object.entries(restarts ?? {}).filter(([, n]) => n > 0);
+  if (named.length === 0) return [];
+  return [`restarts ${named.reduce((sum, [, n]) => sum + n, 0)} (${named.map(([name, n]) => `${name} ${n}`).join(', ')})`];
 }
 
 /** One progress line. */
@@ -23,6 +32,7 @@ export function progressLine(elapsedMs: number, live: LiveFigures, extras: Progr
     `events ${live.events}`,
     `pending ${extras.pendingDeliveries}`,
     `dead letters ${extras.deadLetters}`,
+    ...restartsPart(extras.restarts),
   ];
   return parts.join(' · ');
 }

@@ -1,7 +1,10 @@
 // A private redis-server for the local stack: started on a free loopback port, kept in its own process group (so a
-// Ctrl-C in the terminal reaches only the launcher, which stops the parts in order), and stopped gracefully. With a
+// Ctrl-C in the terminal reaches only the launcher, which stops the parts in order), SIGKILLed by the kernel if the
+// launcher dies (parent-death.ts), and stopped gracefully. With a
 // data directory it keeps its data there (append-only file) so sessions, deadlines and the GPU ledger survive a
-// restart of `npm start`; without one it is throw-away, removed on stop. It listens on loopback only, in protected
+// restart of `npm start`; without one it is throw-away, removed on stop. Redis writes the append-only file before it
+// answers a client (fsync follows every second), so even a SIGKILL of redis-server loses no acknowledged write; only a
+// crash of the machine could lose the last second. It listens on loopback only, in protected
 // mode, and asks every client for a password drawn at random for each start; the password reaches redis-server on
 // its standard input (`redis-server -` reads its configuration there), never on its command line, which any user of
 // the machine can read.
@@ -12,6 +15,7 @@ import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { diesWithParent } from './parent-death.ts';
 
 /** redis-server is missing or failed to start; the message says how to fix it. */
 export class RedisServerError extends Error {
@@ -63,6 +67,10 @@ export interface RedisServer {
   readonly password: string;
   /** Where its data is kept, or undefined when it is throw-away. */
   readonly dataDir: string | undefined;
+  /** Its process id. */
+  readonly pid: number | undefined;
+  /** Sends it a signal (a chaos harness's kill -9) and resolves once it has exited. */
+  kill(signal: NodeJS.Signals): Promise<void>;
   /** Stops it with SIGTERM (it writes its data first when it has a data directory) and waits for it to exit. */
   stop(): Promise<void>;
 }
@@ -70,8 +78,18 @@ export interface RedisServer {
 const START_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 10_000;
 
-/** Starts redis-server on a free loopback port and resolves once it answers PING. */
-export async function startRedisServer(opts: { dataDir?: string } = {}): Promise<RedisServer> {
+/** How to start a private redis-server; a restart passes the port and password it had, so its clients reconnect. */
+export interface RedisServerOptions {
+  /** Where it keeps its data (append-only file); default: nowhere (a throw-away server). */
+  dataDir?: string;
+  /** Its port; default a free one. */
+  port?: number;
+  /** Its password; default one drawn at random. */
+  password?: string;
+}
+
+/** Starts redis-server on a loopback port and resolves once it answers PING. */
+export async function startRedisServer(opts: RedisServerOptions = {}): Promise<RedisServer> {
   const probe = spawnSync('redis-server', ['--version'], { encoding: 'utf8' });
   if (probe.error || probe.status !== 0) {
     throw new RedisServerError(
@@ -79,14 +97,15 @@ export async function startRedisServer(opts: { dataDir?: string } = {}): Promise
         'or point REDIS_URL at a Redis you already run.',
     );
   }
-  const port = await freePort();
+  const port = opts.port ?? (await freePort());
   const dataDir = opts.dataDir === undefined ? undefined : resolve(opts.dataDir);
   const dir = dataDir ?? mkdtempSync(join(tmpdir(), `sr-redis-${port}-`));
   if (dataDir !== undefined) mkdirSync(dataDir, { recursive: true });
   const persistence = dataDir === undefined ? ['--save', '', '--appendonly', 'no'] : ['--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec'];
-  const password = randomBytes(24).toString('base64url');
+  const password = opts.password ?? randomBytes(24).toString('base64url');
   const args = ['-', '--port', String(port), '--bind', '127.0.0.1', '--protected-mode', 'yes', '--loglevel', 'warning', '--dir', dir, ...persistence];
-  const child: ChildProcess = spawn('redis-server', args, { stdio: ['pipe', 'ignore', 'pipe'], detached: true });
+  const [command, commandArgs] = diesWithParent('redis-server', args);
+  const child: ChildProcess = spawn(command, commandArgs, { stdio: ['pipe', 'ignore', 'pipe'], detached: true });
   child.stdin?.end(`requirepass ${password}\n`);
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString('utf8')).slice(-4000)));
@@ -115,6 +134,11 @@ export async function startRedisServer(opts: { dataDir?: string } = {}): Promise
     url: `redis://127.0.0.1:${port}`,
     password,
     dataDir,
+    pid: child.pid,
+    async kill(signal) {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      await exited;
+    },
     stop: () =>
       (stopped ??= (async () => {
         if (child.exitCode === null && child.signalCode === null) {

@@ -174,6 +174,8 @@ export interface StackReport {
   gpu: GpuFigures;
   deadLetters: { thisRun: number; stored: number };
   broker: Pick<BrokerStats, 'received' | 'rejected' | 'delivered' | 'retried' | 'pending'>;
+  /** Crashed processes the stack restarted during the run, by name (those restarted only). */
+  restarts: Record<string, number>;
 }
 
 /**
@@ -191,8 +193,8 @@ export function gpuFigures(start: LedgerAudit, end: LedgerAudit, runtime: Runtim
   return { registeredBytes, releasedBytes, heldBytes: end.totals.heldBytes, runtime, balanced: problems.length === 0, problems };
 }
 
-/** Assembles the report from the recorder, the GPU figures and the Broker. */
-export function buildReport(recorder: RunRecorder, gpu: GpuFigures, broker: BrokerStats, storedDeadLetters: number): StackReport {
+/** Assembles the report from the recorder, the GPU figures, the Broker and the stack's restarts by process. */
+export function buildReport(recorder: RunRecorder, gpu: GpuFigures, broker: BrokerStats, storedDeadLetters: number, restarts: Readonly<Record<string, number>> = {}): StackReport {
   const live = recorder.live();
   const samples = recorder.samples();
   return {
@@ -203,6 +205,7 @@ export function buildReport(recorder: RunRecorder, gpu: GpuFigures, broker: Brok
     gpu,
     deadLetters: { thisRun: broker.deadLettered, stored: storedDeadLetters },
     broker: { received: broker.received, rejected: broker.rejected, delivered: broker.delivered, retried: broker.retried, pending: broker.pending },
+    restarts: Object.fromEntries(Object.entries(restarts).filter(([, n]) => n > 0)),
   };
 }
 
@@ -237,6 +240,7 @@ export function formatReport(r: StackReport, title = 'session-reaper report'): s
     `  balance         ${!g.balanced ? `NOT BALANCED: ${g.problems.join('; ')}` : r.sessions.stillOpen === 0 ? 'balanced: every registered byte freed exactly once' : `ledger balanced; ${r.sessions.stillOpen} sessions still open hold their memory`}`,
     `dead letters      ${r.deadLetters.thisRun} this run · ${r.deadLetters.stored} in the store`,
     `broker            ${r.broker.received} events accepted · ${r.broker.rejected} refused · ${r.broker.delivered} deliveries · ${r.broker.retried} retried · ${r.broker.pending} pending`,
+    `restarts          ${Object.keys(r.restarts).length === 0 ? 'none' : Object.entries(r.restarts).map(([name, n]) => `${name} ${n}`).join(' · ')}   (crashed processes restarted)`,
   ];
   return lines.join('\n');
 }

@@ -6,6 +6,12 @@
 // stops the parts in order (the Broker first, so nothing in flight is lost). startStack resolves once every part
 // answers its health check.
 //
+// Every child dies with the launcher, however the launcher dies (SIGKILL included): each is spawned through
+// `setpriv --pdeathsig KILL` where util-linux has it (parent-death.ts). A part that crashes once the stack runs is
+// restarted on the same port, so the Broker's routes stay valid, as Knative's kubelet restarts a crashed container:
+// with CrashLoopBackOff's doubling delay, shortened for one machine (see RESTART_BACKOFF). Deliveries to it meanwhile
+// fail to connect and are retried by the Broker as their Trigger's delivery spec says.
+//
 // The Broker itself starts last, once its subscribers are up, so the deliveries kept at the last stop go straight
 // out rather than into retries against processes still starting; until then a stand-in on the ingress port answers
 // /healthz with 503 and events with 503 and Retry-After (both what a Knative Broker that is not ready answers).
@@ -32,6 +38,7 @@ import { loadSenderPolicies } from '../local-broker/event-policies.ts';
 import type { DeliveryChaos } from '../local-broker/delivery-chaos.ts';
 import type { DeliverySpec } from '../local-broker/triggers.ts';
 import type { BrokerEvent } from '../local-broker/wire.ts';
+import { diesWithParent } from './parent-death.ts';
 import { freePort, startRedisServer, type RedisServer } from './redis-server.ts';
 
 /** The repository root: every entry file is given relative to it, and processes run in it. */
@@ -44,9 +51,13 @@ export type FunctionName = (typeof FUNCTION_NAMES)[number];
 /** Every process of the stack besides Redis and the in-process Broker. */
 export type ProcessName = FunctionName | 'deadline-engine' | 'idle-checker' | 'sim-gpu-runtime';
 
+/** Every process the stack supervises: the Broker too when it runs as its own process (brokerProcess). */
+export type SupervisedName = ProcessName | 'local-broker';
+
 const ENGINE_ENTRY = 'functions/heartbeat-timeout/engine.ts';
 const IDLE_CHECKER_ENTRY = 'functions/activity-score/idle-checker-main.ts';
 const RUNTIME_ENTRY = 'functions/sim-gpu-runtime/index.ts';
+const BROKER_ENTRY = 'functions/local-broker/index.ts';
 const functionEntry = (name: FunctionName) => `functions/${name}/index.ts`;
 
 /** The entry files the stack runs, relative to the repository root. */
@@ -111,8 +122,21 @@ export interface StackOptions {
   logger?: Logger;
   /** Called with every event the Broker accepts. */
   onEvent?: (event: BrokerEvent) => void;
-  /** Called when a process of the stack exits on its own after the stack was ready (a crash). */
-  onProcessExit?: (name: ProcessName, code: number | null) => void;
+  /** Called when a process of the stack exits on its own after the stack was ready (a crash); it is then restarted. */
+  onProcessExit?: (name: SupervisedName, code: number | null) => void;
+  /** Called when a crashed process is healthy again on its port, with its new pid and how often it was restarted. */
+  onProcessRestarted?: (name: SupervisedName, pid: number, restarts: number) => void;
+  /**
+   * Run the Broker as its own supervised process (functions/local-broker/index.ts, configured by its environment) on
+   * the ingress port, keeping its dead letters and pending deliveries in deadLetterDir, so a chaos harness can kill -9
+   * it and see it restarted. Such a stack has no in-process `broker` to inspect (startStack's return type says so), and
+   * onEvent, deliveryOverride and logger do not reach it; brokerEnv does. Default false: the Broker runs in this process.
+   */
+  brokerProcess?: boolean;
+  /** Extra environment for a Broker process (brokerProcess), e.g. its delivery settings. */
+  brokerEnv?: Readonly<Record<string, string>>;
+  /** Restart a process that crashed (default true); false leaves it down, as before supervision. */
+  restartCrashed?: boolean;
   /** How long the Broker's stop lets pending deliveries finish before persisting them, ms. Default 5000. */
   stopGraceMs?: number;
   /** Interface every part listens on. Default 127.0.0.1. */
@@ -148,9 +172,34 @@ export interface Stack {
   readonly broker: LocalBroker;
   /** The most recent output lines of each process (stdout and stderr). */
   readonly logs: Readonly<Record<ProcessName, readonly string[]>>;
+  /** Each process's pid now (a restarted one has a new pid; undefined while it is down), the private Redis's too. */
+  pids(): Readonly<Record<ProcessName, number | undefined>> & { readonly 'redis-server'?: number | undefined; readonly 'local-broker'?: number | undefined };
+  /** Each process's state and how often it was restarted after a crash. */
+  processes(): Readonly<Record<ProcessName, ProcessStatus>> & { readonly 'local-broker'?: ProcessStatus };
+  /** Sends a signal (default SIGKILL: a chaos harness's kill -9) to one process; unless the stack is stopping, it is restarted. */
+  kill(name: SupervisedName, signal?: NodeJS.Signals): void;
+  /**
+   * Restarts the private redis-server on its port with its password, after SIGTERM (it saves first) or SIGKILL
+   * (default: a crash). With a data directory (redisDataDir) nothing acknowledged is lost; a throw-away one restarts
+   * empty. The processes' clients reconnect on their own. Throws for a Redis given by URL.
+   */
+  restartRedis(signal?: NodeJS.Signals): Promise<void>;
   /** Stops the Broker (finishing or persisting its deliveries), then SIGTERMs every process and waits for it. */
   stop(): Promise<void>;
 }
+
+/** Where a supervised process is: running (healthy since its last start), starting, or waiting out its backoff. */
+export interface ProcessStatus {
+  state: 'running' | 'starting' | 'backoff' | 'stopped';
+  pid: number | undefined;
+  /** Restarts after a crash so far. */
+  restarts: number;
+  /** The exit status of its last crash (128 for a signal), if it crashed. */
+  lastExit?: number | null;
+}
+
+/** A stack whose Broker runs as its own process (brokerProcess): nothing in this process to inspect. */
+export type StackWithBrokerProcess = Omit<Stack, 'broker'>;
 
 /** A part of the stack failed to start; the message carries its exit status and last log lines. */
 export class StackStartError extends Error {
@@ -158,10 +207,26 @@ export class StackStartError extends Error {
 }
 
 const KEEP_LOG_LINES = 400;
-const STOP_TIMEOUT_MS = 10_000;
+// A Broker process finishes its deliveries for this long on stop, then keeps the rest for its next start.
+const BROKER_PROCESS_STOP_GRACE_MS = 2000;
+// Each process bounds its own stop (STOP_DEADLINE_MS in process-lifecycle.ts); this is the launcher's backstop.
+const STOP_TIMEOUT_MS = 6_000;
+
+/**
+ * The delay before restarting a crashed process. Kubernetes' kubelet restarts a crashed container after 10 s,
+ * doubling the delay at each further crash up to 5 minutes, and resets it once the container has run 10 minutes
+ * (CrashLoopBackOff; https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#container-restarts). On one
+ * machine, where a demo lasts a minute, we use the same shape with shorter values.
+ */
+export const RESTART_BACKOFF = { initialMs: 250, factor: 2, maxMs: 8_000, resetAfterMs: 30_000 } as const;
+
+/** The delay before the next restart of a process that has crashed `streak` times in a row (0: its first crash). */
+export function restartDelayMs(streak: number): number {
+  return Math.min(RESTART_BACKOFF.maxMs, RESTART_BACKOFF.initialMs * RESTART_BACKOFF.factor ** streak);
+}
 
 interface Child {
-  name: ProcessName;
+  name: SupervisedName;
   proc: ChildProcess;
   lines: string[];
   exited: Promise<number | null>;
@@ -186,9 +251,9 @@ function writeToken(dir: string, sender: Sender, token: string): string {
   return file;
 }
 
-function spawnChild(name: ProcessName, args: string[], env: Record<string, string>): Child {
-  const proc = spawn(process.execPath, args, { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  const lines: string[] = [];
+function spawnChild(name: SupervisedName, args: string[], env: Record<string, string>, lines: string[] = []): Child {
+  const [command, commandArgs] = diesWithParent(process.execPath, args);
+  const proc = spawn(command, commandArgs, { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const collect = (chunk: Buffer) => {
     for (const line of chunk.toString('utf8').split('\n')) {
       if (line.trim() === '') continue;
@@ -248,23 +313,31 @@ async function closeServer(server: Server): Promise<void> {
   await closed;
 }
 
-async function stopChild(child: Child): Promise<void> {
+async function stopChild(child: Child, timeoutMs = STOP_TIMEOUT_MS): Promise<void> {
   if (child.proc.exitCode !== null || child.proc.signalCode !== null) return;
   child.proc.kill('SIGTERM');
-  const exited = await Promise.race([child.exited.then(() => true), sleep(STOP_TIMEOUT_MS, false, { ref: false })]);
+  const exited = await Promise.race([child.exited.then(() => true), sleep(timeoutMs, false, { ref: false })]);
   if (!exited) {
-    child.lines.push(`did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM; killed`);
+    child.lines.push(`did not exit within ${timeoutMs} ms of SIGTERM; killed`);
     child.proc.kill('SIGKILL');
     await child.exited;
   }
 }
 
 /** Starts the whole system and resolves once every part is healthy; on failure stops what it started and throws. */
-export async function startStack(opts: StackOptions = {}): Promise<Stack> {
+export async function startStack(opts: StackOptions & { brokerProcess: true }): Promise<StackWithBrokerProcess>;
+export async function startStack(opts?: StackOptions): Promise<Stack>;
+export async function startStack(opts: StackOptions = {}): Promise<Stack | StackWithBrokerProcess> {
   const missing = missingEntryFiles();
   if (missing.length > 0) throw new StackStartError(`the stack cannot start: missing ${missing.join(', ')}`);
-  const deadline = Date.now() + (opts.readyTimeoutMs ?? 30_000);
-  const children: Child[] = [];
+  const readyTimeoutMs = opts.readyTimeoutMs ?? 30_000;
+  const deadline = Date.now() + readyTimeoutMs;
+  // The process now running under each name (a restart replaces it), how to start it again, and its status.
+  const current = new Map<SupervisedName, Child>();
+  const specs = new Map<SupervisedName, { args: string[]; env: Record<string, string>; healthUrl: string; lines: string[] }>();
+  const statuses = new Map<SupervisedName, ProcessStatus>();
+  const crashStreak = new Map<SupervisedName, number>();
+  const restartTimers = new Set<NodeJS.Timeout>();
   let redis: RedisServer | undefined;
   let broker: LocalBroker | undefined;
   let standIn: Server | undefined;
@@ -272,18 +345,74 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   let ownTokenDir: string | undefined;
   let ready = false;
   let stopping = false;
-  // Children are in their own process groups, so they would outlive a launcher that dies without stopping them.
+  // Children are in their own process groups, so they would outlive a launcher that exits without stopping them
+  // (a launcher that is killed is covered by their parent-death signal).
   const killAll = () => {
-    for (const c of children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL');
+    for (const c of current.values()) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL');
   };
+  const alive = (c: Child | undefined) => c !== undefined && c.proc.exitCode === null && c.proc.signalCode === null;
+
+  function launch(name: SupervisedName, args: string[], env: Record<string, string>, healthUrl: string): Child {
+    const lines = specs.get(name)?.lines ?? [];
+    specs.set(name, { args, env, healthUrl, lines });
+    const child = spawnChild(name, args, env, lines);
+    current.set(name, child);
+    const status = statuses.get(name) ?? { state: 'starting', pid: undefined, restarts: 0 };
+    statuses.set(name, { ...status, state: 'starting', pid: child.proc.pid });
+    return child;
+  }
+
+  // Once the stack is ready, a process that exits on its own is restarted after its backoff delay.
+  function supervise(child: Child, startedAt: number): void {
+    void child.exited.then((code) => {
+      if (stopping || current.get(child.name) !== child) return;
+      const status = statuses.get(child.name)!;
+      statuses.set(child.name, { ...status, state: opts.restartCrashed === false ? 'stopped' : 'backoff', pid: undefined, lastExit: code });
+      opts.onProcessExit?.(child.name, code);
+      if (opts.restartCrashed === false) return;
+      // As the kubelet does: a process that ran long enough before crashing starts a new streak.
+      const streak = Date.now() - startedAt >= RESTART_BACKOFF.resetAfterMs ? 0 : (crashStreak.get(child.name) ?? 0);
+      crashStreak.set(child.name, streak + 1);
+      const delay = restartDelayMs(streak);
+      child.lines.push(`[stack] ${child.name} exited (${String(code)}); restarting in ${delay} ms`);
+      const timer = setTimeout(() => {
+        restartTimers.delete(timer);
+        void restart(child.name);
+      }, delay);
+      restartTimers.add(timer);
+    });
+  }
+
+  async function restart(name: SupervisedName): Promise<void> {
+    const spec = specs.get(name);
+    if (stopping || spec === undefined) return;
+    const child = launch(name, spec.args, spec.env, spec.healthUrl);
+    const status = statuses.get(name)!;
+    statuses.set(name, { ...status, restarts: status.restarts + 1 });
+    supervise(child, Date.now());
+    try {
+      await waitHealthy(child, spec.healthUrl, Date.now() + readyTimeoutMs);
+    } catch {
+      // Never healthy (a failed liveness probe, to the kubelet): killed, and its exit schedules the next try.
+      if (alive(child)) child.proc.kill('SIGKILL');
+      return;
+    }
+    if (stopping || current.get(name) !== child) return;
+    statuses.set(name, { ...statuses.get(name)!, state: 'running' });
+    opts.onProcessRestarted?.(name, child.proc.pid!, statuses.get(name)!.restarts);
+  }
   process.once('exit', killAll);
 
   async function stopAll(): Promise<void> {
     stopping = true;
     if (standIn?.listening) await closeServer(standIn);
     // The Broker first, while its subscribers are still up to take what it has in flight.
+    for (const timer of restartTimers) clearTimeout(timer);
+    restartTimers.clear();
     await broker?.stop();
-    await Promise.all(children.map(stopChild));
+    const brokerChild = current.get('local-broker');
+    if (brokerChild !== undefined) await stopChild(brokerChild, (opts.stopGraceMs ?? BROKER_PROCESS_STOP_GRACE_MS) + STOP_TIMEOUT_MS);
+    await Promise.all([...current.values()].filter((c) => c !== brokerChild).map((c) => stopChild(c)));
     await redis?.stop();
     process.removeListener('exit', killAll);
     if (tempDir) rmSync(tempDir, { recursive: true, force: true });
@@ -335,29 +464,41 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       ...baseEnv(), REDIS_URL: redisUrl, REDIS_PASSWORD: redisPassword, REDIS_KEY_PREFIX: keyPrefix, K_SINK: brokerUrl, LOG_LEVEL: logLevel,
       LISTEN_HOST: host, RUNTIMES: JSON.stringify(runtimes), OUTBOUND_ALLOWED_CIDRS: allowedCidrs.join(','), ...opts.env,
     };
-    const runtime = spawnChild('sim-gpu-runtime', [RUNTIME_ENTRY], {
+    const healthUrl = (name: ProcessName) => (name === 'sim-gpu-runtime' ? `${runtimeUrl}/v1/memory` : `${local(ports[name])}/healthz`);
+    launch('sim-gpu-runtime', [RUNTIME_ENTRY], {
       ...baseEnv(),
       PORT: String(ports['sim-gpu-runtime']),
       SIM_HOST: host,
       LOG_LEVEL: logLevel,
       ...opts.runtimeEnv,
-    });
-    children.push(runtime);
+    }, healthUrl('sim-gpu-runtime'));
     for (const name of FUNCTION_NAMES) {
-      children.push(spawnChild(name, [functionEntry(name)], { ...shared, PORT: String(ports[name]), OTEL_SERVICE_NAME: name, SINK_TOKEN_FILE: tokenFiles[name] }));
+      launch(name, [functionEntry(name)], { ...shared, PORT: String(ports[name]), OTEL_SERVICE_NAME: name, SINK_TOKEN_FILE: tokenFiles[name] }, healthUrl(name));
     }
-    children.push(spawnChild('deadline-engine', [ENGINE_ENTRY], {
+    launch('deadline-engine', [ENGINE_ENTRY], {
       ...shared, PORT: String(ports['deadline-engine']), OTEL_SERVICE_NAME: 'deadline-engine', SINK_TOKEN_FILE: tokenFiles['deadline-engine'],
-    }));
-    children.push(spawnChild('idle-checker', [IDLE_CHECKER_ENTRY], {
+    }, healthUrl('deadline-engine'));
+    launch('idle-checker', [IDLE_CHECKER_ENTRY], {
       ...shared, PORT: String(ports['idle-checker']), OTEL_SERVICE_NAME: 'activity-score', SINK_TOKEN_FILE: tokenFiles['idle-checker'],
-    }));
+    }, healthUrl('idle-checker'));
 
-    await Promise.all(
-      children.map((child) => waitHealthy(child, child.name === 'sim-gpu-runtime' ? `${runtimeUrl}/v1/memory` : `${local(ports[child.name])}/healthz`, deadline)),
-    );
+    await Promise.all([...current.values()].map((child) => waitHealthy(child, specs.get(child.name)!.healthUrl, deadline)));
     await closeServer(standIn);
-    broker = await startLocalBroker({
+    if (opts.brokerProcess === true) {
+      const brokerChild = launch('local-broker', [BROKER_ENTRY], {
+        ...baseEnv(),
+        PORT: String(ports.broker),
+        BROKER_HOST: host,
+        BROKER_SUBSCRIBERS: JSON.stringify({ ...Object.fromEntries(FUNCTION_NAMES.map((n) => [n, local(ports[n])])), ...opts.subscribers }),
+        BROKER_IDENTITIES: JSON.stringify(identities),
+        BROKER_DEAD_LETTER_DIR: deadLetterDir,
+        BROKER_STOP_GRACE_MS: String(opts.stopGraceMs ?? BROKER_PROCESS_STOP_GRACE_MS),
+        LOG_LEVEL: logLevel,
+        ...(opts.forward !== undefined ? { BROKER_FORWARD_URL: opts.forward } : {}),
+        ...opts.brokerEnv,
+      }, `${local(ports.broker)}/healthz`);
+      await waitHealthy(brokerChild, `${local(ports.broker)}/healthz`, deadline);
+    } else broker = await startLocalBroker({
       port: ports.broker,
       host,
       identities,
@@ -373,15 +514,15 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
     });
     ready = true;
-    for (const child of children) {
-      void child.exited.then((code) => {
-        if (!stopping) opts.onProcessExit?.(child.name, code);
-      });
+    const readyAt = Date.now();
+    for (const child of current.values()) {
+      statuses.set(child.name, { ...statuses.get(child.name)!, state: 'running' });
+      supervise(child, readyAt);
     }
-    const logs = Object.fromEntries(children.map((c) => [c.name, c.lines])) as Record<ProcessName, string[]>;
+    const logs = Object.fromEntries([...specs].map(([name, spec]) => [name, spec.lines])) as Record<ProcessName, string[]>;
     let stopped: Promise<void> | undefined;
     return {
-      brokerUrl: broker.url,
+      brokerUrl: broker?.url ?? brokerUrl,
       runtimeUrl,
       redisUrl,
       redisPassword,
@@ -390,8 +531,24 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       deadLetterDir,
       keyPrefix,
       ports,
-      broker,
+      ...(broker === undefined ? {} : { broker }),
       logs,
+      pids: () => ({
+        ...(Object.fromEntries([...current].map(([name, c]) => [name, alive(c) ? c.proc.pid : undefined])) as Record<ProcessName, number | undefined>),
+        ...(redis === undefined ? {} : { 'redis-server': redis.pid }),
+      }),
+      processes: () => Object.fromEntries([...statuses].map(([name, st]) => [name, { ...st }])) as Record<SupervisedName, ProcessStatus>,
+      kill(name, signal = 'SIGKILL') {
+        const child = current.get(name);
+        if (alive(child)) child!.proc.kill(signal);
+      },
+      async restartRedis(signal = 'SIGKILL') {
+        const old = redis;
+        if (old === undefined) throw new Error('the stack uses a Redis given by URL; only a private redis-server can be restarted');
+        await old.kill(signal);
+        await old.stop();
+        redis = await startRedisServer({ port: old.port, password: old.password, ...(opts.redisDataDir === undefined ? {} : { dataDir: opts.redisDataDir }) });
+      },
       stop: () => (stopped ??= stopAll()),
     };
   } catch (err) {

@@ -2,6 +2,8 @@
 // each function as its own functions-framework process, the deadline engine, the idle checker, and the local Broker
 // on http://localhost:8080/ — plus, unless --no-demo, a simulated inference pipeline whose run ends in a report.
 // Ctrl-C or SIGTERM stops everything in order; deliveries still pending are finished or kept for the next start.
+// A part that crashes is restarted (stack.ts) and the run goes on; if this process is killed its children die with
+// it, and if whatever started it (npm) dies it stops itself.
 /* eslint-disable no-console -- this is the terminal front end of the local stack: talking to the user is its job */
 import { appendFileSync, chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
@@ -26,6 +28,12 @@ const DEMO_ENV = {
   TENANT_POLICIES: JSON.stringify({ [DEMO_TENANT]: { graceMs: 2000, timing: { floorMs: 4000, priorGapMs: 2000 } } }),
   LOAD_POLICY: JSON.stringify({ minGraceMs: 1000 }),
 };
+
+// A supervisor (or a test harness) commonly sends SIGTERM and SIGKILLs 5 s later; the whole stop fits in that: the
+// Broker gets 2 s to finish its deliveries (the rest are kept for the next start, nothing is lost), and a stop that
+// still hangs is cut short, its children then dying with this process.
+const BROKER_STOP_GRACE_MS = 2000;
+const SHUTDOWN_DEADLINE_MS = 4500;
 
 // The simulated runtime stands for a node of eight 80 GiB GPUs, room for a demo of a hundred sessions.
 const SIM_GPU_BYTES = 8 * 80 * 1024 ** 3;
@@ -80,6 +88,17 @@ async function main(): Promise<number> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // Orphaned (whatever started us, npm, was killed and could not pass a signal on): stop rather than run on unseen,
+  // holding ports. Watched from the first moment; while the stack starts, the stop waits for it as a signal does.
+  const parent = process.ppid;
+  const orphanWatch = setInterval(() => {
+    if (process.ppid === parent) return;
+    clearInterval(orphanWatch);
+    signalled ??= 'the parent process exited';
+    signalledAt = Date.now();
+    void live.shutdown?.(0, 'the parent process exited');
+  }, 250);
+  orphanWatch.unref();
 
   console.log(`session-reaper: starting the local stack (state in ${relative(process.cwd(), flags.stateDir) || '.'})…`);
   let stack: Stack;
@@ -95,7 +114,16 @@ async function main(): Promise<number> {
       env: DEMO_ENV,
       runtimeEnv: { SIM_TOTAL_BYTES: String(SIM_GPU_BYTES) },
       onEvent: (ev) => observers.forEach((observe) => observe(ev)),
-      onProcessExit: (name, code) => void live.shutdown?.(1, `${name} exited unexpectedly (${String(code)})`),
+      // Knative would restart the pod and carry on; so does the stack. The user is told, above the progress line.
+      onProcessExit: (name, code) => {
+        live.progress?.clear();
+        console.error(`session-reaper: ${name} exited unexpectedly (${String(code)}); restarting it`);
+      },
+      onProcessRestarted: (name, pid, restarts) => {
+        live.progress?.clear();
+        console.error(`session-reaper: ${name} restarted (pid ${pid}, restart ${restarts})`);
+      },
+      stopGraceMs: BROKER_STOP_GRACE_MS,
       ...(flags.forward !== undefined ? { forward: flags.forward } : {}),
       ...(flags.brokerChaos !== undefined ? { brokerChaos: flags.brokerChaos } : {}),
       host: flags.host,
@@ -130,11 +158,13 @@ async function main(): Promise<number> {
     if (flags.reportFile !== undefined) writeFileSync(flags.reportFile, `${JSON.stringify({ kind, report: r, ...(demoOutcome ? { demo: demoOutcome } : {}) }, null, 2)}\n`);
   };
 
+  const restartCounts = () => Object.fromEntries(Object.entries(running.processes()).map(([name, p]) => [name, p.restarts]));
+
   async function report(): Promise<StackReport> {
     const live = recorder.live();
     const gpu = gpuFigures(ledgerAtStart, await auditLedger(redis, keys), await runtimeCounters(running.runtimeUrl), Math.max(0, live.opened - live.ended));
     const stored = (await running.broker.deadLetters.list()).length;
-    return buildReport(recorder, gpu, running.broker.stats(), stored);
+    return buildReport(recorder, gpu, running.broker.stats(), stored, restartCounts());
   }
 
   console.log(
@@ -160,6 +190,10 @@ async function main(): Promise<number> {
     (stopping ??= (async () => {
       exitCode = Math.max(exitCode, code);
       live.progress?.stop();
+      setTimeout(() => {
+        console.error(`session-reaper: the stop took over ${SHUTDOWN_DEADLINE_MS} ms; exiting now`);
+        process.exit(exitCode === 0 ? 1 : exitCode);
+      }, SHUTDOWN_DEADLINE_MS).unref();
       if (code !== 0) console.error(`session-reaper: ${why}`);
       console.log(`\nStopping (${why})…`);
       await demo?.stop();
@@ -184,17 +218,13 @@ async function main(): Promise<number> {
     })());
   // A signal that came while the stack was starting.
   if (signalled !== undefined) void live.shutdown(0, signalled);
-  // Orphaned (whatever started us died without passing its signal on): stop cleanly rather than run on unseen.
-  const parent = process.ppid;
-  setInterval(() => {
-    if (process.ppid !== parent) void live.shutdown?.(0, 'the parent process exited');
-  }, 1000).unref();
 
   live.progress = startProgress(process.stdout, () =>
     progressLine(Date.now() - startedAt, recorder.live(), {
       demo: demo?.progress(),
       pendingDeliveries: running.broker.stats().pending,
       deadLetters: running.broker.stats().deadLettered,
+      restarts: restartCounts(),
     }),
   );
 

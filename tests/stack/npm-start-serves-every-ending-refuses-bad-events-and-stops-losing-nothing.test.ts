@@ -51,6 +51,8 @@ describe('npm start', { skip: missing.length ? `entry points missing: ${missing.
     ports = await twoFreePorts();
     started = spawnStart(['--no-demo', '--port', String(ports[0]), '--runtime-port', String(ports[1]), '--forward', sink.url]);
     healthAnswers = await waitHealthy(started, ports[0]);
+    // The Broker answers 200 a moment before start.ts has printed where everything is; on a loaded machine, longer.
+    await until('the start banner', () => Promise.resolve(started.output().includes('Ready.')), 30_000);
     info = readStackFile(started.stateDir);
     ingress = `http://127.0.0.1:${ports[0]}/`;
     pipelineToken = readFileSync(info.tokenFiles['inference-pipeline']!, 'utf8').trim();
