@@ -8,7 +8,7 @@ import { buildReport, createRunRecorder, formatReport, type GpuFigures } from '.
 import { RESTART_BACKOFF, restartDelayMs } from './stack.ts';
 
 const noGpu: GpuFigures = { registeredBytes: 0, releasedBytes: 0, heldBytes: 0, runtime: undefined, balanced: true, problems: [] };
-const brokerStats: BrokerStats = { received: 0, rejected: 0, delivered: 0, retried: 0, deadLettered: 0, dropped: 0, pending: 0, inFlight: 0, routes: {} };
+const brokerStats: BrokerStats = { received: 0, rejected: 0, delivered: 0, retried: 0, deadLettered: 0, dropped: 0, pending: 0, inFlight: 0, recovered: 0, duplicated: 0, reordered: 0, delayed: 0, routes: {} };
 
 test('a part that keeps crashing waits a doubling delay before each restart, up to a cap', () => {
   assert.deepEqual([0, 1, 2, 3].map(restartDelayMs), [250, 500, 1000, 2000]);
