@@ -43,6 +43,13 @@ export interface DemoOptions {
   drainTimeoutMs?: number;
   /** Called with problems the demo works around (a refused send, a failed allocation). */
   onProblem?: (message: string) => void;
+  /**
+   * How many times a send is tried before the demo gives up on it (a 503 or no answer; 200 ms more wait each time).
+   * Default 5. A pipeline with a durable outbox never gives up: the chaos run sets it high, as its Broker restarts.
+   */
+  sendAttempts?: number;
+  /** Called once the Broker accepted an event: its type, the sessions it is about, and its CloudEvent time. */
+  onAccepted?: (type: string, sessionIds: readonly string[], at: number, data: Record<string, unknown>) => void;
 }
 
 /** How the demo went. */
@@ -132,23 +139,24 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
     return 'closes';
   };
 
+  const sendAttempts = opts.sendAttempts ?? 5;
   async function post(headers: Record<string, string>, body: string, what: string): Promise<boolean> {
     for (let attempt = 1; ; attempt++) {
       try {
         const res = await fetch(opts.brokerUrl, { method: 'POST', headers: { ...headers, authorization: `Bearer ${opts.token}` }, body, signal: AbortSignal.timeout(10_000) });
         await res.body?.cancel();
         if (res.status === 202) return true;
-        if (res.status !== 503 || attempt >= 5 || stopping.signal.aborted) {
+        if (res.status !== 503 || attempt >= sendAttempts || stopping.signal.aborted) {
           opts.onProblem?.(`${what}: the Broker answered ${res.status}`);
           return false;
         }
       } catch (err) {
-        if (attempt >= 5 || stopping.signal.aborted) {
+        if (attempt >= sendAttempts || stopping.signal.aborted) {
           opts.onProblem?.(`${what}: ${(err as Error).message}`);
           return false;
         }
       }
-      await sleep(200 * attempt);
+      await sleep(200 * Math.min(attempt, 5));
     }
   }
 
@@ -157,17 +165,23 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
     return new CloudEvent({ type, source: SOURCE, id: randomUUID(), time: new Date().toISOString(), datacontenttype: 'application/json', tenant, data });
   }
 
-  function send(type: string, data: Record<string, unknown>): Promise<boolean> {
-    const message = HTTP.binary(event(type, data));
-    return post(message.headers as Record<string, string>, message.body as string, type);
+  async function send(type: string, data: Record<string, unknown>): Promise<boolean> {
+    const ce = event(type, data);
+    const message = HTTP.binary(ce);
+    const ok = await post(message.headers as Record<string, string>, message.body as string, type);
+    if (ok) opts.onAccepted?.(type, [String(data.sessionId)], Date.parse(ce.time!), data);
+    return ok;
   }
 
   // Every session's heartbeat goes out together, as one batched request: how a gateway would send them.
   async function beat(): Promise<void> {
     const alive = [...sessions.values()].filter((s) => s.heartbeating && !s.ended);
     if (alive.length === 0) return;
-    const batch = alive.map((s) => event(EventType.SessionHeartbeat, { sessionId: s.id, seq: seq++ }).toJSON());
-    await post({ 'content-type': 'application/cloudevents-batch+json' }, JSON.stringify(batch), 'heartbeats');
+    const at = new Date();
+    const batch = alive.map((s) => ({ ...event(EventType.SessionHeartbeat, { sessionId: s.id, seq: seq++ }).toJSON(), time: at.toISOString() }));
+    if (await post({ 'content-type': 'application/cloudevents-batch+json' }, JSON.stringify(batch), 'heartbeats')) {
+      opts.onAccepted?.(EventType.SessionHeartbeat, alive.map((s) => s.id), at.getTime(), {});
+    }
   }
   const heartbeats = setInterval(() => void beat(), heartbeatIntervalMs);
 
@@ -212,11 +226,17 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
     s.heartbeating = true;
     s.openedAt = Date.now();
     // Playing the runtime: it loads the session and takes its GPU memory under the incarnation it was given.
-    const res = await fetch(`${opts.runtimeUrl}/v1/sessions/${encodeURIComponent(s.id)}/allocate`, {
+    const allocate = () => fetch(`${opts.runtimeUrl}/v1/sessions/${encodeURIComponent(s.id)}/allocate`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ incarnation: s.incarnation, bytes: gpuBytes }),
+      signal: AbortSignal.timeout(5000),
     }).catch((err: unknown) => err as Error);
+    let res = await allocate();
+    for (let attempt = 2; attempt <= sendAttempts && (res instanceof Error || res.status >= 500) && !stopping.signal.aborted; attempt++) {
+      await sleep(200 * Math.min(attempt, 5));
+      res = await allocate();
+    }
     if (res instanceof Error || res.status !== 201) {
       opts.onProblem?.(`${s.id}: the runtime did not allocate (${res instanceof Error ? res.message : `HTTP ${res.status}`})`);
     }
@@ -245,7 +265,8 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
     const holdMs = Math.round(between(heartbeatIntervalMs * missedBeats * 1.5, heartbeatIntervalMs * missedBeats * 2.5));
     if (!(await send(EventType.SessionHold, { sessionId: s.id, durationMs: holdMs, reason: `long tool call: ${pick(TOOLS)}` }))) return false;
     s.heartbeating = false;
-    const goOn = await pause(s, holdMs - heartbeatIntervalMs);
+    // Heartbeats resume half a window before the hold ends, so the first lands before it even when delivered late.
+    const goOn = await pause(s, holdMs - Math.max(heartbeatIntervalMs, (heartbeatIntervalMs * missedBeats) / 2));
     s.heartbeating = !s.ended;
     return goOn;
   }
