@@ -14,6 +14,8 @@ import { cliEnv, coreEnv, jsonOf, openLongLived, placementOn, sessionctl } from 
 interface Seeded {
   core: TestCore;
   env: NodeJS.ProcessEnv;
+  /** The incarnation each session was given. */
+  incs: Record<string, number>;
 }
 const seeded = new Map<Topology, Seeded>();
 
@@ -22,9 +24,14 @@ const seeded = new Map<Topology, Seeded>();
 async function seed(topology: Topology): Promise<Seeded> {
   const core = await testCore(topology);
   const now = Date.now();
-  await openLongLived(core, 'sess-later', now, placementOn('gpu-node-a'), 600_000);
-  await openLongLived(core, 'sess-sooner', now, placementOn('gpu-node-b', 3000), 300_000);
-  await openLongLived(core, 'sess-ending', now, placementOn('gpu-node-a'));
+  const incs: Record<string, number> = {};
+  for (const [id, placement, windowMs] of [
+    ['sess-later', placementOn('gpu-node-a'), 600_000], ['sess-sooner', placementOn('gpu-node-b', 3000), 300_000], ['sess-ending', placementOn('gpu-node-a'), 600_000],
+  ] as const) {
+    const r = await openLongLived(core, id, now, placement, windowMs);
+    assert.equal(r.code, 'OPENED');
+    if (r.code === 'OPENED') incs[id] = r.incarnation;
+  }
   const ctx = applyActivity(initialContext(now), { kind: 'message', at: now, text: 'hello there' }, DEFAULT_SCORING_POLICY);
   const recorded = await core.store.recordActivity({
     sessionId: 'sess-later', fingerprint: fp('activity'), liveFrom: now, now, expectedVersion: 0, lastActivityAt: now, context: storedContextFields(ctx), tenant: 'acme',
@@ -32,8 +39,8 @@ async function seed(topology: Topology): Promise<Seeded> {
   assert.equal(recorded.code, 'APPLIED');
   const claim = await core.store.claimDestroy({ sessionId: 'sess-ending', fingerprint: fp('destroy'), cause: 'forced', now });
   assert.equal(claim.code, 'CLAIMED');
-  assert.equal((await core.store.advance('sess-ending', 1, 'gpu_release_requested', now + 5)).code, 'ADVANCED');
-  return { core, env: cliEnv(coreEnv(core, topology)) };
+  assert.equal((await core.store.advance('sess-ending', incs['sess-ending']!, 'gpu_release_requested', now + 5)).code, 'ADVANCED');
+  return { core, env: cliEnv(coreEnv(core, topology)), incs };
 }
 
 before(async () => {
@@ -48,14 +55,15 @@ const single = () => seeded.get(TOPOLOGIES[0]!)!;
 
 for (const topology of TOPOLOGIES) {
   test(`sessions --json lists active sessions by deadline, then the ones being destroyed (${topology} Redis)`, async () => {
-    const run = await sessionctl(['sessions', '--json'], seeded.get(topology)!.env);
+    const { env, incs } = seeded.get(topology)!;
+    const run = await sessionctl(['sessions', '--json'], env);
     assert.equal(run.code, 0, run.stderr);
     const out = jsonOf<{ now: number; totals: { active: number; destroying: number }; sessions: SessionRow[] }>(run);
     assert.deepEqual(out.totals, { active: 2, destroying: 1 });
     assert.deepEqual(out.sessions.map((s) => [s.sessionId, s.state, s.incarnation, s.node]), [
-      ['sess-sooner', 'active', 1, 'gpu-node-b'],
-      ['sess-later', 'active', 1, 'gpu-node-a'],
-      ['sess-ending', 'destroying', 1, 'gpu-node-a'],
+      ['sess-sooner', 'active', incs['sess-sooner'], 'gpu-node-b'],
+      ['sess-later', 'active', incs['sess-later'], 'gpu-node-a'],
+      ['sess-ending', 'destroying', incs['sess-ending'], 'gpu-node-a'],
     ]);
     const [sooner, later, ending] = out.sessions;
     assert.ok(sooner?.deadline !== undefined && later?.deadline !== undefined && sooner.deadline < later.deadline);
@@ -71,9 +79,9 @@ test('sessions prints an aligned table with relative deadlines and the totals', 
   assert.equal(run.code, 0, run.stderr);
   const lines = run.stdout.trimEnd().split('\n');
   assert.match(lines[0]!, /^SESSION\s+STATE\s+INC\s+DEADLINE\s+NODE\s+STAGE$/);
-  assert.match(lines[1]!, /^sess-sooner\s+active\s+1\s+in \d+\.\d min\s+gpu-node-b\s+-$/);
-  assert.match(lines[2]!, /^sess-later\s+active\s+1\s+in \d+\.\d min\s+gpu-node-a\s+-$/);
-  assert.match(lines[3]!, /^sess-ending\s+destroying\s+1\s+-\s+gpu-node-a\s+gpu_release_requested \(forced\)$/);
+  assert.match(lines[1]!, /^sess-sooner\s+active\s+\d+\s+in \d+\.\d min\s+gpu-node-b\s+-$/);
+  assert.match(lines[2]!, /^sess-later\s+active\s+\d+\s+in \d+\.\d min\s+gpu-node-a\s+-$/);
+  assert.match(lines[3]!, /^sess-ending\s+destroying\s+\d+\s+-\s+gpu-node-a\s+gpu_release_requested \(forced\)$/);
   // Columns line up: every row starts its STATE column where the header does.
   const stateColumn = lines[0]!.indexOf('STATE');
   for (const line of lines.slice(1, 4)) assert.match(line.slice(stateColumn), /^(active|destroying)/);
@@ -104,7 +112,7 @@ test('inspect --json shows the session, its current activity score and no timeli
   assert.equal(run.code, 0, run.stderr);
   const out = jsonOf<{ session: SessionView; activity: ActivityView | null }>(run);
   assert.equal(out.session.state, 'active');
-  assert.equal(out.session.incarnation, 1);
+  assert.equal(out.session.incarnation, single().incs['sess-later']);
   assert.deepEqual(out.session.placement, placementOn('gpu-node-a'));
   assert.equal(out.session.tenant, 'acme');
   assert.equal(out.session.windowMs, 600_000);

@@ -21,11 +21,13 @@ before(async () => {
   await openLongLived(core, 'sess-a', now, placementOn('gpu-node-a', 1000));
   await openLongLived(core, 'sess-b', now, placementOn('gpu-node-b', 3000));
   // A third session whose destroy got as far as the confirmed GPU release: 1000 bytes released on gpu-node-a.
-  await openLongLived(core, 'sess-c', now, placementOn('gpu-node-a', 1000));
+  const c = await openLongLived(core, 'sess-c', now, placementOn('gpu-node-a', 1000));
+  assert.equal(c.code, 'OPENED');
+  const inc = c.code === 'OPENED' ? c.incarnation : 0;
   assert.equal((await core.store.claimDestroy({ sessionId: 'sess-c', fingerprint: fp('d'), cause: 'closed', now })).code, 'CLAIMED');
   const token = drawReleaseToken();
-  assert.equal((await core.store.advance('sess-c', 1, 'gpu_release_requested', now, { attempt: 1, token })).code, 'ADVANCED');
-  assert.equal((await core.store.recordRelease('sess-c', 1, 1000, now, 'gpu-node-a', token)).code, 'RELEASED');
+  assert.equal((await core.store.advance('sess-c', inc, 'gpu_release_requested', now, { attempt: 1, token })).code, 'ADVANCED');
+  assert.equal((await core.store.recordRelease('sess-c', inc, 1000, now, 'gpu-node-a', token)).code, 'RELEASED');
   assert.equal((await sendBinary(tb.broker.url, eventOf('dev.sessionreaper.session.heartbeat'))).status, 202);
   await tb.broker.idle();
 });

@@ -10,16 +10,19 @@ import { cliEnv, coreEnv, jsonOf, openLongLived, placementOn, sessionctl } from 
 
 let core: TestCore;
 let env: NodeJS.ProcessEnv;
+let stalledInc: number;
 
 before(async () => {
   core = await testCore('single');
   env = cliEnv(coreEnv(core, 'single'));
   const now = Date.now();
   // Claimed two minutes ago, GPU release requested, then re-issued a minute ago: stalled for about a minute.
-  await openLongLived(core, 'sess-stalled', now - 120_000, placementOn('gpu-node-a'));
+  const stalled = await openLongLived(core, 'sess-stalled', now - 120_000, placementOn('gpu-node-a'));
+  assert.equal(stalled.code, 'OPENED');
+  stalledInc = stalled.code === 'OPENED' ? stalled.incarnation : 0;
   assert.equal((await core.store.claimDestroy({ sessionId: 'sess-stalled', fingerprint: fp('d'), cause: 'expired', now: now - 120_000 })).code, 'CLAIMED');
-  assert.equal((await core.store.advance('sess-stalled', 1, 'gpu_release_requested', now - 90_000, { attempt: 1, token: drawReleaseToken() })).code, 'ADVANCED');
-  assert.equal((await core.store.advance('sess-stalled', 1, 'gpu_release_requested', now - 60_000, { attempt: 2, token: drawReleaseToken() })).code, 'REISSUED');
+  assert.equal((await core.store.advance('sess-stalled', stalledInc, 'gpu_release_requested', now - 90_000, { attempt: 1, token: drawReleaseToken() })).code, 'ADVANCED');
+  assert.equal((await core.store.advance('sess-stalled', stalledInc, 'gpu_release_requested', now - 60_000, { attempt: 2, token: drawReleaseToken() })).code, 'REISSUED');
   // Claimed just now: in flight, not stuck.
   await openLongLived(core, 'sess-fresh', now, placementOn('gpu-node-b'));
   assert.equal((await core.store.claimDestroy({ sessionId: 'sess-fresh', fingerprint: fp('d'), cause: 'closed', now })).code, 'CLAIMED');
@@ -36,7 +39,7 @@ test('stuck --json lists only destroys without progress for longer than the defa
   const [row] = out.stuck;
   assert.equal(row?.sessionId, 'sess-stalled');
   assert.equal(row.kind, 'destroy');
-  assert.equal(row.incarnation, 1);
+  assert.equal(row.incarnation, stalledInc);
   assert.equal(row.cause, 'expired');
   assert.equal(row.stage, 'gpu_release_requested');
   assert.equal(row.node, 'gpu-node-a');
@@ -49,8 +52,8 @@ test('stuck prints a table, and --older-than widens or narrows what counts as st
   assert.equal(all.code, 0, all.stderr);
   const lines = all.stdout.trimEnd().split('\n');
   assert.match(lines[0]!, /^SESSION\s+KIND\s+STATUS\s+INC\s+STAGE\s+CAUSE\s+ATTEMPT\s+NODE\s+NO PROGRESS FOR$/);
-  assert.match(lines[1]!, /^sess-stalled\s+destroy\s+stalled\s+1\s+gpu_release_requested\s+expired\s+2\s+gpu-node-a\s+1\.\d min$/);
-  assert.match(lines[2]!, /^sess-fresh\s+destroy\s+stalled\s+1\s+claimed\s+closed\s+-\s+gpu-node-b\s+\d/);
+  assert.match(lines[1]!, /^sess-stalled\s+destroy\s+stalled\s+\d+\s+gpu_release_requested\s+expired\s+2\s+gpu-node-a\s+1\.\d min$/);
+  assert.match(lines[2]!, /^sess-fresh\s+destroy\s+stalled\s+\d+\s+claimed\s+closed\s+-\s+gpu-node-b\s+\d/);
 
   const none = await sessionctl(['stuck', '--older-than', '1h'], env);
   assert.equal(none.code, 0, none.stderr);

@@ -170,7 +170,7 @@ async function main(): Promise<number> {
   // The faults stop: the runtime answers, the parts stay up; what is left must now finish.
   await fetch(new URL('/sim/faults', stack.runtimeUrl), { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ errorRate: 0, hangRate: 0 }) });
   console.log('  chaos over: runtime faults off; waiting for the sessions to end');
-  let outcome: DemoOutcome = await demo.done;
+  const outcome: DemoOutcome = await demo.done;
 
   // Dead letters: accounted, then replayed, then whatever they were for must finish too.
   const deadLetters = ((await (await admin('/admin/dead-letters')).json()) as { deadLetters?: { id: string }[] }).deadLetters ?? [];
@@ -191,7 +191,6 @@ async function main(): Promise<number> {
   }
   clearInterval(progress);
   clearInterval(feed);
-  outcome = { ...outcome };
 
   // The books.
   const violations: string[] = [];
@@ -245,7 +244,7 @@ async function main(): Promise<number> {
     seed: SEED, seconds: SECONDS, sessions: SESSIONS, killEveryMs: KILL_EVERY_MS,
     kills, restarts,
     destroyed: outcome.sessions.filter((s) => (tracked.get(s.sessionId)?.destroyed.size ?? 0) > 0).length,
-    causes: outcome.sessions.reduce<Record<string, number>>((acc, s) => ((acc[s.cause ?? 'none'] = (acc[s.cause ?? 'none'] ?? 0) + 1), acc), {}),
+    causes: [...tracked.values()].flatMap((t) => [...t.destroyed.values()]).reduce<Record<string, number>>((acc, d) => ((acc[d.cause] = (acc[d.cause] ?? 0) + 1), acc), {}),
     idleOfSessionsPlannedToEndOtherwise: idleOfPlannedOther,
     vanishedSessionsExpiredEarly: { count: earlyExpiries.length, maxMs: earlyExpiries.length === 0 ? 0 : Math.max(...earlyExpiries) },
     destroyLatenessMs: { p50: percentile(lateness, 50), p99: percentile(lateness, 99), max: lateness.at(-1) },

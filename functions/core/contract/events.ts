@@ -75,7 +75,7 @@ export const MAX_DURATION_MS = 7 * 24 * 3600 * 1000;
 const Incarnation = Type.Integer({
   minimum: 1,
   maximum: Number.MAX_SAFE_INTEGER,
-  description: 'Which life of the session id this is (1, 2, ...): a reused id is a new incarnation, so late events about an old one are recognised.',
+  description: 'Which life of the session id this is: a reused id gets a larger one, so late events about an old one are recognised. Handed out by session-reaper, never below its Redis clock in ms, so unique even after Redis lost its data.',
 });
 
 // Our own instants always come from Date#toISOString, so they are held to that exact shape: UTC, milliseconds.

@@ -520,3 +520,37 @@ describe('placements', () => {
     assert.deepEqual((await core.store.inspect('churn-5'))?.placement, nodes[0]);
   });
 });
+
+describe('incarnations', () => {
+  let core: TestCore;
+  before(async () => {
+    core = await testCore('single', { buckets: 1 });
+  });
+  after(async () => {
+    await core.close();
+  });
+
+  test('stay unique when Redis loses its data: the counter starts again from the clock, above every one handed out', async () => {
+    const handedOut: number[] = [];
+    for (const id of ['lost-1', 'lost-2', 'lost-3']) {
+      const r = await openAt(core, id, T0);
+      assert.equal(r.code, 'OPENED');
+      if (r.code === 'OPENED') handedOut.push(r.incarnation);
+    }
+    assert.deepEqual(handedOut, [...handedOut].sort((a, b) => a - b));
+    assert.equal(new Set(handedOut).size, 3);
+    const [seconds] = await core.redis.time();
+    assert.ok(handedOut[0]! >= (Number(seconds) - 5) * 1000, 'never below the clock');
+    // A Redis that lost its data comes back later than the counter ran ahead of the clock (one per ms at most here).
+    for (;;) {
+      const [s, us] = await core.redis.time();
+      if (Number(s) * 1000 + Math.floor(Number(us) / 1000) > Math.max(...handedOut)) break;
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    // Everything of the bucket is gone, as after a crash before the last fsync or a failover to an empty replica.
+    const b = core.keys.bucket(0);
+    await core.redis.del(b.meta, b.deadlines, b.placements, b.ledger, ...['lost-1', 'lost-2', 'lost-3'].map((id) => core.keys.session(id).session));
+    const again = await openAt(core, 'lost-1', T0);
+    assert.ok(again.code === 'OPENED' && again.incarnation > Math.max(...handedOut), `${again.code === 'OPENED' ? again.incarnation : again.code} is newer than ${Math.max(...handedOut)}`);
+  });
+});

@@ -35,7 +35,7 @@ local window, node, url, bytes, tenant, model = tonumber(ARGV[5]), ARGV[6], ARGV
 local migrationToken = ARGV[11]
 
 local function create(previous)
-  local inc = redis.call('HINCRBY', metaKey, 'inc', 1)
+  local inc = nextIncarnation(metaKey)
   local pid = placementId(placementsKey, metaKey, node, url)
   placementRef(placementsKey, pid, 1)
   local deadline = liveFrom + window
@@ -88,7 +88,7 @@ if pid == state[5] then
 end
 
 local oldInc, oldPid, oldBytes = tonumber(inc), state[5], tonumber(state[6] or '0')
-local newInc = redis.call('HINCRBY', metaKey, 'inc', 1)
+local newInc = nextIncarnation(metaKey)
 -- The new incarnation names the new placement; the old one stays named by the migration entry until its release.
 placementRef(placementsKey, pid, 1)
 redis.call('HSET', migrationsKey, sessionId .. ':' .. oldInc, oldPid .. '|' .. oldBytes .. '|' .. migrationToken)

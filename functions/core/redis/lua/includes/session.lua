@@ -2,7 +2,8 @@
 --
 -- Session record (HASH, one per session id; fields are short because a million of them are kept):
 --   s   state: A active, D destroying, X destroyed (tombstone, expires after TOMBSTONE_TTL_MS)
---   i   incarnation (fencing token; unique per bucket and increasing, so never reused by a reopened id)
+--   i   incarnation (fencing token; unique per bucket and increasing, so never reused by a reopened id, and never below
+--       Redis's clock in ms when it was handed out, so a Redis that lost its data does not hand out one again)
 --   w   liveness window ms (heartbeatIntervalMs x missedBeats)
 --   p   placement id (interned in the bucket's placements hash)
 --   g   GPU bytes registered for this incarnation's allocation
@@ -65,6 +66,20 @@ local function releaseStanding(sessionKey, migrationsKey, sessionId, inc, token)
   if state[1] == 'X' or STAGE_ORDER[state[3]] >= STAGE_ORDER.gpu_released then return 'released', state, matches end
   if state[3] ~= 'gpu_release_requested' then return 'not_requested', state, matches end
   return 'pending', state, matches
+end
+
+-- The next incarnation of a bucket: one more than the last, and at least Redis's clock in ms. Should Redis lose its
+-- data (a crash between fsyncs, a failover to a lagging replica), the counter starts again from the clock, above
+-- every incarnation handed out before, so a fencing token (and the runtime's Idempotency-Key) is never reused. The
+-- counter only runs ahead of the clock while a bucket opens more than one session per ms. 13 digits: Lua prints it
+-- exactly (it prints numbers with 14 significant digits).
+local function nextIncarnation(metaKey)
+  local inc = redis.call('HINCRBY', metaKey, 'inc', 1)
+  local t = redis.call('TIME')
+  local floor = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if inc >= floor then return inc end
+  redis.call('HSET', metaKey, 'inc', string.format('%d', floor))
+  return floor
 end
 
 local function seen(sessionKey, fingerprint)
