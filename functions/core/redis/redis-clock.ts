@@ -44,8 +44,11 @@ export class RedisClock {
       const [seconds, micros] = await this.#redis.time();
       const received = performance.now();
       const redisMs = Number(seconds) * 1000 + Number(micros) / 1000;
-      // Redis read its clock about half-way through the round trip.
-      this.#offset = redisMs + (received - sent) / 2 - (performance.timeOrigin + received);
+      // Redis read its clock about half-way through the round trip, give or take half of it: an offset within that
+      // (and the ms the clock is read in) cannot be told from none, so the local clock is kept, as it is when Redis
+      // runs on the same machine.
+      const measured = redisMs + (received - sent) / 2 - (performance.timeOrigin + received);
+      this.#offset = Math.abs(measured) <= (received - sent) / 2 + 1 ? 0 : measured;
     })().finally(() => {
       this.#syncing = undefined;
     });
