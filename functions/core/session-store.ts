@@ -94,7 +94,11 @@ export interface ReleaseAttempt {
 }
 
 export type ClaimResult =
-  | { code: 'CLAIMED' | 'ALREADY' | 'DUPLICATE'; incarnation: number; stage: Stage; cause: Cause; placement: Placement; release: ReleaseAttempt }
+  | {
+    code: 'CLAIMED' | 'ALREADY' | 'DUPLICATE'; incarnation: number; stage: Stage; cause: Cause; placement: Placement; release: ReleaseAttempt;
+    /** The destroy gave up its GPU release (release_failed) and waits for an operator. */
+    gaveUp: boolean;
+  }
   | { code: 'STALE' | 'REVIVED' | 'ENDED' | 'NOT_OWNER'; incarnation: number }
   | { code: 'UNKNOWN' | 'MARKED' };
 
@@ -491,6 +495,7 @@ export class SessionStore {
           code, incarnation: num(r[1]), stage: str(r[2]) as Stage, cause: str(r[3]) as Cause,
           placement: await this.#placement(k, r[4], Number(view ?? 0)),
           release: { attempt: num(r[5] ?? 0), token: str(r[6]) },
+          gaveUp: str(r[7]) === '1',
         };
       }
       case 'STALE':
@@ -570,7 +575,7 @@ export class SessionStore {
     const k = this.keys.session(sessionId);
     const r = await this.#scripts.run(
       'recordRelease',
-      [k.session, k.destroying, k.ledger, k.migrations, k.placements],
+      [k.session, k.destroying, k.ledger, k.migrations, k.placements, k.failed],
       [sessionId, incarnation, freedBytes, now, node, token],
     );
     const code = str(r[0]);
@@ -613,9 +618,9 @@ export class SessionStore {
    * Takes the one runtime call a release attempt gets (the attempt pending under `token`): CALL for this delivery,
    * or what an earlier one made of it. The call is leased for `leaseMs`; settleReleaseCall records its outcome.
    */
-  async beginReleaseCall(sessionId: string, incarnation: number, token: string, now: number, leaseMs: number): Promise<ReleaseCall> {
+  async beginReleaseCall(sessionId: string, incarnation: number, token: string, now: number, leaseMs: number, failedBlocksMs = 0): Promise<ReleaseCall> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('beginReleaseCall', [k.session, k.migrations, k.placements, k.releaseCalls], [sessionId, incarnation, token, now, leaseMs]);
+    const r = await this.#scripts.run('beginReleaseCall', [k.session, k.migrations, k.placements, k.releaseCalls], [sessionId, incarnation, token, now, leaseMs, failedBlocksMs]);
     const code = str(r[0]);
     switch (code) {
       case 'CALL': {
@@ -636,9 +641,9 @@ export class SessionStore {
   }
 
   /** Records what came of a runtime call taken with beginReleaseCall; false when the call is no longer this token's. */
-  async settleReleaseCall(sessionId: string, incarnation: number, token: string, outcome: { answered: number } | 'failed' | 'retry'): Promise<boolean> {
+  async settleReleaseCall(sessionId: string, incarnation: number, token: string, outcome: { answered: number } | { failedAt: number } | 'retry'): Promise<boolean> {
     const k = this.keys.session(sessionId);
-    const args = typeof outcome === 'object' ? ['answered', outcome.answered] : [outcome, ''];
+    const args = outcome === 'retry' ? ['retry', ''] : 'answered' in outcome ? ['answered', outcome.answered] : ['failed', outcome.failedAt];
     const r = await this.#scripts.run('settleReleaseCall', [k.releaseCalls], [incarnation, token, ...args]);
     return str(r[0]) === 'SETTLED';
   }
@@ -680,7 +685,7 @@ export class SessionStore {
     const k = this.keys.session(sessionId);
     return this.#purgeLike(
       'completeDestroy',
-      await this.#scripts.run('completeDestroy', [k.session, k.destroying, k.placements], [sessionId, incarnation, now, this.#tombstoneTtlMs]),
+      await this.#scripts.run('completeDestroy', [k.session, k.destroying, k.placements, k.failed], [sessionId, incarnation, now, this.#tombstoneTtlMs]),
     );
   }
 

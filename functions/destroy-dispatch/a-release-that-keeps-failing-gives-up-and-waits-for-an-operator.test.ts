@@ -18,6 +18,7 @@ for (const topology of TOPOLOGIES) {
       await h.close();
     });
 
+    const closedId = (sessionId: string) => `close-${topology}-${sessionId}`;
     const releaseIds = (sessionId: string) => h.emitted(EventType.GpuReleaseRequested, sessionId).map((e) => e.event.id);
     const inWatchdog = async (sessionId: string) => (await h.deps.store.destroysInFlight(Number.MAX_SAFE_INTEGER)).some((m) => m.member === sessionId);
 
@@ -25,7 +26,7 @@ for (const topology of TOPOLOGIES) {
     async function exhaust(sessionId: string): Promise<number> {
       h.setNow(T0);
       const inc = await h.open(sessionId);
-      assert.equal(await h.replica.deliver(events.closed(sessionId, { time: T0 })), 'ok');
+      assert.equal(await h.replica.deliver(events.closed(sessionId, { time: T0, id: closedId(sessionId) })), 'ok');
       assert.equal(await h.replica.deliver(events.releaseFailed(sessionId, inc, false)), 'ok');
       // The watchdog's resume re-issues the release under attempt 2, which is refused too; the next resume gives up.
       assert.equal(await h.replica.deliver(events.resume(sessionId, inc, 'gpu_release_requested')), 'ok');
@@ -45,11 +46,23 @@ for (const topology of TOPOLOGIES) {
       const view = await h.deps.store.inspect('gives-up');
       assert.equal(view?.state, 'destroying');
       assert.ok(view?.releaseFailedAt !== undefined);
-      // A late resume or trigger changes nothing and requests nothing.
+      // A late resume, or a redelivered close, requests nothing and holds no slot.
       assert.equal(await h.replica.deliver(events.resume('gives-up', inc, 'gpu_release_requested')), 'ok');
+      assert.equal(await h.replica.deliver(events.closed('gives-up', { time: T0, id: closedId('gives-up') })), 'ok');
       assert.equal(releaseIds('gives-up').length, 2);
-      assert.equal(h.emitted(EventType.SessionDestroyFailed, 'gives-up').length, 2, 'reported again under the same id');
-      assert.equal(new Set(h.emitted(EventType.SessionDestroyFailed, 'gives-up').map((e) => e.event.id)).size, 1);
+      assert.equal(await h.deps.redis.zcard(h.deps.store.keys.nodeInflight(placementA.node)), 0, 'no release slot held');
+      assert.ok(h.emitted(EventType.SessionDestroyFailed, 'gives-up').length >= 2, 'reported again');
+      assert.equal(new Set(h.emitted(EventType.SessionDestroyFailed, 'gives-up').map((e) => e.event.id)).size, 1, 'under the same id');
+    });
+
+    test("the last attempt's answer arriving after the give-up finishes the destroy and clears it from the failed set", async () => {
+      const inc = await exhaust('late-answer');
+      assert.equal(await h.replica.deliver(events.released('late-answer', inc)), 'ok');
+      assert.equal(h.emitted(EventType.SessionDestroyed, 'late-answer').length, 1);
+      assert.deepEqual((await h.deps.store.failedDestroys()).filter((f) => f.sessionId === 'late-answer'), []);
+      assert.equal((await h.deps.store.settleFailedDestroy('late-answer', 'resolve', T0 + 10)).code, 'NOT_FAILED');
+      const ledger = await auditLedger(h.deps.redis, h.deps.store.keys);
+      assert.ok(ledger.balanced, ledger.problems.join('; '));
     });
 
     test('retry restarts the budget and hands the destroy back to the watchdog', async () => {

@@ -48,6 +48,8 @@ export interface DestroyPoint {
   release?: ReleaseAttempt | undefined;
   /** Nothing has run for this destroy yet (it was claimed by this very event): no hook progress to read. */
   fresh?: boolean;
+  /** The destroy gave up its release (release_failed): nothing is requested until an operator answers. */
+  gaveUp?: boolean;
   /** At gpu_release_requested: request the release again under a new attempt (the watchdog found it stalled),
    *  rather than re-send the current attempt's request (a redelivery). */
   reissue?: boolean;
@@ -122,7 +124,9 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
 
 /** A claim by one of the pipeline's ends (closed, completed): fenced by its send time, and kept for an open it beat. */
 function pipelineEnd(event: { data: { sessionId: string }; time?: string | undefined; tenant?: string | undefined }, fingerprint: string, cause: Cause, now: number): ClaimInput {
-  const sentAt = sentAtOf(event);
+  // Never later than now, as an open's time is capped: a sender whose clock runs ahead must not end what it opens next.
+  const sent = sentAtOf(event);
+  const sentAt = sent === undefined ? undefined : Math.min(sent, now);
   return { sessionId: event.data.sessionId, fingerprint, cause, now, sentAt, causeAt: sentAt, owner: event.tenant ?? '', waitForOpen: true };
 }
 
@@ -147,7 +151,7 @@ async function trigger(deps: DestroyDispatchDeps, claim: ClaimInput): Promise<vo
       if (r.code === 'CLAIMED') log.info({ sessionId: claim.sessionId, incarnation: r.incarnation, cause: r.cause }, 'destroy claimed');
       else log.debug({ sessionId: claim.sessionId, incarnation: r.incarnation, code: r.code, stage: r.stage, cause: claim.cause }, 'destroy in progress: resuming at its checkpoint');
       return continueDestroy(deps, {
-        sessionId: claim.sessionId, incarnation: r.incarnation, stage: r.stage, cause: r.cause, placement: r.placement, fresh: r.code === 'CLAIMED',
+        sessionId: claim.sessionId, incarnation: r.incarnation, stage: r.stage, cause: r.cause, placement: r.placement, fresh: r.code === 'CLAIMED', gaveUp: r.gaveUp,
         ...(r.release.attempt > 0 ? { release: r.release } : {}),
       });
     case 'STALE':
@@ -271,7 +275,7 @@ async function continueWaiter(deps: DestroyDispatchDeps, node: string, member: s
     return [];
   }
   await continueDestroy(deps, {
-    sessionId, incarnation, stage, cause: view.cause, placement, release: releaseAttemptOf(view),
+    sessionId, incarnation, stage, cause: view.cause, placement, release: releaseAttemptOf(view), gaveUp: view.releaseFailedAt !== undefined,
     // Waiting at gpu_release_requested means its last attempt lost its slot (it failed for good, or its lease ran
     // out): a new attempt, as the watchdog would.
     reissue: stage === 'gpu_release_requested',
@@ -321,6 +325,7 @@ async function resume(deps: DestroyDispatchDeps, data: { sessionId: string; inca
   deps.logger.info({ sessionId, incarnation, stage: r.stage, attempt: r.release.attempt }, 'resuming a stalled destroy');
   return continueDestroy(deps, {
     sessionId, incarnation, stage: r.stage, cause: r.cause, placement: r.placement, release: r.release.attempt > 0 ? r.release : undefined, reissue: r.code === 'ALREADY',
+    gaveUp: r.gaveUp,
   });
 }
 
@@ -349,6 +354,15 @@ export async function continueDestroy(deps: DestroyDispatchDeps, point: DestroyP
       sessionId, incarnation, cause: about.cause, placement: about.placement, now: deps.now(), redis: deps.redis, logger: log,
     });
   };
+
+  if ((stage === 'claimed' || stage === 'gpu_release_requested') && point.gaveUp) {
+    // Gave up already: no slot is taken and no request sent again. It is said again (same id) in case the first
+    // saying was lost, and a slot it may still hold goes to the next waiter.
+    const view = point.placement ? undefined : await deps.store.inspect(sessionId);
+    const placement = point.placement ?? view?.placement;
+    if (placement) await giveUp(deps, point, placement, { code: 'GAVE_UP', attempts: point.release?.attempt ?? view?.releaseAttempt ?? 0 });
+    return;
+  }
 
   if (stage === 'claimed' || stage === 'gpu_release_requested') {
     // Hooks first so the router lets go of the session before its memory does; but a failing hook is reported
@@ -450,7 +464,7 @@ async function giveUp(deps: DestroyDispatchDeps, point: DestroyPoint, placement:
   const cause = point.cause ?? (await deps.store.inspect(sessionId))?.cause ?? 'forced';
   await deps.emit(
     EventType.SessionDestroyFailed,
-    { sessionId, incarnation, cause, node: placement.node, gpuBytes: placement.gpuBytes, attempts: r.attempts },
+    { sessionId, incarnation, cause, node: placement.node, gpuBytes: placement.gpuBytes, attempts: Math.max(1, r.attempts) },
     `${sessionId}/${incarnation}/destroy-failed`,
   );
   if (r.code === 'GAVE_UP') return;

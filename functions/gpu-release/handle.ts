@@ -29,6 +29,8 @@ export interface GpuReleaseDeps {
    * backoffs included, plus a second. Another delivery of the same attempt calls only once it ran out.
    */
   readonly callLeaseMs: number;
+  /** How long a refusal for good keeps a migration's release (whose token never changes) from calling again: the stall. */
+  readonly failedBlocksMs: number;
 }
 
 /** The longest one release call may take with its retries: every attempt timing out, every backoff at its cap. */
@@ -38,7 +40,11 @@ export function releaseCallLeaseMs(timeoutMs: number, settings: Pick<RuntimeCall
 
 /** Builds gpu-release's dependencies once per process (the `extend` of its function definition). */
 export function createGpuReleaseDeps(core: Pick<Core, 'deps'>, settings: RuntimeCallSettings): GpuReleaseDeps {
-  return { runtime: runtimeClientFor(core.deps, settings), callLeaseMs: releaseCallLeaseMs(core.deps.config.RUNTIME_TIMEOUT_MS, settings) };
+  return {
+    runtime: runtimeClientFor(core.deps, settings),
+    callLeaseMs: releaseCallLeaseMs(core.deps.config.RUNTIME_TIMEOUT_MS, settings),
+    failedBlocksMs: core.deps.config.DESTROY_STALL_MS,
+  };
 }
 
 // The runtime call continues the handler's span; with no active span (a bare handle() call) the event's own
@@ -58,17 +64,16 @@ function callContext(event: GpuReleaseEvent): RuntimeCallContext {
  */
 export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuReleaseDeps): Promise<void> {
   const { sessionId, incarnation, attempt, token } = event.data;
-  const target = await deps.store.beginReleaseCall(sessionId, incarnation, token, deps.now(), deps.callLeaseMs);
+  const target = await deps.store.beginReleaseCall(sessionId, incarnation, token, deps.now(), deps.callLeaseMs, deps.failedBlocksMs);
   switch (target.code) {
     case 'NOT_PENDING':
       // Acknowledged: a redelivery of an attempt since superseded, or booked, is normal; a forged one calls nothing.
       deps.logger.warn({ sessionId, incarnation, attempt, why: target.why }, 'gpu.release.requested for no release pending under its token: nothing called');
       return;
     case 'IN_FLIGHT':
-      // Another delivery of this attempt is calling the runtime; its outcome is reported (or, should it die, its
-      // lease runs out and the Broker's next redelivery calls, or the watchdog issues a new attempt).
-      deps.logger.info({ sessionId, incarnation, attempt, leaseUntil: target.leaseUntil }, 'GPU release of this attempt is in flight elsewhere: not called again');
-      return;
+      // Another delivery is calling the runtime for this allocation. Redelivered later rather than acknowledged: it
+      // then finds the answer (and reports it again), or, should the caller have died, a lease run out and calls.
+      throw new TransientError(`the GPU release of ${sessionId}/${incarnation} is in flight elsewhere until ${new Date(target.leaseUntil).toISOString()}; redeliver later`, { cause: undefined });
     case 'FAILED':
       deps.logger.info({ sessionId, incarnation, attempt }, 'GPU release of this attempt was refused for good already: not called again');
       return;
@@ -92,7 +97,7 @@ export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuRelease
     outcome = result.outcome;
   } catch (err) {
     // An unexpected fault says nothing about the runtime: the call is released so the redelivery may call.
-    const settle = deps.store.settleReleaseCall(sessionId, incarnation, token, err instanceof RuntimeReleaseError && !err.retryable ? 'failed' : 'retry');
+    const settle = deps.store.settleReleaseCall(sessionId, incarnation, token, err instanceof RuntimeReleaseError && !err.retryable ? { failedAt: deps.now() } : 'retry');
     if (!(err instanceof RuntimeReleaseError)) {
       await settle.catch((settleErr: unknown) => log.warn({ err: settleErr }, 'could not release the runtime call; its lease runs out'));
       throw err;

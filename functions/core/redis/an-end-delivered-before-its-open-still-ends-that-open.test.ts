@@ -46,11 +46,33 @@ for (const topology of TOPOLOGIES) {
       assert.deepEqual(await markerOf('early-2'), {});
     });
 
-    test("another tenant's end never ends an open", async () => {
+    test("another tenant's end never ends an open, nor hides the owner's", async () => {
       assert.equal((await close('early-3', T0 + 10, T0 + 20, 'mallory')).code, 'MARKED');
       const opened = await open('early-3', T0, 'acme');
       assert.ok(opened.code === 'OPENED' && opened.endedBy === undefined);
       assert.equal((await core.store.inspect('early-3'))?.state, 'active');
+
+      assert.equal((await close('early-3b', T0 + 5, T0 + 20, 'mallory')).code, 'MARKED');
+      assert.equal((await close('early-3b', T0 + 10, T0 + 21, 'acme')).code, 'MARKED');
+      const owned = await open('early-3b', T0, 'acme');
+      assert.ok(owned.code === 'OPENED' && owned.endedBy === 'closed');
+    });
+
+    test('an end sent before the open is ignored even when a later one was kept with it', async () => {
+      // A stale end of an older life (at +10), then the end of this one (at +110), both before the open (at +100).
+      await close('early-7', T0 + 10, T0 + 200);
+      await close('early-7', T0 + 110, T0 + 201);
+      const opened = await open('early-7', T0 + 100, undefined, T0 + 202);
+      assert.ok(opened.code === 'OPENED' && opened.endedBy === 'closed');
+      assert.equal((await core.store.inspect('early-7'))?.deadline, T0 + 202, 'due at once');
+    });
+
+    test('a session ended at once is not pushed back by heartbeats, activity or holds sent before its end', async () => {
+      await close('early-8', T0 + 10, T0 + 20);
+      await open('early-8', T0, undefined, T0 + 30);
+      assert.equal((await core.store.heartbeat('early-8', T0 + 5, T0 + 31)).code, 'ENDED');
+      assert.equal((await core.store.hold('early-8', fp('hold'), T0 + 32, 60_000)).code, 'ENDED');
+      assert.equal((await core.store.inspect('early-8'))?.deadline, T0 + 30);
     });
 
     test('the earliest of several early ends is the cause', async () => {

@@ -515,6 +515,16 @@ describe('placements', () => {
     assert.deepEqual(Object.keys(left).filter((f) => f.startsWith('id:')).map((f) => (JSON.parse(left[f]!) as [string, string])[0]), ['churn-2'], 'only the placement still in use');
     assert.deepEqual((await core.store.inspect('churn-2b'))?.placement, nodes[1]);
     assert.equal((await core.store.inspect('churn-2'))?.placement, undefined, "a tombstone's forgotten placement is not shown");
+    // A placement interned before counting began (an upgrade) is never forgotten: its allocations were not counted.
+    const legacy = await openAt(core, 'churn-legacy', T0 + 45, { ...placementA, node: 'churn-legacy' });
+    assert.equal(legacy.code, 'OPENED');
+    const legacyPid = (await core.redis.hget(core.keys.session('churn-legacy').session, 'p'))!;
+    await core.redis.hdel(placementsKey, `n:${legacyPid}`);
+    if (legacy.code === 'OPENED') {
+      assert.equal((await core.store.claimDestroy({ sessionId: 'churn-legacy', fingerprint: fp(), cause: 'closed', now: T0 + 46 })).code, 'CLAIMED');
+      await destroyFully(core, 'churn-legacy', legacy.incarnation, T0 + 47);
+    }
+    assert.ok(await core.redis.hexists(placementsKey, `id:${legacyPid}`), 'kept');
     // A session opened again on a forgotten node interns it afresh.
     assert.equal((await openAt(core, 'churn-5', T0 + 50, nodes[0])).code, 'OPENED');
     assert.deepEqual((await core.store.inspect('churn-5'))?.placement, nodes[0]);

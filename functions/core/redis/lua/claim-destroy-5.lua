@@ -19,10 +19,11 @@
           Broker delivers after it (sent earlier) is ended at once instead of living until its deadline
 
   Returns one of:
-    {'CLAIMED', incarnation, stage, cause, placementId, attempt, token}
-    {'ALREADY', incarnation, stage, cause, placementId, attempt, token}    already destroying: resume at its checkpoint
-    {'DUPLICATE', incarnation, stage, cause, placementId, attempt, token}  this very event was applied already
-                               (attempt and token: the GPU release attempt recorded so far, 0 and '' before any)
+    {'CLAIMED', incarnation, stage, cause, placementId, attempt, token, gaveUp}
+    {'ALREADY', incarnation, stage, cause, placementId, attempt, token, gaveUp}    already destroying: resume at its checkpoint
+    {'DUPLICATE', incarnation, stage, cause, placementId, attempt, token, gaveUp}  this very event was applied already
+                               (attempt and token: the GPU release attempt recorded so far, 0 and '' before any;
+                               gaveUp: 1 when the destroy gave up its release (release_failed), else 0)
     {'NOT_OWNER', incarnation} the session belongs to another tenant: nothing changes
     {'STALE', incarnation}     the trigger names (or was sent before) an older incarnation: never touches the newer one
     {'REVIVED', incarnation}   idle verdict outdated (activity since, or an active hold)
@@ -43,7 +44,7 @@ local function leaveMarker()
   return true
 end
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'h', 'xc', 'ro', 'tn', 'ga', 'gt', 'ca', 'ct')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'h', 'xc', 'ro', 'tn', 'ga', 'gt', 'ca', 'ct', 'rf')
 if not state[1] then
   if leaveMarker() then return { 'MARKED' } end
   return { 'UNKNOWN' }
@@ -54,12 +55,14 @@ local attempt, token = tonumber(state[10] or '0'), state[11] or ''
 if expectedInc ~= '' and tonumber(expectedInc) ~= inc then return { 'STALE', inc } end
 if sentAt ~= '' and state[8] and tonumber(sentAt) < tonumber(state[8]) then return { 'STALE', inc } end
 if s == 'X' then
-  -- Sent after this incarnation's destroy was claimed: it ends an incarnation whose open has not arrived yet (or is
-  -- a late copy of this one's end, whose marker no later open is sent before).
-  if tonumber(sentAt) and tonumber(sentAt) > tonumber(state[12] or '0') then leaveMarker() end
+  -- Sent after this incarnation's destroy was claimed (and not the end that claimed it, nor a copy of it): it ends an
+  -- incarnation whose open has not arrived yet (or is a late end of this one, whose marker no later open is sent
+  -- before).
+  if tonumber(sentAt) and tonumber(sentAt) > tonumber(state[12] or '0') and tonumber(sentAt) > tonumber(state[13] or '0') then leaveMarker() end
   return { 'ENDED', inc }
 end
-if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc, state[3] or '', state[4] or '', state[5], attempt, token } end
+local gaveUp = state[14] and 1 or 0
+if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc, state[3] or '', state[4] or '', state[5], attempt, token, gaveUp } end
 
 if s == 'D' then
   local current, extra, displaced = state[4], state[7] or '', cause
@@ -75,8 +78,11 @@ if s == 'D' then
     causes[#causes + 1] = displaced
     redis.call('HSET', sessionKey, 'xc', table.concat(causes, ','))
   end
+  -- Sent after this destroy was claimed, and not the end that claimed it: it may end the next incarnation, whose
+  -- open waits (BUSY) for this destroy to finish.
+  if tonumber(sentAt) and tonumber(sentAt) > tonumber(state[12] or '0') and tonumber(sentAt) ~= tonumber(state[13] or '0') then leaveMarker() end
   remember(sessionKey, fingerprint)
-  return { 'ALREADY', inc, state[3], current, state[5], attempt, token }
+  return { 'ALREADY', inc, state[3], current, state[5], attempt, token, gaveUp }
 end
 
 if cause == 'idle' then
@@ -86,4 +92,4 @@ if cause == 'idle' then
 end
 claim(sessionKey, deadlinesKey, destroyingKey, sessionId, cause, now, causeAt)
 remember(sessionKey, fingerprint)
-return { 'CLAIMED', inc, 'claimed', cause, state[5], 0, '' }
+return { 'CLAIMED', inc, 'claimed', cause, state[5], 0, '', 0 }

@@ -17,11 +17,13 @@
 local sessionKey, deadlinesKey = KEYS[1], KEYS[2]
 local sessionId, fingerprint, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'h', 'tn')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'h', 'tn', 'pc')
 if not state[1] then return { 'UNKNOWN' } end
 local inc = tonumber(state[2])
 if not owns(state[4], ARGV[5] or '') then return { 'NOT_OWNER', inc } end
 if state[1] ~= 'A' then return { 'ENDED', inc, state[1] } end
+-- Its end arrived before its open: due now, never pushed back (includes/session.lua, pc).
+if state[5] then return { 'ENDED', inc, 'D' } end
 if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc } end
 local holdUntil = math.max(tonumber(state[3] or '0'), now + duration)
 redis.call('HSET', sessionKey, 'h', holdUntil)

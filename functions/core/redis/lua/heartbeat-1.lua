@@ -22,7 +22,7 @@ local deadlinesKey, recordPrefix = KEYS[1], ARGV[1]
 local out, n = {}, 0
 for k = 2, #ARGV, 3 do
   local sessionId = ARGV[k]
-  local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w', 'tn')
+  local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w', 'tn', 'pc')
   local s = state[1]
   if not s then
     -- Indexed but no record here: on Redis Cluster, the bucket's slot is being resharded and this record has moved
@@ -32,8 +32,10 @@ for k = 2, #ARGV, 3 do
       return redis.error_reply('TRYAGAIN session record ' .. recordPrefix .. sessionId .. ' is not on this node, its deadline is')
     end
     out[n + 1], out[n + 2], out[n + 3] = 'UNKNOWN', 0, 0
-  elseif s ~= 'A' then
-    out[n + 1], out[n + 2], out[n + 3] = 'ENDED', tonumber(state[2]), s
+  elseif s ~= 'A' or state[5] then
+    -- pc: an end sent after its open already arrived; it is due now, and a heartbeat sent before that end must not
+    -- push it back.
+    out[n + 1], out[n + 2], out[n + 3] = 'ENDED', tonumber(state[2]), state[5] and 'D' or s
   elseif (state[4] or '') ~= ARGV[k + 2] then
     out[n + 1], out[n + 2], out[n + 3] = 'NOT_OWNER', tonumber(state[2]), 0
   else

@@ -46,13 +46,10 @@ local function create(previous)
   -- An end sent after this open, by its tenant, already arrived: the session is registered (its memory is held and
   -- must be released) and due now, under that end's cause. An end sent before this open ended an older incarnation.
   local endedBy = ''
-  local marker = redis.call('HMGET', markerKey, 'c', 'at', 'tn')
-  if marker[1] then
-    if liveFrom <= tonumber(marker[2]) and owns(marker[3], tenant) then
-      endedBy, deadline = marker[1], now
-      redis.call('HSET', sessionKey, 'pc', marker[1], 'pt', marker[2])
-    end
-    if endedBy ~= '' or liveFrom > tonumber(marker[2]) then redis.call('DEL', markerKey) end
+  local cause, at = endOfOpen(markerKey, tenant, liveFrom)
+  if cause then
+    endedBy, deadline = cause, now
+    redis.call('HSET', sessionKey, 'pc', cause, 'pt', string.format('%d', at))
   end
   redis.call('ZADD', deadlinesKey, deadline, sessionId)
   ledgerRegister(ledgerKey, node, bytes)
@@ -75,9 +72,11 @@ if s == 'X' then
   return create(tonumber(inc))
 end
 
--- A live session: refresh its liveness; a new placement means the session migrated.
-local pid = placementId(placementsKey, metaKey, node, url)
-if pid ~= state[5] and liveFrom < tonumber(state[7]) then return { 'STALE', tonumber(inc) } end
+-- A live session: refresh its liveness; a new placement means the session migrated. An open older than the one that
+-- set the placement never moves it back (and interns nothing).
+local known = redis.call('HGET', placementsKey, 'key:' .. node .. '\n' .. url)
+if known ~= state[5] and liveFrom < tonumber(state[7]) then return { 'STALE', tonumber(inc) } end
+local pid = known or placementId(placementsKey, metaKey, node, url)
 redis.call('HSET', sessionKey, 'w', window)
 if model ~= '' then redis.call('HSET', sessionKey, 'm', model) end
 redis.call('ZADD', deadlinesKey, 'GT', liveFrom + window, sessionId)

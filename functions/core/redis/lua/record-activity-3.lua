@@ -20,11 +20,13 @@
 local sessionKey, deadlinesKey, contextKey = KEYS[1], KEYS[2], KEYS[3]
 local sessionId, fingerprint, liveFrom, expected, lastActivity = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'w', 'h', 'tn')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'w', 'h', 'tn', 'pc')
 if not state[1] then return { 'UNKNOWN' } end
 local inc = tonumber(state[2])
 if not owns(state[5], ARGV[6]) then return { 'NOT_OWNER', inc } end
 if state[1] ~= 'A' then return { 'ENDED', inc, state[1] } end
+-- Its end arrived before its open: due now, never pushed back (includes/session.lua, pc).
+if state[6] then return { 'ENDED', inc, 'D' } end
 if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc } end
 local version = redis.call('HGET', contextKey, 'v') or '0'
 if version ~= expected then return { 'CONFLICT', inc, tonumber(version) } end

@@ -19,9 +19,16 @@ local sessionKey, destroyingKey, failedKey, ledgerKey, placementsKey = KEYS[1], 
 local sessionId, action, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if action ~= 'retry' and action ~= 'resolve' then return redis.error_reply('ERR unknown action ' .. action) end
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'rf', 'ga', 'p', 'g')
-if not state[1] then return { 'UNKNOWN' } end
-if state[1] ~= 'D' or not state[3] then return { 'NOT_FAILED', state[1] } end
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'rf', 'ga', 'p', 'g', 'st')
+if not state[1] then
+  redis.call('ZREM', failedKey, sessionId)
+  return { 'UNKNOWN' }
+end
+-- Only a destroy still waiting for its release: one whose late answer was booked meanwhile has moved on.
+if state[1] ~= 'D' or not state[3] or state[7] ~= 'gpu_release_requested' then
+  redis.call('ZREM', failedKey, sessionId)
+  return { 'NOT_FAILED', state[1] }
+end
 local inc = tonumber(state[2])
 redis.call('HDEL', sessionKey, 'rf')
 redis.call('ZREM', failedKey, sessionId)

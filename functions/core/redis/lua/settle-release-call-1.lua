@@ -5,7 +5,8 @@
   the attempt's token settles it; a newer attempt's call is never touched.
 
   KEYS[1] the session's release calls (HASH, see beginReleaseCall)
-  ARGV[1] incarnation   ARGV[2] token   ARGV[3] outcome: 'answered' | 'failed' | 'retry'   ARGV[4] freed bytes (answered)
+  ARGV[1] incarnation   ARGV[2] token   ARGV[3] outcome: 'answered' | 'failed' | 'retry'
+  ARGV[4] freed bytes (answered), or when it failed (ms; failed)
 
   Returns one of:
     {'SETTLED'}
@@ -23,7 +24,7 @@ elseif outcome == 'answered' then
   redis.call('HSET', callsKey, inc, token .. '|answered|' .. freed)
   redis.call('PEXPIRE', callsKey, CALL_RECORD_TTL_MS)
 elseif outcome == 'failed' then
-  redis.call('HSET', callsKey, inc, token .. '|failed|')
+  redis.call('HSET', callsKey, inc, token .. '|failed|' .. freed)
   redis.call('PEXPIRE', callsKey, CALL_RECORD_TTL_MS)
 else
   return redis.error_reply('ERR unknown outcome ' .. outcome)

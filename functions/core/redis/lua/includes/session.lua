@@ -104,27 +104,26 @@ local function placementId(placementsKey, metaKey, node, url)
   local pid = redis.call('HGET', placementsKey, lookup)
   if pid then return pid end
   pid = tostring(redis.call('HINCRBY', metaKey, 'pid', 1))
-  redis.call('HSET', placementsKey, lookup, pid, 'id:' .. pid, cjson.encode({ node, url }))
+  -- Counted from its interning (n:<pid>), so placementRef may forget it with its last allocation.
+  redis.call('HSET', placementsKey, lookup, pid, 'id:' .. pid, cjson.encode({ node, url }), 'n:' .. pid, 0)
   return pid
 end
 
 -- Counts the allocations that name an interned placement (`n:<pid>`: a session's incarnation from its open to its
 -- completed destroy, a migration's old allocation until its release is booked) and forgets the placement with the
--- last of them, so the placements hash holds only placements in use, however many nodes come and go. A count below
--- zero is one interned before counting began (an upgrade): it is dropped and the placement kept.
+-- last of them, so the placements hash holds only placements in use, however many nodes come and go. A placement
+-- interned before counting began (an upgrade) has no count: its allocations were never counted, so it is never
+-- forgotten.
 local function placementRef(placementsKey, pid, delta)
-  if not pid then return end
+  if not pid or redis.call('HEXISTS', placementsKey, 'n:' .. pid) == 0 then return end
   local n = redis.call('HINCRBY', placementsKey, 'n:' .. pid, delta)
   if n > 0 then return end
-  if n == 0 then
-    local raw = redis.call('HGET', placementsKey, 'id:' .. pid)
-    if raw then
-      local pair = cjson.decode(raw)
-      redis.call('HDEL', placementsKey, 'key:' .. pair[1] .. '\n' .. pair[2])
-    end
-    redis.call('HDEL', placementsKey, 'id:' .. pid)
+  local raw = redis.call('HGET', placementsKey, 'id:' .. pid)
+  if raw then
+    local pair = cjson.decode(raw)
+    redis.call('HDEL', placementsKey, 'key:' .. pair[1] .. '\n' .. pair[2])
   end
-  redis.call('HDEL', placementsKey, 'n:' .. pid)
+  redis.call('HDEL', placementsKey, 'id:' .. pid, 'n:' .. pid)
 end
 
 -- Returns node, runtimeUrl of an interned placement ('' , '' if unknown).
@@ -174,9 +173,31 @@ local function claimDueSession(sessionKey, deadlinesKey, destroyingKey, sessionI
   end
 end
 
--- Leaves (or keeps) the end marker of a session not opened yet: the earliest end by send time is kept, for the cause.
+-- Leaves (or adds to) the end marker of a session not opened yet: one field per tenant ('t:' .. tenant) holding the
+-- earliest and the latest end by send time, 'cause|at|cause|at', so another tenant's end never hides the owner's,
+-- and an open is ended by the earliest end sent after it (or else the latest).
 local function markEnd(markerKey, cause, sentAt, tenant, ttl)
-  local at = redis.call('HGET', markerKey, 'at')
-  if not at or sentAt < tonumber(at) then redis.call('HSET', markerKey, 'c', cause, 'at', sentAt, 'tn', tenant) end
+  local field = 't:' .. tenant
+  local raw = redis.call('HGET', markerKey, field)
+  local c1, a1, c2, a2 = cause, sentAt, cause, sentAt
+  if raw then
+    local ec, ea, lc, la = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    if tonumber(ea) <= sentAt then c1, a1 = ec, tonumber(ea) end
+    if tonumber(la) >= sentAt then c2, a2 = lc, tonumber(la) end
+  end
+  redis.call('HSET', markerKey, field, c1 .. '|' .. string.format('%d', a1) .. '|' .. c2 .. '|' .. string.format('%d', a2))
   redis.call('PEXPIRE', markerKey, ttl)
+end
+
+-- The end an open sent at `liveFrom` by `tenant` was ended by, if the marker holds one sent at or after it: its cause
+-- and send time (the earliest such). Ends sent before it ended an older incarnation; the tenant's entry goes either way.
+local function endOfOpen(markerKey, tenant, liveFrom)
+  local field = 't:' .. tenant
+  local raw = redis.call('HGET', markerKey, field)
+  if not raw then return nil end
+  redis.call('HDEL', markerKey, field)
+  local ec, ea, lc, la = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  if tonumber(ea) >= liveFrom then return ec, tonumber(ea) end
+  if tonumber(la) >= liveFrom then return lc, tonumber(la) end
+  return nil
 end

@@ -4,6 +4,7 @@
   placement (which is forgotten with the last allocation naming it).
 
   KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket placements
+  KEYS[4] bucket failed destroys (ZSET): a completed destroy is never left there
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] now (ms)   ARGV[4] tombstone TTL (ms)
 
   Returns one of:
@@ -15,7 +16,7 @@
     {'UNKNOWN'}
 ]]
 -- @include "session"
-local sessionKey, destroyingKey, placementsKey = KEYS[1], KEYS[2], KEYS[3]
+local sessionKey, destroyingKey, placementsKey, failedKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sessionId, inc, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'p')
@@ -27,6 +28,7 @@ if state[3] ~= 'state_purged' then return { 'NOT_READY', state[3] } end
 redis.call('HSET', sessionKey, 's', 'X', 'st', 'completed', 't', now)
 appendTimeline(sessionKey, 'completed', now)
 redis.call('ZREM', destroyingKey, sessionId)
+redis.call('ZREM', failedKey, sessionId)
 redis.call('PEXPIRE', sessionKey, ttl)
 placementRef(placementsKey, state[4], -1)
 return { 'COMPLETED' }

@@ -6,7 +6,7 @@
   'ignored' counter.
 
   KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket GPU ledger
-  KEYS[4] bucket migrations   KEYS[5] bucket placements
+  KEYS[4] bucket migrations   KEYS[5] bucket placements   KEYS[6] bucket failed destroys (ZSET)
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] bytes the runtime confirmed freed   ARGV[4] now (ms)
   ARGV[5] node named by the event (used only to count ignored releases when the allocation is unknown)
   ARGV[6] the release token the event echoes
@@ -23,7 +23,7 @@
     {'UNKNOWN'}
 ]]
 -- @include "session"
-local sessionKey, destroyingKey, ledgerKey, migrationsKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local sessionKey, destroyingKey, ledgerKey, migrationsKey, placementsKey, failedKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local sessionId, inc, confirmed, now, eventNode, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6] or ''
 
 local function ignored(node) redis.call('HINCRBY', ledgerKey, 'ignored:' .. node, 1) end
@@ -51,6 +51,10 @@ end
 local bytes = tonumber(state[5] or '0')
 ledgerRelease(ledgerKey, node, bytes, confirmed)
 redis.call('HSET', sessionKey, 'st', 'gpu_released', 'gr', confirmed)
+-- The answer to the last attempt may come after the destroy gave up (the Broker kept redelivering it): it is then no
+-- longer waiting for an operator.
+redis.call('HDEL', sessionKey, 'rf')
+redis.call('ZREM', failedKey, sessionId)
 appendTimeline(sessionKey, 'gpu_released', now)
 redis.call('ZADD', destroyingKey, now, sessionId)
 return { 'RELEASED', node, bytes }
