@@ -5,27 +5,18 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { auditLedger } from '../../functions/core/ledger.ts';
 import type { RedisClient } from '../../functions/core/redis/connect.ts';
 import type { SessionStore } from '../../functions/core/session-store.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
+import { until } from '../support/until.ts';
 import { missingEntryFiles, stackStore, startStack, type Stack } from '../support/stack.ts';
 
 const T = 'dev.sessionreaper.';
 const GPU_BYTES = 1 << 20;
 const missing = missingEntryFiles();
 
-async function until<V>(what: string, probe: () => Promise<V | undefined | false>, timeoutMs = 30_000): Promise<V> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
 
 describe('deliveries duplicated and out of order', { skip: missing.length ? `entry points missing: ${missing.join(', ')}` : false }, () => {
   let stack: Stack;

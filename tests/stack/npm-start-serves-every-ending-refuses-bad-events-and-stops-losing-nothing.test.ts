@@ -9,7 +9,6 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { auditLedger } from '../../functions/core/ledger.ts';
 import type { RedisClient } from '../../functions/core/redis/connect.ts';
@@ -17,6 +16,7 @@ import { KeySpace } from '../../functions/core/redis/keys.ts';
 import type { SessionStore } from '../../functions/core/session-store.ts';
 import { openDeadLetterStore } from '../../functions/local-broker/dead-letters.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
+import { until } from '../support/until.ts';
 import { missingEntryFiles, stackStore } from '../support/stack.ts';
 import { readStackFile, spawnStart, stopWith, twoFreePorts, waitHealthy, type StackFile, type StartedProcess } from './npm-start-process.ts';
 
@@ -24,15 +24,6 @@ const T = 'dev.sessionreaper.';
 const GPU_BYTES = 1 << 20;
 const missing = missingEntryFiles();
 
-async function until<V>(what: string, probe: () => Promise<V | undefined | false>, timeoutMs = 30_000): Promise<V> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 describe('npm start', { skip: missing.length ? `entry points missing: ${missing.join(', ')}` : false, timeout: 120_000 }, () => {
   let started: StartedProcess;
@@ -229,6 +220,11 @@ describe('npm start', { skip: missing.length ? `entry points missing: ${missing.
         const keptIds = kept.deliveries.filter((d) => d.target === 'forward').map((d) => d.event.attributes.id);
         await second.waitForEvents(keptIds.length, { timeoutMs: 30_000 });
         await until('every kept delivery', () => Promise.resolve(keptIds.every((id) => second.events.some((e) => e.event.id === id))));
+        // The rest settles too: a release whose call the first stop cut short is called again once its lease is over.
+        await until('nothing pending at the Broker', async () => {
+          const stats = (await (await fetch(`http://127.0.0.1:${ports[0]}/admin/stats`)).json()) as { pending: number; inFlight: number };
+          return stats.pending === 0 && stats.inFlight === 0;
+        }, 60_000, 100);
         assert.equal(await stopWith(next, 'SIGTERM'), 0, next.output());
         assert.match(next.output(), /Stopped\. Nothing pending\./);
       } finally {
