@@ -36,7 +36,10 @@ for (const topology of TOPOLOGIES) {
       const view = await core.store.inspect('early-1');
       assert.equal(view?.state, 'destroying');
       assert.equal(view?.cause, 'closed', 'the cause is the close, not an expiry');
-      assert.deepEqual(view?.extraCauses, []);
+      // The engine's session.expired for that claim reaches destroy-dispatch: the mechanism, not a further cause.
+      const expired = await core.store.claimDestroy({ sessionId: 'early-1', fingerprint: fp('expired'), incarnation: due.claimed[0]!.incarnation, cause: 'expired', now: T0 + 32 });
+      assert.ok(expired.code === 'ALREADY' && expired.cause === 'closed');
+      assert.deepEqual((await core.store.inspect('early-1'))?.extraCauses, []);
     });
 
     test('an open sent after the end is a new session the marker does not touch, and the marker is dropped', async () => {

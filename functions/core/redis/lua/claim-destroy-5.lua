@@ -44,7 +44,7 @@ local function leaveMarker()
   return true
 end
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'h', 'xc', 'ro', 'tn', 'ga', 'gt', 'ca', 'ct', 'rf')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'h', 'xc', 'ro', 'tn', 'ga', 'gt', 'ca', 'ct', 'rf', 'pe')
 if not state[1] then
   if leaveMarker() then return { 'MARKED' } end
   return { 'UNKNOWN' }
@@ -66,13 +66,15 @@ if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc, state[3] or '',
 
 if s == 'D' then
   local current, extra, displaced = state[4], state[7] or '', cause
+  -- The engine's session.expired for a claim it made under an end that arrived before the open: not a cause.
+  local engineExpiry = cause == 'expired' and state[15] ~= false and state[15] ~= nil
   -- The cause is the earliest trigger by event time: one sent before the claimant's, delivered after it, takes its
   -- place (a close processed after the deadline it was sent before is a close, not an expiry).
-  if cause ~= current and causeAt < tonumber(state[13] or causeAt) then
+  if not engineExpiry and cause ~= current and causeAt < tonumber(state[13] or causeAt) then
     redis.call('HSET', sessionKey, 'c', cause, 'ct', causeAt)
     displaced, current = current, cause
   end
-  if displaced ~= current and not string.find(',' .. extra .. ',', ',' .. displaced .. ',', 1, true) then
+  if not engineExpiry and displaced ~= current and not string.find(',' .. extra .. ',', ',' .. displaced .. ',', 1, true) then
     local causes = {}
     for c in string.gmatch(extra, '[^,]+') do if c ~= current then causes[#causes + 1] = c end end
     causes[#causes + 1] = displaced

@@ -18,7 +18,7 @@
 --   gt  token of the current GPU release attempt (drawn by the requester; only an answer echoing it is booked)
 --   ct  when the cause `c` was triggered (ms, by event time): a trigger sent earlier, learnt later, takes its place
 --   pc, pt  an end seen before this incarnation's open (its cause and send time): the deadline engine claims the
---       session at once under that cause
+--       session at once under that cause (and sets pe, so its session.expired is not taken as a further cause)
 --   rf  when the destroy gave up its GPU release (ms; after RELEASE_MAX_ATTEMPTS attempts): it waits for an operator
 --   gb  the attempt the release budget counts from (an operator's retry restarts it; attempts keep their numbers)
 --
@@ -168,6 +168,8 @@ local function claimDueSession(sessionKey, deadlinesKey, destroyingKey, sessionI
   if pendingCause then
     claim(sessionKey, deadlinesKey, destroyingKey, sessionId, pendingCause, now, tonumber(pendingAt) or deadline)
     redis.call('HDEL', sessionKey, 'pc', 'pt')
+    -- pe: the engine's own session.expired for this claim is its mechanism, not a further cause.
+    redis.call('HSET', sessionKey, 'pe', 1)
   else
     claim(sessionKey, deadlinesKey, destroyingKey, sessionId, 'expired', now, deadline)
   end
