@@ -26,6 +26,8 @@ export interface SessionRow {
   stage?: Stage;
   cause?: Cause;
   lastProgressAt?: number;
+  /** When its destroy gave up the GPU release (release_failed): it waits for `sessionctl retry` or `resolve`. */
+  releaseFailedAt?: number;
 }
 
 /** One row of `stuck`. */
@@ -94,6 +96,7 @@ function rowOf(view: SessionView, now: number): SessionRow {
   if (view.tenant) row.tenant = view.tenant;
   if (view.stage !== undefined) row.stage = view.stage;
   if (view.cause !== undefined) row.cause = view.cause;
+  if (view.releaseFailedAt !== undefined) row.releaseFailedAt = view.releaseFailedAt;
   return row;
 }
 
@@ -115,7 +118,9 @@ export const sessionsCommand: Command = (ctx) => {
       for (const view of views) if (view?.state === 'active') rows.push(rowOf(view, now));
     }
     if (state !== 'active') {
-      const inFlight = (await core.store.destroysInFlight(Number.MAX_SAFE_INTEGER)).filter((m) => parseMigrationMember(m.member) === undefined);
+      // Those that gave up left the watchdog; they are still being destroyed, waiting for an operator.
+      const failed = (await core.store.failedDestroys()).map((f) => ({ member: f.sessionId, lastProgressAt: f.failedAt }));
+      const inFlight = [...(await core.store.destroysInFlight(Number.MAX_SAFE_INTEGER)).filter((m) => parseMigrationMember(m.member) === undefined), ...failed];
       totals.destroying = inFlight.length;
       const shown = inFlight.slice(0, limit);
       const views = await Promise.all(shown.map((m) => core.store.inspect(m.member)));
@@ -134,7 +139,9 @@ export const sessionsCommand: Command = (ctx) => {
               r.incarnation,
               r.deadline === undefined ? '-' : relative(r.deadline, now),
               r.node ?? '-',
-              r.stage === undefined ? (r.holdUntil !== undefined && r.holdUntil > now ? `held ${relative(r.holdUntil, now)}` : '-') : `${r.stage} (${r.cause ?? '?'})`,
+              r.stage === undefined
+                ? (r.holdUntil !== undefined && r.holdUntil > now ? `held ${relative(r.holdUntil, now)}` : '-')
+                : `${r.stage} (${r.cause ?? '?'})${r.releaseFailedAt === undefined ? '' : ', gave up'}`,
             ]),
           ),
       '',

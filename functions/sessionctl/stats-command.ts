@@ -4,6 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { auditLedger, type LedgerAudit } from '../core/ledger.ts';
 import type { BrokerStats } from '../local-broker/broker.ts';
+import { parseMigrationMember } from '../core/session-store.ts';
 import type { Command, CommandContext, Output } from './command.ts';
 import { brokerAdmin, brokerUrl, connectCore, type CoreConnection } from './connections.ts';
 import { RuntimeFailure, UsageError } from './errors.ts';
@@ -15,6 +16,8 @@ export interface StatsSnapshot {
   activeSessions: number;
   destroysInFlight: number;
   migrationReleasesPending: number;
+  /** Destroys that gave up their GPU release (release_failed) and wait for an operator (`sessionctl stuck`). */
+  destroysGivenUp: number;
   /** When the destroy that has gone longest without progress last made progress; absent when none is in flight. */
   oldestProgressAt?: number;
   ledger: LedgerAudit;
@@ -26,13 +29,16 @@ const WATCH_INTERVAL_MS = 1000;
 
 async function snapshot(ctx: CommandContext, core: CoreConnection): Promise<StatsSnapshot> {
   const now = ctx.now();
-  const [activeSessions, inFlight, ledger] = await Promise.all([
+  const [activeSessions, inFlight, failed, ledger] = await Promise.all([
     core.store.activeCount(),
     core.store.destroysInFlight(Number.MAX_SAFE_INTEGER),
+    core.store.failedDestroys(),
     auditLedger(core.redis, core.keys),
   ]);
-  const migrations = inFlight.filter((m) => m.member.startsWith('m:')).length;
-  const out: StatsSnapshot = { now, activeSessions, destroysInFlight: inFlight.length - migrations, migrationReleasesPending: migrations, ledger };
+  const migrations = inFlight.filter((m) => parseMigrationMember(m.member) !== undefined).length;
+  const out: StatsSnapshot = {
+    now, activeSessions, destroysInFlight: inFlight.length - migrations, migrationReleasesPending: migrations, destroysGivenUp: failed.length, ledger,
+  };
   if (inFlight[0] !== undefined) out.oldestProgressAt = inFlight[0].lastProgressAt;
   if (!ctx.options['redis-only']) {
     const url = brokerUrl(ctx.options.broker, ctx.env);
@@ -52,7 +58,11 @@ function render(s: StatsSnapshot): Output {
   const t = s.ledger.totals;
   const lines = [
     fields([
-      ['sessions', `${s.activeSessions} active, ${s.destroysInFlight} being destroyed, ${s.migrationReleasesPending} migration releases pending`],
+      [
+        'sessions',
+        `${s.activeSessions} active, ${s.destroysInFlight} being destroyed, ${s.migrationReleasesPending} migration releases pending` +
+          (s.destroysGivenUp > 0 ? `, ${s.destroysGivenUp} gave up their release (sessionctl stuck)` : ''),
+      ],
       ['oldest progress', s.oldestProgressAt === undefined ? undefined : `${duration(s.now - s.oldestProgressAt)} ago`],
       [
         'gpu ledger',

@@ -72,6 +72,9 @@ test('a destroy that gave up its release is listed first, whatever the threshold
   const store = new SessionStore(core.redis, core.keys, await Scripts.register(core.redis), { tombstoneTtlMs: 60_000, releaseMaxAttempts: 1 });
   const now = Date.now();
   await openLongLived(core, 'sess-failed', now, placementOn('gpu-node-c'));
+  // A session that moved: its old allocation's release is pending in the watchdog as a migration.
+  await openLongLived(core, 'sess-moved', now, placementOn('gpu-node-a'));
+  assert.equal((await openLongLived(core, 'sess-moved', now + 1, placementOn('gpu-node-b'))).code, 'MIGRATED');
   const inc = (await store.inspect('sess-failed'))!.incarnation;
   await store.claimDestroy({ sessionId: 'sess-failed', fingerprint: fp('d'), cause: 'closed', now });
   await store.advance('sess-failed', inc, 'gpu_release_requested', now, { attempt: 1, token: drawReleaseToken() });
@@ -81,6 +84,12 @@ test('a destroy that gave up its release is listed first, whatever the threshold
   assert.deepEqual(listed.map((r) => [r.sessionId, r.status, r.node]), [['sess-failed', 'release_failed', 'gpu-node-c']]);
   const table = await sessionctl(['stuck', '--older-than', '1h'], env);
   assert.match(table.stdout, /sessionctl retry <id>/);
+
+  const destroying = jsonOf<{ sessions: { sessionId: string; releaseFailedAt?: number }[] }>(await sessionctl(['sessions', '--state', 'destroying', '--json'], env));
+  assert.ok(destroying.sessions.some((r) => r.sessionId === 'sess-failed' && r.releaseFailedAt !== undefined), 'listed among the destroys, as given up');
+  const stats = jsonOf<{ destroysGivenUp: number; migrationReleasesPending: number }>(await sessionctl(['stats', '--json', '--redis-only'], env));
+  assert.equal(stats.destroysGivenUp, 1);
+  assert.equal(stats.migrationReleasesPending, 1, 'the migration below is counted as one, not as a destroy');
 
   const retried = await sessionctl(['retry', 'sess-failed'], env);
   assert.equal(retried.code, 0, retried.stderr);
