@@ -4,7 +4,7 @@
 // state_purged -> completed), and every entry point hands the checkpoint to one function, continueDestroy, so a
 // redelivered or interrupted destroy resumes where it stopped and no step's effect happens twice.
 import { EventType } from '../core/contract/events.ts';
-import type { InboundEvent } from '../core/contract/parse.ts';
+import { eventTimeOf, type InboundEvent } from '../core/contract/parse.ts';
 import { OwnershipError } from '../core/errors.ts';
 import type { CoreDeps } from '../core/function-host.ts';
 import {
@@ -56,12 +56,6 @@ export interface DestroyPoint {
   /** At state_purged: the record as read right after the purge, so finishing need not read it again; given only
    *  when no hook runs after the purge (one that did would leave it stale). */
   record?: DestroyRecord | null | undefined;
-}
-
-/** When the event says its verdict was reached: its own time, never in the future. */
-export function eventTimeOf(event: { time?: string | undefined }, now: number): number {
-  const at = event.time === undefined ? Number.NaN : Date.parse(event.time);
-  return Number.isFinite(at) ? Math.min(at, now) : now;
 }
 
 /** When a trigger naming no incarnation was sent, if its producer said: one sent before a reopen is stale. */
@@ -124,9 +118,8 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
 
 /** A claim by one of the pipeline's ends (closed, completed): fenced by its send time, and kept for an open it beat. */
 function pipelineEnd(event: { data: { sessionId: string }; time?: string | undefined; tenant?: string | undefined }, fingerprint: string, cause: Cause, now: number): ClaimInput {
-  // Never later than now, as an open's time is capped: a sender whose clock runs ahead must not end what it opens next.
-  const sent = sentAtOf(event);
-  const sentAt = sent === undefined ? undefined : Math.min(sent, now);
+  // Capped at now, as an open's time is (these types carry their time: the contract requires it).
+  const sentAt = eventTimeOf(event, now);
   return { sessionId: event.data.sessionId, fingerprint, cause, now, sentAt, causeAt: sentAt, owner: event.tenant ?? '', waitForOpen: true };
 }
 

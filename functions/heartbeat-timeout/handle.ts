@@ -2,7 +2,7 @@
 // deadline, session.heartbeat pushes it out, session.hold keeps it out for a while. The deadline itself is watched
 // by the deadline engine (deadline-engine.ts), the second entry point of this function.
 import { EventType } from '../core/contract/events.ts';
-import type { InboundEvent } from '../core/contract/parse.ts';
+import { eventTimeOf, type InboundEvent } from '../core/contract/parse.ts';
 import { BackpressureError, ContractError, OwnershipError } from '../core/errors.ts';
 import type { CoreDeps } from '../core/function-host.ts';
 import { eventFingerprint } from '../core/session-store.ts';
@@ -13,16 +13,11 @@ export const ACCEPTS = [EventType.SessionOpened, EventType.SessionHeartbeat, Eve
 /** An event this function consumes. */
 export type HeartbeatTimeoutEvent = InboundEvent<(typeof ACCEPTS)[number]>;
 
-/** When the event says the session was last known alive: its own time, never in the future. */
-export function liveFromOf(event: { time?: string | undefined }, now: number): number {
-  const at = event.time === undefined ? Number.NaN : Date.parse(event.time);
-  return Number.isFinite(at) ? Math.min(at, now) : now;
-}
-
 /** Applies one session.opened, session.heartbeat or session.hold; each first step is one idempotent script call. */
 export async function handle(event: HeartbeatTimeoutEvent, deps: CoreDeps): Promise<void> {
   const now = deps.now();
-  const liveFrom = liveFromOf(event, now);
+  // When the session was last known alive.
+  const liveFrom = eventTimeOf(event, now);
   switch (event.type) {
     case EventType.SessionOpened:
       return opened(event, deps, now, liveFrom);

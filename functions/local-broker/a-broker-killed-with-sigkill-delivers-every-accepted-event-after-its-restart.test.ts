@@ -2,23 +2,11 @@
 // answered 202 to must still reach its subscriber. Here the subscriber is down while the first Broker runs (so every
 // delivery is still pending when it is killed), comes up after the restart, and must get all of them.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { freePort } from '../../tests/support/redis-harness.ts';
-import { eventOf, eventually, sendBatch, sendBinary, tempStoreDir } from './test-support.ts';
+import { eventOf, eventually, sendBatch, sendBinary, tempStoreDir, runBrokerProcess } from './test-support.ts';
 
-const ENTRY = join(import.meta.dirname, 'index.ts');
-
-function run(env: Record<string, string>) {
-  const proc = spawn(process.execPath, [ENTRY], { env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  proc.stdout.on('data', (c: Buffer) => (output += c.toString()));
-  proc.stderr.on('data', (c: Buffer) => (output += c.toString()));
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  return { proc, exited, output: () => output };
-}
 
 async function healthy(url: string): Promise<void> {
   await eventually(async () => (await fetch(new URL('/healthz', url)).then((r) => r.status, () => 0)) === 200, 'the broker process to be healthy', 30_000);
@@ -41,8 +29,8 @@ test('every event accepted before a SIGKILL is delivered by the Broker restarted
       res.writeHead(202).end();
     });
   });
-  const first = run(env);
-  let second: ReturnType<typeof run> | undefined;
+  const first = runBrokerProcess(env);
+  let second: ReturnType<typeof runBrokerProcess> | undefined;
   try {
     await healthy(url);
     const sent = Array.from({ length: 40 }, () => eventOf('dev.sessionreaper.session.closed'));
@@ -52,7 +40,7 @@ test('every event accepted before a SIGKILL is delivered by the Broker restarted
     await first.exited;
 
     await new Promise<void>((listening) => subscriber.listen(subscriberPort, '127.0.0.1', () => listening()));
-    second = run(env);
+    second = runBrokerProcess(env);
     await healthy(url);
     await eventually(() => sent.every((ev) => received.has(ev.id)), `all ${sent.length} events at the subscriber (got ${received.size})`, 60_000);
     const stats = (await (await fetch(new URL('/admin/stats', url))).json()) as { recovered: number; deadLetters: number };

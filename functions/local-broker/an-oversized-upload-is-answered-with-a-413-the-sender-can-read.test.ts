@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { Agent, request } from 'node:http';
 import { after, before, test } from 'node:test';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
+import { uploadBytes, type UploadAnswer } from '../../tests/support/upload.ts';
 import { startLocalBroker, type LocalBroker } from './broker.ts';
 import { eventOf, tempStoreDir } from './test-support.ts';
 
@@ -25,60 +26,16 @@ after(async () => {
   await sink.close();
 });
 
-interface Answer {
-  status: number;
-  body: string;
-  /** The socket the answer came on, to tell whether the next request reused it. */
-  socket: unknown;
-}
-
 /**
- * POSTs `total` bytes of a binary-mode event in 64 KiB writes, declared (Content-Length) or chunked, honouring
- * backpressure like a real client; resolves with what the server answered once the upload is done, and rejects if the
- * upload is cut.
+ * POSTs `total` bytes of a binary-mode event, declared or chunked; resolves with what the server answered once the
+ * upload is done too, and rejects if the upload is cut.
  */
-function upload(url: string, total: number, opts: { chunked: boolean; agent: Agent; headers?: Record<string, string> }): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const headers: Record<string, string> = {
-      'content-type': 'application/json', 'ce-specversion': '1.0', 'ce-id': 'big', 'ce-source': '/tests', 'ce-type': CLOSED, ...opts.headers,
-    };
-    if (!opts.chunked) headers['content-length'] = String(total);
-    const req = request(url, { method: 'POST', headers, agent: opts.agent });
-    let answer: Omit<Answer, 'socket'> | undefined;
-    let uploaded = false;
-    const settle = (): void => {
-      if (answer && uploaded) resolve({ ...answer, socket: req.socket });
-    };
-    req.on('response', (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c.toString('utf8')));
-      res.on('end', () => {
-        answer = { status: res.statusCode ?? 0, body };
-        settle();
-      });
-    });
-    req.on('error', reject);
-    const chunk = Buffer.alloc(64 * 1024, 0x20);
-    let sent = 0;
-    const pump = (): void => {
-      while (sent < total) {
-        const n = Math.min(chunk.length, total - sent);
-        sent += n;
-        if (!req.write(n === chunk.length ? chunk : chunk.subarray(0, n))) {
-          req.once('drain', pump);
-          return;
-        }
-      }
-      req.end(() => {
-        uploaded = true;
-        settle();
-      });
-    };
-    pump();
-  });
+function upload(url: string, total: number, opts: { chunked: boolean; agent: Agent; headers?: Record<string, string> }): Promise<UploadAnswer> {
+  const headers = { 'content-type': 'application/json', 'ce-specversion': '1.0', 'ce-id': 'big', 'ce-source': '/tests', 'ce-type': CLOSED, ...opts.headers };
+  return uploadBytes(url, total, { headers, chunked: opts.chunked, agent: opts.agent, awaitUpload: true });
 }
 
-async function postSmall(url: string, agent: Agent): Promise<Answer> {
+async function postSmall(url: string, agent: Agent): Promise<UploadAnswer> {
   const ev = eventOf(CLOSED);
   const body = JSON.stringify(ev.data);
   const headers = { 'content-type': 'application/json', 'ce-specversion': '1.0', 'ce-id': ev.id, 'ce-source': ev.source, 'ce-type': ev.type };

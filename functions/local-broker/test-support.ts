@@ -1,6 +1,8 @@
-// Helpers the local Broker's tests share: a throw-away store directory, events of the contract's types, and
-// sending over real HTTP with the CloudEvents SDK's encodings.
+// Helpers the local Broker's tests share: a throw-away store directory, events of the contract's types, sending
+// over real HTTP with the CloudEvents SDK's encodings, and the Broker run as its own process.
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CloudEvent, HTTP } from 'cloudevents';
@@ -54,4 +56,20 @@ export async function eventually(check: () => boolean | Promise<boolean>, what: 
     await new Promise((r) => setTimeout(r, 20));
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+const BROKER_ENTRY = join(import.meta.dirname, 'index.ts');
+
+/** The Broker as its own process (index.ts), configured by `env` alone; its output is kept for assertion messages. */
+export function runBrokerProcess(env: Record<string, string>): {
+  proc: ChildProcessByStdio<null, Readable, Readable>;
+  exited: Promise<number | null>;
+  output: () => string;
+} {
+  const proc = spawn(process.execPath, [BROKER_ENTRY], { env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  proc.stdout.on('data', (c: Buffer) => (output += c.toString()));
+  proc.stderr.on('data', (c: Buffer) => (output += c.toString()));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  return { proc, exited, output: () => output };
 }

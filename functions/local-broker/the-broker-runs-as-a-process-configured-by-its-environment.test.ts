@@ -2,30 +2,19 @@
 // BROKER_DEAD_LETTER_DIR, ...): it routes to the subscribers it is given, and on SIGTERM it persists what it
 // could not deliver within its grace period and exits 0. A bad setting stops it at start, naming the variable.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { startEventSink } from '../../tests/support/event-sink.ts';
 import { freePort } from '../../tests/support/redis-harness.ts';
-import { eventOf, eventually, sendBinary, tempStoreDir } from './test-support.ts';
+import { eventOf, eventually, sendBinary, tempStoreDir, runBrokerProcess } from './test-support.ts';
 
-const ENTRY = join(import.meta.dirname, 'index.ts');
-
-function run(env: Record<string, string>) {
-  const proc = spawn(process.execPath, [ENTRY], { env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  proc.stdout.on('data', (c: Buffer) => (output += c.toString()));
-  proc.stderr.on('data', (c: Buffer) => (output += c.toString()));
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
-  return { proc, exited, output: () => output };
-}
 
 test('the broker process routes by its environment and persists pending deliveries on SIGTERM', { timeout: 60_000 }, async () => {
   const sink = await startEventSink();
   const port = await freePort();
   const dir = tempStoreDir('process');
-  const broker = run({
+  const broker = runBrokerProcess({
     PORT: String(port),
     BROKER_SUBSCRIBERS: JSON.stringify({ 'destroy-dispatch': sink.url }),
     BROKER_DEAD_LETTER_DIR: dir,
@@ -53,13 +42,13 @@ test('the broker process routes by its environment and persists pending deliveri
 });
 
 test('a bad setting stops the broker process at start, naming the variable', { timeout: 60_000 }, async () => {
-  const broker = run({ PORT: '0', BROKER_SUBSCRIBERS: '["not", "a map"]', LOG_LEVEL: 'info' });
+  const broker = runBrokerProcess({ PORT: '0', BROKER_SUBSCRIBERS: '["not", "a map"]', LOG_LEVEL: 'info' });
   assert.equal(await broker.exited, 1);
   assert.match(broker.output(), /BROKER_SUBSCRIBERS is invalid/);
 });
 
 test('a chaos setting out of range stops the broker process at start, naming the variable', { timeout: 60_000 }, async () => {
-  const broker = run({ PORT: '0', BROKER_DEAD_LETTER_DIR: tempStoreDir('process-chaos'), BROKER_CHAOS_DUPLICATE: '2', LOG_LEVEL: 'info' });
+  const broker = runBrokerProcess({ PORT: '0', BROKER_DEAD_LETTER_DIR: tempStoreDir('process-chaos'), BROKER_CHAOS_DUPLICATE: '2', LOG_LEVEL: 'info' });
   assert.equal(await broker.exited, 1);
   assert.match(broker.output(), /BROKER_CHAOS_DUPLICATE/);
 });

@@ -6,7 +6,6 @@
 // and healthy. Numbers in events have bounds, so no script can fail half way on them.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { EventType } from '../../functions/core/contract/events.ts';
@@ -16,6 +15,7 @@ import { startHeartbeatFunction, type RunningProcess } from '../../functions/hea
 import { coreEnv, testCore, type TestCore } from '../support/core.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
 import { runtimesEnv } from '../support/runtimes.ts';
+import { uploadBytes, type UploadAnswer } from '../support/upload.ts';
 import { forge, post } from './attack-support.ts';
 
 const MiB = 1024 * 1024;
@@ -27,37 +27,12 @@ function rssOf(pid: number): number {
 }
 
 /**
- * POSTs `total` bytes in chunks of 64 KiB, declared (Content-Length) or chunked; resolves with the status and body
- * the server answered, which the sender must be able to read (no EPIPE, no reset).
+ * POSTs `total` bytes of a heartbeat, declared or chunked; resolves with the status and body the server answered,
+ * which the sender must be able to read (no EPIPE, no reset).
  */
-function upload(url: string, total: number, opts: { chunked?: boolean; headers?: Record<string, string> } = {}): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const headers: Record<string, string> = {
-      'content-type': 'application/json', 'ce-specversion': '1.0', 'ce-id': 'big', 'ce-source': '/attacker', 'ce-type': EventType.SessionHeartbeat, ...opts.headers,
-    };
-    if (!opts.chunked) headers['content-length'] = String(total);
-    const req = request(url, { method: 'POST', headers });
-    req.on('response', (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c.toString('utf8')));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', reject);
-    const chunk = Buffer.alloc(64 * 1024, 0x20);
-    let sent = 0;
-    const pump = (): void => {
-      while (sent < total) {
-        const n = Math.min(chunk.length, total - sent);
-        sent += n;
-        if (!req.write(n === chunk.length ? chunk : chunk.subarray(0, n))) {
-          req.once('drain', pump);
-          return;
-        }
-      }
-      req.end();
-    };
-    pump();
-  });
+function upload(url: string, total: number, opts: { chunked?: boolean; headers?: Record<string, string> } = {}): Promise<UploadAnswer> {
+  const headers = { 'content-type': 'application/json', 'ce-specversion': '1.0', 'ce-id': 'big', 'ce-source': '/attacker', 'ce-type': EventType.SessionHeartbeat, ...opts.headers };
+  return uploadBytes(url, total, { headers, chunked: opts.chunked === true });
 }
 
 describe('an oversized or compressed request is refused before it is read', () => {

@@ -3,10 +3,10 @@
 // down is destroyed once it is back: the Broker's delivery to the dead port fails and is retried per its Trigger.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { startEventSink } from '../support/event-sink.ts';
 import { stackStore, startStack, type Stack, type SupervisedName } from '../support/stack.ts';
+import { until } from '../support/until.ts';
 
 async function send(stack: Pick<Stack, 'brokerUrl' | 'tokens'>, ev: CloudEvent<unknown>): Promise<void> {
   const m = HTTP.binary(ev);
@@ -16,15 +16,6 @@ async function send(stack: Pick<Stack, 'brokerUrl' | 'tokens'>, ev: CloudEvent<u
 }
 
 // Awaits a condition by polling it; what is polled is cheap, and the bound is generous for a loaded 2-core machine.
-async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 function event(sessionId: string, type: 'opened' | 'closed', runtimeUrl: string): CloudEvent<unknown> {
   const data = type === 'opened' ? { sessionId, placement: { node: 'sim-node', runtimeUrl, gpuBytes: 4096 } } : { sessionId };
@@ -50,14 +41,14 @@ test('a function killed with SIGKILL is restarted on its port, counted, and a se
     await stack.broker.idle(30_000);
 
     stack.kill('destroy-dispatch', 'SIGKILL');
-    await until('the crash to be seen', () => (exits.length > 0 ? true : undefined));
+    await until('the crash to be seen', () => (exits.length > 0 ? true : undefined), 60_000);
     // Closed while destroy-dispatch is down or starting: the delivery waits in the Broker's retries.
     await send(stack, event(sessionId, 'closed', stack.runtimeUrl));
 
     const status = await until('destroy-dispatch to run again', () => {
       const s = stack.processes()['destroy-dispatch'];
       return s.state === 'running' && s.pid !== before ? s : undefined;
-    });
+    }, 60_000);
     assert.equal(status.restarts, 1);
     assert.equal(stack.pids()['destroy-dispatch'], status.pid);
     assert.deepEqual(exits.map((e) => e.name), ['destroy-dispatch']);
@@ -85,14 +76,14 @@ test('a Broker run as its own process and killed with SIGKILL is restarted on th
     const status = await until('the Broker to run again', () => {
       const s = stack.processes()['local-broker'];
       return s?.state === 'running' && s.pid !== before ? s : undefined;
-    });
+    }, 60_000);
     assert.equal(status.restarts, 1);
     const sessionId = `broker-restarted-${process.pid}`;
     const { redis, store } = await stackStore(stack);
     try {
       await send(stack, event(sessionId, 'opened', stack.runtimeUrl));
       // No in-process Broker to ask whether it is idle: the session core says when the opening has landed.
-      await until('the session to be open', async () => ((await store.inspect(sessionId)) !== null ? true : undefined));
+      await until('the session to be open', async () => ((await store.inspect(sessionId)) !== null ? true : undefined), 60_000);
     } finally {
       redis.disconnect();
     }

@@ -2,7 +2,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Resolves with the first truthy value `probe` gives, asking every `everyMs`; fails naming `what` after `timeoutMs`. */
-export async function until<V>(what: string, probe: () => Promise<V | undefined | false>, timeoutMs = 30_000, everyMs = 25): Promise<V> {
+export async function until<V>(what: string, probe: () => V | undefined | false | Promise<V | undefined | false>, timeoutMs = 30_000, everyMs = 25): Promise<V> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();

@@ -67,6 +67,15 @@ const isRfc3339 = ajv.compile<string>({ type: 'string', format: 'date-time' });
 // Compiled once at load: a compile per event would cost more than the rest of the handler.
 const validators = new Map<string, ValidateFunction>(Object.entries(EventTypes).map(([type, schema]) => [type, ajv.compile(schema)]));
 
+/**
+ * When an event says it happened: its own `time`, never later than `now` (a sender whose clock runs ahead must not
+ * push a deadline out, nor end what it opens next), and `now` when it carries none.
+ */
+export function eventTimeOf(event: { time?: string | undefined }, now: number): number {
+  const at = event.time === undefined ? Number.NaN : Date.parse(event.time);
+  return Number.isFinite(at) ? Math.min(at, now) : now;
+}
+
 /** Decodes and validates an inbound request (binary or structured CloudEvent); throws ContractError if malformed. */
 export function parseInbound<const A extends readonly ContractType[]>(req: RawRequest, opts: ParseOptions<A> & { accept: A }): InboundEvent<A[number]>;
 export function parseInbound(req: RawRequest, opts: ParseOptions): InboundEvent;
