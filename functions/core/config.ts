@@ -24,6 +24,17 @@ export const ConfigSchema = Type.Object({
   RUNTIME_TIMEOUT_MS: Int(100, 5000, 'Timeout of one call to a GPU inference runtime (third-party tier).'),
   DEADLINE_POLL_MS: Int(10, 100, 'How often the deadline engine re-reads bucket heads to learn of new earlier deadlines (at most 100, the shortest liveness window, so the deadline of a new session is known before it falls due).', 100),
   DESTROY_STALL_MS: Int(1000, 30_000, 'A destroy with no progress for this long is resumed by the deadline engine.'),
+  BLIND_GAP_MS: Int(
+    0,
+    2000,
+    'The outage rule: a bucket of the deadline index no deadline engine claimed in for longer than this (Redis down or unreachable, or no engine running) was blind, and the silence of its sessions inside that span does not count towards their liveness window. 0 turns the rule off (live sessions then expire after an outage longer than their window).',
+  ),
+  INGEST_SILENCE_MS: Int(
+    0,
+    5000,
+    "The outage rule's ingest side: a bucket whose heartbeats stop for this long, and for 20 times their usual gap, while sessions are due to send some (the Broker or heartbeat-timeout down) is unheard: its expiries wait until heartbeats are heard again, and the unheard span does not count. 0: silences are not judged.",
+  ),
+  BLIND_HOLD_MAX_MS: Int(1000, 600_000, 'The longest an unheard bucket holds its expiries; past it the senders are taken to have really stopped, and expiries resume (late by this much).'),
   RELEASE_MAX_ATTEMPTS: Int(1, 5, 'GPU release attempts a destroy makes (each after a stall or a refusal) before it gives up: session.destroy.failed, and it waits in `sessionctl stuck` for an operator.', 100),
   K_SINK: Type.String({ default: '', description: 'Where emitted events go (the Broker); injected by Knative SinkBinding or ContainerSource.' }),
   SINK_TOKEN_FILE: Type.String({

@@ -114,9 +114,31 @@ export interface DueClaims {
    * redirects (and which removes a true stray).
    */
   unresolved: string[];
-  /** The bucket's earliest deadline after the claims, or null when no session is left in its index. */
+  /** The bucket's earliest deadline after the claims, or null when no session is left in its index (or its due ones are held). */
   head: number | null;
+  /** Due sessions whose silence overlapped a blind window: their deadline moved past it (the outage rule). */
+  deferred: number;
+  /** Since when no heartbeat has been heard in the bucket while some were due; sessions due after it are held. */
+  holdFrom: number | null;
+  /** The blind window this claim recorded, if any. */
+  blind: { from: number; to: number } | null;
 }
+
+/**
+ * The outage rule's settings (functions/core/config.ts; lua/includes/blind.lua): what counts as blind, and for how
+ * long an unheard bucket holds its expiries. Without them claimDue and claimExpired apply no rule.
+ */
+export interface OutageRule {
+  /** A bucket no engine claimed in for longer than this was unwatched (> 0). */
+  blindGapMs: number;
+  /** The least silence of a bucket's heartbeats that counts as unheard; 0: silence is not judged. */
+  ingestSilenceMs: number;
+  /** The longest an unheard bucket holds its expiries. */
+  holdMaxMs: number;
+}
+
+/** How long blind windows are kept: longer than any liveness window a session may set (100 beats of a day's interval). */
+export const BLIND_RETENTION_MS = 100 * 86_400_000;
 
 export type ExpiryClaim = { code: 'CLAIMED'; incarnation: number; deadline: number } | { code: 'NOT_DUE'; deadline: number } | { code: 'GONE' };
 
@@ -229,6 +251,7 @@ interface PendingHeartbeat {
   sessionId: string;
   liveFrom: number;
   tenant: string;
+  now: number;
   resolve: (r: LivenessResult) => void;
   reject: (err: unknown) => void;
 }
@@ -341,7 +364,7 @@ export class SessionStore {
 
   /**
    * Applies a session.heartbeat: the deadline moves to liveFrom + window, never earlier. Heartbeats that arrive in
-   * the same event-loop turn are applied together, one script call per bucket (see heartbeat-1.lua).
+   * the same event-loop turn are applied together, one script call per bucket (see heartbeat-2.lua).
    */
   heartbeat(sessionId: string, liveFrom: number, now: number, tenant = ''): Promise<LivenessResult> {
     const bucket = this.keys.bucketOf(sessionId);
@@ -351,7 +374,7 @@ export class SessionStore {
       this.#pendingHeartbeats.set(bucket, batch);
     }
     const pending = batch;
-    const result = new Promise<LivenessResult>((resolve, reject) => pending.push({ sessionId, liveFrom: Math.min(liveFrom, now), tenant, resolve, reject }));
+    const result = new Promise<LivenessResult>((resolve, reject) => pending.push({ sessionId, liveFrom: Math.min(liveFrom, now), tenant, now, resolve, reject }));
     if (pending.length >= MAX_HEARTBEAT_BATCH) this.#flushHeartbeats(bucket);
     else if (!this.#flushScheduled) {
       this.#flushScheduled = true;
@@ -373,11 +396,17 @@ export class SessionStore {
     );
   }
 
-  /** One heartbeat-1.lua call for heartbeats of one bucket. */
-  async #runHeartbeats(bucket: number, batch: readonly { sessionId: string; liveFrom: number; tenant?: string }[]): Promise<LivenessResult[]> {
-    const args: (string | number)[] = [this.keys.sessionRecordPrefix(bucket)];
-    for (const h of batch) args.push(h.sessionId, h.liveFrom, h.tenant ?? '');
-    const r = await this.#scripts.run('heartbeat', [this.keys.bucket(bucket).deadlines], args);
+  /** One heartbeat-2.lua call for heartbeats of one bucket; `now` is when the latest of them was received. */
+  async #runHeartbeats(bucket: number, batch: readonly { sessionId: string; liveFrom: number; tenant?: string; now: number }[]): Promise<LivenessResult[]> {
+    const args: (string | number)[] = [this.keys.sessionRecordPrefix(bucket), 0];
+    let now = 0;
+    for (const h of batch) {
+      args.push(h.sessionId, h.liveFrom, h.tenant ?? '');
+      if (h.now > now) now = h.now;
+    }
+    args[1] = now;
+    const b = this.keys.bucket(bucket);
+    const r = await this.#scripts.run('heartbeat', [b.deadlines, b.watch], args);
     return batch.map((_, i): LivenessResult => {
       const code = str(r[3 * i]);
       if (code === 'REFRESHED') return { code, incarnation: num(r[3 * i + 1]), deadline: num(r[3 * i + 2]) };
@@ -390,12 +419,12 @@ export class SessionStore {
 
   /** Applies many heartbeats at once (a batched delivery): one script call per bucket touched, results in order. */
   async heartbeatMany(items: readonly { sessionId: string; liveFrom: number; tenant?: string }[], now: number): Promise<LivenessResult[]> {
-    const byBucket = new Map<number, { sessionId: string; liveFrom: number; tenant: string; index: number }[]>();
+    const byBucket = new Map<number, { sessionId: string; liveFrom: number; tenant: string; now: number; index: number }[]>();
     items.forEach((h, index) => {
       const bucket = this.keys.bucketOf(h.sessionId);
       let group = byBucket.get(bucket);
       if (!group) byBucket.set(bucket, (group = []));
-      group.push({ sessionId: h.sessionId, liveFrom: Math.min(h.liveFrom, now), tenant: h.tenant ?? '', index });
+      group.push({ sessionId: h.sessionId, liveFrom: Math.min(h.liveFrom, now), tenant: h.tenant ?? '', now, index });
     });
     const out = new Array<LivenessResult>(items.length);
     const calls: Promise<void>[] = [];
@@ -514,21 +543,31 @@ export class SessionStore {
    * The deadline engine's claim of up to `limit` due sessions of a bucket, with the bucket's next deadline: one
    * script call, so a wake-up costs one round trip however many sessions fall due together.
    */
-  async claimDue(bucket: number, now: number, limit: number): Promise<DueClaims> {
+  async claimDue(bucket: number, now: number, limit: number, rule?: OutageRule): Promise<DueClaims> {
     const b = this.keys.bucket(bucket);
-    const r = await this.#scripts.run('claimDue', [b.deadlines, b.destroying], [now, limit, this.keys.sessionRecordPrefix(bucket)]);
-    const unresolvedCount = num(r[2]);
-    const unresolved = r.slice(3, 3 + unresolvedCount).map(str);
+    const r = await this.#scripts.run('claimDue', [b.deadlines, b.destroying, b.watch, b.blind], [
+      now, limit, this.keys.sessionRecordPrefix(bucket), rule?.blindGapMs ?? 0, rule?.ingestSilenceMs ?? 0, rule?.holdMaxMs ?? 0, BLIND_RETENTION_MS,
+    ]);
+    const optional = (v: unknown) => (str(v) === '' ? null : Number(str(v)));
+    const unresolvedCount = num(r[6]);
+    const unresolved = r.slice(7, 7 + unresolvedCount).map(str);
     const claimed: DueClaims['claimed'] = [];
-    for (let i = 3 + unresolvedCount; i + 2 < r.length; i += 3) claimed.push({ sessionId: str(r[i]), incarnation: num(r[i + 1]), deadline: num(r[i + 2]) });
-    const head = str(r[0]);
-    return { claimed, skipped: num(r[1]), unresolved, head: head === '' ? null : Number(head) };
+    for (let i = 7 + unresolvedCount; i + 2 < r.length; i += 3) claimed.push({ sessionId: str(r[i]), incarnation: num(r[i + 1]), deadline: num(r[i + 2]) });
+    const from = optional(r[4]);
+    const to = optional(r[5]);
+    return {
+      claimed, skipped: num(r[1]), unresolved, head: optional(r[0]), deferred: num(r[2]), holdFrom: optional(r[3]),
+      blind: from === null || to === null ? null : { from, to },
+    };
   }
 
-  /** The atomic claim of one due session, with declared keys (the engine claims a bucket's at once with claimDue). */
-  async claimExpired(sessionId: string, now: number): Promise<ExpiryClaim> {
+  /**
+   * The atomic claim of one due session, with declared keys (the engine claims a bucket's at once with claimDue);
+   * with `rule`, the outage rule applies to it as in claimDue.
+   */
+  async claimExpired(sessionId: string, now: number, rule?: OutageRule): Promise<ExpiryClaim> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('claimExpired', [k.session, k.deadlines, k.destroying], [sessionId, now]);
+    const r = await this.#scripts.run('claimExpired', [k.session, k.deadlines, k.destroying, k.watch, k.blind], [sessionId, now, rule ? 1 : 0, BLIND_RETENTION_MS]);
     const code = str(r[0]);
     if (code === 'CLAIMED') return { code, incarnation: num(r[1]), deadline: num(r[2]) };
     if (code === 'NOT_DUE') return { code, deadline: num(r[1]) };

@@ -19,15 +19,22 @@
 //
 // Claims in different buckets run concurrently (one per bucket at a time), so a deadline never waits for another
 // bucket's round trip to Redis.
+//
+// The outage rule (core/redis/lua/includes/blind.lua): a live session is never expired because session-reaper could
+// not hear its heartbeats. Each claim notes in Redis that its bucket is watched; a bucket left unwatched for longer
+// than BLIND_GAP_MS (Redis down, or no engine running), or whose heartbeats stopped far beyond their usual rhythm
+// (the Broker or heartbeat-timeout down; INGEST_SILENCE_MS), was blind for that span, and the claim moves every due
+// deadline past the blind time in its session's silence before it expires anything. The engine only logs what the
+// scripts decided: the measurement lives in Redis, so it holds across replicas and across the engine's own restarts.
 import type { Config } from '../core/config.ts';
 import { EventType } from '../core/contract/events.ts';
 import type { CoreDeps } from '../core/function-host.ts';
 import type { Logger } from '../core/log.ts';
-import type { SessionStore } from '../core/session-store.ts';
+import type { OutageRule, SessionStore } from '../core/session-store.ts';
 
 /** What the engine uses from the core: a subset of CoreDeps, so a core's deps can be passed as they are. */
 export interface DeadlineEngineDeps {
-  readonly config: Pick<Config, 'INDEX_BUCKETS' | 'DEADLINE_POLL_MS' | 'DESTROY_STALL_MS'>;
+  readonly config: Pick<Config, 'INDEX_BUCKETS' | 'DEADLINE_POLL_MS' | 'DESTROY_STALL_MS' | 'BLIND_GAP_MS' | 'INGEST_SILENCE_MS' | 'BLIND_HOLD_MAX_MS'>;
   readonly logger: Logger;
   /** The session core; may throw until `ready` resolved. */
   readonly store: SessionStore;
@@ -60,6 +67,8 @@ export interface PassReport {
   migrationsReissued: number;
   /** Emissions that failed; their claims stand and the watchdog picks them up after DESTROY_STALL_MS. */
   emitFailures: number;
+  /** Due sessions whose deadline the outage rule moved past a blind window instead of expiring them. */
+  deferred: number;
 }
 
 const DEFAULT_BATCH = 256;
@@ -69,7 +78,7 @@ const DEFAULT_MAX_BACKOFF_MS = 2000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function emptyReport(): PassReport {
-  return { expired: 0, skipped: 0, resumed: 0, migrationsReissued: 0, emitFailures: 0 };
+  return { expired: 0, skipped: 0, resumed: 0, migrationsReissued: 0, emitFailures: 0, deferred: 0 };
 }
 
 /** Watches the deadline index and the destroy watchdog of every bucket. */
@@ -96,6 +105,10 @@ export class DeadlineEngine {
   readonly #emits = new Set<Promise<void>>();
   #slotsInUse = 0;
   readonly #slotWaiters: (() => void)[] = [];
+  /** The outage rule's settings, or undefined when BLIND_GAP_MS is 0 (off). */
+  readonly #rule: OutageRule | undefined;
+  /** Per bucket, since when it is held unheard (logged once per span). */
+  readonly #holding: (number | null)[];
   #started = false;
   #failures = 0;
   #lastFailureLogAt = 0;
@@ -108,6 +121,9 @@ export class DeadlineEngine {
     this.#maxBackoffMs = opts.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS;
     this.#log = opts.deps.logger.child({ component: 'deadline-engine' });
     this.#heads = new Array<number | null>(opts.deps.config.INDEX_BUCKETS).fill(null);
+    this.#holding = new Array<number | null>(opts.deps.config.INDEX_BUCKETS).fill(null);
+    const { BLIND_GAP_MS, INGEST_SILENCE_MS, BLIND_HOLD_MAX_MS } = opts.deps.config;
+    this.#rule = BLIND_GAP_MS > 0 ? { blindGapMs: BLIND_GAP_MS, ingestSilenceMs: INGEST_SILENCE_MS, holdMaxMs: BLIND_HOLD_MAX_MS } : undefined;
   }
 
   /** Whether the engine is running (started and not stopped). */
@@ -284,11 +300,13 @@ export class DeadlineEngine {
     // One script call claims what is due and answers the bucket's next deadline: when nothing was due (the cached
     // head was stale, a heartbeat moved it) that is the new head, and either way the timer is re-armed without
     // waiting for the next poll.
-    const { claimed, skipped, unresolved, head } = await store.claimDue(bucket, now, this.#batch);
+    const { claimed, skipped, unresolved, head, deferred, holdFrom, blind } = await store.claimDue(bucket, now, this.#batch, this.#rule);
     report.skipped += skipped;
+    report.deferred += deferred;
+    this.#noteOutage(bucket, holdFrom, blind, deferred);
     // Rare: a stray entry, or a record a Cluster resharding moved; one claim each with declared keys settles them.
     for (const sessionId of unresolved) {
-      const one = await store.claimExpired(sessionId, now);
+      const one = await store.claimExpired(sessionId, now, this.#rule);
       if (one.code === 'CLAIMED') claimed.push({ sessionId, incarnation: one.incarnation, deadline: one.deadline });
       else report.skipped += 1;
     }
@@ -305,6 +323,24 @@ export class DeadlineEngine {
         ),
       ),
     );
+  }
+
+  /** Logs what the outage rule found in a bucket: a blind window recorded, deadlines moved, expiries held or resumed. */
+  #noteOutage(bucket: number, holdFrom: number | null, blind: { from: number; to: number } | null, deferred: number): void {
+    if (blind) {
+      this.#log.warn(
+        { bucket, blindFrom: new Date(blind.from).toISOString(), blindTo: new Date(blind.to).toISOString(), blindMs: blind.to - blind.from },
+        'session-reaper could not hear this bucket for a while: the silence of its sessions in that span does not count towards their liveness',
+      );
+    }
+    if (deferred > 0) this.#log.info({ bucket, deferred }, 'moved due deadlines past a blind window instead of expiring them');
+    const was = this.#holding[bucket] ?? null;
+    if (holdFrom !== null && was !== holdFrom) {
+      this.#log.warn({ bucket, unheardSince: new Date(holdFrom).toISOString() }, 'no heartbeat heard in this bucket for far longer than usual: holding its expiries until heartbeats are heard again');
+    } else if (holdFrom === null && was !== null) {
+      this.#log.info({ bucket }, 'heartbeats heard again: expiries resume, past the unheard span');
+    }
+    this.#holding[bucket] = holdFrom;
   }
 
   /** Resumes a bucket's destroys (and migration releases) that made no progress for DESTROY_STALL_MS. */

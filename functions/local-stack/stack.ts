@@ -181,9 +181,10 @@ export interface Stack {
   /**
    * Restarts the private redis-server on its port with its password, after SIGTERM (it saves first) or SIGKILL
    * (default: a crash). With a data directory (redisDataDir) nothing acknowledged is lost; a throw-away one restarts
-   * empty. The processes' clients reconnect on their own. Throws for a Redis given by URL.
+   * empty. The processes' clients reconnect on their own. With `downMs`, Redis stays down that long first: an outage
+   * of that length (the outage rule's test). Throws for a Redis given by URL.
    */
-  restartRedis(signal?: NodeJS.Signals): Promise<void>;
+  restartRedis(signal?: NodeJS.Signals, downMs?: number): Promise<void>;
   /** Stops the Broker (finishing or persisting its deliveries), then SIGTERMs every process and waits for it. */
   stop(): Promise<void>;
 }
@@ -542,11 +543,13 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
         const child = current.get(name);
         if (alive(child)) child!.proc.kill(signal);
       },
-      async restartRedis(signal = 'SIGKILL') {
+      async restartRedis(signal = 'SIGKILL', downMs = 0) {
         const old = redis;
         if (old === undefined) throw new Error('the stack uses a Redis given by URL; only a private redis-server can be restarted');
         await old.kill(signal);
         await old.stop();
+        // The outage's length is what is being tested, not a wait for something to happen.
+        if (downMs > 0) await sleep(downMs);
         redis = await startRedisServer({ port: old.port, password: old.password, ...(opts.redisDataDir === undefined ? {} : { dataDir: opts.redisDataDir }) });
       },
       stop: () => (stopped ??= stopAll()),

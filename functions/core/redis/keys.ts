@@ -37,6 +37,15 @@ export interface BucketKeys {
    * They left the stall watchdog and wait here for an operator (`sessionctl retry` or `sessionctl resolve`).
    */
   readonly failed: string;
+  /**
+   * HASH what the bucket's liveness was heard through, for the outage rule (lua/includes/blind.lua): `seen` (when a
+   * deadline engine last claimed in it, ms), `hb` (when a heartbeat was last applied, ms), `hg` (the running mean gap
+   * between heartbeat calls, ms), `bs` (since when no heartbeat has been heard while some were due: an open blind
+   * window) and `bx` (the `hb` at which a blind window was given up after OUTAGE_HOLD_MAX_MS).
+   */
+  readonly watch: string;
+  /** ZSET `<start>:<end>` -> end (ms): the spans in which session-reaper could not hear this bucket's heartbeats. */
+  readonly blind: string;
 }
 
 /** Keys of one session (and its bucket). */
@@ -107,6 +116,8 @@ export class KeySpace {
       migrations: `${tag}:migrations`,
       idle: `${tag}:idle`,
       failed: `${tag}:failed`,
+      watch: `${tag}:watch`,
+      blind: `${tag}:blind`,
     };
   }
 

@@ -4,11 +4,16 @@
   pushes its session's deadline to live-from + window, never earlier than it already is, so a duplicate or a
   redelivered older heartbeat changes nothing (max() is idempotent).
 
-  KEYS[1] bucket deadline index (ZSET)
+  It also notes, for the outage rule (includes/blind.lua), that the bucket's heartbeats are heard: when the last call
+  was (`hb`) and the running mean gap between calls (`hg`), from which the deadline engine tells a silence of its
+  ingest path (the Broker or heartbeat-timeout down) from the bucket's ordinary quiet.
+
+  KEYS[1] bucket deadline index (ZSET)   KEYS[2] bucket watch (HASH)
   ARGV[1] the bucket's session record key prefix (`<prefix>:{<bucket>}:s:`): a record's key is the prefix and its
           session id, built here rather than sent, because the heartbeat is the hottest call there is and a third of
           its bytes were those keys; they carry the bucket's hash tag, so on Redis Cluster they live in KEYS[1]'s slot
-  ARGV[3i-1], ARGV[3i], ARGV[3i+1]        session id, live-from (ms; the event's time, capped at now) and the tenant
+  ARGV[2] now (ms)
+  ARGV[3i], ARGV[3i+1], ARGV[3i+2]        session id, live-from (ms; the event's time, capped at now) and the tenant
                                           the event names ('' for none) of heartbeat i
 
   Returns a flat array, three entries per heartbeat, in order (or a TRYAGAIN error, see below):
@@ -18,9 +23,22 @@
     'NOT_OWNER', incarnation, 0        the session belongs to another tenant: its deadline is not moved
 ]]
 local call, tonumber = redis.call, tonumber
-local deadlinesKey, recordPrefix = KEYS[1], ARGV[1]
+local deadlinesKey, watchKey, recordPrefix, now = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 local out, n = {}, 0
-for k = 2, #ARGV, 3 do
+
+-- Heard: the time of this call, and a running mean of the gaps between calls (each gap capped at a minute, so an
+-- outage does not teach the bucket that silences are normal). Replicas' clocks differ by a few ms: never backwards.
+local heard = call('HMGET', watchKey, 'hb', 'hg')
+local last, mean = tonumber(heard[1]), tonumber(heard[2])
+if not last then
+  call('HSET', watchKey, 'hb', string.format('%d', now))
+else
+  local gap = math.min(math.max(now - last, 0), 60000)
+  mean = mean and (mean * 0.9 + gap * 0.1) or gap
+  call('HSET', watchKey, 'hb', string.format('%d', math.max(now, last)), 'hg', string.format('%.1f', mean))
+end
+
+for k = 3, #ARGV, 3 do
   local sessionId = ARGV[k]
   local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w', 'tn', 'pc')
   local s = state[1]
