@@ -23,7 +23,7 @@ export const ConfigSchema = Type.Object({
   CORE_TIMEOUT_MS: Int(10, 1000, 'Timeout of core calls: Redis commands and event emission to the Broker.'),
   RUNTIME_TIMEOUT_MS: Int(100, 5000, 'Timeout of one call to a GPU inference runtime (third-party tier).'),
   DEADLINE_POLL_MS: Int(10, 100, 'How often the deadline engine re-reads bucket heads to learn of new earlier deadlines (at most 100, the shortest liveness window, so the deadline of a new session is known before it falls due).', 100),
-  DESTROY_STALL_MS: Int(1000, 30_000, 'A destroy with no progress for this long is resumed by the deadline engine.'),
+  DESTROY_STALL_MS: Int(1000, 120_000, "A destroy with no progress for this long is resumed by the deadline engine; longer than the gpu-release Trigger's redelivery window."),
   BLIND_GAP_MS: Int(
     0,
     2000,

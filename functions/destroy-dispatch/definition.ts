@@ -16,7 +16,7 @@ export const DestroyDispatchSettingsSchema = Type.Object({
   RELEASE_RETRIES: Type.Integer({ minimum: 0, default: 3, description: "gpu-release's retries of one release; sets the default slot lease." }),
   RELEASE_SLOT_LEASE_MS: Type.Integer({
     minimum: 0, default: 0,
-    description: 'How long an in-flight release holds its node slot without news before the slot frees itself; 0 = 2 x RUNTIME_TIMEOUT_MS x (RELEASE_RETRIES + 1).',
+    description: 'How long an in-flight release holds its node slot without news before the slot frees itself; 0 = 3 deliveries x 2 x RUNTIME_TIMEOUT_MS x (RELEASE_RETRIES + 1), past the gpu-release Trigger’s redelivery window.',
   }),
   ROUTER_DEREGISTER_URL: Type.String({ default: '', description: 'Where the deregister-from-router hook POSTs an ended session; no such hook when empty.' }),
   ROUTER_DEREGISTER_TIMEOUT_MS: Type.Integer({ minimum: 10, default: 1000, description: 'Timeout of the deregister-from-router call.' }),

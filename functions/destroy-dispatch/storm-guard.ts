@@ -91,9 +91,20 @@ export function parseReleaseMember(member: string): { sessionId: string; incarna
   return { sessionId: member.slice(0, at), incarnation };
 }
 
-/** The default lease of a slot: twice the longest a release can take through gpu-release's retry budget. */
-export function defaultLeaseMs(runtimeTimeoutMs: number, releaseRetries: number): number {
-  return 2 * runtimeTimeoutMs * (releaseRetries + 1);
+/**
+ * Deliveries of one gpu.release.requested the default slot lease covers: the first and the 2 Broker retries of
+ * knative/base's gpu-release Trigger.
+ */
+export const DEFAULT_RELEASE_DELIVERIES = 3;
+
+/**
+ * The default lease of a slot: for every delivery of the release event, twice the longest one delivery's runtime
+ * calls can take through gpu-release's retry budget, which also covers the delivery's own overhead and the Broker's
+ * wait before the next one (1-4 s). With the defaults, 3 x 2 x 5 s x 4 = 120 s, past the Trigger's 93-96 s window
+ * (tests/deploy checks the deployed lease against the rendered Trigger; the local stack runs on these defaults).
+ */
+export function defaultLeaseMs(runtimeTimeoutMs: number, releaseRetries: number, deliveries = DEFAULT_RELEASE_DELIVERIES): number {
+  return deliveries * 2 * runtimeTimeoutMs * (releaseRetries + 1);
 }
 
 /** The distributed limits on GPU release requests: per-node concurrency and per-runtime rate. */

@@ -38,7 +38,7 @@ import { sharedHttpClient } from '../core/http-client.ts';
 import { openDeadLetterStore, type DeadLetter, type DeadLetterReason } from './dead-letters.ts';
 import { createDeliveryChaos, type ChaosCounters, type DeliveryChaos } from './delivery-chaos.ts';
 import { openDeliveryJournal, type DeliveryJournal, type JournaledEvent } from './delivery-journal.ts';
-import { backoffMs, matches, readManifests, routingTableOf, type DeliverySpec, type Route, type RoutingTable } from './triggers.ts';
+import { backoffMs, isRetryableStatus, matches, readManifests, routingTableOf, type DeliverySpec, type Route, type RoutingTable } from './triggers.ts';
 import {
   IngressError,
   decodeRequest,
@@ -227,11 +227,6 @@ interface PendingFile {
   deliveries: Array<{ target: string; url: string; attempts: number; event: StoredEvent }>;
 }
 
-// Knative's retryable answers: 404 and 409 (a subscriber not ready yet), 429, and every 5xx.
-function retryableStatus(status: number): boolean {
-  return status === 404 || status === 409 || status === 429 || status >= 500;
-}
-
 function headerRecord(req: IncomingMessage): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(req.headers)) {
@@ -368,7 +363,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status };
       return {
         ok: false,
-        retryable: retryableStatus(res.status),
+        retryable: isRetryableStatus(res.status),
         interrupted: false,
         reason: { status: res.status, body: text, message: `${d.target.url} answered HTTP ${res.status}` },
       };
@@ -386,7 +381,9 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     for (;;) {
       if (d.attempts > 0) {
         try {
-          await sleep(backoffMs(spec, d.attempts), undefined, { signal: stopping.signal });
+          // d.attempts is the retry about to be made (1-based); the schedule is the in-memory channel's dispatcher's,
+          // which is what `npm start` and the dev overlay stand for (triggers.ts, DataPlane).
+          await sleep(backoffMs(spec, d.attempts, 'eventing'), undefined, { signal: stopping.signal });
         } catch {
           return { kind: 'interrupted' };
         }

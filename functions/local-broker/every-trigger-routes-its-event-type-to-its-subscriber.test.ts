@@ -45,8 +45,8 @@ test('the manifests define one route per Trigger, every one resolved to a local 
   assert.equal(broker.table.routes.length, 15);
   for (const route of broker.table.routes) assert.ok(route.url, `trigger ${route.name} has a local URL`);
   const heartbeat = broker.table.routes.find((r) => r.name === 'heartbeat-timeout-session-heartbeat');
-  assert.deepEqual(heartbeat?.delivery, { retry: 4, backoffPolicy: 'exponential', backoffDelayMs: 100, timeoutMs: 10_000, deadLetter: false });
-  assert.deepEqual(broker.table.delivery, { retry: 6, backoffPolicy: 'exponential', backoffDelayMs: 200, timeoutMs: 10_000, deadLetter: true });
+  assert.deepEqual(heartbeat?.delivery, { retry: 4, backoffPolicy: 'exponential', backoffDelayMs: 200, timeoutMs: 10_000, deadLetter: false });
+  assert.deepEqual(broker.table.delivery, { retry: 6, backoffPolicy: 'exponential', backoffDelayMs: 400, timeoutMs: 10_000, deadLetter: true });
 });
 
 test('an event of each Trigger type reaches exactly the subscribers of the Triggers that filter on it', async () => {

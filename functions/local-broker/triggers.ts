@@ -18,7 +18,7 @@ export interface DeliverySpec {
   /** Retries after the first attempt (attempts = retry + 1). */
   retry: number;
   backoffPolicy: 'exponential' | 'linear';
-  /** The backoff unit, ms: retry n waits backoffDelay x 2^n (exponential) or backoffDelay x n (linear). */
+  /** The backoff unit, ms: how long retry n waits depends on the data plane (backoffMs). */
   backoffDelayMs: number;
   /** Per-attempt timeout, ms; undefined: none beyond the broker's default. */
   timeoutMs: number | undefined;
@@ -91,9 +91,49 @@ export function parseIsoDuration(text: string): number {
   return Math.round(ms);
 }
 
-/** The wait before retry number `retry` (1-based), as Knative computes it: no jitter. */
-export function backoffMs(spec: DeliverySpec, retry: number): number {
-  return spec.backoffPolicy === 'linear' ? spec.backoffDelayMs * retry : spec.backoffDelayMs * 2 ** retry;
+/**
+ * The Knative data plane that dispatches a Trigger's events. The two number their retries differently, so the same
+ * delivery spec waits twice as long on one as on the other:
+ * - 'eventing': knative/eventing's dispatcher (pkg/kncloudevents: the in-memory channel's, and the MT Broker over
+ *   it). RetryConfigFromDeliverySpec (pkg/kncloudevents/retries.go) builds Backoff(attemptNum) = delay x 2^attemptNum
+ *   (exponential) or delay x attemptNum (linear), and hashicorp/go-retryablehttp's Client.Do (client.go) calls it
+ *   with its 0-based loop index `i` after attempt i+1 fails: retry k waits delay x 2^(k-1), or delay x (k-1), so a
+ *   linear first retry does not wait at all. Retry-After is honoured (the larger of it and the backoff, 429 and 503
+ *   only) only when the delivery sets retryAfterMax, the alpha `delivery-retryafter` feature (generateBackoffFn in
+ *   pkg/kncloudevents); no manifest here sets it, so the backoff alone decides.
+ * - 'eventing-kafka-broker': knative-extensions/eventing-kafka-broker's dispatcher (KafkaChannel subscriptions and
+ *   the Kafka Broker's Triggers). WebClientCloudEventSender.computeRetryPolicy (data-plane/dispatcher, impl/http) is
+ *   called with retryCounter + 1: retry k waits delay x 2^k, or delay x k.
+ */
+export type DataPlane = 'eventing' | 'eventing-kafka-broker';
+
+/** The wait before retry number `retry` (1-based) on a data plane, as its dispatcher computes it: no jitter. */
+export function backoffMs(spec: Pick<DeliverySpec, 'backoffPolicy' | 'backoffDelayMs'>, retry: number, plane: DataPlane = 'eventing'): number {
+  const n = plane === 'eventing' ? retry - 1 : retry;
+  return spec.backoffPolicy === 'linear' ? spec.backoffDelayMs * n : spec.backoffDelayMs * 2 ** n;
+}
+
+/** Every wait of a delivery spec, before retry 1, 2, ... `retry`, ms. */
+export function backoffScheduleMs(spec: Pick<DeliverySpec, 'retry' | 'backoffPolicy' | 'backoffDelayMs'>, plane: DataPlane = 'eventing'): number[] {
+  return Array.from({ length: spec.retry }, (_, i) => backoffMs(spec, i + 1, plane));
+}
+
+/**
+ * The longest one event may keep being redelivered to a Trigger's subscriber, from the first attempt to giving up:
+ * every attempt running to its timeout (none: 0) plus every wait between attempts.
+ */
+export function redeliveryWindowMs(spec: Pick<DeliverySpec, 'retry' | 'backoffPolicy' | 'backoffDelayMs'> & { timeoutMs?: number | undefined }, plane: DataPlane = 'eventing'): number {
+  return (spec.retry + 1) * (spec.timeoutMs ?? 0) + backoffScheduleMs(spec, plane).reduce((a, b) => a + b, 0);
+}
+
+/**
+ * Whether a subscriber's HTTP answer is retried: 404 (a pod still becoming ready), 408, 409, 429 and every 5xx, in
+ * both data planes (knative/eventing SelectiveRetry in pkg/kncloudevents/retries.go; eventing-kafka-broker
+ * WebClientCloudEventSender.isRetryableStatusCode, after the Knative eventing data-plane spec). Everything else that
+ * is not 2xx, 3xx included, is final.
+ */
+export function isRetryableStatus(status: number): boolean {
+  return status >= 500 || status === 404 || status === 408 || status === 409 || status === 429;
 }
 
 /** A manifest document, or an object within one. */

@@ -16,13 +16,14 @@ before(async () => {
   core = await testCore('single');
   env = cliEnv(coreEnv(core, 'single'));
   const now = Date.now();
-  // Claimed two minutes ago, GPU release requested, then re-issued a minute ago: stalled for about a minute.
-  const stalled = await openLongLived(core, 'sess-stalled', now - 120_000, placementOn('gpu-node-a'));
+  // Claimed six minutes ago, GPU release requested, then re-issued three minutes ago: stalled for about three
+  // minutes, past the default threshold (DESTROY_STALL_MS, 2 min).
+  const stalled = await openLongLived(core, 'sess-stalled', now - 360_000, placementOn('gpu-node-a'));
   assert.equal(stalled.code, 'OPENED');
   stalledInc = stalled.code === 'OPENED' ? stalled.incarnation : 0;
-  assert.equal((await core.store.claimDestroy({ sessionId: 'sess-stalled', fingerprint: fp('d'), cause: 'expired', now: now - 120_000 })).code, 'CLAIMED');
-  assert.equal((await core.store.advance('sess-stalled', stalledInc, 'gpu_release_requested', now - 90_000, { attempt: 1, token: drawReleaseToken() })).code, 'ADVANCED');
-  assert.equal((await core.store.advance('sess-stalled', stalledInc, 'gpu_release_requested', now - 60_000, { attempt: 2, token: drawReleaseToken() })).code, 'REISSUED');
+  assert.equal((await core.store.claimDestroy({ sessionId: 'sess-stalled', fingerprint: fp('d'), cause: 'expired', now: now - 360_000 })).code, 'CLAIMED');
+  assert.equal((await core.store.advance('sess-stalled', stalledInc, 'gpu_release_requested', now - 270_000, { attempt: 1, token: drawReleaseToken() })).code, 'ADVANCED');
+  assert.equal((await core.store.advance('sess-stalled', stalledInc, 'gpu_release_requested', now - 180_000, { attempt: 2, token: drawReleaseToken() })).code, 'REISSUED');
   // Claimed just now: in flight, not stuck.
   await openLongLived(core, 'sess-fresh', now, placementOn('gpu-node-b'));
   assert.equal((await core.store.claimDestroy({ sessionId: 'sess-fresh', fingerprint: fp('d'), cause: 'closed', now })).code, 'CLAIMED');
@@ -34,7 +35,7 @@ test('stuck --json lists only destroys without progress for longer than the defa
   const run = await sessionctl(['stuck', '--json'], env);
   assert.equal(run.code, 0, run.stderr);
   const out = jsonOf<{ olderThanMs: number; stuck: StuckRow[] }>(run);
-  assert.equal(out.olderThanMs, 30_000, 'DESTROY_STALL_MS by default');
+  assert.equal(out.olderThanMs, 120_000, 'DESTROY_STALL_MS by default');
   assert.equal(out.stuck.length, 1);
   const [row] = out.stuck;
   assert.equal(row?.sessionId, 'sess-stalled');
@@ -44,7 +45,7 @@ test('stuck --json lists only destroys without progress for longer than the defa
   assert.equal(row.stage, 'gpu_release_requested');
   assert.equal(row.node, 'gpu-node-a');
   assert.equal(row.releaseAttempt, 2);
-  assert.ok(row.stalledForMs >= 60_000 && row.stalledForMs < 600_000, `stalled for ${row.stalledForMs} ms`);
+  assert.ok(row.stalledForMs >= 180_000 && row.stalledForMs < 600_000, `stalled for ${row.stalledForMs} ms`);
 });
 
 test('stuck prints a table, and --older-than widens or narrows what counts as stuck', async () => {
@@ -52,7 +53,7 @@ test('stuck prints a table, and --older-than widens or narrows what counts as st
   assert.equal(all.code, 0, all.stderr);
   const lines = all.stdout.trimEnd().split('\n');
   assert.match(lines[0]!, /^SESSION\s+KIND\s+STATUS\s+INC\s+STAGE\s+CAUSE\s+ATTEMPT\s+NODE\s+NO PROGRESS FOR$/);
-  assert.match(lines[1]!, /^sess-stalled\s+destroy\s+stalled\s+\d+\s+gpu_release_requested\s+expired\s+2\s+gpu-node-a\s+1\.\d min$/);
+  assert.match(lines[1]!, /^sess-stalled\s+destroy\s+stalled\s+\d+\s+gpu_release_requested\s+expired\s+2\s+gpu-node-a\s+3\.\d min$/);
   assert.match(lines[2]!, /^sess-fresh\s+destroy\s+stalled\s+\d+\s+claimed\s+closed\s+-\s+gpu-node-b\s+\d/);
 
   const none = await sessionctl(['stuck', '--older-than', '1h'], env);

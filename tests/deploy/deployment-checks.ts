@@ -13,6 +13,7 @@ import { ActivityScoreSettingsSchema, readActivityScoreSettings } from '../../fu
 import { ConfigSchema, loadConfig, readSettings, type Config } from '../../functions/core/config.ts';
 import { EventType, OWN_SOURCE_PREFIX, WORKLOADS, catalogue, sourceOf, typesSentBy, type Sender, type Workload } from '../../functions/core/contract/events.ts';
 import { SENDER_ANNOTATION, admittingPolicy, senderPoliciesOf } from '../../functions/local-broker/event-policies.ts';
+import { redeliveryWindowMs, type DataPlane } from '../../functions/local-broker/triggers.ts';
 import { otlpTracesConfigured, samplerFromEnv } from '../../functions/core/telemetry.ts';
 import { DestroyDispatchSettingsSchema } from '../../functions/destroy-dispatch/definition.ts';
 import { defaultLeaseMs } from '../../functions/destroy-dispatch/storm-guard.ts';
@@ -187,6 +188,8 @@ export interface Delivery {
   backoffDelayMs: number;
   timeoutMs?: number;
   deadLetterSink?: Obj;
+  /** Set: Knative honours Retry-After up to this long (the alpha delivery-retryafter feature). */
+  retryAfterMax?: string;
 }
 
 function readDelivery(v: Json | undefined): Delivery | undefined {
@@ -198,14 +201,32 @@ function readDelivery(v: Json | undefined): Delivery | undefined {
     backoffDelayMs: typeof d.backoffDelay === 'string' ? parseIsoDuration(d.backoffDelay) : 0,
     ...(typeof d.timeout === 'string' ? { timeoutMs: parseIsoDuration(d.timeout) } : {}),
     ...(d.deadLetterSink !== undefined ? { deadLetterSink: obj(d.deadLetterSink) } : {}),
+    ...(typeof d.retryAfterMax === 'string' ? { retryAfterMax: d.retryAfterMax } : {}),
   };
 }
 
-/** The longest a Broker may keep redelivering one event: every attempt's timeout plus every backoff wait. */
-export function redeliveryWindowMs(d: Delivery): number {
-  let backoff = 0;
-  for (let n = 1; n <= d.retry; n++) backoff += d.backoffPolicy === 'exponential' ? d.backoffDelayMs * 2 ** n : d.backoffDelayMs * n;
-  return (d.retry + 1) * (d.timeoutMs ?? 0) + backoff;
+/** The class annotation that picks a Broker's implementation (knative/eventing, pkg/apis/eventing). */
+export const BROKER_CLASS_ANNOTATION = 'eventing.knative.dev/broker.class';
+
+/**
+ * Which dispatcher delivers a Trigger's events, from its rendered Broker: the Kafka Broker class and an
+ * MTChannelBasedBroker over a KafkaChannel are dispatched by eventing-kafka-broker's data plane, anything else (the
+ * in-memory channel) by knative/eventing's. They wait differently between retries (functions/local-broker/triggers.ts).
+ */
+export function dataPlaneOf(ms: readonly Manifest[], trigger: Manifest): DataPlane {
+  const broker = find(ms, 'Broker', 'eventing.knative.dev', str(at(trigger.doc, 'spec.broker')) ?? '', namespaceOf(trigger) || NAMESPACE);
+  if (!broker) return 'eventing';
+  if (obj(at(broker.doc, 'metadata.annotations'))[BROKER_CLASS_ANNOTATION] === 'Kafka') return 'eventing-kafka-broker';
+  const config = obj(at(broker.doc, 'spec.config'));
+  const cm = config.kind === 'ConfigMap' ? find(ms, 'ConfigMap', '', str(config.name) ?? '', str(config.namespace) ?? (namespaceOf(broker) || NAMESPACE)) : undefined;
+  const template = obj(parseYaml(str(obj(at(cm?.doc, 'data'))['channel-template-spec']) ?? '{}') as Json);
+  return template.kind === 'KafkaChannel' ? 'eventing-kafka-broker' : 'eventing';
+}
+
+/** How long a Trigger may keep redelivering one event, with its effective delivery and its Broker's data plane. */
+export function triggerWindowMs(ms: readonly Manifest[], trigger: Manifest): number {
+  const d = effectiveDelivery(ms, trigger);
+  return d ? redeliveryWindowMs(d, dataPlaneOf(ms, trigger)) : 0;
 }
 
 /** The delivery that applies to a Trigger: its own, else its Broker's. */
@@ -547,7 +568,15 @@ export function releaseBudgetMs(cfg: Pick<Config, 'RUNTIME_TIMEOUT_MS' | 'CORE_T
   return (release.RELEASE_RETRIES + 1) * cfg.RUNTIME_TIMEOUT_MS + release.RELEASE_RETRIES * release.RELEASE_MAX_BACKOFF_MS + CORE_CALLS_PER_DELIVERY * cfg.CORE_TIMEOUT_MS;
 }
 
-/** The timeout tiers: mesh routes carry the functions' own per-attempt timeouts, deliveries cover whole budgets. */
+function triggersOf(ms: readonly Manifest[], fn: FunctionName): Manifest[] {
+  return ofKind(ms, 'Trigger', 'eventing.knative.dev').filter((t) => str(at(t.doc, 'spec.subscriber.ref.name')) === fn && str(at(t.doc, 'spec.subscriber.ref.kind')) === 'Service');
+}
+
+/**
+ * The timeout tiers: mesh routes carry the functions' own per-attempt timeouts, deliveries cover whole budgets, and
+ * what waits on the Broker outlasts its redelivery windows as Knative really schedules them: the release slot lease
+ * and the stall watchdog the gpu-release Trigger's, the reconciler's grace session.opened's, tombstones every one.
+ */
 export function checkTimeouts(ms: readonly Manifest[]): string[] {
   const problems: string[] = [];
   const gpu = configOf(ms, 'gpu-release');
@@ -603,6 +632,12 @@ export function checkTimeouts(ms: readonly Manifest[]): string[] {
       if (dd.RELEASE_RETRIES !== release.RELEASE_RETRIES) problems.push(`destroy-dispatch counts RELEASE_RETRIES=${dd.RELEASE_RETRIES}, gpu-release makes ${release.RELEASE_RETRIES}`);
       const lease = dd.RELEASE_SLOT_LEASE_MS || defaultLeaseMs(dispatch.cfg.RUNTIME_TIMEOUT_MS, dd.RELEASE_RETRIES);
       if (lease < releaseBudget) problems.push(`destroy-dispatch's release slot lease (${lease} ms) ends inside gpu-release's budget of ${releaseBudget} ms`);
+      // The slot is held for the whole release, Broker redeliveries included: a lease that ends first frees the slot
+      // while the Broker still retries the release, and lets a further release onto the node.
+      for (const t of triggersOf(ms, 'gpu-release')) {
+        const window = triggerWindowMs(ms, t);
+        if (lease < window) problems.push(`destroy-dispatch's release slot lease (${lease} ms) ends inside ${describe(t)}'s redelivery window of ${window} ms`);
+      }
     } catch (err) {
       problems.push(`destroy-dispatch: ${(err as Error).message}`);
     }
@@ -620,9 +655,30 @@ export function checkTimeouts(ms: readonly Manifest[]): string[] {
     const svc = find(ms, 'Service', 'serving.knative.dev', fn);
     const revisionTimeout = at(svc?.doc, 'spec.template.spec.timeoutSeconds');
     if (typeof revisionTimeout !== 'number' || revisionTimeout * 1000 < d.timeoutMs) problems.push(`${fn}'s revision timeout (${show(revisionTimeout)} s) would cut ${describe(t)}'s ${d.timeoutMs} ms delivery`);
-    if (fn === 'gpu-release' && gpu.cfg.DESTROY_STALL_MS <= d.timeoutMs) problems.push(`DESTROY_STALL_MS (${gpu.cfg.DESTROY_STALL_MS}) would resume destroys whose release is still within ${describe(t)}'s delivery`);
-    const window = redeliveryWindowMs(d);
+    // The watchdog must not re-request a release the Broker is still redelivering (knative's real schedule).
+    const window = triggerWindowMs(ms, t);
+    if (fn === 'gpu-release' && gpu.cfg.DESTROY_STALL_MS <= window) problems.push(`DESTROY_STALL_MS (${gpu.cfg.DESTROY_STALL_MS}) would resume destroys whose release ${describe(t)} is still redelivering (window ${window} ms)`);
+  }
+  for (const t of ofKind(ms, 'Trigger', 'eventing.knative.dev')) {
+    const d = effectiveDelivery(ms, t);
+    // The windows assume no Retry-After stretches a wait (it is honoured only when retryAfterMax is set).
+    if (d?.retryAfterMax !== undefined) problems.push(`${describe(t)} honours Retry-After (retryAfterMax ${d.retryAfterMax}): its redelivery window is no longer the backoff schedule's`);
+    const window = triggerWindowMs(ms, t);
     if (gpu.cfg.TOMBSTONE_TTL_MS <= window) problems.push(`TOMBSTONE_TTL_MS (${gpu.cfg.TOMBSTONE_TTL_MS}) does not outlast ${describe(t)}'s redelivery window (${window} ms)`);
+  }
+  // The reconciler frees memory no session owns after RECONCILE_GRACE_MS: a session.opened still being redelivered
+  // must not find its memory released.
+  const engine = find(ms, 'Deployment', 'apps', 'deadline-engine');
+  if (engine) {
+    try {
+      const grace = readEngineSettings(environmentOf(ms, engine)).RECONCILE_GRACE_MS;
+      for (const t of ofKind(ms, 'Trigger', 'eventing.knative.dev').filter((x) => str(at(x.doc, 'spec.filter.attributes.type')) === EventType.SessionOpened)) {
+        const window = triggerWindowMs(ms, t);
+        if (grace <= window) problems.push(`RECONCILE_GRACE_MS (${grace}) ends inside ${describe(t)}'s redelivery window (${window} ms): a late session.opened would find its memory released`);
+      }
+    } catch (err) {
+      problems.push(`deadline-engine: ${(err as Error).message}`);
+    }
   }
   for (const w of redisClients(ms)) {
     const probeTimeout = at(firstContainer(w), 'readinessProbe.timeoutSeconds');

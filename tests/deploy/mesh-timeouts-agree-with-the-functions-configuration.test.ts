@@ -12,12 +12,15 @@ import {
   effectiveSamplingPercent,
   parseGoDuration,
   parseIsoDuration,
-  redeliveryWindowMs,
+  dataPlaneOf,
+  ofKind,
   releaseBudgetMs,
   renderOverlay,
   withChange,
+  triggerWindowMs,
   withEnv,
 } from './deployment-checks.ts';
+import { redeliveryWindowMs } from '../../functions/local-broker/triggers.ts';
 import type { Json, Manifest } from './manifest-schemas.ts';
 
 const prod = renderOverlay('prod');
@@ -46,10 +49,23 @@ void describe('mesh timeouts agree with the functions’ configuration', () => {
     assert.throws(() => parseIsoDuration('30s'));
   });
 
-  void it('computes the redelivery window of an exponential backoff', () => {
-    // 3 retries from 100 ms: waits of 200, 400 and 800 ms, plus 4 attempts of 1 s.
-    assert.equal(redeliveryWindowMs({ retry: 3, backoffPolicy: 'exponential', backoffDelayMs: 100, timeoutMs: 1000 }), 5400);
-    assert.equal(redeliveryWindowMs({ retry: 2, backoffPolicy: 'linear', backoffDelayMs: 100, timeoutMs: 1000 }), 3300);
+  void it('computes the redelivery window with Knative’s schedule, the same code the local Broker waits by', () => {
+    // knative/eventing: 3 retries from 100 ms wait 100, 200 and 400 ms (delay x 2^(k-1)), plus 4 attempts of 1 s;
+    // linear waits 0 and 100 ms (delay x (k-1)). eventing-kafka-broker waits 200, 400, 800 (delay x 2^k).
+    assert.equal(redeliveryWindowMs({ retry: 3, backoffPolicy: 'exponential', backoffDelayMs: 100, timeoutMs: 1000 }, 'eventing'), 4700);
+    assert.equal(redeliveryWindowMs({ retry: 2, backoffPolicy: 'linear', backoffDelayMs: 100, timeoutMs: 1000 }, 'eventing'), 3100);
+    assert.equal(redeliveryWindowMs({ retry: 3, backoffPolicy: 'exponential', backoffDelayMs: 100, timeoutMs: 1000 }, 'eventing-kafka-broker'), 5400);
+  });
+
+  void it('knows which dispatcher delivers each overlay’s Triggers, and the gpu-release window it gives', () => {
+    const dev = renderOverlay('dev');
+    const devRelease = ofKind(dev, 'Trigger', 'eventing.knative.dev').find((t) => t.doc.metadata !== undefined && (t.doc.metadata as { name?: string }).name === 'gpu-release-gpu-release-requested')!;
+    const prodRelease = ofKind(prod, 'Trigger', 'eventing.knative.dev').find((t) => (t.doc.metadata as { name?: string }).name === 'gpu-release-gpu-release-requested')!;
+    assert.equal(dataPlaneOf(dev, devRelease), 'eventing');
+    assert.equal(dataPlaneOf(prod, prodRelease), 'eventing-kafka-broker');
+    // 3 attempts of 30 s, then waits of 1 + 2 s (dev) or 2 + 4 s (prod).
+    assert.equal(triggerWindowMs(dev, devRelease), 93_000);
+    assert.equal(triggerWindowMs(prod, prodRelease), 96_000);
   });
 
   // The checks must be able to fail.
@@ -112,6 +128,31 @@ void describe('mesh timeouts agree with the functions’ configuration', () => {
   void it('notices a revision timeout that would cut a delivery', () => {
     const ms = mutated('Service', 'destroy-dispatch', '/spec/template/spec/timeoutSeconds', 5);
     assert.match(checkTimeouts(ms).join('\n'), /destroy-dispatch's revision timeout \(5 s\) would cut/);
+  });
+
+  void it('notices a release slot lease that ends inside the gpu-release Trigger’s redelivery window', () => {
+    // 60 s outlasts one delivery's budget (29 s) but not the Broker's two redeliveries.
+    const ms = withEnv(prod, 'Service', 'destroy-dispatch', 'RELEASE_SLOT_LEASE_MS', '60000');
+    assert.match(checkTimeouts(ms).join('\n'), /release slot lease \(60000 ms\) ends inside Trigger\/gpu-release-gpu-release-requested's redelivery window of 96000 ms/);
+  });
+
+  void it('notices a stall watchdog that would re-request a release the Broker is still redelivering', () => {
+    // 45 s outlasts one delivery (30 s) but not the redelivery window: the old setting.
+    const ms = mutated('ConfigMap', 'session-reaper-config', '/data/DESTROY_STALL_MS', '45000');
+    assert.match(checkTimeouts(ms).join('\n'), /DESTROY_STALL_MS \(45000\) would resume destroys whose release Trigger\/gpu-release-gpu-release-requested is still redelivering \(window 96000 ms\)/);
+    // More Broker retries stretch the window past the watchdog too.
+    const retried = mutated('Trigger', 'gpu-release-gpu-release-requested', '/spec/delivery/retry', 3);
+    assert.match(checkTimeouts(retried).join('\n'), /DESTROY_STALL_MS \(120000\) would resume destroys .* \(window 134000 ms\)/);
+  });
+
+  void it('notices a reconciler grace shorter than a late session.opened', () => {
+    const ms = withEnv(prod, 'Deployment', 'deadline-engine', 'RECONCILE_GRACE_MS', '100000');
+    assert.match(checkTimeouts(ms).join('\n'), /RECONCILE_GRACE_MS \(100000\) ends inside Trigger\/heartbeat-timeout-session-opened's redelivery window \(120400 ms\)/);
+  });
+
+  void it('notices a delivery that honours Retry-After, which the windows do not count', () => {
+    const ms = mutated('Trigger', 'gpu-release-gpu-release-requested', '/spec/delivery/retryAfterMax', 'PT60S');
+    assert.match(checkTimeouts(ms).join('\n'), /gpu-release-gpu-release-requested honours Retry-After/);
   });
 
   void it('notices tombstones that expire before redelivery ends', () => {
