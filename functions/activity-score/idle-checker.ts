@@ -28,6 +28,8 @@ export interface IdleCheckerOptions {
   load?: LoadMonitor;
   /** Most checks claimed from one bucket at a time. Default 128. */
   batchSize?: number;
+  /** Called each time a pass completes, succeeded or failed: the liveness probe's evidence (RoundWatch). */
+  onRound?: () => void;
 }
 
 /** What one pass did. */
@@ -56,12 +58,14 @@ export class IdleChecker {
   readonly #settings: ActivityScoreSettings;
   readonly #batchSize: number;
   readonly #ownsLoad: boolean;
+  readonly #onRound: () => void;
   #running: { stop: AbortController; done: Promise<void> } | undefined;
 
   constructor(deps: IdleCheckerDeps, opts: IdleCheckerOptions) {
     this.#deps = deps;
     this.#settings = opts.settings;
     this.#batchSize = opts.batchSize ?? 128;
+    this.#onRound = opts.onRound ?? (() => undefined);
     this.index = new IdleIndex(deps.redis, deps.config.REDIS_KEY_PREFIX, deps.config.INDEX_BUCKETS);
     this.#ownsLoad = opts.load === undefined;
     this.load =
@@ -151,6 +155,7 @@ export class IdleChecker {
         } catch (err) {
           this.#deps.logger.warn({ err: (err as Error).message }, 'idle check pass failed; trying again');
         }
+        this.#onRound();
         try {
           await sleep(waitMs, undefined, { signal: stop.signal });
         } catch {

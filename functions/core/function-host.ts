@@ -10,12 +10,13 @@ import { isBatchRequest, parseInbound, parseInboundBatch, type InboundEvent } fr
 import { createEmitter, EventRejectedError, type Emitter } from './emit.ts';
 import { BackpressureError, ContractError, OwnershipError, TransientError } from './errors.ts';
 import { OutboundAddressPolicy } from './outbound-address.ts';
+import { isDeep } from './process-lifecycle.ts';
 import { RuntimeRegistry } from './runtime-registry.ts';
 import { SinkToken } from './sink-token.ts';
 import { createLogger, withLogContext, type Logger } from './log.ts';
 import { KeySpace } from './redis/keys.ts';
 import { connectRedis, createRedisClient, type RedisClient } from './redis/connect.ts';
-import { ScriptLoadError, Scripts } from './redis/scripts.ts';
+import { loadScriptSources, ScriptLoadError, Scripts } from './redis/scripts.ts';
 import { RedisClock } from './redis/redis-clock.ts';
 import { SessionStore, UnexpectedReplyError } from './session-store.ts';
 import { ATTR_SESSION_ID, initTelemetry, withEventSpan, type Telemetry } from './telemetry.ts';
@@ -48,7 +49,11 @@ export interface Core {
   readonly emitter: Emitter;
   /** Connects Redis and loads the scripts (memoised; retried after a failure). */
   ready(): Promise<void>;
-  /** Whether Redis answers now. */
+  /**
+   * Whether Redis answers now: the deep check a human asks for (`/healthz?deep=1`), never the readiness probe. A
+   * probe that pings Redis turns every pod of every function unready together during a Redis blip, and Knative then
+   * routes through its activator; a Redis fault is answered per event instead (503, redelivered: statusOf).
+   */
   healthy(): Promise<boolean>;
   close(): Promise<void>;
 }
@@ -68,6 +73,9 @@ export function createCore(opts: CoreOptions): Core {
   const config = loadConfig(env);
   const logger = createLogger({ service: opts.name, level: config.LOG_LEVEL });
   const telemetry = initTelemetry({ serviceName: opts.name, env, logger, ...(opts.exporter ? { exporter: opts.exporter } : {}) });
+  // Read and checked now, not on the first event: a process whose scripts are missing or malformed fails at start
+  // instead of passing its readiness probe and answering every event 500.
+  const scriptSources = loadScriptSources();
   const redis = createRedisClient(config);
   redis.on('error', (err: Error) => logger.warn({ err }, 'redis connection error'));
   const keys = new KeySpace(config.REDIS_KEY_PREFIX, config.INDEX_BUCKETS);
@@ -92,7 +100,7 @@ export function createCore(opts: CoreOptions): Core {
         await clock.sync();
         clock.start((err: unknown) => logger.warn({ err }, 'could not re-anchor the clock to Redis TIME; keeping the last anchor'));
       }
-      store = new SessionStore(redis, keys, await Scripts.register(redis), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS });
+      store = new SessionStore(redis, keys, await Scripts.register(redis, scriptSources), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS });
     })().catch((err: unknown) => {
       readying = undefined;
       if (err instanceof ScriptLoadError) throw err;
@@ -138,6 +146,8 @@ export interface HostRequest {
   headers: Record<string, string | string[] | undefined>;
   body: unknown;
   rawBody?: Buffer;
+  /** The parsed query string (Express's `req.query`): `deep=1` on the health endpoint. */
+  query?: Record<string, unknown>;
   /** The body as the functions' server decoded it (functions/framework/serve.ts). */
   decodedBody?: { value: object | undefined };
 }
@@ -200,8 +210,14 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
 
   async function handler(req: HostRequest, res: HostResponse): Promise<void> {
     if (req.method === 'GET' && (req.path === '/healthz' || req.path === '/readyz')) {
+      // Readiness: this process serves (its config and scripts were valid at start, or it would have exited).
+      // Whether Redis answers right now is asked only with ?deep=1 (see Core.healthy).
+      if (!isDeep(req.query?.deep)) {
+        res.status(200).json({ status: 'ok', function: def.name });
+        return;
+      }
       const ok = await core.healthy();
-      res.status(ok ? 200 : 503).json({ status: ok ? 'ok' : 'unavailable', function: def.name });
+      res.status(ok ? 200 : 503).json({ status: ok ? 'ok' : 'unavailable', function: def.name, redis: ok ? 'ok' : 'unreachable' });
       return;
     }
     if (req.method !== 'POST') {

@@ -90,7 +90,9 @@ describe('gpu-release answers the Broker over HTTP', () => {
       const res = await postEvent(down.url, 'binary', { type: EventType.GpuReleaseRequested, source: OURS, id: 'nr/1', data: request('http-no-redis', 1, drawReleaseToken()) });
       assert.equal(res.status, 503);
       assert.deepEqual(res.body, { error: 'UNAVAILABLE', reason: 'a dependency is unavailable; retry later' }, 'nothing of the fault itself is answered');
-      assert.equal((await fetch(`${down.url}healthz`)).status, 503);
+      // Readiness stays: the pod still serves (every event answered 503); only the deep check reports Redis.
+      assert.equal((await fetch(`${down.url}healthz`)).status, 200);
+      assert.equal((await fetch(`${down.url}healthz?deep=1`)).status, 503);
     } finally {
       await down.stop();
     }

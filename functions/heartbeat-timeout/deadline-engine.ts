@@ -53,6 +53,8 @@ export interface DeadlineEngineOptions {
   maxInFlightEmits?: number;
   /** Longest wait between retries while Redis is unreachable, ms. Default 2000. */
   maxBackoffMs?: number;
+  /** Called each time a poll round completes, succeeded or failed: the liveness probe's evidence (RoundWatch). */
+  onRound?: () => void;
 }
 
 /** What one pass did (runOnce's answer, also logged). */
@@ -88,6 +90,7 @@ export class DeadlineEngine {
   readonly #batch: number;
   readonly #maxInFlight: number;
   readonly #maxBackoffMs: number;
+  readonly #onRound: () => void;
   readonly #log: Logger;
   /** Cached earliest deadline per bucket (null: empty or unknown); a lower bound of the true head, see the file comment. */
   readonly #heads: (number | null)[];
@@ -119,6 +122,7 @@ export class DeadlineEngine {
     this.#batch = opts.batchSize ?? DEFAULT_BATCH;
     this.#maxInFlight = opts.maxInFlightEmits ?? DEFAULT_MAX_IN_FLIGHT;
     this.#maxBackoffMs = opts.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS;
+    this.#onRound = opts.onRound ?? (() => undefined);
     this.#log = opts.deps.logger.child({ component: 'deadline-engine' });
     this.#heads = new Array<number | null>(opts.deps.config.INDEX_BUCKETS).fill(null);
     this.#holding = new Array<number | null>(opts.deps.config.INDEX_BUCKETS).fill(null);
@@ -195,6 +199,7 @@ export class DeadlineEngine {
         failed = true;
         this.#failed(err, now);
       }
+      this.#onRound();
       if (!this.#started) return;
       const poll = this.#deps.config.DEADLINE_POLL_MS;
       // Exponential back-off with full jitter, so replicas do not hammer a recovering Redis in step.

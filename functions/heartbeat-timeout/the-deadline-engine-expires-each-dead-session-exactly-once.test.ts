@@ -168,6 +168,10 @@ for (const topology of TOPOLOGIES) {
       const proc = await startDeadlineEngine({ ...testRedisEnv(topology), REDIS_KEY_PREFIX: core.prefix, INDEX_BUCKETS: String(BUCKETS), K_SINK: sink.url, LOG_LEVEL: 'warn' });
       try {
         assert.equal((await fetch(`${proc.url}healthz`)).status, 200);
+        assert.equal((await fetch(`${proc.url}healthz?deep=1`)).status, 200);
+        // Live: its poll loop completes rounds (the liveness probe of knative/base/deadline-engine.yaml).
+        const live = (await (await fetch(`${proc.url}livez`)).json()) as { status: string; rounds: number };
+        assert.equal(live.status, 'ok');
         await open('proc-1', 200);
         await sink.waitForEvent((e) => e.event.subject === 'proc-1' && e.event.type === EventType.SessionExpired, WAIT);
       } finally {

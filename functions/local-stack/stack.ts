@@ -465,7 +465,9 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
       ...baseEnv(), REDIS_URL: redisUrl, REDIS_PASSWORD: redisPassword, REDIS_KEY_PREFIX: keyPrefix, K_SINK: brokerUrl, LOG_LEVEL: logLevel,
       LISTEN_HOST: host, RUNTIMES: JSON.stringify(runtimes), OUTBOUND_ALLOWED_CIDRS: allowedCidrs.join(','), ...opts.env,
     };
-    const healthUrl = (name: ProcessName) => (name === 'sim-gpu-runtime' ? `${runtimeUrl}/v1/memory` : `${local(ports[name])}/healthz`);
+    // The deep check: each part's readiness says only that it serves, but the stack is usable (and `npm start` says
+    // so) only once every part also reaches Redis with its scripts loaded. A restarted part is waited on the same way.
+    const healthUrl = (name: ProcessName) => (name === 'sim-gpu-runtime' ? `${runtimeUrl}/v1/memory` : `${local(ports[name])}/healthz?deep=1`);
     launch('sim-gpu-runtime', [RUNTIME_ENTRY], {
       ...baseEnv(),
       PORT: String(ports['sim-gpu-runtime']),

@@ -724,22 +724,32 @@ export interface GpuPool {
   taints: { key: string; value: string; effect: string }[];
 }
 
-/** gpu-release selects the GPU pool's labels and tolerates every taint its nodes carry. */
+/**
+ * gpu-release stays off the GPU node pool: it calls the runtimes through their Service, so a GPU node buys it no
+ * latency, and a pod there would keep GPU nodes up and turn its own scale-ups into GPU scale-ups. So it neither
+ * selects a label only the GPU pool's nodes carry (nodeSelector or required node affinity) nor tolerates a taint
+ * they carry (Kubernetes: a toleration matches a taint by key, effect when given, and value unless the operator is
+ * Exists; an empty key with Exists matches every taint).
+ */
 export function checkGpuScheduling(ms: readonly Manifest[], pool: GpuPool): string[] {
   const svc = find(ms, 'Service', 'serving.knative.dev', 'gpu-release');
   if (!svc) return ['gpu-release is not deployed'];
   const problems: string[] = [];
-  const selector = obj(at(svc.doc, 'spec.template.spec.nodeSelector'));
-  if (Object.keys(selector).length === 0) problems.push('gpu-release does not select the GPU node pool');
-  for (const [k, v] of Object.entries(selector)) if (pool.labels[k] !== v) problems.push(`gpu-release selects ${k}=${show(v)}, which the GPU pool's nodes do not carry`);
-  const tolerations = arr(at(svc.doc, 'spec.template.spec.tolerations')).map(obj);
+  const spec = obj(at(svc.doc, 'spec.template.spec'));
+  for (const [k, v] of Object.entries(obj(spec.nodeSelector))) if (pool.labels[k] === v) problems.push(`gpu-release selects ${k}=${show(v)}, which only the GPU pool's nodes carry`);
+  const terms = arr(at(spec, 'affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms')).map(obj);
+  for (const e of terms.flatMap((t) => arr(t.matchExpressions).map(obj))) {
+    const key = str(e.key) ?? '';
+    if (key in pool.labels && (e.operator === 'Exists' || (e.operator === 'In' && arr(e.values).includes(pool.labels[key] ?? '')))) problems.push(`gpu-release requires nodes with ${key}, which only the GPU pool's nodes carry`);
+  }
+  const tolerations = arr(spec.tolerations).map(obj);
   const effects: Record<string, string> = { NO_SCHEDULE: 'NoSchedule', PREFER_NO_SCHEDULE: 'PreferNoSchedule', NO_EXECUTE: 'NoExecute' };
   for (const taint of pool.taints) {
     const effect = effects[taint.effect] ?? taint.effect;
     const tolerated = tolerations.some(
-      (t) => t.key === taint.key && (t.effect === undefined || t.effect === effect) && (t.operator === 'Exists' || ((t.operator ?? 'Equal') === 'Equal' && t.value === taint.value)),
+      (t) => (t.key === undefined || t.key === '' ? t.operator === 'Exists' : t.key === taint.key) && (t.effect === undefined || t.effect === '' || t.effect === effect) && (t.operator === 'Exists' || ((t.operator ?? 'Equal') === 'Equal' && t.value === taint.value)),
     );
-    if (!tolerated) problems.push(`gpu-release does not tolerate the GPU pool's taint ${taint.key}=${taint.value}:${effect}`);
+    if (tolerated) problems.push(`gpu-release tolerates the GPU pool's taint ${taint.key}=${taint.value}:${effect}`);
   }
   return problems;
 }

@@ -80,9 +80,18 @@ void describe('functions, triggers, policies and images line up', () => {
     assert.deepEqual(skaffoldPlan(applySkaffoldProfile(skaffold, undefined)).kustomizePaths, []);
   });
 
-  for (const o of ['prod', 'prod-memorystore'] as const) {
-    void it(`${o}: gpu-release selects and tolerates the Terraform GPU node pool`, () => assert.deepEqual(checkGpuScheduling(overlay(o), gpuPool), []));
+  for (const o of OVERLAYS) {
+    void it(`${o}: gpu-release stays off the Terraform GPU node pool`, () => assert.deepEqual(checkGpuScheduling(overlay(o), gpuPool), []));
   }
+
+  void it('notices gpu-release pinned to, or tolerating, the GPU node pool', () => {
+    const pinned = withChange(overlay('prod'), 'Service', 'gpu-release', '/spec/template/spec/nodeSelector', { 'sessionreaper.dev/node-pool': 'gpu' });
+    assert.match(checkGpuScheduling(pinned, gpuPool).join('\n'), /gpu-release selects sessionreaper\.dev\/node-pool=gpu, which only the GPU pool's nodes carry/);
+    const tolerant = withChange(overlay('prod'), 'Service', 'gpu-release', '/spec/template/spec/tolerations', [{ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' }]);
+    assert.match(checkGpuScheduling(tolerant, gpuPool).join('\n'), /gpu-release tolerates the GPU pool's taint nvidia\.com\/gpu=/);
+    const everything = withChange(overlay('prod'), 'Service', 'gpu-release', '/spec/template/spec/tolerations', [{ operator: 'Exists' }]);
+    assert.match(checkGpuScheduling(everything, gpuPool).join('\n'), /gpu-release tolerates the GPU pool's taint/);
+  });
 
   void it('the install notes name the Knative, Istio and Gateway API versions the schemas come from', () => {
     const sources = readFileSync(path.join(upstreamSchemasDir(REPO_ROOT), 'SOURCES.md'), 'utf8');
@@ -232,10 +241,6 @@ void describe('functions, triggers, policies and images line up', () => {
     assert.match(problems, /run image activity-scorer, which skaffold does not build/);
   });
 
-  void it('notices gpu-release missing a toleration for the GPU pool', () => {
-    const ms = withChange(overlay('prod'), 'Service', 'gpu-release', '/spec/template/spec/tolerations', [{ key: 'sessionreaper.dev/node-pool', operator: 'Equal', value: 'gpu', effect: 'NoSchedule' }]);
-    assert.match(checkGpuScheduling(ms, gpuPool).join('\n'), /does not tolerate the GPU pool's taint nvidia\.com\/gpu/);
-  });
 });
 
 // Who may send what to the Broker, as the rendered EventPolicies decide it (Knative Eventing's sender authorization:

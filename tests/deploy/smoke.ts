@@ -3,9 +3,17 @@
 // delivers back to this process. It passes only if the whole path works: Broker, Triggers, heartbeat-timeout,
 // destroy-dispatch, gpu-release, Redis and the runtime. Only fetch and the cloudevents SDK.
 //
-// Environment: BROKER_URL (the Broker ingress; K_SINK when unset), RUNTIME_URL (the runtime the session claims
-// to run on), PORT (where session.destroyed arrives, default 8080), SMOKE_TIMEOUT_MS (default 60000), SMOKE_TOKEN_FILE
-// (its ServiceAccount's token for the Broker, which the dev overlay's EventPolicy admits as the pipeline).
+// Environment (SMOKE_VARIABLES): BROKER_URL (the Broker ingress; K_SINK when unset), RUNTIME_URL (the runtime the
+// session claims to run on), PORT (where session.destroyed arrives, default 8080), SMOKE_TIMEOUT_MS (default 60000),
+// and its identity for the Broker, which the dev overlay's EventPolicy admits as the pipeline: SMOKE_TOKEN_AUDIENCE
+// and SMOKE_SERVICE_ACCOUNT (a token requested from the API server with the pod's own ServiceAccount credentials),
+// or SMOKE_TOKEN_FILE (a token file, where something mounts one).
+//
+// Why a token request and not a projected token volume: skaffold verify replaces the Job's container with the
+// verify container of skaffold.yaml (name, image, command, args and env only; GoogleContainerTools/skaffold v2,
+// pkg/skaffold/verify/k8sjob/verify.go, createJobFromManifestPath), so a volumeMount declared in the Job manifest
+// never reaches the container that runs. The ServiceAccount admission plugin mounts the pod's own credentials into
+// every container when the pod is created, after skaffold's replacement.
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage } from 'node:http';
@@ -14,14 +22,26 @@ import { CloudEvent, HTTP } from 'cloudevents';
 const TYPE_PREFIX = 'dev.sessionreaper.';
 const SOURCE = '//session-reaper/smoke-test';
 
+/** The variables the smoke test reads: those the container skaffold runs must set, and those it may. */
+export const SMOKE_VARIABLES = {
+  required: ['BROKER_URL', 'RUNTIME_URL', 'PORT', 'SMOKE_TIMEOUT_MS', 'SMOKE_TOKEN_AUDIENCE', 'SMOKE_SERVICE_ACCOUNT'],
+  optional: ['K_SINK', 'SMOKE_TOKEN_FILE'],
+} as const;
+
+/** Where the kubelet mounts a pod's own ServiceAccount credentials (automountServiceAccountToken). */
+export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
+
+/** Where the smoke test's sender token comes from. */
+export type TokenSource = { file: string } | { audience: string; serviceAccount: string };
+
 /** What a smoke run needs from its environment. */
 export interface SmokeSettings {
   brokerUrl: string;
   runtimeUrl: string;
   port: number;
   timeoutMs: number;
-  /** The file holding the sender token, when the Broker checks senders. */
-  tokenFile: string | undefined;
+  /** Where the sender token comes from, when the Broker checks senders. */
+  token: TokenSource | undefined;
 }
 
 /** Reads the smoke test's settings, failing with the variable's name when one is missing or malformed. */
@@ -33,16 +53,44 @@ export function readSmokeSettings(env: NodeJS.ProcessEnv): SmokeSettings {
   const timeoutMs = Number(env.SMOKE_TIMEOUT_MS ?? '60000');
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PORT=${env.PORT} is not a port`);
   if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new Error(`SMOKE_TIMEOUT_MS=${env.SMOKE_TIMEOUT_MS} is not a positive integer`);
-  return { brokerUrl, runtimeUrl, port, timeoutMs, tokenFile: env.SMOKE_TOKEN_FILE || undefined };
+  const audience = env.SMOKE_TOKEN_AUDIENCE || undefined;
+  const serviceAccount = env.SMOKE_SERVICE_ACCOUNT || undefined;
+  if ((audience === undefined) !== (serviceAccount === undefined)) throw new Error('SMOKE_TOKEN_AUDIENCE and SMOKE_SERVICE_ACCOUNT are set together');
+  const token: TokenSource | undefined = env.SMOKE_TOKEN_FILE ? { file: env.SMOKE_TOKEN_FILE } : audience && serviceAccount ? { audience, serviceAccount } : undefined;
+  return { brokerUrl, runtimeUrl, port, timeoutMs, token };
+}
+
+/**
+ * A token of `serviceAccount` for `audience`, from the API server's TokenRequest API, authenticated by the pod's own
+ * ServiceAccount credentials in `dir` (the API server's CA reaches fetch through NODE_EXTRA_CA_CERTS).
+ */
+export async function requestToken(audience: string, serviceAccount: string, dir = SERVICE_ACCOUNT_DIR, apiServer = 'https://kubernetes.default.svc'): Promise<string> {
+  const namespace = readFileSync(`${dir}/namespace`, 'utf8').trim();
+  const bearer = readFileSync(`${dir}/token`, 'utf8').trim();
+  const res = await fetch(`${apiServer}/api/v1/namespaces/${namespace}/serviceaccounts/${serviceAccount}/token`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ apiVersion: 'authentication.k8s.io/v1', kind: 'TokenRequest', spec: { audiences: [audience], expirationSeconds: 600 } }),
+  });
+  if (!res.ok) throw new Error(`the API server answered ${res.status} to the token request for ${serviceAccount}: ${await res.text()}`);
+  const token = ((await res.json()) as { status?: { token?: string } }).status?.token;
+  if (!token) throw new Error(`the API server issued no token for ${serviceAccount}`);
+  return token;
+}
+
+/** The sender token of a run: read from its file, or requested once (it outlives the run's timeout). */
+export async function tokenOf(source: TokenSource | undefined): Promise<string | undefined> {
+  if (source === undefined) return undefined;
+  if ('file' in source) return readFileSync(source.file, 'utf8').trim();
+  return requestToken(source.audience, source.serviceAccount);
 }
 
 /** Sends one event to the Broker in binary mode; a non-2xx answer is an error. */
-export async function sendEvent(brokerUrl: string, type: string, data: Record<string, unknown>, subject: string, tokenFile?: string): Promise<void> {
+export async function sendEvent(brokerUrl: string, type: string, data: Record<string, unknown>, subject: string, token?: string): Promise<void> {
   const event = new CloudEvent({ type: `${TYPE_PREFIX}${type}`, source: SOURCE, subject, datacontenttype: 'application/json', data });
   const message = HTTP.binary(event);
   const headers = { ...(message.headers as Record<string, string>) };
-  // Read at each send: the kubelet rotates the projected token.
-  if (tokenFile !== undefined) headers.authorization = `Bearer ${readFileSync(tokenFile, 'utf8').trim()}`;
+  if (token !== undefined) headers.authorization = `Bearer ${token}`;
   const response = await fetch(brokerUrl, { method: 'POST', headers, body: message.body as string });
   if (!response.ok) throw new Error(`Broker answered ${response.status} to ${event.type}: ${await response.text()}`);
 }
@@ -84,10 +132,11 @@ export async function runSmoke(settings: SmokeSettings, log: (line: Record<strin
     setTimeout(() => reject(new Error(`no session.destroyed for ${sessionId} within ${settings.timeoutMs} ms`)), settings.timeoutMs).unref();
   });
   try {
+    const token = await tokenOf(settings.token);
     log({ msg: 'opening session', sessionId });
-    await sendEvent(settings.brokerUrl, 'session.opened', { sessionId, placement: { node: 'smoke-test', runtimeUrl: settings.runtimeUrl }, heartbeatIntervalMs: 60_000 }, sessionId, settings.tokenFile);
+    await sendEvent(settings.brokerUrl, 'session.opened', { sessionId, placement: { node: 'smoke-test', runtimeUrl: settings.runtimeUrl }, heartbeatIntervalMs: 60_000 }, sessionId, token);
     log({ msg: 'closing session', sessionId });
-    await sendEvent(settings.brokerUrl, 'session.closed', { sessionId, reason: 'smoke test' }, sessionId, settings.tokenFile);
+    await sendEvent(settings.brokerUrl, 'session.closed', { sessionId, reason: 'smoke test' }, sessionId, token);
     return await Promise.race([destroyed, timer]);
   } finally {
     server.close();

@@ -23,7 +23,7 @@ interface Mutation {
 const MUTATIONS: Mutation[] = [
   { what: 'an unknown field in a Knative pod spec', kind: 'Service', name: 'gpu-release', path: '/spec/template/spec/priorityClass', value: 'x' },
   { what: 'a wrong type for containerConcurrency', kind: 'Service', name: 'destroy-dispatch', path: '/spec/template/spec/containerConcurrency', value: '16' },
-  { what: 'a typo in a toleration (open in the CRD)', kind: 'Service', name: 'gpu-release', path: '/spec/template/spec/tolerations/0/operater', value: 'Exists' },
+  { what: 'a typo in a toleration (open in the CRD)', kind: 'Service', name: 'gpu-release', path: '/spec/template/spec/tolerations', value: [{ key: 'example.com/dedicated', operater: 'Exists' }] },
   { what: 'a non-string annotation', kind: 'Service', name: 'heartbeat-timeout', path: '/spec/template/metadata/annotations/autoscaling.knative.dev~1min-scale', value: 2 },
   { what: 'a typo in the probe', kind: 'Service', name: 'activity-score', path: '/spec/template/spec/containers/0/readinessProbe/httpGet/paths', value: '/' },
   { what: 'an unknown metadata field', kind: 'Trigger', name: 'gpu-release-gpu-release-requested', path: '/metadata/label', value: {} },
@@ -66,7 +66,8 @@ void describe('the validator rejects unknown fields and wrong types', () => {
       assert.ok(copy);
       const issues = registry.validate(copy);
       assert.ok(
-        issues.some((i) => i.path === m.path),
+        // At the changed value or inside it (a mutation may add a whole subtree, e.g. a toleration list).
+        issues.some((i) => i.path === m.path || i.path.startsWith(`${m.path}/`)),
         `expected a finding at ${m.path}, got:\n${formatIssues(issues)}`,
       );
     });

@@ -1,5 +1,5 @@
-# The GKE node pool the GPU inference runtimes (and gpu-release, next to them) run on. Its label and taint are
-# the ones gpu-release's nodeSelector and tolerations name; they are defined once, in scheduling.tf.json.
+# The GKE node pool the GPU inference runtimes run on. Its label and taint are defined once, in scheduling.tf.json;
+# session-reaper's gpu-release deliberately runs elsewhere (tests/deploy checks it neither selects nor tolerates them).
 
 provider "google" {
   project = var.project_id
@@ -10,6 +10,11 @@ resource "google_container_node_pool" "gpu" {
   project  = var.project_id
   location = var.location
   cluster  = var.cluster_name
+  # The zones the pool's nodes are in, named explicitly: unset, the pool inherits the cluster's zones, which for a
+  # zonal cluster is one zone, and a zone's loss takes every runtime with it. The provider's node_locations
+  # (hashicorp/terraform-provider-google, google_container_node_pool; GKE API NodePool.locations); note that unsetting
+  # it later does not return the pool to the cluster's zones.
+  node_locations = var.node_locations
 
   autoscaling {
     min_node_count = var.min_nodes
@@ -21,7 +26,7 @@ resource "google_container_node_pool" "gpu" {
     auto_upgrade = true
   }
 
-  # Replace GPU nodes one at a time: each holds sessions whose GPU memory gpu-release must free.
+  # Replace GPU nodes one at a time: each holds sessions whose GPU memory must be freed before it goes.
   upgrade_settings {
     max_surge       = 1
     max_unavailable = 0
@@ -42,7 +47,7 @@ resource "google_container_node_pool" "gpu" {
 
     labels = local.gpu_node_labels
 
-    # Keeps everything but the runtimes and gpu-release off the GPU nodes. GKE adds nvidia.com/gpu itself.
+    # Keeps everything but the runtimes off the GPU nodes. GKE adds nvidia.com/gpu itself.
     dynamic "taint" {
       for_each = local.gpu_node_taints
       content {

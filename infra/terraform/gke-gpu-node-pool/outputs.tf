@@ -4,6 +4,6 @@ output "node_pool_name" {
 }
 
 output "node_labels" {
-  description = "Labels every GPU node carries (gpu-release's nodeSelector)."
+  description = "Labels every GPU node carries (what the GPU runtimes select; gpu-release must not)."
   value       = local.gpu_node_labels
 }

@@ -38,12 +38,21 @@ variable "accelerator_count" {
 }
 
 variable "min_nodes" {
-  description = "Fewest nodes per zone the autoscaler keeps: at least 1, because gpu-release keeps a warm pod there."
+  description = "Fewest nodes per zone the autoscaler keeps. 0 lets the pool scale to zero when no runtime needs a GPU; gpu-release does not run here."
   type        = number
   default     = 1
   validation {
-    condition     = var.min_nodes >= 1
-    error_message = "gpu-release runs on this pool with min-scale 1, so the pool cannot scale to zero."
+    condition     = var.min_nodes >= 0
+    error_message = "min_nodes cannot be negative."
+  }
+}
+
+variable "node_locations" {
+  description = "Zones of the pool's nodes, in the cluster's region: at least two, so one zone's loss leaves GPU nodes (min_nodes and max_nodes count per zone)."
+  type        = list(string)
+  validation {
+    condition     = length(distinct(var.node_locations)) >= 2
+    error_message = "node_locations must name at least two distinct zones."
   }
 }
 
