@@ -281,6 +281,30 @@ function selectsLabels(policy: Manifest, key: string, value: string): boolean {
   return obj(at(policy.doc, 'spec.selector.matchLabels'))[key] === value;
 }
 
+/** The identity that delivers Trigger events to subscribers, by Broker class (the class annotation's value). */
+export const BROKER_DATA_PLANE: Readonly<Record<string, string>> = {
+  // knative/eventing: the MT Broker's filter (Deployment mt-broker-filter, ServiceAccount mt-broker-filter).
+  MTChannelBasedBroker: 'cluster.local/ns/knative-eventing/sa/mt-broker-filter',
+  // knative-extensions/eventing-kafka-broker data-plane/config/broker/500-dispatcher.yaml: serviceAccountName
+  // knative-kafka-broker-data-plane (the dispatcher POSTs to subscribers).
+  Kafka: 'cluster.local/ns/knative-eventing/sa/knative-kafka-broker-data-plane',
+};
+
+/** Knative Serving's activator, which forwards requests to a revision that has no ready pod (its principal). */
+export const ACTIVATOR = 'cluster.local/ns/knative-serving/sa/activator';
+
+/** Every principal that may deliver events to a function: each rendered Broker's data plane (by class), and the activator. */
+export function eventDeliverers(ms: readonly Manifest[]): string[] {
+  const out = new Set<string>();
+  for (const b of ofKind(ms, 'Broker', 'eventing.knative.dev')) {
+    // No annotation: Eventing's default class (config-br-defaults), MTChannelBasedBroker as installed.
+    const cls = str(obj(at(b.doc, 'metadata.annotations'))['eventing.knative.dev/broker.class']) ?? 'MTChannelBasedBroker';
+    out.add(BROKER_DATA_PLANE[cls] ?? `unknown data plane of Broker class ${cls}`);
+  }
+  out.add(ACTIVATOR);
+  return [...out];
+}
+
 /** Each function has its Knative Service (wired for Istio), its Triggers, an ALLOW policy and an egress Sidecar. */
 export function checkFunctionsComplete(ms: readonly Manifest[]): string[] {
   const problems: string[] = [];
@@ -325,9 +349,12 @@ export function checkFunctionsComplete(ms: readonly Manifest[]): string[] {
         problems.push(`${DIRECT_PRODUCERS_POLICY} admits more than POST /`);
       }
     }
+    // Whoever delivers its events is named (the Broker class's data plane, and the activator, which proxies while the
+    // revision has no ready pod), and nobody else; tests/deploy/mesh-checks.ts evaluates what Istio then decides.
     const principals = allow.filter((p) => !direct.includes(p)).flatMap((p) => arr(at(p.doc, 'spec.rules')).flatMap((r) => arr(obj(r).from).flatMap((f) => arr(at(obj(f), 'source.principals')))));
-    if (!principals.includes('cluster.local/ns/knative-eventing/sa/mt-broker-filter')) problems.push(`${fn} has no AuthorizationPolicy admitting the Broker's data plane`);
-    const foreign = principals.filter((p) => p !== 'cluster.local/ns/knative-eventing/sa/mt-broker-filter');
+    const deliverers = eventDeliverers(ms);
+    for (const d of deliverers) if (!principals.includes(d)) problems.push(`${fn} has no AuthorizationPolicy admitting ${d}, which delivers its events`);
+    const foreign = principals.filter((p) => typeof p !== 'string' || !deliverers.includes(p));
     if (foreign.length > 0) problems.push(`${fn} also admits ${foreign.map(show).join(', ')}`);
     if (!ofKind(ms, 'Sidecar', 'networking.istio.io').some((s) => obj(at(s.doc, 'spec.workloadSelector.labels'))['serving.knative.dev/service'] === fn)) problems.push(`${fn} has no Sidecar limiting its egress`);
   }
