@@ -4,7 +4,6 @@
 // VirtualServices each Sidecar actually selects (Istio's Sidecar import rules), how long the mesh could black-hole a
 // GPU runtime compared with the app's breaker, and which flows the NetworkPolicies admit. Each check returns the
 // problems it found, one sentence each; an empty list means the overlay behaves as intended.
-import { parse as parseYaml } from 'yaml';
 import { readRuntimeCallSettings } from '../../functions/core/runtime-call-settings.ts';
 import { ACTIVATOR, BROKER_DATA_PLANE, DIRECT_PRODUCERS_POLICY, FUNCTIONS, LONG_RUNNING, NAMESPACE, at, environmentOf, eventDeliverers, ofKind, parseGoDuration } from './deployment-checks.ts';
 import { describe, type Json, type Manifest } from './manifest-schemas.ts';
@@ -514,19 +513,3 @@ export function checkNetworkPolicies(ms: readonly Manifest[]): string[] {
   }
   return problems;
 }
-
-/** Parses the collector's merged configuration files from its ConfigMap (later files override earlier ones). */
-export function collectorConfig(ms: readonly Manifest[], configMapPrefix: string, files: readonly string[]): Obj {
-  const cm = ofKind(ms, 'ConfigMap', '').find((m) => nameOf(m).startsWith(configMapPrefix));
-  const merged: Obj = {};
-  const merge = (target: Obj, source: Obj) => {
-    for (const [k, v] of Object.entries(source)) {
-      const cur = target[k];
-      if (v !== null && typeof v === 'object' && !Array.isArray(v) && cur !== null && typeof cur === 'object' && !Array.isArray(cur)) merge(cur, v);
-      else target[k] = v;
-    }
-  };
-  for (const f of files) merge(merged, obj(parseYaml(str(obj(at(cm?.doc, 'data'))[f]) ?? '{}') as Json));
-  return merged;
-}
-
