@@ -445,7 +445,8 @@ function containerPorts(m: Manifest): number[] {
  * The flows the system needs are admitted and a few that must not happen are refused: Knative's data planes
  * (knative-eventing, knative-serving) and the local gateway (istio-system) reach every Knative Service on queue-proxy's
  * ports, the autoscaler its metrics; every Redis client reaches Redis; every workload reaches the collector; the
- * collector's first tier reaches its sampling tier; and in dev the runtime callers reach the simulator. Refused: any
+ * collector's first tier reaches its sampling tier; and in dev the runtime callers reach the simulator and the
+ * sampling tier Jaeger. Refused: any
  * other namespace to Redis, the functions or the collector; Knative's namespaces to Redis; the collector to Redis;
  * anyone to the deadline engine or the idle checker (they serve only the kubelet).
  */
@@ -502,6 +503,9 @@ export function checkNetworkPolicies(ms: readonly Manifest[]): string[] {
       mustNot(ns(NAMESPACE, { 'app.kubernetes.io/name': 'heartbeat-timeout' }), d, port, `heartbeat-timeout to ${name}`);
     }
   }
+  const jaeger = find(ms, 'Deployment', 'jaeger');
+  const exporter = find(ms, 'Deployment', 'otel-sampler');
+  if (jaeger && exporter) must(peerOf(exporter), jaeger, 4317, 'the sampling tier to Jaeger');
   const sim = find(ms, 'Deployment', 'sim-gpu-runtime');
   if (sim) {
     const callers = ofKind(ms, 'Sidecar', 'networking.istio.io').filter((s) => obj(at(s.doc, 'metadata.labels'))['sessionreaper.dev/calls-gpu-runtimes'] === 'true');

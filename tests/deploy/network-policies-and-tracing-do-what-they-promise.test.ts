@@ -68,6 +68,7 @@ void describe('network policies and tracing do what they promise', () => {
     assert.match(checkNetworkPolicies(ms).join('\n'), /refuse the collector to its sampling tier \(port 4317\)/);
     const sim = without(dev, 'NetworkPolicy', 'sim-gpu-runtime');
     assert.match(checkNetworkPolicies(sim).join('\n'), /refuse gpu-release to the simulated runtime \(port 8080\)/);
+    assert.match(checkNetworkPolicies(without(dev, 'NetworkPolicy', 'jaeger')).join('\n'), /refuse the sampling tier to Jaeger \(port 4317\)/);
   });
 
   void it('reads memory quantities', () => {
