@@ -302,6 +302,30 @@ function selectsLabels(policy: Manifest, key: string, value: string): boolean {
   return obj(at(policy.doc, 'spec.selector.matchLabels'))[key] === value;
 }
 
+/** The identity that delivers Trigger events to subscribers, by Broker class (the class annotation's value). */
+export const BROKER_DATA_PLANE: Readonly<Record<string, string>> = {
+  // knative/eventing: the MT Broker's filter (Deployment mt-broker-filter, ServiceAccount mt-broker-filter).
+  MTChannelBasedBroker: 'cluster.local/ns/knative-eventing/sa/mt-broker-filter',
+  // knative-extensions/eventing-kafka-broker data-plane/config/broker/500-dispatcher.yaml: serviceAccountName
+  // knative-kafka-broker-data-plane (the dispatcher POSTs to subscribers).
+  Kafka: 'cluster.local/ns/knative-eventing/sa/knative-kafka-broker-data-plane',
+};
+
+/** Knative Serving's activator, which forwards requests to a revision that has no ready pod (its principal). */
+export const ACTIVATOR = 'cluster.local/ns/knative-serving/sa/activator';
+
+/** Every principal that may deliver events to a function: each rendered Broker's data plane (by class), and the activator. */
+export function eventDeliverers(ms: readonly Manifest[]): string[] {
+  const out = new Set<string>();
+  for (const b of ofKind(ms, 'Broker', 'eventing.knative.dev')) {
+    // No annotation: Eventing's default class (config-br-defaults), MTChannelBasedBroker as installed.
+    const cls = str(obj(at(b.doc, 'metadata.annotations'))['eventing.knative.dev/broker.class']) ?? 'MTChannelBasedBroker';
+    out.add(BROKER_DATA_PLANE[cls] ?? `unknown data plane of Broker class ${cls}`);
+  }
+  out.add(ACTIVATOR);
+  return [...out];
+}
+
 /** Each function has its Knative Service (wired for Istio), its Triggers, an ALLOW policy and an egress Sidecar. */
 export function checkFunctionsComplete(ms: readonly Manifest[]): string[] {
   const problems: string[] = [];
@@ -346,9 +370,12 @@ export function checkFunctionsComplete(ms: readonly Manifest[]): string[] {
         problems.push(`${DIRECT_PRODUCERS_POLICY} admits more than POST /`);
       }
     }
+    // Whoever delivers its events is named (the Broker class's data plane, and the activator, which proxies while the
+    // revision has no ready pod), and nobody else; tests/deploy/mesh-checks.ts evaluates what Istio then decides.
     const principals = allow.filter((p) => !direct.includes(p)).flatMap((p) => arr(at(p.doc, 'spec.rules')).flatMap((r) => arr(obj(r).from).flatMap((f) => arr(at(obj(f), 'source.principals')))));
-    if (!principals.includes('cluster.local/ns/knative-eventing/sa/mt-broker-filter')) problems.push(`${fn} has no AuthorizationPolicy admitting the Broker's data plane`);
-    const foreign = principals.filter((p) => p !== 'cluster.local/ns/knative-eventing/sa/mt-broker-filter');
+    const deliverers = eventDeliverers(ms);
+    for (const d of deliverers) if (!principals.includes(d)) problems.push(`${fn} has no AuthorizationPolicy admitting ${d}, which delivers its events`);
+    const foreign = principals.filter((p) => typeof p !== 'string' || !deliverers.includes(p));
     if (foreign.length > 0) problems.push(`${fn} also admits ${foreign.map(show).join(', ')}`);
     if (!ofKind(ms, 'Sidecar', 'networking.istio.io').some((s) => obj(at(s.doc, 'spec.workloadSelector.labels'))['serving.knative.dev/service'] === fn)) problems.push(`${fn} has no Sidecar limiting its egress`);
   }
@@ -687,34 +714,142 @@ export function checkTimeouts(ms: readonly Manifest[]): string[] {
   return problems;
 }
 
-/** Head sampling in the mesh and in the functions agree, and the collector never samples twice or drops errors. */
+/** The sampling tier's configuration, as the collector merges its files (sampler.yaml, then sampling.yaml). */
+export function samplerConfig(ms: readonly Manifest[]): Obj {
+  return collectorConfigOf(ms, 'otel-sampler-config', ['sampler.yaml', 'sampling.yaml']);
+}
+
+function collectorConfigOf(ms: readonly Manifest[], configMap: string, files: readonly string[]): Obj {
+  const cm = ofKind(ms, 'ConfigMap', '').find((m) => nameOf(m) === configMap || nameOf(m).startsWith(`${configMap}-`));
+  const merged: Obj = {};
+  const merge = (target: Obj, source: Obj) => {
+    for (const [k, v] of Object.entries(source)) {
+      const cur = target[k];
+      if (v !== null && typeof v === 'object' && !Array.isArray(v) && cur !== null && typeof cur === 'object' && !Array.isArray(cur)) merge(cur, v);
+      else target[k] = structuredClone(v);
+    }
+  };
+  for (const f of files) merge(merged, obj(parseYaml(str(obj(at(cm?.doc, 'data'))[f]) ?? '{}') as Json));
+  return merged;
+}
+
+/** Bytes in a Kubernetes memory quantity (`512Mi`, `1Gi`, `1536Mi`, `2G`, a plain number). */
+export function quantityBytes(q: string): number {
+  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(q);
+  if (!m) throw new Error(`"${q}" is not a memory quantity`);
+  const unit: Record<string, number> = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+  return Number(m[1]) * (m[2] === undefined ? 1 : (unit[m[2]] ?? NaN));
+}
+
+/** The annotation by which the sampling tier promises to keep every error trace (the prod overlay sets it). */
+export const KEEPS_EVERY_ERROR_TRACE = 'sessionreaper.dev/keeps-every-error-trace';
+
+// A function sampler that records a span whatever its parent decided (so no error hides under an unsampled parent).
+function recordsEveryTrace(env: Record<string, string>): boolean {
+  return env.OTEL_TRACES_SAMPLER === 'always_on' || (env.OTEL_TRACES_SAMPLER === 'traceidratio' && Number(env.OTEL_TRACES_SAMPLER_ARG) === 1);
+}
+
+/**
+ * What the tracing pipeline keeps is what the manifests promise. Always: the mesh's head sampling and the functions'
+ * agree (parent-based functions by the same ratio; functions that record every trace only with 100 % in the mesh);
+ * nothing is sampled twice; the first tier routes every span by trace id to the sampling tier's headless Service
+ * through a bounded queue, behind a memory limiter; and the sampling tier is sized for the traces/s it declares
+ * (replicas x num_traces / decision_wait, and num_traces x the assumed bytes per trace within the memory limiter's
+ * soft limit), deciding only after gpu-release's longest delivery. Where the sampling tier claims to keep every
+ * error trace (KEEPS_EVERY_ERROR_TRACE), every trace must reach it: 100 % in the mesh, functions that record
+ * every trace even under a parent marked unsampled (parent-based sampling would never record those errors), and a
+ * policy keeping status ERROR.
+ */
 export function checkTracing(ms: readonly Manifest[]): string[] {
   const problems: string[] = [];
   const telemetry = ofKind(ms, 'Telemetry', 'telemetry.istio.io')[0];
   const head = at(telemetry?.doc, 'spec.tracing.0.randomSamplingPercentage');
   if (typeof head !== 'number') return ['no Telemetry resource sets a head sampling percentage'];
+  const sampler = find(ms, 'Deployment', 'apps', 'otel-sampler');
+  if (!sampler) return ['the tail-sampling tier otel-sampler is not deployed'];
+  const annotations = obj(at(sampler.doc, 'metadata.annotations'));
+  const claimsErrors = annotations[KEEPS_EVERY_ERROR_TRACE] === 'true';
+  const parentBased: string[] = [];
   for (const w of redisClients(ms)) {
     const env = environmentOf(ms, w);
-    if (env.OTEL_TRACES_SAMPLER !== 'parentbased_traceidratio') problems.push(`${describe(w)} does not sample parent-based by ratio`);
-    if (Math.abs(Number(env.OTEL_TRACES_SAMPLER_ARG) * 100 - head) > 1e-9) problems.push(`${describe(w)} samples ${show(env.OTEL_TRACES_SAMPLER_ARG)}, the mesh ${head} %`);
+    if (env.OTEL_TRACES_SAMPLER === 'parentbased_traceidratio') {
+      parentBased.push(describe(w));
+      if (Math.abs(Number(env.OTEL_TRACES_SAMPLER_ARG) * 100 - head) > 1e-9) problems.push(`${describe(w)} samples ${show(env.OTEL_TRACES_SAMPLER_ARG)}, the mesh ${head} %`);
+    } else if (recordsEveryTrace(env)) {
+      if (head !== 100) problems.push(`${describe(w)} records every trace, but the mesh samples ${head} %: traces would arrive without their sidecar spans`);
+    } else {
+      problems.push(`${describe(w)} samples with ${show(env.OTEL_TRACES_SAMPLER)}, neither parent-based by the mesh's ratio nor every trace`);
+    }
   }
-  const cm = ofKind(ms, 'ConfigMap', '').find((m) => nameOf(m).startsWith('otel-collector-config'));
-  const sampling = obj(parseYaml(str(obj(at(cm?.doc, 'data'))['sampling.yaml']) ?? '{}') as Json);
-  const policies = arr(at(sampling, 'processors.tail_sampling.policies')).map(obj);
-  if (!policies.some((p) => p.type === 'status_code' && arr(at(p, 'status_code.status_codes')).includes('ERROR'))) problems.push('the collector does not keep every error trace');
-  const remainder = policies.find((p) => p.type === 'probabilistic');
-  const tail = at(remainder, 'probabilistic.sampling_percentage');
-  if (typeof tail !== 'number') problems.push('the collector has no probabilistic policy for the remaining traces');
+  const config = samplerConfig(ms);
+  const tailSampling = obj(at(config, 'processors.tail_sampling'));
+  const policies = arr(tailSampling.policies).map(obj);
+  const keepsErrors = policies.some((p) => p.type === 'status_code' && arr(at(p, 'status_code.status_codes')).includes('ERROR'));
+  const tail = at(policies.find((p) => p.type === 'probabilistic'), 'probabilistic.sampling_percentage');
+  if (typeof tail !== 'number') problems.push('the sampling tier has no probabilistic policy for the remaining traces');
   else if (head < 100 && tail !== 100) problems.push(`traces are sampled twice: ${head} % at the head, then ${tail} % at the tail`);
+  if (claimsErrors) {
+    if (!keepsErrors) problems.push('the sampling tier claims to keep every error trace but has no status ERROR policy');
+    if (head !== 100) problems.push(`the sampling tier claims to keep every error trace, but the mesh samples only ${head} % at the head`);
+    for (const w of parentBased) problems.push(`${w} samples parent-based: an error under a parent marked unsampled is never recorded, yet the sampling tier claims to keep every error trace`);
+  }
+
+  // Capacity of the sampling tier: each replica holds at most num_traces for decision_wait.
+  const replicas = at(sampler.doc, 'spec.replicas');
+  const numTraces = tailSampling.num_traces;
+  const waitText = str(tailSampling.decision_wait);
+  const design = Number(str(annotations['sessionreaper.dev/design-traces-per-second']));
+  const bytesPerTrace = Number(str(annotations['sessionreaper.dev/assumed-bytes-per-trace']));
+  if (typeof replicas !== 'number' || typeof numTraces !== 'number' || waitText === undefined || !(design > 0) || !(bytesPerTrace > 0)) {
+    problems.push('the sampling tier does not state replicas, num_traces, decision_wait, its design traces/s and its assumed bytes per trace');
+  } else {
+    const waitS = parseGoDuration(waitText) / 1000;
+    const capacity = (replicas * numTraces) / waitS;
+    if (capacity < design) problems.push(`the sampling tier holds ${Math.floor(capacity)} new traces/s (${replicas} x ${numTraces} / ${waitS} s), less than its design rate of ${design}: traces would be evicted undecided, errors included`);
+    const limit = str(at(obj(arr(at(sampler.doc, 'spec.template.spec.containers'))[0]), 'resources.limits.memory'));
+    const limiter = obj(at(config, 'processors.memory_limiter'));
+    const softPercent = Number(limiter.limit_percentage ?? 0) - Number(limiter.spike_limit_percentage ?? 0);
+    if (limit === undefined || !(softPercent > 0)) problems.push('the sampling tier has no memory limit or memory limiter');
+    else {
+      const soft = (quantityBytes(limit) * softPercent) / 100;
+      if (numTraces * bytesPerTrace > soft) problems.push(`the sampling tier's ${numTraces} traces of ${bytesPerTrace} bytes exceed its memory limiter's soft limit of ${Math.floor(soft / 2 ** 20)} MiB`);
+    }
+    const gpu = configOf(ms, 'gpu-release');
+    if (gpu) {
+      try {
+        const budget = releaseBudgetMs(gpu.cfg, readGpuReleaseSettings(gpu.env));
+        if (waitS * 1000 <= budget) problems.push(`the sampling tier decides after ${waitS} s, before gpu-release's longest delivery (${budget} ms) has ended its trace`);
+      } catch {
+        // checkTimeouts reports gpu-release's unreadable settings.
+      }
+    }
+  }
+  for (const [name, processors] of [['otel-sampler', at(config, 'service.pipelines.traces.processors')], ['otel-collector', at(collectorConfigOf(ms, 'otel-collector-config', ['collector.yaml']), 'service.pipelines.traces.processors')]] as const) {
+    if (arr(processors)[0] !== 'memory_limiter') problems.push(`${name}'s traces pipeline does not start with the memory limiter`);
+  }
+
+  // The first tier: by trace id, to every sampler replica (a headless Service selecting the sampler's pods), queued boundedly.
+  const first = collectorConfigOf(ms, 'otel-collector-config', ['collector.yaml']);
+  const lb = obj(at(first, 'exporters.loadbalancing'));
+  if (!arr(at(first, 'service.pipelines.traces.exporters')).includes('loadbalancing')) problems.push('the first collector tier does not export through the loadbalancing exporter');
+  if ((str(lb.routing_key) ?? 'traceID') !== 'traceID') problems.push(`the first collector tier routes by ${show(lb.routing_key)}, not by trace id: a trace's spans would meet in different samplers`);
+  const hostname = str(at(lb, 'resolver.dns.hostname')) ?? '';
+  const svcName = new RegExp(`^([a-z0-9-]+)\\.${NAMESPACE}\\.svc\\.cluster\\.local$`).exec(hostname)?.[1];
+  const svc = svcName === undefined ? undefined : find(ms, 'Service', '', svcName);
+  const samplerLabels = obj(at(sampler.doc, 'spec.template.metadata.labels'));
+  if (!svc || at(svc.doc, 'spec.clusterIP') !== 'None' || !selectsPod(obj(at(svc.doc, 'spec.selector')), samplerLabels)) {
+    problems.push(`the first collector tier resolves ${show(hostname)}, which is not a headless Service of the sampling tier's pods`);
+  }
+  const queue = obj(at(lb, 'protocol.otlp.sending_queue'));
+  if (queue.enabled !== true || typeof queue.queue_size !== 'number') problems.push('the first collector tier has no bounded sending queue to the samplers');
   return problems;
 }
 
-/** The effective head x tail sampling of an overlay, in percent. */
+/** The effective head x tail sampling of an overlay, in percent, for traces with no decision from a caller. */
 export function effectiveSamplingPercent(ms: readonly Manifest[]): number {
   const head = at(ofKind(ms, 'Telemetry', 'telemetry.istio.io')[0]?.doc, 'spec.tracing.0.randomSamplingPercentage');
-  const cm = ofKind(ms, 'ConfigMap', '').find((m) => nameOf(m).startsWith('otel-collector-config'));
-  const sampling = obj(parseYaml(str(obj(at(cm?.doc, 'data'))['sampling.yaml']) ?? '{}') as Json);
-  const tail = at(arr(at(sampling, 'processors.tail_sampling.policies')).map(obj).find((p) => p.type === 'probabilistic'), 'probabilistic.sampling_percentage');
+  const policies = arr(at(samplerConfig(ms), 'processors.tail_sampling.policies')).map(obj);
+  const tail = at(policies.find((p) => p.type === 'probabilistic'), 'probabilistic.sampling_percentage');
   return typeof head === 'number' && typeof tail === 'number' ? (head * tail) / 100 : NaN;
 }
 

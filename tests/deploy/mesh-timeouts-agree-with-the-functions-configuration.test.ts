@@ -33,7 +33,7 @@ void describe('mesh timeouts agree with the functions’ configuration', () => {
   for (const o of OVERLAYS) {
     const ms = renderOverlay(o);
     void it(`${o}: mesh, Broker and function timeouts agree`, () => assert.deepEqual(checkTimeouts(ms), []));
-    void it(`${o}: head and tail sampling agree and every error trace is kept`, () => assert.deepEqual(checkTracing(ms), []));
+    void it(`${o}: head and tail sampling agree, and the tracing pipeline keeps what it promises`, () => assert.deepEqual(checkTracing(ms), []));
   }
 
   void it('prod keeps 10 % of traces overall, sampling only at the tail', () => assert.equal(effectiveSamplingPercent(prod), 10));
@@ -163,7 +163,11 @@ void describe('mesh timeouts agree with the functions’ configuration', () => {
   void it('notices head and tail sampling that disagree', () => {
     const ms = mutated('Telemetry', 'tracing', '/spec/tracing/0/randomSamplingPercentage', 10);
     const problems = checkTracing(ms).join('\n');
-    assert.match(problems, /samples 1, the mesh 10 %/);
+    assert.match(problems, /records every trace, but the mesh samples 10 %/);
     assert.match(problems, /sampled twice: 10 % at the head, then 10 % at the tail/);
+    const parentBased = mutated('ConfigMap', 'session-reaper-config', '/data/OTEL_TRACES_SAMPLER', 'parentbased_traceidratio');
+    const dev = withChange(renderOverlay('dev'), 'ConfigMap', 'session-reaper-config', '/data/OTEL_TRACES_SAMPLER_ARG', '0.1');
+    assert.match(checkTracing(parentBased).join('\n'), /samples parent-based: an error under a parent marked unsampled is never recorded/);
+    assert.match(checkTracing(dev).join('\n'), /samples 0\.1, the mesh 100 %/);
   });
 });
