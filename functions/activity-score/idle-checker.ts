@@ -4,13 +4,18 @@
 // the due checks atomically (so any number of replicas can run, and each check is made by one of them), re-judges
 // each session from its stored context, its hold and the current load tier, and emits `session.idle` when it is
 // idle, or schedules the next check when it is not. A check whose checker died comes due again when its lease ends.
+// The outage rule holds here too (core/blind-windows.ts): quiet time in a span in which session-reaper could not hear
+// the session's bucket (recorded by the deadline engine) does not count, and while the bucket is unheard now its
+// checks wait, so an outage that swallowed a user's activity never makes the session look idle.
 //
 // It is self-contained so it can run in any long-running process (the deadline engine hosts it):
 //   const checker = new IdleChecker(core.deps, { settings: readActivityScoreSettings(process.env) });
 //   checker.start();  ...  await checker.stop();
 import { setTimeout as sleep } from 'node:timers/promises';
+import { blindTimeWithin, type BlindState } from '../core/blind-windows.ts';
 import { EventType } from '../core/contract/events.ts';
 import type { CoreDeps } from '../core/function-host.ts';
+import { BLIND_RETENTION_MS } from '../core/session-store.ts';
 import { IdleIndex, type ClaimedCheck } from './idle-index.ts';
 import { contextFromFields, idleEventData, judgeIdleness } from './idle-judgement.ts';
 import { createMemoryProbe, LoadMonitor } from './load-monitor.ts';
@@ -89,9 +94,10 @@ export class IdleChecker {
     await Promise.all(
       heads.map(async (head, bucket) => {
         if (head === undefined || head > now) return;
+        const blind = this.#deps.config.BLIND_GAP_MS > 0 ? await this.#deps.store.blindState(bucket, now - BLIND_RETENTION_MS) : undefined;
         for (;;) {
           const claimed = await this.index.claimDue(bucket, now, this.#batchSize, leaseUntil);
-          const outcomes = await Promise.all(claimed.map((check) => this.#judge(check, now, tier)));
+          const outcomes = await Promise.all(claimed.map((check) => this.#judge(check, now, tier, blind)));
           for (const outcome of outcomes) {
             report.checked++;
             if (outcome === undefined) report.failed++;
@@ -107,7 +113,7 @@ export class IdleChecker {
   }
 
   // One claimed check; undefined when it failed (it stays leased and comes due again).
-  async #judge(check: ClaimedCheck, now: number, tier: LoadTier): Promise<Outcome | undefined> {
+  async #judge(check: ClaimedCheck, now: number, tier: LoadTier, blind: BlindState | undefined): Promise<Outcome | undefined> {
     const { sessionId } = check;
     try {
       const [session, stored] = await Promise.all([this.#deps.store.inspect(sessionId), this.#deps.store.readContext(sessionId)]);
@@ -122,17 +128,24 @@ export class IdleChecker {
         await this.index.schedule(sessionId, stored.version, undefined);
         return 'cleared';
       }
-      const judgement = judgeIdleness(this.#settings, ctx, now, { tenant: session.tenant, tier, holdUntil: session.holdUntil });
+      // Unheard now: whatever the user did meanwhile may not have reached us; look again when the lease ends.
+      if (blind !== undefined && blind.holdFrom !== null && blind.holdFrom < now) {
+        const result = await this.index.schedule(sessionId, stored.version, now + this.#settings.idleLeaseMs);
+        return result.code === 'CLEARED' ? 'cleared' : 'rescheduled';
+      }
+      // Judged on the session's own clock, which stood still while nobody could hear it.
+      const lost = blind ? blindTimeWithin(blind.spans, ctx.lastEventAt, now) : 0;
+      const judgement = judgeIdleness(this.#settings, ctx, now - lost, { tenant: session.tenant, tier, holdUntil: session.holdUntil });
       const { decision } = judgement;
       if (decision.idle) {
-        const idleAt = Math.round(decision.idleAt ?? now);
+        const idleAt = Math.round((decision.idleAt ?? now - lost) + lost);
         await this.#deps.emit(EventType.SessionIdle, idleEventData(sessionId, session.incarnation, decision, tier), `${sessionId}/${session.incarnation}/idle/${idleAt}`);
         this.#deps.logger.info({ sessionId, incarnation: session.incarnation, reason: decision.reason, score: decision.score, threshold: decision.threshold, tier, idleAt, lagMs: now - idleAt }, 'session idle');
         // Looked at again after a lease: destroyed by then (dropped), or still idle (said again, same id).
         await this.index.schedule(sessionId, stored.version, now + this.#settings.idleLeaseMs);
         return 'idle';
       }
-      const result = await this.index.schedule(sessionId, stored.version, judgement.nextCheckAt);
+      const result = await this.index.schedule(sessionId, stored.version, judgement.nextCheckAt === undefined ? undefined : judgement.nextCheckAt + lost);
       return result.code === 'CLEARED' ? 'cleared' : 'rescheduled';
     } catch (err) {
       this.#deps.logger.warn({ sessionId, err: (err as Error).message }, 'idle check failed; retried when its lease ends');

@@ -2,6 +2,7 @@
 // replica may handle any event, duplicates and redeliveries change nothing, and an event for an older incarnation
 // never touches a newer one. This module turns script replies into typed results; it holds no state of its own.
 import { createHash, randomBytes } from 'node:crypto';
+import { parseSpans, type BlindState } from './blind-windows.ts';
 import type { RedisClient } from './redis/connect.ts';
 import type { KeySpace, SessionKeys } from './redis/keys.ts';
 import type { Scripts } from './redis/scripts.ts';
@@ -451,6 +452,13 @@ export class SessionStore {
   }
 
   /** Reads the activity context (and its version) for a compare-and-set update. */
+  /** A bucket's outage-rule state: its blind spans ending after `since` and since when it is unheard now, if it is. */
+  async blindState(bucket: number, since: number): Promise<BlindState> {
+    const b = this.keys.bucket(bucket);
+    const [members, holdFrom] = await Promise.all([this.redis.zrangebyscore(b.blind, `(${since}`, '+inf'), this.redis.hget(b.watch, 'bs')]);
+    return { spans: parseSpans(members), holdFrom: holdFrom === null ? null : Number(holdFrom) };
+  }
+
   async readContext(sessionId: string): Promise<{ version: number; fields: Record<string, string> }> {
     const fields = await this.redis.hgetall(this.keys.session(sessionId).context);
     return { version: Number(fields.v ?? '0'), fields };
