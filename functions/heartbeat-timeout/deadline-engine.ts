@@ -189,10 +189,13 @@ export class DeadlineEngine {
     this.#pollTimer = undefined;
     if (!this.#started) return;
     void this.#exclusive(async () => {
-      const now = this.#deps.now();
+      let now = this.#deps.now();
       let failed = false;
       try {
         await this.#ready();
+        // Read after connecting: a poll that waited out an outage in ready() claims against the time it runs, not
+        // the time it started (which would leave due deadlines unclaimed until the next poll).
+        now = this.#deps.now();
         await this.#poll(now);
         this.#succeeded();
       } catch (err) {
