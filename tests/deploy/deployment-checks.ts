@@ -311,6 +311,27 @@ export const BROKER_DATA_PLANE: Readonly<Record<string, string>> = {
   Kafka: 'cluster.local/ns/knative-eventing/sa/knative-kafka-broker-data-plane',
 };
 
+/** A Broker's class: its class annotation, or without one Eventing's default (config-br-defaults), MTChannelBasedBroker as installed. */
+export function brokerClassOf(broker: Manifest): string {
+  return str(obj(at(broker.doc, 'metadata.annotations'))[BROKER_CLASS_ANNOTATION]) ?? 'MTChannelBasedBroker';
+}
+
+/** The Service each Broker class's data plane receives events on; a Broker is addressed at /<namespace>/<name> there. */
+export const BROKER_INGRESS_HOST: Readonly<Record<string, string>> = {
+  // knative/eventing: the MT Broker's ingress (Deployment mt-broker-ingress behind the Service broker-ingress).
+  MTChannelBasedBroker: 'broker-ingress.knative-eventing.svc.cluster.local',
+  // knative-extensions/eventing-kafka-broker control-plane/pkg/reconciler/broker/broker.go: the address is
+  // network.GetServiceHostname(Env.IngressName, DataPlaneNamespace) with receiver.Address (path /<namespace>/<name>);
+  // Env.IngressName is kafka-broker-ingress, the Service of data-plane/config/broker/500-receiver.yaml.
+  Kafka: 'kafka-broker-ingress.knative-eventing.svc.cluster.local',
+};
+
+/** The URL a Broker receives events on, by its class; undefined for a class whose ingress is not known here. */
+export function brokerIngressUrl(broker: Manifest, scheme: 'http' | 'https'): string | undefined {
+  const host = BROKER_INGRESS_HOST[brokerClassOf(broker)];
+  return host === undefined ? undefined : `${scheme}://${host}/${namespaceOf(broker) || NAMESPACE}/${nameOf(broker)}`;
+}
+
 /** Knative Serving's activator, which forwards requests to a revision that has no ready pod (its principal). */
 export const ACTIVATOR = 'cluster.local/ns/knative-serving/sa/activator';
 
@@ -318,8 +339,7 @@ export const ACTIVATOR = 'cluster.local/ns/knative-serving/sa/activator';
 export function eventDeliverers(ms: readonly Manifest[]): string[] {
   const out = new Set<string>();
   for (const b of ofKind(ms, 'Broker', 'eventing.knative.dev')) {
-    // No annotation: Eventing's default class (config-br-defaults), MTChannelBasedBroker as installed.
-    const cls = str(obj(at(b.doc, 'metadata.annotations'))['eventing.knative.dev/broker.class']) ?? 'MTChannelBasedBroker';
+    const cls = brokerClassOf(b);
     out.add(BROKER_DATA_PLANE[cls] ?? `unknown data plane of Broker class ${cls}`);
   }
   out.add(ACTIVATOR);
@@ -464,10 +484,13 @@ export function checkSettings(ms: readonly Manifest[]): string[] {
       problems.push(`${describe(w)}: ${(err as Error).message}`);
     }
     const sink = env.K_SINK;
-    // The Broker ingress's address: https under Knative transport encryption (prod), http where the mesh's mutual TLS
-    // alone covers the hop (dev).
-    const ingress = (scheme: string) => `${scheme}://broker-ingress.knative-eventing.svc.cluster.local/${NAMESPACE}/${nameOf(broker ?? w)}`;
-    if (w.doc.kind === 'Service' && broker && sink !== ingress('https') && sink !== ingress('http')) problems.push(`${describe(w)}'s K_SINK ${show(sink)} is not the Broker's ingress`);
+    // The Broker ingress's address, by the Broker's class (BROKER_INGRESS_HOST): https under Knative transport
+    // encryption (prod), http where the mesh's mutual TLS alone covers the hop (dev).
+    if (w.doc.kind === 'Service' && broker) {
+      const https = brokerIngressUrl(broker, 'https');
+      if (https === undefined) problems.push(`${describe(broker)} has class ${brokerClassOf(broker)}, whose ingress address is not known here`);
+      else if (sink !== https && sink !== brokerIngressUrl(broker, 'http')) problems.push(`${describe(w)}'s K_SINK ${show(sink)} is not the ${brokerClassOf(broker)} Broker's ingress (${https})`);
+    }
   }
   // The idle checker re-judges what activity-score scored: one scoring policy for both.
   const scorers = functionWorkloads(ms).filter((w) => ENTRY_POINTS[entryPointOf(w)]?.schemas.includes(ActivityScoreSettingsSchema));

@@ -5,7 +5,21 @@
 // GPU runtime compared with the app's breaker, and which flows the NetworkPolicies admit. Each check returns the
 // problems it found, one sentence each; an empty list means the overlay behaves as intended.
 import { readRuntimeCallSettings } from '../../functions/core/runtime-call-settings.ts';
-import { ACTIVATOR, BROKER_DATA_PLANE, DIRECT_PRODUCERS_POLICY, FUNCTIONS, LONG_RUNNING, NAMESPACE, at, environmentOf, eventDeliverers, ofKind, parseGoDuration } from './deployment-checks.ts';
+import {
+  ACTIVATOR,
+  BROKER_DATA_PLANE,
+  BROKER_INGRESS_HOST,
+  DIRECT_PRODUCERS_POLICY,
+  FUNCTIONS,
+  LONG_RUNNING,
+  NAMESPACE,
+  at,
+  brokerClassOf,
+  environmentOf,
+  eventDeliverers,
+  ofKind,
+  parseGoDuration,
+} from './deployment-checks.ts';
 import { describe, type Json, type Manifest } from './manifest-schemas.ts';
 
 type Obj = Record<string, Json>;
@@ -276,13 +290,25 @@ function tierOf(m: Manifest): string {
  * the core tier's (the Broker ingress) for every Sidecar, since every workload sends events; the runtime tier's for
  * the Sidecars labelled sessionreaper.dev/calls-gpu-runtimes; and any tier VirtualService for a host the Sidecar
  * imports. Each selected route sets a timeout and `retries.attempts: 0`, so Istio's default retry policy (2 retries)
- * never applies to those hosts.
+ * never applies to those hosts. The host that matters is the rendered Broker's ingress, by its class
+ * (BROKER_INGRESS_HOST): a core-tier VirtualService must cover it and every Sidecar must import its Service, or under
+ * REGISTRY_ONLY every emit fails (and a route for the other class's ingress bounds nothing anyone calls).
  */
 export function checkVirtualServiceAttachment(ms: readonly Manifest[]): string[] {
   const problems: string[] = [];
   const tiered = ofKind(ms, 'VirtualService', 'networking.istio.io').filter((vs) => tierOf(vs) !== '');
   const sidecars = ofKind(ms, 'Sidecar', 'networking.istio.io');
   if (sidecars.length === 0) return ['no Sidecar is rendered'];
+  const ingresses = ofKind(ms, 'Broker', 'eventing.knative.dev').map((b) => ({ cls: brokerClassOf(b), host: BROKER_INGRESS_HOST[brokerClassOf(b)] }));
+  for (const { cls, host } of ingresses) {
+    if (host === undefined) {
+      problems.push(`the Broker class ${cls} has no known ingress host`);
+      continue;
+    }
+    const core = tiered.filter((vs) => tierOf(vs) === 'core' && strs(at(vs.doc, 'spec.hosts')).some((h) => hostsMatch(h, host)));
+    if (core.length === 0) problems.push(`no core-tier VirtualService covers the ${cls} Broker's ingress ${host}: emits to it get Istio's default timeout and retries`);
+    for (const sc of sidecars) if (!importsService(sc, host)) problems.push(`${describe(sc)} does not import the ${cls} Broker's ingress ${host}: under REGISTRY_ONLY every emit fails`);
+  }
   for (const sc of sidecars) {
     const callsRuntimes = obj(at(sc.doc, 'metadata.labels'))['sessionreaper.dev/calls-gpu-runtimes'] === 'true';
     const selected = selectedVirtualServices(ms, sc);
@@ -430,6 +456,17 @@ export function networkAllows(ms: readonly Manifest[], from: Peer, to: Peer, por
   );
 }
 
+/**
+ * The labels of the pods that deliver Trigger events, by Broker class: knative/eventing's MT Broker filter
+ * (config/brokers/mt-channel-broker/deployments/broker-filter.yaml, eventing.knative.dev/brokerRole: filter) and
+ * knative-extensions/eventing-kafka-broker's dispatcher (data-plane/config/broker/500-dispatcher.yaml,
+ * app: kafka-broker-dispatcher).
+ */
+export const BROKER_DISPATCHER_POD_LABELS: Readonly<Record<string, Record<string, string>>> = {
+  MTChannelBasedBroker: { 'eventing.knative.dev/brokerRole': 'filter' },
+  Kafka: { app: 'kafka-broker-dispatcher' },
+};
+
 /** Queue-proxy's ports on every revision pod (knative/serving pkg/networking/constants.go). */
 export const QUEUE_PROXY = { http: 8012, h2c: 8013, autoscalerMetrics: 9090 } as const;
 
@@ -465,10 +502,12 @@ export function checkNetworkPolicies(ms: readonly Manifest[]): string[] {
   };
   const stranger = ns('default', { app: 'curl' });
   const knativeServices = ofKind(ms, 'Service', 'serving.knative.dev');
+  // The pods that deliver Trigger events, by each rendered Broker's class.
+  const dataPlanes = ofKind(ms, 'Broker', 'eventing.knative.dev').map((b) => ns('knative-eventing', BROKER_DISPATCHER_POD_LABELS[brokerClassOf(b)] ?? {}));
   for (const svc of knativeServices) {
     const fn = nameOf(svc);
     for (const port of [QUEUE_PROXY.http, QUEUE_PROXY.h2c]) {
-      must(ns('knative-eventing', { app: 'mt-broker-filter' }), svc, port, `the Broker's data plane to ${fn}`);
+      for (const dp of dataPlanes) must(dp, svc, port, `the Broker's data plane to ${fn}`);
       must(ns('knative-serving', { app: 'activator' }), svc, port, `the activator to ${fn}`);
       must(ns('istio-system', { istio: 'ingressgateway' }), svc, port, `the Knative local gateway to ${fn}`);
     }
@@ -480,7 +519,7 @@ export function checkNetworkPolicies(ms: readonly Manifest[]): string[] {
   if (redis) {
     for (const w of workloads.filter((x) => obj(at(x.doc, 'metadata.labels'))['sessionreaper.dev/redis-client'] === 'true')) must(peerOf(w), redis, 6379, `${nameOf(w)} to Redis`);
     mustNot(stranger, redis, 6379, 'another namespace to Redis');
-    mustNot(ns('knative-eventing', { app: 'mt-broker-filter' }), redis, 6379, 'knative-eventing to Redis');
+    for (const dp of dataPlanes) mustNot(dp, redis, 6379, 'knative-eventing to Redis');
     const collectorPod = find(ms, 'Deployment', 'otel-collector');
     if (collectorPod) mustNot(peerOf(collectorPod), redis, 6379, 'the collector to Redis');
   }

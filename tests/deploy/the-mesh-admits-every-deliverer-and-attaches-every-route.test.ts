@@ -63,13 +63,18 @@ void describe('the mesh admits every deliverer and attaches every route', () => 
     assert.match(checkDeliveryAdmission(noHealth).join('\n'), /activity-score refuses Knative's GET \/healthz/);
   });
 
-  void it('derives the delivering data plane from the Broker class: a Kafka Broker needs its own principal admitted', () => {
-    const kafka = withChange(prod, 'Broker', 'default', '/metadata/annotations/eventing.knative.dev~1broker.class', 'Kafka');
-    const problems = checkDeliveryAdmission(kafka).join('\n');
-    assert.match(problems, new RegExp(`heartbeat-timeout refuses a POST from ${KAFKA_DATA_PLANE}`));
-    // ... and now refuses the MT filter, whose principal no longer delivers anything.
-    assert.match(problems, /heartbeat-timeout admits a POST from cluster\.local\/ns\/knative-eventing\/sa\/mt-broker-filter/);
-    // istio/components/kafka-broker swaps the principal in every function policy.
+  void it('derives the delivering data plane from the Broker class: each class needs its own principal admitted', () => {
+    // prod runs the Kafka Broker (istio/components/kafka-broker admits its data plane); as an MT Broker it would not.
+    const mt = withChange(prod, 'Broker', 'default', '/metadata/annotations/eventing.knative.dev~1broker.class', 'MTChannelBasedBroker');
+    const problems = checkDeliveryAdmission(mt).join('\n');
+    assert.match(problems, /heartbeat-timeout refuses a POST from cluster\.local\/ns\/knative-eventing\/sa\/mt-broker-filter/);
+    // ... and now admits the Kafka data plane, whose principal no longer delivers anything.
+    assert.match(problems, new RegExp(`heartbeat-timeout admits a POST from ${KAFKA_DATA_PLANE}`));
+    // dev's MT Broker switched to Kafka, without the component: the reverse.
+    const dev = rendered.get('dev') ?? [];
+    const kafka = withChange(dev, 'Broker', 'default', '/metadata/annotations/eventing.knative.dev~1broker.class', 'Kafka');
+    assert.match(checkDeliveryAdmission(kafka).join('\n'), new RegExp(`heartbeat-timeout refuses a POST from ${KAFKA_DATA_PLANE}`));
+    // The component swaps the principal in every function policy.
     const fixed = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release'].reduce(
       (ms, fn) => withChange(ms, 'AuthorizationPolicy', fn, '/spec/rules/0/from/0/source/principals/0', KAFKA_DATA_PLANE),
       kafka,
@@ -102,7 +107,7 @@ void describe('the mesh admits every deliverer and attaches every route', () => 
   void it('notices a Sidecar that imports the Broker ingress only from its own namespace (the VirtualService never attaches)', () => {
     // The import as it was: knative-eventing/... alone selects no VirtualService that lives in session-reaper.
     const ms = withChange(prod, 'Sidecar', 'heartbeat-timeout', '/spec/egress/0/hosts/4', 'istio-system/*');
-    assert.match(checkVirtualServiceAttachment(ms).join('\n'), /Sidecar\/heartbeat-timeout calls broker-ingress\.knative-eventing\.svc\.cluster\.local but does not select VirtualService\/broker-ingress/);
+    assert.match(checkVirtualServiceAttachment(ms).join('\n'), /Sidecar\/heartbeat-timeout calls kafka-broker-ingress\.knative-eventing\.svc\.cluster\.local but does not select VirtualService\/broker-ingress/);
     const runtime = withChange(prod, 'Sidecar', 'gpu-release', '/spec/egress/0/hosts/6', 'istio-system/*');
     assert.match(checkVirtualServiceAttachment(runtime).join('\n'), /Sidecar\/gpu-release calls gpu-runtime\.inference\.svc\.cluster\.local but does not select VirtualService\/gpu-runtime/);
   });
