@@ -194,7 +194,13 @@ export async function openDeadLetterStore(dir: string, opts: { maxBytes?: number
     if (hash !== undefined) byKey.set(hash, id);
   }
 
-  const sortedIds = (): string[] => [...sizes.keys()].sort();
+  // Listed from the directory each time, not from the index: another process (a test, an operator's tool, or the
+  // local Broker of a running `npm start`) may read a store this process does not write.
+  const sortedIds = async (): Promise<string[]> =>
+    (await readdir(dir))
+      .filter((n) => n.endsWith('.json') && ID.test(n.slice(0, -5)))
+      .map((n) => n.slice(0, -5))
+      .sort();
 
   async function get(id: string): Promise<DeadLetter | undefined> {
     if (!ID.test(id)) return undefined;
@@ -246,7 +252,7 @@ export async function openDeadLetterStore(dir: string, opts: { maxBytes?: number
   }
 
   async function page(opts: PageOptions): Promise<DeadLetterPage> {
-    const ids = sortedIds().filter((id) => opts.after === undefined || id > opts.after);
+    const ids = (await sortedIds()).filter((id) => opts.after === undefined || id > opts.after);
     const limit = opts.limit ?? Infinity;
     const maxPageBytes = opts.maxBytes ?? Infinity;
     const out: DeadLetter[] = [];
@@ -257,7 +263,7 @@ export async function openDeadLetterStore(dir: string, opts: { maxBytes?: number
       const entry = await get(id);
       if (!entry) continue;
       out.push(entry);
-      bytes += sizes.get(id) ?? 0;
+      bytes += sizes.get(id) ?? diskBytes(JSON.stringify(entry).length);
     }
     const last = out.at(-1);
     return i < ids.length && last ? { deadLetters: out, next: last.id } : { deadLetters: out };
