@@ -19,8 +19,8 @@
 //  - 503 the disk failed otherwise: nothing kept.
 //  Knative's dispatcher retries the dead-letter sink with the Trigger's own retry settings and, when that fails too,
 //  logs the failure and gives the event up (event_dispatcher.go, send: "unable to complete request to either ...");
-//  eventing-kafka-broker records failedToSendToDeadLetterSink and commits the offset (RecordDispatcherImpl.java,
-//  onDeadLetterSinkFailure). So past the cap an outage's later dead letters are lost, logged by the data plane and
+//  eventing-kafka-broker records failedToSendToDeadLetterSink (RecordDispatcherImpl.java, onDeadLetterSinkFailure),
+//  whose offset manager commits the record as done (OffsetManager.java, failedToSendToDeadLetterSink). So past the cap an outage's later dead letters are lost, logged by the data plane and
 //  counted here: the cap is what bounds the disk, and docs/deploy.md says how to watch it.
 //
 // The admin API (JSON), the local Broker's (functions/local-broker/broker.ts) but for replay: GET /admin/stats,
