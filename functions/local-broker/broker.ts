@@ -1,7 +1,8 @@
 // A local stand-in for the Knative Broker, driven by the deployed manifests (knative/base): an HTTP ingress that
 // takes CloudEvents in binary, structured and batched mode and answers 202 / 400 / 413 as Knative's does, and a
 // dispatcher that delivers each event to every matching Trigger's subscriber in binary mode, with that Trigger's
-// retries, backoff and timeout, then keeps what finally fails in an on-disk dead-letter store.
+// retries, backoff and timeout, then keeps what finally fails in an on-disk dead-letter store, bounded by bytes like
+// the deployed one (functions/core/dead-letter-store.ts).
 //
 // Delivery is asynchronous (after the 202) from a bounded in-memory set of pending deliveries. On stop, pending
 // deliveries get a grace period to finish; what is left (waiting for a retry, or cut off mid-attempt) is written
@@ -11,8 +12,8 @@
 // same store before the ingress answers 202, and the next start delivers again what the journal does not record as
 // done (delivery-journal.ts). Options make delivery as untidy as a real Broker's: duplicated, reordered and delayed,
 // seeded so a run can be replayed (delivery-chaos.ts).
-// The same port serves a small JSON admin API for operators (sessionctl): GET /admin/stats, GET /admin/dead-letters,
-// GET /admin/dead-letters/:id and POST /admin/dead-letters/:id/replay; it answers only requests addressed to this
+// The same port serves a small JSON admin API for operators (sessionctl): GET /admin/stats, GET /admin/dead-letters
+// (paged: ?after=<next>), GET and DELETE /admin/dead-letters/:id and POST /admin/dead-letters/:id/replay; it answers only requests addressed to this
 // machine by a loopback name (Host), so a web page cannot reach it through DNS rebinding.
 //
 // Who may send what is Knative's sender authorization, from the same manifests (event-policies.ts): given the
@@ -35,7 +36,7 @@ import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
 import { admittingOf, policiesNaming, senderPoliciesOf, type SenderPolicy } from './event-policies.ts';
 import { isEmittedType } from '../core/contract/events.ts';
 import { sharedHttpClient } from '../core/http-client.ts';
-import { openDeadLetterStore, type DeadLetter, type DeadLetterReason } from './dead-letters.ts';
+import { DeadLetterStoreFullError, isDeadLetterId, openDeadLetterStore, type DeadLetter, type DeadLetterPage, type DeadLetterReason } from '../core/dead-letter-store.ts';
 import { createDeliveryChaos, type ChaosCounters, type DeliveryChaos } from './delivery-chaos.ts';
 import { openDeliveryJournal, type DeliveryJournal, type JournaledEvent } from './delivery-journal.ts';
 import { backoffMs, isRetryableStatus, matches, readManifests, routingTableOf, type DeliverySpec, type Route, type RoutingTable } from './triggers.ts';
@@ -66,14 +67,18 @@ export const DEFAULT_ATTEMPT_TIMEOUT_MS = 30_000;
 export const DEFAULT_STOP_GRACE_MS = 5_000;
 /** Where dead letters are kept unless told otherwise (relative to the working directory). */
 export const DEFAULT_DEAD_LETTER_DIR = '.local/dead-letters';
+/** Bytes on disk the local Broker process keeps in dead letters unless told otherwise (BROKER_DEAD_LETTER_MAX_BYTES). */
+export const DEFAULT_DEAD_LETTER_MAX_BYTES = 1_073_741_824;
 /** The name dead letters and stats use for deliveries to the `forward` sink. */
 export const FORWARD_ROUTE = 'forward';
 
 const RESPONSE_EXCERPT_CHARS = 2048;
 /** Path prefix of the admin API on the ingress port (GET stats, GET/replay dead letters). */
 export const ADMIN_PREFIX = '/admin/';
-// Dead-letter ids as the store makes them; anything else is answered 404 without touching the disk.
-const DEAD_LETTER_ID = /^[0-9TZ]+-[0-9a-f]{8}$/;
+/** Dead letters per page of GET /admin/dead-letters (sessionctl follows `next`), so a full store is never one answer. */
+export const ADMIN_PAGE_ENTRIES = 500;
+/** And bytes per page, at most about. */
+export const ADMIN_PAGE_BYTES = 8 * 1_048_576;
 
 /** How to start a local Broker. */
 export interface LocalBrokerOptions {
@@ -91,6 +96,11 @@ export interface LocalBrokerOptions {
   subscribers: Readonly<Record<string, string>>;
   /** Directory of the dead-letter store. Default .local/dead-letters. */
   deadLetterDir?: string;
+  /**
+   * Bytes on disk the dead-letter store may take; a dead letter past it is not kept but logged whole and counted as
+   * dropped, as the deployed receiver refuses it (507). Default: unbounded.
+   */
+  deadLetterMaxBytes?: number;
   /** File pending deliveries are persisted to on stop. Default <deadLetterDir>/.pending-deliveries.json. */
   pendingFile?: string;
   /**
@@ -151,7 +161,7 @@ export interface BrokerStats extends ChaosCounters {
   retried: number;
   /** Deliveries that gave up and were written to the dead-letter store. */
   deadLettered: number;
-  /** Deliveries that gave up where the delivery spec has no dead-letter sink (logged, not kept). */
+  /** Deliveries that gave up where the delivery spec has no dead-letter sink, or the store was full (logged, not kept). */
   dropped: number;
   /** Deliveries not finished yet (queued, in flight or waiting for a retry). */
   pending: number;
@@ -187,6 +197,8 @@ export interface LocalBroker {
   readonly deadLetters: {
     readonly dir: string;
     list(): Promise<DeadLetter[]>;
+    /** Bytes on disk the dead letters take, and the cap (Infinity: none). */
+    usage(): { usedBytes: number; maxBytes: number };
     get(id: string): Promise<DeadLetter | undefined>;
     /** Re-sends a dead letter to the Trigger it died at (as the manifests define it now); removes it once delivered. */
     replay(id: string): Promise<ReplayResult>;
@@ -303,7 +315,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     if (route.url === undefined) log.warn({ trigger: route.name, reason: route.unresolved }, 'trigger not ready: its subscriber has no local URL; it gets no events');
   }
   const deadLetterDir = resolve(opts.deadLetterDir ?? DEFAULT_DEAD_LETTER_DIR);
-  const store = await openDeadLetterStore(deadLetterDir);
+  const store = await openDeadLetterStore(deadLetterDir, opts.deadLetterMaxBytes === undefined ? {} : { maxBytes: opts.deadLetterMaxBytes });
   const pendingFile = resolve(opts.pendingFile ?? join(deadLetterDir, '.pending-deliveries.json'));
   const limits: IngressLimits = { maxEventBytes: opts.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES, maxBatchBytes: opts.maxBatchBytes ?? DEFAULT_MAX_BATCH_BYTES };
   const maxPending = opts.maxPending ?? DEFAULT_MAX_PENDING;
@@ -419,13 +431,14 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       countRoute(d.target.name, 'failed');
       if (d.target.delivery.deadLetter) {
         try {
-          const dl = await store.add({ trigger: d.target.name, destination: d.target.url, attempts: d.attempts, reason: outcome.reason, event: storeEvent(d.event) });
-          counters.deadLettered++;
-          log.warn({ ...ids, deadLetter: dl.id, reason: outcome.reason }, 'delivery gave up; event kept in the dead-letter store');
+          const { entry, duplicate } = await store.add({ trigger: d.target.name, destination: d.target.url, attempts: d.attempts, reason: outcome.reason, event: storeEvent(d.event) });
+          if (!duplicate) counters.deadLettered++;
+          log.warn({ ...ids, deadLetter: entry.id, duplicate, reason: outcome.reason }, 'delivery gave up; event kept in the dead-letter store');
         } catch (err) {
-          // The event must not vanish silently: the whole event goes to the log.
+          // The event must not vanish silently: the whole event goes to the log (a full store keeps what it has).
           counters.dropped++;
-          log.error({ ...ids, err, reason: outcome.reason, event: storeEvent(d.event) }, 'delivery gave up and the dead-letter store could not be written');
+          const full = err instanceof DeadLetterStoreFullError;
+          log.error({ ...ids, err, reason: outcome.reason, event: storeEvent(d.event) }, full ? 'delivery gave up and the dead-letter store is full' : 'delivery gave up and the dead-letter store could not be written');
         }
       } else {
         counters.dropped++;
@@ -487,7 +500,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   }
 
   async function ingress(req: BoundedIncomingMessage, res: ServerResponse): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0];
+    const [path, search] = (req.url ?? '/').split('?');
     if (req.method === 'GET' && (path === '/healthz' || path === '/readyz')) {
       const ok = !closed && (opts.ready ? await opts.ready() : true);
       send(res, ok ? 200 : 503, { status: ok ? 'ok' : 'unavailable' });
@@ -499,7 +512,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
         send(res, 403, { error: 'the admin API answers only requests addressed to localhost' });
         return;
       }
-      await admin(req.method ?? 'GET', path.slice(ADMIN_PREFIX.length), res);
+      await admin(req.method ?? 'GET', path.slice(ADMIN_PREFIX.length), new URLSearchParams(search ?? ''), res);
       return;
     }
     if (req.method !== 'POST') {
@@ -585,6 +598,18 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     send(res, 202);
   }
 
+  // A delivery found at start for a Trigger that is gone: kept where a person will look, or, when the store is full,
+  // logged whole and counted as dropped (a full store must not stop the Broker from starting).
+  async function keepOrLog(entry: Parameters<typeof store.add>[0]): Promise<void> {
+    try {
+      if (!(await store.add(entry)).duplicate) counters.deadLettered++;
+    } catch (err) {
+      if (!(err instanceof DeadLetterStoreFullError)) throw err;
+      counters.dropped++;
+      log.error({ err, trigger: entry.trigger, event: entry.event }, 'a delivery for a trigger that is gone could not be kept: the dead-letter store is full');
+    }
+  }
+
   // Deliveries persisted by the previous broker on this store go out again first.
   async function loadPending(): Promise<void> {
     let text: string;
@@ -601,14 +626,13 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       const target = targetByName(entry.target);
       if (!target) {
         // The Trigger is gone from the manifests: keep the event where a person will look.
-        await store.add({
+        await keepOrLog({
           trigger: entry.target,
           destination: entry.url,
           attempts: entry.attempts,
           reason: { message: `persisted delivery for trigger ${entry.target}, which no longer exists or has no local URL` },
           event: entry.event,
         });
-        counters.deadLettered++;
         continue;
       }
       loaded.push({ key: randomUUID(), target, event, attempts: entry.attempts, loaded: journal === undefined, journaled: journal !== undefined });
@@ -633,14 +657,13 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       for (const jd of entry.deliveries) {
         const target = targetByName(jd.target);
         if (!target) {
-          await store.add({
+          await keepOrLog({
             trigger: jd.target,
             destination: jd.url,
             attempts: 0,
             reason: { message: `journaled delivery for trigger ${jd.target}, which no longer exists or has no local URL` },
             event: entry.event,
           });
-          counters.deadLettered++;
           journal.done(jd.key);
           continue;
         }
@@ -686,18 +709,24 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     return { outcome: 'failed', id, attempts: d.attempts, reason };
   }
 
-  // The admin API sessionctl uses (JSON): dead letters to list, read and replay, and the counters.
-  async function admin(method: string, route: string, res: ServerResponse): Promise<void> {
+  // The admin API sessionctl uses (JSON): dead letters to list (in pages), read, delete and replay, and the counters.
+  // The deployed dead-letter receiver serves the same routes but replay (functions/dead-letters/handle.ts).
+  async function admin(method: string, route: string, query: URLSearchParams, res: ServerResponse): Promise<void> {
     const parts = route.split('/').filter((p) => p !== '').map((p) => decodeURIComponent(p));
     const [collection, id, action] = parts;
-    const known = (entryId: string) => DEAD_LETTER_ID.test(entryId);
+    const known = (entryId: string) => isDeadLetterId(entryId);
     if (method === 'GET' && collection === 'stats' && parts.length === 1) {
-      send(res, 200, { ...statsNow(), deadLetters: (await store.list()).length });
+      send(res, 200, { ...statsNow(), deadLetters: store.count(), deadLetterBytes: store.usedBytes(), deadLetterMaxBytes: Number.isFinite(store.maxBytes) ? store.maxBytes : null });
     } else if (method === 'GET' && collection === 'dead-letters' && parts.length === 1) {
-      send(res, 200, { deadLetters: await store.list() });
+      const after = query.get('after') ?? undefined;
+      const page: DeadLetterPage = await store.page({ ...(after ? { after } : {}), limit: ADMIN_PAGE_ENTRIES, maxBytes: ADMIN_PAGE_BYTES });
+      send(res, 200, page);
     } else if (method === 'GET' && collection === 'dead-letters' && id !== undefined && parts.length === 2) {
       const entry = known(id) ? await store.get(id) : undefined;
       if (entry) send(res, 200, entry);
+      else send(res, 404, { error: `no dead letter ${JSON.stringify(id)}` });
+    } else if (method === 'DELETE' && collection === 'dead-letters' && id !== undefined && parts.length === 2) {
+      if (known(id) && (await store.remove(id))) send(res, 200, { deleted: id });
       else send(res, 404, { error: `no dead letter ${JSON.stringify(id)}` });
     } else if (method === 'POST' && collection === 'dead-letters' && id !== undefined && action === 'replay' && parts.length === 3) {
       const result: ReplayResult = known(id) ? await replay(id) : { outcome: 'not-found', id };
@@ -760,6 +789,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     deadLetters: {
       dir: deadLetterDir,
       list: () => store.list(),
+      usage: () => ({ usedBytes: store.usedBytes(), maxBytes: store.maxBytes }),
       get: (id) => store.get(id),
       replay,
       remove: (id) => store.remove(id),

@@ -7,6 +7,7 @@ import { ConfigError, readSettings } from '../core/config.ts';
 import { createLogger } from '../core/log.ts';
 import {
   DEFAULT_DEAD_LETTER_DIR,
+  DEFAULT_DEAD_LETTER_MAX_BYTES,
   DEFAULT_MAX_BATCH_BYTES,
   DEFAULT_MAX_EVENT_BYTES,
   DEFAULT_STOP_GRACE_MS,
@@ -20,6 +21,11 @@ export const BrokerSettingsSchema = Type.Object({
   BROKER_SUBSCRIBERS: Type.String({ default: '{}', description: 'JSON map of subscriber (Knative Service or Trigger) name to local URL.' }),
   BROKER_MANIFESTS_DIR: Type.String({ default: '', description: 'Directory of the Broker and Trigger manifests; empty: knative/base.' }),
   BROKER_DEAD_LETTER_DIR: Type.String({ default: DEFAULT_DEAD_LETTER_DIR, description: 'Directory of the on-disk dead-letter store.' }),
+  BROKER_DEAD_LETTER_MAX_BYTES: Type.Integer({
+    minimum: 1_048_576,
+    default: DEFAULT_DEAD_LETTER_MAX_BYTES,
+    description: 'Bytes on disk the dead-letter store may take; past it a dead letter is logged whole and dropped, never kept by evicting another (as the deployed receiver answers 507).',
+  }),
   BROKER_FORWARD_URL: Type.String({ default: '', description: 'Outside sink that also gets every event the system emits; empty: none.' }),
   BROKER_IDENTITIES: Type.String({
     default: '',
@@ -71,6 +77,7 @@ try {
     subscribers: parseStringMap('BROKER_SUBSCRIBERS', s.BROKER_SUBSCRIBERS, 'name to URL strings'),
     ...(s.BROKER_IDENTITIES === '' ? {} : { identities: parseStringMap('BROKER_IDENTITIES', s.BROKER_IDENTITIES, 'token to subject strings') }),
     deadLetterDir: s.BROKER_DEAD_LETTER_DIR,
+    deadLetterMaxBytes: s.BROKER_DEAD_LETTER_MAX_BYTES,
     maxEventBytes: s.BROKER_MAX_EVENT_BYTES,
     maxBatchBytes: s.BROKER_MAX_BATCH_BYTES,
     stopGraceMs: s.BROKER_STOP_GRACE_MS,

@@ -5,7 +5,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
 import { startLocalBroker, type BrokerStats, type LocalBroker } from './broker.ts';
-import type { DeadLetter } from './dead-letters.ts';
+import type { DeadLetter } from '../core/dead-letter-store.ts';
 import { eventOf, sendBinary, tempStoreDir } from './test-support.ts';
 
 // A subscriber that refuses every event with 400 (never retried) until told to accept.

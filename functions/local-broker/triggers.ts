@@ -159,7 +159,7 @@ function parseDelivery(raw: unknown, where: string): DeliverySpec {
     backoffPolicy: policy,
     backoffDelayMs: delay === undefined ? 0 : parseIsoDuration(delay),
     timeoutMs: timeout === undefined ? undefined : parseIsoDuration(timeout),
-    // Any sink at all (the JobSink in base, or a uri) is the local on-disk store.
+    // Any sink at all (the dead-letter receiver in base, or a uri) is the local on-disk store.
     deadLetter: raw.deadLetterSink !== undefined && raw.deadLetterSink !== null,
   };
 }

@@ -81,8 +81,8 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   retry: { usage: 'retry <sessionId>', summary: 'a destroy that gave up its GPU release (release_failed): request it again', options: [], run: retryCommand },
   resolve: { usage: 'resolve <sessionId>', summary: 'a destroy that gave up its GPU release: book the memory as freed and finish it', options: [], run: resolveCommand },
   'dead-letters': {
-    usage: 'dead-letters [list | show <id> | replay <id> | replay --all]',
-    summary: "the local Broker's dead letters: why each event died; send them again",
+    usage: 'dead-letters [list | show <id> | delete <id> | replay <id> | replay --all]',
+    summary: "dead letters (the local Broker's, or the cluster receiver's through port-forward): why each event died; send them again",
     options: ['all'],
     run: deadLettersCommand,
   },

@@ -102,8 +102,8 @@ export function postEvent(base: URL, event: CloudEvent<unknown>, token?: string)
   return request(base, base.pathname, { method: 'POST', headers, body: message.body as string });
 }
 
-/** Calls the Broker's admin API (GET or POST under /admin/). */
-export async function brokerAdmin(base: URL, method: 'GET' | 'POST', path: string): Promise<BrokerAnswer> {
+/** Calls the admin API (GET, POST or DELETE under /admin/) of the local Broker or the deployed dead-letter receiver. */
+export async function brokerAdmin(base: URL, method: 'GET' | 'POST' | 'DELETE', path: string): Promise<BrokerAnswer> {
   const answer = await request(base, `/admin/${path}`, { method });
   if (answer.status === 404 && (typeof answer.body !== 'object' || answer.body === null)) {
     throw new RuntimeFailure(`the Broker at ${base.href} has no admin API (is it the local Broker of \`npm start\`?)`);

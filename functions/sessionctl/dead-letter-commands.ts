@@ -1,6 +1,9 @@
-// `dead-letters [list | show <id> | replay <id> | replay --all]`: the local Broker's dead-letter store, through its
-// admin API, so the operator sees why each event died and can send it again once the cause is fixed.
-import type { DeadLetter } from '../local-broker/dead-letters.ts';
+// `dead-letters [list | show <id> | delete <id> | replay <id> | replay --all]`: a dead-letter store through its admin
+// API, so the operator sees why each event died and can send it again once the cause is fixed. Two servers answer it:
+// the local Broker of `npm start`, and the deployed dead-letter receiver (functions/dead-letters) through `kubectl
+// port-forward` (--broker http://localhost:PORT). The receiver does not replay (it cannot send as the event's
+// original sender): it answers replay with 501 and the procedure, which this command passes on.
+import type { DeadLetter, DeadLetterPage } from '../core/dead-letter-store.ts';
 import type { ReplayResult } from '../local-broker/broker.ts';
 import type { Command, CommandContext, Output } from './command.ts';
 import { brokerAdmin, brokerUrl } from './connections.ts';
@@ -33,15 +36,27 @@ function expectOk(status: number, body: unknown, what: string): void {
   if (status !== 200) throw new RuntimeFailure(`the Broker answered HTTP ${status} for ${what}: ${JSON.stringify(body)}`);
 }
 
+// Every page, in order: the server answers in pages (`next` names where the following one starts).
 async function list(broker: URL): Promise<DeadLetter[]> {
-  const answer = await brokerAdmin(broker, 'GET', 'dead-letters');
-  expectOk(answer.status, answer.body, 'dead-letter list');
-  return (answer.body as { deadLetters: DeadLetter[] }).deadLetters;
+  const out: DeadLetter[] = [];
+  let after: string | undefined;
+  do {
+    const answer = await brokerAdmin(broker, 'GET', `dead-letters${after === undefined ? '' : `?after=${encodeURIComponent(after)}`}`);
+    expectOk(answer.status, answer.body, 'dead-letter list');
+    const page = answer.body as DeadLetterPage;
+    out.push(...page.deadLetters);
+    after = page.next;
+  } while (after !== undefined);
+  return out;
 }
 
 async function replay(broker: URL, id: string): Promise<ReplayResult> {
   const answer = await brokerAdmin(broker, 'POST', `dead-letters/${encodeURIComponent(id)}/replay`);
   if (answer.status === 404) return { outcome: 'not-found', id };
+  if (answer.status === 501) {
+    const reason = (answer.body as { reason?: unknown } | undefined)?.reason;
+    throw new RuntimeFailure(`this server does not replay dead letters: ${typeof reason === 'string' ? reason : JSON.stringify(answer.body)}`);
+  }
   expectOk(answer.status, answer.body, `replay of dead letter ${id}`);
   return answer.body as ReplayResult;
 }
@@ -60,7 +75,7 @@ function oneId(ctx: CommandContext, action: string): string {
   return id;
 }
 
-/** `dead-letters`: list (default), show, replay one or replay all. */
+/** `dead-letters`: list (default), show, delete, replay one or replay all. */
 export const deadLettersCommand: Command = async (ctx): Promise<Output> => {
   const action = ctx.positionals[0] ?? 'list';
   const broker = brokerUrl(ctx.options.broker, ctx.env);
@@ -105,6 +120,12 @@ export const deadLettersCommand: Command = async (ctx): Promise<Output> => {
       ].join('\n');
       return { json: entry, human };
     }
+    case 'delete': {
+      const id = oneId(ctx, 'delete');
+      const answer = await brokerAdmin(broker, 'DELETE', `dead-letters/${encodeURIComponent(id)}`);
+      expectOk(answer.status, answer.body, `dead letter ${id}`);
+      return { json: answer.body, human: `dead letter ${id} deleted` };
+    }
     case 'replay': {
       if (ctx.options.all) {
         if (ctx.positionals.length > 1) throw new UsageError('dead-letters replay takes an id or --all, not both');
@@ -124,6 +145,6 @@ export const deadLettersCommand: Command = async (ctx): Promise<Output> => {
       return { json: result, human: `dead letter ${id}: ${describe(result)}`, exitCode: result.outcome === 'delivered' ? 0 : 1 };
     }
     default:
-      throw new UsageError(`dead-letters takes list, show <id>, replay <id> or replay --all, not ${JSON.stringify(action)}`);
+      throw new UsageError(`dead-letters takes list, show <id>, delete <id>, replay <id> or replay --all, not ${JSON.stringify(action)}`);
   }
 };

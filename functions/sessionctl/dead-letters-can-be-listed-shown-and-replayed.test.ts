@@ -3,7 +3,7 @@
 // still refuses), and a delivered replay leaves the store. An unknown id exits 3; an unreachable Broker exits 1.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import type { DeadLetter } from '../local-broker/dead-letters.ts';
+import type { DeadLetter } from '../core/dead-letter-store.ts';
 import type { ReplayResult } from '../local-broker/broker.ts';
 import { cliEnv, jsonOf, sessionctl, startTestBroker, unreachableBroker, type TestBroker } from './sessionctl-test-support.ts';
 
@@ -35,7 +35,7 @@ test('dead-letters lists why each event died, in a table and as JSON, and show p
   assert.equal(listed.code, 0, listed.stderr);
   const lines = listed.stdout.trimEnd().split('\n');
   assert.match(lines[0]!, /^ID\s+DIED\s+TRIGGER\s+TYPE\s+SESSION\s+ATTEMPTS\s+REASON$/);
-  assert.match(lines[1]!, /^\d{8}T\d+Z-[0-9a-f]{8}\s+(\d+ ms|\d+\.\d s) ago\s/);
+  assert.match(lines[1]!, /^\d{8}T\d+Z-[0-9a-f]{24}\s+(\d+ ms|\d+\.\d s) ago\s/);
   assert.match(lines[1]!, /destroy-dispatch-session-closed\s+dev\.sessionreaper\.session\.closed\s+sess-dl-1\s+1\s+http:\/\/127\.0\.0\.1:\d+\/ answered HTTP 400$/);
 
   const json = jsonOf<{ deadLetters: DeadLetter[] }>(await sessionctl(['dead-letters', '--json'], env));

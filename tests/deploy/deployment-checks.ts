@@ -569,35 +569,7 @@ export function checkLongRunning(ms: readonly Manifest[]): string[] {
   return problems;
 }
 
-/** Where Knative's JobSink receiver mounts the event it stores, in every container of the Job it creates. */
-export const JOB_SINK_EVENT_PATH = '/etc/jobsink-event/event';
-
-/**
- * Dead letters are kept as docs/deploy.md says: every Trigger not annotated `sessionreaper.dev/dead-letters: drop`
- * (heartbeats, superseded by the next one) ends in a JobSink whose Job prints the mounted event, runs without a
- * sidecar (which would keep it from completing) and is kept a while after it ran.
- */
-export function checkDeadLetters(ms: readonly Manifest[]): string[] {
-  const problems: string[] = [];
-  for (const t of ofKind(ms, 'Trigger', 'eventing.knative.dev')) {
-    if (obj(at(t.doc, 'metadata.annotations'))['sessionreaper.dev/dead-letters'] === 'drop') continue;
-    const dls = effectiveDelivery(ms, t)?.deadLetterSink;
-    if (str(at(dls, 'ref.kind')) !== 'JobSink') {
-      problems.push(`${describe(t)} has no JobSink as its dead-letter sink: its undeliverable events would be lost`);
-      continue;
-    }
-    const sink = find(ms, 'JobSink', 'sinks.knative.dev', str(at(dls, 'ref.name')) ?? '');
-    if (!sink) continue; // checkReferences reports it
-    const job = obj(at(sink.doc, 'spec.job'));
-    const container = obj(arr(at(job, 'spec.template.spec.containers'))[0]);
-    const commandLine = [...arr(container.command), ...arr(container.args)].map((c) => str(c) ?? '');
-    if (!commandLine.includes(JOB_SINK_EVENT_PATH)) problems.push(`${describe(sink)}'s Job does not print ${JOB_SINK_EVENT_PATH}, where the event is mounted`);
-    if (obj(at(job, 'spec.template.metadata.labels'))['sidecar.istio.io/inject'] !== 'false') problems.push(`${describe(sink)}'s Job would get a sidecar, and never complete`);
-    const ttl = at(job, 'spec.ttlSecondsAfterFinished');
-    if (typeof ttl !== 'number' || ttl < 86_400) problems.push(`${describe(sink)}'s Job (and the event's Secret) is kept ${show(ttl)} s, less than a day to replay it`);
-  }
-  return [...new Set(problems)];
-}
+// Dead letters (where every Trigger's go, and what the receiver does with them) are checked in dead-letter-checks.ts.
 
 /** Every workload labelled a Redis client runs as an identity the in-cluster Redis admits (when that Redis is deployed). */
 export function checkRedisAccess(ms: readonly Manifest[]): string[] {

@@ -14,7 +14,6 @@ import {
   REPO_ROOT,
   applySkaffoldProfile,
   checkFunctionsComplete,
-  checkDeadLetters,
   checkGpuScheduling,
   checkLongRunning,
   checkRedisAccess,
@@ -57,7 +56,6 @@ void describe('functions, triggers, policies and images line up', () => {
     void it(`${o}: the deadline engine and the idle checker run as long-running Broker sources`, () => assert.deepEqual(checkLongRunning(overlay(o)), []));
     void it(`${o}: every setting is one its process reads, and every value parses`, () => assert.deepEqual(checkSettings(overlay(o)), []));
     void it(`${o}: Redis admits every workload that keeps session state`, () => assert.deepEqual(checkRedisAccess(overlay(o)), []));
-    void it(`${o}: undeliverable events are kept for inspection and replay`, () => assert.deepEqual(checkDeadLetters(overlay(o)), []));
   }
 
   for (const profile of ['dev', 'prod', 'prod-memorystore']) {
@@ -116,17 +114,8 @@ void describe('functions, triggers, policies and images line up', () => {
   });
 
   void it('notices a missing dead-letter sink', () => {
-    const ms = overlay('prod').filter((m) => m.doc.kind !== 'JobSink');
-    assert.match(checkReferences(ms).join('\n'), /Broker\/default deadLetterSink names JobSink\/dead-letters/);
-  });
-
-  void it('notices dead letters that would be lost, unreadable or kept too briefly', () => {
-    const dropped = withChange(overlay('prod'), 'Trigger', 'gpu-release-gpu-release-requested', '/spec/delivery/deadLetterSink', { uri: 'http://example.invalid/' });
-    assert.match(checkDeadLetters(dropped).join('\n'), /Trigger\/gpu-release-gpu-release-requested has no JobSink as its dead-letter sink/);
-    const blind = withChange(overlay('prod'), 'JobSink', 'dead-letters', '/spec/job/spec/template/spec/containers/0/command', ['cat', '/etc/jobsink-event']);
-    assert.match(checkDeadLetters(blind).join('\n'), /JobSink\/dead-letters's Job does not print \/etc\/jobsink-event\/event/);
-    const brief = withChange(overlay('prod'), 'JobSink', 'dead-letters', '/spec/job/spec/ttlSecondsAfterFinished', 600);
-    assert.match(checkDeadLetters(brief).join('\n'), /kept 600 s, less than a day/);
+    const ms = overlay('prod').filter((m) => !(m.doc.kind === 'Service' && m.doc.apiVersion === 'v1' && (m.doc.metadata as { name?: string }).name === 'dead-letters'));
+    assert.match(checkReferences(ms).join('\n'), /Broker\/default deadLetterSink names Service\/dead-letters, which is not deployed/);
   });
 
   void it('notices a function that lost a Trigger', () => {

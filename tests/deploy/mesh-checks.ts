@@ -287,7 +287,7 @@ function tierOf(m: Manifest): string {
 
 /**
  * For every workload's Sidecar, every tier-labelled VirtualService for a host it calls is one it actually selects:
- * the core tier's (the Broker ingress) for every Sidecar, since every workload sends events; the runtime tier's for
+ * the core tier's (the Broker ingress) for every Sidecar not labelled sessionreaper.dev/sends-events=false; the runtime tier's for
  * the Sidecars labelled sessionreaper.dev/calls-gpu-runtimes; and any tier VirtualService for a host the Sidecar
  * imports. Each selected route sets a timeout and `retries.attempts: 0`, so Istio's default retry policy (2 retries)
  * never applies to those hosts. The host that matters is the rendered Broker's ingress, by its class
@@ -311,10 +311,12 @@ export function checkVirtualServiceAttachment(ms: readonly Manifest[]): string[]
   }
   for (const sc of sidecars) {
     const callsRuntimes = obj(at(sc.doc, 'metadata.labels'))['sessionreaper.dev/calls-gpu-runtimes'] === 'true';
+    // A workload labelled as sending no events (the dead-letter receiver) need not import the Broker ingress.
+    const sendsEvents = obj(at(sc.doc, 'metadata.labels'))['sessionreaper.dev/sends-events'] !== 'false';
     const selected = selectedVirtualServices(ms, sc);
     for (const vs of tiered) {
       const hosts = strs(at(vs.doc, 'spec.hosts'));
-      const required = tierOf(vs) === 'core' || (tierOf(vs) === 'runtime' && callsRuntimes) || hosts.some((h) => importsService(sc, h));
+      const required = (tierOf(vs) === 'core' && sendsEvents) || (tierOf(vs) === 'runtime' && callsRuntimes) || hosts.some((h) => importsService(sc, h));
       if (!required) continue;
       if (!selected.includes(vs)) {
         problems.push(`${describe(sc)} calls ${hosts.join(', ')} but does not select ${describe(vs)}: its timeout and no-retry rule never apply there`);

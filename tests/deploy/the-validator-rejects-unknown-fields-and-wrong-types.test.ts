@@ -28,7 +28,7 @@ const MUTATIONS: Mutation[] = [
   { what: 'a typo in the probe', kind: 'Service', name: 'activity-score', path: '/spec/template/spec/containers/0/readinessProbe/httpGet/paths', value: '/' },
   { what: 'an unknown metadata field', kind: 'Trigger', name: 'gpu-release-gpu-release-requested', path: '/metadata/label', value: {} },
   { what: 'a wrong type in a delivery spec', kind: 'Broker', name: 'default', path: '/spec/delivery/retry', value: 'six' },
-  { what: 'a typo in a Job held by the JobSink', kind: 'JobSink', name: 'dead-letters', path: '/spec/job/spec/ttlSecondsAfterFinish', value: 1 },
+  { what: "a typo in the dead-letter receiver's claim template", kind: 'StatefulSet', name: 'dead-letters', path: '/spec/volumeClaimTemplates/0/spec/accessMode', value: ['ReadWriteOnce'] },
   { what: 'a numeric Istio timeout', kind: 'VirtualService', name: 'gpu-runtime', path: '/spec/http/0/timeout', value: 5 },
   { what: 'an unknown AuthorizationPolicy source field', kind: 'AuthorizationPolicy', name: 'gpu-release', path: '/spec/rules/0/from/0/source/principal', value: ['x'] },
   { what: 'an unknown DestinationRule pool field', kind: 'DestinationRule', name: 'gpu-runtimes', path: '/spec/trafficPolicy/connectionPool/http/maxRequests', value: 1 },

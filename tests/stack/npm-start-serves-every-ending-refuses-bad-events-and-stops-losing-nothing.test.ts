@@ -14,7 +14,7 @@ import { auditLedger } from '../../functions/core/ledger.ts';
 import type { RedisClient } from '../../functions/core/redis/connect.ts';
 import { KeySpace } from '../../functions/core/redis/keys.ts';
 import type { SessionStore } from '../../functions/core/session-store.ts';
-import { openDeadLetterStore } from '../../functions/local-broker/dead-letters.ts';
+import { openDeadLetterStore } from '../../functions/core/dead-letter-store.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
 import { until } from '../support/until.ts';
 import { missingEntryFiles, stackStore } from '../support/stack.ts';
