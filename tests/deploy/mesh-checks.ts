@@ -307,7 +307,8 @@ export function checkVirtualServiceAttachment(ms: readonly Manifest[]): string[]
     }
     const core = tiered.filter((vs) => tierOf(vs) === 'core' && strs(at(vs.doc, 'spec.hosts')).some((h) => hostsMatch(h, host)));
     if (core.length === 0) problems.push(`no core-tier VirtualService covers the ${cls} Broker's ingress ${host}: emits to it get Istio's default timeout and retries`);
-    for (const sc of sidecars) if (!importsService(sc, host)) problems.push(`${describe(sc)} does not import the ${cls} Broker's ingress ${host}: under REGISTRY_ONLY every emit fails`);
+    const senders = sidecars.filter((sc) => obj(at(sc.doc, 'metadata.labels'))['sessionreaper.dev/sends-events'] !== 'false');
+    for (const sc of senders) if (!importsService(sc, host)) problems.push(`${describe(sc)} does not import the ${cls} Broker's ingress ${host}: under REGISTRY_ONLY every emit fails`);
   }
   for (const sc of sidecars) {
     const callsRuntimes = obj(at(sc.doc, 'metadata.labels'))['sessionreaper.dev/calls-gpu-runtimes'] === 'true';
