@@ -11,7 +11,7 @@ import { handle } from './handle.ts';
 import { idleDecision } from './scoring.ts';
 import { policyFor } from './settings.ts';
 
-const RULE = { blindGapMs: 1000, ingestSilenceMs: 0, holdMaxMs: 600_000 };
+const RULE = { blindGapMs: 1000 };
 
 async function typeUntilQuiet(h: Harness, sessionId: string): Promise<{ stopped: number; idleAt: number }> {
   let at = h.clock.now;

@@ -12,7 +12,7 @@
 //   const checker = new IdleChecker(core.deps, { settings: readActivityScoreSettings(process.env) });
 //   checker.start();  ...  await checker.stop();
 import { setTimeout as sleep } from 'node:timers/promises';
-import { blindTimeWithin, type BlindState } from '../core/blind-windows.ts';
+import { blindTimeWithin, wallTimeOf, type BlindState } from '../core/blind-windows.ts';
 import { EventType } from '../core/contract/events.ts';
 import type { CoreDeps } from '../core/function-host.ts';
 import { BLIND_RETENTION_MS } from '../core/session-store.ts';
@@ -133,19 +133,23 @@ export class IdleChecker {
         const result = await this.index.schedule(sessionId, stored.version, now + this.#settings.idleLeaseMs);
         return result.code === 'CLEARED' ? 'cleared' : 'rescheduled';
       }
-      // Judged on the session's own clock, which stood still while nobody could hear it.
-      const lost = blind ? blindTimeWithin(blind.spans, ctx.lastEventAt, now) : 0;
+      // Judged on the session's own clock, which stood still while nobody could hear it; its times are converted
+      // back to the wall clock by the same walk.
+      const spans = blind?.spans ?? [];
+      const lost = blindTimeWithin(spans, ctx.lastEventAt, now);
       const judgement = judgeIdleness(this.#settings, ctx, now - lost, { tenant: session.tenant, tier, holdUntil: session.holdUntil });
       const { decision } = judgement;
       if (decision.idle) {
-        const idleAt = Math.round((decision.idleAt ?? now - lost) + lost);
-        await this.#deps.emit(EventType.SessionIdle, idleEventData(sessionId, session.incarnation, decision, tier), `${sessionId}/${session.incarnation}/idle/${idleAt}`);
+        // The id is the idle moment on the session's clock: the same at every re-check, whatever span is recorded since.
+        const idleAtSession = Math.round(decision.idleAt ?? now - lost);
+        const idleAt = wallTimeOf(spans, ctx.lastEventAt, idleAtSession);
+        await this.#deps.emit(EventType.SessionIdle, idleEventData(sessionId, session.incarnation, decision, tier), `${sessionId}/${session.incarnation}/idle/${idleAtSession}`);
         this.#deps.logger.info({ sessionId, incarnation: session.incarnation, reason: decision.reason, score: decision.score, threshold: decision.threshold, tier, idleAt, lagMs: now - idleAt }, 'session idle');
         // Looked at again after a lease: destroyed by then (dropped), or still idle (said again, same id).
         await this.index.schedule(sessionId, stored.version, now + this.#settings.idleLeaseMs);
         return 'idle';
       }
-      const result = await this.index.schedule(sessionId, stored.version, judgement.nextCheckAt === undefined ? undefined : judgement.nextCheckAt + lost);
+      const result = await this.index.schedule(sessionId, stored.version, judgement.nextCheckAt === undefined ? undefined : wallTimeOf(spans, ctx.lastEventAt, judgement.nextCheckAt));
       return result.code === 'CLEARED' ? 'cleared' : 'rescheduled';
     } catch (err) {
       this.#deps.logger.warn({ sessionId, err: (err as Error).message }, 'idle check failed; retried when its lease ends');

@@ -42,3 +42,17 @@ export function parseSpans(members: readonly string[]): BlindSpan[] {
   }
   return mergeSpans(spans);
 }
+
+/**
+ * The wall time at which a session's own clock, started at `from` and stopped during the spans, reads `t`: the walk
+ * lua/includes/blind.lua's extendedDeadline makes (each span after `from` that begins before the time reached so far
+ * pushes it out by its length).
+ */
+export function wallTimeOf(spans: readonly BlindSpan[], from: number, t: number): number {
+  let wall = t;
+  for (const s of spans) {
+    if (s.from >= wall) break;
+    if (s.to > from) wall += s.to - Math.max(s.from, from);
+  }
+  return wall;
+}

@@ -123,19 +123,22 @@ export interface DueClaims {
   holdFrom: number | null;
   /** The blind window this claim recorded, if any. */
   blind: { from: number; to: number } | null;
+  /** The bucket's heartbeat marks and how many sessions it indexes, for the engine's verdict on the fleet. */
+  heard: { hb: number | null; hg: number | null; n: number };
 }
 
 /**
- * The outage rule's settings (functions/core/config.ts; lua/includes/blind.lua): what counts as blind, and for how
- * long an unheard bucket holds its expiries. Without them claimDue and claimExpired apply no rule.
+ * The outage rule as a due claim applies it (lua/includes/blind.lua, claim-due-4.lua): what counts as unwatched, and
+ * the deadline engine's verdict on the fleet's heartbeats (functions/heartbeat-timeout/ingest-silence.ts). Without it
+ * claimDue and claimExpired apply no rule.
  */
 export interface OutageRule {
   /** A bucket no engine claimed in for longer than this was unwatched (> 0). */
   blindGapMs: number;
-  /** The least silence of a bucket's heartbeats that counts as unheard; 0: silence is not judged. */
-  ingestSilenceMs: number;
-  /** The longest an unheard bucket holds its expiries. */
-  holdMaxMs: number;
+  /** Since when the fleet's heartbeats are unheard (null or absent: heard): sessions due after it are held. */
+  holdFrom?: number | null;
+  /** When heartbeats were last heard: a hold still kept is closed there. */
+  heardAt?: number | null;
 }
 
 /** How long blind windows are kept: longer than any liveness window a session may set (100 beats of a day's interval). */
@@ -326,7 +329,7 @@ export class SessionStore {
     const migrationToken = drawReleaseToken();
     const r = await this.#scripts.run(
       'openSession',
-      [k.session, k.deadlines, k.meta, k.placements, k.ledger, k.migrations, k.destroying, k.endMarker],
+      [k.session, k.deadlines, k.meta, k.placements, k.ledger, k.migrations, k.destroying, k.endMarker, k.watch],
       [input.sessionId, input.fingerprint, input.now, Math.min(input.liveFrom, input.now), input.windowMs,
         input.placement.node, input.placement.runtimeUrl, input.placement.gpuBytes, input.tenant ?? '', input.model ?? '', migrationToken],
     );
@@ -451,7 +454,6 @@ export class SessionStore {
     throw new UnexpectedReplyError(`grantHold replied ${code}`);
   }
 
-  /** Reads the activity context (and its version) for a compare-and-set update. */
   /** A bucket's outage-rule state: its blind spans ending after `since` and since when it is unheard now, if it is. */
   async blindState(bucket: number, since: number): Promise<BlindState> {
     const b = this.keys.bucket(bucket);
@@ -459,6 +461,7 @@ export class SessionStore {
     return { spans: parseSpans(members), holdFrom: holdFrom === null ? null : Number(holdFrom) };
   }
 
+  /** Reads the activity context (and its version) for a compare-and-set update. */
   async readContext(sessionId: string): Promise<{ version: number; fields: Record<string, string> }> {
     const fields = await this.redis.hgetall(this.keys.session(sessionId).context);
     return { version: Number(fields.v ?? '0'), fields };
@@ -554,18 +557,19 @@ export class SessionStore {
   async claimDue(bucket: number, now: number, limit: number, rule?: OutageRule): Promise<DueClaims> {
     const b = this.keys.bucket(bucket);
     const r = await this.#scripts.run('claimDue', [b.deadlines, b.destroying, b.watch, b.blind], [
-      now, limit, this.keys.sessionRecordPrefix(bucket), rule?.blindGapMs ?? 0, rule?.ingestSilenceMs ?? 0, rule?.holdMaxMs ?? 0, BLIND_RETENTION_MS,
+      now, limit, this.keys.sessionRecordPrefix(bucket), rule?.blindGapMs ?? 0, rule?.holdFrom ?? '', rule?.heardAt ?? '', BLIND_RETENTION_MS,
     ]);
     const optional = (v: unknown) => (str(v) === '' ? null : Number(str(v)));
-    const unresolvedCount = num(r[6]);
-    const unresolved = r.slice(7, 7 + unresolvedCount).map(str);
+    const unresolvedCount = num(r[9]);
+    const unresolved = r.slice(10, 10 + unresolvedCount).map(str);
     const claimed: DueClaims['claimed'] = [];
-    for (let i = 7 + unresolvedCount; i + 2 < r.length; i += 3) claimed.push({ sessionId: str(r[i]), incarnation: num(r[i + 1]), deadline: num(r[i + 2]) });
+    for (let i = 10 + unresolvedCount; i + 2 < r.length; i += 3) claimed.push({ sessionId: str(r[i]), incarnation: num(r[i + 1]), deadline: num(r[i + 2]) });
     const from = optional(r[4]);
     const to = optional(r[5]);
     return {
       claimed, skipped: num(r[1]), unresolved, head: optional(r[0]), deferred: num(r[2]), holdFrom: optional(r[3]),
       blind: from === null || to === null ? null : { from, to },
+      heard: { n: num(r[6]), hb: optional(r[7]), hg: optional(r[8]) },
     };
   }
 

@@ -21,16 +21,19 @@
 // bucket's round trip to Redis.
 //
 // The outage rule (core/redis/lua/includes/blind.lua): a live session is never expired because session-reaper could
-// not hear its heartbeats. Each claim notes in Redis that its bucket is watched; a bucket left unwatched for longer
-// than BLIND_GAP_MS (Redis down, or no engine running), or whose heartbeats stopped far beyond their usual rhythm
-// (the Broker or heartbeat-timeout down; INGEST_SILENCE_MS), was blind for that span, and the claim moves every due
-// deadline past the blind time in its session's silence before it expires anything. The engine only logs what the
-// scripts decided: the measurement lives in Redis, so it holds across replicas and across the engine's own restarts.
+// not hear its heartbeats. Each claim notes in Redis that its bucket is watched, and a bucket left unwatched for
+// longer than BLIND_GAP_MS (Redis down, or no engine running) was blind for that span. The claims also answer each
+// bucket's heartbeat marks, from which the engine judges whether the whole fleet went silent far beyond its usual
+// rhythm (the Broker or heartbeat-timeout down; ingest-silence.ts), and passes that verdict to every claim: while it
+// lasts, expiries wait, and once heard again the silent span is blind too. Each claim moves every due deadline past
+// the blind time in its session's silence before it expires anything. The marks live in Redis, so the rule holds
+// across replicas and across the engine's own restarts.
 import type { Config } from '../core/config.ts';
 import { EventType } from '../core/contract/events.ts';
 import type { CoreDeps } from '../core/function-host.ts';
 import type { Logger } from '../core/log.ts';
 import type { OutageRule, SessionStore } from '../core/session-store.ts';
+import { judgeIngest, type BucketHeard, type IngestVerdict } from './ingest-silence.ts';
 
 /** What the engine uses from the core: a subset of CoreDeps, so a core's deps can be passed as they are. */
 export interface DeadlineEngineDeps {
@@ -71,6 +74,8 @@ export interface PassReport {
   emitFailures: number;
   /** Due sessions whose deadline the outage rule moved past a blind window instead of expiring them. */
   deferred: number;
+  /** Blind windows recorded (one per bucket that recorded one). */
+  blind: { from: number; to: number }[];
 }
 
 const DEFAULT_BATCH = 256;
@@ -80,7 +85,7 @@ const DEFAULT_MAX_BACKOFF_MS = 2000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function emptyReport(): PassReport {
-  return { expired: 0, skipped: 0, resumed: 0, migrationsReissued: 0, emitFailures: 0, deferred: 0 };
+  return { expired: 0, skipped: 0, resumed: 0, migrationsReissued: 0, emitFailures: 0, deferred: 0, blind: [] };
 }
 
 /** Watches the deadline index and the destroy watchdog of every bucket. */
@@ -108,10 +113,14 @@ export class DeadlineEngine {
   readonly #emits = new Set<Promise<void>>();
   #slotsInUse = 0;
   readonly #slotWaiters: (() => void)[] = [];
-  /** The outage rule's settings, or undefined when BLIND_GAP_MS is 0 (off). */
-  readonly #rule: OutageRule | undefined;
-  /** Per bucket, since when it is held unheard (logged once per span). */
-  readonly #holding: (number | null)[];
+  /** BLIND_GAP_MS, or 0 when the outage rule is off. */
+  readonly #blindGapMs: number;
+  /** Each bucket's heartbeat marks, as its last claim answered them. */
+  readonly #heard: (BucketHeard | undefined)[];
+  /** The last time a poll found no session indexed at all. */
+  #quietSince: number | null = null;
+  /** The fleet's current ingest verdict (logged when it changes). */
+  #verdict: IngestVerdict = { holdFrom: null, heardAt: null };
   #started = false;
   #failures = 0;
   #lastFailureLogAt = 0;
@@ -125,9 +134,8 @@ export class DeadlineEngine {
     this.#onRound = opts.onRound ?? (() => undefined);
     this.#log = opts.deps.logger.child({ component: 'deadline-engine' });
     this.#heads = new Array<number | null>(opts.deps.config.INDEX_BUCKETS).fill(null);
-    this.#holding = new Array<number | null>(opts.deps.config.INDEX_BUCKETS).fill(null);
-    const { BLIND_GAP_MS, INGEST_SILENCE_MS, BLIND_HOLD_MAX_MS } = opts.deps.config;
-    this.#rule = BLIND_GAP_MS > 0 ? { blindGapMs: BLIND_GAP_MS, ingestSilenceMs: INGEST_SILENCE_MS, holdMaxMs: BLIND_HOLD_MAX_MS } : undefined;
+    this.#heard = new Array<BucketHeard | undefined>(opts.deps.config.INDEX_BUCKETS).fill(undefined);
+    this.#blindGapMs = opts.deps.config.BLIND_GAP_MS;
   }
 
   /** Whether the engine is running (started and not stopped). */
@@ -280,6 +288,7 @@ export class DeadlineEngine {
     const report = emptyReport();
     const store = this.#deps.store;
     const buckets = [...this.#heads.keys()];
+    this.#judgeIngest(now);
     // Settled, not raced: a poll that fails still waits for its other claims, so none runs on untracked (past
     // stop(), or answering a head no one re-arms the wake-up for).
     const outcomes = await Promise.allSettled([
@@ -288,6 +297,8 @@ export class DeadlineEngine {
     ]);
     const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
     if (failure) throw failure.reason;
+    this.#noteOutage(report);
+    if (this.#heard.every((h) => h !== undefined && h.n === 0)) this.#quietSince = now;
     if (report.expired + report.resumed + report.migrationsReissued > 0) this.#log.debug({ ...report }, 'deadline engine poll');
     return report;
   }
@@ -308,13 +319,15 @@ export class DeadlineEngine {
     // One script call claims what is due and answers the bucket's next deadline: when nothing was due (the cached
     // head was stale, a heartbeat moved it) that is the new head, and either way the timer is re-armed without
     // waiting for the next poll.
-    const { claimed, skipped, unresolved, head, deferred, holdFrom, blind } = await store.claimDue(bucket, now, this.#batch, this.#rule);
+    const rule = this.#rule();
+    const { claimed, skipped, unresolved, head, deferred, blind, heard } = await store.claimDue(bucket, now, this.#batch, rule);
     report.skipped += skipped;
     report.deferred += deferred;
-    this.#noteOutage(bucket, holdFrom, blind, deferred);
+    this.#heard[bucket] = heard;
+    if (blind) report.blind.push(blind);
     // Rare: a stray entry, or a record a Cluster resharding moved; one claim each with declared keys settles them.
     for (const sessionId of unresolved) {
-      const one = await store.claimExpired(sessionId, now, this.#rule);
+      const one = await store.claimExpired(sessionId, now, rule);
       if (one.code === 'CLAIMED') claimed.push({ sessionId, incarnation: one.incarnation, deadline: one.deadline });
       else report.skipped += 1;
     }
@@ -333,22 +346,36 @@ export class DeadlineEngine {
     );
   }
 
-  /** Logs what the outage rule found in a bucket: a blind window recorded, deadlines moved, expiries held or resumed. */
-  #noteOutage(bucket: number, holdFrom: number | null, blind: { from: number; to: number } | null, deferred: number): void {
-    if (blind) {
+  /** The rule as the claims apply it now: unwatched spans, and the fleet's current ingest verdict. */
+  #rule(): OutageRule | undefined {
+    return this.#blindGapMs > 0 ? { blindGapMs: this.#blindGapMs, ...this.#verdict } : undefined;
+  }
+
+  /** Judges the fleet's heartbeats from the marks the last claims answered, logging when the verdict changes. */
+  #judgeIngest(now: number): void {
+    if (this.#blindGapMs === 0) return;
+    const { INGEST_SILENCE_MS, BLIND_HOLD_MAX_MS } = this.#deps.config;
+    const was = this.#verdict.holdFrom;
+    this.#verdict = judgeIngest(this.#heard, now, { silenceMs: INGEST_SILENCE_MS, holdMaxMs: BLIND_HOLD_MAX_MS }, this.#quietSince);
+    const is = this.#verdict.holdFrom;
+    if (is !== null && was !== is) {
+      this.#log.warn({ unheardSince: new Date(is).toISOString() }, 'no heartbeat heard for far longer than the fleet\'s rhythm: expiries wait until heartbeats are heard again');
+    } else if (is === null && was !== null) {
+      this.#log.warn({ unheardSince: new Date(was).toISOString(), heardAt: this.#verdict.heardAt === null ? undefined : new Date(this.#verdict.heardAt).toISOString() }, 'heartbeats heard again (or held as long as BLIND_HOLD_MAX_MS allows): expiries resume, past the unheard span');
+    }
+  }
+
+  /** Logs, once per poll, what the outage rule did: blind windows recorded, deadlines moved. */
+  #noteOutage(report: PassReport): void {
+    if (report.blind.length > 0) {
+      const from = Math.min(...report.blind.map((b) => b.from));
+      const to = Math.max(...report.blind.map((b) => b.to));
       this.#log.warn(
-        { bucket, blindFrom: new Date(blind.from).toISOString(), blindTo: new Date(blind.to).toISOString(), blindMs: blind.to - blind.from },
-        'session-reaper could not hear this bucket for a while: the silence of its sessions in that span does not count towards their liveness',
+        { buckets: report.blind.length, blindFrom: new Date(from).toISOString(), blindTo: new Date(to).toISOString(), blindMs: to - from },
+        'session-reaper could not hear sessions for a while: their silence in that span does not count towards their liveness',
       );
     }
-    if (deferred > 0) this.#log.info({ bucket, deferred }, 'moved due deadlines past a blind window instead of expiring them');
-    const was = this.#holding[bucket] ?? null;
-    if (holdFrom !== null && was !== holdFrom) {
-      this.#log.warn({ bucket, unheardSince: new Date(holdFrom).toISOString() }, 'no heartbeat heard in this bucket for far longer than usual: holding its expiries until heartbeats are heard again');
-    } else if (holdFrom === null && was !== null) {
-      this.#log.info({ bucket }, 'heartbeats heard again: expiries resume, past the unheard span');
-    }
-    this.#holding[bucket] = holdFrom;
+    if (report.deferred > 0) this.#log.info({ deferred: report.deferred }, 'moved due deadlines past a blind window instead of expiring them');
   }
 
   /** Resumes a bucket's destroys (and migration releases) that made no progress for DESTROY_STALL_MS. */

@@ -41,7 +41,7 @@ export interface BucketKeys {
    * HASH what the bucket's liveness was heard through, for the outage rule (lua/includes/blind.lua): `seen` (when a
    * deadline engine last claimed in it, ms), `hb` (when a heartbeat was last applied, ms), `hg` (the running mean gap
    * between heartbeat calls, ms), `bs` (since when no heartbeat has been heard while some were due: an open blind
-   * window) and `bx` (the `hb` at which a blind window was given up after OUTAGE_HOLD_MAX_MS).
+   * window) and `bx` (the `hb` at which a blind window was given up after BLIND_HOLD_MAX_MS).
    */
   readonly watch: string;
   /** ZSET `<start>:<end>` -> end (ms): the spans in which session-reaper could not hear this bucket's heartbeats. */

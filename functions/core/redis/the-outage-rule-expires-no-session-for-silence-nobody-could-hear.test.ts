@@ -37,7 +37,7 @@ const claimedIds = (r: { claimed: { sessionId: string }[] }) => r.claimed.map((c
 
 for (const topology of TOPOLOGIES) {
   describe(`the outage rule on ${topology} Redis`, () => {
-    const watched: OutageRule = { blindGapMs: 1000, ingestSilenceMs: 0, holdMaxMs: 600_000 };
+    const watched: OutageRule = { blindGapMs: 1000 };
 
     test('a span no engine watched does not count: the session gets the rest of its window after it', () =>
       withCore(topology, async (core) => {
@@ -100,78 +100,72 @@ for (const topology of TOPOLOGIES) {
         assert.equal((await core.store.claimExpired(other, T0 + 5200)).code, 'CLAIMED');
       }));
 
-    describe('unheard: heartbeats that stop far beyond their rhythm', () => {
-      const rule: OutageRule = { blindGapMs: 1000, ingestSilenceMs: 2000, holdMaxMs: 600_000 };
+    describe("unheard: the engine's verdict that the fleet's heartbeats stopped", () => {
+      // The verdict is the engine's (functions/heartbeat-timeout/ingest-silence.ts, tested there); here, what a claim
+      // does with it.
+      const unheardSince = (since: number): OutageRule => ({ blindGapMs: 1000, holdFrom: since, heardAt: since });
+      const heardAt = (at: number): OutageRule => ({ blindGapMs: 1000, holdFrom: null, heardAt: at });
 
-      /** Opens `beating` and `silent` at T0, and beats `beating` every 100 ms until T0 + 1 s, claiming as an engine would. */
-      async function rhythm(core: TestCore, stem: string) {
-        const { bucket, ids } = idsInOneBucket(core, stem, 3);
-        const [a, c, dead] = ids as [string, string, string];
-        for (const id of ids) await open(core, id, T0);
-        for (let t = T0; t <= T0 + 1000; t += 100) {
-          await beat(core, a, t);
-          await beat(core, c, t);
-          await core.store.claimDue(bucket, t, 10, rule);
-        }
-        return { bucket, a, c, dead };
-      }
-
-      test('holds expiries while nothing is heard, then counts the unheard span as blind', () =>
+      test('holds expiries while unheard, then counts the unheard span as blind', () =>
         withCore(topology, async (core) => {
-          const { bucket, a, c, dead } = await rhythm(core, 'unheard');
-          // 2 s later: the bucket is still heard from (2 s is its floor); the session that never beat is expired.
-          const heard = await core.store.claimDue(bucket, T0 + 2000, 10, rule);
-          assert.equal(heard.holdFrom, null);
-          assert.deepEqual(claimedIds(await core.store.claimDue(bucket, T0 + 3000, 10, rule)), [dead]);
-          // Then nothing for 3 s while a and c are due (T0 + 4 s): the ingest path is down, expiries wait.
-          const held = await core.store.claimDue(bucket, T0 + 4000, 10, rule);
+          const { bucket, ids } = idsInOneBucket(core, 'unheard', 3);
+          const [a, c, dead] = ids as [string, string, string];
+          for (const id of ids) await open(core, id, T0);
+          await beat(core, a, T0 + 1000);
+          await beat(core, c, T0 + 1000);
+          for (const t of [T0 + 1000, T0 + 2000]) await core.store.claimDue(bucket, t, 10, heardAt(T0 + 1000));
+          // The session that never beat is expired at its deadline, heard or not.
+          const first = await core.store.claimDue(bucket, T0 + 3000, 10, heardAt(T0 + 1000));
+          assert.deepEqual(claimedIds(first), [dead]);
+          assert.deepEqual(first.heard, { n: 2, hb: T0 + 1000, hg: null }, 'the marks the engine judges from (one moment: no gap yet)');
+          // Then the fleet goes silent while a and c are due (T0 + 4 s): expiries wait.
+          const held = await core.store.claimDue(bucket, T0 + 4000, 10, unheardSince(T0 + 1000));
           assert.equal(held.holdFrom, T0 + 1000);
           assert.deepEqual(held.claimed, []);
           assert.equal(held.head, null, 'no wake-up for held deadlines: the poll looks again');
-          assert.deepEqual((await core.store.claimExpired(c, T0 + 4500, rule)).code, 'NOT_DUE');
-          assert.deepEqual((await core.store.claimDue(bucket, T0 + 5000, 10, rule)).claimed, []);
-          assert.deepEqual((await core.store.claimDue(bucket, T0 + 6000, 10, rule)).claimed, []);
+          assert.equal((await core.store.claimExpired(c, T0 + 4500, heardAt(T0 + 1000))).code, 'NOT_DUE', 'a claim with declared keys holds too');
+          for (const t of [T0 + 5000, T0 + 6000]) assert.deepEqual((await core.store.claimDue(bucket, t, 10, unheardSince(T0 + 1000))).claimed, []);
           // Heard again: a beats; c does not (it died meanwhile, or its heartbeats were lost).
           await beat(core, a, T0 + 6500);
-          const resumed = await core.store.claimDue(bucket, T0 + 7000, 10, rule);
+          const resumed = await core.store.claimDue(bucket, T0 + 7000, 10, heardAt(T0 + 6500));
           assert.equal(resumed.holdFrom, null);
           assert.deepEqual(resumed.blind, { from: T0 + 1000, to: T0 + 6500 });
           assert.equal(resumed.deferred, 1);
           // c was last heard at T0 + 1 s, when the silence began: its whole window, counted from T0 + 6.5 s.
           for (let t = T0 + 7500; t < T0 + 9500; t += 500) {
             await beat(core, a, t);
-            assert.deepEqual((await core.store.claimDue(bucket, t, 10, rule)).claimed, []);
+            assert.deepEqual((await core.store.claimDue(bucket, t, 10, heardAt(t))).claimed, []);
           }
-          assert.deepEqual(claimedIds(await core.store.claimDue(bucket, T0 + 9500, 10, rule)), [c]);
+          assert.deepEqual(claimedIds(await core.store.claimDue(bucket, T0 + 9500, 10, heardAt(T0 + 9000))), [c]);
           assert.equal((await core.store.inspect(a))?.state, 'active');
         }));
 
-      test('holds no longer than BLIND_HOLD_MAX_MS: senders that really stopped are expired, that much later', () =>
+      test('an end that arrived before its open is claimed at once while unheard', () =>
         withCore(topology, async (core) => {
-          const short = { ...rule, holdMaxMs: 3000 };
-          const { bucket, a, c } = await rhythm(core, 'giveup');
-          for (let t = T0 + 2000; t <= T0 + 4000; t += 1000) await core.store.claimDue(bucket, t, 10, short);
-          const gaveUp = await core.store.claimDue(bucket, T0 + 5000, 10, short);
-          assert.deepEqual(gaveUp.blind, { from: T0 + 1000, to: T0 + 4000 });
-          assert.equal(gaveUp.holdFrom, null);
-          assert.equal(gaveUp.deferred, 2);
-          // Not held again for the same silence; both expire 3 s (the span) after their deadline.
-          assert.equal((await core.store.claimDue(bucket, T0 + 6000, 10, short)).holdFrom, null);
-          assert.deepEqual(claimedIds(await core.store.claimDue(bucket, T0 + 7000, 10, short)).sort(), [a, c].sort());
+          const { bucket, ids } = idsInOneBucket(core, 'ended-early', 2);
+          const [held, ended] = ids as [string, string];
+          await open(core, held, T0);
+          await core.store.claimDue(bucket, T0 + 1000, 10, heardAt(T0));
+          assert.equal((await core.store.claimDue(bucket, T0 + 4000, 10, unheardSince(T0))).holdFrom, T0);
+          const marked = await core.store.claimDestroy({ sessionId: ended, fingerprint: fp('close'), cause: 'closed', now: T0 + 4100, sentAt: T0 + 4050, causeAt: T0 + 4050, owner: '', waitForOpen: true });
+          assert.equal(marked.code, 'MARKED');
+          const opened = await core.store.open({ sessionId: ended, fingerprint: fp('open'), now: T0 + 4200, liveFrom: T0 + 4000, windowMs: WINDOW, placement: placementA });
+          assert.ok(opened.code === 'OPENED' && opened.endedBy === 'closed');
+          assert.deepEqual(claimedIds(await core.store.claimDue(bucket, T0 + 4300, 10, unheardSince(T0))), [ended], 'its end needs no heartbeat');
+          assert.equal((await core.store.inspect(held))?.state, 'active');
         }));
 
-      test('a bucket whose sessions beat rarely is not judged unheard by a silence of the floor', () =>
+      test("a verdict that gives up closes the hold where it gave up: senders that really stopped are expired, that much later", () =>
         withCore(topology, async (core) => {
-          const { bucket, ids } = idsInOneBucket(core, 'rare', 1);
-          const [slow] = ids as [string];
-          await open(core, slow, T0);
-          // Heartbeats 2.5 s apart: a 2 s floor is no evidence of an outage here (20 x 2.5 s is).
-          for (let t = T0; t <= T0 + 10_000; t += 2500) {
-            await beat(core, slow, t);
-            for (let e = t; e < t + 2500; e += 1000) await core.store.claimDue(bucket, e, 10, rule);
-          }
-          assert.equal((await core.store.claimDue(bucket, T0 + 12_600, 10, rule)).holdFrom, null);
-          assert.deepEqual(claimedIds(await core.store.claimDue(bucket, T0 + 13_000, 10, rule)), [slow], 'it died: expired at its deadline');
+          const { bucket, ids } = idsInOneBucket(core, 'giveup', 2);
+          for (const id of ids) await open(core, id, T0);
+          await core.store.claimDue(bucket, T0 + 1000, 10, heardAt(T0));
+          for (let t = T0 + 2000; t <= T0 + 4000; t += 1000) await core.store.claimDue(bucket, t, 10, unheardSince(T0));
+          // The engine gave up at T0 + 3 s of silence (BLIND_HOLD_MAX_MS): the span is [T0, T0 + 3 s].
+          const gaveUp = await core.store.claimDue(bucket, T0 + 5000, 10, heardAt(T0 + 3000));
+          assert.deepEqual(gaveUp.blind, { from: T0, to: T0 + 3000 });
+          assert.equal(gaveUp.deferred, 2);
+          assert.deepEqual(claimedIds(await core.store.claimDue(bucket, T0 + 6000, 10, heardAt(T0 + 3000))).sort(), [...ids].sort());
         }));
     });
   });

@@ -11,19 +11,23 @@
   ARGV[1] now (ms)   ARGV[2] most sessions to claim   ARGV[3] the bucket's session record key prefix
   (`<prefix>:{<bucket>}:s:`): records are named from it because their ids are only known once the index is read;
   they carry the bucket's hash tag, so on Redis Cluster they live in the slot of KEYS[1].
-  ARGV[4] BLIND_GAP_MS: a bucket unwatched for longer was blind (0: the outage rule is off, nothing is noted)
-  ARGV[5] INGEST_SILENCE_MS: the least silence of the bucket's heartbeats that counts as unheard (0: not judged)
-  ARGV[6] BLIND_HOLD_MAX_MS: the longest an unheard span holds expiries   ARGV[7] how long windows are kept (ms)
+  ARGV[4] BLIND_GAP_MS: a bucket unwatched for longer was blind (0: the outage rule is off, nothing is noted or held)
+  ARGV[5] holdFrom: since when the fleet's heartbeats are unheard ('' if they are heard), the deadline engine's
+          verdict (functions/heartbeat-timeout/ingest-silence.ts): sessions due after it are held, unclaimed
+  ARGV[6] heardAt: when heartbeats were last heard ('' if never): a hold this bucket still keeps is closed there,
+          and the unheard span recorded as blind
+  ARGV[7] how long windows are kept (ms)
 
-  Returns {head, skipped, deferred, holdFrom, blindFrom, blindTo, u, unresolved1, ..., unresolvedU, id1, incarnation1,
-  deadline1, id2, ...}:
+  Returns {head, skipped, deferred, holdFrom, blindFrom, blindTo, n, hb, hg, u, unresolved1, ..., unresolvedU, id1,
+  incarnation1, deadline1, id2, ...}:
     head       the bucket's earliest deadline after the claims (ms), or '' when the index is empty or its due
                sessions are held (then the engine's poll looks again)
     skipped    due entries whose session had ended (closed meanwhile); they are removed
     deferred   due sessions whose silence overlapped a blind window: their deadline moved past it, unclaimed
-    holdFrom   since when no heartbeat has been heard here while some were due ('' if they are): sessions due
-               after it are held, unclaimed, until heartbeats are heard again (or BLIND_HOLD_MAX_MS has passed)
+    holdFrom   the hold this bucket keeps ('' if none)
     blindFrom, blindTo   the blind window this call recorded ('' '' if none)
+    n, hb, hg  the sessions indexed after the claims, and the bucket's heartbeat marks (heartbeat-2.lua; '' if none),
+               from which the engine judges the fleet's silence
     u, then u due ids whose record is not here: a stray entry, or, on Redis Cluster, a record already moved by a
                resharding of the bucket's slot (built keys get no ASK or TRYAGAIN); left as they are, for the caller
                to claim one by one with declared keys (claimExpired), which Redis redirects correctly
@@ -33,12 +37,13 @@
 -- @include "blind"
 local deadlinesKey, destroyingKey, watchKey, blindKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, limit, recordPrefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local gapMs, silenceMs, holdMaxMs, retention = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local gapMs, retention = tonumber(ARGV[4]), tonumber(ARGV[7])
+local verdictHold, heardAt = tonumber(ARGV[5]), tonumber(ARGV[6])
 local fmt = string.format
 
 local blindFrom, blindTo, holdFrom = '', '', nil
+local watch = redis.call('HMGET', watchKey, 'seen', 'bs', 'hb', 'hg')
 if gapMs > 0 then
-  local watch = redis.call('HMGET', watchKey, 'seen', 'hb', 'hg', 'bs', 'bx')
   local seen = tonumber(watch[1])
   -- Unwatched: no engine claimed here for longer than the gap (Redis down or unreachable, or no engine running).
   if seen and now - seen > gapMs then
@@ -46,28 +51,22 @@ if gapMs > 0 then
     blindFrom, blindTo = seen, now
   end
   if not seen or now > seen then redis.call('HSET', watchKey, 'seen', fmt('%d', now)) end
-  -- Unheard: no heartbeat for far longer than this bucket's rhythm makes likely, while sessions are indexed.
-  if silenceMs > 0 then
-    local hb, hg, bs, bx = tonumber(watch[2]), tonumber(watch[3]), tonumber(watch[4]), tonumber(watch[5])
-    local silent = hb ~= nil and hg ~= nil and bx ~= hb and now - hb > math.max(silenceMs, SILENCE_FACTOR * hg)
-      and redis.call('ZCARD', deadlinesKey) > 0
-    if silent then
-      local since = bs or hb
-      if now - since > holdMaxMs then
-        -- Held as long as allowed: the senders may really have stopped. The span counts as blind; expiries resume.
-        recordBlind(blindKey, since, since + holdMaxMs, now, retention)
-        redis.call('HSET', watchKey, 'bx', fmt('%d', hb))
-        redis.call('HDEL', watchKey, 'bs')
-        blindFrom, blindTo = since, since + holdMaxMs
-      else
-        if not bs then redis.call('HSET', watchKey, 'bs', fmt('%d', since)) end
-        holdFrom = since
-      end
-    elseif bs then
-      -- Heard again (or nothing is due any more): the unheard span ends with the latest heartbeat.
-      recordBlind(blindKey, bs, hb or bs, now, retention)
-      redis.call('HDEL', watchKey, 'bs')
-      if (hb or bs) > bs then blindFrom, blindTo = bs, hb end
+  -- Unheard, by the engine's verdict on the whole fleet: the first replica to hold sets the span's start (bs), which
+  -- open-session and claimExpired read too.
+  local bs = tonumber(watch[2])
+  if verdictHold then
+    if not bs then
+      bs = verdictHold
+      redis.call('HSET', watchKey, 'bs', fmt('%d', bs))
+    end
+    holdFrom = bs
+  elseif bs then
+    -- Heard again (or held as long as allowed): the unheard span ends there.
+    local to = heardAt or bs
+    redis.call('HDEL', watchKey, 'bs')
+    if to > bs then
+      recordBlind(blindKey, bs, to, now, retention)
+      blindFrom, blindTo = bs, to
     end
   end
 end
@@ -109,7 +108,10 @@ for k = 1, #due, 2 do
 end
 local head = redis.call('ZRANGE', deadlinesKey, 0, 0, 'WITHSCORES')[2] or ''
 if holdFrom and head ~= '' and tonumber(head) <= now then head = '' end
-local out = { head, skipped, deferred, holdFrom and fmt('%d', holdFrom) or '', blindFrom == '' and '' or fmt('%d', blindFrom), blindTo == '' and '' or fmt('%d', blindTo), #unresolved }
+local out = {
+  head, skipped, deferred, holdFrom and fmt('%d', holdFrom) or '', blindFrom == '' and '' or fmt('%d', blindFrom),
+  blindTo == '' and '' or fmt('%d', blindTo), redis.call('ZCARD', deadlinesKey), watch[3] or '', watch[4] or '', #unresolved,
+}
 for _, id in ipairs(unresolved) do out[#out + 1] = id end
 for _, v in ipairs(claimed) do out[#out + 1] = v end
 return out

@@ -5,8 +5,9 @@
   redelivered older heartbeat changes nothing (max() is idempotent).
 
   It also notes, for the outage rule (includes/blind.lua), that the bucket's heartbeats are heard: when the last call
-  was (`hb`) and the running mean gap between calls (`hg`), from which the deadline engine tells a silence of its
-  ingest path (the Broker or heartbeat-timeout down) from the bucket's ordinary quiet.
+  was (`hb`) and the running mean gap between calls (`hg`), from which the deadline engine tells a silence of the
+  ingest path (the Broker or heartbeat-timeout down) from the fleet's ordinary quiet
+  (functions/heartbeat-timeout/ingest-silence.ts).
 
   KEYS[1] bucket deadline index (ZSET)   KEYS[2] bucket watch (HASH)
   ARGV[1] the bucket's session record key prefix (`<prefix>:{<bucket>}:s:`): a record's key is the prefix and its
@@ -27,15 +28,17 @@ local deadlinesKey, watchKey, recordPrefix, now = KEYS[1], KEYS[2], ARGV[1], ton
 local out, n = {}, 0
 
 -- Heard: the time of this call, and a running mean of the gaps between calls (each gap capped at a minute, so an
--- outage does not teach the bucket that silences are normal). Replicas' clocks differ by a few ms: never backwards.
+-- outage does not teach the bucket that silences are normal). Calls closer than 50 ms are one moment for this
+-- purpose (silences are judged in seconds), so a busy bucket writes the marks at most 20 times a second, not on
+-- every call. Replicas' clocks (each anchored to Redis TIME) differ by a few ms: never backwards.
 local heard = call('HMGET', watchKey, 'hb', 'hg')
 local last, mean = tonumber(heard[1]), tonumber(heard[2])
 if not last then
   call('HSET', watchKey, 'hb', string.format('%d', now))
-else
-  local gap = math.min(math.max(now - last, 0), 60000)
+elseif now - last >= 50 then
+  local gap = math.min(now - last, 60000)
   mean = mean and (mean * 0.9 + gap * 0.1) or gap
-  call('HSET', watchKey, 'hb', string.format('%d', math.max(now, last)), 'hg', string.format('%.1f', mean))
+  call('HSET', watchKey, 'hb', string.format('%d', now), 'hg', string.format('%.1f', mean))
 end
 
 for k = 3, #ARGV, 3 do

@@ -2,8 +2,9 @@
 -- session-reaper could not hear its heartbeats. A bucket's *blind windows* are the spans in which it could not:
 --   - nobody watched it: no deadline engine claimed in it for longer than BLIND_GAP_MS (Redis was down or
 --     unreachable, or every engine replica was) — measured in Redis itself, from the bucket's `seen` mark;
---   - nothing was heard: no heartbeat reached it for far longer than its own heartbeat rhythm makes likely, while
---     sessions were due to send some (the Broker, the ingest path or heartbeat-timeout was down) — from `hb`, `hg`.
+--   - nothing was heard: no heartbeat reached the fleet for far longer than its rhythm makes likely, while sessions
+--     were due to send some (the Broker, the ingest path or heartbeat-timeout was down) — judged by the deadline engine
+--     from every bucket's `hb` and `hg` (functions/heartbeat-timeout/ingest-silence.ts) and passed to each claim.
 -- A session's silence counts only outside them: a session last heard at `from` with liveness window `w` is expired at
 -- the first t where (t - from) minus the blind time in (from, t) reaches w. So after an outage every session gets what
 -- was left of its window when the outage began, counted from the outage's end, and a live one is heard again first
@@ -12,10 +13,6 @@
 -- Windows: ZSET member '<start>:<end>', score end (ms). The record of a session whose deadline was moved by the rule
 -- keeps `bd` (the deadline its silence gave) and `be` (the deadline the rule set), so the move is computed once: a
 -- heartbeat since (the index no longer holds `be`) starts the count afresh.
-
--- How many times its running mean gap a bucket's heartbeats must stay away to count as unheard: for heartbeats that
--- arrive at random at that mean rate, a silence that long happens by chance with probability e^-20.
-local SILENCE_FACTOR = 20
 
 -- The blind windows ending after `since`, merged where they overlap (a Redis outage is both unwatched and unheard),
 -- in order of start.

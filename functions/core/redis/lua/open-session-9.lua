@@ -5,6 +5,7 @@
   KEYS[4] bucket placements         KEYS[5] bucket GPU ledger               KEYS[6] bucket migrations
   KEYS[7] bucket destroy watchdog (ZSET; a pending migration release is tracked there as '!m:<id>:<incarnation>')
   KEYS[8] the session's end marker (HASH, expires): an end the Broker delivered before this open
+  KEYS[9] bucket watch (HASH): `bs`, since when the fleet's heartbeats are unheard (includes/blind.lua)
   ARGV[1] session id   ARGV[2] event fingerprint   ARGV[3] now (ms)   ARGV[4] live-from (ms; event time, capped at now)
   ARGV[5] liveness window (ms)   ARGV[6] node   ARGV[7] runtime URL   ARGV[8] GPU bytes   ARGV[9] tenant ('' = none;
   a live session's tenant must match)   ARGV[10] model   ARGV[11] release token for the old allocation, should
@@ -28,8 +29,8 @@
     {'NOT_OWNER', incarnation}     the live session belongs to another tenant: nothing changes (no refresh, no move)
 ]]
 -- @include "session"
-local sessionKey, deadlinesKey, metaKey, placementsKey, ledgerKey, migrationsKey, destroyingKey, markerKey =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local sessionKey, deadlinesKey, metaKey, placementsKey, ledgerKey, migrationsKey, destroyingKey, markerKey, watchKey =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local sessionId, fingerprint, now, liveFrom = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, node, url, bytes, tenant, model = tonumber(ARGV[5]), ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local migrationToken = ARGV[11]
@@ -48,7 +49,9 @@ local function create(previous)
   local endedBy = ''
   local cause, at = endOfOpen(markerKey, tenant, liveFrom)
   if cause then
-    endedBy, deadline = cause, now
+    -- Due at once; while the fleet is unheard the engine claims only what fell due before that began, so such an
+    -- end is indexed there, not made to wait for heartbeats it does not need.
+    endedBy, deadline = cause, math.min(now, tonumber(redis.call('HGET', watchKey, 'bs')) or now)
     redis.call('HSET', sessionKey, 'pc', cause, 'pt', string.format('%d', at))
   end
   redis.call('ZADD', deadlinesKey, deadline, sessionId)
