@@ -2,14 +2,8 @@
 // part keeps a ready pod through a voluntary disruption (a node drain) and through a rollout; the long-running parts
 // are restarted when wedged and never because Redis is down; the latency-critical engine is never CPU-throttled; and
 // every third-party image is pinned, so a deploy runs what was tested. Each check returns the problems it found.
-import { FUNCTIONS, LONG_RUNNING, at, ofKind } from './deployment-checks.ts';
+import { FUNCTIONS, LONG_RUNNING, at, ofKind, obj, type Obj } from './deployment-checks.ts';
 import { describe, show, type Json, type Manifest } from './manifest-schemas.ts';
-
-type Obj = Record<string, Json>;
-
-function obj(v: Json | undefined): Obj {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? v : {};
-}
 
 function named(ms: readonly Manifest[], kind: string, name: string): Manifest | undefined {
   return ms.find((m) => m.doc.kind === kind && at(m.doc, 'metadata.name') === name);

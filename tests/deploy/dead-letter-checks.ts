@@ -4,24 +4,11 @@
 // receiver and nobody else. Each check returns the problems it found, one sentence each; an empty list means the
 // overlay keeps its dead letters as docs/deploy.md ("Dead letters") says.
 import { readDeadLetterSettings } from '../../functions/dead-letters/settings.ts';
-import { BROKER_CLASS_ANNOTATION, NAMESPACE, at, effectiveDelivery, environmentOf, ofKind, quantityBytes } from './deployment-checks.ts';
+import { BROKER_CLASS_ANNOTATION, NAMESPACE, at, effectiveDelivery, environmentOf, ofKind, quantityBytes, obj, arr, str, type Obj } from './deployment-checks.ts';
 import { authorize, networkAllows, selectorMatches, type Peer } from './mesh-checks.ts';
 import { describe, show, type Json, type Manifest } from './manifest-schemas.ts';
 import { parse as parseYaml } from 'yaml';
 
-type Obj = Record<string, Json>;
-
-function obj(v: Json | undefined): Obj {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? v : {};
-}
-
-function arr(v: Json | undefined): Json[] {
-  return Array.isArray(v) ? v : [];
-}
-
-function str(v: Json | undefined): string | undefined {
-  return typeof v === 'string' ? v : undefined;
-}
 
 const nameOf = (m: Manifest): string => str(at(m.doc, 'metadata.name')) ?? '';
 const namespaceOf = (m: Manifest): string => str(at(m.doc, 'metadata.namespace')) ?? NAMESPACE;

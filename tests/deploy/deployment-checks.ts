@@ -108,17 +108,21 @@ export const ENTRY_POINTS: Record<string, EntryPointSettings> = {
   'functions/sim-gpu-runtime/index.ts': { schemas: [SimSettingsSchema], standard: NODE_SETTINGS, read: readSimSettings },
 };
 
-type Obj = Record<string, Json>;
+/** An object of a manifest. */
+export type Obj = Record<string, Json>;
 
-function obj(v: Json | undefined): Obj {
+/** The value as an object, or an empty one: manifests are read leniently, the schema checks say what is malformed. */
+export function obj(v: Json | undefined): Obj {
   return v !== null && typeof v === 'object' && !Array.isArray(v) ? v : {};
 }
 
-function arr(v: Json | undefined): Json[] {
+/** The value as an array, or an empty one. */
+export function arr(v: Json | undefined): Json[] {
   return Array.isArray(v) ? v : [];
 }
 
-function str(v: Json | undefined): string | undefined {
+/** The value if it is a string. */
+export function str(v: Json | undefined): string | undefined {
   return typeof v === 'string' ? v : undefined;
 }
 
@@ -143,7 +147,8 @@ export function renderOverlay(name: string): Manifest[] {
   return renderKustomization(path.join('knative', 'overlays', name));
 }
 
-function nameOf(m: Manifest): string {
+/** A manifest's metadata.name ('' when it has none). */
+export function nameOf(m: Manifest): string {
   return str(at(m.doc, 'metadata.name')) ?? '';
 }
 

@@ -4,7 +4,7 @@
 // Trigger's annotation. Each check returns the problems it found, one sentence each; empty means no Trigger can be
 // blocked by one slow delivery.
 import { parse as parseYaml } from 'yaml';
-import { at, brokerClassOf, NAMESPACE, ofKind } from './deployment-checks.ts';
+import { at, brokerClassOf, NAMESPACE, ofKind, obj, str, nameOf } from './deployment-checks.ts';
 import { describe, show, type Json, type Manifest } from './manifest-schemas.ts';
 
 /**
@@ -20,20 +20,6 @@ export const DELIVERY_ORDER_ANNOTATION = 'kafka.eventing.knative.dev/delivery.or
  * polling once that many are in flight), which lives in the cluster's config-kafka-broker-data-plane, not here.
  */
 export const IN_FLIGHT_ANNOTATION = 'sessionreaper.dev/max-in-flight-per-trigger-consumer';
-
-type Obj = Record<string, Json>;
-
-function obj(v: Json | undefined): Obj {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? v : {};
-}
-
-function str(v: Json | undefined): string | undefined {
-  return typeof v === 'string' ? v : undefined;
-}
-
-function nameOf(m: Manifest): string {
-  return str(at(m.doc, 'metadata.name')) ?? '';
-}
 
 function namespaceOf(m: Manifest): string {
   return str(at(m.doc, 'metadata.namespace')) ?? NAMESPACE;

@@ -5,43 +5,11 @@
 // GPU runtime compared with the app's breaker, and which flows the NetworkPolicies admit. Each check returns the
 // problems it found, one sentence each; an empty list means the overlay behaves as intended.
 import { readRuntimeCallSettings } from '../../functions/core/runtime-call-settings.ts';
-import {
-  ACTIVATOR,
-  BROKER_DATA_PLANE,
-  BROKER_INGRESS_HOST,
-  DIRECT_PRODUCERS_POLICY,
-  FUNCTIONS,
-  LONG_RUNNING,
-  NAMESPACE,
-  at,
-  brokerClassOf,
-  environmentOf,
-  eventDeliverers,
-  ofKind,
-  parseGoDuration,
-} from './deployment-checks.ts';
+import { ACTIVATOR, BROKER_DATA_PLANE, BROKER_INGRESS_HOST, DIRECT_PRODUCERS_POLICY, FUNCTIONS, LONG_RUNNING, NAMESPACE, at, brokerClassOf, environmentOf, eventDeliverers, ofKind, parseGoDuration, obj, arr, str, nameOf, type Obj } from './deployment-checks.ts';
 import { describe, type Json, type Manifest } from './manifest-schemas.ts';
-
-type Obj = Record<string, Json>;
-
-function obj(v: Json | undefined): Obj {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? v : {};
-}
-
-function arr(v: Json | undefined): Json[] {
-  return Array.isArray(v) ? v : [];
-}
 
 function strs(v: Json | undefined): string[] {
   return arr(v).filter((x): x is string => typeof x === 'string');
-}
-
-function str(v: Json | undefined): string | undefined {
-  return typeof v === 'string' ? v : undefined;
-}
-
-function nameOf(m: Manifest): string {
-  return str(at(m.doc, 'metadata.name')) ?? '';
 }
 
 function namespaceOf(m: Manifest): string {

@@ -10,22 +10,9 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { at, ofKind } from './deployment-checks.ts';
+import { at, ofKind, obj, arr, str, type Obj } from './deployment-checks.ts';
 import { describe, show, type Json, type Manifest } from './manifest-schemas.ts';
 
-type Obj = Record<string, Json>;
-
-function obj(v: Json | undefined): Obj {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? v : {};
-}
-
-function arr(v: Json | undefined): Json[] {
-  return Array.isArray(v) ? v : [];
-}
-
-function str(v: Json | undefined): string | undefined {
-  return typeof v === 'string' ? v : undefined;
-}
 
 /**
  * Copy-on-write during the AOF rewrite's fork: "If you are using Redis in a write-heavy application, while saving an

@@ -4,14 +4,8 @@
 // Each check returns the problems it found, one sentence each.
 import type { Json, Manifest } from './manifest-schemas.ts';
 import { describe } from './manifest-schemas.ts';
-import { at } from './deployment-checks.ts';
+import { at, obj, type Obj } from './deployment-checks.ts';
 import { SERVICE_ACCOUNT_DIR, SMOKE_VARIABLES } from './smoke.ts';
-
-type Obj = Record<string, Json>;
-
-function obj(v: Json | undefined): Obj {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? v : {};
-}
 
 function strings(v: Json | undefined): string[] {
   return Array.isArray(v) ? v.filter((s): s is string => typeof s === 'string') : [];
