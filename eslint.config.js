@@ -26,9 +26,10 @@ export default tseslint.config(
     },
   },
   {
-    // Library code logs through the structured logger, never the console.
-    files: ['functions/**/*.ts'],
-    ignores: ['functions/**/*.test.ts'],
+    // Library code logs through the structured logger, never the console: the runtimes and tools too (a CLI or the
+    // launcher that prints to the terminal says so where it does).
+    files: ['functions/**/*.ts', 'runtimes/**/*.ts', 'tools/**/*.ts'],
+    ignores: ['functions/**/*.test.ts', 'runtimes/**/*.test.ts', 'tools/**/*.test.ts'],
     rules: { 'no-console': 'error' },
   },
   {

@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { TOPOLOGIES } from '../../tests/support/redis.ts';
 import { runtimesEnv } from '../../tests/support/runtimes.ts';
 import { activity, harness, type Harness } from './activity-score-test-support.ts';

@@ -1,7 +1,7 @@
 // CloudEvents as the local Broker and the dead-letter receiver carry them: attributes plus the data's exact bytes.
 // Like Knative's Broker it validates the envelope only and never reinterprets data, so an event whose data breaks the
 // contract still reaches its function, which refuses it (400) and so sends it to the dead-letter store with the
-// reason. In core because both deployables read CloudEvents this way: the local Broker (functions/local-broker) and
+// reason. In core because both deployables read CloudEvents this way: the local Broker (tools/local-broker) and
 // the deployed dead-letter receiver (functions/dead-letters), whose image carries core but not the local Broker.
 import { CloudEvent } from 'cloudevents';
 

@@ -23,7 +23,7 @@
 //  whose offset manager commits the record as done (OffsetManager.java, failedToSendToDeadLetterSink). So past the cap an outage's later dead letters are lost, logged by the data plane and
 //  counted here: the cap is what bounds the disk, and docs/deploy.md says how to watch it.
 //
-// The admin API (JSON), the local Broker's (functions/local-broker/broker.ts) but for replay: GET /admin/stats,
+// The admin API (JSON), the local Broker's (tools/local-broker/broker.ts) but for replay: GET /admin/stats,
 // GET /admin/dead-letters (paged: ?after=<next>), GET and DELETE /admin/dead-letters/:id. POST .../replay answers
 // 501: the Broker admits an event only from a sender its EventPolicies let send that type, so a replay is sent as
 // that sender (docs/deploy.md, "Dead letters"), not by this receiver. The admin API answers only requests addressed

@@ -1,11 +1,11 @@
 // The code's defaults are what `npm start` runs with, against the deployed Triggers (the local Broker reads
 // knative/base): the release slot lease and the stall watchdog must outlast the gpu-release Trigger's whole
-// redelivery window, computed with Knative's schedule on either data plane (functions/local-broker/triggers.ts), or
+// redelivery window, computed with Knative's schedule on either data plane (tools/local-broker/triggers.ts), or
 // a slot frees itself and the watchdog re-requests a release while the Broker is still retrying it.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { loadConfig, readSettings } from '../core/config.ts';
-import { loadRoutingTable, redeliveryWindowMs } from '../local-broker/triggers.ts';
+import { loadRoutingTable, redeliveryWindowMs } from '../../tools/local-broker/triggers.ts';
 import { DestroyDispatchSettingsSchema } from './definition.ts';
 import { DEFAULT_RELEASE_DELIVERIES, defaultLeaseMs } from './storm-guard.ts';
 

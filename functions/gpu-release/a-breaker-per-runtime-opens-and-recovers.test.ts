@@ -2,7 +2,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { createRuntimeClient } from '../core/runtime-client.ts';
 import { breakerRecorder, testClientOptions, rejection } from './runtime-client-test-support.ts';
 

@@ -7,7 +7,7 @@ import { parseInbound } from '../core/contract/parse.ts';
 import { TransientError } from '../core/errors.ts';
 import { createCore, type Core, type CoreDeps } from '../core/function-host.ts';
 import { drawReleaseToken } from '../core/session-store.ts';
-import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { pendingRelease } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { dropPrefix, testRedisEnv, uniquePrefix } from '../../tests/support/redis.ts';

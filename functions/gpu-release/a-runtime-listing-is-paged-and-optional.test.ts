@@ -2,7 +2,7 @@
 // without a listing is told apart from a failing one, and a listing that cannot be trusted is an error.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { createRuntimeClient, type HeldSession } from '../core/runtime-client.ts';
 import { rejection, testClientOptions } from './runtime-client-test-support.ts';
 

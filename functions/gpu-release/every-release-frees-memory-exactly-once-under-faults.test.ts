@@ -4,7 +4,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { createRuntimeClient, RuntimeReleaseError, type ReleaseResult, type RuntimeClient } from '../core/runtime-client.ts';
 import { testClientOptions } from './runtime-client-test-support.ts';
 

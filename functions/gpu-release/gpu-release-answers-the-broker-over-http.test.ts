@@ -2,7 +2,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventType } from '../core/contract/events.ts';
 import { drawReleaseToken } from '../core/session-store.ts';
-import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { coreEnv, pendingRelease, testCore, type TestCore } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { freePort } from '../../tests/support/redis-harness.ts';

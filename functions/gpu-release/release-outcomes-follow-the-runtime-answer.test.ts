@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { createRuntimeClient, RuntimeReleaseError, runtimeEndpoint, type RuntimeClient } from '../core/runtime-client.ts';
 import { testClientOptions, rejection } from './runtime-client-test-support.ts';
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import type { RuntimeReleaseError } from '../core/runtime-client.ts';
 import { createRuntimeClient, retryAfterMs } from '../core/runtime-client.ts';
 import { capturingLogger, testClientOptions, rejection } from './runtime-client-test-support.ts';

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { EventType } from '../core/contract/events.ts';
-import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { waitFor } from '../gpu-release/runtime-client-test-support.ts';
 import { coreEnv, testCore, type TestCore } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { EventType } from '../core/contract/events.ts';
 import { createCore, type Core } from '../core/function-host.ts';
-import { startSimRuntime, type SimRuntime } from '../sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { coreEnv, fp, testCore, type TestCore } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { TOPOLOGIES } from '../../tests/support/redis.ts';

@@ -15,7 +15,7 @@ import { createRuntimeClient } from '../../functions/core/runtime-client.ts';
 import { rejection, testClientOptions } from '../../functions/gpu-release/runtime-client-test-support.ts';
 import { RuntimeRegistry } from '../../functions/core/runtime-registry.ts';
 import { deregisterFromRouterHook } from '../../functions/destroy-dispatch/hooks.ts';
-import { startSimRuntime, type SimRuntime } from '../../functions/sim-gpu-runtime/server.ts';
+import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { testCore, type TestCore } from '../support/core.ts';
 
 const logger = pino({ level: 'silent' });

@@ -282,7 +282,7 @@ async function startRuntime(): Promise<RuntimeProcess> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const keep = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'NODE_COMPILE_CACHE'];
-  const proc: ChildProcess = spawn(process.execPath, ['functions/sim-gpu-runtime/index.ts'], {
+  const proc: ChildProcess = spawn(process.execPath, ['runtimes/sim-gpu-runtime/index.ts'], {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'ignore', 'inherit'],
     env: {

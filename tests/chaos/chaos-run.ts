@@ -15,8 +15,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { EventType } from '../../functions/core/contract/events.ts';
 import { auditLedger } from '../../functions/core/ledger.ts';
 import { seededRandom } from '../../functions/core/seeded-random.ts';
-import { startDemoPipeline, type DemoOutcome } from '../../functions/local-stack/demo-pipeline.ts';
-import type { BrokerEvent } from '../../functions/local-broker/wire.ts';
+import { startDemoPipeline, type DemoOutcome } from '../../tools/local-stack/demo-pipeline.ts';
+import type { BrokerEvent } from '../../tools/local-broker/wire.ts';
 import { startEventSink } from '../support/event-sink.ts';
 import { REPO_ROOT, stackStore, startStack, type SupervisedName } from '../support/stack.ts';
 

@@ -12,15 +12,15 @@ import type { TObject } from '@sinclair/typebox';
 import { ActivityScoreSettingsSchema, readActivityScoreSettings } from '../../functions/activity-score/settings.ts';
 import { ConfigSchema, loadConfig, readSettings, type Config } from '../../functions/core/config.ts';
 import { EventType, OWN_SOURCE_PREFIX, WORKLOADS, catalogue, sourceOf, typesSentBy, type Sender, type Workload } from '../../functions/core/contract/events.ts';
-import { SENDER_ANNOTATION, admittingPolicy, senderPoliciesOf } from '../../functions/local-broker/event-policies.ts';
-import { redeliveryWindowMs, type DataPlane } from '../../functions/local-broker/triggers.ts';
+import { SENDER_ANNOTATION, admittingPolicy, senderPoliciesOf } from '../../tools/local-broker/event-policies.ts';
+import { redeliveryWindowMs, type DataPlane } from '../../tools/local-broker/triggers.ts';
 import { otlpTracesConfigured, samplerFromEnv } from '../../functions/core/telemetry.ts';
 import { DestroyDispatchSettingsSchema } from '../../functions/destroy-dispatch/definition.ts';
 import { defaultLeaseMs } from '../../functions/destroy-dispatch/storm-guard.ts';
 import { GpuReleaseSettingsSchema, readGpuReleaseSettings, type GpuReleaseSettings } from '../../functions/gpu-release/handle.ts';
 import { EngineSettingsSchema, readEngineSettings } from '../../functions/heartbeat-timeout/engine-settings.ts';
 import { readRuntimeCallSettings, RuntimeCallSettingsSchema } from '../../functions/core/runtime-call-settings.ts';
-import { readSimSettings, SimSettingsSchema } from '../../functions/sim-gpu-runtime/server.ts';
+import { readSimSettings, SimSettingsSchema } from '../../runtimes/sim-gpu-runtime/server.ts';
 import { describe, parseManifests, show, type Json, type Manifest } from './manifest-schemas.ts';
 
 /** The repository root (this file is tests/deploy/deployment-checks.ts). */
@@ -47,7 +47,7 @@ export function consumedEventTypes(fn: FunctionName): string[] {
 /** Calls one core-tier delivery may make, each bounded by CORE_TIMEOUT_MS: Redis round trips and 3 emit attempts. */
 export const CORE_CALLS_PER_DELIVERY = 6;
 
-/** The images built from functions/: the four functions and the simulated GPU runtime. */
+/** The images built from functions/Dockerfile: the four functions and the simulated GPU runtime (runtimes/sim-gpu-runtime). */
 export const FUNCTION_IMAGES: readonly string[] = [...FUNCTIONS, 'sim-gpu-runtime'];
 
 /** The long-running second entry points of two functions: Deployments with a SinkBinding, not Knative Services. */
@@ -105,7 +105,7 @@ export const ENTRY_POINTS: Record<string, EntryPointSettings> = {
   'functions/activity-score/idle-checker-main.ts': coreEntry([ActivityScoreSettingsSchema], readActivityScoreSettings, ['PORT']),
   'functions/destroy-dispatch/index.ts': coreEntry([DestroyDispatchSettingsSchema], (env) => readSettings(DestroyDispatchSettingsSchema, env), FRAMEWORK_SETTINGS),
   'functions/gpu-release/index.ts': coreEntry([GpuReleaseSettingsSchema], readGpuReleaseSettings, FRAMEWORK_SETTINGS),
-  'functions/sim-gpu-runtime/index.ts': { schemas: [SimSettingsSchema], standard: NODE_SETTINGS, read: readSimSettings },
+  'runtimes/sim-gpu-runtime/index.ts': { schemas: [SimSettingsSchema], standard: NODE_SETTINGS, read: readSimSettings },
 };
 
 /** An object of a manifest. */
@@ -216,7 +216,7 @@ export const BROKER_CLASS_ANNOTATION = 'eventing.knative.dev/broker.class';
 /**
  * Which dispatcher delivers a Trigger's events, from its rendered Broker: the Kafka Broker class and an
  * MTChannelBasedBroker over a KafkaChannel are dispatched by eventing-kafka-broker's data plane, anything else (the
- * in-memory channel) by knative/eventing's. They wait differently between retries (functions/local-broker/triggers.ts).
+ * in-memory channel) by knative/eventing's. They wait differently between retries (tools/local-broker/triggers.ts).
  */
 export function dataPlaneOf(ms: readonly Manifest[], trigger: Manifest): DataPlane {
   const broker = find(ms, 'Broker', 'eventing.knative.dev', str(at(trigger.doc, 'spec.broker')) ?? '', namespaceOf(trigger) || NAMESPACE);
@@ -966,6 +966,8 @@ export function checkSkaffoldImages(plan: ReturnType<typeof skaffoldPlan>, rende
   for (const a of plan.artifacts) {
     const fn = str(at(a, 'docker.buildArgs.FUNCTION'));
     if (fn !== undefined && fn !== str(a.image)) problems.push(`artifact ${show(a.image)} builds function ${fn}: one name everywhere`);
+    const runtime = str(at(a, 'docker.buildArgs.RUNTIME'));
+    if (runtime !== undefined && runtime !== str(a.image)) problems.push(`artifact ${show(a.image)} builds runtime ${runtime}: one name everywhere`);
   }
   return problems;
 }
@@ -1017,7 +1019,7 @@ function naturalSource(sender: Sender): string {
 
 /**
  * Who may send what, as the Broker would decide it from the rendered EventPolicies (the same evaluation the local
- * Broker applies: functions/local-broker/event-policies.ts): every contract type is admitted from exactly the
+ * Broker applies: tools/local-broker/event-policies.ts): every contract type is admitted from exactly the
  * senders the catalogue names, as each sends it (its own source), and from nobody else; a workload cannot send
  * under another's source, nor the pipeline or an operator under one of ours. Each sending workload runs as the
  * ServiceAccount its policy names and presents a token of it for the Broker's audience.

@@ -22,6 +22,7 @@ import {
   checkSettings,
   checkSkaffoldImages,
   entryPoints,
+  obj,
   renderKustomization,
   renderOverlay,
   skaffoldPlan,
@@ -30,7 +31,7 @@ import {
   type GpuPool,
 } from './deployment-checks.ts';
 import { EventType } from '../../functions/core/contract/events.ts';
-import { admittingPolicy, senderPoliciesOf } from '../../functions/local-broker/event-policies.ts';
+import { admittingPolicy, senderPoliciesOf } from '../../tools/local-broker/event-policies.ts';
 import { checkImageContents, imageUses } from './image-contents.ts';
 import { SchemaRegistry, describe as describeManifest, formatIssues, parseManifests, upstreamSchemasDir, type Json, type Manifest } from './manifest-schemas.ts';
 
@@ -228,6 +229,19 @@ void describe('functions, triggers, policies and images line up', () => {
     const problems = checkSkaffoldImages(plan, ms, []).join('\n');
     assert.match(problems, /skaffold builds activity-score, but nothing deploys/);
     assert.match(problems, /run image activity-scorer, which skaffold does not build/);
+  });
+
+  // The simulator lives in runtimes/, not functions/: its image comes from the Dockerfile's runtime stage.
+  void it('notices a runtime image that does not hold its runtime, or is built under another name', () => {
+    const plan = skaffoldPlan(applySkaffoldProfile(skaffold, 'dev'));
+    const uses = imageUses(plan.artifacts, 'functions/Dockerfile', entryPoints(overlay('dev'))).filter((u) => u.image === 'sim-gpu-runtime');
+    assert.deepEqual(uses.map((u) => u.target), ['runtime']);
+    const withoutRuntime = { path: dockerfile.path, text: dockerfile.text.replace(/^COPY runtimes\/.*$/m, '') };
+    assert.match(checkImageContents(REPO_ROOT, withoutRuntime, uses).join('\n'), /image sim-gpu-runtime: runtimes\/sim-gpu-runtime\/index\.ts imports runtimes\/sim-gpu-runtime\/index\.ts, which the image does not hold/);
+    const asFunction = uses.map((u) => ({ ...u, target: 'function', buildArgs: { FUNCTION: u.image } }));
+    assert.match(checkImageContents(REPO_ROOT, dockerfile, asFunction).join('\n'), /image sim-gpu-runtime: runtimes\/sim-gpu-runtime\/index\.ts imports runtimes\/sim-gpu-runtime\/server\.ts, which the image does not hold/);
+    const renamed = { ...plan, artifacts: plan.artifacts.map((a) => (a.image === 'sim-gpu-runtime' ? { ...a, docker: { ...obj(a.docker), buildArgs: { RUNTIME: 'simulator' } } } : a)) };
+    assert.match(checkSkaffoldImages(renamed, overlay('dev'), smokeJob).join('\n'), /artifact sim-gpu-runtime builds runtime simulator: one name everywhere/);
   });
 
 });

@@ -20,7 +20,7 @@ import {
   triggerWindowMs,
   withEnv,
 } from './deployment-checks.ts';
-import { redeliveryWindowMs } from '../../functions/local-broker/triggers.ts';
+import { redeliveryWindowMs } from '../../tools/local-broker/triggers.ts';
 import type { Json, Manifest } from './manifest-schemas.ts';
 
 const prod = renderOverlay('prod');

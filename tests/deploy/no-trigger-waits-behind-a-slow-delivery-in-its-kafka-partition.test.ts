@@ -47,7 +47,7 @@ void describe('no Trigger waits behind a slow delivery in its Kafka partition', 
       assert.equal(triggers.length, 15);
       for (const t of triggers) {
         assert.equal(deliveryOrderOf(ms, t), 'unordered', `${o}: ${name(t)}`);
-        // Kafka's dispatcher, with its retry schedule (functions/local-broker/triggers.ts).
+        // Kafka's dispatcher, with its retry schedule (tools/local-broker/triggers.ts).
         assert.equal(dataPlaneOf(ms, t), 'eventing-kafka-broker');
       }
       // The MT Broker's channel template is gone: nothing is left to edit expecting an effect.

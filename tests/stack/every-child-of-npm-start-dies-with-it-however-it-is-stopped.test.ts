@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parentDeathSignalAvailable } from '../../functions/local-stack/parent-death.ts';
+import { parentDeathSignalAvailable } from '../../tools/local-stack/parent-death.ts';
 import { readStackFile, spawnStart, stopWith, twoFreePorts, waitHealthy, type StartedProcess } from './npm-start-process.ts';
 
 // The children the kernel lists for a process (Linux: /proc/<pid>/task/<pid>/children).

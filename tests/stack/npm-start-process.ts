@@ -5,8 +5,8 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { freePort } from '../../functions/local-stack/redis-server.ts';
-import { REPO_ROOT } from '../../functions/local-stack/stack.ts';
+import { freePort } from '../../tools/local-stack/redis-server.ts';
+import { REPO_ROOT } from '../../tools/local-stack/stack.ts';
 
 /** What start.ts writes to <state-dir>/stack.json while it runs. */
 export interface StackFile {
@@ -43,7 +43,7 @@ export function spawnStart(args: readonly string[], opts: { stateDir?: string; v
   const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' };
   delete env.REDIS_URL; // the stack starts its own private redis-server, as it does for a user
   const proc = opts.viaNode
-    ? spawn(process.execPath, ['functions/local-stack/start.ts', ...all], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    ? spawn(process.execPath, ['tools/local-stack/start.ts', ...all], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
     : // Its own process group, like a shell job, so a Ctrl-C can be sent to the whole group as a terminal does.
       spawn('npm', ['start', '--silent', '--', ...all], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let text = '';

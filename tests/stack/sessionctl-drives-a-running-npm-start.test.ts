@@ -20,7 +20,7 @@ describe('sessionctl against a running npm start', { skip: missing.length ? `ent
   function sessionctl(...args: string[]): { status: number | null; stdout: string; stderr: string } {
     const env: NodeJS.ProcessEnv = { ...process.env, SESSIONCTL_STACK_FILE: join(started.stateDir, 'stack.json') };
     for (const name of ['REDIS_URL', 'REDIS_CLUSTER_NODES', 'REDIS_KEY_PREFIX', 'SESSIONCTL_BROKER_URL']) delete env[name];
-    const r = spawnSync(process.execPath, [join(REPO, 'functions/sessionctl/cli.ts'), ...args], { cwd: REPO, env, encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(process.execPath, [join(REPO, 'tools/sessionctl/cli.ts'), ...args], { cwd: REPO, env, encoding: 'utf8', timeout: 30_000 });
     return { status: r.status, stdout: r.stdout, stderr: r.stderr };
   }
 

@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DESTROY_CAUSES } from '../../functions/core/contract/events.ts';
-import type { DemoOutcome } from '../../functions/local-stack/demo-pipeline.ts';
-import type { StackReport } from '../../functions/local-stack/report.ts';
+import type { DemoOutcome } from '../../tools/local-stack/demo-pipeline.ts';
+import type { StackReport } from '../../tools/local-stack/report.ts';
 import { missingEntryFiles } from '../support/stack.ts';
 import { freshStateDir, spawnStart } from './npm-start-process.ts';
 

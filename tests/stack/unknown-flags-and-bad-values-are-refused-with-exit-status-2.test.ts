@@ -4,11 +4,11 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { parseStartFlags, UsageError } from '../../functions/local-stack/flags.ts';
-import { REPO_ROOT } from '../../functions/local-stack/stack.ts';
+import { parseStartFlags, UsageError } from '../../tools/local-stack/flags.ts';
+import { REPO_ROOT } from '../../tools/local-stack/stack.ts';
 
 const start = (...args: string[]) =>
-  spawnSync(process.execPath, ['functions/local-stack/start.ts', ...args], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 30_000 });
+  spawnSync(process.execPath, ['tools/local-stack/start.ts', ...args], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 30_000 });
 
 test('an unknown flag or a bad value exits 2 naming it, before anything starts', () => {
   const unknown = start('--bogus');

@@ -1,11 +1,11 @@
-// The stack launcher lives with `npm start` (functions/local-stack/stack.ts); tests import it from here, with a
+// The stack launcher lives with `npm start` (tools/local-stack/stack.ts); tests import it from here, with a
 // connection to a running stack's session core.
 import { connectRedis, createRedisClient, type RedisClient } from '../../functions/core/redis/connect.ts';
 import { KeySpace } from '../../functions/core/redis/keys.ts';
 import { Scripts } from '../../functions/core/redis/scripts.ts';
 import { SessionStore } from '../../functions/core/session-store.ts';
 
-export * from '../../functions/local-stack/stack.ts';
+export * from '../../tools/local-stack/stack.ts';
 
 /** A client of a running stack's Redis (its password given) and the session core on its key prefix. */
 export async function stackStore(stack: { redisUrl: string; redisPassword: string; keyPrefix: string }): Promise<{ redis: RedisClient; store: SessionStore }> {
