@@ -21,6 +21,8 @@ Options:
   --forward URL          also deliver every event the system emits to this HTTP sink, as CloudEvents
   --host ADDR            interface every part listens on (default 127.0.0.1; 0.0.0.0 for every interface)
   --runtime NAME=URL     register a GPU runtime besides the simulator (repeatable): sessions may be placed on it
+  --engine llama         also run the reference llama.cpp engine (real KV caches on a generated tiny model),
+                         registered as runtime \`llama\`; once: npm --prefix runtimes/llama-engine run setup
   --allow-cidr CIDR      a network outbound calls may reach besides loopback, e.g. a LAN runtime's (repeatable)
   --sessions N           demo sessions to open (default 50)
   --duration S           about how long the demo's sessions live, seconds (default 30)
@@ -43,6 +45,8 @@ export interface StartFlags {
   forward: string | undefined;
   host: string;
   runtimes: Array<{ name: string; url: string }>;
+  /** --engine llama: the reference llama.cpp engine runs beside the simulator. */
+  engine: 'llama' | undefined;
   allowCidrs: string[];
   sessions: number;
   durationMs: number;
@@ -83,6 +87,7 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
         forward: { type: 'string' },
         host: { type: 'string' },
         runtime: { type: 'string', multiple: true },
+        engine: { type: 'string' },
         'allow-cidr': { type: 'string', multiple: true },
         sessions: { type: 'string' },
         duration: { type: 'string' },
@@ -142,6 +147,7 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
         ...(delayMs !== undefined ? { delayMs } : {}),
         ...(seed !== undefined ? { seed } : {}),
       };
+  if (values.engine !== undefined && values.engine !== 'llama') throw new UsageError(`--engine must be llama (the one reference engine), not '${values.engine}'`);
   return {
     demo: values.demo,
     port,
@@ -149,6 +155,7 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
     forward,
     host,
     runtimes,
+    engine: values.engine === 'llama' ? 'llama' : undefined,
     allowCidrs,
     sessions: integer('sessions', values.sessions, 1, 10_000) ?? 50,
     durationMs: (integer('duration', values.duration, 1, 3600) ?? 30) * 1000,

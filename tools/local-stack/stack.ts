@@ -49,7 +49,7 @@ export const FUNCTION_NAMES = ['heartbeat-timeout', 'activity-score', 'destroy-d
 export type FunctionName = (typeof FUNCTION_NAMES)[number];
 
 /** Every process of the stack besides Redis and the in-process Broker. */
-export type ProcessName = FunctionName | 'deadline-engine' | 'idle-checker' | 'sim-gpu-runtime';
+export type ProcessName = FunctionName | 'deadline-engine' | 'idle-checker' | 'sim-gpu-runtime' | 'llama-engine';
 
 /** Every process the stack supervises: the Broker too when it runs as its own process (brokerProcess). */
 export type SupervisedName = ProcessName | 'local-broker';
@@ -57,6 +57,8 @@ export type SupervisedName = ProcessName | 'local-broker';
 const ENGINE_ENTRY = 'functions/heartbeat-timeout/engine.ts';
 const IDLE_CHECKER_ENTRY = 'functions/activity-score/idle-checker-main.ts';
 const RUNTIME_ENTRY = 'runtimes/sim-gpu-runtime/index.ts';
+/** The reference llama.cpp engine (runtimes/llama-engine), run beside the simulator when asked for (`engine`). */
+const LLAMA_ENGINE_ENTRY = 'runtimes/llama-engine/index.ts';
 const BROKER_ENTRY = 'tools/local-broker/index.ts';
 const functionEntry = (name: FunctionName) => `functions/${name}/index.ts`;
 
@@ -104,6 +106,13 @@ export interface StackOptions {
   logLevel?: string;
   /** Extra environment for the functions and the engine (e.g. DEADLINE_POLL_MS, CORE_TIMEOUT_MS). */
   env?: Readonly<Record<string, string>>;
+  /**
+   * Also run the reference llama.cpp engine (runtimes/llama-engine: real KV caches on a generated tiny model),
+   * registered as the runtime `llama`; it needs its one-time install (`npm --prefix runtimes/llama-engine run setup`).
+   */
+  engine?: 'llama';
+  /** Extra environment for the llama engine (ENGINE_*). */
+  engineEnv?: Record<string, string>;
   /** Extra environment for the simulated runtime (SIM_*). */
   runtimeEnv?: Readonly<Record<string, string>>;
   /** The Broker's dead-letter directory. Default: a fresh temporary one, removed at exit. */
@@ -155,6 +164,8 @@ export interface Stack {
   readonly brokerUrl: string;
   /** The simulated GPU runtime's base URL: use it as a session's placement.runtimeUrl. */
   readonly runtimeUrl: string;
+  /** The llama engine's base URL (registered as `llama`) when the stack runs it. */
+  readonly engineUrl?: string;
   /** Redis, without its password (see redisPassword). */
   readonly redisUrl: string;
   /** The private redis-server's password ('' for a Redis given by URL). */
@@ -167,7 +178,7 @@ export interface Stack {
   readonly deadLetterDir: string;
   readonly keyPrefix: string;
   /** Loopback ports by part. */
-  readonly ports: Readonly<Record<ProcessName | 'broker', number>>;
+  readonly ports: Readonly<Record<Exclude<ProcessName, 'llama-engine'> | 'broker', number>> & { readonly 'llama-engine'?: number };
   /** The in-process Broker: stats, received events, dead letters. */
   readonly broker: LocalBroker;
   /** The most recent output lines of each process (stdout and stderr). */
@@ -448,6 +459,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
       'activity-score': await freePort(),
       'destroy-dispatch': await freePort(),
       'gpu-release': await freePort(),
+      ...(opts.engine === 'llama' ? { 'llama-engine': await freePort() } : {}),
     };
     // Where the parts reach each other: the address they listen on, or loopback when that is every interface.
     const local = (port: number) => reachableOrigin(host, port);
@@ -459,7 +471,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
     ports.broker = (standIn.address() as AddressInfo).port;
     const brokerUrl = `${local(ports.broker)}/`;
     const runtimeUrl = local(ports['sim-gpu-runtime']);
-    const runtimes: RuntimeEntry[] = [{ name: 'sim', url: runtimeUrl }, ...(opts.runtimes ?? [])];
+    const engineUrl = ports['llama-engine'] === undefined ? undefined : local(ports['llama-engine']);
+    const runtimes: RuntimeEntry[] = [{ name: 'sim', url: runtimeUrl }, ...(engineUrl === undefined ? [] : [{ name: 'llama', url: engineUrl }]), ...(opts.runtimes ?? [])];
 
     const shared = {
       ...baseEnv(), REDIS_URL: redisUrl, REDIS_PASSWORD: redisPassword, REDIS_KEY_PREFIX: keyPrefix, K_SINK: brokerUrl, LOG_LEVEL: logLevel,
@@ -467,7 +480,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
     };
     // The deep check: each part's readiness says only that it serves, but the stack is usable (and `npm start` says
     // so) only once every part also reaches Redis with its scripts loaded. A restarted part is waited on the same way.
-    const healthUrl = (name: ProcessName) => (name === 'sim-gpu-runtime' ? `${runtimeUrl}/v1/memory` : `${local(ports[name])}/healthz?deep=1`);
+    const healthUrl = (name: Exclude<ProcessName, 'llama-engine'>) => (name === 'sim-gpu-runtime' ? `${runtimeUrl}/v1/memory` : `${local(ports[name])}/healthz?deep=1`);
     launch('sim-gpu-runtime', [RUNTIME_ENTRY], {
       ...baseEnv(),
       PORT: String(ports['sim-gpu-runtime']),
@@ -475,6 +488,15 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
       LOG_LEVEL: logLevel,
       ...opts.runtimeEnv,
     }, healthUrl('sim-gpu-runtime'));
+    if (engineUrl !== undefined) {
+      launch('llama-engine', [LLAMA_ENGINE_ENTRY], {
+        ...baseEnv(),
+        PORT: String(ports['llama-engine']),
+        ENGINE_HOST: host,
+        LOG_LEVEL: logLevel,
+        ...opts.engineEnv,
+      }, `${engineUrl}/v1/memory`);
+    }
     for (const name of FUNCTION_NAMES) {
       launch(name, [functionEntry(name)], { ...shared, PORT: String(ports[name]), OTEL_SERVICE_NAME: name, SINK_TOKEN_FILE: tokenFiles[name] }, healthUrl(name));
     }
@@ -527,6 +549,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
     return {
       brokerUrl: broker?.url ?? brokerUrl,
       runtimeUrl,
+      ...(engineUrl === undefined ? {} : { engineUrl }),
       redisUrl,
       redisPassword,
       tokens,

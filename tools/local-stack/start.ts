@@ -128,6 +128,7 @@ async function main(): Promise<number> {
       ...(flags.brokerChaos !== undefined ? { brokerChaos: flags.brokerChaos } : {}),
       host: flags.host,
       runtimes: flags.runtimes,
+      ...(flags.engine !== undefined ? { engine: flags.engine } : {}),
       allowedCidrs: flags.allowCidrs,
       tokenDir: join(flags.stateDir, 'tokens'),
     });
@@ -173,6 +174,7 @@ async function main(): Promise<number> {
       `  ingress (Broker)   ${ingress}   ← POST CloudEvents: binary, structured or batched`,
       `  health             ${ingress}healthz`,
       `  GPU runtime (sim)  ${running.runtimeUrl}   (stats: ${running.runtimeUrl}/sim/stats)`,
+      ...(running.engineUrl !== undefined ? [`  llama engine       ${running.engineUrl}   (runtime \`llama\`: real KV caches; memory: ${running.engineUrl}/v1/memory)`] : []),
       `  Redis              ${running.redisUrl}   key prefix ${running.keyPrefix}   (password in ${relative(process.cwd(), stateFile)})`,
       `  sender tokens      ${relative(process.cwd(), join(flags.stateDir, 'tokens'))}/   ← send as the pipeline: -H "Authorization: Bearer $(cat ${relative(process.cwd(), running.tokenFiles['inference-pipeline'])})"`,
       `  dead letters       ${running.deadLetterDir}`,
