@@ -15,6 +15,7 @@ import type { Config } from '../core/config.ts';
 import type { RedisClient } from '../core/redis/connect.ts';
 import type { Logger } from '../core/log.ts';
 import type { OutboundAddressPolicy } from '../core/outbound-address.ts';
+import { createEngineClient } from '../core/runtime-adapters/index.ts';
 import { createRuntimeClient, type RuntimeClient } from '../core/runtime-client.ts';
 import type { RuntimeRegistry } from '../core/runtime-registry.ts';
 import { loadKeys } from '../core/redis/keys.ts';
@@ -201,7 +202,9 @@ export function createMemoryProbe(
   logger: Logger,
   outbound: { registry: RuntimeRegistry; addressPolicy: OutboundAddressPolicy },
 ): RuntimeClient {
-  return createRuntimeClient({
+  // Through the engine adapters: each runtime's memory is read from its own API (native /v1/memory, llama-server's
+  // /props and /slots, SGLang's or vLLM's /metrics; vLLM's as a share, which the policy reads as a ratio like the rest).
+  return createEngineClient(createRuntimeClient({
     registry: outbound.registry,
     addressPolicy: outbound.addressPolicy,
     timeoutMs: config.RUNTIME_TIMEOUT_MS,
@@ -211,5 +214,5 @@ export function createMemoryProbe(
     // A runtime that stops answering is skipped without waiting out its timeout at every evaluation.
     breaker: { errorThresholdPercentage: 50, resetTimeoutMs: 30_000, volumeThreshold: 3, rollingCountTimeoutMs: 60_000 },
     logger,
-  });
+  }), outbound.registry);
 }

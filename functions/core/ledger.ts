@@ -19,6 +19,12 @@ export interface NodeLedger {
   confirmedFreedBytes: number;
   /** Releases that booked nothing: duplicates, unknown or stale incarnations. */
   ignoredReleases: number;
+  /** Releases whose freed figure was an estimate (an engine that reports none: SGLang, vLLM); counted in releases too. */
+  // Optional in the type so ledgers built before these counters existed (reports, fixtures) still read; the audit
+  // always fills them.
+  estimatedReleases?: number;
+  /** The estimated part of confirmedFreedBytes. */
+  estimatedFreedBytes?: number;
 }
 
 /** The ledger of every node, plus whether it balances. */
@@ -33,10 +39,12 @@ export interface LedgerAudit {
 const FIELDS = {
   reg: 'registeredBytes', rel: 'releasedBytes', held: 'heldBytes', allocs: 'allocations',
   frees: 'releases', confirmed: 'confirmedFreedBytes', ignored: 'ignoredReleases',
+  estimated: 'estimatedReleases', estimatedBytes: 'estimatedFreedBytes',
 } as const satisfies Record<string, keyof Omit<NodeLedger, 'node'>>;
 
 const empty = (): Omit<NodeLedger, 'node'> => ({
   registeredBytes: 0, releasedBytes: 0, heldBytes: 0, allocations: 0, releases: 0, confirmedFreedBytes: 0, ignoredReleases: 0,
+  estimatedReleases: 0, estimatedFreedBytes: 0,
 });
 
 /** Reads and sums every bucket's ledger: O(buckets + nodes), never a SCAN. */
@@ -51,7 +59,7 @@ export async function auditLedger(redis: RedisClient, keys: KeySpace): Promise<L
       const prop = FIELDS[kind];
       if (!prop) continue;
       const entry = perNode.get(node) ?? { node, ...empty() };
-      entry[prop] += Number(value);
+      entry[prop] = (entry[prop] ?? 0) + Number(value);
       perNode.set(node, entry);
     }
   }
@@ -59,7 +67,7 @@ export async function auditLedger(redis: RedisClient, keys: KeySpace): Promise<L
   const totals = empty();
   const problems: string[] = [];
   for (const n of nodes) {
-    for (const prop of Object.values(FIELDS)) totals[prop] += n[prop];
+    for (const prop of Object.values(FIELDS)) totals[prop] = (totals[prop] ?? 0) + (n[prop] ?? 0);
     if (n.registeredBytes !== n.releasedBytes + n.heldBytes) problems.push(`${n.node}: registered ${n.registeredBytes} ≠ released ${n.releasedBytes} + held ${n.heldBytes}`);
     if (n.heldBytes < 0) problems.push(`${n.node}: negative held bytes ${n.heldBytes}`);
     if (n.releases > n.allocations) problems.push(`${n.node}: ${n.releases} releases for ${n.allocations} allocations`);

@@ -23,6 +23,13 @@ export interface ReleaseResult {
   freedBytes: number;
   status: number;
   attempts: number;
+  /**
+   * Whether freedBytes was measured or exactly derived (absent: exact, as the native API reports it). An engine that
+   * only lets it be estimated (SGLang's metrics delta, a vLLM no-op) says false; gpu.released then says `estimated`.
+   */
+  exact?: boolean;
+  /** Why nothing (or something engine-wide) was done, for the log: a vLLM release. */
+  note?: string;
 }
 
 /** The runtime's memory summary (GET /v1/memory); `sessions` is a count. */
@@ -30,6 +37,11 @@ export interface RuntimeMemory {
   totalBytes: number;
   usedBytes: number;
   sessions: number;
+  /**
+   * 'share' when the engine reports only a used fraction (vLLM's kv_cache_usage_perc): totalBytes is then 1,000,000
+   * and usedBytes the used parts per million, meaningful only as a ratio. Absent: bytes.
+   */
+  unit?: 'share';
 }
 
 /** One session incarnation a runtime reports holding memory for (GET /v1/sessions). */
@@ -51,7 +63,12 @@ export const LIST_PAGE_LIMIT = 256;
 /** Why a call failed; `invalid_request` means the caller passed an argument the API cannot carry. */
 export type RuntimeReleaseErrorReason =
   | 'breaker_open' | 'budget_exhausted' | 'timeout' | 'http_status' | 'network' | 'bad_response' | 'invalid_request'
-  | 'unregistered_runtime' | 'forbidden_address';
+  | 'unregistered_runtime' | 'forbidden_address'
+  // The engine cannot do what was asked: a llama-server without --slot-save-path (501), an operation its kind lacks.
+  | 'unsupported'
+  // A llama-server slot id at or past the registered slot count: refused here, since the server would wrap it around
+  // and act on another session's slot.
+  | 'slot_out_of_range';
 
 /**
  * What a failure may say outside the process (a gpu.release.failed, an answer): a fixed description of its kind,
@@ -72,6 +89,8 @@ export function publicDescription(err: RuntimeReleaseError): string {
     case 'invalid_request': return 'the release cannot be sent as asked';
     case 'unregistered_runtime': return 'the runtime is not registered';
     case 'forbidden_address': return "the runtime's address is not allowed for outbound calls";
+    case 'unsupported': return `the runtime cannot do this operation${status}`;
+    case 'slot_out_of_range': return "the session's slot is outside the runtime's registered slot count";
   }
 }
 
@@ -159,11 +178,44 @@ export interface RuntimeClient {
   memory(runtimeUrl: string, ctx?: RuntimeCallContext): Promise<RuntimeMemory>;
   /** One page of what the runtime holds (the optional GET /v1/sessions), after the session id `after`. */
   listSessions(runtimeUrl: string, page?: { after?: string; limit?: number }, ctx?: RuntimeCallContext): Promise<HeldSessionPage>;
+  /**
+   * One request to a registered runtime under the same breaker, retry budget and outbound rules as the calls above,
+   * for the engine adapters (functions/core/runtime-adapters/) that speak an engine's own API. `interpret` gets the
+   * status and body text and returns the answer or throws a RuntimeReleaseError (retryable ones are retried).
+   */
+  call<T>(runtimeUrl: string, request: RuntimeRequest, interpret: (answer: RuntimeAnswer) => T, ctx?: RuntimeCallContext): Promise<{ value: T; attempts: number }>;
   breakerState(runtimeUrl: string): BreakerState;
   /** How many endpoints' breakers the client holds now (idle closed ones are dropped after breakerIdleMs). */
   breakerCount(): number;
   /** Shuts every breaker down and cancels waits and requests in flight; later calls fail with breaker_open. */
   shutdown(): void;
+}
+
+/** A request an engine adapter sends through RuntimeClient.call. */
+export interface RuntimeRequest {
+  /** For logs: what the call does (release, erase, metrics...). */
+  op: string;
+  method: 'GET' | 'POST';
+  /** Path and query after the runtime's endpoint, starting with '/'. */
+  path: string;
+  /** A JSON body (sent with content-type application/json). */
+  json?: unknown;
+  /** Extra headers (an idempotency key). */
+  headers?: Record<string, string>;
+  /** Fields added to this call's log lines (session id, slot). */
+  logFields?: Record<string, unknown>;
+}
+
+/** What a runtime answered to a RuntimeRequest. */
+export interface RuntimeAnswer {
+  status: number;
+  text: string;
+  /** The answer's JSON body, or undefined when it is empty or not JSON. */
+  body: unknown;
+  /** The full URL called (for messages that stay inside the process). */
+  url: string;
+  /** A typed error for an unexpected status (retryable as the status says, Retry-After kept). */
+  statusError(): RuntimeReleaseError;
 }
 
 type Attempt<T> = (signal: AbortSignal) => Promise<T>;
@@ -532,6 +584,17 @@ export function createRuntimeClient(opts: RuntimeClientOptions): RuntimeClient {
         }),
       );
       return value;
+    },
+
+    async call(runtimeUrl, request, interpret, ctx) {
+      if (!request.path.startsWith('/')) throw new RuntimeReleaseError(`request path ${request.path} must start with /`, { reason: 'invalid_request', retryable: false });
+      const endpoint = endpointOf(runtimeUrl);
+      const url = `${endpoint}${request.path}`;
+      const extra: Record<string, string> = { ...(request.json === undefined ? {} : { 'content-type': 'application/json' }), ...request.headers };
+      const init: HttpRequestInit = { method: request.method, headers: headersFor(ctx, extra), ...(request.json === undefined ? {} : { body: JSON.stringify(request.json) }) };
+      return withRetries(endpoint, request.op, request.logFields ?? {}, (signal) =>
+        exchange(url, init, signal, (status, text, res) => interpret({ status, text, body: parseJson(text), url, statusError: () => statusError(url, status, res) })),
+      );
     },
 
     breakerState(runtimeUrl) {

@@ -9,7 +9,29 @@
 //    {"name": "sim", "url": "http://127.0.0.1:8081"}]
 // `name` is what logs and metrics call the runtime (bounded: never a URL); `nodes` (optional) are node names, with
 // `*` matching any run of characters.
+//
+// `kind` (optional) says which API the runtime speaks, and so which adapter (functions/core/runtime-adapters/) calls
+// it: 'native' (the default: session-reaper's runtime API, gpu-release/runtime-api.openapi.yaml), 'llamacpp'
+// (llama-server's slots), 'sglang' (SGLang's sessions) or 'vllm' (vLLM: memory only; see the README). Each kind's
+// options are checked here, once, at start:
+//   llamacpp: slots (required: llama-server's --parallel), bytesPerToken (required: the model's KV bytes per token),
+//             slotSavePath (true when the server runs with --slot-save-path; without it every slot action is 501)
+//   sglang:   bytesPerToken (optional: without it freed bytes are unknown, reported as 0 and estimated)
+//   vllm:     globalReleaseAction: 'none' (default) or 'reset_prefix_cache' (resets the WHOLE prefix cache of the
+//             engine on every release: every session on it loses its cached prefix; needs VLLM_SERVER_DEV_MODE=1)
 import { ConfigError } from './config.ts';
+
+/** The API kinds a runtime may speak, one adapter each. */
+export const RUNTIME_KINDS = ['native', 'llamacpp', 'sglang', 'vllm'] as const;
+/** The API a runtime speaks. */
+export type RuntimeKind = (typeof RUNTIME_KINDS)[number];
+
+/** A registered runtime's kind and that kind's validated options. */
+export type EngineSettings =
+  | { readonly kind: 'native' }
+  | { readonly kind: 'llamacpp'; readonly slots: number; readonly bytesPerToken: number; readonly slotSavePath: boolean }
+  | { readonly kind: 'sglang'; readonly bytesPerToken?: number }
+  | { readonly kind: 'vllm'; readonly globalReleaseAction: 'none' | 'reset_prefix_cache' };
 
 /** One runtime (or family of runtimes) as the operator registered it. */
 export interface RuntimeEntry {
@@ -19,6 +41,16 @@ export interface RuntimeEntry {
   readonly url: string;
   /** Nodes the runtime may serve sessions on; any node when absent. */
   readonly nodes?: readonly string[];
+  /** The API it speaks; 'native' when absent. */
+  readonly kind?: RuntimeKind;
+  /** llamacpp: llama-server's slot count (--parallel). */
+  readonly slots?: number;
+  /** llamacpp, sglang: the model's KV cache bytes per token. */
+  readonly bytesPerToken?: number;
+  /** llamacpp: the server runs with --slot-save-path. */
+  readonly slotSavePath?: boolean;
+  /** vllm: what a release does ('none' or the engine-wide 'reset_prefix_cache'). */
+  readonly globalReleaseAction?: 'none' | 'reset_prefix_cache';
 }
 
 /** What a registered runtime URL resolved to. */
@@ -27,6 +59,8 @@ export interface RegisteredRuntime {
   readonly name: string;
   /** The normalised endpoint (origin and path, no trailing slash): what is called and what breakers are keyed by. */
   readonly endpoint: string;
+  /** The API it speaks and that kind's options. */
+  readonly engine: EngineSettings;
 }
 
 /** Why a runtime URL was not accepted. */
@@ -70,6 +104,7 @@ interface CompiledEntry {
   nodes: RegExp[] | undefined;
   /** The endpoint of an entry that names one runtime (no wildcard). */
   endpoint: string | undefined;
+  engine: EngineSettings;
 }
 
 /** A runtime's name: 1 to 63 characters of a-z, 0-9 and -, neither first nor last a -. */
@@ -80,12 +115,46 @@ function globToRegExp(glob: string): RegExp {
   return new RegExp(`^${glob.split('*').map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`);
 }
 
+const MAX_BYTES_PER_TOKEN = 2 ** 30;
+const MAX_SLOTS = 4096;
+
+const isPositiveInt = (v: unknown, max: number): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 1 && v <= max;
+
+// The kind's options, checked once: a runtime registered with options its kind does not read, or without one it
+// needs, stops the process naming the field, instead of failing at the first release.
+function engineOf(where: string, fields: Record<string, unknown>): EngineSettings {
+  const { kind = 'native', slots, bytesPerToken, slotSavePath, globalReleaseAction } = fields;
+  if (typeof kind !== 'string' || !(RUNTIME_KINDS as readonly string[]).includes(kind)) throw new ConfigError(`${where}.kind must be one of ${RUNTIME_KINDS.join(', ')}`);
+  const allowed: Record<RuntimeKind, string[]> = { native: [], llamacpp: ['slots', 'bytesPerToken', 'slotSavePath'], sglang: ['bytesPerToken'], vllm: ['globalReleaseAction'] };
+  for (const [option, value] of Object.entries({ slots, bytesPerToken, slotSavePath, globalReleaseAction })) {
+    if (value !== undefined && !allowed[kind as RuntimeKind].includes(option)) throw new ConfigError(`${where}.${option} is not an option of kind ${kind}`);
+  }
+  if (bytesPerToken !== undefined && !isPositiveInt(bytesPerToken, MAX_BYTES_PER_TOKEN)) throw new ConfigError(`${where}.bytesPerToken must be an integer within [1, ${MAX_BYTES_PER_TOKEN}]`);
+  switch (kind as RuntimeKind) {
+    case 'native':
+      return { kind: 'native' };
+    case 'llamacpp':
+      if (!isPositiveInt(slots, MAX_SLOTS)) throw new ConfigError(`${where}.slots must be llama-server's slot count (--parallel), an integer within [1, ${MAX_SLOTS}]`);
+      if (bytesPerToken === undefined) throw new ConfigError(`${where}.bytesPerToken is required for kind llamacpp: the model's KV bytes per token (2 x layers x KV heads x head dim x dtype bytes)`);
+      if (slotSavePath !== undefined && typeof slotSavePath !== 'boolean') throw new ConfigError(`${where}.slotSavePath must be true or false`);
+      return { kind: 'llamacpp', slots, bytesPerToken: bytesPerToken, slotSavePath: slotSavePath === true };
+    case 'sglang':
+      return bytesPerToken === undefined ? { kind: 'sglang' } : { kind: 'sglang', bytesPerToken: bytesPerToken };
+    case 'vllm':
+      if (globalReleaseAction !== undefined && globalReleaseAction !== 'none' && globalReleaseAction !== 'reset_prefix_cache') {
+        throw new ConfigError(`${where}.globalReleaseAction must be 'none' or 'reset_prefix_cache'`);
+      }
+      return { kind: 'vllm', globalReleaseAction: globalReleaseAction ?? 'none' };
+  }
+}
+
 function compile(entry: unknown, index: number): CompiledEntry {
   const where = `RUNTIMES[${index}]`;
-  if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw new ConfigError(`${where} must be an object {name, url, nodes?}`);
-  const { name, url, nodes, ...rest } = entry as Record<string, unknown>;
+  if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw new ConfigError(`${where} must be an object {name, url, nodes?, kind?}`);
+  const { name, url, nodes, kind, slots, bytesPerToken, slotSavePath, globalReleaseAction, ...rest } = entry as Record<string, unknown>;
   const unknown = Object.keys(rest);
   if (unknown.length > 0) throw new ConfigError(`${where} has unknown field ${unknown[0]}`);
+  const engine = engineOf(where, { kind, slots, bytesPerToken, slotSavePath, globalReleaseAction });
   if (typeof name !== 'string' || !RUNTIME_NAME.test(name)) throw new ConfigError(`${where}.name must be 1-63 characters of a-z, 0-9 and -`);
   if (typeof url !== 'string') throw new ConfigError(`${where}.url must be a string`);
   const wildcard = /^https?:\/\/\*\./.test(url);
@@ -115,6 +184,7 @@ function compile(entry: unknown, index: number): CompiledEntry {
     path: parsed.pathname.replace(/\/+$/, ''),
     nodes: (nodes as string[] | undefined)?.map(globToRegExp),
     endpoint: wildcard ? undefined : endpoint,
+    engine,
   };
 }
 
@@ -140,7 +210,7 @@ export class RuntimeRegistry {
     } catch (err) {
       throw new ConfigError(`RUNTIMES is not JSON: ${(err as Error).message}`);
     }
-    if (!Array.isArray(parsed)) throw new ConfigError('RUNTIMES must be a JSON array of {name, url, nodes?}');
+    if (!Array.isArray(parsed)) throw new ConfigError('RUNTIMES must be a JSON array of {name, url, nodes?, kind?}');
     return new RuntimeRegistry(parsed as RuntimeEntry[]);
   }
 
@@ -159,7 +229,7 @@ export class RuntimeRegistry {
         nodeRefused = true;
         continue;
       }
-      return { name: e.name, endpoint: endpointOf(url) };
+      return { name: e.name, endpoint: endpointOf(url), engine: e.engine };
     }
     return { refused: nodeRefused ? 'node_not_registered' : 'not_registered' };
   }

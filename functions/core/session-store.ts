@@ -58,6 +58,30 @@ export interface Placement {
   node: string;
   runtimeUrl: string;
   gpuBytes: number;
+  /** llama-server: the slot the session is pinned to (contract Placement.slot). */
+  slot?: number | undefined;
+  /** SGLang: the engine's own session id (contract Placement.engineSessionId). */
+  engineSessionId?: string | undefined;
+}
+
+/** Where a session lives inside its engine, beyond its id: what a release of it must name. */
+export interface EngineAddress {
+  slot?: number;
+  engineSessionId?: string;
+}
+
+/** The engine address as the session record keeps it: `<slot>/<engineSessionId>`, '' when there is none. */
+export function encodeEngineAddress(p: Pick<Placement, 'slot' | 'engineSessionId'>): string {
+  if (p.slot === undefined && p.engineSessionId === undefined) return '';
+  return `${p.slot ?? ''}/${p.engineSessionId ?? ''}`;
+}
+
+/** The engine address a record's `ea` holds (see encodeEngineAddress). */
+export function decodeEngineAddress(text: string): EngineAddress {
+  const sep = text.indexOf('/');
+  if (sep < 0) return {};
+  const [slot, engineSessionId] = [text.slice(0, sep), text.slice(sep + 1)];
+  return { ...(slot === '' ? {} : { slot: Number(slot) }), ...(engineSessionId === '' ? {} : { engineSessionId }) };
 }
 
 export type OpenResult =
@@ -169,9 +193,9 @@ export type ReleaseTarget =
 
 /** What gpu-release's delivery of a release request may do about the runtime call (beginReleaseCall). */
 export type ReleaseCall =
-  | { code: 'CALL'; kind: 'destroy' | 'migration'; node: string; runtimeUrl: string; attempt: number }
+  | { code: 'CALL'; kind: 'destroy' | 'migration'; node: string; runtimeUrl: string; attempt: number; address: EngineAddress }
   | { code: 'IN_FLIGHT'; leaseUntil: number }
-  | { code: 'ANSWERED'; freedBytes: number; node: string }
+  | { code: 'ANSWERED'; freedBytes: number; node: string; estimated: boolean }
   | { code: 'FAILED' }
   | Extract<ReleaseTarget, { code: 'NOT_PENDING' }>;
 
@@ -331,7 +355,8 @@ export class SessionStore {
       'openSession',
       [k.session, k.deadlines, k.meta, k.placements, k.ledger, k.migrations, k.destroying, k.endMarker, k.watch],
       [input.sessionId, input.fingerprint, input.now, Math.min(input.liveFrom, input.now), input.windowMs,
-        input.placement.node, input.placement.runtimeUrl, input.placement.gpuBytes, input.tenant ?? '', input.model ?? '', migrationToken],
+        input.placement.node, input.placement.runtimeUrl, input.placement.gpuBytes, input.tenant ?? '', input.model ?? '', migrationToken,
+        encodeEngineAddress(input.placement)],
     );
     const code = str(r[0]);
     switch (code) {
@@ -620,14 +645,14 @@ export class SessionStore {
 
   /**
    * Books a runtime-confirmed GPU release in the ledger, exactly once per allocation, and only as the answer to the
-   * release requested under `token`.
+   * release requested under `token`. `estimated`: the runtime's figure is an estimate, counted apart in the ledger.
    */
-  async recordRelease(sessionId: string, incarnation: number, freedBytes: number, now: number, node: string, token: string): Promise<ReleaseResult> {
+  async recordRelease(sessionId: string, incarnation: number, freedBytes: number, now: number, node: string, token: string, estimated = false): Promise<ReleaseResult> {
     const k = this.keys.session(sessionId);
     const r = await this.#scripts.run(
       'recordRelease',
       [k.session, k.destroying, k.ledger, k.migrations, k.placements, k.failed],
-      [sessionId, incarnation, freedBytes, now, node, token],
+      [sessionId, incarnation, freedBytes, now, node, token, estimated ? '1' : '0'],
     );
     const code = str(r[0]);
     switch (code) {
@@ -677,12 +702,12 @@ export class SessionStore {
       case 'CALL': {
         const kind = str(r[1]);
         if (kind !== 'destroy' && kind !== 'migration') throw new UnexpectedReplyError(`beginReleaseCall replied kind ${kind}`);
-        return { code, kind, node: str(r[2]), runtimeUrl: str(r[3]), attempt: num(r[4]) };
+        return { code, kind, node: str(r[2]), runtimeUrl: str(r[3]), attempt: num(r[4]), address: decodeEngineAddress(str(r[5] ?? '')) };
       }
       case 'IN_FLIGHT':
         return { code, leaseUntil: num(r[1]) };
       case 'ANSWERED':
-        return { code, freedBytes: num(r[1]), node: str(r[2]) };
+        return { code, freedBytes: num(r[1]), node: str(r[2]), estimated: num(r[3] ?? 0) === 1 };
       case 'FAILED':
         return { code };
       case 'NOT_PENDING':
@@ -692,9 +717,9 @@ export class SessionStore {
   }
 
   /** Records what came of a runtime call taken with beginReleaseCall; false when the call is no longer this token's. */
-  async settleReleaseCall(sessionId: string, incarnation: number, token: string, outcome: { answered: number } | { failedAt: number } | 'retry'): Promise<boolean> {
+  async settleReleaseCall(sessionId: string, incarnation: number, token: string, outcome: { answered: number; estimated?: boolean } | { failedAt: number } | 'retry'): Promise<boolean> {
     const k = this.keys.session(sessionId);
-    const args = outcome === 'retry' ? ['retry', ''] : 'answered' in outcome ? ['answered', outcome.answered] : ['failed', outcome.failedAt];
+    const args = outcome === 'retry' ? ['retry', ''] : 'answered' in outcome ? ['answered', `${outcome.answered}${outcome.estimated === true ? 'e' : ''}`] : ['failed', outcome.failedAt];
     const r = await this.#scripts.run('settleReleaseCall', [k.releaseCalls], [incarnation, token, ...args]);
     return str(r[0]) === 'SETTLED';
   }

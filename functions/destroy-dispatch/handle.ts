@@ -161,7 +161,7 @@ async function trigger(deps: DestroyDispatchDeps, claim: ClaimInput): Promise<vo
   }
 }
 
-async function released(deps: DestroyDispatchDeps, data: { sessionId: string; incarnation: number; node: string; freedBytes: number; token: string }, now: number): Promise<void> {
+async function released(deps: DestroyDispatchDeps, data: { sessionId: string; incarnation: number; node: string; freedBytes: number; token: string; estimated?: true | undefined }, now: number): Promise<void> {
   const { sessionId, incarnation } = data;
   const member = releaseMember(sessionId, incarnation);
   // When no hook runs between the booking and the purge (nor after it), the purge and the read that finishing needs
@@ -172,7 +172,7 @@ async function released(deps: DestroyDispatchDeps, data: { sessionId: string; in
   const eager = !deps.hooks.any(hookStagesDueAt('gpu_released'));
   const readRecord = eager && !deps.hooks.any(['state_purged']);
   const [r, purged, record] = await settled([
-    deps.store.recordRelease(sessionId, incarnation, data.freedBytes, now, data.node, data.token),
+    deps.store.recordRelease(sessionId, incarnation, data.freedBytes, now, data.node, data.token, data.estimated === true),
     eager ? deps.store.purge(sessionId, incarnation, now) : undefined,
     readRecord ? deps.store.destroyRecord(sessionId) : undefined,
   ] as const);

@@ -9,7 +9,8 @@ import type { InboundEvent } from '../core/contract/parse.ts';
 import { TransientError } from '../core/errors.ts';
 import type { Core, CoreDeps } from '../core/function-host.ts';
 import { traceHeadersForActiveContext } from '../core/telemetry.ts';
-import { publicDescription, RuntimeReleaseError, type RuntimeCallContext, type RuntimeClient } from '../core/runtime-client.ts';
+import { createEngineClient, type EngineAddress } from '../core/runtime-adapters/index.ts';
+import { publicDescription, RuntimeReleaseError, type ReleaseResult, type RuntimeCallContext, type RuntimeClient } from '../core/runtime-client.ts';
 import { runtimeClientFor, type RuntimeCallSettings } from '../core/runtime-call-settings.ts';
 
 /** The event types gpu-release consumes. */
@@ -21,9 +22,17 @@ export type GpuReleaseEvent = InboundEvent<(typeof GPU_RELEASE_ACCEPTS)[number]>
 /** gpu-release's own settings: the runtime call rules (functions/core/runtime-call-settings.ts), shared with the reconciler. */
 export { RuntimeCallSettingsSchema as GpuReleaseSettingsSchema, readRuntimeCallSettings as readGpuReleaseSettings, type RuntimeCallSettings as GpuReleaseSettings } from '../core/runtime-call-settings.ts';
 
+/**
+ * The release call gpu-release makes: the engine client's (functions/core/runtime-adapters/), which speaks each
+ * registered runtime's own API and takes the session's engine address; a plain RuntimeClient fits too (native only).
+ */
+export type ReleaseCaller = Pick<RuntimeClient, 'shutdown' | 'breakerState'> & {
+  release(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress): Promise<ReleaseResult>;
+};
+
 /** What gpu-release's handler needs beyond the core: one runtime client (one breaker per runtime) per process. */
 export interface GpuReleaseDeps {
-  readonly runtime: RuntimeClient;
+  readonly runtime: ReleaseCaller;
   /**
    * How long one delivery holds the runtime call of a release attempt: the longest its call may take, retries and
    * backoffs included, plus a second. Another delivery of the same attempt calls only once it ran out.
@@ -41,7 +50,7 @@ export function releaseCallLeaseMs(timeoutMs: number, settings: Pick<RuntimeCall
 /** Builds gpu-release's dependencies once per process (the `extend` of its function definition). */
 export function createGpuReleaseDeps(core: Pick<Core, 'deps'>, settings: RuntimeCallSettings): GpuReleaseDeps {
   return {
-    runtime: runtimeClientFor(core.deps, settings),
+    runtime: createEngineClient(runtimeClientFor(core.deps, settings), core.deps.runtimes),
     callLeaseMs: releaseCallLeaseMs(core.deps.config.RUNTIME_TIMEOUT_MS, settings),
     failedBlocksMs: core.deps.config.DESTROY_STALL_MS,
   };
@@ -79,7 +88,7 @@ export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuRelease
       return;
     case 'ANSWERED':
       // The runtime confirmed it, and the report may have been lost: report it again (same id), call nothing.
-      await deps.emit(EventType.GpuReleased, { sessionId, incarnation, node: target.node, freedBytes: target.freedBytes, token }, `${sessionId}/${incarnation}/released/${attempt}`);
+      await deps.emit(EventType.GpuReleased, { sessionId, incarnation, node: target.node, freedBytes: target.freedBytes, token, ...(target.estimated ? { estimated: true as const } : {}) }, `${sessionId}/${incarnation}/released/${attempt}`);
       return;
     case 'CALL':
       break;
@@ -91,10 +100,14 @@ export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuRelease
   }
   let freedBytes: number;
   let outcome: string;
+  let estimated: boolean;
+  let note: string | undefined;
   try {
-    const result = await deps.runtime.release(runtimeUrl, sessionId, incarnation, callContext(event));
+    const result = await deps.runtime.release(runtimeUrl, sessionId, incarnation, callContext(event), target.address);
     freedBytes = result.freedBytes;
     outcome = result.outcome;
+    estimated = result.exact === false;
+    note = result.note;
   } catch (err) {
     // An unexpected fault says nothing about the runtime: the call is released so the redelivery may call.
     const settle = deps.store.settleReleaseCall(sessionId, incarnation, token, err instanceof RuntimeReleaseError && !err.retryable ? { failedAt: deps.now() } : 'retry');
@@ -120,8 +133,8 @@ export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuRelease
   }
   // Recorded beside the report: should the report be lost, the redelivery finds the answer and reports it again.
   await Promise.all([
-    deps.store.settleReleaseCall(sessionId, incarnation, token, { answered: freedBytes }),
-    deps.emit(EventType.GpuReleased, { sessionId, incarnation, node, freedBytes, token }, `${sessionId}/${incarnation}/released/${attempt}`),
+    deps.store.settleReleaseCall(sessionId, incarnation, token, { answered: freedBytes, estimated }),
+    deps.emit(EventType.GpuReleased, { sessionId, incarnation, node, freedBytes, token, ...(estimated ? { estimated: true as const } : {}) }, `${sessionId}/${incarnation}/released/${attempt}`),
   ]);
-  log.info({ outcome, freedBytes, reason: event.data.reason ?? 'destroy' }, 'GPU memory released');
+  log.info({ outcome, freedBytes, estimated, note, reason: event.data.reason ?? 'destroy' }, 'GPU memory released');
 }

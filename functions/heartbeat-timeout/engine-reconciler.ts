@@ -4,6 +4,7 @@
 import type { Core } from '../core/function-host.ts';
 import { OrphanStore } from '../core/orphan-store.ts';
 import { Scripts } from '../core/redis/scripts.ts';
+import { createEngineClient } from '../core/runtime-adapters/index.ts';
 import type { RuntimeClient } from '../core/runtime-client.ts';
 import { readRuntimeCallSettings, runtimeClientFor } from '../core/runtime-call-settings.ts';
 import { readEngineSettings } from './engine-settings.ts';
@@ -19,7 +20,9 @@ export interface EngineReconciler {
 export function createEngineReconciler(core: Core, env: NodeJS.ProcessEnv): EngineReconciler | undefined {
   const settings = readEngineSettings(env);
   if (settings.RECONCILE_INTERVAL_MS === 0) return undefined;
-  const runtime = runtimeClientFor(core.deps, readRuntimeCallSettings(env));
+  // Through the engine adapters: only kinds that list sessions by our ids and incarnations (native) are reconciled;
+  // the others answer the listing as unsupported, which the reconciler logs once and skips.
+  const runtime = createEngineClient(runtimeClientFor(core.deps, readRuntimeCallSettings(env)), core.deps.runtimes);
   let orphans: Promise<OrphanStore> | undefined;
   const ready = (): Promise<OrphanStore> => {
     orphans ??= (async () => {

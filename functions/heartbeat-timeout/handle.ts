@@ -51,6 +51,12 @@ async function opened(event: Extract<HeartbeatTimeoutEvent, { type: typeof Event
       ? new ContractError('UNREGISTERED_RUNTIME', 'data.placement.node', 'the runtime is registered, but not for this node (RUNTIMES)')
       : new ContractError('UNREGISTERED_RUNTIME', 'data.placement.runtimeUrl', 'is not a registered runtime (RUNTIMES)');
   }
+  // A llama-server session lives in one slot, and its release erases that slot: without a slot, or with one the
+  // server would wrap around onto another session's (id % slots), it could never be released correctly.
+  const engine = registered.engine;
+  if (engine.kind === 'llamacpp' && (placement.slot === undefined || placement.slot >= engine.slots)) {
+    throw new ContractError('INVALID_FIELD', 'data.placement.slot', `must name the session's slot on this llama-server runtime, below its ${engine.slots} slots`);
+  }
   const windowMs = (heartbeatIntervalMs ?? deps.config.DEFAULT_HEARTBEAT_INTERVAL_MS) * (missedBeats ?? deps.config.DEFAULT_MISSED_BEATS);
   const r = await deps.store.open({
     sessionId,
@@ -58,7 +64,7 @@ async function opened(event: Extract<HeartbeatTimeoutEvent, { type: typeof Event
     now,
     liveFrom,
     windowMs,
-    placement: { node: placement.node, runtimeUrl: registered.endpoint, gpuBytes: placement.gpuBytes ?? 0 },
+    placement: { node: placement.node, runtimeUrl: registered.endpoint, gpuBytes: placement.gpuBytes ?? 0, slot: placement.slot, engineSessionId: placement.engineSessionId },
     tenant: event.tenant,
     model,
   });

@@ -107,6 +107,14 @@ export const Placement = Type.Object(
       description: 'Base URL (http or https) of the inference runtime holding the session; it must be one the operator registered (RUNTIMES), and it is never called from an event: gpu-release takes the address a session was opened with from Redis.',
     }),
     gpuBytes: Type.Optional(GpuBytes('GPU memory the session holds, in bytes, when the pipeline knows it.')),
+    slot: Type.Optional(Type.Integer({
+      minimum: 0, maximum: 4095,
+      description: 'llama-server slot (id_slot) the session is pinned to, for a runtime registered with kind llamacpp: its release erases this slot. Opening a live session again with another slot moves it (a migration).',
+    })),
+    engineSessionId: Type.Optional(Type.String({
+      pattern: SESSION_ID_PATTERN,
+      description: "The engine's own id of the session, for a runtime registered with kind sglang, when it is not sessionId: its release closes this session.",
+    })),
   },
   { additionalProperties: false, description: 'Where the session runs.' },
 );
@@ -294,8 +302,9 @@ export const GpuReleasedData = eventData(
     sessionId: SessionId,
     incarnation: Incarnation,
     node: Type.String({ minLength: 1, maxLength: 253, description: 'Node whose GPU memory was freed.' }),
-    freedBytes: GpuBytes('GPU memory freed, in bytes (0 when the runtime no longer held the session).'),
+    freedBytes: GpuBytes('KV cache capacity the runtime returned to its own pool, in bytes (0 when the runtime no longer held the session); not memory returned to the GPU driver.'),
     token: ReleaseToken,
+    estimated: Type.Optional(Type.Literal(true, { description: 'Present when freedBytes is an estimate: the engine reports no freed figure (SGLang: a metrics delta; vLLM: 0).' })),
   },
   [{ sessionId: 'sess-7f3a9c', incarnation: 1, node: 'gpu-node-a100-3', freedBytes: 17_179_869_184, token: 'q3Zp0c8Wm1tYb6Nf2LxR-A' }],
 );

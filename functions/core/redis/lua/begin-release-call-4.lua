@@ -10,16 +10,20 @@
 
   KEYS[1] session record   KEYS[2] bucket migrations   KEYS[3] bucket placements
   KEYS[4] the session's release calls (HASH `<incarnation>` -> `<token>|calling|<lease until ms>`,
-          `<token>|answered|<freed bytes>` or `<token>|failed|`; expires an hour after its last change)
+          `<token>|answered|<freed bytes>[e]` (e: the figure is an estimate) or `<token>|failed|`; expires an hour
+          after its last change)
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] the release token the request carries   ARGV[4] now (ms)
   ARGV[5] lease (ms): how long the call (retries included) may take before another delivery may call again
   ARGV[6] how long a refusal for good blocks a migration's release (ms): its token never changes, so after this long
           the watchdog's re-request may call again
 
   Returns one of:
-    {'CALL', kind, node, runtimeUrl, attempt}   this delivery calls the runtime (kind: 'destroy' | 'migration')
+    {'CALL', kind, node, runtimeUrl, attempt, engineAddress}
+                                                this delivery calls the runtime (kind: 'destroy' | 'migration');
+                                                engineAddress: the allocation's `<slot>/<engineSessionId>`, or ''
     {'IN_FLIGHT', leaseUntil}                   another delivery is calling for this allocation
-    {'ANSWERED', freedBytes, node}              the runtime confirmed it already: report it again, call nothing
+    {'ANSWERED', freedBytes, node, estimated}   the runtime confirmed it already: report it again, call nothing
+                                                (estimated: 1 when the figure was an estimate)
     {'FAILED'}                                  the runtime refused this attempt for good; a new attempt may call
     {'NOT_PENDING', why}                        as releaseTarget: nothing of this attempt waits for a call
 ]]
@@ -30,14 +34,15 @@ local failedBlocksMs = tonumber(ARGV[6] or '') or 0
 local CALL_RECORD_TTL_MS = 3600000
 
 local standing, state, matches = releaseStanding(sessionKey, migrationsKey, sessionId, inc, token)
-local kind, pid, attempt
+local kind, pid, attempt, address
 if standing == 'migration' then
   if not matches then return { 'NOT_PENDING', 'token_mismatch' } end
-  kind, pid, attempt = 'migration', state.pid, 0
+  kind, pid, attempt, address = 'migration', state.pid, 0, state.ea
 else
   if standing ~= 'pending' then return { 'NOT_PENDING', standing } end
   if not matches then return { 'NOT_PENDING', 'token_mismatch' } end
   kind, pid, attempt = 'destroy', state[4], tonumber(state[6] or '0')
+  address = redis.call('HGET', sessionKey, 'ea') or ''
 end
 local node, url = placementOf(placementsKey, pid)
 
@@ -46,10 +51,13 @@ if call then
   local callToken, outcome, value = string.match(call, '^([^|]*)|([^|]*)|(.*)$')
   if outcome == 'calling' and tonumber(value) > now then return { 'IN_FLIGHT', tonumber(value) } end
   if callToken == token then
-    if outcome == 'answered' then return { 'ANSWERED', tonumber(value), node } end
+    if outcome == 'answered' then
+      local bytes, estimated = string.match(value, '^(%d+)(e?)$')
+      return { 'ANSWERED', tonumber(bytes), node, estimated == 'e' and 1 or 0 }
+    end
     if outcome == 'failed' and (kind ~= 'migration' or now - (tonumber(value) or 0) < failedBlocksMs) then return { 'FAILED' } end
   end
 end
 redis.call('HSET', callsKey, tostring(inc), token .. '|calling|' .. (now + lease))
 redis.call('PEXPIRE', callsKey, CALL_RECORD_TTL_MS)
-return { 'CALL', kind, node, url, attempt }
+return { 'CALL', kind, node, url, attempt, address }

@@ -10,6 +10,9 @@
   ARGV[5] liveness window (ms)   ARGV[6] node   ARGV[7] runtime URL   ARGV[8] GPU bytes   ARGV[9] tenant ('' = none;
   a live session's tenant must match)   ARGV[10] model   ARGV[11] release token for the old allocation, should
   this opened move the session (drawn by the caller; the release is booked only with it)
+  ARGV[12] engine address: where the session lives inside its runtime, `<slot>/<engineSessionId>` (either part may be
+  empty; '' = none), kept as the record's `ea` for the release; a live session opened again at another address on
+  the same runtime has moved (its old slot still holds the old KV): that is a migration like a new placement
 
   Returns one of:
     {'OPENED', incarnation, deadline, 0, endedBy}           a new session
@@ -34,6 +37,7 @@ local sessionKey, deadlinesKey, metaKey, placementsKey, ledgerKey, migrationsKey
 local sessionId, fingerprint, now, liveFrom = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, node, url, bytes, tenant, model = tonumber(ARGV[5]), ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local migrationToken = ARGV[11]
+local engineAddress = ARGV[12] or ''
 
 local function create(previous)
   local inc = nextIncarnation(metaKey)
@@ -42,6 +46,7 @@ local function create(previous)
   local deadline = liveFrom + window
   redis.call('DEL', sessionKey)
   redis.call('HSET', sessionKey, 's', 'A', 'i', inc, 'w', window, 'p', pid, 'g', bytes, 'o', liveFrom, 'f', fingerprint)
+  if engineAddress ~= '' then redis.call('HSET', sessionKey, 'ea', engineAddress) end
   if tenant ~= '' then redis.call('HSET', sessionKey, 'tn', tenant) end
   if model ~= '' then redis.call('HSET', sessionKey, 'm', model) end
   -- An end sent after this open, by its tenant, already arrived: the session is registered (its memory is held and
@@ -64,7 +69,7 @@ local function create(previous)
   return { 'OPENED', inc, deadline, 0, endedBy }
 end
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'f', 'ca', 'p', 'g', 'o', 'tn')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'f', 'ca', 'p', 'g', 'o', 'tn', 'ea')
 local s, inc, f = state[1], state[2], state[3]
 if not s then return create(nil) end
 if s == 'A' and not owns(state[8], tenant) then return { 'NOT_OWNER', tonumber(inc) } end
@@ -78,13 +83,14 @@ end
 -- A live session: refresh its liveness; a new placement means the session migrated. An open older than the one that
 -- set the placement never moves it back (and interns nothing).
 local known = redis.call('HGET', placementsKey, 'key:' .. node .. '\n' .. url)
-if known ~= state[5] and liveFrom < tonumber(state[7]) then return { 'STALE', tonumber(inc) } end
+local oldAddress = state[9] or ''
+if (known ~= state[5] or engineAddress ~= oldAddress) and liveFrom < tonumber(state[7]) then return { 'STALE', tonumber(inc) } end
 local pid = known or placementId(placementsKey, metaKey, node, url)
 redis.call('HSET', sessionKey, 'w', window)
 if model ~= '' then redis.call('HSET', sessionKey, 'm', model) end
 redis.call('ZADD', deadlinesKey, 'GT', liveFrom + window, sessionId)
 local deadline = tonumber(redis.call('ZSCORE', deadlinesKey, sessionId))
-if pid == state[5] then
+if pid == state[5] and engineAddress == oldAddress then
   redis.call('HSET', sessionKey, 'f', fingerprint)
   return { 'REFRESHED', tonumber(inc), deadline }
 end
@@ -93,9 +99,10 @@ local oldInc, oldPid, oldBytes = tonumber(inc), state[5], tonumber(state[6] or '
 local newInc = nextIncarnation(metaKey)
 -- The new incarnation names the new placement; the old one stays named by the migration entry until its release.
 placementRef(placementsKey, pid, 1)
-redis.call('HSET', migrationsKey, sessionId .. ':' .. oldInc, oldPid .. '|' .. oldBytes .. '|' .. migrationToken)
+redis.call('HSET', migrationsKey, sessionId .. ':' .. oldInc, oldPid .. '|' .. oldBytes .. '|' .. migrationToken .. (oldAddress ~= '' and ('|' .. oldAddress) or ''))
 redis.call('ZADD', destroyingKey, now, MIGRATION_MEMBER_PREFIX .. sessionId .. ':' .. oldInc)
 redis.call('HSET', sessionKey, 'i', newInc, 'p', pid, 'g', bytes, 'f', fingerprint, 'o', liveFrom)
+if engineAddress ~= '' then redis.call('HSET', sessionKey, 'ea', engineAddress) else redis.call('HDEL', sessionKey, 'ea') end
 ledgerRegister(ledgerKey, node, bytes)
 local oldNode, oldUrl = placementOf(placementsKey, oldPid)
 return { 'MIGRATED', newInc, deadline, oldInc, oldNode, oldUrl, oldBytes }

@@ -10,6 +10,8 @@
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] bytes the runtime confirmed freed   ARGV[4] now (ms)
   ARGV[5] node named by the event (used only to count ignored releases when the allocation is unknown)
   ARGV[6] the release token the event echoes
+  ARGV[7] '1' when the freed figure is an estimate (gpu.released `estimated`): also counted under estimated:<node>
+          and estimatedBytes:<node>
 
   Returns one of:
     {'RELEASED', node, registeredBytes}             a destroy's allocation; the destroy is now at gpu_released
@@ -25,6 +27,7 @@
 -- @include "session"
 local sessionKey, destroyingKey, ledgerKey, migrationsKey, placementsKey, failedKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local sessionId, inc, confirmed, now, eventNode, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6] or ''
+local estimated = ARGV[7] == '1'
 
 local function ignored(node) redis.call('HINCRBY', ledgerKey, 'ignored:' .. node, 1) end
 
@@ -32,7 +35,7 @@ local standing, state, matches = releaseStanding(sessionKey, migrationsKey, sess
 if standing == 'migration' then
   local node = placementOf(placementsKey, state.pid)
   if not matches then ignored(node) return { 'TOKEN_MISMATCH' } end
-  ledgerRelease(ledgerKey, node, state.bytes, confirmed)
+  ledgerRelease(ledgerKey, node, state.bytes, confirmed, estimated)
   redis.call('HDEL', migrationsKey, sessionId .. ':' .. inc)
   placementRef(placementsKey, state.pid, -1)
   redis.call('ZREM', destroyingKey, MIGRATION_MEMBER_PREFIX .. sessionId .. ':' .. inc)
@@ -49,7 +52,7 @@ if standing ~= 'pending' or not matches then
   return { 'TOKEN_MISMATCH' }
 end
 local bytes = tonumber(state[5] or '0')
-ledgerRelease(ledgerKey, node, bytes, confirmed)
+ledgerRelease(ledgerKey, node, bytes, confirmed, estimated)
 redis.call('HSET', sessionKey, 'st', 'gpu_released', 'gr', confirmed)
 -- The answer to the last attempt may come after the destroy gave up (the Broker kept redelivering it): it is then no
 -- longer waiting for an operator.

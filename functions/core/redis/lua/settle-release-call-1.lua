@@ -6,7 +6,7 @@
 
   KEYS[1] the session's release calls (HASH, see beginReleaseCall)
   ARGV[1] incarnation   ARGV[2] token   ARGV[3] outcome: 'answered' | 'failed' | 'retry'
-  ARGV[4] freed bytes (answered), or when it failed (ms; failed)
+  ARGV[4] freed bytes (answered; followed by 'e' when the figure is an estimate), or when it failed (ms; failed)
 
   Returns one of:
     {'SETTLED'}

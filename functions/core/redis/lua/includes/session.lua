@@ -36,18 +36,23 @@ local function owns(tn, tenant)
 end
 
 -- A migration's entry in the bucket's migrations hash: '<pid>|<bytes>|<token>'.
+-- A migration entry: `pid|bytes|token`, and `|engineAddress` (the old allocation's slot / engine session id, see
+-- openSession's ARGV[12]) when it had one.
 local function parseMigration(entry)
   local a = string.find(entry, '|', 1, true)
   local b = string.find(entry, '|', a + 1, true)
-  if not b then return string.sub(entry, 1, a - 1), tonumber(string.sub(entry, a + 1)), '' end
-  return string.sub(entry, 1, a - 1), tonumber(string.sub(entry, a + 1, b - 1)), string.sub(entry, b + 1)
+  if not b then return string.sub(entry, 1, a - 1), tonumber(string.sub(entry, a + 1)), '', '' end
+  local c = string.find(entry, '|', b + 1, true)
+  if not c then return string.sub(entry, 1, a - 1), tonumber(string.sub(entry, a + 1, b - 1)), string.sub(entry, b + 1), '' end
+  return string.sub(entry, 1, a - 1), tonumber(string.sub(entry, a + 1, b - 1)), string.sub(entry, b + 1, c - 1), string.sub(entry, c + 1)
 end
 local STAGE_ORDER = { claimed = 1, gpu_release_requested = 2, gpu_released = 3, state_purged = 4, completed = 5 }
 
 -- Where the release a gpu.release.requested or an answer to it names stands, for incarnation `inc` carrying `token`
 -- (what releaseTarget and recordRelease both decide on). Returns standing, what the caller needs, and whether the
 -- token is the one the pending (or booked) release was requested under:
---   'migration', {pid, bytes}, matches    the allocation a migration left behind waits for its release
+--   'migration', {pid, bytes, ea}, matches the allocation a migration left behind waits for its release (ea: its
+--                                         engine address, '' when none)
 --   'unknown' | 'stale' | 'live', state   nothing of that incarnation is being destroyed
 --   'released' | 'not_requested' | 'pending', state, matches
 --                                         a destroy of it, past its release, before the request, or waiting for it
@@ -55,8 +60,8 @@ local STAGE_ORDER = { claimed = 1, gpu_release_requested = 2, gpu_released = 3, 
 local function releaseStanding(sessionKey, migrationsKey, sessionId, inc, token)
   local migration = redis.call('HGET', migrationsKey, sessionId .. ':' .. inc)
   if migration then
-    local pid, bytes, expected = parseMigration(migration)
-    return 'migration', { pid = pid, bytes = bytes }, token ~= '' and token == expected
+    local pid, bytes, expected, ea = parseMigration(migration)
+    return 'migration', { pid = pid, bytes = bytes, ea = ea }, token ~= '' and token == expected
   end
   local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'p', 'g', 'ga', 'gt')
   if not state[1] then return 'unknown', state, false end
@@ -141,11 +146,17 @@ local function ledgerRegister(ledgerKey, node, bytes)
   redis.call('HINCRBY', ledgerKey, 'allocs:' .. node, 1)
 end
 
-local function ledgerRelease(ledgerKey, node, bytes, confirmed)
+-- `estimated`: the runtime's freed figure is an estimate (an engine that returns none: SGLang, vLLM); it is counted
+-- in confirmed like any other, and apart in estimated / estimatedBytes so an audit can tell measured from guessed.
+local function ledgerRelease(ledgerKey, node, bytes, confirmed, estimated)
   redis.call('HINCRBY', ledgerKey, 'rel:' .. node, bytes)
   redis.call('HINCRBY', ledgerKey, 'held:' .. node, -bytes)
   redis.call('HINCRBY', ledgerKey, 'frees:' .. node, 1)
   redis.call('HINCRBY', ledgerKey, 'confirmed:' .. node, confirmed)
+  if estimated then
+    redis.call('HINCRBY', ledgerKey, 'estimated:' .. node, 1)
+    redis.call('HINCRBY', ledgerKey, 'estimatedBytes:' .. node, confirmed)
+  end
 end
 
 local function appendTimeline(sessionKey, stage, now)
