@@ -75,8 +75,9 @@ function render(s: StatsSnapshot): Output {
     lines.push(
       '',
       table(
-        ['NODE', 'REGISTERED', 'RELEASED', 'HELD', 'ALLOCS', 'RELEASES', 'CONFIRMED FREED'],
-        s.ledger.nodes.map((n) => [n.node, n.registeredBytes, n.releasedBytes, n.heldBytes, n.allocations, n.releases, n.confirmedFreedBytes]),
+        // ESTIMATED: the part of the confirmed bytes an engine could only estimate (SGLang, vLLM: README, "Inference engines").
+        ['NODE', 'REGISTERED', 'RELEASED', 'HELD', 'ALLOCS', 'RELEASES', 'CONFIRMED FREED', 'ESTIMATED'],
+        s.ledger.nodes.map((n) => [n.node, n.registeredBytes, n.releasedBytes, n.heldBytes, n.allocations, n.releases, n.confirmedFreedBytes, n.estimatedFreedBytes ?? 0]),
       ),
     );
   }
