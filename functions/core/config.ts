@@ -6,6 +6,10 @@ import { Value } from '@sinclair/typebox/value';
 const Int = (min: number, dflt: number, description: string, max?: number) =>
   Type.Integer({ minimum: min, default: dflt, description, ...(max === undefined ? {} : { maximum: max }) });
 
+/** LOG_LEVEL, as every process of the project reads it: pino's levels, info by default. */
+export const LogLevelSetting = () =>
+  Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info', description: 'Log level.' });
+
 /** Every setting, its environment variable, default and meaning; the README's configuration table mirrors it. */
 export const ConfigSchema = Type.Object({
   REDIS_URL: Type.String({ default: 'redis://127.0.0.1:6379', description: 'Single Redis to use (ignored when REDIS_CLUSTER_NODES is set).' }),
@@ -51,7 +55,7 @@ export const ConfigSchema = Type.Object({
     description: 'Comma-separated networks (CIDR) that calls to runtimes and hooks may reach although loopback, link-local or private (a cluster\'s Service network); every other such address is refused.',
   }),
   LISTEN_HOST: Type.String({ default: '', description: 'Interface a function or a long-running part listens on; every interface when empty (in a pod), 127.0.0.1 under npm start.' }),
-  LOG_LEVEL: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info', description: 'Log level.' }),
+  LOG_LEVEL: LogLevelSetting(),
 });
 
 export type Config = Readonly<Static<typeof ConfigSchema>>;

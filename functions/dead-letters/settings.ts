@@ -1,7 +1,7 @@
 // The dead-letter receiver's settings: read and checked once at start, each from its variable, else its default; a
 // bad value stops the process naming the variable (ConfigError), never an event answered wrong later.
 import { Type, type Static } from '@sinclair/typebox';
-import { ConfigError, readSettings } from '../core/config.ts';
+import { ConfigError, readSettings, LogLevelSetting } from '../core/config.ts';
 
 /** The receiver's settings, their environment variables, defaults and meaning. */
 export const DeadLetterSettingsSchema = Type.Object({
@@ -15,10 +15,7 @@ export const DeadLetterSettingsSchema = Type.Object({
       'Bytes on disk the store may take (each entry counted in whole 4 KiB blocks). A dead letter past it is answered 507 and counted, and nothing kept is evicted. Must leave room on the volume (tests/deploy checks it against the claim).',
   }),
   MAX_EVENT_BYTES: Type.Integer({ minimum: 1024, default: 1_048_576, description: 'Largest dead letter accepted (body); a larger one is answered 413.' }),
-  LOG_LEVEL: Type.Union(
-    [Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')],
-    { default: 'info', description: 'Log level.' },
-  ),
+  LOG_LEVEL: LogLevelSetting(),
 });
 
 export type DeadLetterSettings = Readonly<Static<typeof DeadLetterSettingsSchema>>;

@@ -11,7 +11,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-import { readSettings } from '../../functions/core/config.ts';
+import { readSettings, LogLevelSetting } from '../../functions/core/config.ts';
 import { EngineRefusal, type Engine } from './engine.ts';
 
 /** Session ids the API accepts, as the OpenAPI document's SessionId schema states them. */
@@ -31,7 +31,7 @@ export const EngineSettingsSchema = Type.Object({
   ENGINE_THREADS: Type.Integer({ minimum: 0, maximum: 256, default: 2, description: 'Threads llama.cpp evaluates with (0: all).' }),
   ENGINE_MAX_GENERATE: Type.Integer({ minimum: 0, maximum: 4096, default: 64, description: 'Most tokens one complete call may generate.' }),
   ENGINE_IDEMPOTENCY_TTL_MS: Type.Integer({ minimum: 1, default: 86_400_000, description: 'How long 200 answers are kept for replay.' }),
-  LOG_LEVEL: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info', description: 'Log level.' }),
+  LOG_LEVEL: LogLevelSetting(),
 });
 
 /** The engine's validated settings. */

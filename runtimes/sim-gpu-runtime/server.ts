@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import { randomInt } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Type, type Static } from '@sinclair/typebox';
-import { readSettings } from '../../functions/core/config.ts';
+import { readSettings, LogLevelSetting } from '../../functions/core/config.ts';
 import { seededRandom } from '../../functions/core/seeded-random.ts';
 
 /** Session ids the API accepts, as the OpenAPI document's SessionId schema states them. */
@@ -137,7 +137,7 @@ export const SimSettingsSchema = Type.Object({
   SIM_MALFORMED_RATE: Type.Number({ minimum: 0, maximum: 1, default: 0, description: 'Fraction of API requests answered with a truncated body.' }),
   SIM_SEED: Type.Integer({ minimum: 0, maximum: 0xffffffff, default: 0, description: 'PRNG seed for faults and jitter; 0 picks a random one.' }),
   SIM_IDEMPOTENCY_TTL_MS: Type.Integer({ minimum: 1, default: 86_400_000, description: 'How long release responses are kept for replay.' }),
-  LOG_LEVEL: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info', description: 'Log level.' }),
+  LOG_LEVEL: LogLevelSetting(),
 });
 
 /** The simulator's validated settings. */

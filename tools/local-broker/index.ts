@@ -3,7 +3,7 @@
 import { STOP_DEADLINE_MS, stopOnSignals } from '../../functions/core/process-lifecycle.ts';
 import { Type } from '@sinclair/typebox';
 import { pino } from 'pino';
-import { ConfigError, readSettings } from '../../functions/core/config.ts';
+import { ConfigError, readSettings, LogLevelSetting } from '../../functions/core/config.ts';
 import { createLogger } from '../../functions/core/log.ts';
 import {
   DEFAULT_DEAD_LETTER_DIR,
@@ -42,10 +42,7 @@ export const BrokerSettingsSchema = Type.Object({
   BROKER_CHAOS_REORDER_MS: Type.Integer({ minimum: 0, default: 0, description: 'Deliveries to a subscriber are held this long, then sent in a shuffled order; 0: in order.' }),
   BROKER_CHAOS_DELAY_MS: Type.Integer({ minimum: 0, default: 0, description: 'Each delivery waits a further random 0..N ms before its first attempt.' }),
   BROKER_CHAOS_SEED: Type.String({ default: '', description: 'Seed of the duplicate, reorder and delay draws (a whole number); empty: a random one, logged.' }),
-  LOG_LEVEL: Type.Union(
-    [Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')],
-    { default: 'info', description: 'Log level.' },
-  ),
+  LOG_LEVEL: LogLevelSetting(),
 });
 
 function parseStringMap(name: string, text: string, what: string): Record<string, string> {
