@@ -7,12 +7,11 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { once } from 'node:events';
-import { homedir } from 'node:os';
-import { join } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { readSettings, LogLevelSetting } from '../../functions/core/config.ts';
 import { EngineRefusal, type Engine } from './engine.ts';
+import { defaultModelCacheDir } from './tiny-model.ts';
 
 /** Session ids the API accepts, as the OpenAPI document's SessionId schema states them. */
 export const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -44,8 +43,7 @@ export function readEngineSettings(env: NodeJS.ProcessEnv): EngineSettings {
 
 /** The directory the tiny model is generated in for these settings and environment. */
 export function modelCacheDir(settings: EngineSettings, env: NodeJS.ProcessEnv): string {
-  if (settings.ENGINE_CACHE_DIR !== '') return settings.ENGINE_CACHE_DIR;
-  return join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'session-reaper');
+  return settings.ENGINE_CACHE_DIR !== '' ? settings.ENGINE_CACHE_DIR : defaultModelCacheDir(env);
 }
 
 // The body of the engine-only complete call.

@@ -16,6 +16,7 @@
 //   through byte fallback, and the default special ids unk=0, bos=1, eos=2: ggml-org/llama.cpp src/llama-vocab.cpp.
 import { createHash } from 'node:crypto';
 import { mkdir, rename, stat, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { seededRandom } from '../../functions/core/seeded-random.ts';
 
@@ -258,4 +259,17 @@ export async function ensureTinyModel(cacheDir: string, spec: TinyModelSpec = TI
   await writeFile(temp, tinyModelBytes(spec));
   await rename(temp, path);
   return { path, generated: true, ms: performance.now() - started };
+}
+
+/** Where generated models are cached unless told otherwise: $XDG_CACHE_HOME (or ~/.cache)/session-reaper. */
+export function defaultModelCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  return join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'session-reaper');
+}
+
+// `npx node runtimes/llama-engine/tiny-model.ts [DIR]`: generates the model into DIR (default the engine's cache) once
+// and prints its path, e.g. to serve it with a llama-server (README, "Inference engines").
+if (import.meta.main) {
+  const dir = process.argv[2] ?? defaultModelCacheDir();
+  const { path } = await ensureTinyModel(dir);
+  process.stdout.write(`${path}\n`);
 }
