@@ -1,4 +1,4 @@
-// The llamacpp adapter against a REAL llama-server (opt-in: building one takes ~15 minutes on 2 cores, see the
+// The llamacpp adapter against a REAL llama-server (opt-in: building one takes ~7 minutes on 2 cores, see the
 // README). Run with
 //   LLAMA_SERVER_BIN=/path/to/llama-server LLAMA_SERVER_MODEL=/path/to/model.gguf \
 //   LLAMA_SERVER_BYTES_PER_TOKEN=<the model's KV bytes per token> \
