@@ -79,3 +79,19 @@ export function httpStatusOf(err: unknown): 400 | 403 | 500 | 503 {
   if (err instanceof TransientError) return err.status;
   return 500;
 }
+
+/**
+ * An operation a runtime's API refuses (the simulator's, the reference engine's): the HTTP status and problem code it
+ * is answered with, and any further problem fields.
+ */
+export class ApiRefusal extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly extra: Record<string, unknown>;
+  constructor(status: number, code: string, message: string, extra: Record<string, unknown> = {}) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.extra = extra;
+  }
+}

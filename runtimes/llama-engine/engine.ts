@@ -15,19 +15,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LlamaContext, LlamaContextSequence, LlamaModel, Llama, LlamaLogLevel, Token } from './llama-api.ts';
 import { loadNodeLlamaCpp } from './llama-api.ts';
+import { ApiRefusal } from '../../functions/core/errors.ts';
 
 /** A refused engine operation with the HTTP status and problem code it is answered with. */
-export class EngineRefusal extends Error {
+export class EngineRefusal extends ApiRefusal {
   override name = 'EngineRefusal';
-  readonly status: number;
-  readonly code: string;
-  readonly extra: Record<string, unknown>;
-  constructor(status: number, code: string, message: string, extra: Record<string, unknown> = {}) {
-    super(message);
-    this.status = status;
-    this.code = code;
-    this.extra = extra;
-  }
 }
 
 /** What the engine holds for one session: its KV in a sequence (resident) or in a file (demoted). */

@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Type, type Static } from '@sinclair/typebox';
 import { readSettings, LogLevelSetting } from '../../functions/core/config.ts';
 import { seededRandom } from '../../functions/core/seeded-random.ts';
+import { ApiRefusal } from '../../functions/core/errors.ts';
 
 /** Session ids the API accepts, as the OpenAPI document's SessionId schema states them. */
 export const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -168,17 +169,8 @@ export function simOptionsFromSettings(s: SimSettings): SimRuntimeOptions {
 }
 
 /** A refused simulator operation, carrying the HTTP status and problem code it is answered with. */
-export class SimRefusal extends Error {
+export class SimRefusal extends ApiRefusal {
   override name = 'SimRefusal';
-  readonly status: number;
-  readonly code: string;
-  readonly extra: Record<string, unknown>;
-  constructor(status: number, code: string, message: string, extra: Record<string, unknown> = {}) {
-    super(message);
-    this.status = status;
-    this.code = code;
-    this.extra = extra;
-  }
 }
 
 

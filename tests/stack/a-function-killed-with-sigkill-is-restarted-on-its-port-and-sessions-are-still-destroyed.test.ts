@@ -3,16 +3,13 @@
 // down is destroyed once it is back: the Broker's delivery to the dead port fails and is retried per its Trigger.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CloudEvent, HTTP } from 'cloudevents';
+import { CloudEvent } from 'cloudevents';
 import { startEventSink } from '../support/event-sink.ts';
-import { stackStore, startStack, type Stack, type SupervisedName } from '../support/stack.ts';
+import { sendAsPipeline, stackStore, startStack, type Stack, type SupervisedName } from '../support/stack.ts';
 import { until } from '../support/until.ts';
 
 async function send(stack: Pick<Stack, 'brokerUrl' | 'tokens'>, ev: CloudEvent<unknown>): Promise<void> {
-  const m = HTTP.binary(ev);
-  const res = await fetch(stack.brokerUrl, { method: 'POST', headers: { ...(m.headers as Record<string, string>), authorization: `Bearer ${stack.tokens['inference-pipeline']}` }, body: m.body as string });
-  await res.body?.cancel();
-  assert.equal(res.status, 202);
+  assert.equal(await sendAsPipeline(stack, ev), 202);
 }
 
 // Awaits a condition by polling it; what is polled is cheap, and the bound is generous for a loaded 2-core machine.

@@ -6,15 +6,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { CloudEvent, HTTP } from 'cloudevents';
+import { CloudEvent } from 'cloudevents';
 import { startEventSink } from '../support/event-sink.ts';
-import { stackStore, startStack, type Stack } from '../support/stack.ts';
+import { sendAsPipeline, stackStore, startStack, type Stack } from '../support/stack.ts';
 
 async function send(stack: Stack, ev: CloudEvent<unknown>): Promise<void> {
-  const m = HTTP.binary(ev);
-  const res = await fetch(stack.brokerUrl, { method: 'POST', headers: { ...(m.headers as Record<string, string>), authorization: `Bearer ${stack.tokens['inference-pipeline']}` }, body: m.body as string });
-  await res.body?.cancel();
-  assert.equal(res.status, 202);
+  assert.equal(await sendAsPipeline(stack, ev), 202);
 }
 
 test('a private redis-server killed with SIGKILL and restarted keeps an open session, which is then destroyed', { timeout: 180_000 }, async () => {

@@ -5,19 +5,16 @@
 // other sessions' KV is untouched (their token counts stand, and a further turn continues on their cache).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CloudEvent, HTTP } from 'cloudevents';
+import { CloudEvent } from 'cloudevents';
 import { complete, skipWithoutEngine, tokensHeld, usedBytes } from '../../runtimes/llama-engine/engine-test-support.ts';
 import { startEventSink } from '../support/event-sink.ts';
-import { stackStore, startStack, type Stack } from '../support/stack.ts';
+import { sendAsPipeline, stackStore, startStack, type Stack } from '../support/stack.ts';
 import { until } from '../support/until.ts';
 
 const source = '/tests/stack/llama-engine';
 
 async function send(stack: Stack, type: string, id: string, data: Record<string, unknown>): Promise<void> {
-  const m = HTTP.binary(new CloudEvent({ id, source, type: `dev.sessionreaper.${type}`, time: new Date().toISOString(), datacontenttype: 'application/json', data }));
-  const res = await fetch(stack.brokerUrl, { method: 'POST', headers: { ...(m.headers as Record<string, string>), authorization: `Bearer ${stack.tokens['inference-pipeline']}` }, body: m.body as string });
-  await res.body?.cancel();
-  assert.equal(res.status, 202);
+  assert.equal(await sendAsPipeline(stack, new CloudEvent({ id, source, type: `dev.sessionreaper.${type}`, time: new Date().toISOString(), datacontenttype: 'application/json', data })), 202);
 }
 
 test('a session closed on a real llama.cpp engine frees exactly the KV it held there, and no other session loses any', { skip: skipWithoutEngine, timeout: 180_000 }, async () => {

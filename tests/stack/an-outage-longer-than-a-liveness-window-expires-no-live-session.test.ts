@@ -14,9 +14,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { CloudEvent, HTTP } from 'cloudevents';
+import { CloudEvent } from 'cloudevents';
 import { startEventSink } from '../support/event-sink.ts';
-import { stackStore, startStack, type Stack } from '../support/stack.ts';
+import { sendAsPipeline, stackStore, startStack, type Stack } from '../support/stack.ts';
 import { until } from '../support/until.ts';
 
 const INTERVAL_MS = 2000;
@@ -30,11 +30,8 @@ const LIVE = 5;
 const source = '/tests/stack/outage';
 
 async function send(stack: Stack, type: string, id: string, data: Record<string, unknown>): Promise<number> {
-  const m = HTTP.binary(new CloudEvent({ id, source, type: `dev.sessionreaper.${type}`, time: new Date().toISOString(), datacontenttype: 'application/json', data }));
   try {
-    const res = await fetch(stack.brokerUrl, { method: 'POST', headers: { ...(m.headers as Record<string, string>), authorization: `Bearer ${stack.tokens['inference-pipeline']}` }, body: m.body as string });
-    await res.body?.cancel();
-    return res.status;
+    return await sendAsPipeline(stack, new CloudEvent({ id, source, type: `dev.sessionreaper.${type}`, time: new Date().toISOString(), datacontenttype: 'application/json', data }));
   } catch {
     return 0;
   }
