@@ -6,9 +6,9 @@ import { EventType } from '../core/contract/events.ts';
 import type { InboundEvent } from '../core/contract/parse.ts';
 import { OwnershipError, TransientError } from '../core/errors.ts';
 import type { Core, CoreDeps } from '../core/function-host.ts';
-import { eventFingerprint } from '../core/session-store.ts';
+import { drawReleaseToken, eventFingerprint, placementForEvent, type SessionView } from '../core/session-store.ts';
 import { IdleIndex } from './idle-index.ts';
-import { contextFromFields, earliestIdleAt, storedContextFields } from './idle-judgement.ts';
+import { contextFromFields, firstCheckAt, storedContextFields } from './idle-judgement.ts';
 import { createMemoryProbe, LoadMonitor } from './load-monitor.ts';
 import { ActivityContextDecodeError, applyActivity, applyCompletion, initialContext, score, type ActivityContext, type ScoringPolicy } from './scoring.ts';
 import { policyFor, type ActivityScoreSettings } from './settings.ts';
@@ -102,8 +102,8 @@ export async function handle(event: ActivityScoreEvent, deps: Deps): Promise<voi
     switch (result.code) {
       case 'APPLIED': {
         const holdUntil = result.holdUntil > 0 ? result.holdUntil : undefined;
-        const checkAt = earliestIdleAt(deps.settings, next, now, session.tenant, holdUntil);
-        await deps.idleIndex.schedule(sessionId, result.version, checkAt);
+        const checkAt = firstCheckAt(deps.settings, next, now, session.tenant, holdUntil);
+        await Promise.all([deps.idleIndex.schedule(sessionId, result.version, checkAt), restoreOnUserTurn(event, session, result.incarnation, result.offload, deps)]);
         log.debug({ version: result.version, score: score(next, now, policy).score, predictedIdleEndAt: next.predictedIdleEndAt, checkAt }, 'activity scored');
         return;
       }
@@ -113,7 +113,8 @@ export async function handle(event: ActivityScoreEvent, deps: Deps): Promise<voi
         }
         continue;
       case 'DUPLICATE':
-        await reassertSchedule(sessionId, session.tenant, now, deps);
+        // A redelivery re-asserts what its first delivery may not have finished: the schedule, and a restore's request.
+        await Promise.all([reassertSchedule(sessionId, session.tenant, now, deps), restoreOnUserTurn(event, session, result.incarnation, result.offload, deps)]);
         return;
       case 'UNKNOWN':
       case 'ENDED':
@@ -136,5 +137,23 @@ async function reassertSchedule(sessionId: string, tenant: string | undefined, n
     if (!(err instanceof ActivityContextDecodeError)) throw err;
   }
   if (ctx === undefined || session?.state !== 'active') return;
-  await deps.idleIndex.schedule(sessionId, version, earliestIdleAt(deps.settings, ctx, now, tenant, session.holdUntil));
+  await deps.idleIndex.schedule(sessionId, version, firstCheckAt(deps.settings, ctx, now, tenant, session.holdUntil));
+}
+
+/**
+ * Demote before destroy's way back: the user of a session whose KV was moved off the GPU (or is being moved) is back,
+ * so its KV is asked back before the turn needs it. Only what the user does counts (the model's own output needs a
+ * resident KV to happen at all). The request's token is stored with it, and a redelivery re-emits the same one.
+ */
+async function restoreOnUserTurn(event: ActivityScoreEvent, session: SessionView, incarnation: number, offload: SessionView['offload'], deps: Deps): Promise<void> {
+  if (offload === undefined || event.type !== EventType.SessionActivity || event.data.kind === 'output' || !session.placement) return;
+  const { sessionId } = event.data;
+  const r = await deps.store.requestRestore(sessionId, incarnation, drawReleaseToken(), deps.now());
+  if (r.code !== 'REQUESTED' && r.code !== 'PENDING') return;
+  await deps.emit(
+    EventType.GpuRestoreRequested,
+    { sessionId, incarnation, token: r.token, placement: placementForEvent(session.placement) },
+    `${sessionId}/${incarnation}/restore/${r.token}`,
+  );
+  deps.logger.info({ sessionId, incarnation, from: offload }, 'user back on a demoted session: restore requested');
 }

@@ -17,7 +17,9 @@ import { EventType } from '../core/contract/events.ts';
 import type { CoreDeps } from '../core/function-host.ts';
 import { BLIND_RETENTION_MS } from '../core/session-store.ts';
 import { IdleIndex, type ClaimedCheck } from './idle-index.ts';
-import { contextFromFields, idleEventData, judgeIdleness } from './idle-judgement.ts';
+import { adapterFor } from '../core/runtime-adapters/index.ts';
+import { drawReleaseToken, placementForEvent, type SessionView } from '../core/session-store.ts';
+import { contextFromFields, demoteAt, idleEventData, judgeIdleness } from './idle-judgement.ts';
 import { createMemoryProbe, LoadMonitor } from './load-monitor.ts';
 import type { LoadTier } from './load-policy.ts';
 import { ActivityContextDecodeError, type ActivityContext } from './scoring.ts';
@@ -43,8 +45,10 @@ export interface IdleCheckReport {
   checked: number;
   /** session.idle events emitted. */
   idle: number;
-  /** Sessions not idle yet, checked again later. */
+  /** Sessions not idle yet, checked again later (demoted ones included). */
   rescheduled: number;
+  /** Quiet sessions whose demote was requested (gpu.demote.requested): their KV leaves the GPU until their user is back. */
+  demoted: number;
   /** Sessions dropped from the index (ended, unknown, or never to be idle). */
   cleared: number;
   /** Checks that failed (left leased: they come due again when the lease ends). */
@@ -53,7 +57,7 @@ export interface IdleCheckReport {
   nextDueAt?: number;
 }
 
-type Outcome = 'idle' | 'rescheduled' | 'cleared';
+type Outcome = 'idle' | 'rescheduled' | 'demoted' | 'cleared';
 
 /** Finds idle sessions from the idle index (see the top of this file). */
 export class IdleChecker {
@@ -88,7 +92,7 @@ export class IdleChecker {
 
   /** Judges every check due at `now` across all buckets, under the tier stored in Redis now. */
   async runOnce(now: number = this.#deps.now()): Promise<IdleCheckReport> {
-    const report: IdleCheckReport = { checked: 0, idle: 0, rescheduled: 0, cleared: 0, failed: 0 };
+    const report: IdleCheckReport = { checked: 0, idle: 0, rescheduled: 0, demoted: 0, cleared: 0, failed: 0 };
     const [tier, heads] = await Promise.all([this.load.refresh(), this.index.heads()]);
     const leaseUntil = now + this.#settings.idleLeaseMs;
     await Promise.all(
@@ -101,7 +105,10 @@ export class IdleChecker {
           for (const outcome of outcomes) {
             report.checked++;
             if (outcome === undefined) report.failed++;
-            else report[outcome]++;
+            else if (outcome === 'demoted') {
+              report.demoted++;
+              report.rescheduled++;
+            } else report[outcome]++;
           }
           if (claimed.length < this.#batchSize) return;
         }
@@ -149,12 +156,42 @@ export class IdleChecker {
         await this.index.schedule(sessionId, stored.version, now + this.#settings.idleLeaseMs);
         return 'idle';
       }
-      const result = await this.index.schedule(sessionId, stored.version, judgement.nextCheckAt === undefined ? undefined : wallTimeOf(spans, ctx.lastEventAt, judgement.nextCheckAt));
-      return result.code === 'CLEARED' ? 'cleared' : 'rescheduled';
+      // Demote before destroy: quiet past its predicted return, the KV leaves the GPU; or look again at that moment.
+      let nextCheckAt = judgement.nextCheckAt;
+      let demoted = false;
+      const demoteMoment = this.#demotable(session) ? demoteAt(this.#settings, ctx) : undefined;
+      if (demoteMoment !== undefined && demoteMoment <= now - lost) demoted = await this.#demote(session, now);
+      else if (demoteMoment !== undefined) nextCheckAt = nextCheckAt === undefined ? demoteMoment : Math.min(nextCheckAt, demoteMoment);
+      const result = await this.index.schedule(sessionId, stored.version, nextCheckAt === undefined ? undefined : wallTimeOf(spans, ctx.lastEventAt, nextCheckAt));
+      if (result.code === 'CLEARED') return 'cleared';
+      return demoted ? 'demoted' : 'rescheduled';
     } catch (err) {
       this.#deps.logger.warn({ sessionId, err: (err as Error).message }, 'idle check failed; retried when its lease ends');
       return undefined;
     }
+  }
+
+  // Whether a live session may be demoted: demotes are on, its KV is on the GPU, no demote of it was refused, and its
+  // runtime's kind can demote (RUNTIMES; an unregistered runtime is never called).
+  #demotable(session: SessionView): boolean {
+    if (this.#settings.demoteQuietMs <= 0 || session.offload !== undefined || session.demoteRefusedAt !== undefined || !session.placement) return false;
+    const runtime = this.#deps.runtimes.lookup(session.placement.runtimeUrl);
+    return runtime !== undefined && adapterFor(runtime.engine).capabilities.demote;
+  }
+
+  // Requests the demote (request-demote-1.lua: one pending at a time, never while held) and emits it; a demote still
+  // pending from an earlier check whose event may have been lost is emitted again under its own token.
+  async #demote(session: SessionView, now: number): Promise<boolean> {
+    const { sessionId, incarnation } = session;
+    const r = await this.#deps.store.requestDemote(sessionId, incarnation, drawReleaseToken(), now);
+    if ((r.code !== 'REQUESTED' && r.code !== 'PENDING') || !session.placement) return false;
+    await this.#deps.emit(
+      EventType.GpuDemoteRequested,
+      { sessionId, incarnation, token: r.token, placement: placementForEvent(session.placement) },
+      `${sessionId}/${incarnation}/demote/${r.token}`,
+    );
+    this.#deps.logger.info({ sessionId, incarnation, node: session.placement.node }, 'quiet session past its predicted return: demote requested');
+    return true;
   }
 
   /** Runs passes until stop(): at the earliest due check, and at least every IDLE_POLL_MS. */

@@ -46,6 +46,27 @@ export function earliestIdleAt(settings: ActivityScoreSettings, ctx: ActivityCon
   return idleDecision(ctx, now, policyFor(settings, tenant, TIGHTEST_TIER), { holdUntil }).idleAt;
 }
 
+/**
+ * When a quiet session becomes worth demoting (its KV moved off the GPU until its user is back), or undefined when
+ * demotes are off: once it has been quiet DEMOTE_QUIET_MS, and its user is later than the session's own rhythm
+ * predicted (its predicted idle end passed). Times are on the session's clock, as the idle verdict's.
+ */
+export function demoteAt(settings: Pick<ActivityScoreSettings, 'demoteQuietMs'>, ctx: ActivityContext): number | undefined {
+  if (settings.demoteQuietMs <= 0) return undefined;
+  return Math.max(ctx.predictedIdleEndAt, ctx.lastEventAt + settings.demoteQuietMs);
+}
+
+/**
+ * When the idle checker should first look at a session after an event: the earliest idle moment under any tier, or
+ * its demote moment if that comes first (a session already demoted is then re-scheduled by the checker).
+ */
+export function firstCheckAt(settings: ActivityScoreSettings, ctx: ActivityContext, now: number, tenant: string | undefined, holdUntil: number | undefined): number | undefined {
+  const idle = earliestIdleAt(settings, ctx, now, tenant, holdUntil);
+  const demote = demoteAt(settings, ctx);
+  if (demote === undefined || demote <= now) return idle;
+  return idle === undefined ? demote : Math.min(idle, demote);
+}
+
 /** The checker's verdict on one session at `now` under the current tier, and when to look again if it is not idle. */
 export interface IdleJudgement {
   decision: IdleDecision;

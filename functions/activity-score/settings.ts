@@ -25,6 +25,7 @@ export const ActivityScoreSettingsSchema = Type.Object({
   LOAD_RUNTIME_TTL_MS: Int(1000, 86_400_000, 300_000, 'A runtime is polled for memory pressure while a session on it was scored within this long.'),
   IDLE_POLL_MS: Int(10, 60_000, 1000, 'How often the idle checker re-reads bucket heads to learn of newly scheduled checks.'),
   IDLE_LEASE_MS: Int(1000, 600_000, 30_000, 'How long a claimed idle check is reserved for the checker that claimed it (and how long after a session.idle it is verified).'),
+  DEMOTE_QUIET_MS: Int(0, 86_400_000, 0, 'Demote before destroy: a live session quiet for at least this long and past the moment its own rhythm predicted its next turn has its KV moved off the GPU (gpu.demote.requested) until its user is back; only on runtimes whose kind can demote. 0 = off.'),
 });
 
 /** The raw, validated settings. */
@@ -39,6 +40,8 @@ export interface ActivityScoreSettings {
   readonly runtimeTtlMs: number;
   readonly idlePollMs: number;
   readonly idleLeaseMs: number;
+  /** Demote before destroy: least quiet time before a demote (ms); 0 = never demote. */
+  readonly demoteQuietMs: number;
 }
 
 /** Reads, validates and parses activity-score's settings from an environment map; a ConfigError names what is wrong. */
@@ -56,6 +59,7 @@ export function readActivityScoreSettings(env: NodeJS.ProcessEnv): ActivityScore
       runtimeTtlMs: raw.LOAD_RUNTIME_TTL_MS,
       idlePollMs: raw.IDLE_POLL_MS,
       idleLeaseMs: raw.IDLE_LEASE_MS,
+      demoteQuietMs: raw.DEMOTE_QUIET_MS,
     });
   } catch (err) {
     if (err instanceof PolicyError) throw new ConfigError(err.message, { cause: err });

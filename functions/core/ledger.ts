@@ -25,13 +25,23 @@ export interface NodeLedger {
   estimatedReleases?: number;
   /** The estimated part of confirmedFreedBytes. */
   estimatedFreedBytes?: number;
+  /**
+   * Demote before destroy, counted apart from releases (a demote frees GPU KV but keeps the allocation): bytes of KV
+   * the runtimes keep off the GPU now for demoted sessions, the demotes and restores booked, the GPU KV bytes demotes
+   * freed and the bytes restores brought back. Optional like the estimates; the audit always fills them.
+   */
+  offloadedBytes?: number;
+  demotes?: number;
+  demoteFreedBytes?: number;
+  restores?: number;
+  restoredBytes?: number;
 }
 
 /** The ledger of every node, plus whether it balances. */
 export interface LedgerAudit {
   nodes: NodeLedger[];
   totals: Omit<NodeLedger, 'node'>;
-  /** registered = released + held on every node, no negative holding, releases ≤ allocations. */
+  /** registered = released + held on every node, no negative holding or offloading, releases ≤ allocations, restores ≤ demotes. */
   balanced: boolean;
   problems: string[];
 }
@@ -40,11 +50,13 @@ const FIELDS = {
   reg: 'registeredBytes', rel: 'releasedBytes', held: 'heldBytes', allocs: 'allocations',
   frees: 'releases', confirmed: 'confirmedFreedBytes', ignored: 'ignoredReleases',
   estimated: 'estimatedReleases', estimatedBytes: 'estimatedFreedBytes',
+  offloaded: 'offloadedBytes', demotes: 'demotes', demoteFreed: 'demoteFreedBytes', restores: 'restores', restored: 'restoredBytes',
 } as const satisfies Record<string, keyof Omit<NodeLedger, 'node'>>;
 
 const empty = (): Omit<NodeLedger, 'node'> => ({
   registeredBytes: 0, releasedBytes: 0, heldBytes: 0, allocations: 0, releases: 0, confirmedFreedBytes: 0, ignoredReleases: 0,
   estimatedReleases: 0, estimatedFreedBytes: 0,
+  offloadedBytes: 0, demotes: 0, demoteFreedBytes: 0, restores: 0, restoredBytes: 0,
 });
 
 /** Reads and sums every bucket's ledger: O(buckets + nodes), never a SCAN. */
@@ -70,6 +82,8 @@ export async function auditLedger(redis: RedisClient, keys: KeySpace): Promise<L
     for (const prop of Object.values(FIELDS)) totals[prop] = (totals[prop] ?? 0) + (n[prop] ?? 0);
     if (n.registeredBytes !== n.releasedBytes + n.heldBytes) problems.push(`${n.node}: registered ${n.registeredBytes} ≠ released ${n.releasedBytes} + held ${n.heldBytes}`);
     if (n.heldBytes < 0) problems.push(`${n.node}: negative held bytes ${n.heldBytes}`);
+    if ((n.offloadedBytes ?? 0) < 0) problems.push(`${n.node}: negative offloaded bytes ${n.offloadedBytes}`);
+    if ((n.restores ?? 0) > (n.demotes ?? 0)) problems.push(`${n.node}: ${n.restores} restores for ${n.demotes} demotes`);
     if (n.releases > n.allocations) problems.push(`${n.node}: ${n.releases} releases for ${n.allocations} allocations`);
   }
   return { nodes, totals, balanced: problems.length === 0, problems };

@@ -64,6 +64,12 @@ export interface Placement {
   engineSessionId?: string | undefined;
 }
 
+/** A placement as an event carries it: only the engine address parts it has. */
+export function placementForEvent(p: Placement): Placement {
+  const { node, runtimeUrl, gpuBytes, slot, engineSessionId } = p;
+  return { node, runtimeUrl, gpuBytes, ...(slot === undefined ? {} : { slot }), ...(engineSessionId === undefined ? {} : { engineSessionId }) };
+}
+
 /** Where a session lives inside its engine, beyond its id: what a release of it must name. */
 export interface EngineAddress {
   slot?: number;
@@ -104,10 +110,23 @@ export type HoldResult =
   | { code: 'ENDED'; incarnation: number; state: SessionState }
   | { code: 'NOT_OWNER'; incarnation: number };
 
+/** Where a session's KV is in demote before destroy (record field `dm`); absent: on the GPU. */
+export type OffloadStage = 'demoting' | 'demoted' | 'restoring';
+
+/** The two offload operations: demote (KV off the GPU, kept) and restore (back). */
+export type OffloadOp = 'demote' | 'restore';
+
+function offloadStageOf(v: unknown): OffloadStage | undefined {
+  const text = v === undefined || v === null ? '' : str(v);
+  if (text === '') return undefined;
+  if (text === 'demoting' || text === 'demoted' || text === 'restoring') return text;
+  throw new UnexpectedReplyError(`unknown offload stage ${text}`);
+}
+
 export type ActivityResult =
-  | { code: 'APPLIED'; incarnation: number; deadline: number; holdUntil: number; version: number }
+  | { code: 'APPLIED'; incarnation: number; deadline: number; holdUntil: number; version: number; offload?: OffloadStage }
   | { code: 'CONFLICT'; incarnation: number; version: number }
-  | { code: 'DUPLICATE'; incarnation: number }
+  | { code: 'DUPLICATE'; incarnation: number; offload?: OffloadStage }
   | { code: 'UNKNOWN' }
   | { code: 'ENDED'; incarnation: number; state: SessionState }
   | { code: 'NOT_OWNER'; incarnation: number };
@@ -199,6 +218,41 @@ export type ReleaseCall =
   | { code: 'FAILED' }
   | Extract<ReleaseTarget, { code: 'NOT_PENDING' }>;
 
+/** What requestDemote / requestRestore decided (request-demote-1.lua, request-restore-1.lua). */
+export type OffloadRequest =
+  | { code: 'REQUESTED' | 'PENDING'; token: string }
+  | { code: 'ALREADY'; stage: OffloadStage }
+  | { code: 'REFUSED' | 'RESIDENT' | 'UNKNOWN' }
+  | { code: 'HELD'; holdUntil: number }
+  | { code: 'ENDED'; state: string }
+  | { code: 'STALE'; incarnation: number };
+
+/** An offload call's answer as the call record keeps it: bytes offloaded (demote) or restored, GPU bytes freed. */
+export interface OffloadAnswer {
+  bytes: number;
+  freedBytes: number;
+  estimated: boolean;
+}
+
+/** What gpu-release's delivery of a demote or restore request may do about the runtime call (beginOffloadCall). */
+export type OffloadCall =
+  | { code: 'CALL'; node: string; runtimeUrl: string; address: EngineAddress }
+  | { code: 'IN_FLIGHT'; leaseUntil: number }
+  | { code: 'ANSWERED'; answer: OffloadAnswer }
+  | { code: 'FAILED' | 'NOTHING' }
+  | { code: 'NOT_PENDING'; why: 'unknown' | 'stale' | 'ended' | 'superseded' };
+
+function withOffload<R extends { code: string }>(result: R, stage: unknown): R & { offload?: OffloadStage } {
+  const offload = offloadStageOf(stage);
+  return offload === undefined ? result : { ...result, offload };
+}
+
+function offloadAnswerOf(text: string): OffloadAnswer {
+  const m = /^(\d+):(\d+)(e?)$/.exec(text);
+  if (!m) throw new UnexpectedReplyError(`offload answer ${text}`);
+  return { bytes: Number(m[1]), freedBytes: Number(m[2]), estimated: m[3] === 'e' };
+}
+
 export type FailedDestroySettlement =
   | { code: 'RETRYING'; incarnation: number }
   | { code: 'RESOLVED'; incarnation: number; node: string; bytes: number }
@@ -240,6 +294,12 @@ export interface SessionView {
   confirmedFreedBytes?: number;
   /** When the destroy gave up its GPU release (release_failed), waiting for an operator to retry or resolve it. */
   releaseFailedAt?: number;
+  /** Demote before destroy: where the KV is (absent: on the GPU), bytes kept off the GPU, demotes booked. */
+  offload?: OffloadStage;
+  offloadedBytes?: number;
+  demotes?: number;
+  /** When the runtime refused a demote for good: none is asked again in this incarnation. */
+  demoteRefusedAt?: number;
   timeline: { stage: Stage; at: number }[];
   claimedAt?: number;
   completedAt?: number;
@@ -512,9 +572,9 @@ export class SessionStore {
       [input.sessionId, input.fingerprint, Math.min(input.liveFrom, input.now), String(input.expectedVersion), input.lastActivityAt, input.tenant ?? '', ...pairs],
     );
     const code = str(r[0]);
-    if (code === 'APPLIED') return { code, incarnation: num(r[1]), deadline: num(r[2]), holdUntil: num(r[3]), version: num(r[4]) };
+    if (code === 'APPLIED') return withOffload({ code: 'APPLIED' as const, incarnation: num(r[1]), deadline: num(r[2]), holdUntil: num(r[3]), version: num(r[4]) }, r[5]);
     if (code === 'CONFLICT') return { code, incarnation: num(r[1]), version: num(r[2]) };
-    if (code === 'DUPLICATE') return { code, incarnation: num(r[1]) };
+    if (code === 'DUPLICATE') return withOffload({ code: 'DUPLICATE' as const, incarnation: num(r[1]) }, r[2]);
     const other = this.#liveness(code, r);
     if (other) return other;
     throw new UnexpectedReplyError(`recordActivity replied ${code}`);
@@ -724,6 +784,74 @@ export class SessionStore {
     return str(r[0]) === 'SETTLED';
   }
 
+  /** Asks for a live session's KV to be demoted under `token` (used only when a new demote is requested). */
+  async requestDemote(sessionId: string, incarnation: number, token: string, now: number): Promise<OffloadRequest> {
+    return this.#offloadRequest('requestDemote', sessionId, incarnation, token, now);
+  }
+
+  /** Asks for an offloaded session's KV to be restored under `token` (used only when a new restore is requested). */
+  async requestRestore(sessionId: string, incarnation: number, token: string, now: number): Promise<OffloadRequest> {
+    return this.#offloadRequest('requestRestore', sessionId, incarnation, token, now);
+  }
+
+  async #offloadRequest(script: 'requestDemote' | 'requestRestore', sessionId: string, incarnation: number, token: string, now: number): Promise<OffloadRequest> {
+    const r = await this.#scripts.run(script, [this.keys.session(sessionId).session], [sessionId, incarnation, token, now]);
+    const code = str(r[0]);
+    switch (code) {
+      case 'REQUESTED':
+      case 'PENDING':
+        return { code, token: str(r[1]) };
+      case 'ALREADY':
+        return { code, stage: offloadStageOf(r[1]) ?? 'demoted' };
+      case 'REFUSED':
+      case 'RESIDENT':
+      case 'UNKNOWN':
+        return { code };
+      case 'HELD':
+        return { code, holdUntil: num(r[1]) };
+      case 'ENDED':
+        return { code, state: str(r[1]) };
+      case 'STALE':
+        return { code, incarnation: num(r[1]) };
+    }
+    throw new UnexpectedReplyError(`${script} replied ${code}`);
+  }
+
+  /**
+   * Takes the one runtime call a demote or restore request gets, in the call record releases use too (so no two
+   * calls for one allocation run at once); settleOffloadCall records and books its outcome.
+   */
+  async beginOffloadCall(sessionId: string, incarnation: number, op: OffloadOp, token: string, now: number, leaseMs: number): Promise<OffloadCall> {
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run('beginOffloadCall', [k.session, k.placements, k.releaseCalls], [sessionId, incarnation, op, token, now, leaseMs]);
+    const code = str(r[0]);
+    switch (code) {
+      case 'CALL':
+        return { code, node: str(r[1]), runtimeUrl: str(r[2]), address: decodeEngineAddress(str(r[3] ?? '')) };
+      case 'IN_FLIGHT':
+        return { code, leaseUntil: num(r[1]) };
+      case 'ANSWERED':
+        return { code, answer: offloadAnswerOf(str(r[1])) };
+      case 'FAILED':
+      case 'NOTHING':
+        return { code };
+      case 'NOT_PENDING':
+        return { code, why: str(r[1]) as Extract<OffloadCall, { code: 'NOT_PENDING' }>['why'] };
+    }
+    throw new UnexpectedReplyError(`beginOffloadCall replied ${code}`);
+  }
+
+  /**
+   * Records what came of an offload call and books it in the same step (settle-offload-call-4.lua); false when the
+   * call is no longer this token's (nothing changes).
+   */
+  async settleOffloadCall(sessionId: string, incarnation: number, op: OffloadOp, token: string, now: number, outcome: OffloadAnswer | 'failed' | 'retry'): Promise<boolean> {
+    const k = this.keys.session(sessionId);
+    const args = typeof outcome === 'string' ? [outcome, now] : ['answered', now, outcome.bytes, outcome.freedBytes, outcome.estimated ? '1' : '0'];
+    const r = await this.#scripts.run('settleOffloadCall', [k.session, k.releaseCalls, k.ledger, k.placements], [sessionId, incarnation, op, token, ...args]);
+    return str(r[0]) === 'SETTLED';
+  }
+
   /** The GPU release attempt a destroy has recorded (its number and token), or undefined when none. */
   async releaseAttempt(sessionId: string, incarnation: number): Promise<ReleaseAttempt | undefined> {
     const [s, i, ga, gt] = await this.redis.hmget(this.keys.session(sessionId).session, 's', 'i', 'ga', 'gt');
@@ -828,7 +956,7 @@ export class SessionStore {
     ]);
     if (!fields.s) return null;
     const opt = (f: string) => (fields[f] === undefined ? undefined : Number(fields[f]));
-    const placement = fields.p ? await this.#placement(k, fields.p, Number(fields.g ?? 0)) : undefined;
+    const placement = fields.p ? { ...(await this.#placement(k, fields.p, Number(fields.g ?? 0))), ...decodeEngineAddress(fields.ea ?? '') } : undefined;
     const view: SessionView = { sessionId, bucket: k.bucket, ...destroyRecordOf(fields) };
     const set = <K extends keyof SessionView>(key: K, value: SessionView[K] | undefined) => {
       if (value !== undefined) view[key] = value;
@@ -845,6 +973,10 @@ export class SessionStore {
     set('releaseToken', fields.gt);
     set('confirmedFreedBytes', opt('gr'));
     set('releaseFailedAt', opt('rf'));
+    set('offload', offloadStageOf(fields.dm));
+    set('offloadedBytes', opt('ob'));
+    set('demotes', opt('dc'));
+    set('demoteRefusedAt', opt('dx'));
     set('completedAt', opt('t'));
     set('tombstoneTtlMs', fields.s === 'X' && ttl > 0 ? ttl : undefined);
     return view;

@@ -12,12 +12,16 @@ import { traceHeadersForActiveContext } from '../core/telemetry.ts';
 import { createEngineClient, type EngineAddress } from '../core/runtime-adapters/index.ts';
 import { publicDescription, RuntimeReleaseError, type ReleaseResult, type RuntimeCallContext, type RuntimeClient } from '../core/runtime-client.ts';
 import { runtimeClientFor, type RuntimeCallSettings } from '../core/runtime-call-settings.ts';
+import { handleOffload, OFFLOAD_ACCEPTS, type OffloadCaller } from './offload.ts';
 
-/** The event types gpu-release consumes. */
-export const GPU_RELEASE_ACCEPTS = [EventType.GpuReleaseRequested] as const;
+/** The event types gpu-release consumes: releases, and demote before destroy's requests (offload.ts). */
+export const GPU_RELEASE_ACCEPTS = [EventType.GpuReleaseRequested, ...OFFLOAD_ACCEPTS] as const;
 
-/** The event gpu-release handles. */
+/** An event gpu-release handles. */
 export type GpuReleaseEvent = InboundEvent<(typeof GPU_RELEASE_ACCEPTS)[number]>;
+
+/** A release request. */
+type ReleaseRequestEvent = InboundEvent<typeof EventType.GpuReleaseRequested>;
 
 /** gpu-release's own settings: the runtime call rules (functions/core/runtime-call-settings.ts), shared with the reconciler. */
 export { RuntimeCallSettingsSchema as GpuReleaseSettingsSchema, readRuntimeCallSettings as readGpuReleaseSettings, type RuntimeCallSettings as GpuReleaseSettings } from '../core/runtime-call-settings.ts';
@@ -26,7 +30,7 @@ export { RuntimeCallSettingsSchema as GpuReleaseSettingsSchema, readRuntimeCallS
  * The release call gpu-release makes: the engine client's (functions/core/runtime-adapters/), which speaks each
  * registered runtime's own API and takes the session's engine address; a plain RuntimeClient fits too (native only).
  */
-export type ReleaseCaller = Pick<RuntimeClient, 'shutdown' | 'breakerState'> & {
+export type ReleaseCaller = Pick<RuntimeClient, 'shutdown' | 'breakerState'> & OffloadCaller & {
   release(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress): Promise<ReleaseResult>;
 };
 
@@ -65,13 +69,19 @@ function callContext(event: GpuReleaseEvent): RuntimeCallContext {
   return { ...(traceparent === undefined ? {} : { traceparent }), ...(tracestate === undefined ? {} : { tracestate }) };
 }
 
+/** Handles what gpu-release consumes: a release request here, a demote or restore request in offload.ts. */
+export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuReleaseDeps): Promise<void> {
+  if (event.type !== EventType.GpuReleaseRequested) return handleOffload(event, deps, callContext(event));
+  return handleRelease(event, deps);
+}
+
 /**
  * Handles a gpu.release.requested: calls the runtime's release API and emits gpu.released with the bytes the runtime
  * confirmed (released, already gone, or superseded by a newer incarnation). A retryable failure (breaker open, retry
  * budget spent) emits gpu.release.failed and throws TransientError so the Broker redelivers the request later; a
  * permanent one emits gpu.release.failed (retryable: false) and acknowledges, since redelivery cannot help.
  */
-export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuReleaseDeps): Promise<void> {
+async function handleRelease(event: ReleaseRequestEvent, deps: CoreDeps & GpuReleaseDeps): Promise<void> {
   const { sessionId, incarnation, attempt, token } = event.data;
   const target = await deps.store.beginReleaseCall(sessionId, incarnation, token, deps.now(), deps.callLeaseMs, deps.failedBlocksMs);
   switch (target.code) {

@@ -44,7 +44,7 @@ void describe('no Trigger waits behind a slow delivery in its Kafka partition', 
       assert.equal((b.doc.metadata as { annotations: Record<string, string> }).annotations[BROKER_CLASS_ANNOTATION], 'Kafka', `${o}'s Broker class`);
       assert.equal(inFlightBound(b), 500);
       const triggers = ofKind(ms, 'Trigger', 'eventing.knative.dev');
-      assert.equal(triggers.length, 15);
+      assert.equal(triggers.length, 17);
       for (const t of triggers) {
         assert.equal(deliveryOrderOf(ms, t), 'unordered', `${o}: ${name(t)}`);
         // Kafka's dispatcher, with its retry schedule (tools/local-broker/triggers.ts).

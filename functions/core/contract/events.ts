@@ -27,6 +27,10 @@ export const EventType = {
   SessionDestroyFailed: 'dev.sessionreaper.session.destroy.failed',
   DestroyResume: 'dev.sessionreaper.destroy.resume',
   GpuOrphanReleased: 'dev.sessionreaper.gpu.orphan.released',
+  GpuDemoteRequested: 'dev.sessionreaper.gpu.demote.requested',
+  GpuDemoted: 'dev.sessionreaper.gpu.demoted',
+  GpuRestoreRequested: 'dev.sessionreaper.gpu.restore.requested',
+  GpuRestored: 'dev.sessionreaper.gpu.restored',
 } as const;
 
 /** The file name a type's published schema has, e.g. `dev.sessionreaper.session.opened.schema.json`. */
@@ -394,6 +398,65 @@ export const GpuOrphanReleasedData = eventData(
   [{ sessionId: 'sess-7f3a9c', incarnation: 4, runtime: 'vllm-a100', freedBytes: 17_179_869_184, firstSeenAt: '2026-11-21T06:40:00.000Z', releasedAt: '2026-11-21T06:45:00.012Z' }],
 );
 
+// ---- Demote before destroy: a quiet session's KV is moved off the GPU, and a new turn brings it back ----
+
+const OffloadToken = Type.String({
+  pattern: RELEASE_TOKEN_PATTERN,
+  description: 'The demote or restore request\'s token, drawn when it was requested; the answer echoes it, and only a call made under the token still pending is booked.',
+});
+
+export const GpuDemoteRequestedData = eventData(
+  EventType.GpuDemoteRequested,
+  'A live session has been quiet past the moment its own rhythm predicted its next turn (and at least DEMOTE_QUIET_MS): its KV cache is to be moved off the GPU, kept by the runtime to be restored, and its GPU KV freed. The placement is for observers only: gpu-release calls the runtime the session was opened with, as Redis holds it.',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    placement: Placement,
+    token: OffloadToken,
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, placement: { node: 'gpu-node-a100-3', runtimeUrl: 'http://llama-0.inference.svc.cluster.local:8080', slot: 2 }, token: 'dM3q0c8Wm1tYb6Nf2LxR-A' }],
+);
+
+export const GpuDemotedData = eventData(
+  EventType.GpuDemoted,
+  'The runtime moved the session\'s KV cache off the GPU: offloadedBytes are kept elsewhere (host memory or disk) to be restored, freedBytes of KV capacity went back to the runtime\'s pool. The ledger counts both apart from releases.',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    node: Type.String({ minLength: 1, maxLength: 253, description: 'Node whose runtime holds the session.' }),
+    offloadedBytes: GpuBytes('Bytes of KV state the runtime now keeps off the GPU for the session.'),
+    freedBytes: GpuBytes('KV cache capacity the runtime returned to its own pool, in bytes.'),
+    token: OffloadToken,
+    estimated: Type.Optional(Type.Literal(true, { description: 'Present when the figures are estimates rather than the engine\'s own.' })),
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, node: 'gpu-node-a100-3', offloadedBytes: 1_048_640, freedBytes: 1_048_576, token: 'dM3q0c8Wm1tYb6Nf2LxR-A' }],
+);
+
+export const GpuRestoreRequestedData = eventData(
+  EventType.GpuRestoreRequested,
+  'The user of a demoted session is back (user activity arrived): its KV cache is to be brought back onto the GPU. The placement is for observers only.',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    placement: Placement,
+    token: OffloadToken,
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, placement: { node: 'gpu-node-a100-3', runtimeUrl: 'http://llama-0.inference.svc.cluster.local:8080', slot: 2 }, token: 'rS9q0c8Wm1tYb6Nf2LxR-A' }],
+);
+
+export const GpuRestoredData = eventData(
+  EventType.GpuRestored,
+  'The runtime brought the session\'s KV cache back onto the GPU; its next turn continues on it. restoredBytes is 0 when nothing was offloaded any more (the demote never took place).',
+  {
+    sessionId: SessionId,
+    incarnation: Incarnation,
+    node: Type.String({ minLength: 1, maxLength: 253, description: 'Node whose runtime holds the session.' }),
+    restoredBytes: GpuBytes('KV cache bytes the runtime loaded back.'),
+    token: OffloadToken,
+  },
+  [{ sessionId: 'sess-7f3a9c', incarnation: 1, node: 'gpu-node-a100-3', restoredBytes: 1_048_576, token: 'rS9q0c8Wm1tYb6Nf2LxR-A' }],
+);
+
 /** The data schema of every event type, keyed by full type name. */
 export const EventTypes = {
   [EventType.SessionOpened]: SessionOpenedData,
@@ -412,6 +475,10 @@ export const EventTypes = {
   [EventType.SessionDestroyFailed]: SessionDestroyFailedData,
   [EventType.DestroyResume]: DestroyResumeData,
   [EventType.GpuOrphanReleased]: GpuOrphanReleasedData,
+  [EventType.GpuDemoteRequested]: GpuDemoteRequestedData,
+  [EventType.GpuDemoted]: GpuDemotedData,
+  [EventType.GpuRestoreRequested]: GpuRestoreRequestedData,
+  [EventType.GpuRestored]: GpuRestoredData,
 } as const satisfies Record<string, TSchema>;
 
 /** Any full type name in the contract. */
@@ -435,6 +502,10 @@ export type GpuReleaseFailed = Static<typeof GpuReleaseFailedData>;
 export type SessionDestroyed = Static<typeof SessionDestroyedData>;
 export type DestroyResume = Static<typeof DestroyResumeData>;
 export type GpuOrphanReleased = Static<typeof GpuOrphanReleasedData>;
+export type GpuDemoteRequested = Static<typeof GpuDemoteRequestedData>;
+export type GpuDemoted = Static<typeof GpuDemotedData>;
+export type GpuRestoreRequested = Static<typeof GpuRestoreRequestedData>;
+export type GpuRestored = Static<typeof GpuRestoredData>;
 
 /** The functions of the system, by their one name (framework target, Knative Service, image). */
 export type FunctionName = 'heartbeat-timeout' | 'activity-score' | 'destroy-dispatch' | 'gpu-release';
@@ -500,6 +571,10 @@ export const catalogue = [
   { type: EventType.SessionDestroyFailed, direction: 'emitted', producer: 'destroy-dispatch', senders: ['destroy-dispatch'], consumers: [], summary: 'A destroy gave up after RELEASE_MAX_ATTEMPTS failed GPU releases and waits for an operator; for observers and alerts.' },
   { type: EventType.DestroyResume, direction: 'emitted', producer: 'heartbeat-timeout', senders: ['deadline-engine'], consumers: ['destroy-dispatch'], summary: 'The deadline engine (heartbeat-timeout) resumes a stalled destroy from the stage it reached.' },
   { type: EventType.GpuOrphanReleased, direction: 'emitted', producer: 'heartbeat-timeout', senders: ['deadline-engine'], consumers: [], summary: "The deadline engine's reconciler freed GPU memory a runtime held that no session owned past the grace period; for observers." },
+  { type: EventType.GpuDemoteRequested, direction: 'emitted', producer: 'activity-score', senders: ['idle-checker'], consumers: ['gpu-release'], summary: "The idle checker (activity-score) demotes a quiet session: move its KV off the GPU until its user is back." },
+  { type: EventType.GpuDemoted, direction: 'emitted', producer: 'gpu-release', senders: ['gpu-release'], consumers: [], summary: 'The runtime moved the KV off the GPU (bytes offloaded and freed); for observers.' },
+  { type: EventType.GpuRestoreRequested, direction: 'emitted', producer: 'activity-score', senders: ['activity-score'], consumers: ['gpu-release'], summary: 'User activity on a demoted session: bring its KV back onto the GPU.' },
+  { type: EventType.GpuRestored, direction: 'emitted', producer: 'gpu-release', senders: ['gpu-release'], consumers: [], summary: 'The runtime brought the KV back; for observers.' },
 ] as const satisfies readonly CatalogueEntry[];
 
 /** Types sent to the system from outside it. */

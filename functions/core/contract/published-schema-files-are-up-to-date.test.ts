@@ -111,7 +111,7 @@ describe('the catalogue', () => {
     assert.deepEqual(consumersOf(EventType.SessionActivity), ['activity-score']);
     const consumedBy = (fn: string) => catalogue.filter((e) => (e.consumers as readonly string[]).includes(fn)).map((e) => e.type).sort();
     assert.deepEqual(consumedBy('heartbeat-timeout'), [EventType.SessionHeartbeat, EventType.SessionHold, EventType.SessionOpened].sort());
-    assert.deepEqual(consumedBy('gpu-release'), [EventType.GpuReleaseRequested]);
+    assert.deepEqual(consumedBy('gpu-release'), [EventType.GpuDemoteRequested, EventType.GpuReleaseRequested, EventType.GpuRestoreRequested]);
     assert.deepEqual(
       consumedBy('destroy-dispatch'),
       [

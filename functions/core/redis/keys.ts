@@ -24,7 +24,8 @@ export interface BucketKeys {
   /** HASH interned placements: `id:<pid>` -> JSON [node, runtimeUrl]; `key:<node> <runtimeUrl>` -> pid. */
   readonly placements: string;
   /**
-   * HASH GPU ledger counters per node: `reg|rel|held|allocs|frees|confirmed|ignored:<node>`; and per runtime name,
+   * HASH GPU ledger counters per node: `reg|rel|held|allocs|frees|confirmed|ignored|estimated|estimatedBytes:<node>`, demote before destroy's
+   * `offloaded|demotes|demoteFreed|restores|restored:<node>`; and per runtime name,
    * the reconciler's `orphans|orphanBytes:<runtime>` (allocations no session owned, released, and their bytes).
    */
   readonly ledger: string;

@@ -9,9 +9,11 @@
   session of another tenant is not touched   ARGV[7..] context field/value pairs to store
 
   Returns one of:
-    {'APPLIED', incarnation, deadline, holdUntil, newVersion}
+    {'APPLIED', incarnation, deadline, holdUntil, newVersion, offloadStage}
     {'CONFLICT', incarnation, currentVersion}   the context changed since it was read: recompute and retry
-    {'DUPLICATE', incarnation}
+    {'DUPLICATE', incarnation, offloadStage}
+  offloadStage: the session's `dm` (demoting, demoted, restoring), '' when its KV is on the GPU: user activity on an
+  offloaded session asks for its restore (request-restore-1.lua).
     {'UNKNOWN'}
     {'ENDED', incarnation, state}
     {'NOT_OWNER', incarnation}
@@ -20,14 +22,14 @@
 local sessionKey, deadlinesKey, contextKey = KEYS[1], KEYS[2], KEYS[3]
 local sessionId, fingerprint, liveFrom, expected, lastActivity = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'w', 'h', 'tn', 'pc')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'w', 'h', 'tn', 'pc', 'dm')
 if not state[1] then return { 'UNKNOWN' } end
 local inc = tonumber(state[2])
 if not owns(state[5], ARGV[6]) then return { 'NOT_OWNER', inc } end
 if state[1] ~= 'A' then return { 'ENDED', inc, state[1] } end
 -- Its end arrived before its open: due now, never pushed back (includes/session.lua, pc).
 if state[6] then return { 'ENDED', inc, 'D' } end
-if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc } end
+if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc, state[7] or '' } end
 local version = redis.call('HGET', contextKey, 'v') or '0'
 if version ~= expected then return { 'CONFLICT', inc, tonumber(version) } end
 
@@ -36,4 +38,4 @@ for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', contextKey, unpack(fields))
 redis.call('ZADD', deadlinesKey, 'GT', liveFrom + tonumber(state[3]), sessionId)
 remember(sessionKey, fingerprint)
-return { 'APPLIED', inc, tonumber(redis.call('ZSCORE', deadlinesKey, sessionId)), tonumber(state[4] or '0'), tonumber(version) + 1 }
+return { 'APPLIED', inc, tonumber(redis.call('ZSCORE', deadlinesKey, sessionId)), tonumber(state[4] or '0'), tonumber(version) + 1, state[7] or '' }

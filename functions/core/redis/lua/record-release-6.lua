@@ -12,6 +12,7 @@
   ARGV[6] the release token the event echoes
   ARGV[7] '1' when the freed figure is an estimate (gpu.released `estimated`): also counted under estimated:<node>
           and estimatedBytes:<node>
+  A demoted session's offloaded bytes (`ob`) leave offloaded:<node> with its release: the runtime drops that copy.
 
   Returns one of:
     {'RELEASED', node, registeredBytes}             a destroy's allocation; the destroy is now at gpu_released
@@ -53,6 +54,12 @@ if standing ~= 'pending' or not matches then
 end
 local bytes = tonumber(state[5] or '0')
 ledgerRelease(ledgerKey, node, bytes, confirmed, estimated)
+-- A demoted session's KV was kept off the GPU (settle-offload-call-4.lua): the runtime's release dropped that copy too.
+local offloaded = tonumber(redis.call('HGET', sessionKey, 'ob') or '0')
+if offloaded > 0 then
+  redis.call('HINCRBY', ledgerKey, 'offloaded:' .. node, -offloaded)
+  redis.call('HDEL', sessionKey, 'ob')
+end
 redis.call('HSET', sessionKey, 'st', 'gpu_released', 'gr', confirmed)
 -- The answer to the last attempt may come after the destroy gave up (the Broker kept redelivering it): it is then no
 -- longer waiting for an operator.

@@ -21,6 +21,10 @@
 --       session at once under that cause (and sets pe, so its session.expired is not taken as a further cause)
 --   rf  when the destroy gave up its GPU release (ms; after RELEASE_MAX_ATTEMPTS attempts): it waits for an operator
 --   gb  the attempt the release budget counts from (an operator's retry restarts it; attempts keep their numbers)
+--   dm  offload stage of demote before destroy: demoting, demoted or restoring (absent: the KV is on the GPU)
+--   dk  token of the pending demote or restore request   dq  when the offload stage last changed (ms)
+--   ob  bytes of KV the runtime keeps off the GPU for it (booked by a demote, given back by a restore or release)
+--   dg  GPU bytes the last demote freed   dc  demotes booked   dx  when a demote was refused for good (never again)
 --
 -- Ownership: a session opened with a tenant (tn) belongs to it; the scripts that apply the pipeline's events are
 -- sent the tenant the event names ('' for none) and refuse (NOT_OWNER) an event whose tenant is not the session's.
