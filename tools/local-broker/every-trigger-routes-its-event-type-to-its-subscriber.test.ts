@@ -42,7 +42,7 @@ function expectedSubscribers(): Map<string, Set<string>> {
 }
 
 test('the manifests define one route per Trigger, every one resolved to a local subscriber', () => {
-  assert.equal(broker.table.routes.length, 15);
+  assert.equal(broker.table.routes.length, 17);
   for (const route of broker.table.routes) assert.ok(route.url, `trigger ${route.name} has a local URL`);
   const heartbeat = broker.table.routes.find((r) => r.name === 'heartbeat-timeout-session-heartbeat');
   assert.deepEqual(heartbeat?.delivery, { retry: 4, backoffPolicy: 'exponential', backoffDelayMs: 200, timeoutMs: 10_000, deadLetter: false });

@@ -76,8 +76,12 @@ function render(s: StatsSnapshot): Output {
       '',
       table(
         // ESTIMATED: the part of the confirmed bytes an engine could only estimate (SGLang, vLLM: README, "Inference engines").
-        ['NODE', 'REGISTERED', 'RELEASED', 'HELD', 'ALLOCS', 'RELEASES', 'CONFIRMED FREED', 'ESTIMATED'],
-        s.ledger.nodes.map((n) => [n.node, n.registeredBytes, n.releasedBytes, n.heldBytes, n.allocations, n.releases, n.confirmedFreedBytes, n.estimatedFreedBytes ?? 0]),
+        // OFFLOADED: KV that demoted sessions keep off the GPU now; DEMOTES/RESTORES: booked (README, "Demote before destroy").
+        ['NODE', 'REGISTERED', 'RELEASED', 'HELD', 'ALLOCS', 'RELEASES', 'CONFIRMED FREED', 'ESTIMATED', 'OFFLOADED', 'DEMOTES', 'RESTORES'],
+        s.ledger.nodes.map((n) => [
+          n.node, n.registeredBytes, n.releasedBytes, n.heldBytes, n.allocations, n.releases, n.confirmedFreedBytes, n.estimatedFreedBytes ?? 0,
+          n.offloadedBytes ?? 0, n.demotes ?? 0, n.restores ?? 0,
+        ]),
       ),
     );
   }

@@ -62,7 +62,7 @@ test('stats prints the counters, the ledger table and the Broker section for peo
   assert.equal(run.code, 0, run.stderr);
   assert.match(run.stdout, /^sessions: +2 active, 1 being destroyed, 0 migration releases pending$/m);
   assert.match(run.stdout, /^gpu ledger: +balanced: registered 5000 = released 1000 \+ held 4000 bytes \(3 allocations, 1 releases, 0 ignored\)$/m);
-  assert.match(run.stdout, /^NODE +REGISTERED +RELEASED +HELD +ALLOCS +RELEASES +CONFIRMED FREED +ESTIMATED\ngpu-node-a +2000 +1000 +1000 +2 +1 +1000 +0\ngpu-node-b +3000 +0 +3000 +1 +0 +0 +0$/m);
+  assert.match(run.stdout, /^NODE +REGISTERED +RELEASED +HELD +ALLOCS +RELEASES +CONFIRMED FREED +ESTIMATED +OFFLOADED +DEMOTES +RESTORES\ngpu-node-a +2000 +1000 +1000 +2 +1 +1000 +0 +0 +0 +0\ngpu-node-b +3000 +0 +3000 +1 +0 +0 +0 +0 +0 +0$/m);
   assert.match(run.stdout, /^events: +1 received, 0 refused$/m);
   assert.match(run.stdout, /^dead letters: +0 kept$/m);
   assert.match(run.stdout, /^TRIGGER +DELIVERED +FAILED\nheartbeat-timeout-session-heartbeat +1 +0$/m);
