@@ -67,6 +67,11 @@ for (const topology of TOPOLOGIES) {
       h.clock.now += 5000;
       await handle(activity('dm-user', 'output', h.clock.now), h.deps);
       assert.equal(of(EventType.GpuRestoreRequested, 'dm-user').length, 0);
+      // Still pending at its next check (its request may have been lost): sent again, under the same id and token.
+      h.clock.now += QUIET;
+      await one.runOnce(h.clock.now);
+      const again = of(EventType.GpuDemoteRequested, 'dm-user');
+      assert.deepEqual(again.map((e) => e.id), [requested[0]!.id, requested[0]!.id]);
       const back = activity('dm-user', 'input', h.clock.now, { id: 'user-back' });
       await handle(back, h.deps);
       await handle(back, h.deps);

@@ -171,10 +171,12 @@ export class IdleChecker {
     }
   }
 
-  // Whether a live session may be demoted: demotes are on, its KV is on the GPU, no demote of it was refused, and its
+  // Whether a live session may be demoted: demotes are on, its KV is on the GPU (or its demote is still pending: its
+  // request, which may have been lost, is sent again under the same token), no demote of it was refused, and its
   // runtime's kind can demote (RUNTIMES; an unregistered runtime is never called).
   #demotable(session: SessionView): boolean {
-    if (this.#settings.demoteQuietMs <= 0 || session.offload !== undefined || session.demoteRefusedAt !== undefined || !session.placement) return false;
+    if (this.#settings.demoteQuietMs <= 0 || (session.offload !== undefined && session.offload !== 'demoting')) return false;
+    if (session.demoteRefusedAt !== undefined || !session.placement) return false;
     const runtime = this.#deps.runtimes.lookup(session.placement.runtimeUrl);
     return runtime !== undefined && adapterFor(runtime.engine).capabilities.demote;
   }
