@@ -388,7 +388,9 @@ function engineLines(e: EngineFigures): string[] {
   const c = e.compared;
   const notCompared = c.of - c.sessions;
   const verdict = !e.agree
-    ? `NO: ${e.problems.join('; ')}`
+    ? e.sessions.stillOpen > 0 && e.problems.length === 1
+      ? `not yet: ${e.problems[0]}`
+      : `NO: ${e.problems.join('; ')}`
     : d === undefined
       ? 'yes: the ledger booked what the engine reported, and the engine is back at its start'
       : `yes: ${c.sessions} of ${c.of} sessions freed exactly what their turns filled (${bytesExact(c.freedBytes)})${notCompared > 0 ? ` (${notCompared} not compared: a completion not measured alone, or demoted)` : ''}; the engine is back at its start`;
