@@ -19,8 +19,8 @@ export type OffloadEvent = InboundEvent<(typeof OFFLOAD_ACCEPTS)[number]>;
 
 /** The demote and restore calls gpu-release makes: the engine client's (functions/core/runtime-adapters/). */
 export interface OffloadCaller {
-  demote(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress): Promise<{ offloadedBytes: number; freedBytes: number; exact: boolean }>;
-  restore(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress): Promise<{ restoredBytes: number; exact: boolean }>;
+  demote(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress, requestToken?: string): Promise<{ offloadedBytes: number; freedBytes: number; exact: boolean }>;
+  restore(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress, requestToken?: string): Promise<{ restoredBytes: number; exact: boolean }>;
 }
 
 export interface OffloadDeps {
@@ -89,10 +89,10 @@ export async function handleOffload(event: OffloadEvent, deps: CoreDeps & Offloa
   let answer: OffloadAnswer;
   try {
     if (op === 'demote') {
-      const r = await deps.runtime.demote(runtimeUrl, sessionId, incarnation, ctx, address);
+      const r = await deps.runtime.demote(runtimeUrl, sessionId, incarnation, ctx, address, token);
       answer = { bytes: r.offloadedBytes, freedBytes: r.freedBytes, estimated: !r.exact };
     } else {
-      const r = await deps.runtime.restore(runtimeUrl, sessionId, incarnation, ctx, address);
+      const r = await deps.runtime.restore(runtimeUrl, sessionId, incarnation, ctx, address, token);
       answer = { bytes: r.restoredBytes, freedBytes: 0, estimated: !r.exact };
     }
   } catch (err) {

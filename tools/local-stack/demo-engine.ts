@@ -185,7 +185,7 @@ export function createDemoEngine(opts: DemoEngineOptions, onProblem: (message: s
       const { status, body } = await json('/v1/sessions?limit=256');
       if (status !== 200 || !Array.isArray(body.sessions) || body.next !== undefined) return undefined;
       const entries = body.sessions as Array<Record<string, unknown>>;
-      return new Map(entries.map((e) => [String(e.sessionId), `${String(e.incarnation)}/${String(e.state)}/${String(e.tokens)}/${String(e.offloadedBytes)}`]));
+      return new Map(entries.map((e) => [String(e.sessionId), `${String(e.incarnation)}/${String(e.state)}/${String(e.tokens)}/${String(e.offloadedBytes)}/${String(e.operations)}`]));
     } catch {
       return undefined;
     }
@@ -242,7 +242,13 @@ export function createDemoEngine(opts: DemoEngineOptions, onProblem: (message: s
         const after = await listing();
         f.completions++;
         if (typeof answer.body.contextTokens === 'number') f.contextTokens = answer.body.contextTokens;
-        const alone = inFlightBefore === 0 && releasesRequested === requestedBefore && before !== undefined && after !== undefined && sameBut(before, after, s.id);
+        // Alone: no release in flight, no other session changed, and nothing but this turn touched this one between the
+        // readings (the engine counts each session's operations: a demote and restore of it in between would not show
+        // in its cells, but in its count).
+        const mine = (m: Map<string, string> | undefined) => m?.get(s.id)?.split('/');
+        const [was, is] = [mine(before), mine(after)];
+        const residentThroughout = (was === undefined || was[1] === 'resident') && is?.[1] === 'resident' && Number(is[4]) === (was === undefined ? 0 : Number(was[4])) + 1;
+        const alone = inFlightBefore === 0 && releasesRequested === requestedBefore && before !== undefined && after !== undefined && sameBut(before, after, s.id) && residentThroughout;
         if (alone && usedBefore !== undefined && usedAfter !== undefined) {
           f.measuredCompletions++;
           f.filledBytes += usedAfter - usedBefore;

@@ -64,6 +64,15 @@ export interface RuntimeSessions {
   freedBytes: number;
   /** freedBytes by `sessionId:incarnation`. */
   freedBy: Record<string, number>;
+  /**
+   * Demote before destroy: their gpu.demoted (GPU KV freed while the session lived on) and gpu.restored (brought
+   * back) events, each counted once by its token, and by `sessionId:incarnation` the net of both (freed − restored).
+   */
+  demotes: number;
+  demoteFreedBytes: number;
+  restores: number;
+  restoredBytes: number;
+  offloadNetBy: Record<string, number>;
 }
 
 // The event that ends a session with each cause; the first one seen after the session opened starts the clock.
@@ -105,11 +114,13 @@ export function createRunRecorder(now: () => number = Date.now): RunRecorder {
   // Where each session (its latest opening) and each release (by its token) went, and what was freed there.
   const runtimeOf = new Map<string, string>();
   const releaseRuntime = new Map<string, string>();
-  const byRuntime = new Map<string, { opened: number; ended: number; registeredBytes: number; nodes: Set<string>; freedBy: Map<string, number> }>();
+  type Runtime = { opened: number; ended: number; registeredBytes: number; nodes: Set<string>; freedBy: Map<string, number>; offload: { demotes: number; freed: number; restores: number; restored: number; netBy: Map<string, number> } };
+  const byRuntime = new Map<string, Runtime>();
+  const offloadTokens = new Set<string>();
   const runtimesOfNode = new Map<string, Set<string>>();
   const runtime = (url: string) => {
     let r = byRuntime.get(url);
-    if (r === undefined) byRuntime.set(url, (r = { opened: 0, ended: 0, registeredBytes: 0, nodes: new Set(), freedBy: new Map() }));
+    if (r === undefined) byRuntime.set(url, (r = { opened: 0, ended: 0, registeredBytes: 0, nodes: new Set(), freedBy: new Map(), offload: { demotes: 0, freed: 0, restores: 0, restored: 0, netBy: new Map() } }));
     return r;
   };
 
@@ -159,6 +170,20 @@ export function createRunRecorder(now: () => number = Date.now): RunRecorder {
         const incarnationKey = `${sessionId}:${String(num(data.incarnation))}`;
         if (url !== undefined && freed !== undefined && !runtime(url).freedBy.has(incarnationKey)) runtime(url).freedBy.set(incarnationKey, freed);
       }
+      if (type === EventType.GpuDemoted || type === EventType.GpuRestored) {
+        // Reported again on a redelivery (another id, the same token): counted once.
+        const token = `${String(type)} ${str(data.token) ?? ''}`;
+        const url = runtimeOf.get(sessionId);
+        if (url !== undefined && !offloadTokens.has(token)) {
+          offloadTokens.add(token);
+          const o = runtime(url).offload;
+          const incarnationKey = `${sessionId}:${String(num(data.incarnation))}`;
+          const bytes = (type === EventType.GpuDemoted ? num(data.freedBytes) : num(data.restoredBytes)) ?? 0;
+          if (type === EventType.GpuDemoted) [o.demotes, o.freed] = [o.demotes + 1, o.freed + bytes];
+          else [o.restores, o.restored] = [o.restores + 1, o.restored + bytes];
+          o.netBy.set(incarnationKey, (o.netBy.get(incarnationKey) ?? 0) + (type === EventType.GpuDemoted ? bytes : -bytes));
+        }
+      }
       const cause = typeof type === 'string' ? TRIGGER_OF[type] : undefined;
       if (cause !== undefined && (type !== EventType.InferenceCompleted || data.release === true)) {
         const causes = triggerAt.get(sessionId) ?? new Map<DestroyCause, number>();
@@ -205,6 +230,11 @@ export function createRunRecorder(now: () => number = Date.now): RunRecorder {
         releases: freed.length,
         freedBytes: freed.reduce((sum, b) => sum + b, 0),
         freedBy: Object.fromEntries(r?.freedBy ?? []),
+        demotes: r?.offload.demotes ?? 0,
+        demoteFreedBytes: r?.offload.freed ?? 0,
+        restores: r?.offload.restores ?? 0,
+        restoredBytes: r?.offload.restored ?? 0,
+        offloadNetBy: Object.fromEntries(r?.offload.netBy ?? []),
       };
     },
   };
@@ -258,6 +288,8 @@ export interface EngineFigures {
   freedBytes: number;
   /** The ledger's confirmed freed bytes over the run on the engine sessions' nodes; undefined when a node is shared. */
   ledgerFreedBytes: number | undefined;
+  /** Demote before destroy on the engine: gpu.demoted and gpu.restored, and what the ledger keeps offloaded now. */
+  offload: { demotes: number; freedBytes: number; restores: number; restoredBytes: number; ledgerOffloadedBytes: number | undefined };
   usedBytes: EngineReadings;
   /** The demo's turns there, when the demo ran. */
   demo?: Omit<DemoEngineFigures, 'sessions' | 'url' | 'node'>;
@@ -286,14 +318,20 @@ export function engineFigures(url: string, seen: RuntimeSessions, ledgerStart: L
   if (ledgerFreedBytes !== undefined && ledgerFreedBytes !== seen.freedBytes) problems.push(`the ledger booked ${ledgerFreedBytes} bytes freed on ${seen.nodes.join(', ')}, gpu.released reported ${seen.freedBytes}`);
   if (usedBytes.atStart === undefined || usedBytes.now === undefined) problems.push("the engine's reading could not be taken");
   else if (stillOpen === 0 && usedBytes.now !== usedBytes.atStart) problems.push(`the engine's reading is ${usedBytes.now} bytes, not back at its start (${usedBytes.atStart})`);
+  const offloaded = (audit: LedgerAudit) => audit.nodes.filter((n) => seen.nodes.includes(n.node)).reduce((sum, n) => sum + (n.offloadedBytes ?? 0), 0);
+  const ledgerOffloadedBytes = seen.nodesShared ? undefined : offloaded(ledgerEnd);
+  if (stillOpen === 0 && ledgerOffloadedBytes !== undefined && ledgerOffloadedBytes !== 0) problems.push(`the ledger still counts ${ledgerOffloadedBytes} bytes offloaded on ${seen.nodes.join(', ')}`);
   const compared = { sessions: 0, of: demo?.sessions.length ?? 0, filledBytes: 0, freedBytes: 0 };
   for (const s of demo?.sessions ?? []) {
-    const freed = seen.freedBy[`${s.sessionId}:${s.incarnation}`];
-    if (s.unmeasured > 0 || s.demotedWaits > 0 || s.measuredCompletions !== s.completions || freed === undefined) continue;
+    const key = `${s.sessionId}:${s.incarnation}`;
+    const released = seen.freedBy[key];
+    if (s.unmeasured > 0 || s.measuredCompletions !== s.completions || released === undefined) continue;
+    // A demote freed part of it while the session lived on, a restore filled it again: the release frees the rest.
+    const freed = released + (seen.offloadNetBy[key] ?? 0);
     compared.sessions++;
     compared.filledBytes += s.filledBytes;
     compared.freedBytes += freed;
-    if (freed !== s.filledBytes) problems.push(`${s.sessionId}: its release freed ${freed} bytes, its turns filled ${s.filledBytes}`);
+    if (freed !== s.filledBytes) problems.push(`${s.sessionId}: its demotes and release freed ${freed} bytes net, its turns filled ${s.filledBytes}`);
   }
   return {
     url,
@@ -301,6 +339,7 @@ export function engineFigures(url: string, seen: RuntimeSessions, ledgerStart: L
     releases: seen.releases,
     freedBytes: seen.freedBytes,
     ledgerFreedBytes,
+    offload: { demotes: seen.demotes, freedBytes: seen.demoteFreedBytes, restores: seen.restores, restoredBytes: seen.restoredBytes, ledgerOffloadedBytes },
     usedBytes,
     ...(demo === undefined
       ? {}
@@ -384,6 +423,8 @@ function engineLines(e: EngineFigures): string[] {
     lines.push(`  KV filled       ${bytesExact(d.filledBytes)} by the ${d.measuredCompletions} completions measured alone   (the engine's reading before → after each)`);
   }
   lines.push(`  KV freed        ${bytesExact(e.freedBytes)} in ${e.releases} releases   (gpu.released freedBytes; ledger ${e.ledgerFreedBytes === undefined ? 'shares the node with other runtimes' : bytesExact(e.ledgerFreedBytes)})`);
+  const o = e.offload;
+  lines.push(`  KV demoted      ${bytesExact(o.freedBytes)} freed by ${o.demotes} demotes · ${bytesExact(o.restoredBytes)} back by ${o.restores} restores · ${o.ledgerOffloadedBytes === undefined ? 'node shared' : bytesExact(o.ledgerOffloadedBytes)} offloaded now   (gpu.demoted, gpu.restored; ledger)`);
   lines.push(`  engine reading  ${maybeBytes(e.usedBytes.atStart)} at the start · ${maybeBytes(e.usedBytes.now)} now   (GET /v1/memory usedBytes)`);
   const c = e.compared;
   const notCompared = c.of - c.sessions;
@@ -393,7 +434,7 @@ function engineLines(e: EngineFigures): string[] {
       : `NO: ${e.problems.join('; ')}`
     : d === undefined
       ? 'yes: the ledger booked what the engine reported, and the engine is back at its start'
-      : `yes: ${c.sessions} of ${c.of} sessions freed exactly what their turns filled (${bytesExact(c.freedBytes)})${notCompared > 0 ? ` (${notCompared} not compared: a completion not measured alone, or demoted)` : ''}; the engine is back at its start`;
+      : `yes: ${c.sessions} of ${c.of} sessions freed exactly what their turns filled (${bytesExact(c.freedBytes)}, demotes and releases net of restores)${notCompared > 0 ? ` (${notCompared} not compared: a completion not measured alone)` : ''}; the engine is back at its start`;
   lines.push(`  agree           ${verdict}`);
   return lines;
 }

@@ -30,6 +30,11 @@ const DEMO_ENV = {
   LOAD_POLICY: JSON.stringify({ minGraceMs: 1000 }),
 };
 
+// With the real engine, demote before destroy is on (README, "Demote before destroy"): a demo user who pauses past
+// their rhythm has their session's KV moved off the engine's KV cache, and back when they type again. The simulator
+// does not offer demote (it answers 501, read as a refusal for good: each of its sessions is asked once).
+const ENGINE_DEMO_ENV = { ...DEMO_ENV, DEMOTE_QUIET_MS: '1500' };
+
 // A supervisor (or a test harness) commonly sends SIGTERM and SIGKILLs 5 s later; the whole stop fits in that: the
 // Broker gets 2 s to finish its deliveries (the rest are kept for the next start, nothing is lost), and a stop that
 // still hangs is cut short, its children then dying with this process.
@@ -127,7 +132,7 @@ async function main(): Promise<number> {
       deadLetterDir: join(flags.stateDir, 'dead-letters'),
       logLevel: 'info',
       logger: brokerLog,
-      env: DEMO_ENV,
+      env: flags.engine === undefined ? DEMO_ENV : ENGINE_DEMO_ENV,
       runtimeEnv: { SIM_TOTAL_BYTES: String(SIM_GPU_BYTES) },
       onEvent: (ev) => observers.forEach((observe) => observe(ev)),
       // Knative would restart the pod and carry on; so does the stack. The user is told, above the progress line.

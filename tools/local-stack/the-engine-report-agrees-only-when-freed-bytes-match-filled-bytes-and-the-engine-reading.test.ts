@@ -1,6 +1,7 @@
 // The real engine's part of the report: the recorder attributes each gpu.released to the runtime its release was sent
 // to (once per incarnation), and the report agrees only when the ledger booked what gpu.released said, each session
-// measured alone freed exactly what its turns filled, and the engine's own reading is back at its start.
+// measured alone freed exactly what its turns filled (its demotes and release, net of its restores), and the engine's
+// own reading is back at its start.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { LedgerAudit, NodeLedger } from '../../functions/core/ledger.ts';
@@ -55,6 +56,7 @@ test('the recorder counts each engine release once, by the runtime it was sent t
   const seen = recorded().runtimeSessions(`${ENGINE}/`);
   assert.deepEqual(seen, {
     opened: 2, ended: 2, registeredBytes: 2000, nodes: ['llama-engine'], nodesShared: false, releases: 2, freedBytes: 3500, freedBy: { 'a:1': 3000, 'b:1': 500 },
+    demotes: 0, demoteFreedBytes: 0, restores: 0, restoredBytes: 0, offloadNetBy: {},
   });
 });
 
@@ -73,7 +75,7 @@ test('the report agrees when every figure matches, and says which one does not o
 
   const short = engineFigures(ENGINE, seen, ledger(0), ledger(3500), back, demo([session('a', 3000), session('b', 600)]));
   assert.equal(short.agree, false);
-  assert.deepEqual(short.problems, ['b: its release freed 500 bytes, its turns filled 600']);
+  assert.deepEqual(short.problems, ['b: its demotes and release freed 500 bytes net, its turns filled 600']);
 
   const leaked = engineFigures(ENGINE, seen, ledger(0), ledger(3500), { atStart: 29, now: 553 }, demo([session('a', 3000), session('b', 500)]));
   assert.deepEqual(leaked.problems, ["the engine's reading is 553 bytes, not back at its start (29)"]);
@@ -82,14 +84,34 @@ test('the report agrees when every figure matches, and says which one does not o
   assert.deepEqual(misbooked.problems, ['the ledger booked 3000 bytes freed on llama-engine, gpu.released reported 3500']);
 });
 
-test('a session not measured alone, or seen demoted, is left out of the comparison rather than guessed at', () => {
+test('a session not measured alone is left out of the comparison rather than guessed at', () => {
   const seen = recorded().runtimeSessions(ENGINE);
   const figures = engineFigures(ENGINE, seen, ledger(0), ledger(3500), { atStart: 29, now: 29 }, demo([
     session('a', 2000, { measuredCompletions: 1, unmeasured: 1 }),
-    session('b', 0, { demotedWaits: 2 }),
+    session('b', 500, { demotedWaits: 2 }),
   ]));
   assert.equal(figures.agree, true);
-  assert.deepEqual(figures.compared, { sessions: 0, of: 2, filledBytes: 0, freedBytes: 0 });
+  assert.deepEqual(figures.compared, { sessions: 1, of: 2, filledBytes: 500, freedBytes: 500 }, 'a demoted session is compared on its net');
+});
+
+test('a demoted session frees by its demotes and release, net of its restores, each answer counted once by its token', () => {
+  const r = createRunRecorder();
+  r.observe(ev('o-d', 'session.opened', { sessionId: 'd', placement: { node: 'llama-engine', runtimeUrl: ENGINE, gpuBytes: 1000 } }));
+  const demoted = (id: string, token: string, freedBytes: number) => ev(id, 'gpu.demoted', { sessionId: 'd', incarnation: 1, node: 'llama-engine', offloadedBytes: freedBytes + 64, freedBytes, token });
+  // Filled 700, demoted (700 freed), restored (700 back), filled 300 more, demoted again (1000 freed), then closed:
+  // the release frees nothing more.
+  r.observe(demoted('dm-1', 'k1', 700));
+  r.observe(demoted('dm-1-again', 'k1', 700));
+  r.observe(ev('rs-1', 'gpu.restored', { sessionId: 'd', incarnation: 1, node: 'llama-engine', restoredBytes: 700, token: 'k2' }));
+  r.observe(demoted('dm-2', 'k3', 1000));
+  r.observe(ev('q-d', 'gpu.release.requested', { sessionId: 'd', incarnation: 1, placement: { node: 'llama-engine', runtimeUrl: ENGINE, gpuBytes: 1000 }, attempt: 1, token: 't-d' }));
+  r.observe(ev('r-d', 'gpu.released', { sessionId: 'd', incarnation: 1, node: 'llama-engine', freedBytes: 0, token: 't-d' }));
+  r.observe(ev('x-d', 'session.destroyed', { sessionId: 'd', incarnation: 1, cause: 'idle', durationMs: 5 }));
+  const seen = r.runtimeSessions(ENGINE);
+  assert.deepEqual([seen.demotes, seen.demoteFreedBytes, seen.restores, seen.restoredBytes, seen.offloadNetBy], [2, 1700, 1, 700, { 'd:1': 1000 }]);
+  const figures = engineFigures(ENGINE, seen, ledger(0), ledger(0), { atStart: 29, now: 29 }, demo([session('d', 1000)]));
+  assert.equal(figures.agree, true, figures.problems.join('; '));
+  assert.deepEqual(figures.compared, { sessions: 1, of: 1, filledBytes: 1000, freedBytes: 1000 });
 });
 
 test('engine sessions still open are not over yet: the report does not agree until they end', () => {
