@@ -50,6 +50,8 @@ test('a quiet session on a real llama.cpp engine is demoted off the GPU, then re
     for (const sessionId of [back, leaves]) {
       await send(stack, 'session.activity', { sessionId, kind: 'input' });
       await send(stack, 'session.activity', { sessionId, kind: 'message', text: 'a first question' });
+      // The model's answer is done (until then the KV is in use, and no demote is asked).
+      await send(stack, 'inference.completed', { sessionId, requestId: `${sessionId}-1`, release: false });
     }
     const held = new Map(await Promise.all([back, leaves, untouched].map(async (id) => [id, await tokensHeld(engine, id)] as const)));
     const before = await usedBytes(engine);
