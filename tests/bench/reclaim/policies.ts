@@ -166,32 +166,45 @@ export function observeSpells(sessions: readonly Session[], untilMs: number, tok
   return out;
 }
 
-/** Fits Kaplan–Meier survival curves per class to observed spells (censored ones count as at risk until watched). */
-export function fitReturnModel(observations: readonly SpellObservation[], horizonMs = 1_800_000): ReturnModel {
-  const curves = new Map<SpellClass, Array<[number, number]>>();
-  const counts = Object.fromEntries(SPELL_CLASSES.map((c) => [c, { spells: 0, returns: 0 }])) as Record<SpellClass, { spells: number; returns: number }>;
-  for (const cls of SPELL_CLASSES) {
-    const obs = observations.filter((o) => o.cls === cls).sort((a, b) => a.quietMs - b.quietMs || Number(b.returned) - Number(a.returned));
-    counts[cls] = { spells: obs.length, returns: obs.filter((o) => o.returned).length };
-    const curve: Array<[number, number]> = [];
-    let atRisk = obs.length;
-    let s = 1;
-    for (let i = 0; i < obs.length; ) {
-      const t = obs[i]!.quietMs;
-      let returns = 0;
-      let leaving = 0;
-      while (i < obs.length && obs[i]!.quietMs === t) {
-        if (obs[i]!.returned) returns++;
-        leaving++;
-        i++;
-      }
-      if (returns > 0 && atRisk > 0) {
-        s *= 1 - returns / atRisk;
-        curve.push([t, s]);
-      }
-      atRisk -= leaving;
+/** Fewest spells a class needs for a curve of its own; a class with fewer uses the curve of all spells together. */
+export const MIN_SPELLS_PER_CLASS = 30;
+
+// Kaplan–Meier: at each quiet time with returns, survival falls by returns / spells still watched.
+function kaplanMeier(observations: readonly SpellObservation[]): Array<[number, number]> {
+  const obs = [...observations].sort((a, b) => a.quietMs - b.quietMs);
+  const curve: Array<[number, number]> = [];
+  let atRisk = obs.length;
+  let s = 1;
+  for (let i = 0; i < obs.length; ) {
+    const t = obs[i]!.quietMs;
+    let returns = 0;
+    let leaving = 0;
+    while (i < obs.length && obs[i]!.quietMs === t) {
+      if (obs[i]!.returned) returns++;
+      leaving++;
+      i++;
     }
-    curves.set(cls, curve);
+    if (returns > 0) {
+      s *= 1 - returns / atRisk;
+      curve.push([t, s]);
+    }
+    atRisk -= leaving;
+  }
+  return curve;
+}
+
+/**
+ * Fits Kaplan–Meier survival curves per class to observed spells (a censored spell counts as watched until it was
+ * cut off); a class with fewer than MIN_SPELLS_PER_CLASS spells gets the curve of all spells.
+ */
+export function fitReturnModel(observations: readonly SpellObservation[], horizonMs = 1_800_000): ReturnModel {
+  const pooled = kaplanMeier(observations);
+  const curves = new Map<SpellClass, Array<[number, number]>>();
+  const counts = {} as Record<SpellClass, { spells: number; returns: number }>;
+  for (const cls of SPELL_CLASSES) {
+    const obs = observations.filter((o) => o.cls === cls);
+    counts[cls] = { spells: obs.length, returns: obs.filter((o) => o.returned).length };
+    curves.set(cls, obs.length >= MIN_SPELLS_PER_CLASS ? kaplanMeier(obs) : pooled);
   }
   return {
     horizonMs,
