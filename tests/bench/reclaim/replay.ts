@@ -231,6 +231,21 @@ function emptyMetrics(policy: string): ReplayMetrics {
   };
 }
 
+// Every turn as [session position, turn position], in trace order; computed once per list of sessions (the bench
+// replays the same list through many policies).
+const arrivalOrders = new WeakMap<readonly Session[], ReadonlyArray<readonly [number, number]>>();
+function arrivalOrder(sessions: readonly Session[]): ReadonlyArray<readonly [number, number]> {
+  let order = arrivalOrders.get(sessions);
+  if (order === undefined) {
+    const all: Array<readonly [number, number]> = [];
+    sessions.forEach((session, s) => session.turns.forEach((_, i) => all.push([s, i])));
+    const turnOf = ([s, i]: readonly [number, number]) => sessions[s]!.turns[i]!;
+    order = all.sort((a, b) => turnOf(a).arrivalMs - turnOf(b).arrivalMs || turnOf(a).index - turnOf(b).index);
+    arrivalOrders.set(sessions, order);
+  }
+  return order;
+}
+
 /** Replays the sessions through the policy and returns what it measured. */
 export function replay(sessions: readonly Session[], policy: ReclaimPolicy, options: ReplayOptions): ReplayMetrics {
   const { tokensPerSecond, bytesPerToken, poolBytes } = options;
@@ -245,20 +260,18 @@ export function replay(sessions: readonly Session[], policy: ReclaimPolicy, opti
   let residentBytes = 0;
 
   // Arrivals go in first, in trace order, so that at equal times they come before anything scheduled later.
-  const arrivals: Array<[number, SessionRun, number]> = [];
-  for (const session of sessions) {
-    const run: SessionRun = {
+  const runs = sessions.map(
+    (session): SessionRun => ({
       session, reclaimer: policy.start(session), state: 'none', evictedByPool: false, kvTokens: 0, inFlight: 0, nextTurn: 0, lastEventAt: 0,
       checkVersion: 0, spell: undefined, demotedAt: 0,
-    };
-    session.turns.forEach((turn, i) => arrivals.push([turn.arrivalMs, run, i]));
-  }
-  arrivals.sort((a, b) => a[0] - b[0] || a[1].session.turns[a[2]]!.index - b[1].session.turns[b[2]]!.index);
-  for (const [at, run, i] of arrivals) queue.push(at, Kind.arrive, run, i);
+    }),
+  );
+  const arrivals = arrivalOrder(sessions);
+  for (const [s, i] of arrivals) queue.push(sessions[s]!.turns[i]!.arrivalMs, Kind.arrive, runs[s]!, i);
 
   // The load tier, evaluated every `everyMs` of virtual time up to each event (state only changes at events).
   let tier: LoadTierName = 'normal';
-  let nextTierAt = arrivals.length > 0 ? arrivals[0]![0] : 0;
+  let nextTierAt = arrivals.length > 0 ? sessions[arrivals[0]![0]]!.turns[arrivals[0]![1]]!.arrivalMs : 0;
   const eventTimes: number[] = [];
   let eventTimesHead = 0;
   const advanceTier = (to: number) => {

@@ -1,0 +1,167 @@
+// npm run bench:reclaim — reclamation quality on the real Mooncake chat trace (issue 14).
+//
+// Rebuilds the trace's sessions (sessions.ts), fits the return-probability policy on the first half of the trace, and
+// replays every policy (policies.ts) in virtual time (replay.ts), judging each on the quiet spells opened in the
+// second half only. Prints the tables the README quotes and writes the plot of every policy against the fixed-timeout
+// frontier. Deterministic: the same code gives the same figures and the same plot.
+//
+// Environment (all optional):
+//   RECLAIM_TOKENS_PER_SECOND  decode speed, default 50
+//   RECLAIM_BYTES_PER_TOKEN    GPU KV bytes per context token, default 131072 (7B-class: 2 × 32 layers × 8 KV heads × 128 × f16)
+//   RECLAIM_PLOT               where the SVG goes, default docs/bench/reclaim-frontier.svg
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, relative, resolve } from 'node:path';
+import { beyondFrontier, plotSvg, type FrontierPoint, type PlotSeries } from './frontier.ts';
+import {
+  activityScore,
+  fitReturnModel,
+  fixedTimeout,
+  formatDuration,
+  observeSpells,
+  oracle,
+  returnProbabilityPolicy,
+  SPELL_CLASSES,
+  timeoutsFor,
+  twoTier,
+} from './policies.ts';
+import { accuracy, DEFAULT_ACCURACY_WITHIN_MS, DEFAULT_BYTES_PER_TOKEN, DEFAULT_TOKENS_PER_SECOND, refillTokens, replay, type ReclaimPolicy, type ReplayMetrics, type ReplayOptions } from './replay.ts';
+import { loadMooncakeTrace, rebuildSessions } from './sessions.ts';
+
+const started = performance.now();
+const envNumber = (name: string, dflt: number): number => {
+  const raw = process.env[name];
+  const value = raw === undefined || raw === '' ? dflt : Number(raw);
+  if (!(value > 0)) throw new Error(`${name}=${raw} must be a positive number`);
+  return value;
+};
+const tokensPerSecond = envNumber('RECLAIM_TOKENS_PER_SECOND', DEFAULT_TOKENS_PER_SECOND);
+const bytesPerToken = envNumber('RECLAIM_BYTES_PER_TOKEN', DEFAULT_BYTES_PER_TOKEN);
+const plotPath = resolve(process.env.RECLAIM_PLOT ?? new URL('../../../docs/bench/reclaim-frontier.svg', import.meta.url).pathname);
+
+const MIN = 60_000;
+const GiB = 2 ** 30;
+const gibHours = (byteSeconds: number) => byteSeconds / GiB / 3600;
+const mtok = (tokens: number) => tokens / 1e6;
+const pct = (x: number | undefined) => (x === undefined ? '—' : `${x >= 0 ? '' : '+'}${Math.round(Math.abs(x) * 100)} %${x >= 0 ? ' less' : ' more'}`);
+const f1 = (x: number) => x.toFixed(1);
+
+const requests = await loadMooncakeTrace();
+const { sessions } = rebuildSessions(requests);
+const traceEnd = requests.at(-1)!.arrivalMs;
+const half = traceEnd / 2;
+const base: ReplayOptions = { tokensPerSecond, bytesPerToken, judgedFromMs: half };
+// Sessions with no turn in the judged half open no judged spell: leaving them out changes no unbounded figure.
+const judgedSessions = sessions.filter((s) => s.turns.some((t) => t.arrivalMs >= half));
+
+// The return-probability policy is fitted on the first half only (spells watched until the half, censored there).
+const model = fitReturnModel(observeSpells(sessions, half, tokensPerSecond));
+const RETURN_PS = [0.5, 0.3, 0.2, 0.1, 0.05];
+const returnPolicies = RETURN_PS.map((p) => returnProbabilityPolicy(`return-prob < ${p}`, timeoutsFor(model, p)));
+const returnDemote = [0.1, 0.05].map((p) => returnProbabilityPolicy(`return-prob < ${p}, demote 1 min`, timeoutsFor(model, p), MIN));
+
+const FIXED = [0.5, 1, 1.5, 2, 3, 5, 10, 15, 20, 30].map((m) => fixedTimeout(m * MIN));
+// Fixed demote/destroy pairs: a grid searched below; the main table shows part of it.
+const pairName = (d: number, D: number) => `demote ${formatDuration(d)} / destroy ${formatDuration(D)}`;
+const GRID_DEMOTE = [15, 30, 45, 60, 90, 120].map((s) => s * 1000);
+const GRID_DESTROY = [3, 5, 8, 10, 12, 15, 20, 30].map((m) => m * MIN);
+const SHOWN_PAIRS = new Set([0.5, 1, 2].flatMap((d) => [5, 10, 20, 30].map((D) => pairName(d * MIN, D * MIN))));
+// activity-score as the function runs it, with settings chosen before the replay (none tuned on the judged half).
+const OURS: ReclaimPolicy[] = [
+  activityScore('activity-score defaults'),
+  activityScore('activity-score + DEMOTE_QUIET_MS 1 min', { DEMOTE_QUIET_MS: String(MIN) }),
+  activityScore('activity-score + demote 30 s, IDLE_GRACE_MS 10 min', { DEMOTE_QUIET_MS: String(MIN / 2), IDLE_GRACE_MS: String(10 * MIN) }),
+];
+
+const run = (policy: ReclaimPolicy, options: ReplayOptions = base) => replay(options.poolBytes === undefined ? judgedSessions : sessions, policy, options);
+const fixed = FIXED.map((p) => run(p));
+const frontier: FrontierPoint[] = fixed.map((m) => ({ refill: refillTokens(m), waste: m.wasteByteSeconds }));
+const rows: Array<{ group: string; m: ReplayMetrics }> = [
+  { group: 'oracle', m: run(oracle()) },
+  ...fixed.map((m) => ({ group: 'fixed timeout', m })),
+  ...GRID_DEMOTE.flatMap((d) => GRID_DESTROY.map((D) => ({ group: 'fixed two-tier', m: run(twoTier(pairName(d, D), d, D)) }))),
+  ...OURS.map((p) => ({ group: 'activity-score', m: run(p) })),
+  ...[...returnPolicies, ...returnDemote].map((p) => ({ group: 'return probability', m: run(p) })),
+];
+
+const judged = rows[0]!.m;
+console.log(`# Reclamation quality on the Mooncake conversation trace (issue 14)\n`);
+console.log(`Trace: ${requests.length} requests over ${f1(traceEnd / MIN)} min, rebuilt into ${sessions.length} sessions (${sessions.filter((s) => s.turns.length > 1).length} multi-turn).`);
+console.log(`Judged: quiet spells opened by turns arriving in the second half (from ${f1(half / MIN)} min): ${judged.spells} spells, ${judged.followUps} ending in a follow-up, ${judged.finals} after a session's last turn.`);
+console.log(`Model: decode ${tokensPerSecond} tokens/s; GPU KV ${bytesPerToken} B per context token (2 × layers × KV heads × head dim × bytes per value; default 2 × 32 × 8 × 128 × 2, a 7B-class GQA model in f16).`);
+console.log(`Signals the trace does not carry — typing, edits, cursor, message text, embeddings, holds — are absent: activity-score sees one \`message\` per turn and one \`inference.completed\`.`);
+console.log(`Return-probability fit (first half only, Kaplan–Meier, horizon ${formatDuration(model.horizonMs)}): ${SPELL_CLASSES.map((c) => `${c}: ${model.counts[c].returns}/${model.counts[c].spells} returned`).join('; ')}.`);
+for (const p of RETURN_PS) console.log(`  P(return) < ${p}: destroy after ${SPELL_CLASSES.map((c) => `${c} ${formatDuration(timeoutsFor(model, p)[c])}`).join(', ')}`);
+console.log('');
+console.log('| policy | wasted GPU KV after last turn (GiB·h) | GPU KV held in gaps (GiB·h) | premature ends | re-prefill (M tokens) | demotes / restores (GiB moved back) | accuracy | waste vs frontier at same re-prefill | re-prefill vs frontier at same waste |');
+console.log('|---|---|---|---|---|---|---|---|---|');
+for (const { group, m } of rows) {
+  if (group === 'fixed two-tier' && !SHOWN_PAIRS.has(m.policy)) continue;
+  const beyond = beyondFrontier(frontier, { refill: refillTokens(m), waste: m.wasteByteSeconds });
+  const moves = m.demotes === 0 ? '—' : `${m.demotes} / ${m.restores} (${f1(m.restoredBytes / GiB)})`;
+  console.log(`| ${m.policy} | ${f1(gibHours(m.wasteByteSeconds))} | ${f1(gibHours(m.gapByteSeconds))} | ${m.premature} | ${f1(mtok(refillTokens(m)))} | ${moves} | ${Math.round(accuracy(m) * 100)} % | ${pct(beyond.lessWaste)} | ${pct(beyond.lessRefill)} |`);
+}
+console.log(`\nAccuracy: share of judged quiet spells decided right — a follow-up found its KV kept (on the GPU or demoted), or a session that sent no further turn had its GPU KV freed within ${formatDuration(DEFAULT_ACCURACY_WITHIN_MS)} of its last turn's completion.`);
+console.log('Frontier: the fixed timeouts, joined by straight lines (mixing two timeouts reaches any point between them); "—" where a policy lies outside their range.');
+
+// The same policies judged on the first half: what a choice of settings may look at (the held-back half may not).
+const firstHalf: ReplayOptions = { tokensPerSecond, bytesPerToken, judgedUntilMs: half };
+const firstSessions = sessions.filter((s) => s.turns[0]!.arrivalMs < half);
+const firstFrontier = FIXED.map((p) => replay(firstSessions, p, firstHalf)).map((m) => ({ refill: refillTokens(m), waste: m.wasteByteSeconds }));
+console.log('\n## The first half (where settings may be chosen)\n');
+console.log('| policy | wasted GPU KV (GiB·h) | re-prefill (M tokens) | restores | waste vs frontier at same re-prefill | re-prefill vs frontier at same waste |');
+console.log('|---|---|---|---|---|---|');
+for (const policy of [...OURS, twoTier(pairName(MIN, 10 * MIN), MIN, 10 * MIN), twoTier(pairName(MIN / 2, 20 * MIN), MIN / 2, 20 * MIN), returnPolicies[3]!, returnDemote[0]!]) {
+  const m = replay(firstSessions, policy, firstHalf);
+  const beyond = beyondFrontier(firstFrontier, { refill: refillTokens(m), waste: m.wasteByteSeconds });
+  console.log(`| ${m.policy} | ${f1(gibHours(m.wasteByteSeconds))} | ${f1(mtok(refillTokens(m)))} | ${m.restores} | ${pct(beyond.lessWaste)} | ${pct(beyond.lessRefill)} |`);
+}
+
+// Do the per-session signals buy anything over a fixed pair? For each demoting policy, the fixed pairs (on a dense
+// grid) that waste no more GPU KV and re-prefill no more; the one of them with fewest restores.
+const dense = rows.filter((r) => r.group === 'fixed two-tier').map((r) => r.m);
+console.log('\n## Per-session signals against fixed demote/destroy pairs (second half)\n');
+console.log(`Fixed pairs searched: demote after ${GRID_DEMOTE.map(formatDuration).join(', ')} × destroy after ${GRID_DESTROY.map(formatDuration).join(', ')}.\n`);
+console.log('| policy | waste (GiB·h) | re-prefill (M tokens) | restores (GiB moved back) | best fixed pair at no more waste and no more re-prefill | its waste / re-prefill / restores (GiB) |');
+console.log('|---|---|---|---|---|---|');
+for (const { m } of rows.filter((r) => r.m.demotes > 0 && r.group !== 'fixed two-tier')) {
+  const better = dense.filter((f) => f.wasteByteSeconds <= m.wasteByteSeconds && refillTokens(f) <= refillTokens(m)).sort((a, b) => a.restores - b.restores);
+  const best = better[0];
+  const theirs = best === undefined ? '—' : `${f1(gibHours(best.wasteByteSeconds))} / ${f1(mtok(refillTokens(best)))} / ${best.restores} (${f1(best.restoredBytes / GiB)})`;
+  console.log(`| ${m.policy} | ${f1(gibHours(m.wasteByteSeconds))} | ${f1(mtok(refillTokens(m)))} | ${m.restores} (${f1(m.restoredBytes / GiB)}) | ${best?.policy ?? 'none on the grid'} | ${theirs} |`);
+}
+
+// Fixed KV pools below the trace's peak demand: the oracle's peak (every session's KV from its first turn to the end
+// of its last, and never longer) over the whole trace.
+const peak = replay(sessions, oracle(), { tokensPerSecond, bytesPerToken }).peakResidentBytes;
+const POOL_SHARES = [0.8, 0.6, 0.45];
+const poolPolicies: ReclaimPolicy[] = [...FIXED, twoTier(pairName(MIN, 10 * MIN), MIN, 10 * MIN), twoTier(pairName(MIN / 2, 20 * MIN), MIN / 2, 20 * MIN), ...OURS, returnPolicies[3]!, returnDemote[0]!];
+console.log(`\n## Under a fixed GPU KV pool (peak demand ${f1(peak / GiB)} GiB: the oracle's peak)\n`);
+console.log('A turn that finds no room evicts the least recently active quiet sessions (their follow-ups re-prefill). Judged: arrivals and spells in the second half.\n');
+console.log('| pool | policy | turns without room | evicted follow-ups | premature ends | re-prefill (M tokens) | wasted GPU KV (GiB·h) |');
+console.log('|---|---|---|---|---|---|---|');
+for (const share of POOL_SHARES) {
+  const poolBytes = Math.round(peak * share);
+  for (const policy of poolPolicies) {
+    const m = run(policy, { ...base, poolBytes });
+    const refused = m.refusedTurns > 0 ? ` (${m.refusedTurns} could not fit at all)` : '';
+    console.log(`| ${Math.round(share * 100)} % (${f1(poolBytes / GiB)} GiB) | ${m.policy} | ${m.noRoomTurns}${refused} | ${m.evicted} | ${m.premature} | ${f1(mtok(refillTokens(m)))} | ${f1(gibHours(m.wasteByteSeconds))} |`);
+  }
+}
+
+// The plot: every unbounded policy against the frontier.
+const point = (m: ReplayMetrics, label?: string) => ({ refill: refillTokens(m), waste: m.wasteByteSeconds, ...(label === undefined ? {} : { label }) });
+const group = (name: string) => rows.filter((r) => r.group === name).map((r) => r.m);
+const series: PlotSeries[] = [
+  { name: 'fixed timeouts (frontier)', color: '#444', line: true, points: group('fixed timeout').map((m) => point(m, m.policy.replace('fixed ', ''))) },
+  { name: 'fixed two-tier (demote d / destroy D)', color: '#1f77b4', line: false, points: group('fixed two-tier').map((m) => point(m)) },
+  { name: 'return probability (fit: 1st half)', color: '#2ca02c', line: true, points: group('return probability').filter((m) => !m.policy.includes('demote')).map((m) => point(m, m.policy.replace('return-prob ', 'p'))) },
+  { name: 'return probability + demote 1 min', color: '#98df8a', line: false, points: group('return probability').filter((m) => m.policy.includes('demote')).map((m) => point(m)) },
+  ...group('activity-score').map((m, i) => ({ name: m.policy, color: ['#d62728', '#ff7f0e', '#9467bd'][i] ?? '#d62728', line: false, points: [point(m)] })),
+];
+mkdirSync(dirname(plotPath), { recursive: true });
+writeFileSync(
+  plotPath,
+  plotSvg('Mooncake trace, second half: every policy against the fixed-timeout frontier', series, { refillScale: 1e6, refillUnit: 'million tokens', wasteScale: GiB * 3600, wasteUnit: 'GiB·h' }),
+);
+console.log(`\nPlot: ${relative(process.cwd(), plotPath)}`);
+console.log(`Replayed ${rows.length} policies on the second half, ${OURS.length + 6} on the first and ${poolPolicies.length * POOL_SHARES.length} under pools in ${f1((performance.now() - started) / 1000)} s.`);
