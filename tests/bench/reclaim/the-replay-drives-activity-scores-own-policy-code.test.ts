@@ -28,20 +28,20 @@ test('a one-turn session is destroyed exactly when the function judges it idle',
 });
 
 test('changing a weight in the tenant policy (TENANT_POLICIES) moves the replay, and another tenant\'s policy does not', async () => {
-  const requests = (await loadMooncakeTrace()).filter((r) => r.arrivalMs < 600_000);
+  const requests = (await loadMooncakeTrace()).filter((r) => r.arrivalMs < 300_000);
   const { sessions } = rebuildSessions(requests);
   const run = (env: Record<string, string>) => replay(sessions, activityScore('variant', env), options);
   const defaults = run({});
   const otherTenant = run({ TENANT_POLICIES: JSON.stringify({ someone: { weights: { timing: 1, behavior: 0 } } }) });
   const timingOnly = run({ TENANT_POLICIES: JSON.stringify({ [TRACE_TENANT]: { weights: { timing: 1, behavior: 0 } } }) });
   assert.deepEqual(otherTenant, defaults);
-  assert.ok(defaults.spells > 100);
+  assert.ok(defaults.spells > 100, `enough spells to judge (got ${defaults.spells})`);
   assert.notEqual(timingOnly.wasteByteSeconds, defaults.wasteByteSeconds);
   assert.notEqual(timingOnly.premature, defaults.premature);
 });
 
 test('DEMOTE_QUIET_MS turns on the function\'s demotes, and they cut GPU waste without changing destroys', async () => {
-  const requests = (await loadMooncakeTrace()).filter((r) => r.arrivalMs < 600_000);
+  const requests = (await loadMooncakeTrace()).filter((r) => r.arrivalMs < 300_000);
   const { sessions } = rebuildSessions(requests);
   const plain = replay(sessions, activityScore('defaults'), options);
   const demoting = replay(sessions, activityScore('demote', { DEMOTE_QUIET_MS: '30000' }), options);
@@ -49,4 +49,14 @@ test('DEMOTE_QUIET_MS turns on the function\'s demotes, and they cut GPU waste w
   assert.ok(demoting.demotes > 0);
   assert.ok(demoting.wasteByteSeconds < plain.wasteByteSeconds);
   assert.equal(demoting.premature, plain.premature, 'a demote never ends a session');
+});
+
+test('without a pool the tier stays normal, so the checker\'s look cadence (LOAD_EVAL_MS) changes no figure', async () => {
+  const requests = (await loadMooncakeTrace()).filter((r) => r.arrivalMs < 300_000);
+  const { sessions } = rebuildSessions(requests);
+  const env = { DEMOTE_QUIET_MS: '30000', IDLE_GRACE_MS: '300000' };
+  const deployed = replay(sessions, activityScore('variant', env), options);
+  const hourly = replay(sessions, activityScore('variant', { ...env, LOAD_EVAL_MS: '3600000' }), options);
+  assert.ok(deployed.demotes > 0 && deployed.finals > 0);
+  assert.deepEqual(hourly, deployed);
 });
