@@ -60,9 +60,9 @@ const escape = (text: string): string => text.replace(/&/g, '&amp;').replace(/</
  * timeouts span two orders of magnitude). Points with no waste are drawn on the bottom edge.
  */
 export function plotSvg(title: string, series: readonly PlotSeries[], units: { refillScale: number; refillUnit: string; wasteScale: number; wasteUnit: string }): string {
-  const width = 960;
+  const width = 1120;
   const height = 640;
-  const margin = { left: 80, right: 260, top: 50, bottom: 60 };
+  const margin = { left: 80, right: 420, top: 50, bottom: 60 };
   const plotW = width - margin.left - margin.right;
   const plotH = height - margin.top - margin.bottom;
   const all = series.flatMap((s) => s.points);
