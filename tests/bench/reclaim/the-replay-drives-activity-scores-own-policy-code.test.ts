@@ -60,3 +60,21 @@ test('without a pool the tier stays normal, so the checker\'s look cadence (LOAD
   assert.ok(deployed.demotes > 0 && deployed.finals > 0);
   assert.deepEqual(hourly, deployed);
 });
+
+test('under a pool at 90 % the load tier rises (evaluateLoadTier) and the session is destroyed at the tighter tier\'s idle moment', () => {
+  const turn: TraceRequest = { index: 0, arrivalMs: 1_000_000, inputTokens: 3000, outputTokens: 100, hashIds: [0, 1, 2, 3, 4, 5] };
+  const { sessions } = rebuildSessions([turn]);
+  const env = { IDLE_GRACE_MS: '600000' };
+  const settings = readActivityScoreSettings(env);
+  const policy = policyFor(settings, TRACE_TENANT, 'normal');
+  const completedAt = turn.arrivalMs + 10_000;
+  const ctx = applyCompletion(applyActivity(initialContext(turn.arrivalMs, policy), { kind: 'message', at: turn.arrivalMs }, policy), { at: completedAt, release: false }, policy);
+  const idleAt = (tier: 'normal' | 'low') => judgeIdleness(settings, ctx, completedAt, { tenant: TRACE_TENANT, tier, holdUntil: undefined }).decision.idleAt!;
+  // The default load policy: at low demand, memory pressure from 85 % raises the tier to `low` (grace × 0.75).
+  assert.ok(idleAt('low') < idleAt('normal'));
+
+  const unbounded = replay(sessions, activityScore('grace 10 min', env), options);
+  const pressed = replay(sessions, activityScore('grace 10 min', env), { ...options, poolBytes: Math.ceil(3100 / 0.9) });
+  assert.equal(unbounded.wasteByteSeconds, ((idleAt('normal') - completedAt) / 1000) * 3100);
+  assert.equal(pressed.wasteByteSeconds, ((idleAt('low') - completedAt) / 1000) * 3100);
+});
