@@ -51,6 +51,8 @@ export interface PlotSeries {
   readonly points: ReadonlyArray<FrontierPoint & { label?: string }>;
   /** Joined by a line (the frontier and fitted families), or points only. */
   readonly line: boolean;
+  /** Marker radius in pixels; 4 unless given (a larger one keeps a single point visible over a cloud). */
+  readonly radius?: number;
 }
 
 const escape = (text: string): string => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -97,7 +99,7 @@ export function plotSvg(title: string, series: readonly PlotSeries[], units: { r
       out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="1.5" points="${sorted.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(' ')}"/>`);
     }
     for (const [px, py, label] of pts) {
-      out.push(`<circle cx="${px.toFixed(1)}" cy="${py.toFixed(1)}" r="4" fill="${s.color}"/>`);
+      out.push(`<circle cx="${px.toFixed(1)}" cy="${py.toFixed(1)}" r="${s.radius ?? 4}" fill="${s.color}"${s.radius === undefined ? '' : ' stroke="black"'}/>`);
       if (label !== undefined) out.push(`<text x="${(px + 6).toFixed(1)}" y="${(py - 6).toFixed(1)}" font-size="10" fill="${s.color}">${escape(label)}</text>`);
     }
     const ly = margin.top + 10 + i * 20;

@@ -155,7 +155,7 @@ const series: PlotSeries[] = [
   { name: 'fixed two-tier (demote d / destroy D)', color: '#1f77b4', line: false, points: group('fixed two-tier').map((m) => point(m)) },
   { name: 'return probability (fit: 1st half)', color: '#2ca02c', line: true, points: group('return probability').filter((m) => !m.policy.includes('demote')).map((m) => point(m, m.policy.replace('return-prob ', 'p'))) },
   { name: 'return probability + demote 1 min', color: '#98df8a', line: false, points: group('return probability').filter((m) => m.policy.includes('demote')).map((m) => point(m)) },
-  ...group('activity-score').map((m, i) => ({ name: m.policy, color: ['#d62728', '#ff7f0e', '#9467bd', '#8c564b'][i] ?? '#d62728', line: false, points: [point(m)] })),
+  ...group('activity-score').map((m, i) => ({ name: m.policy, color: ['#d62728', '#ff7f0e', '#9467bd', '#8c564b'][i] ?? '#d62728', line: false, radius: 7, points: [point(m)] })),
 ];
 mkdirSync(dirname(plotPath), { recursive: true });
 writeFileSync(
