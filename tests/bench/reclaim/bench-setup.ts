@@ -14,6 +14,7 @@ import {
 import type { ReclaimPolicy, ReplayOptions } from './replay.ts';
 import { loadMooncakeTrace, rebuildSessions } from './sessions.ts';
 
+/** One minute in milliseconds. */
 export const MIN = 60_000;
 
 /** The name of a fixed demote/destroy pair. */

@@ -265,7 +265,7 @@ export function returnProbabilityPolicy(name: string, timeouts: Readonly<Record<
   };
 }
 
-/** 30 s, 2 min, 1 min 30 s. */
+/** A duration as the tables print it: 30 s, 2 min, 1 min 30 s. */
 export function formatDuration(ms: number): string {
   const s = Math.round(ms / 1000);
   if (s < 60) return `${s} s`;
