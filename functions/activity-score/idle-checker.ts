@@ -144,7 +144,8 @@ export class IdleChecker {
       // back to the wall clock by the same walk.
       const spans = blind?.spans ?? [];
       const lost = blindTimeWithin(spans, ctx.lastEventAt, now);
-      const judgement = judgeIdleness(this.#settings, ctx, now - lost, { tenant: session.tenant, tier, holdUntil: session.holdUntil });
+      // A demoted session's KV is off the GPU already: waiting for its user costs no GPU memory (DEMOTED_IDLE_GRACE_MS).
+      const judgement = judgeIdleness(this.#settings, ctx, now - lost, { tenant: session.tenant, tier, holdUntil: session.holdUntil, demoted: session.offload === 'demoted' });
       const { decision } = judgement;
       if (decision.idle) {
         // The id is the idle moment on the session's clock: the same at every re-check, whatever span is recorded since.

@@ -42,8 +42,8 @@ export const TIGHTEST_TIER: LoadTier = LOAD_TIERS[LOAD_TIERS.length - 1]!;
  * The earliest moment the session could be idle under any load tier (its tenant's policy at the tightest tier), or
  * undefined if never: the idle index wakes the checker then, and the checker judges with the tier of that moment.
  */
-export function earliestIdleAt(settings: ActivityScoreSettings, ctx: ActivityContext, now: number, tenant: string | undefined, holdUntil: number | undefined): number | undefined {
-  return idleDecision(ctx, now, policyFor(settings, tenant, TIGHTEST_TIER), { holdUntil }).idleAt;
+export function earliestIdleAt(settings: ActivityScoreSettings, ctx: ActivityContext, now: number, tenant: string | undefined, holdUntil: number | undefined, demoted = false): number | undefined {
+  return idleDecision(ctx, now, policyFor(settings, tenant, TIGHTEST_TIER, { demoted }), { holdUntil }).idleAt;
 }
 
 /**
@@ -93,14 +93,14 @@ export function judgeIdleness(
   settings: ActivityScoreSettings,
   ctx: ActivityContext,
   now: number,
-  opts: { tenant: string | undefined; tier: LoadTier; holdUntil: number | undefined },
+  opts: { tenant: string | undefined; tier: LoadTier; holdUntil: number | undefined; demoted?: boolean },
 ): IdleJudgement {
-  const decision = idleDecision(ctx, now, policyFor(settings, opts.tenant, opts.tier), { holdUntil: opts.holdUntil });
+  const decision = idleDecision(ctx, now, policyFor(settings, opts.tenant, opts.tier, { demoted: opts.demoted === true }), { holdUntil: opts.holdUntil });
   if (decision.idle) return { decision, tier: opts.tier };
   const candidates: number[] = [];
   if (decision.idleAt !== undefined) candidates.push(decision.idleAt);
   if (opts.tier !== TIGHTEST_TIER) {
-    const eager = earliestIdleAt(settings, ctx, now, opts.tenant, opts.holdUntil);
+    const eager = earliestIdleAt(settings, ctx, now, opts.tenant, opts.holdUntil, opts.demoted === true);
     if (eager !== undefined) candidates.push(eager > now ? eager : now + settings.loadPolicy.evaluateEveryMs);
   }
   if (candidates.length === 0) return { decision, tier: opts.tier };

@@ -105,7 +105,7 @@ function activityScoreReclaimer(settings: ActivityScoreSettings): SessionReclaim
     },
     check(now, view) {
       if (ctx === undefined) return { destroy: false, demote: false, nextCheckAt: undefined };
-      const judgement = judgeIdleness(settings, ctx, now, { tenant: TRACE_TENANT, tier: view.tier, holdUntil: undefined });
+      const judgement = judgeIdleness(settings, ctx, now, { tenant: TRACE_TENANT, tier: view.tier, holdUntil: undefined, demoted: !view.resident });
       if (judgement.decision.idle) return { destroy: true, demote: false, nextCheckAt: undefined };
       let nextCheckAt = judgement.nextCheckAt;
       const demoteMoment = view.resident ? demoteAt(settings, ctx) : undefined;

@@ -10,14 +10,15 @@ import { replay, type ReplayOptions } from './replay.ts';
 import { loadMooncakeTrace, rebuildSessions, type TraceRequest } from './sessions.ts';
 
 const options: ReplayOptions = { tokensPerSecond: 10, bytesPerToken: 1 };
+const NO_DEMOTE = { DEMOTE_QUIET_MS: '0' };
 
 test('a one-turn session is destroyed exactly when the function judges it idle', () => {
   const turn: TraceRequest = { index: 0, arrivalMs: 1_000_000, inputTokens: 3000, outputTokens: 100, hashIds: [0, 1, 2, 3, 4, 5] };
   const { sessions } = rebuildSessions([turn]);
-  const m = replay(sessions, activityScore('activity-score defaults'), options);
+  const m = replay(sessions, activityScore('activity-score defaults, runtime cannot demote', NO_DEMOTE), options);
 
   // The same events folded by hand through the function's exports: message at arrival, completion 10 s later.
-  const settings = readActivityScoreSettings({});
+  const settings = readActivityScoreSettings(NO_DEMOTE);
   const policy = policyFor(settings, TRACE_TENANT, 'normal');
   const completedAt = turn.arrivalMs + 10_000;
   const ctx = applyCompletion(applyActivity(initialContext(turn.arrivalMs, policy), { kind: 'message', at: turn.arrivalMs }, policy), { at: completedAt, release: false }, policy);
@@ -30,7 +31,8 @@ test('a one-turn session is destroyed exactly when the function judges it idle',
 test('changing a weight in the tenant policy (TENANT_POLICIES) moves the replay, and another tenant\'s policy does not', async () => {
   const requests = (await loadMooncakeTrace()).filter((r) => r.arrivalMs < 300_000);
   const { sessions } = rebuildSessions(requests);
-  const run = (env: Record<string, string>) => replay(sessions, activityScore('variant', env), options);
+  // Without demotes, so that every verdict is the weighted score's (a demoted session's long grace would hide some).
+  const run = (env: Record<string, string>) => replay(sessions, activityScore('variant', { ...NO_DEMOTE, ...env }), options);
   const defaults = run({});
   const otherTenant = run({ TENANT_POLICIES: JSON.stringify({ someone: { weights: { timing: 1, behavior: 0 } } }) });
   const timingOnly = run({ TENANT_POLICIES: JSON.stringify({ [TRACE_TENANT]: { weights: { timing: 1, behavior: 0 } } }) });
@@ -43,12 +45,15 @@ test('changing a weight in the tenant policy (TENANT_POLICIES) moves the replay,
 test('DEMOTE_QUIET_MS turns on the function\'s demotes, and they cut GPU waste without changing destroys', async () => {
   const requests = (await loadMooncakeTrace()).filter((r) => r.arrivalMs < 300_000);
   const { sessions } = rebuildSessions(requests);
-  const plain = replay(sessions, activityScore('defaults'), options);
-  const demoting = replay(sessions, activityScore('demote', { DEMOTE_QUIET_MS: '30000' }), options);
+  const plain = replay(sessions, activityScore('no demote', NO_DEMOTE), options);
+  const demoting = replay(sessions, activityScore('demote', { DEMOTE_QUIET_MS: '30000', DEMOTED_IDLE_GRACE_MS: '0' }), options);
   assert.equal(plain.demotes, 0);
   assert.ok(demoting.demotes > 0);
   assert.ok(demoting.wasteByteSeconds < plain.wasteByteSeconds);
   assert.equal(demoting.premature, plain.premature, 'a demote never ends a session');
+  // The defaults also give a demoted session DEMOTED_IDLE_GRACE_MS: fewer follow-ups find their session destroyed.
+  const defaults = replay(sessions, activityScore('defaults'), options);
+  assert.ok(defaults.premature < demoting.premature, `${defaults.premature} premature ends with the demoted grace, ${demoting.premature} without`);
 });
 
 test('without a pool the tier stays normal, so the checker\'s look cadence (LOAD_EVAL_MS) changes no figure', async () => {
@@ -64,7 +69,7 @@ test('without a pool the tier stays normal, so the checker\'s look cadence (LOAD
 test('under a pool at 90 % the load tier rises (evaluateLoadTier) and the session is destroyed at the tighter tier\'s idle moment', () => {
   const turn: TraceRequest = { index: 0, arrivalMs: 1_000_000, inputTokens: 3000, outputTokens: 100, hashIds: [0, 1, 2, 3, 4, 5] };
   const { sessions } = rebuildSessions([turn]);
-  const env = { IDLE_GRACE_MS: '600000' };
+  const env = { IDLE_GRACE_MS: '600000', ...NO_DEMOTE };
   const settings = readActivityScoreSettings(env);
   const policy = policyFor(settings, TRACE_TENANT, 'normal');
   const completedAt = turn.arrivalMs + 10_000;
