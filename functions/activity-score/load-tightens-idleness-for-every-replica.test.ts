@@ -19,6 +19,8 @@ for (const topology of TOPOLOGIES) {
       sim.allocate('resident', 1, 700);
       h = await harness(topology, {
         LOAD_POLICY: JSON.stringify({ demandEventsPerSecond: { medium: 1, high: 2 } }), LOAD_EVAL_MS: '10000', ...runtimesEnv({ name: 'sim', url: sim.url }),
+        // About load and idleness only: no demote check comes first.
+        DEMOTE_QUIET_MS: '0',
       });
     });
     after(async () => {

@@ -25,6 +25,8 @@ let url = '';
 let usedBytes = 0;
 let answers: Scripted[] = [];
 const completions: string[] = [];
+// What the engine lists of each session it answered (GET /v1/sessions): its cells and its operations count.
+const held = new Map<string, { sessionId: string; incarnation: number; state: string; tokens: number; offloadedBytes: number; operations: number }>();
 
 before(async () => {
   server = createServer((req, res) => {
@@ -35,13 +37,18 @@ before(async () => {
       const path = req.url ?? '';
       if (path === '/v1/engine') return send(200, { kvBytesPerToken: 512, contextTokens: 256, vocabularySize: 259, stateSize: usedBytes });
       if (path === '/v1/memory') return send(200, { totalBytes: 524_288, usedBytes, sessions: 0 });
-      if (path.startsWith('/v1/sessions?')) return send(200, { sessions: [] });
+      if (path.startsWith('/v1/sessions?')) return send(200, { sessions: [...held.values()] });
       const m = /^\/v1\/sessions\/([^/]+)\/complete$/.exec(path);
       if (m && req.method === 'POST') {
         completions.push(decodeURIComponent(m[1]!));
         const next = answers.shift() ?? { status: 200, body: { tokens: [1], text: 'x', contextTokens: 10 }, fills: 5240 };
         next.during?.();
-        if (next.status === 200) usedBytes += next.fills ?? 0;
+        if (next.status === 200) {
+          usedBytes += next.fills ?? 0;
+          const id = decodeURIComponent(m[1]!);
+          const was = held.get(id);
+          held.set(id, { sessionId: id, incarnation: 1, state: 'resident', tokens: Number(next.body.contextTokens), offloadedBytes: 0, operations: (was?.operations ?? 0) + 1 });
+        }
         return send(next.status, next.body);
       }
       return send(404, { code: 'route_not_found' });
@@ -59,6 +66,7 @@ beforeEach(() => {
   usedBytes = 29;
   answers = [];
   completions.length = 0;
+  held.clear();
 });
 
 const ok = (contextTokens: number, fills: number, during?: () => void): Scripted => ({ status: 200, body: { tokens: [1], text: 'x', contextTokens }, fills, ...(during ? { during } : {}) });
@@ -120,6 +128,22 @@ test('a completion during which a release of an engine session was asked for is 
   answers = [ok(30, 5240)];
   assert.equal(await engine.turn(session('a'), ' more'), true);
   assert.equal(engine.figures().sessions.find((s) => s.sessionId === 'a')!.filledBytes, 5240);
+});
+
+test('a completion around which the session itself was demoted and restored is not counted as filled', async () => {
+  const engine = demoEngine();
+  engine.opened('a', 1);
+  answers = [ok(20, 5240)];
+  assert.equal(await engine.turn(session('a'), 'hello'), true);
+  // Its cells look the same after (a restore brings them back), but the engine counts two more operations on it.
+  const demotedAndRestored = () => {
+    const a = held.get('a')!;
+    held.set('a', { ...a, operations: a.operations + 2 });
+  };
+  answers = [ok(30, 5240, demotedAndRestored)];
+  assert.equal(await engine.turn(session('a'), ' more'), true);
+  const a = engine.figures().sessions.find((s) => s.sessionId === 'a')!;
+  assert.deepEqual({ completions: a.completions, measured: a.measuredCompletions, filled: a.filledBytes }, { completions: 2, measured: 1, filled: 5240 });
 });
 
 test('a turn that would not fit in the session\'s cells is not sent', async () => {

@@ -405,16 +405,14 @@ const OffloadToken = Type.String({
   description: 'The demote or restore request\'s token, drawn when it was requested; the answer echoes it, and only a call made under the token still pending is booked.',
 });
 
-export const GpuDemoteRequestedData = eventData(
+// A demote or restore request: which incarnation, its token, and its placement for observers.
+const offloadRequestData = <T extends string>(type: T, description: string, example: { placement: Static<typeof Placement>; token: string }) =>
+  eventData(type, description, { sessionId: SessionId, incarnation: Incarnation, placement: Placement, token: OffloadToken }, [{ sessionId: 'sess-7f3a9c', incarnation: 1, ...example }]);
+
+export const GpuDemoteRequestedData = offloadRequestData(
   EventType.GpuDemoteRequested,
   'A live session has been quiet past the moment its own rhythm predicted its next turn (and at least DEMOTE_QUIET_MS): its KV cache is to be moved off the GPU, kept by the runtime to be restored, and its GPU KV freed. The placement is for observers only: gpu-release calls the runtime the session was opened with, as Redis holds it.',
-  {
-    sessionId: SessionId,
-    incarnation: Incarnation,
-    placement: Placement,
-    token: OffloadToken,
-  },
-  [{ sessionId: 'sess-7f3a9c', incarnation: 1, placement: { node: 'gpu-node-a100-3', runtimeUrl: 'http://llama-0.inference.svc.cluster.local:8080', slot: 2 }, token: 'dM3q0c8Wm1tYb6Nf2LxR-A' }],
+  { placement: { node: 'gpu-node-a100-3', runtimeUrl: 'http://llama-0.inference.svc.cluster.local:8080', slot: 2 }, token: 'dM3q0c8Wm1tYb6Nf2LxR-A' },
 );
 
 export const GpuDemotedData = eventData(
@@ -432,16 +430,10 @@ export const GpuDemotedData = eventData(
   [{ sessionId: 'sess-7f3a9c', incarnation: 1, node: 'gpu-node-a100-3', offloadedBytes: 1_048_640, freedBytes: 1_048_576, token: 'dM3q0c8Wm1tYb6Nf2LxR-A' }],
 );
 
-export const GpuRestoreRequestedData = eventData(
+export const GpuRestoreRequestedData = offloadRequestData(
   EventType.GpuRestoreRequested,
   'The user of a demoted session is back (user activity arrived): its KV cache is to be brought back onto the GPU. The placement is for observers only.',
-  {
-    sessionId: SessionId,
-    incarnation: Incarnation,
-    placement: Placement,
-    token: OffloadToken,
-  },
-  [{ sessionId: 'sess-7f3a9c', incarnation: 1, placement: { node: 'gpu-node-a100-3', runtimeUrl: 'http://llama-0.inference.svc.cluster.local:8080', slot: 2 }, token: 'rS9q0c8Wm1tYb6Nf2LxR-A' }],
+  { placement: { node: 'gpu-node-a100-3', runtimeUrl: 'http://llama-0.inference.svc.cluster.local:8080', slot: 2 }, token: 'rS9q0c8Wm1tYb6Nf2LxR-A' },
 );
 
 export const GpuRestoredData = eventData(
