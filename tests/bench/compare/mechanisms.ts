@@ -4,7 +4,7 @@
 // mechanism talks to its own fresh redis-server and is given the deadline each session really has, so lag is measured
 // against the same truth for all.
 //
-//   sorted-set-floor  one sorted set scored by deadline, ZADD per heartbeat, one precise timer at the head and a Lua
+//   sorted-set-floor  one sorted set scored by deadline, one ZADD XX GT per heartbeat wave, one precise timer at the head and a Lua
 //                     claim (ZRANGEBYSCORE + ZREM) when it fires, the head re-read every 100 ms: what no deadline
 //                     mechanism on Redis can go below.
 //   session-reaper    SessionStore.open / heartbeatMany (the heartbeat script, 32 buckets) and the DeadlineEngine
@@ -154,7 +154,8 @@ const sortedSetFloor: Mechanism = {
       },
       async heartbeat(ids, now) {
         const deadline = now + timeoutMs;
-        await redis.zadd(FLOOR_KEY, ...ids.flatMap((id) => [deadline, id]));
+        // XX: a session already claimed stays dead; GT: a deadline only moves later (a late heartbeat cannot shorten it).
+        await redis.zadd(FLOOR_KEY, 'XX', 'GT', ...ids.flatMap((id) => [deadline, id]));
         return 0;
       },
       close() {
