@@ -396,7 +396,7 @@ for (const w of chosenWorkloads) {
         `${r.lost === null ? '' : `, lost ${r.lost}/${r.dueInOutage}`}; ${figure(r.redisBytesPerSession)} B/session; ${figure(r.cpuMicrosPerHeartbeat.total)} µs CPU/heartbeat; ` +
         `${figure(r.heartbeats.perSecond)}/${figure(r.heartbeats.targetPerSecond)} heartbeats/s (behind ≤ ${figure(r.heartbeats.maxBehindMs)} ms)` +
         `${r.maxSustainedHeartbeatsPerSecond === null ? '' : `, max ${figure(r.maxSustainedHeartbeatsPerSecond)}/s`}; ${r.wallS.toFixed(0)} s` +
-        `${r.setupMs.dyingLeadMs < 500 ? ` (a dying session was created only ${figure(r.setupMs.dyingLeadMs)} ms before its deadline: the machine is too slow for this scale)` : ''}`,
+        `${r.setupMs.dyingLeadMs < 150 ? ` (a dying session was created only ${figure(r.setupMs.dyingLeadMs)} ms before its deadline, close to a poll period: the machine is too slow for this scale)` : ''}`,
     );
   }
 }
