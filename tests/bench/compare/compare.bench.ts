@@ -155,6 +155,8 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
   const server = await startRedisServer();
   const target: RedisTarget = { port: server.port, password: server.password };
   const admin = createRedisClient({ REDIS_URL: server.url, REDIS_CLUSTER_NODES: '', REDIS_PASSWORD: server.password, REDIS_TLS: false, CORE_TIMEOUT_MS: 30_000 });
+  // Undone in reverse order however the run ends, so a failed run leaves no thread, loop or connection behind.
+  const undo: (() => Promise<void> | void)[] = [() => server.stop(), () => admin.disconnect()];
   await connectRedis(admin);
   try {
     await m.configure?.(admin);
@@ -163,7 +165,9 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
     const live = w.sessions - dying;
     const ids = Array.from({ length: w.sessions }, (_, i) => sessionId(i));
     const detector = await DetectorThread.start({ mechanism: m.name, target, liveness: w.liveness });
+    undo.push(() => detector.terminate());
     const driver = await m.driver(target, w.liveness);
+    undo.push(() => driver.close());
     const memBefore = await redisInfo(admin, 'memory', 'used_memory');
 
     // ---- the heartbeat driver: beat c is session c mod live, due at s0 + c · interval / live ----
@@ -177,6 +181,10 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
     let failed = 0;
     let maxBehindMs = 0;
     const inFlight = new Set<Promise<void>>();
+    undo.push(async () => {
+      stopBeats = true;
+      await beats.catch(() => undefined);
+    });
     const beats = (async () => {
       while (!stopBeats) {
         const now = Date.now();
@@ -318,7 +326,6 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
 
     await detector.stop();
     if (detector.failure) console.log(`  ${m.name}: detector reported ${detector.failure.message}`);
-    await driver.close();
     const detections: Detection[] = detector.ids.map((sessionId, k) => ({ sessionId, at: detector.ats[k]! }))
       // Only what was found by the end of the measured span counts (the blast runs after it).
       .filter((d) => d.at <= lastDeadline + graceMs);
@@ -351,8 +358,7 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
       wallS: (performance.now() - wallStart) / 1000,
     };
   } finally {
-    admin.disconnect();
-    await server.stop();
+    for (const step of undo.reverse()) await Promise.resolve().then(step).catch(() => undefined);
   }
 }
 

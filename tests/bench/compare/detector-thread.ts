@@ -74,6 +74,11 @@ export class DetectorThread {
     await done;
   }
 
+  /** Ends the thread at once, detector or not (after stop(), or when a run fails). */
+  async terminate(): Promise<void> {
+    await this.#worker.terminate();
+  }
+
   /** Stops the detector and the thread, after its last detections have arrived. */
   async stop(): Promise<void> {
     const done = this.#await('stopped');
