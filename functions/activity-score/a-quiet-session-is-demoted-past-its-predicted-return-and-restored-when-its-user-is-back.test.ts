@@ -9,8 +9,9 @@ import { EventType } from '../core/contract/events.ts';
 import { TOPOLOGIES } from '../../tests/support/redis.ts';
 import { activity, harness, PLACEMENT, type Harness } from './activity-score-test-support.ts';
 import { handle } from './handle.ts';
-import { demoteAt } from './idle-judgement.ts';
-import { initialContext } from './scoring.ts';
+import { demoteAt, OPEN_TURN_MAX_MS } from './idle-judgement.ts';
+import { applyActivity, applyCompletion, decodeContext, encodeContext, initialContext } from './scoring.ts';
+import { policyFor, readActivityScoreSettings } from './settings.ts';
 
 const QUIET = 10_000;
 const SGLANG = { node: 'gpu-node-t', runtimeUrl: 'http://127.0.0.1:9/sg', gpuBytes: 1024 };
@@ -24,6 +25,17 @@ it('demotes are off at DEMOTE_QUIET_MS=0, and never before the predicted return 
   assert.equal(demoteAt({ demoteQuietMs: 0 }, ctx), undefined);
   assert.equal(demoteAt({ demoteQuietMs: 10_000 }, ctx), 50_000, 'the user is not late before their rhythm says');
   assert.equal(demoteAt({ demoteQuietMs: 100_000 }, ctx), 101_000, 'nor before the quiet time');
+  assert.equal(demoteAt({ demoteQuietMs: 10_000 }, { ...ctx, turnOpenAt: 1000 }), 1000 + OPEN_TURN_MAX_MS, 'nor while the model may still answer the last message');
+});
+
+it('a user message opens a turn that the answer (output activity or inference.completed) closes', () => {
+  const policy = policyFor(readActivityScoreSettings({}), undefined, 'normal');
+  const asked = applyActivity(initialContext(1000), { kind: 'message', at: 2000, text: 'what is the capital of France?' }, policy);
+  assert.equal(asked.turnOpenAt, 2000);
+  assert.equal(decodeContext(encodeContext(asked))?.turnOpenAt, 2000, 'kept with the stored context');
+  assert.equal(applyActivity(asked, { kind: 'output', at: 3000 }, policy).turnOpenAt, undefined);
+  assert.equal(applyCompletion(asked, { at: 3000, release: false }, policy).turnOpenAt, undefined);
+  assert.equal(applyActivity(asked, { kind: 'input', at: 2500 }, policy).turnOpenAt, 2000, 'typing meanwhile leaves it open');
 });
 
 for (const topology of TOPOLOGIES) {

@@ -156,7 +156,9 @@ export class IdleChecker {
         await this.index.schedule(sessionId, stored.version, now + this.#settings.idleLeaseMs);
         return 'idle';
       }
-      // Demote before destroy: quiet past its predicted return, the KV leaves the GPU; or look again at that moment.
+      // Demote before destroy: quiet past its predicted return, the KV leaves the GPU; or look again at that moment. A
+      // restore still pending (its request dead-lettered behind a demote in flight) is sent again.
+      if (session.offload === 'restoring') await this.#resendRestore(session, now);
       let nextCheckAt = judgement.nextCheckAt;
       let demoted = false;
       const demoteMoment = this.#demotable(session) ? demoteAt(this.#settings, ctx) : undefined;
@@ -194,6 +196,13 @@ export class IdleChecker {
     );
     this.#deps.logger.info({ sessionId, incarnation, node: session.placement.node }, 'quiet session past its predicted return: demote requested');
     return true;
+  }
+
+  async #resendRestore(session: SessionView, now: number): Promise<void> {
+    const { sessionId, incarnation } = session;
+    const r = await this.#deps.store.requestRestore(sessionId, incarnation, drawReleaseToken(), now);
+    if (r.code !== 'PENDING' || !session.placement) return;
+    await this.#deps.emit(EventType.GpuRestoreRequested, { sessionId, incarnation, token: r.token, placement: placementForEvent(session.placement) }, `${sessionId}/${incarnation}/restore/${r.token}`);
   }
 
   /** Runs passes until stop(): at the earliest due check, and at least every IDLE_POLL_MS. */

@@ -47,13 +47,22 @@ export function earliestIdleAt(settings: ActivityScoreSettings, ctx: ActivityCon
 }
 
 /**
+ * A user message with no answer seen is taken as a turn still being generated for at most this long (ms): a pipeline
+ * that never reports the answer (no `output` activity, no inference.completed) delays demotes by this, not forever.
+ */
+export const OPEN_TURN_MAX_MS = 10 * 60_000;
+
+/**
  * When a quiet session becomes worth demoting (its KV moved off the GPU until its user is back), or undefined when
  * demotes are off: once it has been quiet DEMOTE_QUIET_MS, and its user is later than the session's own rhythm
- * predicted (its predicted idle end passed). Times are on the session's clock, as the idle verdict's.
+ * predicted (its predicted idle end passed). While the model may still be answering the user's last message (no
+ * answer seen), the KV is in use: not before that answer, or OPEN_TURN_MAX_MS after the message. Times are on the
+ * session's clock, as the idle verdict's.
  */
 export function demoteAt(settings: Pick<ActivityScoreSettings, 'demoteQuietMs'>, ctx: ActivityContext): number | undefined {
   if (settings.demoteQuietMs <= 0) return undefined;
-  return Math.max(ctx.predictedIdleEndAt, ctx.lastEventAt + settings.demoteQuietMs);
+  const quiet = Math.max(ctx.predictedIdleEndAt, ctx.lastEventAt + settings.demoteQuietMs);
+  return ctx.turnOpenAt === undefined ? quiet : Math.max(quiet, ctx.turnOpenAt + OPEN_TURN_MAX_MS);
 }
 
 /**

@@ -171,6 +171,11 @@ export interface ActivityContext {
   predictedIdleEndAt: number;
   /** Set by a completion with release: true; cleared by later user activity. */
   releaseRequestedAt?: number;
+  /**
+   * When the user's last message was sent while no answer to it has been seen yet (no `output` activity, no
+   * inference.completed): the model is likely generating, so the session's KV is in use however quiet it looks.
+   */
+  turnOpenAt?: number;
 }
 
 /** The score and the components it was made from, with the weights that were applied. */
@@ -335,6 +340,8 @@ export function applyActivity(ctx: ActivityContext, event: ActivityEvent, policy
     }
   }
 
+  if (kind === 'message' && inOrder) next.turnOpenAt = at;
+  if (kind === 'output') delete next.turnOpenAt;
   if (kind === 'message') {
     const embedding = usableEmbedding(event.embedding);
     const sketch = typeof event.text === 'string' ? sketchText(event.text) : undefined;
@@ -363,6 +370,7 @@ export function applyCompletion(ctx: ActivityContext, event: CompletionEvent, po
   const at = eventTime(ctx, event.at);
   const next = advance(ctx, at, policy);
   if (event.release && policy.honorRelease) next.releaseRequestedAt = at;
+  delete next.turnOpenAt;
   next.predictedIdleEndAt = at + next.gapMeanMs;
   return next;
 }
@@ -524,6 +532,7 @@ export function encodeContext(ctx: ActivityContext, prefix = ''): Record<string,
     fields.sk = encodeUint32(ctx.lastSketch.hashes);
   }
   if (ctx.releaseRequestedAt !== undefined) fields.rr = String(ctx.releaseRequestedAt);
+  if (ctx.turnOpenAt !== undefined) fields.to = String(ctx.turnOpenAt);
   return prefix === '' ? fields : Object.fromEntries(Object.entries(fields).map(([k, v]) => [prefix + k, v]));
 }
 
@@ -577,6 +586,8 @@ export function decodeContext(stored: Readonly<Record<string, string>>, prefix =
   if (lastMessageAt !== undefined) ctx.lastMessageAt = lastMessageAt;
   const releaseRequestedAt = optionalNumber('rr');
   if (releaseRequestedAt !== undefined) ctx.releaseRequestedAt = releaseRequestedAt;
+  const turnOpenAt = optionalNumber('to');
+  if (turnOpenAt !== undefined) ctx.turnOpenAt = turnOpenAt;
 
   const embeddingText = get('em');
   if (embeddingText !== undefined) {

@@ -224,7 +224,7 @@ export type OffloadRequest =
   | { code: 'ALREADY'; stage: OffloadStage }
   | { code: 'REFUSED' | 'RESIDENT' | 'UNKNOWN' }
   | { code: 'HELD'; holdUntil: number }
-  | { code: 'ENDED'; state: string }
+  | { code: 'ENDED'; state: SessionState }
   | { code: 'STALE'; incarnation: number };
 
 /** An offload call's answer as the call record keeps it: bytes offloaded (demote) or restored, GPU bytes freed. */
@@ -240,7 +240,7 @@ export type OffloadCall =
   | { code: 'IN_FLIGHT'; leaseUntil: number }
   | { code: 'ANSWERED'; answer: OffloadAnswer }
   | { code: 'FAILED' | 'NOTHING' }
-  | { code: 'NOT_PENDING'; why: 'unknown' | 'stale' | 'ended' | 'superseded' };
+  | { code: 'NOT_PENDING'; why: 'unknown' | 'stale' | 'ended' | 'superseded' | 'held' };
 
 function withOffload<R extends { code: string }>(result: R, stage: unknown): R & { offload?: OffloadStage } {
   const offload = offloadStageOf(stage);
@@ -801,8 +801,11 @@ export class SessionStore {
       case 'REQUESTED':
       case 'PENDING':
         return { code, token: str(r[1]) };
-      case 'ALREADY':
-        return { code, stage: offloadStageOf(r[1]) ?? 'demoted' };
+      case 'ALREADY': {
+        const stage = offloadStageOf(r[1]);
+        if (stage === undefined) throw new UnexpectedReplyError(`${script} replied ALREADY without a stage`);
+        return { code, stage };
+      }
       case 'REFUSED':
       case 'RESIDENT':
       case 'UNKNOWN':
@@ -810,7 +813,7 @@ export class SessionStore {
       case 'HELD':
         return { code, holdUntil: num(r[1]) };
       case 'ENDED':
-        return { code, state: str(r[1]) };
+        return { code, state: STATE_OF[str(r[1])] ?? 'destroyed' };
       case 'STALE':
         return { code, incarnation: num(r[1]) };
     }

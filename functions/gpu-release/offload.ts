@@ -19,15 +19,22 @@ export type OffloadEvent = InboundEvent<(typeof OFFLOAD_ACCEPTS)[number]>;
 
 /** The demote and restore calls gpu-release makes: the engine client's (functions/core/runtime-adapters/). */
 export interface OffloadCaller {
-  demote(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress): Promise<{ offloadedBytes: number; freedBytes: number; exact: boolean }>;
-  restore(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress): Promise<{ restoredBytes: number; exact: boolean }>;
+  demote(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress, requestToken?: string): Promise<{ offloadedBytes: number; freedBytes: number; exact: boolean }>;
+  restore(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress, requestToken?: string): Promise<{ restoredBytes: number; exact: boolean }>;
 }
 
 export interface OffloadDeps {
   readonly runtime: OffloadCaller;
-  /** How long one delivery holds the runtime call (as for a release: its retries and backoffs, plus a second). */
+  /** How long one delivery holds a release's runtime call (its retries and backoffs, plus a second). */
   readonly callLeaseMs: number;
 }
+
+/**
+ * An offload may take several engine requests, each with the release's retry budget (llama-server: /props, then
+ * save and erase; a restore: /props and restore): its call is held for three of them, so no redelivery calls again
+ * (a second save would overwrite the kept file with the emptied slot) while the first may still be running.
+ */
+export const OFFLOAD_LEASE_CALLS = 3;
 
 const opOf = (event: OffloadEvent): OffloadOp => (event.type === EventType.GpuDemoteRequested ? 'demote' : 'restore');
 
@@ -55,7 +62,7 @@ export async function handleOffload(event: OffloadEvent, deps: CoreDeps & Offloa
   const op = opOf(event);
   const { sessionId, incarnation, token } = event.data;
   const log = deps.logger.child({ sessionId, incarnation, op });
-  const call = await deps.store.beginOffloadCall(sessionId, incarnation, op, token, deps.now(), deps.callLeaseMs);
+  const call = await deps.store.beginOffloadCall(sessionId, incarnation, op, token, deps.now(), deps.callLeaseMs * OFFLOAD_LEASE_CALLS);
   switch (call.code) {
     case 'NOT_PENDING':
       log.info({ why: call.why }, `gpu.${op}.requested for no ${op} pending under its token: nothing called`);
@@ -82,10 +89,10 @@ export async function handleOffload(event: OffloadEvent, deps: CoreDeps & Offloa
   let answer: OffloadAnswer;
   try {
     if (op === 'demote') {
-      const r = await deps.runtime.demote(runtimeUrl, sessionId, incarnation, ctx, address);
+      const r = await deps.runtime.demote(runtimeUrl, sessionId, incarnation, ctx, address, token);
       answer = { bytes: r.offloadedBytes, freedBytes: r.freedBytes, estimated: !r.exact };
     } else {
-      const r = await deps.runtime.restore(runtimeUrl, sessionId, incarnation, ctx, address);
+      const r = await deps.runtime.restore(runtimeUrl, sessionId, incarnation, ctx, address, token);
       answer = { bytes: r.restoredBytes, freedBytes: 0, estimated: !r.exact };
     }
   } catch (err) {
@@ -97,7 +104,11 @@ export async function handleOffload(event: OffloadEvent, deps: CoreDeps & Offloa
     log.warn({ reason: err.reason, status: err.status, err: err.message }, `${op} refused for good; not retried`);
     return;
   }
-  await deps.store.settleOffloadCall(sessionId, incarnation, op, token, deps.now(), answer);
+  if (!(await deps.store.settleOffloadCall(sessionId, incarnation, op, token, deps.now(), answer))) {
+    // The lease ran out under this call and another delivery holds it now: that one books and reports.
+    log.warn({ node, bytes: answer.bytes }, `${op} answered after its call lease ran out; not booked or reported here`);
+    return;
+  }
   await report(deps, op, event, node, answer);
   log.info({ node, bytes: answer.bytes, freedBytes: answer.freedBytes, estimated: answer.estimated }, op === 'demote' ? 'KV demoted off the GPU' : 'KV restored onto the GPU');
 }

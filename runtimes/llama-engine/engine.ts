@@ -33,6 +33,11 @@ export interface SessionView {
   bytes: number;
   /** Size of the demoted state's file, as llama.cpp reported writing it; 0 when resident. */
   offloadedBytes: number;
+  /**
+   * Operations that changed this session's KV (completions, demotes, restores) since it was first held: an observer
+   * that reads the engine before and after its own call knows from it whether anything else touched the session.
+   */
+  operations: number;
 }
 
 interface Resident {
@@ -177,9 +182,16 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
     return h;
   }
 
+  // Operations on each held session's KV (SessionView.operations), forgotten with the session.
+  const operations = new Map<string, number>();
+  const operated = (sessionId: string) => operations.set(sessionId, (operations.get(sessionId) ?? 0) + 1);
+
   function view(sessionId: string, h: Held): SessionView {
     const tokens = h.kind === 'resident' ? h.sequence.nextTokenIndex : h.tokens;
-    return { sessionId, incarnation: h.incarnation, state: h.kind, tokens, bytes: h.kind === 'resident' ? tokens * kvBytesPerToken : 0, offloadedBytes: h.kind === 'demoted' ? h.fileBytes : 0 };
+    return {
+      sessionId, incarnation: h.incarnation, state: h.kind, tokens, bytes: h.kind === 'resident' ? tokens * kvBytesPerToken : 0,
+      offloadedBytes: h.kind === 'demoted' ? h.fileBytes : 0, operations: operations.get(sessionId) ?? 0,
+    };
   }
 
   async function dropFile(file: string): Promise<void> {
@@ -222,6 +234,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
           if (h.kind === 'resident') await erase(h);
           else await dropFile(h.file);
           held.delete(sessionId);
+          operations.delete(sessionId);
           h = undefined;
         }
         let sequence: LlamaContextSequence;
@@ -237,6 +250,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
           throw new EngineRefusal(507, 'insufficient_memory', `${sequence.nextTokenIndex} + ${tokens.length} + ${maxTokens} tokens exceed the session's ${sequence.contextSize} cells`);
         }
         if (h === undefined) held.set(sessionId, { kind: 'resident', incarnation, sequence });
+        operated(sessionId);
         const generated: Token[] = [];
         if (maxTokens === 0) await sequence.evaluateWithoutGeneratingNewTokens(tokens);
         else {
@@ -253,6 +267,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
       return serially(async () => {
         const h = heldFor(sessionId, incarnation);
         held.delete(sessionId);
+        operations.delete(sessionId);
         if (h.kind === 'demoted') {
           await dropFile(h.file);
           return { freedBytes: 0, offloadedBytes: h.fileBytes };
@@ -270,6 +285,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
         const { fileSize } = await h.sequence.saveStateToFile(file);
         const freedBytes = await erase(h);
         held.set(sessionId, { kind: 'demoted', incarnation, file, fileBytes: fileSize, tokens });
+        operated(sessionId);
         return { offloadedBytes: fileSize, freedBytes };
       });
     },
@@ -290,6 +306,7 @@ export async function startEngine(opts: EngineOptions): Promise<Engine> {
         const restoredBytes = ctx.stateSize - before;
         await dropFile(h.file);
         held.set(sessionId, { kind: 'resident', incarnation, sequence });
+        operated(sessionId);
         return { restoredBytes, tokens: sequence.nextTokenIndex };
       });
     },

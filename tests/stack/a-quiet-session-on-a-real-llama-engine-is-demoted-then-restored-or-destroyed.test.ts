@@ -28,7 +28,7 @@ const dataOf = (e: ReceivedEvent) => e.event.data as Record<string, number | str
 test('a quiet session on a real llama.cpp engine is demoted off the GPU, then restored with its cache or destroyed from its kept copy', { skip: skipWithoutEngine, timeout: 240_000 }, async () => {
   const outside = await startEventSink();
   // Idle verdicts stay far away (the default grace is a minute, liveness windows 90 s): only demotes happen here.
-  const stack = await startStack({ engine: 'llama', forward: outside.url, env: { DEMOTE_QUIET_MS: '3000' }, engineEnv: { ENGINE_SEQUENCES: '4', ENGINE_CONTEXT_TOKENS: '128' } });
+  const stack = await startStack({ engine: 'llama', forward: outside.url, env: { DEMOTE_QUIET_MS: '4000' }, engineEnv: { ENGINE_SEQUENCES: '4', ENGINE_CONTEXT_TOKENS: '128' } });
   const { redis, store } = await stackStore(stack);
   try {
     const engine = stack.engineUrl!;
@@ -50,6 +50,8 @@ test('a quiet session on a real llama.cpp engine is demoted off the GPU, then re
     for (const sessionId of [back, leaves]) {
       await send(stack, 'session.activity', { sessionId, kind: 'input' });
       await send(stack, 'session.activity', { sessionId, kind: 'message', text: 'a first question' });
+      // The model's answer is done (until then the KV is in use, and no demote is asked).
+      await send(stack, 'inference.completed', { sessionId, requestId: `${sessionId}-1`, release: false });
     }
     const held = new Map(await Promise.all([back, leaves, untouched].map(async (id) => [id, await tokensHeld(engine, id)] as const)));
     const before = await usedBytes(engine);
@@ -79,6 +81,15 @@ test('a quiet session on a real llama.cpp engine is demoted off the GPU, then re
     assert.equal(next.status, 200, JSON.stringify(next.body));
     assert.equal(next.body.contextTokens, held.get(back)! + 2 + 3, 'the turn appended to the restored cache, not to an empty one');
 
+    // The pipeline reports the model's answer; then the user is quiet again: demoted a second time, a new request the
+    // engine must not answer from the first one's stored reply.
+    const beforeSecond = await usedBytes(engine);
+    await send(stack, 'session.activity', { sessionId: back, kind: 'output' });
+    const second = await outside.waitForEvent((e) => about('gpu.demoted', back)(e) && dataOf(e).token !== dataOf(demotedBack!).token, { timeoutMs: 60_000 });
+    assert.equal(beforeSecond - (await usedBytes(engine)), Number(dataOf(second).freedBytes), 'the second demote freed what the engine lost');
+    assert.ok(Number(dataOf(second).freedBytes) > Number(dataOf(demotedBack!).freedBytes), 'and it held the new turn too');
+    assert.deepEqual([(await get(engine, `/v1/sessions/${back}`)).body.state, (await get(engine, `/v1/sessions/${back}`)).body.tokens], ['demoted', held.get(back)! + 5]);
+
     // The other user left for good: closing the demoted session frees no more GPU KV and drops the kept copy.
     await send(stack, 'session.closed', { sessionId: leaves });
     const released = await outside.waitForEvent(about('gpu.released', leaves), { timeoutMs: 60_000 });
@@ -87,7 +98,7 @@ test('a quiet session on a real llama.cpp engine is demoted off the GPU, then re
     assert.equal((await get(engine, `/v1/sessions/${leaves}`)).status, 404, 'the engine holds nothing of it, not even the copy');
     audit = await auditLedger(redis, store.keys);
     assert.equal(audit.balanced, true, audit.problems.join('; '));
-    assert.deepEqual([audit.totals.offloadedBytes, audit.totals.restores, audit.totals.releases], [0, 1, 1], 'no offloaded bytes are left counted');
+    assert.deepEqual([audit.totals.offloadedBytes, audit.totals.restores, audit.totals.releases], [Number(dataOf(second).offloadedBytes), 1, 1], 'only the second demote\'s copy is counted');
     assert.equal(await tokensHeld(engine, untouched), held.get(untouched), 'and the untouched session still holds its KV');
   } finally {
     redis.disconnect();

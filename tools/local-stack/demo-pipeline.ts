@@ -5,6 +5,10 @@
 // the client vanishes (heartbeats stop: the session expires). It also plays the inference runtime: it allocates each
 // incarnation's GPU memory on the simulated runtime, as a real runtime does when it loads a session.
 //
+// With a real engine (`engine`: the reference llama.cpp engine of `npm start -- --engine llama`), a share of the
+// sessions is placed there instead, never more at once than the engine has sequences: their turns are real
+// completions that fill real KV cells, measured against the engine's own reading (demo-engine.ts).
+//
 // What ends a session is decided by the system, not the script: a session meant to be closed may be judged idle
 // first, and the report counts what the system did. The demo ends once each of its sessions was destroyed.
 import { randomUUID } from 'node:crypto';
@@ -13,6 +17,7 @@ import { CloudEvent, HTTP } from 'cloudevents';
 import { EventType, type ActivityKind } from '../../functions/core/contract/events.ts';
 import type { BrokerEvent } from '../local-broker/wire.ts';
 import { seededRandom } from '../../functions/core/seeded-random.ts';
+import { createDemoEngine, type DemoEngineFigures, type DemoEngineOptions } from './demo-engine.ts';
 
 /** How a demo session is meant to end (the system may end it otherwise first). */
 export type DemoEnding = 'closes' | 'completes' | 'walks-away' | 'vanishes';
@@ -50,6 +55,8 @@ export interface DemoOptions {
   sendAttempts?: number;
   /** Called once the Broker accepted an event: its type, the sessions it is about, and its CloudEvent time. */
   onAccepted?: (type: string, sessionIds: readonly string[], at: number, data: Record<string, unknown>) => void;
+  /** A real engine to place a share of the sessions on (their turns then run real completions there). */
+  engine?: DemoEngineOptions;
 }
 
 /** How the demo went. */
@@ -66,6 +73,8 @@ export interface DemoOutcome {
   stopped: boolean;
   /** Each session: how it was meant to end, and how the system ended it (undefined: not ended). */
   sessions: Array<{ sessionId: string; planned: DemoEnding; cause: string | undefined; livedMs: number | undefined }>;
+  /** What the demo did and measured on the real engine, when it had one. */
+  engine?: DemoEngineFigures;
 }
 
 /** A running demo. */
@@ -77,6 +86,8 @@ export interface DemoPipeline {
   /** Feeds the demo the events the Broker accepted (it watches for its sessions' session.destroyed). */
   observe(event: BrokerEvent): void;
   progress(): { started: number; planned: number; ended: number };
+  /** The demo's figures on the real engine so far; undefined without one. */
+  engine(): DemoEngineFigures | undefined;
   /** Stops sending; resolves once every session's script has returned. */
   stop(): Promise<void>;
 }
@@ -100,6 +111,8 @@ const PROMPTS = [
 const FOLLOW_UPS = ['Can you make it shorter?', 'Now add an example.', 'What about the edge cases?', 'Great, and in Python?', 'Why is that faster?', 'Give me a second option.'];
 const REPLIES = ['Here is a summary of the main points.', 'The usual cause is the OOM killer; check the memory limit.', 'Sure — here is a version with an example.', 'Done. I kept the behaviour the same.'];
 const TOOLS = ['web search', 'code interpreter', 'vector store lookup', 'spreadsheet export', 'batch embedding job'];
+// The model the reference engine serves: a generated tiny llama (runtimes/llama-engine/tiny-model.ts).
+const ENGINE_MODEL = 'tiny-llama-generated';
 const ENDINGS: ReadonlyArray<[DemoEnding, number]> = [['closes', 0.3], ['completes', 0.25], ['walks-away', 0.2], ['vanishes', 0.25]];
 
 
@@ -107,6 +120,8 @@ interface DemoSession {
   id: string;
   ending: DemoEnding;
   incarnation?: number;
+  /** Placed on the real engine: its turns run completions there and it allocates nothing on the simulator. */
+  onEngine: boolean;
   heartbeating: boolean;
   ended: boolean;
   cause?: string;
@@ -126,6 +141,7 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
   const tenant = opts.tenant ?? 'demo';
   const prefix = `demo-${randomUUID().slice(0, 6)}-`;
   const stopping = new AbortController();
+  const engine = opts.engine === undefined ? undefined : createDemoEngine(opts.engine, (message) => opts.onProblem?.(message), stopping.signal);
   const sessions = new Map<string, DemoSession>();
   const plannedEndings: Record<DemoEnding, number> = { closes: 0, completes: 0, 'walks-away': 0, vanishes: 0 };
   let started = 0;
@@ -198,18 +214,29 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
   }
 
   async function open(s: DemoSession): Promise<boolean> {
-    const model = pick(MODELS);
-    const gpuBytes = MODEL_GIB[model] * GiB;
-    const node = `sim-gpu-${Math.floor(random() * 4)}`;
+    const simModel = pick(MODELS);
+    let model: string = simModel;
+    let gpuBytes = MODEL_GIB[simModel] * GiB;
+    let node = `sim-gpu-${Math.floor(random() * 4)}`;
+    let runtimeUrl = opts.runtimeUrl;
+    // A share of the sessions goes to the real engine while it has a sequence free; it declares the KV it can fill.
+    const engineBytes = engine !== undefined && random() < engine.share ? await engine.claim() : undefined;
+    if (engine !== undefined && engineBytes !== undefined) {
+      s.onEngine = true;
+      [model, gpuBytes, node, runtimeUrl] = [ENGINE_MODEL, engineBytes, engine.node, engine.url];
+    }
     const ok = await send(EventType.SessionOpened, {
       sessionId: s.id,
-      placement: { node, runtimeUrl: opts.runtimeUrl, gpuBytes },
+      placement: { node, runtimeUrl, gpuBytes },
       heartbeatIntervalMs,
       missedBeats,
       tenant,
       model,
     });
-    if (!ok) return false;
+    if (!ok) {
+      if (s.onEngine) engine?.unclaim();
+      return false;
+    }
     const until = Date.now() + 15_000;
     while (Date.now() < until && !stopping.signal.aborted) {
       const view = await opts.lookup(s.id);
@@ -221,10 +248,16 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
     }
     if (s.incarnation === undefined) {
       opts.onProblem?.(`${s.id}: not opened within 15 s`);
+      if (s.onEngine) engine?.unclaim();
       return false;
     }
     s.heartbeating = true;
     s.openedAt = Date.now();
+    // On the engine the session's KV comes from its turns' completions; nothing is allocated on the simulator.
+    if (s.onEngine) {
+      engine?.opened(s.id, s.incarnation);
+      return true;
+    }
     // Playing the runtime: it loads the session and takes its GPU memory under the incarnation it was given.
     const allocate = () => fetch(`${opts.runtimeUrl}/v1/sessions/${encodeURIComponent(s.id)}/allocate`, {
       method: 'POST',
@@ -255,6 +288,11 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
     if (random() < 0.4 && !((await activity(s, 'edit', prompt.slice(0, -5))) && (await pause(s, between(100, 300))))) return false;
     if (random() < 0.3 && !((await activity(s, 'cursor')) && (await pause(s, between(100, 400))))) return false;
     if (!(await activity(s, 'message', prompt))) return false;
+    // On the engine the model really answers: a completion fills the session's KV (a refusal ends its completions only).
+    if (s.onEngine && engine !== undefined) {
+      const incarnation = s.incarnation!;
+      await engine.turn({ id: s.id, incarnation, live: () => !s.ended && !stopping.signal.aborted, pause: (ms) => pause(s, ms) }, prompt);
+    }
     if (!(await pause(s, between(300, 1200)))) return false;
     if (!(await activity(s, 'output', pick(REPLIES)))) return false;
     return send(EventType.InferenceCompleted, { sessionId: s.id, requestId: `${s.id}-r${n}`, release: false });
@@ -314,7 +352,7 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
   for (let i = 0; i < opts.sessions; i++) {
     let wake = () => {};
     const endedSignal = new Promise<void>((resolveEnded) => (wake = resolveEnded));
-    const s: DemoSession = { id: `${prefix}${String(i + 1).padStart(3, '0')}`, ending: chooseEnding(), heartbeating: false, ended: false, wake, endedSignal };
+    const s: DemoSession = { id: `${prefix}${String(i + 1).padStart(3, '0')}`, ending: chooseEnding(), onEngine: false, heartbeating: false, ended: false, wake, endedSignal };
     plannedEndings[s.ending]++;
     sessions.set(s.id, s);
     const startDelayMs = (opts.durationMs / 3) * (opts.sessions === 1 ? 0 : i / (opts.sessions - 1)) * between(0.8, 1);
@@ -342,13 +380,14 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
       cause: s.cause,
       livedMs: s.openedAt !== undefined && s.endedAt !== undefined ? s.endedAt - s.openedAt : undefined,
     }));
-    return { planned: opts.sessions, started, ended, open, plannedEndings, stopped: stopRequested, sessions: list };
+    return { planned: opts.sessions, started, ended, open, plannedEndings, stopped: stopRequested, sessions: list, ...(engine === undefined ? {} : { engine: engine.figures() }) };
   })();
 
   return {
     prefix,
     done,
     observe(ev) {
+      engine?.observe(ev);
       if (ev.attributes.type !== EventType.SessionDestroyed || ev.data === undefined) return;
       let data: { sessionId?: unknown; incarnation?: unknown; cause?: unknown };
       try {
@@ -366,6 +405,7 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
       s.wake();
     },
     progress: () => ({ started, planned: opts.sessions, ended }),
+    engine: () => engine?.figures(),
     async stop() {
       stopRequested = true;
       if (!stopping.signal.aborted) stopping.abort();

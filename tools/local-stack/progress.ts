@@ -11,6 +11,8 @@ export interface ProgressExtras {
   deadLetters: number;
   /** Crashed processes restarted so far, by name (only those restarted). */
   restarts?: Readonly<Record<string, number>>;
+  /** The llama engine, when it runs: the demo's sessions open on it, and its own reading of the KV in use. */
+  engine?: { open: number | undefined; usedBytes: number | undefined };
 }
 
 // Shown only once something was restarted: "restarts 2 (destroy-dispatch 2)".
@@ -32,6 +34,7 @@ export function progressLine(elapsedMs: number, live: LiveFigures, extras: Progr
     `events ${live.events}`,
     `pending ${extras.pendingDeliveries}`,
     `dead letters ${extras.deadLetters}`,
+    ...(extras.engine ? [`llama ${extras.engine.open === undefined ? '' : `${extras.engine.open} open, `}KV ${extras.engine.usedBytes === undefined ? '?' : formatBytes(extras.engine.usedBytes)}`] : []),
     ...restartsPart(extras.restarts),
   ];
   return parts.join(' · ');

@@ -3,7 +3,8 @@
 // on http://localhost:8080/ — plus, unless --no-demo, a simulated inference pipeline whose run ends in a report.
 // Ctrl-C or SIGTERM stops everything in order; deliveries still pending are finished or kept for the next start.
 // A part that crashes is restarted (stack.ts) and the run goes on; if this process is killed its children die with
-// it, and if whatever started it (npm) dies it stops itself.
+// it, and if whatever started it (npm) dies it stops itself. With `--engine llama` the demo places a share of its
+// sessions on the real llama.cpp engine, and the report sets the KV bytes freed there beside the engine's own reading.
 /* eslint-disable no-console -- this is the terminal front end of the local stack: talking to the user is its job */
 import { appendFileSync, chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
@@ -17,7 +18,7 @@ import type { BrokerEvent } from '../local-broker/wire.ts';
 import { parseStartFlags, UsageError, USAGE, type StartFlags } from './flags.ts';
 import { startDemoPipeline, type DemoOutcome, type DemoPipeline } from './demo-pipeline.ts';
 import { progressLine, startProgress, type Progress } from './progress.ts';
-import { buildReport, createRunRecorder, formatReport, gpuFigures, type RuntimeCounters, type StackReport } from './report.ts';
+import { buildReport, createRunRecorder, engineFigures, formatReport, gpuFigures, type RuntimeCounters, type StackReport } from './report.ts';
 import { startStack, type Stack } from './stack.ts';
 
 // The demo's sessions belong to the 'demo' tenant, whose idle verdict comes after seconds rather than a minute, so a
@@ -29,6 +30,11 @@ const DEMO_ENV = {
   LOAD_POLICY: JSON.stringify({ minGraceMs: 1000 }),
 };
 
+// With the real engine, demote before destroy is on (README, "Demote before destroy"): a demo user who pauses past
+// their rhythm has their session's KV moved off the engine's KV cache, and back when they type again. The simulator
+// does not offer demote (it answers 501, read as a refusal for good: each of its sessions is asked once).
+const ENGINE_DEMO_ENV = { ...DEMO_ENV, DEMOTE_QUIET_MS: '1500' };
+
 // A supervisor (or a test harness) commonly sends SIGTERM and SIGKILLs 5 s later; the whole stop fits in that: the
 // Broker gets 2 s to finish its deliveries (the rest are kept for the next start, nothing is lost), and a stop that
 // still hangs is cut short, its children then dying with this process.
@@ -37,6 +43,21 @@ const SHUTDOWN_DEADLINE_MS = 4500;
 
 // The simulated runtime stands for a node of eight 80 GiB GPUs, room for a demo of a hundred sessions.
 const SIM_GPU_BYTES = 8 * 80 * 1024 ** 3;
+
+// The llama engine's sequences (ENGINE_SEQUENCES: sessions holding KV at once); the demo keeps within them.
+const ENGINE_SEQUENCES = 4;
+
+// The engine's own reading of its KV in use (GET /v1/memory usedBytes), or undefined when it does not answer.
+async function engineUsedBytes(engineUrl: string): Promise<number | undefined> {
+  try {
+    const res = await fetch(`${engineUrl}/v1/memory`, { signal: AbortSignal.timeout(3000) });
+    if (!res.ok) return undefined;
+    const memory = (await res.json()) as { usedBytes?: unknown };
+    return typeof memory.usedBytes === 'number' ? memory.usedBytes : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 async function runtimeCounters(runtimeUrl: string): Promise<RuntimeCounters | undefined> {
   try {
@@ -111,7 +132,7 @@ async function main(): Promise<number> {
       deadLetterDir: join(flags.stateDir, 'dead-letters'),
       logLevel: 'info',
       logger: brokerLog,
-      env: DEMO_ENV,
+      env: flags.engine === undefined ? DEMO_ENV : ENGINE_DEMO_ENV,
       runtimeEnv: { SIM_TOTAL_BYTES: String(SIM_GPU_BYTES) },
       onEvent: (ev) => observers.forEach((observe) => observe(ev)),
       // Knative would restart the pod and carry on; so does the stack. The user is told, above the progress line.
@@ -128,7 +149,7 @@ async function main(): Promise<number> {
       ...(flags.brokerChaos !== undefined ? { brokerChaos: flags.brokerChaos } : {}),
       host: flags.host,
       runtimes: flags.runtimes,
-      ...(flags.engine !== undefined ? { engine: flags.engine } : {}),
+      ...(flags.engine !== undefined ? { engine: flags.engine, engineEnv: { ENGINE_SEQUENCES: String(ENGINE_SEQUENCES) } } : {}),
       allowedCidrs: flags.allowCidrs,
       tokenDir: join(flags.stateDir, 'tokens'),
     });
@@ -154,6 +175,13 @@ async function main(): Promise<number> {
   await connectRedis(redis);
   const keys = new KeySpace(running.keyPrefix, 32);
   const ledgerAtStart: LedgerAudit = await auditLedger(redis, keys);
+  const engineUrl = running.engineUrl;
+  const engineAtStart = engineUrl === undefined ? undefined : await engineUsedBytes(engineUrl);
+  // The engine's reading for the progress line, refreshed in the background (the line is drawn synchronously).
+  let engineNow = engineAtStart;
+  if (engineUrl !== undefined) {
+    setInterval(() => void engineUsedBytes(engineUrl).then((b) => (engineNow = b ?? engineNow)), 1000).unref();
+  }
 
   const writeReport = (kind: 'demo' | 'stop', r: StackReport, demoOutcome?: DemoOutcome) => {
     if (flags.reportFile !== undefined) writeFileSync(flags.reportFile, `${JSON.stringify({ kind, report: r, ...(demoOutcome ? { demo: demoOutcome } : {}) }, null, 2)}\n`);
@@ -163,9 +191,13 @@ async function main(): Promise<number> {
 
   async function report(): Promise<StackReport> {
     const live = recorder.live();
-    const gpu = gpuFigures(ledgerAtStart, await auditLedger(redis, keys), await runtimeCounters(running.runtimeUrl), Math.max(0, live.opened - live.ended));
+    const ledgerNow = await auditLedger(redis, keys);
+    const gpu = gpuFigures(ledgerAtStart, ledgerNow, await runtimeCounters(running.runtimeUrl), Math.max(0, live.opened - live.ended));
     const stored = (await running.broker.deadLetters.list()).length;
-    return buildReport(recorder, gpu, running.broker.stats(), stored, restartCounts());
+    const engine = engineUrl === undefined
+      ? undefined
+      : engineFigures(engineUrl, recorder.runtimeSessions(engineUrl), ledgerAtStart, ledgerNow, { atStart: engineAtStart, now: await engineUsedBytes(engineUrl) }, demo?.engine());
+    return buildReport(recorder, gpu, running.broker.stats(), stored, restartCounts(), engine);
   }
 
   console.log(
@@ -181,7 +213,9 @@ async function main(): Promise<number> {
       `  logs               ${logDir}`,
       ...(flags.forward !== undefined ? [`  forwarding to      ${flags.forward}`] : []),
       '',
-      flags.demo ? `Ready. Demo: ${flags.sessions} sessions over ~${flags.durationMs / 1000} s. Ctrl-C stops.` : 'Ready. Serving (no demo). Ctrl-C stops.',
+      flags.demo
+        ? `Ready. Demo: ${flags.sessions} sessions over ~${flags.durationMs / 1000} s${engineUrl !== undefined ? `, some on the llama engine (at most ${ENGINE_SEQUENCES} at once)` : ''}. Ctrl-C stops.`
+        : 'Ready. Serving (no demo). Ctrl-C stops.',
     ].join('\n'),
   );
 
@@ -227,6 +261,7 @@ async function main(): Promise<number> {
       pendingDeliveries: running.broker.stats().pending,
       deadLetters: running.broker.stats().deadLettered,
       restarts: restartCounts(),
+      ...(engineUrl !== undefined ? { engine: { open: demo?.engine()?.open, usedBytes: engineNow } } : {}),
     }),
   );
 
@@ -247,6 +282,7 @@ async function main(): Promise<number> {
         console.error(`demo: ${message}`);
       },
       ...(flags.seed !== undefined ? { seed: flags.seed } : {}),
+      ...(engineUrl !== undefined ? { engine: { url: engineUrl, sequences: ENGINE_SEQUENCES } } : {}),
     });
     observers.push((ev) => demo?.observe(ev));
     void demo.done.then(async (outcome: DemoOutcome) => {
@@ -259,7 +295,7 @@ async function main(): Promise<number> {
       if (process.env.SR_DEMO_DEBUG) console.log(outcome.sessions.map((x) => `${x.sessionId} ${x.planned} -> ${x.cause} after ${x.livedMs} ms`).join('\n'));
       console.log(`\n${formatReport(demoReport, `demo report: ${outcome.ended} of ${outcome.planned} sessions ended`)}\n`);
       if (flags.exitAfterDemo) {
-        const ok = outcome.open === 0 && demoReport.gpu.balanced && demoReport.sessions.destroyedTwice === 0 && demoReport.deadLetters.thisRun === 0;
+        const ok = outcome.open === 0 && demoReport.gpu.balanced && demoReport.sessions.destroyedTwice === 0 && demoReport.deadLetters.thisRun === 0 && (demoReport.engine?.agree ?? true);
         await live.shutdown?.(ok ? 0 : 1, ok ? 'the demo is over' : 'the demo ended with problems (see the report)');
       } else {
         console.log('The demo is over; the stack keeps serving. Ctrl-C stops.');

@@ -573,7 +573,7 @@ export const catalogue = [
   { type: EventType.GpuOrphanReleased, direction: 'emitted', producer: 'heartbeat-timeout', senders: ['deadline-engine'], consumers: [], summary: "The deadline engine's reconciler freed GPU memory a runtime held that no session owned past the grace period; for observers." },
   { type: EventType.GpuDemoteRequested, direction: 'emitted', producer: 'activity-score', senders: ['idle-checker'], consumers: ['gpu-release'], summary: "The idle checker (activity-score) demotes a quiet session: move its KV off the GPU until its user is back." },
   { type: EventType.GpuDemoted, direction: 'emitted', producer: 'gpu-release', senders: ['gpu-release'], consumers: [], summary: 'The runtime moved the KV off the GPU (bytes offloaded and freed); for observers.' },
-  { type: EventType.GpuRestoreRequested, direction: 'emitted', producer: 'activity-score', senders: ['activity-score'], consumers: ['gpu-release'], summary: 'User activity on a demoted session: bring its KV back onto the GPU.' },
+  { type: EventType.GpuRestoreRequested, direction: 'emitted', producer: 'activity-score', senders: ['activity-score', 'idle-checker'], consumers: ['gpu-release'], summary: 'User activity on a demoted session: bring its KV back onto the GPU (the idle checker sends a pending one again).' },
   { type: EventType.GpuRestored, direction: 'emitted', producer: 'gpu-release', senders: ['gpu-release'], consumers: [], summary: 'The runtime brought the KV back; for observers.' },
 ] as const satisfies readonly CatalogueEntry[];
 

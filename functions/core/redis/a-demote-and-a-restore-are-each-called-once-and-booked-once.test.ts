@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { auditLedger, type NodeLedger } from '../ledger.ts';
-import { drawReleaseToken, type SessionStore } from '../session-store.ts';
+import { drawReleaseToken, SessionStore } from '../session-store.ts';
+import { Scripts } from './scripts.ts';
 import { TOPOLOGIES } from '../../../tests/support/redis.ts';
 import { placementA, testCore, type TestCore } from '../../../tests/support/core.ts';
 
@@ -169,6 +170,62 @@ for (const topology of TOPOLOGIES) {
       assert.deepEqual([n.offloadedBytes! - start.offloadedBytes!, n.releases - start.releases, n.heldBytes - start.heldBytes], [0, 1, 0]);
       // A restore asked for a session being destroyed calls nothing.
       assert.equal((await store.requestRestore('dm-7', inc, drawReleaseToken(), now + 7)).code, 'ENDED');
+    });
+
+    test('a demote that kept nothing, restored, books no restore and never drives the ledger negative', async () => {
+      const start = await node();
+      const inc = await openLive(store, 'dm-9');
+      await demoted(store, 'dm-9', inc, 0, 0);
+      const r = await store.requestRestore('dm-9', inc, drawReleaseToken(), Date.now());
+      const token = r.code === 'REQUESTED' ? r.token : '';
+      // Nothing is booked as offloaded, so the restore has nothing to bring back and calls nothing.
+      assert.deepEqual(await store.beginOffloadCall('dm-9', inc, 'restore', token, Date.now(), LEASE), { code: 'NOTHING' });
+      const n = await node();
+      assert.deepEqual([n.offloadedBytes! - start.offloadedBytes!, n.restores! - start.restores!, n.demotes! - start.demotes!], [0, 0, 1]);
+    });
+
+    test('a restore called after its demote\'s caller died books no restore for the demote the ledger never counted', async () => {
+      const start = await node();
+      const now = Date.now();
+      const inc = await openLive(store, 'dm-10', now);
+      const d = await store.requestDemote('dm-10', inc, drawReleaseToken(), now);
+      const demoteToken = d.code === 'REQUESTED' ? d.token : '';
+      assert.equal((await store.beginOffloadCall('dm-10', inc, 'demote', demoteToken, now, 100)).code, 'CALL');
+      const r = await store.requestRestore('dm-10', inc, drawReleaseToken(), now + 1);
+      const token = r.code === 'REQUESTED' ? r.token : '';
+      // The demote's lease ran out unanswered: it may have happened, so the restore is called.
+      assert.equal((await store.beginOffloadCall('dm-10', inc, 'restore', token, now + 200, LEASE)).code, 'CALL');
+      assert.equal(await store.settleOffloadCall('dm-10', inc, 'restore', token, now + 201, { bytes: 5, freedBytes: 0, estimated: false }), true);
+      assert.equal(await store.settleOffloadCall('dm-10', inc, 'demote', demoteToken, now + 202, { bytes: 9, freedBytes: 9, estimated: false }), false, 'the dead caller\'s late answer books nothing');
+      const n = await node();
+      assert.deepEqual([n.offloadedBytes! - start.offloadedBytes!, n.restores! - start.restores!], [0, 0]);
+      assert.equal((await store.inspect('dm-10'))?.offload, undefined);
+    });
+
+    test('a hold granted before the demote is called calls it off', async () => {
+      const now = Date.now();
+      const inc = await openLive(store, 'dm-11', now);
+      const d = await store.requestDemote('dm-11', inc, drawReleaseToken(), now);
+      const token = d.code === 'REQUESTED' ? d.token : '';
+      assert.equal((await store.hold('dm-11', 'hold-11', now + 1, 60_000)).code, 'HELD');
+      assert.equal((await store.requestDemote('dm-11', inc, drawReleaseToken(), now + 2)).code, 'HELD', 'not even sent again while held');
+      assert.deepEqual(await store.beginOffloadCall('dm-11', inc, 'demote', token, now + 2, LEASE), { code: 'NOT_PENDING', why: 'held' });
+      assert.equal((await store.inspect('dm-11'))?.offload, undefined);
+    });
+
+    test('an operator\'s resolve of a demoted session\'s failed destroy writes its offloaded bytes off too', async () => {
+      const start = await node();
+      const budgeted = new SessionStore(core.redis, core.keys, await Scripts.register(core.redis), { tombstoneTtlMs: 60_000, releaseMaxAttempts: 1 });
+      const now = Date.now();
+      const inc = await openLive(budgeted, 'dm-12', now);
+      await demoted(budgeted, 'dm-12', inc, 800, 700);
+      await budgeted.claimDestroy({ sessionId: 'dm-12', fingerprint: 'close-dm-12', cause: 'closed', now: now + 1 });
+      assert.equal((await budgeted.advance('dm-12', inc, 'gpu_release_requested', now + 2, { attempt: 1, token: drawReleaseToken() })).code, 'ADVANCED');
+      assert.equal((await budgeted.advance('dm-12', inc, 'gpu_release_requested', now + 3, { attempt: 2, token: drawReleaseToken() })).code, 'EXHAUSTED');
+      assert.equal((await budgeted.settleFailedDestroy('dm-12', 'resolve', now + 4)).code, 'RESOLVED');
+      const n = await node();
+      assert.equal(n.offloadedBytes! - start.offloadedBytes!, 0);
+      assert.equal(n.heldBytes - start.heldBytes, 0);
     });
 
     test('a migration of a demoted session starts the new incarnation resident and stops counting the old copy', async () => {

@@ -18,6 +18,11 @@ export interface EngineAddress {
 export interface EngineTarget extends EngineAddress {
   sessionId: string;
   incarnation: number;
+  /**
+   * A demote or restore request's token: an incarnation may be demoted and restored many times, so each request
+   * has its own idempotency key (a retry of the same request reuses it; another request must not be replayed).
+   */
+  requestToken?: string | undefined;
 }
 
 /** What an engine kind can do; `exactBytes`: whether freed bytes are measured or derived exactly, not estimated. */

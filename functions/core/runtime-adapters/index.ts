@@ -17,9 +17,9 @@ export { demoteFilename } from './llamacpp.ts';
 export interface EngineClient extends RuntimeClient {
   release(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress): Promise<ReleaseResult>;
   /** Moves a session's KV off the GPU (kept to be restored), freeing its GPU KV. */
-  demote(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress): Promise<DemoteResult>;
+  demote(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress, requestToken?: string): Promise<DemoteResult>;
   /** Brings a demoted session's KV back. */
-  restore(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress): Promise<RestoreResult>;
+  restore(runtimeUrl: string, sessionId: string, incarnation: number, ctx?: RuntimeCallContext, address?: EngineAddress, requestToken?: string): Promise<RestoreResult>;
   /** What the runtime's kind can do. */
   capabilities(runtimeUrl: string): EngineCapabilities;
 }
@@ -52,19 +52,19 @@ export function createEngineClient(http: RuntimeClient, registry?: RuntimeRegist
     }
     return { adapter, endpoint: runtimeEndpoint(found.endpoint) };
   }
-  const target = (sessionId: string, incarnation: number, address?: EngineAddress) => ({ sessionId, incarnation, ...address });
+  const target = (sessionId: string, incarnation: number, address?: EngineAddress, requestToken?: string) => ({ sessionId, incarnation, ...address, ...(requestToken === undefined ? {} : { requestToken }) });
   return {
     release(runtimeUrl, sessionId, incarnation, ctx, address) {
       const { adapter, endpoint } = resolve(runtimeUrl);
       return adapter.release(http, endpoint, target(sessionId, incarnation, address), ctx);
     },
-    demote(runtimeUrl, sessionId, incarnation, ctx, address) {
+    demote(runtimeUrl, sessionId, incarnation, ctx, address, requestToken) {
       const { adapter, endpoint } = resolve(runtimeUrl);
-      return adapter.demote(http, endpoint, target(sessionId, incarnation, address), ctx);
+      return adapter.demote(http, endpoint, target(sessionId, incarnation, address, requestToken), ctx);
     },
-    restore(runtimeUrl, sessionId, incarnation, ctx, address) {
+    restore(runtimeUrl, sessionId, incarnation, ctx, address, requestToken) {
       const { adapter, endpoint } = resolve(runtimeUrl);
-      return adapter.restore(http, endpoint, target(sessionId, incarnation, address), ctx);
+      return adapter.restore(http, endpoint, target(sessionId, incarnation, address, requestToken), ctx);
     },
     memory(runtimeUrl, ctx): Promise<RuntimeMemory> {
       const { adapter, endpoint } = resolve(runtimeUrl);

@@ -18,6 +18,11 @@ function refusalOf(answer: RuntimeAnswer, op: string): RuntimeReleaseError {
   return answer.statusError();
 }
 
+/** A demote's or restore's Idempotency-Key: `{sessionId}:{incarnation}:{op}`, and `:{token}` for one request of many. */
+export function offloadKey(sessionId: string, incarnation: number, op: 'demote' | 'restore', requestToken?: string): string {
+  return `${sessionId}:${incarnation}:${op}${requestToken === undefined ? '' : `:${requestToken}`}`;
+}
+
 /** The native API's adapter. */
 export const nativeAdapter: EngineAdapter = {
   kind: 'native',
@@ -25,12 +30,14 @@ export const nativeAdapter: EngineAdapter = {
 
   release: (http, runtimeUrl, target, ctx) => http.release(runtimeUrl, target.sessionId, target.incarnation, ctx),
 
-  async demote(http, runtimeUrl, { sessionId, incarnation }, ctx): Promise<DemoteResult> {
+  async demote(http, runtimeUrl, { sessionId, incarnation, requestToken }, ctx): Promise<DemoteResult> {
     checkTarget(sessionId, incarnation);
     const { value, attempts } = await http.call(runtimeUrl, {
       op: 'demote', method: 'POST', path: `/v1/sessions/${encodeURIComponent(sessionId)}/demote`, json: { incarnation },
-      // The same key on every attempt, as for a release: a retry after a lost answer is not a second demote.
-      headers: { 'idempotency-key': `${sessionId}:${incarnation}:demote` }, logFields: { sessionId, incarnation },
+      // The same key on every attempt of one request, as for a release: a retry after a lost answer is not a second
+      // demote. Each request its own (its token): an incarnation demoted again after a restore must not be answered
+      // from the first demote's stored reply.
+      headers: { 'idempotency-key': offloadKey(sessionId, incarnation, 'demote', requestToken) }, logFields: { sessionId, incarnation },
     }, (a) => {
       if (a.status !== 200) throw refusalOf(a, 'demote');
       const [offloadedBytes, freedBytes] = [field(a.body, 'offloadedBytes'), field(a.body, 'freedBytes')];
@@ -40,11 +47,11 @@ export const nativeAdapter: EngineAdapter = {
     return { ...value, exact: true, attempts };
   },
 
-  async restore(http, runtimeUrl, { sessionId, incarnation }, ctx): Promise<RestoreResult> {
+  async restore(http, runtimeUrl, { sessionId, incarnation, requestToken }, ctx): Promise<RestoreResult> {
     checkTarget(sessionId, incarnation);
     const { value, attempts } = await http.call(runtimeUrl, {
       op: 'restore', method: 'POST', path: `/v1/sessions/${encodeURIComponent(sessionId)}/restore`, json: { incarnation },
-      headers: { 'idempotency-key': `${sessionId}:${incarnation}:restore` }, logFields: { sessionId, incarnation },
+      headers: { 'idempotency-key': offloadKey(sessionId, incarnation, 'restore', requestToken) }, logFields: { sessionId, incarnation },
     }, (a) => {
       if (a.status !== 200) throw refusalOf(a, 'restore');
       const restoredBytes = field(a.body, 'restoredBytes');

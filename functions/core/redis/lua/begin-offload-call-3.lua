@@ -18,8 +18,8 @@
     {'FAILED'}                                  this request's call was refused for good
     {'NOTHING'}                                 a restore with nothing to bring back: the demote it overtook was
                                                 never made, or was refused; the session is resident again
-    {'NOT_PENDING', why}                        'unknown', 'stale', 'ended' or 'superseded' (another request is the
-                                                pending one, or none is)
+    {'NOT_PENDING', why}                        'unknown', 'stale', 'ended', 'superseded' (another request is the
+                                                pending one, or none is) or 'held' (a demote called off by a hold)
 ]]
 -- @include "session"
 local sessionKey, placementsKey, callsKey = KEYS[1], KEYS[2], KEYS[3]
@@ -27,7 +27,7 @@ local inc, op, token, now, lease = tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber
 local CALL_RECORD_TTL_MS = 3600000
 local STAGE_OF = { demote = 'demoting', restore = 'restoring' }
 
-local rec = redis.call('HMGET', sessionKey, 's', 'i', 'p', 'ea', 'dm', 'dk', 'ob')
+local rec = redis.call('HMGET', sessionKey, 's', 'i', 'p', 'ea', 'dm', 'dk', 'ob', 'h')
 if not rec[1] then return { 'NOT_PENDING', 'unknown' } end
 if tonumber(rec[2]) ~= inc then return { 'NOT_PENDING', 'stale' } end
 
@@ -40,9 +40,15 @@ if callToken == token and outcome == 'failed' then return { 'FAILED' } end
 if rec[1] ~= 'A' then return { 'NOT_PENDING', 'ended' } end
 if rec[6] ~= token or rec[5] ~= STAGE_OF[op] then return { 'NOT_PENDING', 'superseded' } end
 if outcome == 'calling' and tonumber(value) > now then return { 'IN_FLIGHT', tonumber(value) } end
+-- A hold granted since the demote was asked says the KV is about to be needed: the demote is called off.
+if op == 'demote' and tonumber(rec[8] or '0') > now then
+  redis.call('HDEL', sessionKey, 'dm', 'dk')
+  redis.call('HSET', sessionKey, 'dq', now)
+  return { 'NOT_PENDING', 'held' }
+end
 -- A restore that overtook a demote which never reached the runtime (or was refused) has nothing to bring back. A
 -- demote call whose caller died mid-call (its lease ran out unanswered) may have happened: the restore is called.
-if op == 'restore' and not rec[7] and outcome ~= 'calling' then
+if op == 'restore' and (tonumber(rec[7] or '0') or 0) <= 0 and outcome ~= 'calling' then
   redis.call('HDEL', sessionKey, 'dm', 'dk')
   redis.call('HSET', sessionKey, 'dq', now)
   return { 'NOTHING' }

@@ -107,7 +107,6 @@ ledgerRegister(ledgerKey, node, bytes)
 local oldNode, oldUrl = placementOf(placementsKey, oldPid)
 -- The new incarnation starts resident. KV the old one kept off the GPU (a demote) is dropped by the migration's
 -- release of the old allocation; the ledger stops counting it as offloaded here, with the incarnation that kept it.
-local offloaded = tonumber(redis.call('HGET', sessionKey, 'ob') or '0')
-if offloaded > 0 then redis.call('HINCRBY', ledgerKey, 'offloaded:' .. oldNode, -offloaded) end
-redis.call('HDEL', sessionKey, 'dm', 'dk', 'dq', 'ob', 'dg', 'dx', 'dc')
+dropOffloaded(sessionKey, ledgerKey, oldNode)
+redis.call('HDEL', sessionKey, 'dm', 'dk', 'dq', 'dg', 'dx', 'dc')
 return { 'MIGRATED', newInc, deadline, oldInc, oldNode, oldUrl, oldBytes }

@@ -27,7 +27,8 @@ local current = STAGE_ORDER[state[3]]
 if current >= STAGE_ORDER.state_purged then return { 'ALREADY', state[3] } end
 if current < STAGE_ORDER.gpu_released then return { 'NOT_READY', state[3] } end
 redis.call('DEL', contextKey)
-redis.call('HDEL', sessionKey, 'w', 'h', 'r', 'm')
+-- The offload stage goes with the state (a tombstone is not 'demoted'); `dc`, the demotes it had, stays as history.
+redis.call('HDEL', sessionKey, 'w', 'h', 'r', 'm', 'dm', 'dk', 'dq', 'dg', 'dx')
 redis.call('HSET', sessionKey, 'st', 'state_purged')
 appendTimeline(sessionKey, 'state_purged', now)
 redis.call('ZADD', destroyingKey, now, sessionId)

@@ -54,12 +54,8 @@ if standing ~= 'pending' or not matches then
 end
 local bytes = tonumber(state[5] or '0')
 ledgerRelease(ledgerKey, node, bytes, confirmed, estimated)
--- A demoted session's KV was kept off the GPU (settle-offload-call-4.lua): the runtime's release dropped that copy too.
-local offloaded = tonumber(redis.call('HGET', sessionKey, 'ob') or '0')
-if offloaded > 0 then
-  redis.call('HINCRBY', ledgerKey, 'offloaded:' .. node, -offloaded)
-  redis.call('HDEL', sessionKey, 'ob')
-end
+-- A demoted session's KV was kept off the GPU (settle-offload-call-4.lua): its release ends that copy's account too.
+dropOffloaded(sessionKey, ledgerKey, node)
 redis.call('HSET', sessionKey, 'st', 'gpu_released', 'gr', confirmed)
 -- The answer to the last attempt may come after the destroy gave up (the Broker kept redelivering it): it is then no
 -- longer waiting for an operator.

@@ -25,9 +25,9 @@ local rec = redis.call('HMGET', sessionKey, 's', 'i', 'h', 'pc', 'dm', 'dk', 'dx
 if not rec[1] then return { 'UNKNOWN' } end
 if tonumber(rec[2]) ~= inc then return { 'STALE', tonumber(rec[2]) } end
 if rec[1] ~= 'A' or rec[4] then return { 'ENDED', rec[1] } end
+if tonumber(rec[3] or '0') > now then return { 'HELD', tonumber(rec[3]) } end
 if rec[5] == 'demoting' then return { 'PENDING', rec[6] } end
 if rec[5] then return { 'ALREADY', rec[5] } end
 if rec[7] then return { 'REFUSED' } end
-if tonumber(rec[3] or '0') > now then return { 'HELD', tonumber(rec[3]) } end
 redis.call('HSET', sessionKey, 'dm', 'demoting', 'dk', token, 'dq', now)
 return { 'REQUESTED', token }

@@ -2,7 +2,7 @@
   settleFailedDestroy: an operator's answer to a destroy that gave up its GPU release (release_failed, after the release
   budget). 'retry' restarts the budget and hands the destroy back to the stall watchdog at once, which requests a new
   release attempt. 'resolve' says the memory is free (or written off): the release is booked with 0 confirmed bytes
-  (counted as resolved in the ledger) and the watchdog finishes the destroy (state purged, session.destroyed).
+  (counted as resolved in the ledger; a demoted session's offloaded bytes are written off with it) and the watchdog finishes the destroy (state purged, session.destroyed).
 
   KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket failed destroys (ZSET)
   KEYS[4] bucket GPU ledger   KEYS[5] bucket placements
@@ -41,6 +41,8 @@ end
 local node = placementOf(placementsKey, state[5])
 local bytes = tonumber(state[6] or '0')
 ledgerRelease(ledgerKey, node, bytes, 0)
+-- Written off with the allocation: what a demote kept off the GPU is no longer counted as offloaded either.
+dropOffloaded(sessionKey, ledgerKey, node)
 redis.call('HINCRBY', ledgerKey, 'resolved:' .. node, 1)
 redis.call('HSET', sessionKey, 'st', 'gpu_released', 'gr', 0)
 appendTimeline(sessionKey, 'gpu_released', now)

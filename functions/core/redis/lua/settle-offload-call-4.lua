@@ -58,16 +58,20 @@ if op == 'demote' then
   -- back by its restore, so ob is never counted twice.
   redis.call('HSET', sessionKey, 'ob', bytes, 'dg', freed, 'dq', now)
   redis.call('HINCRBY', sessionKey, 'dc', 1)
-  if current then redis.call('HSET', sessionKey, 'dm', 'demoted') end
+  -- The stage says where the KV is: demoted, unless a restore already waits for it (it then restores this copy).
+  if rec[4] ~= 'restoring' then redis.call('HSET', sessionKey, 'dm', 'demoted', 'dk', token) end
   redis.call('HINCRBY', ledgerKey, 'offloaded:' .. node, bytes)
   redis.call('HINCRBY', ledgerKey, 'demotes:' .. node, 1)
   redis.call('HINCRBY', ledgerKey, 'demoteFreed:' .. node, freed)
   return { 'SETTLED', 1 }
 end
-local held = tonumber(rec[6] or '0')
+local held = tonumber(rec[6] or '0') or 0
 redis.call('HDEL', sessionKey, 'ob')
 redis.call('HSET', sessionKey, 'dq', now)
 if current then redis.call('HDEL', sessionKey, 'dm', 'dk') end
+-- A restore called with nothing booked (a demote whose caller died mid-call) restores what the runtime may hold, but
+-- books no restore: the ledger never counted that demote.
+if held <= 0 then return { 'SETTLED', 0 } end
 redis.call('HINCRBY', ledgerKey, 'offloaded:' .. node, -held)
 redis.call('HINCRBY', ledgerKey, 'restores:' .. node, 1)
 redis.call('HINCRBY', ledgerKey, 'restored:' .. node, bytes)

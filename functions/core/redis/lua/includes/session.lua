@@ -163,6 +163,14 @@ local function ledgerRelease(ledgerKey, node, bytes, confirmed, estimated)
   end
 end
 
+-- Demote before destroy: the KV a demote kept off the GPU for this incarnation (`ob`) is gone with its allocation
+-- (its release, an operator's resolve, a migration): offloaded:<node> stops counting it, once.
+local function dropOffloaded(sessionKey, ledgerKey, node)
+  local offloaded = tonumber(redis.call('HGET', sessionKey, 'ob') or '0') or 0
+  if offloaded > 0 then redis.call('HINCRBY', ledgerKey, 'offloaded:' .. node, -offloaded) end
+  redis.call('HDEL', sessionKey, 'ob')
+end
+
 local function appendTimeline(sessionKey, stage, now)
   local tl = redis.call('HGET', sessionKey, 'tl')
   local entry = stage .. '@' .. now
