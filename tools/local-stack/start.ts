@@ -30,10 +30,11 @@ const DEMO_ENV = {
   LOAD_POLICY: JSON.stringify({ minGraceMs: 1000 }),
 };
 
-// With the real engine, demote before destroy is on (README, "Demote before destroy"): a demo user who pauses past
-// their rhythm has their session's KV moved off the engine's KV cache, and back when they type again. The simulator
-// does not offer demote (it answers 501, read as a refusal for good: each of its sessions is asked once).
-const ENGINE_DEMO_ENV = { ...DEMO_ENV, DEMOTE_QUIET_MS: '1500' };
+// With the real engine, demote before destroy runs on the demo's time scale (README, "Demote before destroy"): a demo
+// user who pauses past their rhythm has their session's KV moved off the engine's KV cache, and back when they type
+// again; a demoted session keeps the demo tenant's short grace (the deployed 10 min would outlast the demo). The
+// simulator does not offer demote (it answers 501, read as a refusal for good: each of its sessions is asked once).
+const ENGINE_DEMO_ENV = { ...DEMO_ENV, DEMOTE_QUIET_MS: '1500', DEMOTED_IDLE_GRACE_MS: '0' };
 
 // A supervisor (or a test harness) commonly sends SIGTERM and SIGKILLs 5 s later; the whole stop fits in that: the
 // Broker gets 2 s to finish its deliveries (the rest are kept for the next start, nothing is lost), and a stop that
