@@ -4,7 +4,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { loadMetricsSettings } from './config.ts';
 import { initMetrics } from './metrics-provider.ts';
-import { CATALOGUE, DESTROY_TARGET_SECONDS, DETECTION_TARGET_SECONDS, RECLAIM_TARGET_SECONDS, RUNTIME, type MetricSpec } from './metrics.ts';
+import { CATALOGUE, DESTROY_TARGET_SECONDS, DETECTION_TARGET_SECONDS, RECLAIM_TARGET_SECONDS, RUNTIME, SCRIPT_NAMES, type MetricSpec } from './metrics.ts';
+import { loadScriptSources } from './redis/scripts.ts';
 import { havePromtool, promtoolCheckMetrics, sumOf, TextReader } from '../../tests/support/metrics.ts';
 
 const specs: MetricSpec[] = Object.values(CATALOGUE);
@@ -89,4 +90,8 @@ test('what a process records is exposed under the catalogue names, each process 
     const check = promtoolCheckMetrics(exposition);
     assert.equal(check.status, 0, check.output);
   }
+});
+
+test('the script label lists exactly the Lua scripts there are', () => {
+  assert.deepEqual([...SCRIPT_NAMES].sort(), loadScriptSources().map((s) => s.name).sort());
 });

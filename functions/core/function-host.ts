@@ -95,6 +95,7 @@ export function createCore(opts: CoreOptions): Core {
   const metrics = processMetrics.instruments;
   const emitter = createEmitter({
     sink: config.K_SINK, timeoutMs: config.CORE_TIMEOUT_MS, logger, tracer: telemetry.tracer,
+    counters: { retries: metrics.emitRetries.cell(), failures: metrics.emitFailures.cell() },
     ...(config.SINK_TOKEN_FILE === '' ? {} : { token: new SinkToken(config.SINK_TOKEN_FILE) }),
     ...(config.K_CA_CERTS === '' ? {} : { caCerts: config.K_CA_CERTS }),
   });
@@ -112,7 +113,7 @@ export function createCore(opts: CoreOptions): Core {
         await clock.sync();
         clock.start((err: unknown) => logger.warn({ err }, 'could not re-anchor the clock to Redis TIME; keeping the last anchor'));
       }
-      store = new SessionStore(redis, keys, await Scripts.register(redis, scriptSources), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS });
+      store = new SessionStore(redis, keys, await Scripts.register(redis, scriptSources, metrics.scriptDuration), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS });
     })().catch((err: unknown) => {
       readying = undefined;
       if (err instanceof ScriptLoadError) throw err;

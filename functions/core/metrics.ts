@@ -232,7 +232,7 @@ export const CATALOGUE = {
   }),
   ledgerViolations: m({
     name: 'sessionreaper_ledger_violations', type: 'gauge', unit: 'count', labels: {},
-    help: 'Nodes whose ledger breaks registered = released + held, or holds a negative amount: must stay 0.',
+    help: 'Problems the ledger audit finds (a node where registered differs from released + held, a negative holding, more releases than allocations): must stay 0.',
     recordedBy: ['deadline-engine'],
   }),
   stormGuardQueued: m({
