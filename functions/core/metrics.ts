@@ -136,7 +136,7 @@ export const CATALOGUE = {
   }),
   stormGuardAdmissions: m({
     name: 'sessionreaper_storm_guard_admissions_total', type: 'counter', unit: 'count', labels: { outcome: ADMISSIONS },
-    help: 'GPU releases the storm guard admitted at once, queued behind its node\'s in-flight limit, or throttled by its runtime\'s rate limit.',
+    help: 'Storm-guard decisions on a GPU release: admitted (a slot taken, or renewed by a redelivery), queued behind its node\'s in-flight limit, or throttled by its runtime\'s rate limit.',
     recordedBy: ['destroy-dispatch'],
   }),
   releaseRequests: m({
