@@ -32,7 +32,8 @@ export const BREAKER_STATES = ['closed', 'half_open', 'open'] as const;
 export const ADMISSIONS = ['admitted', 'waiting', 'throttled'] as const;
 export const SESSION_STATES = ['active', 'destroying', 'release_failed'] as const;
 export const DEAD_LETTER_REASONS = ['http_4xx', 'http_5xx', 'timeout', 'unreachable', 'other'] as const;
-export const QUANTILES = ['0.5', '0.99', '1'] as const;
+/** Event-loop delay statistics (a gauge: `quantile` is a summary's label, and promtool refuses it elsewhere). */
+export const LOOP_STATS = ['p50', 'p99', 'max'] as const;
 export const ANSWER_OUTCOMES = ['booked', 'duplicate', 'ignored'] as const;
 /** The Lua scripts (functions/core/redis/lua/*.lua, without the key count), as Scripts names them. */
 export const SCRIPT_NAMES = [
@@ -195,7 +196,7 @@ export const CATALOGUE = {
     recordedBy: [...FUNCTIONS, 'deadline-engine', 'idle-checker'],
   }),
   eventLoopDelay: m({
-    name: 'sessionreaper_event_loop_delay_seconds', type: 'gauge', unit: 'seconds', labels: { quantile: QUANTILES },
+    name: 'sessionreaper_event_loop_delay_seconds', type: 'gauge', unit: 'seconds', labels: { stat: LOOP_STATS },
     help: 'The deadline engine\'s event-loop delay since the last collection, at the median, the 99th percentile and the maximum.',
     recordedBy: ['deadline-engine'],
   }),

@@ -109,9 +109,9 @@ export function observeSharedState(deps: Pick<CoreDeps, 'metrics' | 'redis' | 'c
   loop.enable();
   m.eventLoopDelay.instrument.addCallback((result) => {
     if (loop.count === 0) return;
-    result.observe(loop.percentile(50) / 1e9, m.eventLoopDelay.attributes('0.5'));
-    result.observe(loop.percentile(99) / 1e9, m.eventLoopDelay.attributes('0.99'));
-    result.observe(loop.max / 1e9, m.eventLoopDelay.attributes('1'));
+    result.observe(loop.percentile(50) / 1e9, m.eventLoopDelay.attributes('p50'));
+    result.observe(loop.percentile(99) / 1e9, m.eventLoopDelay.attributes('p99'));
+    result.observe(loop.max / 1e9, m.eventLoopDelay.attributes('max'));
     loop.reset();
   });
   return () => loop.disable();

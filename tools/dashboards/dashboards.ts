@@ -61,7 +61,7 @@ export const DASHBOARDS: readonly DashboardSpec[] = [
         panels: [
           stat('Overdue deadlines', 'short', 'Active sessions more than a second past their deadline and unclaimed: must be 0.', ['max(sessionreaper_deadlines_overdue)', 'overdue']),
           ts('Engine rounds and expiries per second', 'ops', 'Poll rounds completed (flat: a stalled engine) and dead sessions claimed.', ['sum(rate(sessionreaper_deadline_engine_rounds_total' + RATE + '))', 'rounds'], ['sum(rate(sessionreaper_expiries_total' + RATE + '))', 'expiries']),
-          ts('Event-loop delay', 's', "The deadline engine's event-loop delay per collection interval: its timers fire this late.", ['max by (quantile) (sessionreaper_event_loop_delay_seconds)', 'q{{quantile}}']),
+          ts('Event-loop delay', 's', "The deadline engine's event-loop delay per collection interval: its timers fire this late.", ['max by (stat) (sessionreaper_event_loop_delay_seconds)', '{{stat}}']),
         ],
       },
       {
