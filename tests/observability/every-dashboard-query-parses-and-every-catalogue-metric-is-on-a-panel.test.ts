@@ -53,3 +53,12 @@ test('the parser refuses what is not PromQL, so the checks above can fail', () =
   assert.equal(catalogueMetricOf('sessionreaper_no_such_metric'), undefined);
   assert.equal(catalogueMetricOf('sessionreaper_detection_lag_seconds_bucket')?.name, 'sessionreaper_detection_lag_seconds');
 });
+
+test("the README's Metrics section lists every catalogue metric and every alert", () => {
+  const readme = readFileSync(join(import.meta.dirname, '..', '..', 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('## Metrics'), readme.indexOf('## Chaos run'));
+  for (const s of Object.values(CATALOGUE) as MetricSpec[]) assert.ok(section.includes(`\`${s.name}\``), `the README describes ${s.name}`);
+  for (const a of rules.filter((r) => r.alert !== undefined)) {
+    assert.ok(section.includes(`\`${a.alert!}\``) || section.includes(`\`${a.alert!.replace(/Slow$/, '')}\``), `the README lists ${a.alert}`);
+  }
+});

@@ -160,6 +160,7 @@ async function main(): Promise<number> {
     `${JSON.stringify({
       pid: process.pid, ingressUrl: ingress, runtimeUrl: running.runtimeUrl, redisUrl: running.redisUrl, redisPassword: running.redisPassword,
       keyPrefix: running.keyPrefix, deadLetterDir: running.deadLetterDir, ports: running.ports, tokenFiles: running.tokenFiles,
+      metricsUrls: running.metricsUrls,
       startedAt: new Date(startedAt).toISOString(),
     }, null, 2)}\n`,
     { mode: 0o600 },
@@ -205,6 +206,7 @@ async function main(): Promise<number> {
       `  Redis              ${running.redisUrl}   key prefix ${running.keyPrefix}   (password in ${relative(process.cwd(), stateFile)})`,
       `  sender tokens      ${relative(process.cwd(), join(flags.stateDir, 'tokens'))}/   ← send as the pipeline: -H "Authorization: Bearer $(cat ${relative(process.cwd(), running.tokenFiles['inference-pipeline'])})"`,
       `  dead letters       ${running.deadLetterDir}`,
+      `  metrics            ${running.metricsUrls['deadline-engine'] ?? '(off)'}   ← the deadline engine's; every process's is in ${relative(process.cwd(), stateFile)} (metricsUrls)`,
       `  logs               ${logDir}`,
       ...(flags.forward !== undefined ? [`  forwarding to      ${flags.forward}`] : []),
       '',
