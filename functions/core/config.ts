@@ -94,3 +94,32 @@ export function readSettings<S extends ReturnType<typeof Type.Object>>(schema: S
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return readSettings(ConfigSchema, env);
 }
+
+/**
+ * The standard OpenTelemetry metrics variables this project honours. The SDK 3.x reads none of them itself, so they
+ * are parsed here, once, like every other setting. OTEL_METRICS_EXPORTER lists readers (comma-separated): `otlp`
+ * pushes to the collector (only when an OTLP endpoint is set, as for traces), `prometheus` serves the exposition on
+ * OTEL_EXPORTER_PROMETHEUS_HOST:PORT (npm start's, and any scrape-based setup), `none` neither.
+ */
+export const MetricsSettingsSchema = Type.Object({
+  OTEL_METRICS_EXPORTER: Type.String({
+    default: 'otlp', pattern: '^\\s*(otlp|prometheus|none)\\s*(,\\s*(otlp|prometheus|none)\\s*)*$',
+    description: 'Metric readers, comma-separated: otlp (push to OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT when set), prometheus (serve /metrics), none.',
+  }),
+  OTEL_METRIC_EXPORT_INTERVAL: Int(100, 60_000, 'Milliseconds between two OTLP metric exports.', 3_600_000),
+  OTEL_METRIC_EXPORT_TIMEOUT: Int(100, 30_000, 'Longest one OTLP metric export may take, ms.', 600_000),
+  OTEL_EXPORTER_PROMETHEUS_PORT: Int(1, 9464, 'Port the prometheus reader serves /metrics on.', 65_535),
+  OTEL_EXPORTER_PROMETHEUS_HOST: Type.String({ default: '', description: 'Interface the prometheus reader listens on; LISTEN_HOST (every interface when empty) if unset.' }),
+});
+
+export type MetricsSettings = Readonly<Static<typeof MetricsSettingsSchema>>;
+
+/** Reads and validates the metrics settings; `readers` is OTEL_METRICS_EXPORTER as a set (none removed). */
+export function loadMetricsSettings(env: NodeJS.ProcessEnv = process.env): MetricsSettings & { readers: ReadonlySet<'otlp' | 'prometheus'> } {
+  const s = readSettings(MetricsSettingsSchema, env);
+  const readers = new Set(s.OTEL_METRICS_EXPORTER.split(',').map((r) => r.trim().toLowerCase()).filter((r): r is 'otlp' | 'prometheus' => r === 'otlp' || r === 'prometheus'));
+  if (s.OTEL_METRICS_EXPORTER.split(',').some((r) => r.trim() === 'none') && readers.size > 0) {
+    throw new ConfigError(`OTEL_METRICS_EXPORTER=${JSON.stringify(s.OTEL_METRICS_EXPORTER)} is invalid: none cannot be listed beside a reader`);
+  }
+  return Object.freeze({ ...s, readers });
+}

@@ -63,6 +63,8 @@ export interface EmitterOptions {
   token?: SinkToken;
   /** CA certificates (PEM) trusted for an https sink besides the system's (K_CA_CERTS). */
   caCerts?: string;
+  /** Counts retries and events not sent (the catalogue's emitRetries and emitFailures); nothing counted when absent. */
+  counters?: { retries: { add(n: number): void }; failures: { add(n: number): void } };
 }
 
 /** Sends CloudEvents to the Broker. */
@@ -235,6 +237,7 @@ export function createEmitter(opts: EmitterOptions): Emitter {
           throw new TransientError(`event ${out.eventId} not sent after ${n + 1} attempts: ${err.message}`, { cause: err });
         }
         const delayMs = Math.random() * retryBaseDelayMs * 2 ** n;
+        opts.counters?.retries.add(1);
         span.addEvent('retry', { attempt: n + 1, reason: err.message, ...(err.status === undefined ? {} : { [ATTR_HTTP_RESPONSE_STATUS_CODE]: err.status }) });
         log.debug({ eventId: out.eventId, attempt: n + 1, delayMs: Math.round(delayMs), reason: err.message }, 'retrying event emission');
         await sleep(delayMs);
@@ -276,6 +279,7 @@ export function createEmitter(opts: EmitterOptions): Emitter {
         log.debug({ ...ids, status, attempts }, 'event emitted');
       } catch (err) {
         recordFailure(span, err);
+        opts.counters?.failures.add(1);
         if (err instanceof EventRejectedError) {
           span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, err.status);
           log.error({ ...ids, err, status: err.status }, 'the Broker refused an emitted event: the event we built is wrong');

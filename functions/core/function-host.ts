@@ -20,7 +20,10 @@ import { loadScriptSources, ScriptLoadError, Scripts } from './redis/scripts.ts'
 import { RedisClock } from './redis/redis-clock.ts';
 import { SessionStore, UnexpectedReplyError } from './session-store.ts';
 import { ATTR_SESSION_ID, initTelemetry, withEventSpan, type Telemetry } from './telemetry.ts';
+import { initMetrics, type ProcessMetrics } from './metrics-provider.ts';
+import { outcomeClass, shortType } from './metrics.ts';
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
+import type { IMetricReader } from '@opentelemetry/sdk-metrics';
 
 /** What a handler may use; a handler reads no environment and no globals beyond this. */
 export interface CoreDeps {
@@ -35,6 +38,8 @@ export interface CoreDeps {
   readonly runtimes: RuntimeRegistry;
   /** Where outbound calls to runtimes and hooks may connect (OUTBOUND_ALLOWED_CIDRS). */
   readonly outboundPolicy: OutboundAddressPolicy;
+  /** The metric catalogue's instruments (functions/core/metrics.ts), made once per process. */
+  readonly metrics: ProcessMetrics['instruments'];
   /** Wall clock in ms (tests may pin it). */
   now(): number;
   /** Builds, validates and sends one follow-on event to the Broker; `id` should be deterministic where a
@@ -46,6 +51,7 @@ export interface CoreDeps {
 export interface Core {
   readonly deps: CoreDeps;
   readonly telemetry: Telemetry;
+  readonly processMetrics: ProcessMetrics;
   readonly emitter: Emitter;
   /** Connects Redis and loads the scripts (memoised; retried after a failure). */
   ready(): Promise<void>;
@@ -64,6 +70,8 @@ export interface CoreOptions {
   env?: NodeJS.ProcessEnv;
   /** Tests: capture spans in memory. */
   exporter?: SpanExporter;
+  /** Tests: read this process's metrics through this reader (and only it). */
+  metricReader?: IMetricReader;
   now?: () => number;
 }
 
@@ -81,8 +89,13 @@ export function createCore(opts: CoreOptions): Core {
   const keys = new KeySpace(config.REDIS_KEY_PREFIX, config.INDEX_BUCKETS);
   const runtimes = RuntimeRegistry.parse(config.RUNTIMES);
   const outboundPolicy = outboundPolicyOf(config);
+  const processMetrics = initMetrics({
+    serviceName: opts.name, env, runtimes: runtimes.names(), listenHost: config.LISTEN_HOST, logger, ...(opts.metricReader ? { reader: opts.metricReader } : {}),
+  });
+  const metrics = processMetrics.instruments;
   const emitter = createEmitter({
     sink: config.K_SINK, timeoutMs: config.CORE_TIMEOUT_MS, logger, tracer: telemetry.tracer,
+    counters: { retries: metrics.emitRetries.cell(), failures: metrics.emitFailures.cell() },
     ...(config.SINK_TOKEN_FILE === '' ? {} : { token: new SinkToken(config.SINK_TOKEN_FILE) }),
     ...(config.K_CA_CERTS === '' ? {} : { caCerts: config.K_CA_CERTS }),
   });
@@ -100,7 +113,7 @@ export function createCore(opts: CoreOptions): Core {
         await clock.sync();
         clock.start((err: unknown) => logger.warn({ err }, 'could not re-anchor the clock to Redis TIME; keeping the last anchor'));
       }
-      store = new SessionStore(redis, keys, await Scripts.register(redis, scriptSources), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS });
+      store = new SessionStore(redis, keys, await Scripts.register(redis, scriptSources, metrics.scriptDuration), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS });
     })().catch((err: unknown) => {
       readying = undefined;
       if (err instanceof ScriptLoadError) throw err;
@@ -110,7 +123,7 @@ export function createCore(opts: CoreOptions): Core {
   };
 
   const deps: CoreDeps = {
-    config, logger, tracer: telemetry.tracer, redis, source, now, runtimes, outboundPolicy,
+    config, logger, tracer: telemetry.tracer, redis, source, now, runtimes, outboundPolicy, metrics,
     get store(): SessionStore {
       if (!store) throw new TransientError('the session core is not ready', { cause: undefined });
       return store;
@@ -121,7 +134,7 @@ export function createCore(opts: CoreOptions): Core {
   };
 
   return {
-    deps, telemetry, emitter, ready,
+    deps, telemetry, processMetrics, emitter, ready,
     async healthy() {
       try {
         await ready();
@@ -133,7 +146,8 @@ export function createCore(opts: CoreOptions): Core {
     async close() {
       clock?.stop();
       emitter.shutdown();
-      await telemetry.shutdown();
+      // Metrics first: their last interval leaves before the process does (a pod scaled down loses nothing).
+      await Promise.allSettled([processMetrics.shutdown(), telemetry.shutdown()]);
       redis.disconnect();
     },
   };
@@ -236,6 +250,7 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
     } catch (err) {
       if (!(err instanceof ContractError)) throw err;
       logger.warn({ code: err.code, field: err.field, reason: err.reason, eventId: batch ? undefined : headerOf(req, 'ce-id') }, batch ? 'rejected malformed batch' : 'rejected malformed event');
+      core.deps.metrics.eventsProcessed.add(1, shortType(headerOf(req, 'ce-type') ?? ''), '4xx');
       res.status(400).json({ error: err.code, field: err.field, reason: err.reason });
       return;
     }
@@ -274,8 +289,10 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
         await core.ready();
         await def.handle(event, deps);
       });
+      deps.metrics.eventsProcessed.add(1, shortType(event.type), '2xx');
     } catch (err) {
       const status = statusOf(err);
+      deps.metrics.eventsProcessed.add(1, shortType(event.type), outcomeClass(status));
       const log = withLogContext(logger, { sessionId, eventId: event.id, eventType: event.type });
       if (status === 400 && err instanceof ContractError) log.warn({ code: err.code, field: err.field, reason: err.reason }, 'rejected event');
       else if (status === 403) log.warn({ tenant: event.tenant, source: event.source }, 'refused an event about a session of another tenant; nothing written');

@@ -4,7 +4,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { readSettings } from './config.ts';
 import type { CoreDeps } from './function-host.ts';
-import { createRuntimeClient, type RuntimeClient } from './runtime-client.ts';
+import { createRuntimeClient, type BreakerState, type RuntimeClient } from './runtime-client.ts';
 
 const Int = (minimum: number, maximum: number, dflt: number, description: string, extra: Record<string, number> = {}) =>
   Type.Integer({ minimum, maximum, default: dflt, description, ...extra });
@@ -29,9 +29,37 @@ export function readRuntimeCallSettings(env: NodeJS.ProcessEnv): RuntimeCallSett
   return readSettings(RuntimeCallSettingsSchema, env);
 }
 
+const BREAKER_LABEL = { closed: 'closed', halfOpen: 'half_open', open: 'open' } as const;
+
+/**
+ * Counts breaker transitions per registered runtime and reports, at collection, how many of this client's breakers
+ * are in each state (a breaker is made closed, and dropped when idle and closed, so only transitions need telling).
+ */
+function breakerMetrics(deps: Pick<CoreDeps, 'runtimes' | 'metrics'>): (change: { endpoint: string; state: BreakerState }) => void {
+  const states = new Map<string, { runtime: string; state: BreakerState }>();
+  deps.metrics.breakerState.instrument.addCallback((result) => {
+    const counts = new Map<string, number>();
+    for (const { runtime, state } of states.values()) counts.set(`${runtime}\u0000${state}`, (counts.get(`${runtime}\u0000${state}`) ?? 0) + 1);
+    for (const runtime of [...deps.runtimes.names(), 'other']) {
+      for (const state of ['closed', 'halfOpen', 'open'] as const) {
+        const n = counts.get(`${runtime}\u0000${state}`) ?? 0;
+        if (n > 0 || state !== 'closed') result.observe(n, deps.metrics.breakerState.attributes(runtime, BREAKER_LABEL[state]));
+      }
+    }
+  });
+  return ({ endpoint, state }) => {
+    const runtime = deps.runtimes.lookup(endpoint)?.name ?? 'other';
+    if (state === 'closed') states.delete(endpoint);
+    else states.set(endpoint, { runtime, state });
+    deps.metrics.breakerTransitions.add(1, runtime, BREAKER_LABEL[state]);
+  };
+}
+
 /** A runtime client for registered runtimes at allowed addresses, by these rules; shut it down when done. */
-export function runtimeClientFor(deps: Pick<CoreDeps, 'config' | 'logger' | 'runtimes' | 'outboundPolicy'>, settings: RuntimeCallSettings): RuntimeClient {
+export function runtimeClientFor(deps: Pick<CoreDeps, 'config' | 'logger' | 'runtimes' | 'outboundPolicy' | 'metrics'>, settings: RuntimeCallSettings): RuntimeClient {
+  const onBreakerStateChange = breakerMetrics(deps);
   return createRuntimeClient({
+    onBreakerStateChange,
     registry: deps.runtimes,
     addressPolicy: deps.outboundPolicy,
     timeoutMs: deps.config.RUNTIME_TIMEOUT_MS,

@@ -240,6 +240,11 @@ export class RuntimeRegistry {
     return 'refused' in r ? undefined : r;
   }
 
+  /** The registered runtimes' names, in registration order: the values a metric's `runtime` label takes. */
+  names(): string[] {
+    return this.#entries.map((e) => e.name);
+  }
+
   /** The endpoints of the entries that name one runtime (no wildcard): these can be polled without a session on them. */
   fixedEndpoints(): string[] {
     return this.#entries.flatMap((e) => (e.endpoint === undefined ? [] : [e.endpoint]));

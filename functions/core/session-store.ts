@@ -308,10 +308,13 @@ export interface SessionView {
 }
 
 /** What finishing a destroy reads of a session's record: the fields session.destroyed is made of. */
-export type DestroyRecord = Pick<SessionView, 'state' | 'incarnation' | 'cause' | 'extraCauses' | 'stage' | 'timeline' | 'claimedAt'>;
+export type DestroyRecord = Pick<SessionView, 'state' | 'incarnation' | 'cause' | 'extraCauses' | 'stage' | 'timeline' | 'claimedAt'> & {
+  /** When the cause was triggered, by event time (for an expiry, the deadline): where end-to-end reclaim latency starts. */
+  causeAt?: number;
+};
 
 /** The record fields a DestroyRecord is made of (`s` first: a record without it is unknown). */
-const DESTROY_RECORD_FIELDS = ['s', 'i', 'c', 'xc', 'st', 'tl', 'ca'] as const;
+const DESTROY_RECORD_FIELDS = ['s', 'i', 'c', 'xc', 'st', 'tl', 'ca', 'ct'] as const;
 
 /** The DestroyRecord part of a session record's fields (inspect's view starts from it). */
 /** The release attempt a session's view records (its number and token), or undefined when it records none. */
@@ -329,6 +332,7 @@ function destroyRecordOf(fields: Partial<Record<string, string>>): DestroyRecord
   if (fields.c) record.cause = fields.c as Cause;
   if (fields.st) record.stage = fields.st as Stage;
   if (fields.ca) record.claimedAt = Number(fields.ca);
+  if (fields.ct) record.causeAt = Number(fields.ct);
   return record;
 }
 

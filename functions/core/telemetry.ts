@@ -24,6 +24,7 @@ import {
   type SpanOptions,
   type Tracer,
 } from '@opentelemetry/api';
+import { randomUUID } from 'node:crypto';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
@@ -147,11 +148,21 @@ export function otlpTracesConfigured(env: NodeJS.ProcessEnv): boolean {
   return setting(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT') !== undefined || setting(env, 'OTEL_EXPORTER_OTLP_ENDPOINT') !== undefined;
 }
 
-function resourceFor(codeName: string, envName: string | undefined): Resource {
-  // Later merges win: SDK defaults, the name the code gives, OTEL_RESOURCE_ATTRIBUTES (so an operator can
-  // override any attribute), and last OTEL_SERVICE_NAME, which the specification ranks above them all.
+/** Resource attribute naming one process among the replicas of a service (a pod's, for Knative's scale-outs). */
+export const ATTR_SERVICE_INSTANCE_ID = 'service.instance.id';
+
+/** This process's service.instance.id: drawn once, shared by its traces and metrics. */
+export const SERVICE_INSTANCE_ID = randomUUID();
+
+/**
+ * The resource every span and metric of this process carries: its service name and a service.instance.id of its own,
+ * so two pods of one function are two series, never one that goes backwards.
+ */
+export function resourceFor(codeName: string, envName: string | undefined): Resource {
+  // Later merges win: SDK defaults, the name the code gives and this process's instance id, OTEL_RESOURCE_ATTRIBUTES
+  // (so an operator can override any attribute), and last OTEL_SERVICE_NAME, which the specification ranks above them all.
   const resource = defaultResource()
-    .merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: codeName }))
+    .merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: codeName, [ATTR_SERVICE_INSTANCE_ID]: SERVICE_INSTANCE_ID }))
     .merge(detectResources({ detectors: [resourceAttributesEnvDetector] }));
   return envName === undefined ? resource : resource.merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: envName }));
 }

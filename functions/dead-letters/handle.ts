@@ -33,6 +33,7 @@ import type { ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { refuseDeclaredBody, sendRefusal, tooLarge, type BoundedIncomingMessage } from '../core/bounded-request.ts';
 import { IngressError, decodeRequest, storeEvent, type BrokerEvent } from '../core/cloudevent-wire.ts';
+import { shortType } from '../core/metrics.ts';
 import { DeadLetterStoreFullError, isDeadLetterId, type DeadLetterReason, type DeadLetterStore, type NewDeadLetter } from '../core/dead-letter-store.ts';
 import { isLoopbackName } from '../core/listen-host.ts';
 
@@ -52,6 +53,14 @@ export interface DeadLetterReceiverDeps {
   store: DeadLetterStore;
   logger: Logger;
   maxEventBytes: number;
+  /** sessionreaper_dead_letters_total (functions/core/metrics.ts): each dead letter kept, by type and reason class. */
+  deadLetters?: { add(n: number, type?: string, reason?: string): void };
+}
+
+/** The class of why a delivery failed, from the last status Knative recorded (knativeerrorcode). */
+export function reasonClass(status: number | undefined): string {
+  if (status === undefined) return 'other';
+  return status >= 500 ? 'http_5xx' : status >= 400 ? 'http_4xx' : 'other';
 }
 
 /** Counters since start (GET /admin/stats adds the store's entries, bytes and cap). */
@@ -176,6 +185,7 @@ export function createDeadLetterReceiver(deps: DeadLetterReceiverDeps): DeadLett
         send(res, 200, { id: kept.id, duplicate: true });
       } else {
         counters.stored++;
+        deps.deadLetters?.add(1, shortType(String(ev.attributes.type)), reasonClass(reason.status));
         log.warn({ ...ids, deadLetter: kept.id, reason: reason.message }, 'dead letter kept');
         send(res, 201, { id: kept.id });
       }

@@ -11,6 +11,7 @@ import { openDeadLetterStore } from '../core/dead-letter-store.ts';
 import { createLogger } from '../core/log.ts';
 import { exitAfterFlush, stopOnSignals } from '../core/process-lifecycle.ts';
 import { createDeadLetterReceiver } from './handle.ts';
+import { initMetrics } from '../core/metrics-provider.ts';
 import { readDeadLetterSettings, type DeadLetterSettings } from './settings.ts';
 
 const NAME = 'dead-letters';
@@ -32,7 +33,8 @@ const log = createLogger({ service: NAME, level: s.LOG_LEVEL });
 // Opened before listening: the index is rebuilt from the volume first, so the pod turns ready only once it can
 // tell a redelivery from a new dead letter and knows how full it is.
 const store = await openDeadLetterStore(s.DEAD_LETTER_DIR, { maxBytes: s.DEAD_LETTER_MAX_BYTES });
-const receiver = createDeadLetterReceiver({ store, logger: log, maxEventBytes: s.MAX_EVENT_BYTES });
+const metrics = initMetrics({ serviceName: NAME, listenHost: s.LISTEN_HOST, logger: log });
+const receiver = createDeadLetterReceiver({ store, logger: log, maxEventBytes: s.MAX_EVENT_BYTES, deadLetters: metrics.instruments.deadLetters });
 const server = createServer<typeof BoundedIncomingMessage>({ IncomingMessage: BoundedIncomingMessage }, (req, res) => {
   receiver.handle(req, res).catch((err: unknown) => {
     log.error({ err }, 'request failed');
@@ -54,4 +56,5 @@ stopOnSignals(log, NAME, async () => {
     server.close(() => resolve());
     server.closeIdleConnections();
   });
+  await metrics.shutdown();
 });

@@ -1,5 +1,6 @@
 // Test wiring for destroy-dispatch: the real function host (real core, real Redis of a topology, a real HTTP event
 // sink as K_SINK), a clock the test moves, and helpers to open sessions and deliver events to the pure handler.
+import type { IMetricReader } from '@opentelemetry/sdk-metrics';
 import { CloudEvent, HTTP } from 'cloudevents';
 import type { ContractType, DataOf } from '../core/contract/events.ts';
 import { EventType } from '../core/contract/events.ts';
@@ -107,7 +108,7 @@ export const events = {
 };
 
 /** Starts a harness on a topology; `env` adds destroy-dispatch settings (e.g. NODE_MAX_INFLIGHT_RELEASES). */
-export async function startHarness(topology: Topology, opts: { env?: Record<string, string>; hooks?: DestroyHooks; prefix?: string } = {}): Promise<Harness> {
+export async function startHarness(topology: Topology, opts: { env?: Record<string, string>; hooks?: DestroyHooks; prefix?: string; metricReader?: IMetricReader } = {}): Promise<Harness> {
   const sink = await startEventSink();
   const prefix = opts.prefix ?? uniquePrefix();
   const env: Record<string, string> = {
@@ -123,7 +124,9 @@ export async function startHarness(topology: Topology, opts: { env?: Record<stri
   const replicas: Replica[] = [];
 
   const addReplica = async (hooks?: DestroyHooks): Promise<Replica> => {
-    const host = createFunctionHost(destroyDispatch(env, hooks), { env, now: () => clock });
+    // Only the first replica reads into the test's metric reader (a reader serves one provider).
+    const metricReader = replicas.length === 0 ? opts.metricReader : undefined;
+    const host = createFunctionHost(destroyDispatch(env, hooks), { env, now: () => clock, ...(metricReader ? { metricReader } : {}) });
     await host.core.ready();
     const replica: Replica = {
       deps: host.deps,

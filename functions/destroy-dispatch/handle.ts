@@ -125,8 +125,15 @@ function pipelineEnd(event: { data: { sessionId: string }; time?: string | undef
 
 type ClaimInput = Parameters<DestroyDispatchDeps['store']['claimDestroy']>[0];
 
+/** What a claim's code counts as in sessionreaper_destroy_triggers_total. */
+const TRIGGER_OUTCOME = {
+  CLAIMED: 'claimed', ALREADY: 'resumed', DUPLICATE: 'resumed', STALE: 'stale', REVIVED: 'revived', ENDED: 'ended', UNKNOWN: 'unknown', MARKED: 'marked',
+  NOT_OWNER: 'not_owner',
+} as const;
+
 async function trigger(deps: DestroyDispatchDeps, claim: ClaimInput): Promise<void> {
   const r = await deps.store.claimDestroy(claim);
+  deps.metrics.destroyTriggers.add(1, claim.cause, TRIGGER_OUTCOME[r.code]);
   const log = deps.logger;
   switch (r.code) {
     case 'NOT_OWNER':
@@ -180,6 +187,7 @@ async function released(deps: DestroyDispatchDeps, data: { sessionId: string; in
   // neither book anything nor let more releases at a node than its limit. The slot is freed beside the rest of the
   // destroy, not before it, so the check costs the destroy no round trip.
   const answered = r.code === 'RELEASED' || r.code === 'MIGRATION_RELEASED' || r.code === 'DUPLICATE';
+  deps.metrics.releaseAnswers.add(1, r.code === 'DUPLICATE' ? 'duplicate' : answered ? 'booked' : 'ignored');
   const bookedNode = r.code === 'RELEASED' || r.code === 'MIGRATION_RELEASED' ? r.node : '';
   const freeSlots = async (): Promise<void> => {
     if (!answered) return;
@@ -287,6 +295,7 @@ async function releaseFailed(
     deps.logger.warn({ sessionId, incarnation, node, why: pending.why }, 'gpu.release.failed that answers no release in flight: ignored');
     return;
   }
+  deps.metrics.destroyFailures.add(1, 'gpu_release_requested', retryable ? 'release_retryable' : 'release_refused');
   if (retryable) {
     // gpu-release keeps the request and the Broker redelivers it; the slot stays held (its lease bounds it).
     deps.logger.warn({ sessionId, incarnation, node, error, retryable }, 'GPU release failed; gpu-release retries it');
@@ -362,13 +371,19 @@ export async function continueDestroy(deps: DestroyDispatchDeps, point: DestroyP
     // only after the release was requested, which it never holds back.
     const hookFailure = await hooksDue('claimed');
     await requestRelease(deps, { ...point, stage });
-    if (hookFailure) throw hookFailure;
+    if (hookFailure) {
+      deps.metrics.destroyFailures.add(1, 'claimed', 'hook_failed');
+      throw hookFailure;
+    }
     return;
   }
 
   if (stage === 'gpu_released') {
     const failure = await hooksDue('gpu_released');
-    if (failure) throw failure;
+    if (failure) {
+      deps.metrics.destroyFailures.add(1, 'gpu_released', 'hook_failed');
+      throw failure;
+    }
     const p = await deps.store.purge(sessionId, incarnation, deps.now());
     if (p.code === 'PURGED' || (p.code === 'ALREADY' && p.stage === 'state_purged')) stage = 'state_purged';
     else if (p.code === 'NOT_READY') throw new UnexpectedReplyError(`purge of ${sessionId}/${incarnation} refused at stage ${p.stage} after the release was booked`);
@@ -380,7 +395,10 @@ export async function continueDestroy(deps: DestroyDispatchDeps, point: DestroyP
 
   if (stage === 'state_purged') {
     const failure = await hooksDue('state_purged');
-    if (failure) throw failure;
+    if (failure) {
+      deps.metrics.destroyFailures.add(1, 'state_purged', 'hook_failed');
+      throw failure;
+    }
     await finish(deps, sessionId, incarnation, point.record);
   }
 }
@@ -403,12 +421,16 @@ async function requestRelease(deps: DestroyDispatchDeps, point: DestroyPoint): P
   const now = deps.now();
   const admission = await deps.stormGuard.admit(releaseMember(sessionId, incarnation), placement, now);
   await continueHanded(deps, placement.node, admission.handed);
+  deps.metrics.stormGuardAdmissions.add(1, admission.code === 'WAITING' ? 'waiting' : admission.code === 'THROTTLED' ? 'throttled' : 'admitted');
   if (admission.code === 'WAITING') {
     // Acknowledged: the destroy waits, claimed, in its node's queue; whoever frees a slot continues it.
     deps.logger.info({ sessionId, incarnation, node: placement.node, position: admission.position }, 'GPU release waits for a slot on its node');
     return;
   }
-  if (admission.code === 'THROTTLED') throw new ReleaseThrottledError('runtime', placement.runtimeUrl, admission.retryInMs);
+  if (admission.code === 'THROTTLED') {
+    deps.metrics.destroyFailures.add(1, point.stage, 'throttled');
+    throw new ReleaseThrottledError('runtime', placement.runtimeUrl, admission.retryInMs);
+  }
 
   // Each attempt draws its token when it is checkpointed; gpu-release calls the runtime only for the attempt pending
   // under that token, and only an answer echoing it is booked.
@@ -461,6 +483,8 @@ async function giveUp(deps: DestroyDispatchDeps, point: DestroyPoint, placement:
     `${sessionId}/${incarnation}/destroy-failed`,
   );
   if (r.code === 'GAVE_UP') return;
+  deps.metrics.destroys.add(1, cause, 'gave_up');
+  deps.metrics.destroyFailures.add(1, 'gpu_release_requested', 'gave_up');
   deps.logger.error(
     { sessionId, incarnation, node: placement.node, attempts: r.attempts, gpuBytes: placement.gpuBytes },
     'destroy gave up: the GPU release failed every attempt; it waits for an operator (sessionctl stuck, retry, resolve)',
@@ -492,5 +516,11 @@ async function finish(deps: DestroyDispatchDeps, sessionId: string, incarnation:
     destroyedId(sessionId, incarnation),
   );
   const c = await deps.store.complete(sessionId, incarnation, now);
+  if (c.code === 'COMPLETED') {
+    // Counted by the delivery that completed it: a redelivery finds it ALREADY and counts nothing.
+    deps.metrics.destroys.add(1, view.cause, 'destroyed');
+    deps.metrics.destroyDuration.record(Math.max(0, now - claimedAt) / 1000, view.cause);
+    deps.metrics.reclaimLatency.record(Math.max(0, now - (view.causeAt ?? claimedAt)) / 1000, view.cause);
+  }
   deps.logger.info({ sessionId, incarnation, cause: view.cause, durationMs: now - claimedAt, code: c.code }, 'session destroyed');
 }

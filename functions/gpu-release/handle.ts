@@ -69,6 +69,13 @@ function callContext(event: GpuReleaseEvent): RuntimeCallContext {
   return { ...(traceparent === undefined ? {} : { traceparent }), ...(tracestate === undefined ? {} : { tracestate }) };
 }
 
+/** Counts one release call: its outcome, its duration (retries and backoffs included) and the attempts beyond the first. */
+function recordCall(deps: CoreDeps, runtime: string, outcome: string, started: number, attempts: number): void {
+  deps.metrics.releaseRequests.add(1, runtime, outcome);
+  deps.metrics.releaseDuration.record((performance.now() - started) / 1000, runtime, outcome);
+  if (attempts > 1) deps.metrics.releaseRetries.add(attempts - 1, runtime);
+}
+
 /** Handles what gpu-release consumes: a release request here, a demote or restore request in offload.ts. */
 export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuReleaseDeps): Promise<void> {
   if (event.type !== EventType.GpuReleaseRequested) return handleOffload(event, deps, callContext(event));
@@ -112,13 +119,17 @@ async function handleRelease(event: ReleaseRequestEvent, deps: CoreDeps & GpuRel
   let outcome: string;
   let estimated: boolean;
   let note: string | undefined;
+  const runtimeName = deps.runtimes.lookup(runtimeUrl)?.name ?? 'other';
+  const started = performance.now();
   try {
     const result = await deps.runtime.release(runtimeUrl, sessionId, incarnation, callContext(event), target.address);
     freedBytes = result.freedBytes;
     outcome = result.outcome;
     estimated = result.exact === false;
     note = result.note;
+    recordCall(deps, runtimeName, result.outcome, started, result.attempts);
   } catch (err) {
+    if (err instanceof RuntimeReleaseError) recordCall(deps, runtimeName, err.reason === 'breaker_open' ? 'breaker_open' : err.retryable ? 'failed_retryable' : 'failed', started, err.attempts);
     // An unexpected fault says nothing about the runtime: the call is released so the redelivery may call.
     const settle = deps.store.settleReleaseCall(sessionId, incarnation, token, err instanceof RuntimeReleaseError && !err.retryable ? { failedAt: deps.now() } : 'retry');
     if (!(err instanceof RuntimeReleaseError)) {

@@ -86,6 +86,8 @@ export async function handleOffload(event: OffloadEvent, deps: CoreDeps & Offloa
       break;
   }
   const { node, runtimeUrl, address } = call;
+  const runtimeName = deps.runtimes.lookup(runtimeUrl)?.name ?? 'other';
+  const counter = op === 'demote' ? deps.metrics.demotes : deps.metrics.restores;
   let answer: OffloadAnswer;
   try {
     if (op === 'demote') {
@@ -97,6 +99,7 @@ export async function handleOffload(event: OffloadEvent, deps: CoreDeps & Offloa
     }
   } catch (err) {
     const permanent = err instanceof RuntimeReleaseError && !err.retryable;
+    counter.add(1, runtimeName, permanent ? 'failed' : 'failed_retryable');
     await deps.store.settleOffloadCall(sessionId, incarnation, op, token, deps.now(), permanent ? 'failed' : 'retry').catch((settleErr: unknown) => log.warn({ err: settleErr }, 'could not release the runtime call; its lease runs out'));
     if (!(err instanceof RuntimeReleaseError)) throw err;
     if (err.retryable) throw new TransientError(`${op} not confirmed (${err.reason}); the Broker will redeliver`, { cause: err });
@@ -104,6 +107,7 @@ export async function handleOffload(event: OffloadEvent, deps: CoreDeps & Offloa
     log.warn({ reason: err.reason, status: err.status, err: err.message }, `${op} refused for good; not retried`);
     return;
   }
+  counter.add(1, runtimeName, 'done');
   if (!(await deps.store.settleOffloadCall(sessionId, incarnation, op, token, deps.now(), answer))) {
     // The lease ran out under this call and another delivery holds it now: that one books and reports.
     log.warn({ node, bytes: answer.bytes }, `${op} answered after its call lease ran out; not booked or reported here`);

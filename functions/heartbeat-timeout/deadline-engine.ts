@@ -43,6 +43,8 @@ export interface DeadlineEngineDeps {
   readonly store: SessionStore;
   now(): number;
   emit: CoreDeps['emit'];
+  /** Detection lag, expiries and rounds are recorded here. */
+  readonly metrics: Pick<CoreDeps['metrics'], 'detectionLag' | 'expiriesClaimed' | 'engineRounds'>;
 }
 
 /** How the engine is built. */
@@ -211,6 +213,7 @@ export class DeadlineEngine {
         this.#failed(err, now);
       }
       this.#onRound();
+      this.#deps.metrics.engineRounds.add(1);
       if (!this.#started) return;
       const poll = this.#deps.config.DEADLINE_POLL_MS;
       // Exponential back-off with full jitter, so replicas do not hammer a recovering Redis in step.
@@ -333,6 +336,8 @@ export class DeadlineEngine {
     }
     this.#heads[bucket] = head;
     report.expired += claimed.length;
+    for (const { deadline } of claimed) this.#deps.metrics.detectionLag.record(Math.max(0, now - deadline) / 1000);
+    this.#deps.metrics.expiriesClaimed.add(claimed.length);
     await Promise.all(
       claimed.map(({ sessionId, incarnation, deadline }) =>
         this.#emitTracked(report, sessionId, () =>

@@ -11,6 +11,7 @@ import { createCore } from '../core/function-host.ts';
 import { RoundWatch, runLongRunning } from '../core/process-lifecycle.ts';
 import { DeadlineEngine } from './deadline-engine.ts';
 import { createEngineReconciler } from './engine-reconciler.ts';
+import { observeSharedState } from './engine-gauges.ts';
 
 // Live while a poll round completed within the last minute. A round ends within about a second when Redis is down
 // (every call is bounded by CORE_TIMEOUT_MS ≤ 1 s, and the back-off between rounds by 2 s), and rounds come every
@@ -22,6 +23,8 @@ const core = createCore({ name: 'deadline-engine' });
 const watch = new RoundWatch(LIVENESS_STALL_MS);
 const engine = new DeadlineEngine({ deps: core.deps, ready: () => core.ready(), onRound: () => watch.round() });
 const reconciling = createEngineReconciler(core, process.env);
+// The shared-state gauges (live sessions, the ledger, queues) are this process's alone: see engine-gauges.ts.
+const stopGauges = observeSharedState(core.deps, () => core.ready());
 runLongRunning({
   name: 'deadline-engine',
   label: 'the deadline engine',
@@ -34,6 +37,7 @@ runLongRunning({
     },
     async stop() {
       await Promise.all([engine.stop(), reconciling?.reconciler.stop()]);
+      stopGauges();
       reconciling?.runtime.shutdown();
     },
   },

@@ -69,6 +69,7 @@ async function opened(event: Extract<HeartbeatTimeoutEvent, { type: typeof Event
     model,
   });
   const log = deps.logger;
+  if (r.code === 'OPENED' || r.code === 'REOPENED' || r.code === 'MIGRATED') deps.metrics.sessionsOpened.add(1);
   switch (r.code) {
     case 'OPENED':
     case 'REOPENED':

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { TObject } from '@sinclair/typebox';
 import { ActivityScoreSettingsSchema, readActivityScoreSettings } from '../../functions/activity-score/settings.ts';
-import { ConfigSchema, loadConfig, readSettings, type Config } from '../../functions/core/config.ts';
+import { ConfigSchema, loadConfig, loadMetricsSettings, MetricsSettingsSchema, readSettings, type Config } from '../../functions/core/config.ts';
 import { EventType, OWN_SOURCE_PREFIX, WORKLOADS, catalogue, sourceOf, typesSentBy, type Sender, type Workload } from '../../functions/core/contract/events.ts';
 import { SENDER_ANNOTATION, admittingPolicy, senderPoliciesOf } from '../../tools/local-broker/event-policies.ts';
 import { redeliveryWindowMs, type DataPlane } from '../../tools/local-broker/triggers.ts';
@@ -59,8 +59,9 @@ export const LONG_RUNNING = {
 export type LongRunningName = keyof typeof LONG_RUNNING;
 
 // The standard OpenTelemetry variables these processes read: the ones functions/core/telemetry.ts reads itself,
-// the OTLP/HTTP trace exporter's, and the resource detector's. No metrics or logs are exported, and sdk-trace 3
-// no longer reads the OTEL_BSP_* variables, so those would be read by nothing.
+// the OTLP/HTTP trace and metric exporters', and the resource detector's (the metrics reader settings are
+// MetricsSettingsSchema's, functions/core/config.ts). No logs are exported, and sdk-trace 3 no longer reads the
+// OTEL_BSP_* variables, so those would be read by nothing.
 const OTLP_SETTINGS = ['ENDPOINT', 'HEADERS', 'TIMEOUT', 'COMPRESSION', 'CERTIFICATE', 'CLIENT_CERTIFICATE', 'CLIENT_KEY'];
 const OTEL_SETTINGS = [
   'OTEL_SDK_DISABLED',
@@ -69,7 +70,7 @@ const OTEL_SETTINGS = [
   'OTEL_TRACES_SAMPLER',
   'OTEL_TRACES_SAMPLER_ARG',
   'OTEL_TRACES_EXPORTER',
-  ...OTLP_SETTINGS.flatMap((s) => [`OTEL_EXPORTER_OTLP_${s}`, `OTEL_EXPORTER_OTLP_TRACES_${s}`]),
+  ...OTLP_SETTINGS.flatMap((s) => [`OTEL_EXPORTER_OTLP_${s}`, `OTEL_EXPORTER_OTLP_TRACES_${s}`, `OTEL_EXPORTER_OTLP_METRICS_${s}`]),
 ];
 // What Node itself reads, and the port a function's server (functions/framework/serve.ts) listens on.
 const NODE_SETTINGS = ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS', 'NODE_ENV'];
@@ -85,10 +86,11 @@ export interface EntryPointSettings {
 
 function coreEntry(own: readonly TObject[], read: (env: Record<string, string>) => unknown, standard: readonly string[]): EntryPointSettings {
   return {
-    schemas: [ConfigSchema, ...own],
+    schemas: [ConfigSchema, MetricsSettingsSchema, ...own],
     standard: [...OTEL_SETTINGS, ...NODE_SETTINGS, ...standard],
     read: (env) => {
       loadConfig(env);
+      loadMetricsSettings(env);
       samplerFromEnv(env);
       otlpTracesConfigured(env);
       return read(env);

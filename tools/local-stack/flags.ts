@@ -33,6 +33,9 @@ Options:
   --duplicate P          the Broker sends each delivery twice with probability P (0 to 1), as real Brokers may
   --reorder-ms N         the Broker holds deliveries to a subscriber N ms and sends them in a shuffled order
   --delay-ms N           the Broker delays each delivery a further random 0..N ms (all three seeded by --seed)
+  --prometheus           also run a local Prometheus (Debian's prometheus package) scraping every process, with the
+                         deployed alert rules loaded
+  --prometheus-port N    its port (default 9090; 0 picks a free one)
   -h, --help             show this help
 
 Environment: REDIS_URL uses that Redis instead of a private redis-server; REDIS_KEY_PREFIX (default sr).`;
@@ -56,6 +59,8 @@ export interface StartFlags {
   stateDir: string;
   /** --duplicate, --reorder-ms and --delay-ms (with --seed); undefined when none is given. */
   brokerChaos: DeliveryChaos | undefined;
+  /** --prometheus: a local Prometheus on this port (0: a free one) scrapes the stack; undefined without the flag. */
+  prometheusPort: number | undefined;
   help: boolean;
 }
 
@@ -98,6 +103,8 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
         duplicate: { type: 'string' },
         'reorder-ms': { type: 'string' },
         'delay-ms': { type: 'string' },
+        prometheus: { type: 'boolean', default: false },
+        'prometheus-port': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }));
@@ -147,6 +154,8 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
         ...(delayMs !== undefined ? { delayMs } : {}),
         ...(seed !== undefined ? { seed } : {}),
       };
+  const prometheusPort = integer('prometheus-port', values['prometheus-port'], 0, 65535);
+  if (prometheusPort !== undefined && !values.prometheus) throw new UsageError('--prometheus-port needs --prometheus');
   if (values.engine !== undefined && values.engine !== 'llama') throw new UsageError(`--engine must be llama (the one reference engine), not '${values.engine}'`);
   return {
     demo: values.demo,
@@ -164,6 +173,7 @@ export function parseStartFlags(args: readonly string[]): StartFlags {
     reportFile: values['report-file'] === undefined ? undefined : resolve(values['report-file']),
     stateDir: resolve(values['state-dir'] ?? join(REPO_ROOT, '.local')),
     brokerChaos,
+    prometheusPort: values.prometheus ? (prometheusPort ?? 9090) : undefined,
     help: values.help,
   };
 }

@@ -156,7 +156,18 @@ export interface StackOptions {
   allowedCidrs?: readonly string[];
   /** Where the senders' token files are written. Default: a private temporary folder, removed at stop. */
   tokenDir?: string;
+  /**
+   * Whether each function, the deadline engine and the idle checker serve their metrics (Prometheus text, GET
+   * /metrics) on a port of their own (`metricsUrls`). Default true; the processes push nothing (no OTLP endpoint).
+   */
+  metrics?: boolean;
 }
+
+/** The processes that record the metric catalogue (functions/core/metrics.ts), each on its own metrics port. */
+export const METRICS_PROCESSES = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release', 'deadline-engine', 'idle-checker'] as const;
+
+/** A process that serves metrics. */
+export type MetricsProcess = (typeof METRICS_PROCESSES)[number];
 
 /** A running stack. */
 export interface Stack {
@@ -177,6 +188,8 @@ export interface Stack {
   /** The Broker's dead-letter directory. */
   readonly deadLetterDir: string;
   readonly keyPrefix: string;
+  /** Where each process serves its metrics (Prometheus text exposition), unless the stack was started without. */
+  readonly metricsUrls: Readonly<Partial<Record<MetricsProcess, string>>>;
   /** Loopback ports by part. */
   readonly ports: Readonly<Record<Exclude<ProcessName, 'llama-engine'> | 'broker', number>> & { readonly 'llama-engine'?: number };
   /** The in-process Broker: stats, received events, dead letters. */
@@ -463,6 +476,14 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
     };
     // Where the parts reach each other: the address they listen on, or loopback when that is every interface.
     const local = (port: number) => reachableOrigin(host, port);
+    const metricsPorts = new Map<MetricsProcess, number>();
+    if (opts.metrics !== false) for (const name of METRICS_PROCESSES) metricsPorts.set(name, await freePort());
+    // The prometheus reader on the process's own metrics port (functions/core/metrics-provider.ts); nothing pushed.
+    const metricsEnv = (name: MetricsProcess): Record<string, string> => {
+      const port = metricsPorts.get(name);
+      return port === undefined ? {} : { OTEL_METRICS_EXPORTER: 'prometheus', OTEL_EXPORTER_PROMETHEUS_PORT: String(port) };
+    };
+    const metricsUrls = Object.fromEntries([...metricsPorts].map(([name, port]) => [name, `${local(port)}/metrics`])) as Partial<Record<MetricsProcess, string>>;
     if (opts.deadLetterDir === undefined) tempDir = mkdtempSync(join(tmpdir(), 'sr-stack-'));
     const deadLetterDir = resolve(opts.deadLetterDir ?? join(tempDir!, 'dead-letters'));
 
@@ -498,13 +519,13 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
       }, `${engineUrl}/v1/memory`);
     }
     for (const name of FUNCTION_NAMES) {
-      launch(name, [functionEntry(name)], { ...shared, PORT: String(ports[name]), OTEL_SERVICE_NAME: name, SINK_TOKEN_FILE: tokenFiles[name] }, healthUrl(name));
+      launch(name, [functionEntry(name)], { ...shared, ...metricsEnv(name), PORT: String(ports[name]), OTEL_SERVICE_NAME: name, SINK_TOKEN_FILE: tokenFiles[name] }, healthUrl(name));
     }
     launch('deadline-engine', [ENGINE_ENTRY], {
-      ...shared, PORT: String(ports['deadline-engine']), OTEL_SERVICE_NAME: 'deadline-engine', SINK_TOKEN_FILE: tokenFiles['deadline-engine'],
+      ...shared, ...metricsEnv('deadline-engine'), PORT: String(ports['deadline-engine']), OTEL_SERVICE_NAME: 'deadline-engine', SINK_TOKEN_FILE: tokenFiles['deadline-engine'],
     }, healthUrl('deadline-engine'));
     launch('idle-checker', [IDLE_CHECKER_ENTRY], {
-      ...shared, PORT: String(ports['idle-checker']), OTEL_SERVICE_NAME: 'activity-score', SINK_TOKEN_FILE: tokenFiles['idle-checker'],
+      ...shared, ...metricsEnv('idle-checker'), PORT: String(ports['idle-checker']), OTEL_SERVICE_NAME: 'activity-score', SINK_TOKEN_FILE: tokenFiles['idle-checker'],
     }, healthUrl('idle-checker'));
 
     await Promise.all([...current.values()].map((child) => waitHealthy(child, specs.get(child.name)!.healthUrl, deadline)));
@@ -556,6 +577,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
       tokenFiles,
       deadLetterDir,
       keyPrefix,
+      metricsUrls,
       ports,
       ...(broker === undefined ? {} : { broker }),
       logs,

@@ -19,6 +19,8 @@ import { parseStartFlags, UsageError, USAGE, type StartFlags } from './flags.ts'
 import { startDemoPipeline, type DemoOutcome, type DemoPipeline } from './demo-pipeline.ts';
 import { progressLine, startProgress, type Progress } from './progress.ts';
 import { buildReport, createRunRecorder, engineFigures, formatReport, gpuFigures, type RuntimeCounters, type StackReport } from './report.ts';
+import { prometheusInstalled, startLocalPrometheus, type LocalPrometheus } from './local-prometheus.ts';
+import { freePort } from './redis-server.ts';
 import { startStack, type Stack } from './stack.ts';
 
 // The demo's sessions belong to the 'demo' tenant, whose idle verdict comes after seconds rather than a minute, so a
@@ -159,6 +161,21 @@ async function main(): Promise<number> {
     return 1;
   }
   const running = stack;
+  // --prometheus: started once the stack serves, stopped beside it; without the binary, said and skipped.
+  let prometheus: LocalPrometheus | undefined;
+  if (flags.prometheusPort !== undefined) {
+    if (!prometheusInstalled()) console.error('session-reaper: --prometheus: no prometheus on PATH (sudo apt-get install prometheus); going on without it');
+    else {
+      try {
+        prometheus = await startLocalPrometheus({
+          dir: join(flags.stateDir, 'prometheus'), host: flags.host === '0.0.0.0' ? '127.0.0.1' : flags.host,
+          port: flags.prometheusPort === 0 ? await freePort() : flags.prometheusPort, metricsUrls: running.metricsUrls,
+        });
+      } catch (err) {
+        console.error(`session-reaper: --prometheus: ${(err as Error).message}; going on without it`);
+      }
+    }
+  }
   const ingress = running.brokerUrl.replace('://127.0.0.1:', '://localhost:');
   // Readable by this user only: it holds the Redis password and where the senders' tokens are.
   writeFileSync(
@@ -166,6 +183,8 @@ async function main(): Promise<number> {
     `${JSON.stringify({
       pid: process.pid, ingressUrl: ingress, runtimeUrl: running.runtimeUrl, redisUrl: running.redisUrl, redisPassword: running.redisPassword,
       keyPrefix: running.keyPrefix, deadLetterDir: running.deadLetterDir, ports: running.ports, tokenFiles: running.tokenFiles,
+      metricsUrls: running.metricsUrls,
+      ...(prometheus === undefined ? {} : { prometheusUrl: prometheus.url }),
       startedAt: new Date(startedAt).toISOString(),
     }, null, 2)}\n`,
     { mode: 0o600 },
@@ -211,6 +230,8 @@ async function main(): Promise<number> {
       `  Redis              ${running.redisUrl}   key prefix ${running.keyPrefix}   (password in ${relative(process.cwd(), stateFile)})`,
       `  sender tokens      ${relative(process.cwd(), join(flags.stateDir, 'tokens'))}/   ← send as the pipeline: -H "Authorization: Bearer $(cat ${relative(process.cwd(), running.tokenFiles['inference-pipeline'])})"`,
       `  dead letters       ${running.deadLetterDir}`,
+      `  metrics            ${running.metricsUrls['deadline-engine'] ?? '(off)'}   ← the deadline engine's; every process's is in ${relative(process.cwd(), stateFile)} (metricsUrls)`,
+      ...(prometheus !== undefined ? [`  prometheus         ${prometheus.url}/alerts   ← the deployed alert rules, on this stack's metrics`] : []),
       `  logs               ${logDir}`,
       ...(flags.forward !== undefined ? [`  forwarding to      ${flags.forward}`] : []),
       '',
@@ -244,7 +265,7 @@ async function main(): Promise<number> {
           console.error(`session-reaper: no report: ${(err as Error).message}`);
         }
       }
-      await running.stop();
+      await Promise.all([running.stop(), prometheus?.stop()]);
       const { persisted } = await running.broker.stop();
       redis.disconnect();
       const header = `--- run started ${new Date(startedAt).toISOString()}, its last lines ---`;

@@ -60,17 +60,24 @@ export function loadScriptSources(dir: string = LUA_DIR): ScriptSource[] {
 type ScriptFn = (...keysAndArgs: (string | number)[]) => Promise<unknown>;
 
 /** The scripts defined on one client, callable by name. */
+/** Told how long each script call took, round trip included (the metric catalogue's scriptDuration). */
+export interface ScriptTiming {
+  record(seconds: number, script: string): void;
+}
+
 export class Scripts {
   readonly #client: RedisClient;
   readonly #sources: ReadonlyMap<string, ScriptSource>;
+  readonly #timing: ScriptTiming | undefined;
 
-  private constructor(client: RedisClient, sources: ScriptSource[]) {
+  private constructor(client: RedisClient, sources: ScriptSource[], timing: ScriptTiming | undefined) {
     this.#client = client;
     this.#sources = new Map(sources.map((s) => [s.name, s]));
+    this.#timing = timing;
   }
 
   /** Defines every script on the client (EVALSHA with EVAL fallback, per ioredis) and compiles each on every master. */
-  static async register(client: RedisClient, sources: ScriptSource[] = loadScriptSources()): Promise<Scripts> {
+  static async register(client: RedisClient, sources: ScriptSource[] = loadScriptSources(), timing?: ScriptTiming): Promise<Scripts> {
     for (const s of sources) client.defineCommand(s.name, { numberOfKeys: s.numberOfKeys, lua: s.lua });
     const masters = 'nodes' in client && typeof client.nodes === 'function' ? client.nodes('master') : [client];
     for (const node of masters) {
@@ -82,7 +89,7 @@ export class Scripts {
         }
       }
     }
-    return new Scripts(client, sources);
+    return new Scripts(client, sources, timing);
   }
 
   /** Runs a script; `keys` must be exactly the number its file name declares (any number for a batch script). */
@@ -94,7 +101,13 @@ export class Scripts {
     }
     const fn = (this.#client as unknown as Record<string, ScriptFn>)[name];
     if (!fn) throw new ScriptLoadError(`script ${name} is not defined on this client`);
-    const reply = await fn.call(this.#client, ...keys, ...args);
+    const started = this.#timing === undefined ? 0 : performance.now();
+    let reply: unknown;
+    try {
+      reply = await fn.call(this.#client, ...keys, ...args);
+    } finally {
+      this.#timing?.record((performance.now() - started) / 1000, name);
+    }
     if (!Array.isArray(reply)) throw new ScriptLoadError(`${name} returned ${typeof reply}, expected an array`);
     return reply as unknown[];
   }

@@ -15,6 +15,7 @@
 //                     keyspace notifications (notify-keyspace-events Ex, the __keyevent@0__:expired channel).
 //   bullmq            one delayed job per session (jobId = session id), Job.changeDelay on each heartbeat, a Worker
 //                     whose processor is the detection.
+import { initMetrics } from '../../../functions/core/metrics-provider.ts';
 import { Job, Queue, Worker } from 'bullmq';
 import { EventType } from '../../../functions/core/contract/events.ts';
 import { loadConfig } from '../../../functions/core/config.ts';
@@ -220,6 +221,8 @@ const sessionReaper: Mechanism = {
         logger: createLogger({ service: 'bench-compare', level: 'error' }),
         store,
         now: Date.now,
+        // The engine's own instruments, recording as deployed (exported nowhere here).
+        metrics: initMetrics({ serviceName: 'bench-compare', env: { OTEL_SDK_DISABLED: 'true' } }).instruments,
         // The engine's emission, recorded where the Broker would be sent the event.
         emit: (type, data) => {
           if (type === EventType.SessionExpired) onExpired((data as { sessionId: string }).sessionId, Date.now());
