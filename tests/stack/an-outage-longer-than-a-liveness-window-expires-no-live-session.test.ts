@@ -63,7 +63,12 @@ async function outage(rule: boolean): Promise<{ live: string[]; dead: string; ex
   const outside = await startEventSink();
   const env: Record<string, string> = { DEADLINE_POLL_MS: '50', BLIND_GAP_MS: rule ? '1000' : '0' };
   // At info, so the engine's "reaches Redis again" line is there to wait for.
-  const stack = await startStack({ redisDataDir: dataDir, forward: outside.url, env, logLevel: 'info' });
+  // A stack that fails to start leaves nothing running (startStack stops what it started): the sink goes too.
+  const stack = await startStack({ redisDataDir: dataDir, forward: outside.url, env, logLevel: 'info' }).catch(async (err: unknown) => {
+    await outside.close();
+    rmSync(dataDir, { recursive: true, force: true });
+    throw err;
+  });
   const tag = `${rule ? 'rule' : 'norule'}-${process.pid}`;
   const live = Array.from({ length: LIVE }, (_, i) => `outage-${tag}-live-${i}`);
   const dead = `outage-${tag}-dead`;
@@ -89,12 +94,7 @@ async function outage(rule: boolean): Promise<{ live: string[]; dead: string; ex
     pipeline.quiet(false);
     const { redis, store } = await stackStore(stack);
     try {
-      if (!rule) {
-        // Every session's deadline passed unheard: the engine's first look claims them all, live ones included.
-        await until('every session is claimed as expired', async () => (await Promise.all([...live, dead].map((id) => store.inspect(id)))).every((v) => v?.cause === 'expired'), 60_000, 100);
-        return { live, dead, expired: [...live, dead] };
-      }
-      // Once Redis is back the dead session ends, after what was left of its window.
+      // Once Redis is back the dead session ends, after what was left of its window (with the rule or without it).
       await outside.waitForEvent((e) => e.event.type === 'dev.sessionreaper.session.destroyed' && (e.event.data as { sessionId: string }).sessionId === dead, { timeoutMs: 60_000 });
       // Had the live sessions' silence counted, they would have ended with the dead one: their deadlines were at most
       // an interval later. Wait until each has been heard since and is due only well after that point, so the
@@ -124,6 +124,9 @@ test('with Redis down for three liveness windows while heartbeats are sent, no l
 });
 
 test('without the outage rule the same outage expires the live sessions (the test above can fail)', { timeout: 240_000 }, async () => {
-  const { live, expired } = await outage(false);
-  assert.deepEqual(live.filter((id) => !expired.includes(id)), []);
+  const { live, dead, expired } = await outage(false);
+  assert.ok(expired.includes(dead));
+  // Every live session's deadline passed unheard, so the engine's first look claims them. On a crowded machine a
+  // heartbeat the Broker was still retrying when Redis came back may save one or two; the point is that any is lost.
+  assert.ok(live.some((id) => expired.includes(id)), `no live session was expired without the rule (expired: ${expired.join(', ')})`);
 });

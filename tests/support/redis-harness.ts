@@ -2,10 +2,10 @@
 // persistence, removed afterwards. No Redis mock is used anywhere in this project.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from '../../tools/local-stack/redis-server.ts';
 
 /** Fails at once, with the install command, when redis-server is not on PATH. */
 export function assertRedisInstalled(): void {
@@ -18,18 +18,8 @@ export function assertRedisInstalled(): void {
   }
 }
 
-/** Asks the kernel for a free loopback port. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
+/** A free loopback port (below the ephemeral range: see tools/local-stack/redis-server.ts). */
+export { freePort };
 
 function redisCli(port: number, ...args: string[]): string {
   const out = spawnSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { encoding: 'utf8' });

@@ -22,17 +22,31 @@ export class RedisServerError extends Error {
   override name = 'RedisServerError';
 }
 
-/** Asks the kernel for a free loopback port. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
+// Listening ports are drawn below Linux's ephemeral range (32768-60999 by default): a port the kernel hands out for
+// port 0 is an ephemeral one, and between this check and the child binding it, any outbound connection of the many
+// the stack makes (to Redis, the Broker, the runtimes) may take it as its local port (seen: a deadline engine that
+// failed with EADDRINUSE on a crowded machine). Ports handed out by this process are not handed out again.
+const LISTEN_PORTS = { from: 20_000, to: 32_000 } as const;
+const handedOut = new Set<number>();
+
+function bindable(port: number): Promise<boolean> {
+  return new Promise((answer) => {
     const srv = createServer();
     srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolvePort(addr.port) : reject(new Error('no free port'))));
-    });
+    srv.once('error', () => answer(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => answer(true)));
   });
+}
+
+/** A free loopback port below the ephemeral range, not handed out before by this process. */
+export async function freePort(): Promise<number> {
+  for (let tries = 0; tries < 200; tries++) {
+    const port = LISTEN_PORTS.from + Math.floor(Math.random() * (LISTEN_PORTS.to - LISTEN_PORTS.from));
+    if (handedOut.has(port) || !(await bindable(port))) continue;
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error(`no free port between ${LISTEN_PORTS.from} and ${LISTEN_PORTS.to}`);
 }
 
 /** Sends PING (after AUTH, given a password) over a plain TCP connection; true once the server answers PONG. */
