@@ -19,7 +19,7 @@ import { BLIND_RETENTION_MS } from '../core/session-store.ts';
 import { IdleIndex, type ClaimedCheck } from './idle-index.ts';
 import { adapterFor } from '../core/runtime-adapters/index.ts';
 import { drawReleaseToken, placementForEvent, type SessionView } from '../core/session-store.ts';
-import { contextFromFields, demoteAt, idleEventData, judgeIdleness } from './idle-judgement.ts';
+import { contextFromFields, idleEventData, judgeDemote, judgeIdleness } from './idle-judgement.ts';
 import { createMemoryProbe, LoadMonitor } from './load-monitor.ts';
 import type { LoadTier } from './load-policy.ts';
 import { ActivityContextDecodeError, type ActivityContext } from './scoring.ts';
@@ -157,14 +157,15 @@ export class IdleChecker {
         await this.index.schedule(sessionId, stored.version, now + this.#settings.idleLeaseMs);
         return 'idle';
       }
-      // Demote before destroy: quiet past its predicted return, the KV leaves the GPU; or look again at that moment. A
-      // restore still pending (its request dead-lettered behind a demote in flight) is sent again.
+      // Demote before destroy: quiet past its predicted return (or, under memory pressure, quiet PRESSURE_DEMOTE_QUIET_MS),
+      // the KV leaves the GPU; or look again when that could be due. A restore still pending (its request dead-lettered
+      // behind a demote in flight) is sent again.
       if (session.offload === 'restoring') await this.#resendRestore(session, now);
       let nextCheckAt = judgement.nextCheckAt;
       let demoted = false;
-      const demoteMoment = this.#demotable(session) ? demoteAt(this.#settings, ctx) : undefined;
-      if (demoteMoment !== undefined && demoteMoment <= now - lost) demoted = await this.#demote(session, now);
-      else if (demoteMoment !== undefined) nextCheckAt = nextCheckAt === undefined ? demoteMoment : Math.min(nextCheckAt, demoteMoment);
+      const demote = this.#demotable(session) ? judgeDemote(this.#settings, ctx, now - lost, tier) : undefined;
+      if (demote?.demote === true) demoted = await this.#demote(session, now);
+      else if (demote?.nextCheckAt !== undefined) nextCheckAt = nextCheckAt === undefined ? demote.nextCheckAt : Math.min(nextCheckAt, demote.nextCheckAt);
       const result = await this.index.schedule(sessionId, stored.version, nextCheckAt === undefined ? undefined : wallTimeOf(spans, ctx.lastEventAt, nextCheckAt));
       if (result.code === 'CLEARED') return 'cleared';
       return demoted ? 'demoted' : 'rescheduled';

@@ -53,25 +53,57 @@ export function earliestIdleAt(settings: ActivityScoreSettings, ctx: ActivityCon
 export const OPEN_TURN_MAX_MS = 10 * 60_000;
 
 /**
- * When a quiet session becomes worth demoting (its KV moved off the GPU until its user is back), or undefined when
- * demotes are off: once it has been quiet DEMOTE_QUIET_MS, and its user is later than the session's own rhythm
- * predicted (its predicted idle end passed). While the model may still be answering the user's last message (no
- * answer seen), the KV is in use: not before that answer, or OPEN_TURN_MAX_MS after the message. Times are on the
- * session's clock, as the idle verdict's.
+ * When a quiet session becomes worth demoting (its KV moved off the GPU until its user is back) under a load tier, or
+ * undefined when demotes are off. At the normal tier: once it has been quiet DEMOTE_QUIET_MS, and its user is later
+ * than the session's own rhythm predicted (its predicted idle end passed). Under memory pressure (any tier above
+ * normal) with PRESSURE_DEMOTE_QUIET_MS set: once it has been quiet that long (or DEMOTE_QUIET_MS if shorter), without
+ * waiting for the predicted return, since a full GPU will otherwise evict some session's KV outright. While the model
+ * may still be answering the user's last message (no answer seen), the KV is in use: not before that answer, or
+ * OPEN_TURN_MAX_MS after the message. Times are on the session's clock, as the idle verdict's.
  */
-export function demoteAt(settings: Pick<ActivityScoreSettings, 'demoteQuietMs'>, ctx: ActivityContext): number | undefined {
+export function demoteAt(settings: DemoteSettings, ctx: ActivityContext, tier: LoadTier = 'normal'): number | undefined {
   if (settings.demoteQuietMs <= 0) return undefined;
-  const quiet = Math.max(ctx.predictedIdleEndAt, ctx.lastEventAt + settings.demoteQuietMs);
+  const pressure = tier !== 'normal' ? (settings.pressureDemoteQuietMs ?? 0) : 0;
+  const quiet = pressure > 0
+    ? ctx.lastEventAt + Math.min(settings.demoteQuietMs, pressure)
+    : Math.max(ctx.predictedIdleEndAt, ctx.lastEventAt + settings.demoteQuietMs);
   return ctx.turnOpenAt === undefined ? quiet : Math.max(quiet, ctx.turnOpenAt + OPEN_TURN_MAX_MS);
+}
+
+/** The settings demoteAt reads (PRESSURE_DEMOTE_QUIET_MS absent = pressure does not hasten demotes). */
+export type DemoteSettings = Pick<ActivityScoreSettings, 'demoteQuietMs'> & Partial<Pick<ActivityScoreSettings, 'pressureDemoteQuietMs'>>;
+
+/** The checker's demote verdict on a session whose KV is on the GPU: demote now, or when to look again for it. */
+export interface DemoteJudgement {
+  demote: boolean;
+  /** When a demote could next be due (under this tier, or sooner should the tier rise); undefined: never. */
+  nextCheckAt?: number;
+}
+
+/**
+ * Judges whether to demote a live session at `now` under the current tier, as judgeIdleness judges idleness: demote
+ * once demoteAt under this tier has passed; else look again at that moment, or sooner where a rise of the tier would
+ * demote earlier (at the tightest tier's moment, or one load evaluation interval later once that moment has passed).
+ * The idle checker and the replay bench both decide with this.
+ */
+export function judgeDemote(settings: DemoteSettings & Pick<ActivityScoreSettings, 'loadPolicy'>, ctx: ActivityContext, now: number, tier: LoadTier): DemoteJudgement {
+  const at = demoteAt(settings, ctx, tier);
+  if (at === undefined) return { demote: false };
+  if (at <= now) return { demote: true };
+  let next = at;
+  const eager = tier === TIGHTEST_TIER ? undefined : demoteAt(settings, ctx, TIGHTEST_TIER);
+  if (eager !== undefined && eager < at) next = Math.min(next, eager > now ? eager : now + settings.loadPolicy.evaluateEveryMs);
+  return { demote: false, nextCheckAt: Math.max(now + 1, next) };
 }
 
 /**
  * When the idle checker should first look at a session after an event: the earliest idle moment under any tier, or
- * its demote moment if that comes first (a session already demoted is then re-scheduled by the checker).
+ * its earliest demote moment under any tier if that comes first (a session already demoted is then re-scheduled by
+ * the checker).
  */
 export function firstCheckAt(settings: ActivityScoreSettings, ctx: ActivityContext, now: number, tenant: string | undefined, holdUntil: number | undefined): number | undefined {
   const idle = earliestIdleAt(settings, ctx, now, tenant, holdUntil);
-  const demote = demoteAt(settings, ctx);
+  const demote = demoteAt(settings, ctx, TIGHTEST_TIER);
   if (demote === undefined || demote <= now) return idle;
   return idle === undefined ? demote : Math.min(idle, demote);
 }

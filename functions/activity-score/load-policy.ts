@@ -15,6 +15,7 @@
 // 4. Each tier tightens the tenant's policy: the score threshold rises (by 0 / 0.05 / 0.10 / 0.20 for normal / low /
 //    medium / high, never above 0.95) and the grace window shrinks (×1 / ×0.75 / ×0.5 / ×0.25), but never below the
 //    minimum grace (60 s): a higher tier never makes a session less likely to be idle, nor idle later.
+//    Any tier above normal also hastens demotes (settings.ts PRESSURE_DEMOTE_QUIET_MS, idle-judgement.ts demoteAt).
 // 5. The function re-evaluates the tier every 10 s. To stop it flapping, a tier is only left downwards once the
 //    rate is 20 % below the level's entry rate or the pressure 5 points below the watermark that raised it.
 import { Type, type Static, type TSchema } from '@sinclair/typebox';

@@ -26,6 +26,7 @@ export const ActivityScoreSettingsSchema = Type.Object({
   IDLE_POLL_MS: Int(10, 60_000, 1000, 'How often the idle checker re-reads bucket heads to learn of newly scheduled checks.'),
   IDLE_LEASE_MS: Int(1000, 600_000, 30_000, 'How long a claimed idle check is reserved for the checker that claimed it (and how long after a session.idle it is verified).'),
   DEMOTE_QUIET_MS: Int(0, 86_400_000, 30_000, 'Demote before destroy: a live session quiet for at least this long and past the moment its own rhythm predicted its next turn has its KV moved off the GPU (gpu.demote.requested) until its user is back; only on runtimes whose kind can demote. 0 = off.'),
+  PRESSURE_DEMOTE_QUIET_MS: Int(0, 86_400_000, 1000, 'Demote before destroy under memory pressure (any load tier above normal: the median runtime at its memory watermark): a live session quiet for this long (or DEMOTE_QUIET_MS if shorter) is demoted without waiting past its predicted return, so a full GPU frees KV before its cache must evict. 0 = pressure does not hasten demotes. Chosen on the first half of a production trace: README, "Reclamation quality on a real trace".'),
   DEMOTED_IDLE_GRACE_MS: Int(0, 86_400_000, 600_000, 'The idle grace of a demoted session (its KV already off the GPU, so keeping it costs no GPU memory): the longer of this and the policy grace. 0 = the policy grace. Measured on a production trace: README, "Reclamation quality on a real trace".'),
 });
 
@@ -43,6 +44,8 @@ export interface ActivityScoreSettings {
   readonly idleLeaseMs: number;
   /** Demote before destroy: least quiet time before a demote (ms); 0 = never demote. */
   readonly demoteQuietMs: number;
+  /** Under a load tier above normal: quiet time before a demote, not waiting for the predicted return (ms); 0 = as at normal. */
+  readonly pressureDemoteQuietMs: number;
   /** The least idle grace of a demoted session (ms). */
   readonly demotedGraceMs: number;
 }
@@ -63,6 +66,7 @@ export function readActivityScoreSettings(env: NodeJS.ProcessEnv): ActivityScore
       idlePollMs: raw.IDLE_POLL_MS,
       idleLeaseMs: raw.IDLE_LEASE_MS,
       demoteQuietMs: raw.DEMOTE_QUIET_MS,
+      pressureDemoteQuietMs: raw.PRESSURE_DEMOTE_QUIET_MS,
       demotedGraceMs: raw.DEMOTED_IDLE_GRACE_MS,
     });
   } catch (err) {

@@ -2,7 +2,7 @@
 // from the session's latest event) are the anchors; activity-score's is the function's own code, driven through the
 // same exported functions its handler and idle checker call; the return-probability policy is fitted on one part of
 // the trace and judged on another; the oracle knows each session's future and marks the corner nobody can reach.
-import { demoteAt, firstCheckAt, judgeIdleness } from '../../../functions/activity-score/idle-judgement.ts';
+import { firstCheckAt, judgeDemote, judgeIdleness } from '../../../functions/activity-score/idle-judgement.ts';
 import { evaluateLoadTier } from '../../../functions/activity-score/load-policy.ts';
 import { applyActivity, applyCompletion, initialContext, type ActivityContext } from '../../../functions/activity-score/scoring.ts';
 import { policyFor, readActivityScoreSettings, type ActivityScoreSettings } from '../../../functions/activity-score/settings.ts';
@@ -73,8 +73,8 @@ export function oracle(): ReclaimPolicy {
  * DEMOTE_QUIET_MS, IDLE_GRACE_MS, LOAD_POLICY ...). Each turn is folded as the handler folds it (a fresh context at the
  * first event, applyActivity for the message, applyCompletion for inference.completed, the tenant's policy at the
  * normal tier), the first look is the handler's firstCheckAt, and each look is the idle checker's: judgeIdleness under
- * the tier in force (idle = destroy), else demote once demoteAt has passed while the KV is on the GPU, and look again
- * at the earlier of judgeIdleness's nextCheckAt and the demote moment. The load tier is evaluateLoadTier's, from the
+ * the tier in force (idle = destroy), else judgeDemote under the same tier while the KV is on the GPU (demote now, or
+ * look again at the earlier of its nextCheckAt and judgeIdleness's). The load tier is evaluateLoadTier's, from the
  * replay's event rate and pool pressure. Signals the trace lacks (typing, edits, cursor, text, embeddings, holds) are
  * absent: every activity is a `message` without text.
  */
@@ -108,10 +108,9 @@ function activityScoreReclaimer(settings: ActivityScoreSettings): SessionReclaim
       const judgement = judgeIdleness(settings, ctx, now, { tenant: TRACE_TENANT, tier: view.tier, holdUntil: undefined, demoted: !view.resident });
       if (judgement.decision.idle) return { destroy: true, demote: false, nextCheckAt: undefined };
       let nextCheckAt = judgement.nextCheckAt;
-      const demoteMoment = view.resident ? demoteAt(settings, ctx) : undefined;
-      const demote = demoteMoment !== undefined && demoteMoment <= now;
-      if (demoteMoment !== undefined && !demote) nextCheckAt = nextCheckAt === undefined ? demoteMoment : Math.min(nextCheckAt, demoteMoment);
-      return { destroy: false, demote, nextCheckAt };
+      const demote = view.resident ? judgeDemote(settings, ctx, now, view.tier) : { demote: false };
+      if (demote.nextCheckAt !== undefined) nextCheckAt = nextCheckAt === undefined ? demote.nextCheckAt : Math.min(nextCheckAt, demote.nextCheckAt);
+      return { destroy: false, demote: demote.demote, nextCheckAt };
     },
   };
 }

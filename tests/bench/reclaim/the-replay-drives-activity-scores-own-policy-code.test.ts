@@ -2,7 +2,7 @@
 // policy to the function's own exports and settings.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { judgeIdleness } from '../../../functions/activity-score/idle-judgement.ts';
+import { demoteAt, judgeIdleness } from '../../../functions/activity-score/idle-judgement.ts';
 import { applyActivity, applyCompletion, initialContext } from '../../../functions/activity-score/scoring.ts';
 import { policyFor, readActivityScoreSettings } from '../../../functions/activity-score/settings.ts';
 import { activityScore, TRACE_TENANT } from './policies.ts';
@@ -82,4 +82,21 @@ test('under a pool at 90 % the load tier rises (evaluateLoadTier) and the sessio
   const pressed = replay(sessions, activityScore('grace 10 min', env), { ...options, poolBytes: Math.ceil(3100 / 0.9) });
   assert.equal(unbounded.wasteByteSeconds, ((idleAt('normal') - completedAt) / 1000) * 3100);
   assert.equal(pressed.wasteByteSeconds, ((idleAt('low') - completedAt) / 1000) * 3100);
+});
+
+test('under a pool at 90 % a quiet session is demoted at the pressure moment (PRESSURE_DEMOTE_QUIET_MS), not past its predicted return', () => {
+  const turn: TraceRequest = { index: 0, arrivalMs: 1_000_000, inputTokens: 3000, outputTokens: 100, hashIds: [0, 1, 2, 3, 4, 5] };
+  const { sessions } = rebuildSessions([turn]);
+  const settings = readActivityScoreSettings({});
+  const policy = policyFor(settings, TRACE_TENANT, 'normal');
+  const completedAt = turn.arrivalMs + 10_000;
+  const ctx = applyCompletion(applyActivity(initialContext(turn.arrivalMs, policy), { kind: 'message', at: turn.arrivalMs }, policy), { at: completedAt, release: false }, policy);
+  const [normal, pressed] = [demoteAt(settings, ctx, 'normal')!, demoteAt(settings, ctx, 'low')!];
+  assert.ok(pressed < normal, 'the defaults demote sooner under pressure');
+
+  const unbounded = replay(sessions, activityScore('defaults'), options);
+  const full = replay(sessions, activityScore('defaults'), { ...options, poolBytes: Math.ceil(3100 / 0.9) });
+  assert.deepEqual([unbounded.demotes, full.demotes], [1, 1]);
+  assert.equal(unbounded.wasteByteSeconds, ((normal - completedAt) / 1000) * 3100);
+  assert.equal(full.wasteByteSeconds, ((pressed - completedAt) / 1000) * 3100);
 });
