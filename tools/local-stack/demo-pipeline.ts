@@ -9,6 +9,9 @@
 // sessions is placed there instead, never more at once than the engine has sequences: their turns are real
 // completions that fill real KV cells, measured against the engine's own reading (demo-engine.ts).
 //
+// What each simulated user does is planned up front from the seed (demo-behaviour.ts, shared with the reclamation
+// bench); this file plays the plans against the Broker in real time.
+//
 // What ends a session is decided by the system, not the script: a session meant to be closed may be judged idle
 // first, and the report counts what the system did. The demo ends once each of its sessions was destroyed.
 import { randomUUID } from 'node:crypto';
@@ -17,10 +20,10 @@ import { CloudEvent, HTTP } from 'cloudevents';
 import { EventType, type ActivityKind } from '../../functions/core/contract/events.ts';
 import type { BrokerEvent } from '../local-broker/wire.ts';
 import { seededRandom } from '../../functions/core/seeded-random.ts';
+import { planDemo, type DemoEnding, type DemoSessionPlan, type DemoTurnPlan } from './demo-behaviour.ts';
 import { createDemoEngine, type DemoEngineFigures, type DemoEngineOptions } from './demo-engine.ts';
 
-/** How a demo session is meant to end (the system may end it otherwise first). */
-export type DemoEnding = 'closes' | 'completes' | 'walks-away' | 'vanishes';
+export type { DemoEnding } from './demo-behaviour.ts';
 
 /** The demo's shape. */
 export interface DemoOptions {
@@ -96,29 +99,14 @@ const SOURCE = '/demo/inference-pipeline';
 const GiB = 1024 ** 3;
 const MODELS = ['llama-3.1-8b-instruct', 'mistral-7b-instruct', 'qwen2.5-14b-instruct', 'llama-3.1-70b-instruct'] as const;
 const MODEL_GIB: Record<(typeof MODELS)[number], number> = { 'llama-3.1-8b-instruct': 2, 'mistral-7b-instruct': 2, 'qwen2.5-14b-instruct': 4, 'llama-3.1-70b-instruct': 8 };
-const PROMPTS = [
-  'Summarise the quarterly report in three bullet points.',
-  'Why does my Kubernetes pod keep restarting with exit code 137?',
-  'Write a haiku about garbage collection.',
-  'Translate "the meeting moved to Thursday" into French and German.',
-  'Refactor this function to avoid the nested loops, please.',
-  'What are the trade-offs between Redis Cluster and a single primary?',
-  'Draft a polite reply declining the invitation.',
-  'Explain exactly-once delivery as if I were new to distributed systems.',
-  'Find the bug: the total is off by one on the last page.',
-  'Plan a three-day trip to Lisbon on a budget.',
-];
-const FOLLOW_UPS = ['Can you make it shorter?', 'Now add an example.', 'What about the edge cases?', 'Great, and in Python?', 'Why is that faster?', 'Give me a second option.'];
-const REPLIES = ['Here is a summary of the main points.', 'The usual cause is the OOM killer; check the memory limit.', 'Sure — here is a version with an example.', 'Done. I kept the behaviour the same.'];
-const TOOLS = ['web search', 'code interpreter', 'vector store lookup', 'spreadsheet export', 'batch embedding job'];
 // The model the reference engine serves: a generated tiny llama (runtimes/llama-engine/tiny-model.ts).
 const ENGINE_MODEL = 'tiny-llama-generated';
-const ENDINGS: ReadonlyArray<[DemoEnding, number]> = [['closes', 0.3], ['completes', 0.25], ['walks-away', 0.2], ['vanishes', 0.25]];
 
 
 interface DemoSession {
   id: string;
   ending: DemoEnding;
+  plan: DemoSessionPlan;
   incarnation?: number;
   /** Placed on the real engine: its turns run completions there and it allocates nothing on the simulator. */
   onEngine: boolean;
@@ -134,7 +122,6 @@ interface DemoSession {
 /** Starts the demo: sessions open over the first third of the duration and live out their plans. */
 export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
   const random = seededRandom(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
-  const between = (lo: number, hi: number) => lo + (hi - lo) * random();
   const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
   const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 1000;
   const missedBeats = opts.missedBeats ?? 3;
@@ -148,12 +135,6 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
   let ended = 0;
   let seq = 0;
   let stopRequested = false;
-
-  const chooseEnding = (): DemoEnding => {
-    let r = random();
-    for (const [ending, weight] of ENDINGS) if ((r -= weight) < 0) return ending;
-    return 'closes';
-  };
 
   const sendAttempts = opts.sendAttempts ?? 5;
   async function post(headers: Record<string, string>, body: string, what: string): Promise<boolean> {
@@ -277,40 +258,34 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
     return true;
   }
 
-  // One exchange: the user types (with edits and cursor moves), sends, and the model answers.
-  async function turn(s: DemoSession, prompt: string, n: number): Promise<boolean> {
-    const words = prompt.split(' ');
-    const steps = Math.min(words.length, 2 + Math.floor(random() * 3));
-    for (let i = 1; i <= steps; i++) {
-      const typed = words.slice(0, Math.ceil((words.length * i) / (steps + 1))).join(' ');
-      if (!(await activity(s, 'input', typed)) || !(await pause(s, between(150, 500)))) return false;
+  // One exchange as planned: the user types (with edits and cursor moves), sends, and the model answers.
+  async function turn(s: DemoSession, plan: DemoTurnPlan, n: number): Promise<boolean> {
+    for (const step of plan.typing) {
+      if (!(await activity(s, step.kind, step.text)) || !(await pause(s, step.pauseAfterMs))) return false;
     }
-    if (random() < 0.4 && !((await activity(s, 'edit', prompt.slice(0, -5))) && (await pause(s, between(100, 300))))) return false;
-    if (random() < 0.3 && !((await activity(s, 'cursor')) && (await pause(s, between(100, 400))))) return false;
-    if (!(await activity(s, 'message', prompt))) return false;
+    if (!(await activity(s, 'message', plan.prompt))) return false;
     // On the engine the model really answers: a completion fills the session's KV (a refusal ends its completions only).
     if (s.onEngine && engine !== undefined) {
       const incarnation = s.incarnation!;
-      await engine.turn({ id: s.id, incarnation, live: () => !s.ended && !stopping.signal.aborted, pause: (ms) => pause(s, ms) }, prompt);
+      await engine.turn({ id: s.id, incarnation, live: () => !s.ended && !stopping.signal.aborted, pause: (ms) => pause(s, ms) }, plan.prompt);
     }
-    if (!(await pause(s, between(300, 1200)))) return false;
-    if (!(await activity(s, 'output', pick(REPLIES)))) return false;
+    if (!(await pause(s, plan.answerMs))) return false;
+    if (!(await activity(s, 'output', plan.reply))) return false;
     return send(EventType.InferenceCompleted, { sessionId: s.id, requestId: `${s.id}-r${n}`, release: false });
   }
 
   // A long tool call: the pipeline asks for a hold, then blocks (no heartbeats) until the tool returns.
-  async function toolCall(s: DemoSession): Promise<boolean> {
-    const holdMs = Math.round(between(heartbeatIntervalMs * missedBeats * 1.5, heartbeatIntervalMs * missedBeats * 2.5));
-    if (!(await send(EventType.SessionHold, { sessionId: s.id, durationMs: holdMs, reason: `long tool call: ${pick(TOOLS)}` }))) return false;
+  async function toolCall(s: DemoSession, plan: NonNullable<DemoTurnPlan['toolCall']>): Promise<boolean> {
+    if (!(await send(EventType.SessionHold, { sessionId: s.id, durationMs: plan.holdMs, reason: `long tool call: ${plan.tool}` }))) return false;
     s.heartbeating = false;
     // Heartbeats resume half a window before the hold ends, so the first lands before it even when delivered late.
-    const goOn = await pause(s, holdMs - Math.max(heartbeatIntervalMs, (heartbeatIntervalMs * missedBeats) / 2));
+    const goOn = await pause(s, plan.resumeAfterMs);
     s.heartbeating = !s.ended;
     return goOn;
   }
 
-  async function live(s: DemoSession, startDelayMs: number, lifeMs: number): Promise<void> {
-    if (!(await pause(s, startDelayMs))) return;
+  async function live(s: DemoSession): Promise<void> {
+    if (!(await pause(s, s.plan.startDelayMs))) return;
     started++;
     if (!(await open(s))) {
       // Never opened: nothing to wait for.
@@ -318,23 +293,16 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
       s.wake();
       return;
     }
-    const until = Date.now() + lifeMs;
     let n = 0;
-    let prompt = pick(PROMPTS);
-    let tools = random() < 0.35 ? 1 : 0;
-    while (Date.now() < until || n === 0) {
-      if (!(await turn(s, prompt, ++n))) return;
-      if (tools > 0 && random() < 0.6) {
-        tools--;
-        if (!(await toolCall(s))) return;
-      }
+    for (const planned of s.plan.turns) {
+      if (!(await turn(s, planned, ++n))) return;
+      if (planned.toolCall !== undefined && !(await toolCall(s, planned.toolCall))) return;
       // Think time before the next message.
-      if (!(await pause(s, between(700, 2500)))) return;
-      prompt = pick(FOLLOW_UPS);
+      if (!(await pause(s, planned.thinkMs))) return;
     }
     switch (s.ending) {
       case 'closes':
-        await send(EventType.SessionClosed, { sessionId: s.id, reason: pick(['user closed the tab', 'user signed out', 'conversation finished']) });
+        await send(EventType.SessionClosed, { sessionId: s.id, reason: s.plan.closeReason });
         break;
       case 'completes':
         await send(EventType.InferenceCompleted, { sessionId: s.id, requestId: `${s.id}-final`, release: true });
@@ -348,21 +316,20 @@ export function startDemoPipeline(opts: DemoOptions): DemoPipeline {
     }
   }
 
+  const plans = planDemo(random, { sessions: opts.sessions, durationMs: opts.durationMs, heartbeatIntervalMs, missedBeats });
   const scripts: Promise<void>[] = [];
-  for (let i = 0; i < opts.sessions; i++) {
+  plans.forEach((plan, i) => {
     let wake = () => {};
     const endedSignal = new Promise<void>((resolveEnded) => (wake = resolveEnded));
-    const s: DemoSession = { id: `${prefix}${String(i + 1).padStart(3, '0')}`, ending: chooseEnding(), onEngine: false, heartbeating: false, ended: false, wake, endedSignal };
+    const s: DemoSession = { id: `${prefix}${String(i + 1).padStart(3, '0')}`, ending: plan.ending, plan, onEngine: false, heartbeating: false, ended: false, wake, endedSignal };
     plannedEndings[s.ending]++;
     sessions.set(s.id, s);
-    const startDelayMs = (opts.durationMs / 3) * (opts.sessions === 1 ? 0 : i / (opts.sessions - 1)) * between(0.8, 1);
-    const lifeMs = between(0.3, 0.66) * opts.durationMs;
     scripts.push(
-      live(s, startDelayMs, lifeMs).catch((err: unknown) => {
+      live(s).catch((err: unknown) => {
         opts.onProblem?.(`${s.id}: ${(err as Error).message}`);
       }),
     );
-  }
+  });
 
   const allEnded = Promise.all([...sessions.values()].map((s) => s.endedSignal));
   const done = (async (): Promise<DemoOutcome> => {

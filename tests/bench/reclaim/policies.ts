@@ -4,6 +4,7 @@
 // the trace and judged on another; the oracle knows each session's future and marks the corner nobody can reach.
 import { firstCheckAt, judgeDemote, judgeIdleness } from '../../../functions/activity-score/idle-judgement.ts';
 import { evaluateLoadTier } from '../../../functions/activity-score/load-policy.ts';
+import type { ActivityKind } from '../../../functions/core/contract/events.ts';
 import { applyActivity, applyCompletion, initialContext, type ActivityContext } from '../../../functions/activity-score/scoring.ts';
 import { policyFor, readActivityScoreSettings, type ActivityScoreSettings } from '../../../functions/activity-score/settings.ts';
 import type { CheckVerdict, CheckView, ReclaimPolicy, SessionReclaimer } from './replay.ts';
@@ -31,6 +32,13 @@ function quietTimer(demoteAfter: () => number | undefined, destroyAfter: () => n
       last = at;
     },
     onCompleted(at) {
+      last = at;
+    },
+    // Any event the pipeline sends restarts the quiet time; a fixed timeout knows nothing of how long a hold lasts.
+    onActivity(at) {
+      last = at;
+    },
+    onHold(at) {
       last = at;
     },
     firstCheckAt() {
@@ -61,6 +69,8 @@ export function oracle(): ReclaimPolicy {
       return {
         onTurn: () => void arrived++,
         onCompleted: () => void completed++,
+        onActivity: () => undefined,
+        onHold: () => undefined,
         firstCheckAt: (now) => (over() ? now : undefined),
         check: () => ({ destroy: over(), demote: false, nextCheckAt: undefined }),
       };
@@ -93,21 +103,35 @@ export function activityScore(name: string, env: Readonly<Record<string, string>
 function activityScoreReclaimer(settings: ActivityScoreSettings): SessionReclaimer {
   const policy = policyFor(settings, TRACE_TENANT, 'normal');
   let ctx: ActivityContext | undefined;
+  let holdUntil: number | undefined;
+  const fold = (at: number, kind: ActivityKind, text: string | undefined) => {
+    ctx = applyActivity(ctx ?? initialContext(at, policy), { kind, at, ...(text === undefined ? {} : { text }) }, policy);
+  };
   return {
-    onTurn(at) {
-      ctx = applyActivity(ctx ?? initialContext(at, policy), { kind: 'message', at }, policy);
+    onTurn(at, text) {
+      fold(at, 'message', text);
     },
-    onCompleted(at) {
+    onCompleted(at, reply) {
+      if (reply !== undefined) fold(at, 'output', reply);
       ctx = applyCompletion(ctx ?? initialContext(at, policy), { at, release: false }, policy);
     },
+    onActivity(at, kind, text) {
+      fold(at, kind, text);
+    },
+    onHold(_at, untilMs) {
+      holdUntil = Math.max(holdUntil ?? 0, untilMs);
+    },
     firstCheckAt(now) {
-      return ctx === undefined ? undefined : firstCheckAt(settings, ctx, now, TRACE_TENANT, undefined);
+      return ctx === undefined ? undefined : firstCheckAt(settings, ctx, now, TRACE_TENANT, holdUntil);
     },
     check(now, view) {
       if (ctx === undefined) return { destroy: false, demote: false, nextCheckAt: undefined };
-      const judgement = judgeIdleness(settings, ctx, now, { tenant: TRACE_TENANT, tier: view.tier, holdUntil: undefined, demoted: !view.resident });
+      const judgement = judgeIdleness(settings, ctx, now, { tenant: TRACE_TENANT, tier: view.tier, holdUntil, demoted: !view.resident });
       if (judgement.decision.idle) return { destroy: true, demote: false, nextCheckAt: undefined };
       let nextCheckAt = judgement.nextCheckAt;
+      // A held session is never demoted (request-demote-1.lua refuses it): the checker looks again when the idle
+      // verdict says, as the deployed checker does after a refused request.
+      if (holdUntil !== undefined && holdUntil > now) return { destroy: false, demote: false, nextCheckAt: nextCheckAt ?? holdUntil };
       const demote = view.resident ? judgeDemote(settings, ctx, now, view.tier) : { demote: false };
       if (demote.nextCheckAt !== undefined) nextCheckAt = nextCheckAt === undefined ? demote.nextCheckAt : Math.min(nextCheckAt, demote.nextCheckAt);
       return { destroy: false, demote: demote.demote, nextCheckAt };

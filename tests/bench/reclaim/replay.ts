@@ -67,10 +67,14 @@ export interface CheckVerdict {
 
 /** One session as a policy sees it: its events, and the checker's looks. */
 export interface SessionReclaimer {
-  /** The user's turn arrived (session.activity, kind message). */
-  onTurn(at: number): void;
-  /** The model finished the turn (inference.completed, release false). */
-  onCompleted(at: number): void;
+  /** The user's turn arrived (session.activity, kind message; its text where the workload has one). */
+  onTurn(at: number, text?: string): void;
+  /** The model finished the turn (inference.completed, release false; first an `output` activity where the workload has a reply). */
+  onCompleted(at: number, reply?: string): void;
+  /** The user typed, edited or moved the cursor (synthetic workloads only). */
+  onActivity(at: number, kind: 'input' | 'edit' | 'cursor', text?: string): void;
+  /** The pipeline held the session until `untilMs` (session.hold: a long tool call; synthetic workloads only). */
+  onHold(at: number, untilMs: number): void;
   /** When the checker should first look after the latest event (what the handler schedules in the idle index). */
   firstCheckAt(now: number): number | undefined;
   /** The checker looks at `now`. */
@@ -101,6 +105,10 @@ export interface ReplayMetrics {
   gapByteSeconds: number;
   /** Follow-ups that found their session destroyed by the policy, and the tokens they prefilled again. */
   premature: number;
+  /** Of those, the ones whose quiet was a tool call under a hold (synthetic workloads: the rest were users thinking). */
+  prematureToolCalls: number;
+  /** Sessions ended by their pipeline (closed, released, heartbeats gone) before the policy ended them (synthetic). */
+  endedByPipeline: number;
   prematureRefillTokens: number;
   /** Follow-ups that found their session evicted by the pool, and the tokens they prefilled again. */
   evicted: number;
@@ -168,7 +176,7 @@ interface Spell {
   freedAt: number | undefined;
 }
 
-const Kind = { arrive: 0, complete: 1, check: 2 } as const;
+const Kind = { arrive: 0, complete: 1, check: 2, side: 3, end: 4 } as const;
 type EventKind = (typeof Kind)[keyof typeof Kind];
 
 interface QueuedEvent {
@@ -176,7 +184,7 @@ interface QueuedEvent {
   seq: number;
   kind: EventKind;
   run: SessionRun;
-  /** Turn index (arrive, complete) or check version (check). */
+  /** Turn index (arrive, complete), check version (check) or side event index (side). */
   n: number;
 }
 
@@ -225,7 +233,7 @@ const before = (a: QueuedEvent, b: QueuedEvent): boolean => a.at < b.at || (a.at
 
 function emptyMetrics(policy: string): ReplayMetrics {
   return {
-    policy, spells: 0, followUps: 0, finals: 0, wasteByteSeconds: 0, gapByteSeconds: 0, premature: 0, prematureRefillTokens: 0, evicted: 0,
+    policy, spells: 0, followUps: 0, finals: 0, wasteByteSeconds: 0, gapByteSeconds: 0, premature: 0, prematureToolCalls: 0, endedByPipeline: 0, prematureRefillTokens: 0, evicted: 0,
     evictedRefillTokens: 0, demotes: 0, demotedBytes: 0, restores: 0, restoredBytes: 0, offloadedByteSeconds: 0, noRoomTurns: 0, refusedTurns: 0,
     inFlightVerdicts: 0, returnsKept: 0, finalsFreedInTime: 0, peakResidentBytes: 0,
   };
@@ -268,6 +276,13 @@ export function replay(sessions: readonly Session[], policy: ReclaimPolicy, opti
   );
   const arrivals = arrivalOrder(sessions);
   for (const [s, i] of arrivals) queue.push(sessions[s]!.turns[i]!.arrivalMs, Kind.arrive, runs[s]!, i);
+  // A synthetic workload's typing and holds, and the ends its pipeline sends.
+  for (const run of runs) {
+    const extras = run.session.synthetic;
+    if (extras === undefined) continue;
+    extras.events.forEach((e, i) => queue.push(e.atMs, Kind.side, run, i));
+    if (extras.endAtMs !== undefined) queue.push(extras.endAtMs, Kind.end, run, 0);
+  }
 
   // The load tier, evaluated every `everyMs` of virtual time up to each event (state only changes at events).
   let tier: LoadTierName = 'normal';
@@ -358,6 +373,7 @@ export function replay(sessions: readonly Session[], policy: ReclaimPolicy, opti
           } else if (spellJudged) {
             m.premature++;
             m.prematureRefillTokens += tokens;
+            if (run.session.synthetic?.quietCauses[event.n - 1] === 'tool call') m.prematureToolCalls++;
           }
         }
         const needed = (turn.inputTokens + turn.outputTokens) * bytesPerToken;
@@ -379,7 +395,7 @@ export function replay(sessions: readonly Session[], policy: ReclaimPolicy, opti
         run.inFlight++;
         run.nextTurn = event.n + 1;
         run.lastEventAt = now;
-        run.reclaimer.onTurn(now);
+        run.reclaimer.onTurn(now, run.session.synthetic?.prompts[event.n]);
         schedule(run, run.reclaimer.firstCheckAt(now));
         queue.push(now + (turn.outputTokens / tokensPerSecond) * 1000, Kind.complete, run, event.n);
         break;
@@ -388,7 +404,7 @@ export function replay(sessions: readonly Session[], policy: ReclaimPolicy, opti
         eventTimes.push(now);
         run.inFlight--;
         run.lastEventAt = now;
-        run.reclaimer.onCompleted(now);
+        run.reclaimer.onCompleted(now, run.session.synthetic?.replies[event.n]);
         if (run.inFlight === 0 && run.state === 'resident') {
           // The turn that opened this spell is the latest one that arrived.
           const opener = run.session.turns[run.nextTurn - 1]!;
@@ -403,6 +419,23 @@ export function replay(sessions: readonly Session[], policy: ReclaimPolicy, opti
           idleResident.set(run, true);
         }
         schedule(run, run.reclaimer.firstCheckAt(now));
+        break;
+      }
+      case Kind.side: {
+        // Activity on a session already ended is ignored, as activity-score ignores it.
+        if (run.state === 'destroyed' || run.state === 'none') break;
+        const side = run.session.synthetic!.events[event.n]!;
+        eventTimes.push(now);
+        run.lastEventAt = now;
+        if (side.kind === 'hold') run.reclaimer.onHold(now, now + (side.holdMs ?? 0));
+        else run.reclaimer.onActivity(now, side.kind, side.text);
+        schedule(run, run.reclaimer.firstCheckAt(now));
+        break;
+      }
+      case Kind.end: {
+        if (run.state === 'destroyed' || run.state === 'none') break;
+        if (run.spell?.judged === true) m.endedByPipeline++;
+        destroy(run, now, false);
         break;
       }
       case Kind.check: {

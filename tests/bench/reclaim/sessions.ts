@@ -30,6 +30,30 @@ export interface Session {
   readonly turns: readonly TraceRequest[];
   /** parents[i] is the index (in the trace) of the request turns[i] continues; undefined for the first turn. */
   readonly parents: readonly (number | undefined)[];
+  /** What the trace lacks and a synthetic workload carries (synthetic.ts): events between turns, and how it ends. */
+  readonly synthetic?: SyntheticExtras;
+}
+
+/** A user's activity between turns that is not a turn: typing (before a message), the model's output, a hold. */
+export interface SideEvent {
+  readonly atMs: number;
+  readonly kind: 'input' | 'edit' | 'cursor' | 'hold';
+  readonly text?: string;
+  /** For a hold: how long it lasts (ms). */
+  readonly holdMs?: number;
+}
+
+/** A synthetic session's extra events and its ground truth. */
+export interface SyntheticExtras {
+  /** Events other than the turns, in time order. */
+  readonly events: readonly SideEvent[];
+  /** Each turn's message text and its answer's (sent as `output` activity when the answer completes). */
+  readonly prompts: readonly string[];
+  readonly replies: readonly string[];
+  /** What the quiet after each turn is, in truth: the user thinking (and typing) or a tool call under a hold. */
+  readonly quietCauses: readonly ('thinking' | 'tool call')[];
+  /** When the session is ended by what its pipeline sends (close, release, heartbeats gone): for every policy alike. */
+  readonly endAtMs?: number;
 }
 
 /** The links and the sessions they make. */
