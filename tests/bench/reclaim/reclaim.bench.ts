@@ -54,7 +54,7 @@ const { requests, sessions, traceEnd, half, base, judgedSessions, model, RETURN_
   await benchSetup(tokensPerSecond, bytesPerToken);
 // The synthetic workload: the demo's plans with pauses × 20 (thinking 14–50 s) and heartbeats every 20 s, 3 missable
 // (holds of 90–150 s), fixed before its first replay.
-const SYNTHETIC: SyntheticOptions = { seed: 14, sessions: 400, durationMs: 60 * MIN, timeScale: 20, heartbeatIntervalMs: 20_000, missedBeats: 3, tokensPerSecond };
+const SYNTHETIC: SyntheticOptions = { seed: 14, sessions: 300, durationMs: 60 * MIN, timeScale: 20, heartbeatIntervalMs: 20_000, missedBeats: 3, tokensPerSecond };
 const SHOWN_PAIRS = new Set([0.5, 1, 2].flatMap((d) => [5, 10, 20, 30].map((D) => pairName(d * MIN, D * MIN))));
 
 const run = (policy: ReclaimPolicy) => replay(judgedSessions, policy, base);
@@ -130,8 +130,8 @@ const synthOptions: ReplayOptions = { tokensPerSecond, bytesPerToken };
 const synthRun = (policy: ReclaimPolicy) => replay(synthetic, policy, synthOptions);
 const synthFixed = FIXED.map(synthRun);
 const synthFrontier: FrontierPoint[] = synthFixed.map((m) => ({ refill: refillTokens(m), waste: m.wasteByteSeconds }));
-// The grid's destroy times from 3 min: every shorter one ends tool calls (their holds last 1 min 30 s–2 min 30 s).
-const SYNTH_DESTROY = GRID_DESTROY.filter((D) => D >= 3 * MIN && D <= 20 * MIN);
+// Destroy times from 3 min: every shorter one ends tool calls (their holds last 1 min 30 s–2 min 30 s).
+const SYNTH_DESTROY = [3, 5, 10, 20].map((m) => m * MIN);
 const synthPairs = GRID_DEMOTE.flatMap((d) => SYNTH_DESTROY.map((D) => synthRun(twoTier(pairName(d, D), d, D))));
 const synthRows = [...synthFixed, ...synthPairs.filter((m) => SHOWN_PAIRS.has(m.policy)), ...OURS.map(synthRun), ...[returnPolicies[3]!, returnDemote[0]!].map(synthRun)];
 const causes = synthetic.flatMap((x) => x.synthetic?.quietCauses.slice(0, -1) ?? []);
