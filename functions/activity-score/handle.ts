@@ -102,7 +102,7 @@ export async function handle(event: ActivityScoreEvent, deps: Deps): Promise<voi
     switch (result.code) {
       case 'APPLIED': {
         const holdUntil = result.holdUntil > 0 ? result.holdUntil : undefined;
-        const checkAt = firstCheckAt(deps.settings, next, now, session.tenant, holdUntil);
+        const checkAt = firstCheckAt(deps.settings, next, now, session.tenant, holdUntil, deps.load.tier());
         await Promise.all([deps.idleIndex.schedule(sessionId, result.version, checkAt), restoreOnUserTurn(event, session, result.incarnation, result.offload, deps)]);
         log.debug({ version: result.version, score: score(next, now, policy).score, predictedIdleEndAt: next.predictedIdleEndAt, checkAt }, 'activity scored');
         return;
@@ -137,7 +137,7 @@ async function reassertSchedule(sessionId: string, tenant: string | undefined, n
     if (!(err instanceof ActivityContextDecodeError)) throw err;
   }
   if (ctx === undefined || session?.state !== 'active') return;
-  await deps.idleIndex.schedule(sessionId, version, firstCheckAt(deps.settings, ctx, now, tenant, session.holdUntil));
+  await deps.idleIndex.schedule(sessionId, version, firstCheckAt(deps.settings, ctx, now, tenant, session.holdUntil, deps.load.tier()));
 }
 
 /**

@@ -81,29 +81,43 @@ export interface DemoteJudgement {
 }
 
 /**
+ * At the normal tier, the earliest moment worth a look in case the tier rises before the session's demote moment: the
+ * moment pressure would demote it, but not before it has been quiet one load evaluation interval (a tier rise is only
+ * seen at an evaluation, and a user typing every few seconds should not cost a look per keystroke). Undefined when
+ * pressure would not demote it sooner than the normal tier does.
+ */
+function pressureLookAt(settings: DemoteSettings & Pick<ActivityScoreSettings, 'loadPolicy'>, ctx: ActivityContext): number | undefined {
+  const [normal, pressed] = [demoteAt(settings, ctx, 'normal'), demoteAt(settings, ctx, TIGHTEST_TIER)];
+  if (normal === undefined || pressed === undefined || pressed >= normal) return undefined;
+  return Math.min(normal, Math.max(pressed, ctx.lastEventAt + settings.loadPolicy.evaluateEveryMs));
+}
+
+/**
  * Judges whether to demote a live session at `now` under the current tier, as judgeIdleness judges idleness: demote
- * once demoteAt under this tier has passed; else look again at that moment, or sooner where a rise of the tier would
- * demote earlier (at the tightest tier's moment, or one load evaluation interval later once that moment has passed).
- * The idle checker and the replay bench both decide with this.
+ * once demoteAt under this tier has passed; else look again at that moment, or, at the normal tier, sooner in case
+ * the tier rises (pressureLookAt, then every load evaluation interval). The idle checker and the replay bench both
+ * decide with this.
  */
 export function judgeDemote(settings: DemoteSettings & Pick<ActivityScoreSettings, 'loadPolicy'>, ctx: ActivityContext, now: number, tier: LoadTier): DemoteJudgement {
   const at = demoteAt(settings, ctx, tier);
   if (at === undefined) return { demote: false };
   if (at <= now) return { demote: true };
   let next = at;
-  const eager = tier === TIGHTEST_TIER ? undefined : demoteAt(settings, ctx, TIGHTEST_TIER);
-  if (eager !== undefined && eager < at) next = Math.min(next, eager > now ? eager : now + settings.loadPolicy.evaluateEveryMs);
+  const eager = tier === 'normal' ? pressureLookAt(settings, ctx) : undefined;
+  if (eager !== undefined) next = Math.min(next, eager > now ? eager : now + settings.loadPolicy.evaluateEveryMs);
   return { demote: false, nextCheckAt: Math.max(now + 1, next) };
 }
 
 /**
- * When the idle checker should first look at a session after an event: the earliest idle moment under any tier, or
- * its earliest demote moment under any tier if that comes first (a session already demoted is then re-scheduled by
- * the checker).
+ * When the idle checker should first look at a session after an event, given the load tier last seen: the earliest
+ * idle moment under any tier, or its demote moment under that tier (at the normal tier, pressureLookAt if sooner) if
+ * that comes first (a session already demoted is then re-scheduled by the checker).
  */
-export function firstCheckAt(settings: ActivityScoreSettings, ctx: ActivityContext, now: number, tenant: string | undefined, holdUntil: number | undefined): number | undefined {
+export function firstCheckAt(settings: ActivityScoreSettings, ctx: ActivityContext, now: number, tenant: string | undefined, holdUntil: number | undefined, tier: LoadTier = 'normal'): number | undefined {
   const idle = earliestIdleAt(settings, ctx, now, tenant, holdUntil);
-  const demote = demoteAt(settings, ctx, TIGHTEST_TIER);
+  const at = demoteAt(settings, ctx, tier);
+  const eager = tier === 'normal' ? pressureLookAt(settings, ctx) : undefined;
+  const demote = at === undefined || eager === undefined ? at : Math.min(at, eager);
   if (demote === undefined || demote <= now) return idle;
   return idle === undefined ? demote : Math.min(idle, demote);
 }

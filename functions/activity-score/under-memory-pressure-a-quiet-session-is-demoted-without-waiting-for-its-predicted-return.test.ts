@@ -1,8 +1,9 @@
 // Demote before destroy under memory pressure (PRESSURE_DEMOTE_QUIET_MS): while the load tier is above normal (the
 // median runtime at its memory watermark), a quiet session is demoted once quiet that long, without waiting past the
-// return its rhythm predicts; at the normal tier nothing changes. The idle checker looks again every load evaluation
-// interval once the pressure moment has passed, so a tier that rises later demotes within an interval; a turn the
-// model may still be answering is never demoted. The replay bench (tests/bench/reclaim) decides with the same
+// return its rhythm predicts; at the normal tier nothing changes. At the normal tier the idle checker looks once the
+// session has been quiet one load evaluation interval and every interval after, so a tier that rises later demotes
+// within an interval (and a user typing every few seconds costs no extra look); a turn the model may still be
+// answering is never demoted. The replay bench (tests/bench/reclaim) decides with the same
 // judgeDemote.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -27,12 +28,13 @@ it('under any tier above normal a demote waits only PRESSURE_DEMOTE_QUIET_MS (or
   assert.equal(demoteAt(s, { ...ctx, turnOpenAt: 1000 }, 'high'), 1000 + OPEN_TURN_MAX_MS, 'not while the model may still answer');
 });
 
-it('at the normal tier the checker looks at the pressure moment, then every evaluation interval, and demotes at once when the tier is up', () => {
+it('at the normal tier the checker looks after one evaluation interval of quiet, then every interval, and demotes at once when the tier is up', () => {
   const settings = readActivityScoreSettings({ DEMOTE_QUIET_MS: '30000', PRESSURE_DEMOTE_QUIET_MS: '5000', LOAD_EVAL_MS: '10000' });
   const ctx = { ...initialContext(1000), lastEventAt: 1000, predictedIdleEndAt: 200_000 };
-  assert.equal(firstCheckAt(settings, ctx, 1000, undefined, undefined), 6000, 'the first look is the earliest a tier could demote');
-  assert.deepEqual(judgeDemote(settings, ctx, 2000, 'normal'), { demote: false, nextCheckAt: 6000 });
-  assert.deepEqual(judgeDemote(settings, ctx, 6000, 'normal'), { demote: false, nextCheckAt: 16_000 }, 'past the pressure moment: once per interval');
+  assert.equal(firstCheckAt(settings, ctx, 1000, undefined, undefined), 11_000, 'at normal: once quiet one evaluation interval');
+  assert.equal(firstCheckAt(settings, ctx, 1000, undefined, undefined, 'medium'), 6000, 'under pressure already: at the pressure moment');
+  assert.deepEqual(judgeDemote(settings, ctx, 2000, 'normal'), { demote: false, nextCheckAt: 11_000 });
+  assert.deepEqual(judgeDemote(settings, ctx, 11_000, 'normal'), { demote: false, nextCheckAt: 21_000 }, 'then once per interval');
   assert.deepEqual(judgeDemote(settings, ctx, 195_000, 'normal'), { demote: false, nextCheckAt: 200_000 }, 'never later than the normal moment');
   assert.deepEqual(judgeDemote(settings, ctx, 6000, 'low'), { demote: true });
   assert.deepEqual(judgeDemote(settings, ctx, 200_000, 'normal'), { demote: true });
@@ -45,7 +47,7 @@ it('PRESSURE_DEMOTE_QUIET_MS defaults to 1 s and is validated', () => {
   assert.throws(() => readActivityScoreSettings({ PRESSURE_DEMOTE_QUIET_MS: '-1' }), /PRESSURE_DEMOTE_QUIET_MS/);
 });
 
-const QUIET = 20_000;
+const QUIET = 30_000;
 const PRESSURE_QUIET = 2000;
 const EVAL = 10_000;
 
@@ -82,11 +84,11 @@ for (const topology of TOPOLOGIES) {
       const last = h.clock.now;
       await handle(activity('asking', 'message', last, { text: 'a question still being answered' }), h.deps);
       const { ctx } = await h.context('slow-user');
-      assert.ok(ctx && ctx.predictedIdleEndAt > last + QUIET + 2 * EVAL, 'the premise: the rhythm predicts a return well after the quiet time');
-      assert.equal(await h.deps.idleIndex.scheduledAt('slow-user'), last + PRESSURE_QUIET, 'first looked at when pressure could demote it');
+      assert.ok(ctx && ctx.predictedIdleEndAt > last + 2 * EVAL, 'the premise: the rhythm predicts a return after the moment the tier will have risen');
+      assert.equal(await h.deps.idleIndex.scheduledAt('slow-user'), last + EVAL, 'first looked at after one evaluation interval of quiet');
 
       const checker = await h.checker();
-      h.clock.now = last + PRESSURE_QUIET;
+      h.clock.now = last + EVAL;
       assert.equal((await h.deps.load.evaluate({ force: true }))?.tier, 'normal');
       assert.equal((await checker.runOnce(h.clock.now)).demoted, 0, 'no pressure: the predicted return still counts');
       assert.equal(await h.deps.idleIndex.scheduledAt('slow-user'), h.clock.now + EVAL, 'looked at again after one evaluation interval');
@@ -95,7 +97,7 @@ for (const topology of TOPOLOGIES) {
       sim.allocate('resident-2', 1, 400);
       h.clock.now += EVAL / 2;
       assert.equal((await h.deps.load.evaluate({ force: true }))?.tier, 'low');
-      h.clock.now = last + PRESSURE_QUIET + EVAL;
+      h.clock.now = last + 2 * EVAL;
       assert.ok(h.clock.now < last + QUIET, 'still short of DEMOTE_QUIET_MS');
       const report = await checker.runOnce(h.clock.now);
       assert.equal(report.demoted, 1, 'demoted within an interval of the tier rising');
@@ -103,6 +105,11 @@ for (const topology of TOPOLOGIES) {
       assert.equal((await h.core.deps.store.inspect('slow-user'))?.offload, 'demoting');
       assert.equal(demotes('asking').length, 0, 'a message not yet answered keeps its KV');
       assert.equal(h.idleEvents('slow-user').length, 0, 'demoted, not destroyed');
+
+      // With the tier up, a session's first look after its user's event is at the pressure moment itself.
+      h.clock.now += 1000;
+      await handle(activity('asking', 'output', h.clock.now, { text: 'the answer' }), h.deps);
+      assert.equal(await h.deps.idleIndex.scheduledAt('asking'), h.clock.now + PRESSURE_QUIET);
     });
   });
 }

@@ -121,8 +121,8 @@ function activityScoreReclaimer(settings: ActivityScoreSettings): SessionReclaim
     onHold(_at, untilMs) {
       holdUntil = Math.max(holdUntil ?? 0, untilMs);
     },
-    firstCheckAt(now) {
-      return ctx === undefined ? undefined : firstCheckAt(settings, ctx, now, TRACE_TENANT, holdUntil);
+    firstCheckAt(now, tier) {
+      return ctx === undefined ? undefined : firstCheckAt(settings, ctx, now, TRACE_TENANT, holdUntil, tier);
     },
     check(now, view) {
       if (ctx === undefined) return { destroy: false, demote: false, nextCheckAt: undefined };

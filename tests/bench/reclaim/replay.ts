@@ -75,8 +75,8 @@ export interface SessionReclaimer {
   onActivity(at: number, kind: 'input' | 'edit' | 'cursor', text?: string): void;
   /** The pipeline held the session until `untilMs` (session.hold: a long tool call; synthetic workloads only). */
   onHold(at: number, untilMs: number): void;
-  /** When the checker should first look after the latest event (what the handler schedules in the idle index). */
-  firstCheckAt(now: number): number | undefined;
+  /** When the checker should first look after the latest event (what the handler schedules in the idle index), under the tier in force. */
+  firstCheckAt(now: number, tier: LoadTierName): number | undefined;
   /** The checker looks at `now`. */
   check(now: number, view: CheckView): CheckVerdict;
 }
@@ -396,7 +396,7 @@ export function replay(sessions: readonly Session[], policy: ReclaimPolicy, opti
         run.nextTurn = event.n + 1;
         run.lastEventAt = now;
         run.reclaimer.onTurn(now, run.session.synthetic?.prompts[event.n]);
-        schedule(run, run.reclaimer.firstCheckAt(now));
+        schedule(run, run.reclaimer.firstCheckAt(now, tier));
         queue.push(now + (turn.outputTokens / tokensPerSecond) * 1000, Kind.complete, run, event.n);
         break;
       }
@@ -418,7 +418,7 @@ export function replay(sessions: readonly Session[], policy: ReclaimPolicy, opti
           }
           idleResident.set(run, true);
         }
-        schedule(run, run.reclaimer.firstCheckAt(now));
+        schedule(run, run.reclaimer.firstCheckAt(now, tier));
         break;
       }
       case Kind.side: {
@@ -429,7 +429,7 @@ export function replay(sessions: readonly Session[], policy: ReclaimPolicy, opti
         run.lastEventAt = now;
         if (side.kind === 'hold') run.reclaimer.onHold(now, now + (side.holdMs ?? 0));
         else run.reclaimer.onActivity(now, side.kind, side.text);
-        schedule(run, run.reclaimer.firstCheckAt(now));
+        schedule(run, run.reclaimer.firstCheckAt(now, tier));
         break;
       }
       case Kind.end: {

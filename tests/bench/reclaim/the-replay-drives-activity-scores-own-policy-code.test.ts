@@ -63,7 +63,10 @@ test('without a pool the tier stays normal, so the checker\'s look cadence (LOAD
   const deployed = replay(sessions, activityScore('variant', env), options);
   const hourly = replay(sessions, activityScore('variant', { ...env, LOAD_EVAL_MS: '3600000' }), options);
   assert.ok(deployed.demotes > 0 && deployed.finals > 0);
-  assert.deepEqual(hourly, deployed);
+  // Only the count of looks the engine held off mid-turn may differ (more looks, some while a second turn overlaps the
+  // first, whose answer closed the open turn): no reclamation figure.
+  const figures = ({ inFlightVerdicts: _, ...m }: typeof deployed) => m;
+  assert.deepEqual(figures(hourly), figures(deployed));
 });
 
 test('under a pool at 90 % the load tier rises (evaluateLoadTier) and the session is destroyed at the tighter tier\'s idle moment', () => {
