@@ -78,6 +78,11 @@ export type Admission = SlotOutcome | { code: 'THROTTLED'; retryInMs: number; ha
 const text = (v: unknown): string => (typeof v === 'string' ? v : Buffer.isBuffer(v) ? v.toString('utf8') : String(v));
 const int = (v: unknown): number => Number(v);
 
+/** Where the storm guard records each admission's wait in its node's queue (sessionreaper_storm_guard_queue_wait_seconds). */
+export interface QueueWaitRecorder {
+  record(seconds: number): void;
+}
+
 /** The in-flight member of one destroy's release: one per session incarnation. */
 export function releaseMember(sessionId: string, incarnation: number): string {
   return `${sessionId}:${incarnation}`;
@@ -112,9 +117,11 @@ export class StormGuard {
   readonly limits: Readonly<StormGuardLimits>;
   readonly #redis: RedisClient;
   readonly #keys: KeySpace;
+  readonly #queueWait: QueueWaitRecorder | undefined;
   #scripts: Promise<Scripts> | undefined;
 
-  constructor(redis: RedisClient, keys: KeySpace, limits: StormGuardLimits) {
+  /** `queueWait` is told, in seconds, how long each destroy admitted to a slot waited for it (0: a slot was free). */
+  constructor(redis: RedisClient, keys: KeySpace, limits: StormGuardLimits, queueWait?: QueueWaitRecorder) {
     for (const [name, value] of Object.entries(limits)) {
       if (!(typeof value === 'number' && Number.isFinite(value) && value > 0)) throw new RangeError(`storm guard ${name} must be a positive number, got ${String(value)}`);
     }
@@ -122,6 +129,18 @@ export class StormGuard {
     this.#redis = redis;
     this.#keys = keys;
     this.limits = Object.freeze({ ...limits });
+    this.#queueWait = queueWait;
+  }
+
+  // The members a slot script admitted, from its flat (member, waited ms) pairs, each wait recorded: the admission
+  // happens in the script, and only its reply says how long each waited.
+  #admitted(pairs: unknown[]): string[] {
+    const members: string[] = [];
+    for (let i = 0; i + 1 < pairs.length; i += 2) {
+      members.push(text(pairs[i]));
+      this.#queueWait?.record(int(pairs[i + 1]) / 1000);
+    }
+    return members;
   }
 
   // The session store keeps its Scripts private; registering again on the same client is idempotent and happens
@@ -143,8 +162,10 @@ export class StormGuard {
     const scripts = await this.#ready();
     const r = await scripts.run('admitOrWait', this.#slotKeys(node), [member, now, this.limits.leaseMs, this.limits.nodeMaxInflight]);
     const code = text(r[0]);
-    const handed = r.slice(2).map(text);
-    if (code === 'ACQUIRED' || code === 'HELD') return { code, inFlight: int(r[1]), handed };
+    if (code === 'HELD') return { code, inFlight: int(r[1]), handed: [] };
+    if (code === 'ACQUIRED') this.#queueWait?.record(int(r[2]) / 1000);
+    const handed = this.#admitted(r.slice(3));
+    if (code === 'ACQUIRED') return { code, inFlight: int(r[1]), handed };
     return { code: 'WAITING', position: int(r[1]), handed };
   }
 
@@ -196,7 +217,7 @@ export class StormGuard {
   async releaseSlot(node: string, member: string, now: number): Promise<FreedSlot> {
     const scripts = await this.#ready();
     const r = await scripts.run('releaseSlotAndAdmitNext', this.#slotKeys(node), [member, now, this.limits.leaseMs, this.limits.nodeMaxInflight]);
-    return { code: text(r[0]) === 'FREED' ? 'FREED' : 'NOT_HELD', inFlight: int(r[1]), handed: r.slice(2).map(text) };
+    return { code: text(r[0]) === 'FREED' ? 'FREED' : 'NOT_HELD', inFlight: int(r[1]), handed: this.#admitted(r.slice(2)) };
   }
 
   /** The destroys waiting for a slot on a node, oldest first (operators and tests). */

@@ -230,7 +230,8 @@ for (const topology of TOPOLOGIES) {
       });
 
       test('admitOrWait: ACQUIRED, HELD (renewing the lease), WAITING with its place, and a freed lease handed to the oldest waiter', async () => {
-        const guard = new StormGuard(h.deps.redis, new KeySpace(h.prefix, 8), { nodeMaxInflight: 2, ratePerS: 1, burst: 1, leaseMs: 1000 });
+        const waits: number[] = [];
+        const guard = new StormGuard(h.deps.redis, new KeySpace(h.prefix, 8), { nodeMaxInflight: 2, ratePerS: 1, burst: 1, leaseMs: 1000 }, { record: (s) => waits.push(s) });
         assert.deepEqual(await guard.acquireSlot('renew-node', 'x:1', T0), { code: 'ACQUIRED', inFlight: 1, handed: [] });
         assert.deepEqual(await guard.acquireSlot('renew-node', 'x:1', T0 + 900), { code: 'HELD', inFlight: 1, handed: [] });
         assert.deepEqual(await guard.acquireSlot('renew-node', 'y:1', T0 + 950), { code: 'ACQUIRED', inFlight: 2, handed: [] });
@@ -245,10 +246,14 @@ for (const topology of TOPOLOGIES) {
         // Both leases run out: w:1 asking again takes one slot, and hands the other to v:1.
         assert.deepEqual(await guard.acquireSlot('renew-node', 'w:1', T0 + 5000), { code: 'ACQUIRED', inFlight: 2, handed: ['v:1'] });
         assert.deepEqual(await guard.waiting('renew-node'), []);
+        // Each admission's wait in the queue, from its first enqueue: x:1 and y:1 none; z:1 queued at 960, admitted at
+        // 1920; w:1 queued at 970 and v:1 at 1920, both admitted at 5000. A renewal (HELD) is no admission.
+        assert.deepEqual(waits, [0, 0, 0.96, 4.03, 3.08]);
       });
 
       test('releaseSlotAndAdmitNext: FREED hands the slot to the oldest waiter; NOT_HELD frees nothing but fills free slots', async () => {
-        const guard = new StormGuard(h.deps.redis, new KeySpace(h.prefix, 8), { nodeMaxInflight: 1, ratePerS: 1, burst: 1, leaseMs: 1000 });
+        const waits: number[] = [];
+        const guard = new StormGuard(h.deps.redis, new KeySpace(h.prefix, 8), { nodeMaxInflight: 1, ratePerS: 1, burst: 1, leaseMs: 1000 }, { record: (s) => waits.push(s) });
         assert.equal((await guard.acquireSlot('free-node', 'a:1', T0)).code, 'ACQUIRED');
         assert.equal((await guard.acquireSlot('free-node', 'b:1', T0 + 1)).code, 'WAITING');
         assert.equal((await guard.acquireSlot('free-node', 'c:1', T0 + 2)).code, 'WAITING');
@@ -260,6 +265,7 @@ for (const topology of TOPOLOGIES) {
         assert.deepEqual(await guard.releaseSlot('free-node', 'c:1', T0 + 1011), { code: 'FREED', inFlight: 0, handed: [] });
         assert.deepEqual(await guard.waiting('free-node'), []);
         assert.deepEqual(await guard.inFlight('free-node', T0 + 1011), []);
+        assert.deepEqual(waits, [0, 0.009, 1.008], 'a:1 at once; b:1 queued at 1, handed at 10; c:1 queued at 2, handed at 1010');
       });
 
       test('a release member names its session and incarnation, even when the session id has colons', () => {
