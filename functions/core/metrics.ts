@@ -76,8 +76,9 @@ export const RECLAIM_TARGET_SECONDS = 0.028;
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.018, 0.028, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120] as const;
 const CALL_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30] as const;
-// A destroy's wait for a release slot: none at all for most, seconds to minutes behind a storm on one node.
-const QUEUE_WAIT_BUCKETS = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300] as const;
+// A destroy's wait for a release slot: none at all for most (the 0 edge counts those exactly), seconds to minutes
+// behind a storm on one node.
+const QUEUE_WAIT_BUCKETS = [0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300] as const;
 const SCRIPT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1] as const;
 
 const FUNCTIONS = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release'];

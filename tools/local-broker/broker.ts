@@ -146,8 +146,8 @@ export interface LocalBrokerOptions {
   arrivalTime?: boolean;
   /** Called with every accepted event (after the 202 is decided). */
   onEvent?: (event: BrokerEvent) => void;
-  /** Serves GET /status (the stack's status page, status-page.ts), held to the admin API's Host rule. Default: none (404). */
-  statusPage?: (res: ServerResponse) => Promise<void>;
+  /** Serves GET /status and /status/runbook (the stack's status page, status-page.ts), held to the admin API's Host rule. Default: none. */
+  statusPage?: (res: ServerResponse, path: string) => Promise<void>;
   /** What GET /healthz reports beyond the broker itself (e.g. the whole stack being ready). Default: ready. */
   ready?: () => boolean | Promise<boolean>;
   logger?: Logger;
@@ -514,7 +514,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       send(res, ok ? 200 : 503, { status: ok ? 'ok' : 'unavailable' });
       return;
     }
-    const page = req.method === 'GET' && (path === '/metrics' || (path === '/status' && opts.statusPage !== undefined));
+    const page = req.method === 'GET' && (path === '/metrics' || ((path === '/status' || path === '/status/runbook') && opts.statusPage !== undefined));
     if (path?.startsWith(ADMIN_PREFIX) || page) {
       req.resume();
       if (!addressedToLoopback(req.headers.host)) {
@@ -522,8 +522,8 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
         return;
       }
       if (path === '/metrics') metrics.serve(req, res);
-      else if (page) await opts.statusPage!(res);
-      else await admin(req.method ?? 'GET', path!.slice(ADMIN_PREFIX.length), new URLSearchParams(search ?? ''), res);
+      else if (page) await opts.statusPage!(res, path);
+      else await admin(req.method ?? 'GET', path.slice(ADMIN_PREFIX.length), new URLSearchParams(search ?? ''), res);
       return;
     }
     if (req.method !== 'POST') {
