@@ -63,7 +63,8 @@ describe('the status page in headless Chromium', { skip }, () => {
 
   before(async () => {
     profile = mkdtempSync(join(tmpdir(), 'sr-chromium-'));
-    stack = await startStack({ logLevel: 'warn', env: { DEADLINE_POLL_MS: '20' } });
+    // The reconciler runs often and waits little, so an allocation no session owns is released within the test.
+    stack = await startStack({ logLevel: 'warn', env: { DEADLINE_POLL_MS: '20', RECONCILE_INTERVAL_MS: '200', RECONCILE_GRACE_MS: '300' } });
     if (withPrometheus) {
       const local = await startLocalPrometheus({ dir: join(profile, 'prometheus'), host: '127.0.0.1', port: await freePort(), metricsUrls: stack.metricsUrls, readyTimeoutMs: 60_000 });
       prometheus = local;
@@ -105,6 +106,9 @@ describe('the status page in headless Chromium', { skip }, () => {
     for (const [i, sessionId] of ids.slice(CLOSES).entries()) assert.equal(await send('inference.completed', { sessionId, requestId: `r-${i}`, release: true }), 202);
     // A session.closed naming no session: its subscriber refuses it (400), which the Broker does not retry but keeps.
     assert.equal(await send('session.closed', {}), 202);
+    // Memory the runtime holds for a session never opened: the reconciler releases it as an orphan.
+    const orphan = await fetch(`${stack.runtimeUrl}/v1/sessions/status-orphan/allocate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ incarnation: 1, bytes: 4096 }) });
+    assert.equal(orphan.status, 201);
 
     await until('every destroy counted', async () => {
       const text = await (await fetch(stack.metricsUrls['destroy-dispatch']!)).text();
@@ -116,6 +120,10 @@ describe('the status page in headless Chromium', { skip }, () => {
     }, 60_000);
     assert.equal(sumOf(brokerMetrics, 'sessionreaper_dead_letters_total', { type: 'session.closed', reason: 'http_4xx' }), 1);
     assert.equal(stack.broker.stats().deadLettered, 1);
+    await until('the orphan released by the reconciler', async () => {
+      const s = samples(await (await fetch(stack.metricsUrls['deadline-engine']!)).text());
+      return sumOf(s, 'sessionreaper_orphan_releases_total', { runtime: 'sim', outcome: 'released' }) === 1;
+    }, 60_000);
     if (prometheus !== undefined) {
       await until('SessionReaperDeadLetters to fire in the local Prometheus', async () => {
         const res = await fetch(`${prometheus!.url}/api/v1/alerts`);
@@ -135,6 +143,8 @@ describe('the status page in headless Chromium', { skip }, () => {
     assert.equal(figure(dom, 'destroy_duration-count'), String(CLOSES + COMPLETIONS));
     assert.equal(figure(dom, 'events-4xx'), '1', 'the refused session.closed');
     assert.equal(figure(dom, 'ledger-violations'), '0');
+    assert.equal(figure(dom, 'orphan-releases'), '1');
+    assert.equal(figure(dom, 'storm_guard_queue_wait-count'), String(CLOSES + COMPLETIONS), 'one queue wait per destroy');
     const scraped = [...dom.matchAll(/<tr data-process="([^"]+)"><th>[^<]*<\/th><td class="ok">scraped<\/td>/g)].map((m) => m[1]).sort();
     assert.deepEqual(scraped, Object.keys(stack.metricsUrls).sort(), 'every process scraped, the Broker included');
     for (const chart of ['sessions', 'destroy-rate', 'gpu-held', 'event-rate', 'queue-depth']) assert.match(dom, new RegExp(`data-chart="${chart}"`));
