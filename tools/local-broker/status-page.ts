@@ -136,7 +136,7 @@ function rate(history: readonly Figures[], read: (f: Figures) => number): Array<
 }
 
 /** A small line chart as inline SVG: the series over the kept window, its latest value and the top of its scale. */
-export function sparkline(series: Series, width = 188, height = 56): string {
+export function sparkline(series: Series, width = 172, height = 56): string {
   const pts = series.points.filter((p): p is { at: number; value: number } => p.value !== undefined && Number.isFinite(p.value));
   const head = `<figure class="chart" data-chart="${series.id}"><figcaption>${escapeHtml(series.title)} <b>${pts.length > 0 ? escapeHtml(series.format(pts.at(-1)!.value)) : '—'}</b></figcaption>`;
   if (pts.length < 2) return `${head}<svg width="${width}" height="${height}" role="img" aria-label="${escapeHtml(series.title)}: collecting"><rect class="frame" x="0.5" y="0.5" width="${width - 1}" height="${height - 1}"/><text x="8" y="${height / 2 + 4}" class="muted">collecting… (a point every refresh)</text></svg></figure>`;
@@ -162,7 +162,7 @@ function chartsOf(history: readonly Figures[]): Series[] {
     { id: 'sessions', title: 'live sessions (active)', points: history.map((f) => ({ at: f.at, value: f.sessions?.get('active') })), format: formatCount },
     { id: 'destroy-rate', title: 'destroys per second', points: rate(history, (f) => sumOf(f.destroys)), format: perS },
     { id: 'gpu-held', title: 'GPU bytes held', points: history.map((f) => ({ at: f.at, value: f.gpu.held })), format: formatBytes },
-    { id: 'event-rate', title: 'events handled per second', points: rate(history, (f) => sumOf(f.events)), format: perS },
+    { id: 'event-rate', title: 'events per second', points: rate(history, (f) => sumOf(f.events)), format: perS },
     { id: 'queue-depth', title: 'storm-guard queue depth', points: history.map((f) => ({ at: f.at, value: f.queueDepth })), format: formatCount },
   ];
 }
@@ -204,14 +204,14 @@ const STYLE = `
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f6f7f9;color:#1c2330}
 header{background:#1c2330;color:#fff;padding:10px 20px;display:flex;align-items:baseline;gap:16px}
 header h1{font-size:18px;margin:0}header .muted{color:#aab3c0}
-main{padding:12px 20px;display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:12px}
+main{padding:12px 20px;display:grid;grid-template-columns:repeat(auto-fill,minmax(290px,1fr));gap:12px}
 section{background:#fff;border:1px solid #dde2e8;border-radius:6px;padding:10px 14px}
 section.wide{grid-column:1/-1}
 h2{font-size:14px;margin:0 0 8px;text-transform:uppercase;letter-spacing:.04em;color:#4a5568}h2 small{text-transform:none;font-weight:normal;color:#718096;letter-spacing:0}
 .figures{display:flex;flex-wrap:wrap;gap:6px 18px}.figure{display:flex;flex-direction:column}.figure .label{color:#718096;font-size:12px}.figure .value{font-size:20px;font-weight:600}
 .figure.bad .value,.bad{color:#c53030}.ok{color:#2f855a}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:3px 8px 3px 0;border-bottom:1px solid #edf0f3;vertical-align:top}thead th{color:#718096;font-weight:normal;font-size:12px}
-.charts{display:flex;flex-wrap:wrap;gap:12px}.chart{margin:0}.chart figcaption{font-size:12px;color:#4a5568}
+.charts{display:flex;flex-wrap:wrap;gap:12px}.chart{margin:0;width:172px}.chart figcaption{font-size:12px;color:#4a5568;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 svg .frame{fill:#fbfcfd;stroke:#dde2e8}svg .line{fill:none;stroke:#3182ce;stroke-width:1.5}svg .area{fill:#bee3f8;opacity:.6}svg text{font-size:10px}.muted{fill:#718096;color:#718096}
 .state{display:inline-block;border-radius:3px;padding:0 6px;font-size:12px}.state.firing{background:#c53030;color:#fff}.state.pending{background:#dd6b20;color:#fff}.state.inactive{background:#c6f6d5;color:#22543d}.state.not-evaluated{background:#e2e8f0;color:#4a5568}
 .note{background:#fffbea;border:1px solid #f6e05e;padding:6px 8px;border-radius:4px}
@@ -235,7 +235,9 @@ export function renderStatusPage({ figures: f, history, alerts, restarts, refres
   // The `other` runtime (a name not registered) is shown only when a breaker is counted under it.
   const breakerRows = [...f.breakers].filter(([runtime, states]) => runtime !== 'other' || [...states.values()].some((n) => n > 0)).map(([runtime, states]) => {
     const open = states.get('open') ?? 0;
-    return `<tr data-breaker="${escapeHtml(runtime)}"><th>${escapeHtml(runtime)}</th><td>${states.get('closed') ?? 0}</td><td>${states.get('half_open') ?? 0}</td><td class="${open > 0 ? 'bad' : ''}">${open}</td></tr>`;
+    // A state no process reports is shown as such, not as 0.
+    const n = (state: string) => formatCount(states.get(state));
+    return `<tr data-breaker="${escapeHtml(runtime)}"><th>${escapeHtml(runtime)}</th><td>${n('closed')}</td><td>${n('half_open')}</td><td class="${open > 0 ? 'bad' : ''}">${n('open')}</td></tr>`;
   }).join('');
   const deadByType = [...f.deadLettersByType].filter(([, n]) => n > 0).map(([type, n]) => `${escapeHtml(type)} ${n}`).join(' · ');
   return `<!doctype html>
