@@ -149,7 +149,7 @@ export const CATALOGUE = {
   }),
   stormGuardQueueWait: m({
     name: 'sessionreaper_storm_guard_queue_wait_seconds', type: 'histogram', unit: 'seconds', labels: {}, buckets: QUEUE_WAIT_BUCKETS,
-    help: 'How long a destroy waited in its node\'s storm-guard queue, from queued to admitted to a release slot (0 when a slot was free at once).',
+    help: 'How long a destroy waited in its node\'s storm-guard queue, from queued to admitted to a release slot (0 when a slot was free at once); once per admission for good (a slot given back for want of a runtime token is asked for, and counted, again).',
     recordedBy: ['destroy-dispatch'],
   }),
   releaseRequests: m({

@@ -52,10 +52,11 @@ export class ReleaseThrottledError extends BackpressureError {
 
 /**
  * The outcome of asking for a node slot. `handed` are waiters (release members) that were given a free slot by the
- * same step, oldest first: the caller must continue their destroys.
+ * same step, oldest first: the caller must continue their destroys. `waitedMs`: how long the member waited in the
+ * queue for the slot it acquired (0: one was free).
  */
 export type SlotOutcome =
-  | { code: 'ACQUIRED'; inFlight: number; handed: string[] }
+  | { code: 'ACQUIRED'; inFlight: number; waitedMs: number; handed: string[] }
   | { code: 'HELD'; inFlight: number; handed: string[] }
   | { code: 'WAITING'; position: number; handed: string[] };
 
@@ -132,8 +133,9 @@ export class StormGuard {
     this.#queueWait = queueWait;
   }
 
-  // The members a slot script admitted, from its flat (member, waited ms) pairs, each wait recorded: the admission
-  // happens in the script, and only its reply says how long each waited.
+  // The members a slot script handed a slot, from its flat (member, waited ms) pairs, each wait recorded: the
+  // admission happens in the script, and only its reply says how long each waited. (A member acquiring a slot for
+  // itself is recorded by admit, once it also has its token.)
   #admitted(pairs: unknown[]): string[] {
     const members: string[] = [];
     for (let i = 0; i + 1 < pairs.length; i += 2) {
@@ -163,9 +165,8 @@ export class StormGuard {
     const r = await scripts.run('admitOrWait', this.#slotKeys(node), [member, now, this.limits.leaseMs, this.limits.nodeMaxInflight]);
     const code = text(r[0]);
     if (code === 'HELD') return { code, inFlight: int(r[1]), handed: [] };
-    if (code === 'ACQUIRED') this.#queueWait?.record(int(r[2]) / 1000);
     const handed = this.#admitted(r.slice(3));
-    if (code === 'ACQUIRED') return { code, inFlight: int(r[1]), handed };
+    if (code === 'ACQUIRED') return { code, inFlight: int(r[1]), waitedMs: int(r[2]), handed };
     return { code: 'WAITING', position: int(r[1]), handed };
   }
 
@@ -207,6 +208,8 @@ export class StormGuard {
       const freed = await this.releaseSlot(placement.node, member, now);
       return { code: 'THROTTLED', retryInMs: token.retryInMs, handed: [...slot.handed, ...freed.handed] };
     }
+    // Recorded once admitted for good: a slot given back for want of a token is no admission (it is asked for again).
+    this.#queueWait?.record(slot.waitedMs / 1000);
     return slot;
   }
 
