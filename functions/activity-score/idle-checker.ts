@@ -26,7 +26,7 @@ import { ActivityContextDecodeError, type ActivityContext } from './scoring.ts';
 import type { ActivityScoreSettings } from './settings.ts';
 
 /** What the checker uses from its host process: the core's deps fit. */
-export type IdleCheckerDeps = Pick<CoreDeps, 'redis' | 'store' | 'logger' | 'config' | 'now' | 'emit' | 'runtimes' | 'outboundPolicy'>;
+export type IdleCheckerDeps = Pick<CoreDeps, 'redis' | 'store' | 'logger' | 'config' | 'now' | 'emit' | 'runtimes' | 'outboundPolicy' | 'metrics'>;
 
 /** How the checker runs. */
 export interface IdleCheckerOptions {
@@ -190,6 +190,7 @@ export class IdleChecker {
   async #demote(session: SessionView, now: number): Promise<boolean> {
     const { sessionId, incarnation } = session;
     const r = await this.#deps.store.requestDemote(sessionId, incarnation, drawReleaseToken(), now);
+    this.#deps.metrics.demoteRequests.add(1, r.code.toLowerCase());
     if ((r.code !== 'REQUESTED' && r.code !== 'PENDING') || !session.placement) return false;
     await this.#deps.emit(
       EventType.GpuDemoteRequested,

@@ -35,6 +35,10 @@ export const DEAD_LETTER_REASONS = ['http_4xx', 'http_5xx', 'timeout', 'unreacha
 /** Event-loop delay statistics (a gauge: `quantile` is a summary's label, and promtool refuses it elsewhere). */
 export const LOOP_STATS = ['p50', 'p99', 'max'] as const;
 export const ANSWER_OUTCOMES = ['booked', 'duplicate', 'ignored'] as const;
+/** What the reconciler's release of an orphan (an allocation no session owns) came to (OrphanOutcome). */
+export const ORPHAN_OUTCOMES = ['released', 'gone', 'failed'] as const;
+/** What the idle checker's demote request came to (requestDemote's codes, lower-cased). */
+export const DEMOTE_REQUEST_OUTCOMES = ['requested', 'pending', 'already', 'refused', 'resident', 'unknown', 'held', 'ended', 'stale'] as const;
 /** The Lua scripts (functions/core/redis/lua/*.lua, without the key count), as Scripts names them. */
 export const SCRIPT_NAMES = [
   'admitOrWait', 'advanceStage', 'beginOffloadCall', 'beginReleaseCall', 'claimDestroy', 'claimDue', 'claimExpired', 'claimIdleChecks', 'claimStalled',
@@ -72,6 +76,9 @@ export const RECLAIM_TARGET_SECONDS = 0.028;
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.018, 0.028, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120] as const;
 const CALL_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30] as const;
+// A destroy's wait for a release slot: none at all for most (the 0 edge counts those exactly), seconds to minutes
+// behind a storm on one node.
+const QUEUE_WAIT_BUCKETS = [0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300] as const;
 const SCRIPT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1] as const;
 
 const FUNCTIONS = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release'];
@@ -140,6 +147,11 @@ export const CATALOGUE = {
     help: 'Storm-guard decisions on a GPU release: admitted (a slot taken, or renewed by a redelivery), queued behind its node\'s in-flight limit, or throttled by its runtime\'s rate limit.',
     recordedBy: ['destroy-dispatch'],
   }),
+  stormGuardQueueWait: m({
+    name: 'sessionreaper_storm_guard_queue_wait_seconds', type: 'histogram', unit: 'seconds', labels: {}, buckets: QUEUE_WAIT_BUCKETS,
+    help: 'How long a destroy waited in its node\'s storm-guard queue, from queued to admitted to a release slot (0 when a slot was free at once); once per admission for good (a slot given back for want of a runtime token is asked for, and counted, again).',
+    recordedBy: ['destroy-dispatch'],
+  }),
   releaseRequests: m({
     name: 'sessionreaper_gpu_release_requests_total', type: 'counter', unit: 'count', labels: { runtime: RUNTIME, outcome: RELEASE_OUTCOMES },
     help: 'Release calls gpu-release made to a runtime, by registered runtime and outcome (released, gone: 404, superseded: 409, failed_retryable, failed for good, breaker_open).',
@@ -177,8 +189,18 @@ export const CATALOGUE = {
   }),
   deadLetters: m({
     name: 'sessionreaper_dead_letters_total', type: 'counter', unit: 'count', labels: { type: EVENT_TYPES, reason: DEAD_LETTER_REASONS },
-    help: 'Events the Broker gave up delivering and the dead-letter receiver kept, by type and why the last delivery failed.',
-    recordedBy: ['dead-letters'],
+    help: 'Events the Broker gave up delivering and the dead-letter receiver kept (the local Broker: its own store), by type and why the last delivery failed.',
+    recordedBy: ['dead-letters', 'local-broker'],
+  }),
+  orphanReleases: m({
+    name: 'sessionreaper_orphan_releases_total', type: 'counter', unit: 'count', labels: { runtime: RUNTIME, outcome: ORPHAN_OUTCOMES },
+    help: 'Releases the reconciler asked of a runtime for GPU memory no session owned past its grace, by registered runtime and outcome (released, gone: 404, failed: tried again next pass).',
+    recordedBy: ['deadline-engine'],
+  }),
+  demoteRequests: m({
+    name: 'sessionreaper_demote_requests_total', type: 'counter', unit: 'count', labels: { outcome: DEMOTE_REQUEST_OUTCOMES },
+    help: 'Demotes the idle checker asked for (a quiet session past its predicted return), by what the request came to: requested, pending (sent again), or not made (already offloaded, refused before, resident, unknown, held, ended, stale).',
+    recordedBy: ['idle-checker'],
   }),
   scriptDuration: m({
     name: 'sessionreaper_redis_script_duration_seconds', type: 'histogram', unit: 'seconds', labels: { script: SCRIPT_NAMES }, buckets: SCRIPT_BUCKETS,

@@ -45,7 +45,7 @@ export function extendDestroyDispatch(core: Core, settings: DestroyDispatchSetti
       ratePerS: settings.RUNTIME_RELEASE_RATE_PER_S,
       burst: settings.RUNTIME_RELEASE_BURST,
       leaseMs: settings.RELEASE_SLOT_LEASE_MS || defaultLeaseMs(config.RUNTIME_TIMEOUT_MS, settings.RELEASE_RETRIES),
-    }),
+    }, core.deps.metrics.stormGuardQueueWait),
   };
 }
 

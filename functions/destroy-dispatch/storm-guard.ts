@@ -52,10 +52,11 @@ export class ReleaseThrottledError extends BackpressureError {
 
 /**
  * The outcome of asking for a node slot. `handed` are waiters (release members) that were given a free slot by the
- * same step, oldest first: the caller must continue their destroys.
+ * same step, oldest first: the caller must continue their destroys. `waitedMs`: how long the member waited in the
+ * queue for the slot it acquired (0: one was free).
  */
 export type SlotOutcome =
-  | { code: 'ACQUIRED'; inFlight: number; handed: string[] }
+  | { code: 'ACQUIRED'; inFlight: number; waitedMs: number; handed: string[] }
   | { code: 'HELD'; inFlight: number; handed: string[] }
   | { code: 'WAITING'; position: number; handed: string[] };
 
@@ -77,6 +78,11 @@ export type Admission = SlotOutcome | { code: 'THROTTLED'; retryInMs: number; ha
 
 const text = (v: unknown): string => (typeof v === 'string' ? v : Buffer.isBuffer(v) ? v.toString('utf8') : String(v));
 const int = (v: unknown): number => Number(v);
+
+/** Where the storm guard records each admission's wait in its node's queue (sessionreaper_storm_guard_queue_wait_seconds). */
+export interface QueueWaitRecorder {
+  record(seconds: number): void;
+}
 
 /** The in-flight member of one destroy's release: one per session incarnation. */
 export function releaseMember(sessionId: string, incarnation: number): string {
@@ -112,9 +118,11 @@ export class StormGuard {
   readonly limits: Readonly<StormGuardLimits>;
   readonly #redis: RedisClient;
   readonly #keys: KeySpace;
+  readonly #queueWait: QueueWaitRecorder | undefined;
   #scripts: Promise<Scripts> | undefined;
 
-  constructor(redis: RedisClient, keys: KeySpace, limits: StormGuardLimits) {
+  /** `queueWait` is told, in seconds, how long each destroy admitted to a slot waited for it (0: a slot was free). */
+  constructor(redis: RedisClient, keys: KeySpace, limits: StormGuardLimits, queueWait?: QueueWaitRecorder) {
     for (const [name, value] of Object.entries(limits)) {
       if (!(typeof value === 'number' && Number.isFinite(value) && value > 0)) throw new RangeError(`storm guard ${name} must be a positive number, got ${String(value)}`);
     }
@@ -122,6 +130,19 @@ export class StormGuard {
     this.#redis = redis;
     this.#keys = keys;
     this.limits = Object.freeze({ ...limits });
+    this.#queueWait = queueWait;
+  }
+
+  // The members a slot script handed a slot, from its flat (member, waited ms) pairs, each wait recorded: the
+  // admission happens in the script, and only its reply says how long each waited. (A member acquiring a slot for
+  // itself is recorded by admit, once it also has its token.)
+  #admitted(pairs: unknown[]): string[] {
+    const members: string[] = [];
+    for (let i = 0; i + 1 < pairs.length; i += 2) {
+      members.push(text(pairs[i]));
+      this.#queueWait?.record(int(pairs[i + 1]) / 1000);
+    }
+    return members;
   }
 
   // The session store keeps its Scripts private; registering again on the same client is idempotent and happens
@@ -143,8 +164,9 @@ export class StormGuard {
     const scripts = await this.#ready();
     const r = await scripts.run('admitOrWait', this.#slotKeys(node), [member, now, this.limits.leaseMs, this.limits.nodeMaxInflight]);
     const code = text(r[0]);
-    const handed = r.slice(2).map(text);
-    if (code === 'ACQUIRED' || code === 'HELD') return { code, inFlight: int(r[1]), handed };
+    if (code === 'HELD') return { code, inFlight: int(r[1]), handed: [] };
+    const handed = this.#admitted(r.slice(3));
+    if (code === 'ACQUIRED') return { code, inFlight: int(r[1]), waitedMs: int(r[2]), handed };
     return { code: 'WAITING', position: int(r[1]), handed };
   }
 
@@ -186,6 +208,8 @@ export class StormGuard {
       const freed = await this.releaseSlot(placement.node, member, now);
       return { code: 'THROTTLED', retryInMs: token.retryInMs, handed: [...slot.handed, ...freed.handed] };
     }
+    // Recorded once admitted for good: a slot given back for want of a token is no admission (it is asked for again).
+    this.#queueWait?.record(slot.waitedMs / 1000);
     return slot;
   }
 
@@ -196,7 +220,7 @@ export class StormGuard {
   async releaseSlot(node: string, member: string, now: number): Promise<FreedSlot> {
     const scripts = await this.#ready();
     const r = await scripts.run('releaseSlotAndAdmitNext', this.#slotKeys(node), [member, now, this.limits.leaseMs, this.limits.nodeMaxInflight]);
-    return { code: text(r[0]) === 'FREED' ? 'FREED' : 'NOT_HELD', inFlight: int(r[1]), handed: r.slice(2).map(text) };
+    return { code: text(r[0]) === 'FREED' ? 'FREED' : 'NOT_HELD', inFlight: int(r[1]), handed: this.#admitted(r.slice(2)) };
   }
 
   /** The destroys waiting for a slot on a node, oldest first (operators and tests). */

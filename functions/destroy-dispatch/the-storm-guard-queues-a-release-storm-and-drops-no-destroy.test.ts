@@ -230,10 +230,11 @@ for (const topology of TOPOLOGIES) {
       });
 
       test('admitOrWait: ACQUIRED, HELD (renewing the lease), WAITING with its place, and a freed lease handed to the oldest waiter', async () => {
-        const guard = new StormGuard(h.deps.redis, new KeySpace(h.prefix, 8), { nodeMaxInflight: 2, ratePerS: 1, burst: 1, leaseMs: 1000 });
-        assert.deepEqual(await guard.acquireSlot('renew-node', 'x:1', T0), { code: 'ACQUIRED', inFlight: 1, handed: [] });
+        const waits: number[] = [];
+        const guard = new StormGuard(h.deps.redis, new KeySpace(h.prefix, 8), { nodeMaxInflight: 2, ratePerS: 1, burst: 1, leaseMs: 1000 }, { record: (s) => waits.push(s) });
+        assert.deepEqual(await guard.acquireSlot('renew-node', 'x:1', T0), { code: 'ACQUIRED', inFlight: 1, waitedMs: 0, handed: [] });
         assert.deepEqual(await guard.acquireSlot('renew-node', 'x:1', T0 + 900), { code: 'HELD', inFlight: 1, handed: [] });
-        assert.deepEqual(await guard.acquireSlot('renew-node', 'y:1', T0 + 950), { code: 'ACQUIRED', inFlight: 2, handed: [] });
+        assert.deepEqual(await guard.acquireSlot('renew-node', 'y:1', T0 + 950), { code: 'ACQUIRED', inFlight: 2, waitedMs: 0, handed: [] });
         assert.deepEqual(await guard.acquireSlot('renew-node', 'z:1', T0 + 960), { code: 'WAITING', position: 1, handed: [] });
         assert.deepEqual(await guard.acquireSlot('renew-node', 'w:1', T0 + 970), { code: 'WAITING', position: 2, handed: [] });
         assert.deepEqual(await guard.acquireSlot('renew-node', 'z:1', T0 + 980), { code: 'WAITING', position: 1, handed: [] }, 'asking again keeps its place');
@@ -243,12 +244,16 @@ for (const topology of TOPOLOGIES) {
         assert.deepEqual(await guard.acquireSlot('renew-node', 'v:1', T0 + 1920), { code: 'WAITING', position: 2, handed: ['z:1'] });
         assert.deepEqual(await guard.waiting('renew-node'), ['w:1', 'v:1']);
         // Both leases run out: w:1 asking again takes one slot, and hands the other to v:1.
-        assert.deepEqual(await guard.acquireSlot('renew-node', 'w:1', T0 + 5000), { code: 'ACQUIRED', inFlight: 2, handed: ['v:1'] });
+        assert.deepEqual(await guard.acquireSlot('renew-node', 'w:1', T0 + 5000), { code: 'ACQUIRED', inFlight: 2, waitedMs: 4030, handed: ['v:1'] });
         assert.deepEqual(await guard.waiting('renew-node'), []);
+        // Each waiter handed a slot has its wait recorded, from its first enqueue: z:1 queued at 960, handed at 1920;
+        // v:1 queued at 1920, handed at 5000. A member acquiring for itself (w:1 above, 4030 ms) is recorded by admit.
+        assert.deepEqual(waits, [0.96, 3.08]);
       });
 
       test('releaseSlotAndAdmitNext: FREED hands the slot to the oldest waiter; NOT_HELD frees nothing but fills free slots', async () => {
-        const guard = new StormGuard(h.deps.redis, new KeySpace(h.prefix, 8), { nodeMaxInflight: 1, ratePerS: 1, burst: 1, leaseMs: 1000 });
+        const waits: number[] = [];
+        const guard = new StormGuard(h.deps.redis, new KeySpace(h.prefix, 8), { nodeMaxInflight: 1, ratePerS: 1, burst: 1, leaseMs: 1000 }, { record: (s) => waits.push(s) });
         assert.equal((await guard.acquireSlot('free-node', 'a:1', T0)).code, 'ACQUIRED');
         assert.equal((await guard.acquireSlot('free-node', 'b:1', T0 + 1)).code, 'WAITING');
         assert.equal((await guard.acquireSlot('free-node', 'c:1', T0 + 2)).code, 'WAITING');
@@ -260,6 +265,22 @@ for (const topology of TOPOLOGIES) {
         assert.deepEqual(await guard.releaseSlot('free-node', 'c:1', T0 + 1011), { code: 'FREED', inFlight: 0, handed: [] });
         assert.deepEqual(await guard.waiting('free-node'), []);
         assert.deepEqual(await guard.inFlight('free-node', T0 + 1011), []);
+        assert.deepEqual(waits, [0.009, 1.008], 'b:1 queued at 1, handed at 10; c:1 queued at 2, handed at 1010');
+      });
+
+      test('admit records a destroy\'s queue wait once it holds its slot and its token, and nothing for one throttled', async () => {
+        const waits: number[] = [];
+        const guard = new StormGuard(h.deps.redis, new KeySpace(h.prefix, 8), { nodeMaxInflight: 1, ratePerS: 1, burst: 1, leaseMs: 1000 }, { record: (s) => waits.push(s) });
+        const placement = { node: 'wait-node', runtimeUrl: 'http://wait.test:1' };
+        assert.equal((await guard.admit('p:1', placement, T0)).code, 'ACQUIRED', 'a free slot and the bucket\'s one token');
+        assert.equal((await guard.admit('q:1', placement, T0 + 5)).code, 'WAITING');
+        assert.deepEqual((await guard.releaseSlot('wait-node', 'p:1', T0 + 25)).handed, ['q:1'], 'q:1 handed the slot after 20 ms');
+        assert.deepEqual(waits, [0, 0.02]);
+        assert.equal((await guard.releaseSlot('wait-node', 'q:1', T0 + 30)).code, 'FREED');
+        assert.equal((await guard.admit('r:1', placement, T0 + 40)).code, 'THROTTLED', 'a slot, but no token yet');
+        assert.deepEqual(waits, [0, 0.02], 'a slot given back for want of a token is no admission');
+        assert.equal((await guard.admit('r:1', placement, T0 + 1100)).code, 'ACQUIRED');
+        assert.deepEqual(waits, [0, 0.02, 0]);
       });
 
       test('a release member names its session and incarnation, even when the session id has colons', () => {

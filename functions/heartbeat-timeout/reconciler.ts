@@ -35,6 +35,8 @@ export interface ReconcilerDeps {
   readonly runtimes: RuntimeRegistry;
   now(): number;
   emit: CoreDeps['emit'];
+  /** sessionreaper_orphan_releases_total is recorded through it. */
+  metrics: Pick<CoreDeps['metrics'], 'orphanReleases'>;
 }
 
 /** How the reconciler is built. */
@@ -214,6 +216,7 @@ export class Reconciler {
       report.failures += 1;
       this.#log.warn({ sessionId, incarnation, runtime: name, error: publicDescription(err) }, 'could not release GPU memory no session owns; trying again next pass');
     }
+    this.#opts.deps.metrics.orphanReleases.add(1, name, outcome);
     const settled = await store.settle(name, held, sighting.claimedAt, outcome, freedBytes);
     if (settled.code !== 'BOOKED') return;
     report.released += 1;

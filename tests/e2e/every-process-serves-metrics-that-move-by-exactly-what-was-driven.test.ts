@@ -86,10 +86,10 @@ describe('metrics scraped from every process of a running stack', { skip: missin
   }
 
   test('every process serves its own metrics, labelled with its service and instance', async () => {
-    assert.deepEqual(Object.keys(stack.metricsUrls).sort(), ['activity-score', 'deadline-engine', 'destroy-dispatch', 'gpu-release', 'heartbeat-timeout', 'idle-checker']);
+    assert.deepEqual(Object.keys(stack.metricsUrls).sort(), ['activity-score', 'deadline-engine', 'destroy-dispatch', 'gpu-release', 'heartbeat-timeout', 'idle-checker', 'local-broker']);
     const all = await scrapeAll();
     const instances = new Set(all.map((s) => s.labels.service_instance_id).filter((x) => x !== undefined));
-    assert.equal(instances.size, 6, 'one service.instance.id per process');
+    assert.equal(instances.size, 7, 'one service.instance.id per process (the Broker runs in this one)');
     assert.equal(sumOf(all, 'sessionreaper_destroys_total'), 0, 'nothing destroyed yet');
   });
 
@@ -136,6 +136,17 @@ describe('metrics scraped from every process of a running stack', { skip: missin
     assert.equal(sumOf(all, 'sessionreaper_gpu_release_requests_total'), ENDINGS, 'one call per release');
     assert.equal(sumOf(all, 'sessionreaper_destroy_triggers_total', { outcome: 'claimed' }), CLOSES + COMPLETIONS + IDLES, 'the expiries were claimed by the engine');
     assert.ok(sumOf(all, 'sessionreaper_redis_script_duration_seconds_count', { script: 'openSession' }) >= ENDINGS);
+    // Every destroy was admitted to a release slot once, each admission's queue wait recorded by destroy-dispatch.
+    assert.equal(sumOf(all, 'sessionreaper_storm_guard_queue_wait_seconds_count'), ENDINGS, 'one queue wait per destroy');
+    assert.equal(sumOf(texts.get('destroy-dispatch')!, 'sessionreaper_storm_guard_queue_wait_seconds_count'), ENDINGS);
+    // The simulator cannot demote, so the idle checker asks for none; nothing was orphaned; the Broker gave up on nothing.
+    assert.equal(sumOf(all, 'sessionreaper_demote_requests_total'), 0);
+    assert.ok(samples(texts.get('idle-checker')!).some((s) => s.name === 'sessionreaper_demote_requests_total'), 'the idle checker reports its demote requests');
+    assert.equal(sumOf(all, 'sessionreaper_orphan_releases_total'), 0);
+    assert.ok(samples(texts.get('deadline-engine')!).some((s) => s.name === 'sessionreaper_orphan_releases_total'), 'the deadline engine reports its orphan releases');
+    assert.ok(samples(texts.get('local-broker')!).some((s) => s.name === 'sessionreaper_dead_letters_total'), 'the Broker reports its dead letters');
+    assert.equal(sumOf(all, 'sessionreaper_dead_letters_total'), 0);
+    assert.equal(stack.broker.stats().deadLettered, 0);
   });
 
   test("the deadline engine's gauges are the ledger's figures", async () => {
@@ -162,7 +173,7 @@ describe('metrics scraped from every process of a running stack', { skip: missin
       t.skip('promtool is not installed: apt-get install prometheus (Debian); CI installs it');
       return;
     }
-    assert.equal(texts.size, 6);
+    assert.equal(texts.size, 7);
     for (const [name, text] of texts) {
       const check = promtoolCheckMetrics(text);
       assert.equal(check.status, 0, `${name}: ${check.output}`);

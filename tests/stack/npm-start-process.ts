@@ -17,6 +17,8 @@ export interface StackFile {
   redisPassword: string;
   keyPrefix: string;
   deadLetterDir: string;
+  /** The status page the Broker serves (GET /status). */
+  statusUrl: string;
   /** Each sender's token file (the pipeline's, the operator's, each workload's). */
   tokenFiles: Record<string, string>;
 }

@@ -95,9 +95,16 @@ describe('npm start', { skip: missing.length ? `entry points missing: ${missing.
     assert.ok(healthAnswers.includes(503), `503 while starting (answers: ${healthAnswers.join(', ')})`);
     assert.equal(healthAnswers.at(-1), 200);
     assert.deepEqual([...new Set(healthAnswers)].sort(), [200, 503]);
-    for (const where of [`http://localhost:${ports[0]}/`, `http://localhost:${ports[0]}/healthz`, info.runtimeUrl, info.redisUrl, info.deadLetterDir]) {
+    for (const where of [`http://localhost:${ports[0]}/`, `http://localhost:${ports[0]}/healthz`, `http://localhost:${ports[0]}/status`, info.runtimeUrl, info.redisUrl, info.deadLetterDir]) {
       assert.ok(started.output().includes(where), `the start banner names ${where}`);
     }
+  });
+
+  test('the status page it names is served, from the stack file too', async () => {
+    assert.equal(info.statusUrl, `http://localhost:${ports[0]}/status`);
+    const res = await fetch(info.statusUrl);
+    assert.equal(res.status, 200);
+    assert.match(await res.text(), /<title>session-reaper · status<\/title>[\s\S]*data-figure="destroys-closed"/);
   });
 
   test('every ending destroys its session once and frees its memory, and the forward sink gets what the system emits', async () => {

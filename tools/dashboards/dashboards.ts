@@ -118,6 +118,8 @@ export const DASHBOARDS: readonly DashboardSpec[] = [
         panels: [
           ts('Release answers per second', 'ops', 'gpu.released booked, duplicates of one booked, and ignored (answering no release of ours).', ['sum by (outcome) (rate(sessionreaper_release_answers_total' + RATE + '))', '{{outcome}}']),
           ts('Demotes and restores per second', 'ops', 'Calls to move a quiet session\'s KV off the GPU and back, by outcome.', ['sum by (outcome) (rate(sessionreaper_gpu_demotes_total' + RATE + '))', 'demote {{outcome}}'], ['sum by (outcome) (rate(sessionreaper_gpu_restores_total' + RATE + '))', 'restore {{outcome}}']),
+          ts('Demote requests per second', 'ops', 'The idle checker\'s requests to demote a quiet session, by what each came to (requested, pending: sent again, or not made).', ['sum by (outcome) (rate(sessionreaper_demote_requests_total' + RATE + '))', '{{outcome}}']),
+          ts('Orphan releases per second', 'ops', 'The reconciler\'s releases of GPU memory no session owned, by runtime and outcome; any at all means state was lost somewhere.', ['sum by (runtime, outcome) (rate(sessionreaper_orphan_releases_total' + RATE + '))', '{{runtime}} {{outcome}}']),
         ],
       },
     ],
@@ -155,12 +157,14 @@ export const DASHBOARDS: readonly DashboardSpec[] = [
           ts('Destroys waiting for a release slot', 'short', 'All nodes\' queues together.', ['max(sessionreaper_storm_guard_queue_depth)', 'queued']),
           ts('Storm-guard decisions per second', 'ops', 'Admitted, queued, throttled.', ['sum by (outcome) (rate(sessionreaper_storm_guard_admissions_total' + RATE + '))', '{{outcome}}']),
           ts('Oldest release in flight', 's', 'Since its last progress; the watchdog resumes it after DESTROY_STALL_MS.', ['max(sessionreaper_oldest_pending_release_seconds)', 'oldest']),
+          ts('Queue wait p99', 's', 'How long destroys waited in their node\'s queue for a release slot, queued to admitted.', [q99('sessionreaper_storm_guard_queue_wait_seconds', ''), 'p99']),
+          ts('Destroys admitted without waiting', 'percentunit', 'Share of admissions with no wait in the queue (bucket le=0).', ['sum(rate(sessionreaper_storm_guard_queue_wait_seconds_bucket{le="0"}' + RATE + ')) / sum(rate(sessionreaper_storm_guard_queue_wait_seconds_count' + RATE + '))', 'no wait']),
         ],
       },
       {
         title: 'Dead letters',
         panels: [
-          ts('Dead letters per second', 'ops', 'Kept by the dead-letter receiver, by type and why the last delivery failed.', ['sum by (type, reason) (rate(sessionreaper_dead_letters_total' + RATE + '))', '{{type}} {{reason}}']),
+          ts('Dead letters per second', 'ops', 'Kept by the dead-letter receiver (under npm start, the local Broker itself), by type and why the last delivery failed.', ['sum by (type, reason) (rate(sessionreaper_dead_letters_total' + RATE + '))', '{{type}} {{reason}}']),
         ],
       },
     ],

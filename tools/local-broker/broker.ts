@@ -14,7 +14,8 @@
 // seeded so a run can be replayed (delivery-chaos.ts).
 // The same port serves a small JSON admin API for operators (sessionctl): GET /admin/stats, GET /admin/dead-letters
 // (paged: ?after=<next>), GET and DELETE /admin/dead-letters/:id and POST /admin/dead-letters/:id/replay; it answers only requests addressed to this
-// machine by a loopback name (Host), so a web page cannot reach it through DNS rebinding.
+// machine by a loopback name (Host), so a web page cannot reach it through DNS rebinding. GET /metrics (the Broker's
+// own metrics: broker-metrics.ts) and GET /status (the stack's status page, when one is given) follow the same rule.
 //
 // Who may send what is Knative's sender authorization, from the same manifests (event-policies.ts): given the
 // senders' tokens, the ingress answers 401 to a request without a known bearer token and 403 to an event no
@@ -37,6 +38,7 @@ import { admittingOf, policiesNaming, senderPoliciesOf, type SenderPolicy } from
 import { isEmittedType } from '../../functions/core/contract/events.ts';
 import { sharedHttpClient } from '../../functions/core/http-client.ts';
 import { DeadLetterStoreFullError, isDeadLetterId, openDeadLetterStore, type DeadLetter, type DeadLetterPage, type DeadLetterReason } from '../../functions/core/dead-letter-store.ts';
+import { createBrokerMetrics } from './broker-metrics.ts';
 import { createDeliveryChaos, type ChaosCounters, type DeliveryChaos } from './delivery-chaos.ts';
 import { openDeliveryJournal, type DeliveryJournal, type JournaledEvent } from './delivery-journal.ts';
 import { backoffMs, isRetryableStatus, matches, readManifests, routingTableOf, type DeliverySpec, type Route, type RoutingTable } from './triggers.ts';
@@ -144,6 +146,8 @@ export interface LocalBrokerOptions {
   arrivalTime?: boolean;
   /** Called with every accepted event (after the 202 is decided). */
   onEvent?: (event: BrokerEvent) => void;
+  /** Serves GET /status and /status/runbook (the stack's status page, status-page.ts), held to the admin API's Host rule. Default: none. */
+  statusPage?: (res: ServerResponse, path: string) => Promise<void>;
   /** What GET /healthz reports beyond the broker itself (e.g. the whole stack being ready). Default: ready. */
   ready?: () => boolean | Promise<boolean>;
   logger?: Logger;
@@ -357,6 +361,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   let loadedLeft = 0;
   let closed = false;
   const counters = { received: 0, rejected: 0, delivered: 0, retried: 0, deadLettered: 0, dropped: 0, recovered: 0 };
+  const metrics = createBrokerMetrics();
   const perRoute: Record<string, { delivered: number; failed: number }> = {};
   const countRoute = (name: string, field: 'delivered' | 'failed') => {
     perRoute[name] ??= { delivered: 0, failed: 0 };
@@ -432,7 +437,10 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       if (d.target.delivery.deadLetter) {
         try {
           const { entry, duplicate } = await store.add({ trigger: d.target.name, destination: d.target.url, attempts: d.attempts, reason: outcome.reason, event: storeEvent(d.event) });
-          if (!duplicate) counters.deadLettered++;
+          if (!duplicate) {
+            counters.deadLettered++;
+            metrics.deadLetter(d.event.attributes.type, outcome.reason);
+          }
           log.warn({ ...ids, deadLetter: entry.id, duplicate, reason: outcome.reason }, 'delivery gave up; event kept in the dead-letter store');
         } catch (err) {
           // The event must not vanish silently: the whole event goes to the log (a full store keeps what it has).
@@ -506,13 +514,16 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       send(res, ok ? 200 : 503, { status: ok ? 'ok' : 'unavailable' });
       return;
     }
-    if (path?.startsWith(ADMIN_PREFIX)) {
+    const page = req.method === 'GET' && (path === '/metrics' || ((path === '/status' || path === '/status/runbook') && opts.statusPage !== undefined));
+    if (path?.startsWith(ADMIN_PREFIX) || page) {
       req.resume();
       if (!addressedToLoopback(req.headers.host)) {
         send(res, 403, { error: 'the admin API answers only requests addressed to localhost' });
         return;
       }
-      await admin(req.method ?? 'GET', path.slice(ADMIN_PREFIX.length), new URLSearchParams(search ?? ''), res);
+      if (path === '/metrics') metrics.serve(req, res);
+      else if (page) await opts.statusPage!(res, path);
+      else await admin(req.method ?? 'GET', path.slice(ADMIN_PREFIX.length), new URLSearchParams(search ?? ''), res);
       return;
     }
     if (req.method !== 'POST') {
@@ -602,7 +613,10 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   // logged whole and counted as dropped (a full store must not stop the Broker from starting).
   async function keepOrLog(entry: Parameters<typeof store.add>[0]): Promise<void> {
     try {
-      if (!(await store.add(entry)).duplicate) counters.deadLettered++;
+      if (!(await store.add(entry)).duplicate) {
+        counters.deadLettered++;
+        metrics.deadLetter(entry.event.attributes.type, entry.reason);
+      }
     } catch (err) {
       if (!(err instanceof DeadLetterStoreFullError)) throw err;
       counters.dropped++;
@@ -776,6 +790,7 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     server.closeAllConnections();
     await serverClosed;
     forwardClient?.close();
+    await metrics.shutdown();
     return { persisted };
   }
 

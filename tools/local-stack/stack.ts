@@ -35,6 +35,7 @@ import { OutboundAddressPolicy } from '../../functions/core/outbound-address.ts'
 import type { RuntimeEntry } from '../../functions/core/runtime-registry.ts';
 import { startLocalBroker, type LocalBroker } from '../local-broker/broker.ts';
 import { loadSenderPolicies } from '../local-broker/event-policies.ts';
+import { createStatusPage, type StatusPage } from '../local-broker/status-page.ts';
 import type { DeliveryChaos } from '../local-broker/delivery-chaos.ts';
 import type { DeliverySpec } from '../local-broker/triggers.ts';
 import type { BrokerEvent } from '../local-broker/wire.ts';
@@ -166,8 +167,8 @@ export interface StackOptions {
 /** The processes that record the metric catalogue (functions/core/metrics.ts), each on its own metrics port. */
 export const METRICS_PROCESSES = ['heartbeat-timeout', 'activity-score', 'destroy-dispatch', 'gpu-release', 'deadline-engine', 'idle-checker'] as const;
 
-/** A process that serves metrics. */
-export type MetricsProcess = (typeof METRICS_PROCESSES)[number];
+/** A process that serves metrics: those, and the Broker (its own dead letters, at GET /metrics on its ingress). */
+export type MetricsProcess = (typeof METRICS_PROCESSES)[number] | 'local-broker';
 
 /** A running stack. */
 export interface Stack {
@@ -190,6 +191,10 @@ export interface Stack {
   readonly keyPrefix: string;
   /** Where each process serves its metrics (Prometheus text exposition), unless the stack was started without. */
   readonly metricsUrls: Readonly<Partial<Record<MetricsProcess, string>>>;
+  /** The status page the in-process Broker serves (tools/local-broker/status-page.ts): figures, charts, alerts. */
+  readonly statusUrl: string;
+  /** Tells the status page where a local Prometheus evaluates the alert rules (undefined: none runs). */
+  setPrometheusUrl(url: string | undefined): void;
   /** Loopback ports by part. */
   readonly ports: Readonly<Record<Exclude<ProcessName, 'llama-engine'> | 'broker', number>> & { readonly 'llama-engine'?: number };
   /** The in-process Broker: stats, received events, dead letters. */
@@ -224,7 +229,7 @@ export interface ProcessStatus {
 }
 
 /** A stack whose Broker runs as its own process (brokerProcess): nothing in this process to inspect. */
-export type StackWithBrokerProcess = Omit<Stack, 'broker'>;
+export type StackWithBrokerProcess = Omit<Stack, 'broker' | 'statusUrl' | 'setPrometheusUrl'>;
 
 /** A part of the stack failed to start; the message carries its exit status and last log lines. */
 export class StackStartError extends Error {
@@ -365,6 +370,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
   const restartTimers = new Set<NodeJS.Timeout>();
   let redis: RedisServer | undefined;
   let broker: LocalBroker | undefined;
+  let statusPage: StatusPage | undefined;
+  let prometheusUrl: string | undefined;
   let standIn: Server | undefined;
   let tempDir: string | undefined;
   let ownTokenDir: string | undefined;
@@ -434,6 +441,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
     // The Broker first, while its subscribers are still up to take what it has in flight.
     for (const timer of restartTimers) clearTimeout(timer);
     restartTimers.clear();
+    statusPage?.stop();
     await broker?.stop();
     const brokerChild = current.get('local-broker');
     if (brokerChild !== undefined) await stopChild(brokerChild, (opts.stopGraceMs ?? BROKER_PROCESS_STOP_GRACE_MS) + STOP_TIMEOUT_MS);
@@ -484,6 +492,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
       return port === undefined ? {} : { OTEL_METRICS_EXPORTER: 'prometheus', OTEL_EXPORTER_PROMETHEUS_PORT: String(port) };
     };
     const metricsUrls = Object.fromEntries([...metricsPorts].map(([name, port]) => [name, `${local(port)}/metrics`])) as Partial<Record<MetricsProcess, string>>;
+    // The Broker serves its own on its ingress port (known once the stand-in listens, below).
+    const brokerMetrics = opts.metrics !== false;
     if (opts.deadLetterDir === undefined) tempDir = mkdtempSync(join(tmpdir(), 'sr-stack-'));
     const deadLetterDir = resolve(opts.deadLetterDir ?? join(tempDir!, 'dead-letters'));
 
@@ -491,6 +501,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
     standIn = await listenStandIn(ports.broker, host);
     ports.broker = (standIn.address() as AddressInfo).port;
     const brokerUrl = `${local(ports.broker)}/`;
+    if (brokerMetrics) metricsUrls['local-broker'] = `${brokerUrl}metrics`;
     const runtimeUrl = local(ports['sim-gpu-runtime']);
     const engineUrl = ports['llama-engine'] === undefined ? undefined : local(ports['llama-engine']);
     const runtimes: RuntimeEntry[] = [{ name: 'sim', url: runtimeUrl }, ...(engineUrl === undefined ? [] : [{ name: 'llama', url: engineUrl }]), ...(opts.runtimes ?? [])];
@@ -544,21 +555,27 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
         ...opts.brokerEnv,
       }, `${local(ports.broker)}/healthz`);
       await waitHealthy(brokerChild, `${local(ports.broker)}/healthz`, deadline);
-    } else broker = await startLocalBroker({
-      port: ports.broker,
-      host,
-      identities,
-      forwardAddressPolicy: outboundPolicy,
-      subscribers: { ...Object.fromEntries(FUNCTION_NAMES.map((n) => [n, local(ports[n])])), ...opts.subscribers },
-      deadLetterDir,
-      ready: () => ready,
-      ...(opts.onEvent !== undefined ? { onEvent: opts.onEvent } : {}),
-      ...(opts.stopGraceMs !== undefined ? { stopGraceMs: opts.stopGraceMs } : {}),
-      ...(opts.forward !== undefined ? { forward: opts.forward } : {}),
-      ...(opts.deliveryOverride !== undefined ? { deliveryOverride: opts.deliveryOverride } : {}),
-      ...(opts.brokerChaos !== undefined ? { chaos: opts.brokerChaos } : {}),
-      ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
-    });
+    } else {
+      const restartsNow = () => Object.fromEntries([...statuses].map(([name, st]) => [name, st.restarts]));
+      statusPage = createStatusPage({ metricsUrls: () => metricsUrls, prometheusUrl: () => prometheusUrl, restarts: restartsNow });
+      const page = statusPage;
+      broker = await startLocalBroker({
+        port: ports.broker,
+        statusPage: (res, path) => page.serve(res, path),
+        host,
+        identities,
+        forwardAddressPolicy: outboundPolicy,
+        subscribers: { ...Object.fromEntries(FUNCTION_NAMES.map((n) => [n, local(ports[n])])), ...opts.subscribers },
+        deadLetterDir,
+        ready: () => ready,
+        ...(opts.onEvent !== undefined ? { onEvent: opts.onEvent } : {}),
+        ...(opts.stopGraceMs !== undefined ? { stopGraceMs: opts.stopGraceMs } : {}),
+        ...(opts.forward !== undefined ? { forward: opts.forward } : {}),
+        ...(opts.deliveryOverride !== undefined ? { deliveryOverride: opts.deliveryOverride } : {}),
+        ...(opts.brokerChaos !== undefined ? { chaos: opts.brokerChaos } : {}),
+        ...(opts.logger !== undefined ? { logger: opts.logger } : {}),
+      });
+    }
     ready = true;
     const readyAt = Date.now();
     for (const child of current.values()) {
@@ -578,6 +595,10 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack | Stack
       deadLetterDir,
       keyPrefix,
       metricsUrls,
+      statusUrl: `${brokerUrl}status`,
+      setPrometheusUrl: (url) => {
+        prometheusUrl = url;
+      },
       ports,
       ...(broker === undefined ? {} : { broker }),
       logs,

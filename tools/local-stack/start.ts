@@ -176,6 +176,7 @@ async function main(): Promise<number> {
       }
     }
   }
+  running.setPrometheusUrl(prometheus?.url);
   const ingress = running.brokerUrl.replace('://127.0.0.1:', '://localhost:');
   // Readable by this user only: it holds the Redis password and where the senders' tokens are.
   writeFileSync(
@@ -183,7 +184,7 @@ async function main(): Promise<number> {
     `${JSON.stringify({
       pid: process.pid, ingressUrl: ingress, runtimeUrl: running.runtimeUrl, redisUrl: running.redisUrl, redisPassword: running.redisPassword,
       keyPrefix: running.keyPrefix, deadLetterDir: running.deadLetterDir, ports: running.ports, tokenFiles: running.tokenFiles,
-      metricsUrls: running.metricsUrls,
+      metricsUrls: running.metricsUrls, statusUrl: `${ingress}status`,
       ...(prometheus === undefined ? {} : { prometheusUrl: prometheus.url }),
       startedAt: new Date(startedAt).toISOString(),
     }, null, 2)}\n`,
@@ -225,6 +226,7 @@ async function main(): Promise<number> {
       '',
       `  ingress (Broker)   ${ingress}   ← POST CloudEvents: binary, structured or batched`,
       `  health             ${ingress}healthz`,
+      `  status page        ${ingress}status   ← live figures, charts and the alerts' states (open it in a browser)`,
       `  GPU runtime (sim)  ${running.runtimeUrl}   (stats: ${running.runtimeUrl}/sim/stats)`,
       ...(running.engineUrl !== undefined ? [`  llama engine       ${running.engineUrl}   (runtime \`llama\`: real KV caches; memory: ${running.engineUrl}/v1/memory)`] : []),
       `  Redis              ${running.redisUrl}   key prefix ${running.keyPrefix}   (password in ${relative(process.cwd(), stateFile)})`,

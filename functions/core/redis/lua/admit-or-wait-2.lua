@@ -12,10 +12,14 @@
   ARGV[1] member   ARGV[2] now (ms)   ARGV[3] lease (ms)   ARGV[4] most releases the node may have in flight
 
   Returns one of:
-    {'ACQUIRED', inFlight, other...}    a new slot for the member; inFlight counts it; `other` are waiters handed a
-                                        slot too, whose destroys the caller must continue
+    {'ACQUIRED', inFlight, waited, other, otherWaited, ...}
+                                        a new slot for the member, after `waited` ms in the queue (0: a slot was
+                                        free); inFlight counts it; `other` are waiters handed a slot too (each
+                                        followed by its wait, ms), whose destroys the caller must continue
     {'HELD', inFlight}                  the member held a live slot already; its lease now runs from now
-    {'WAITING', position, other...}     every slot is taken: the member waits, `position` in the queue (1 = next)
+    {'WAITING', position, waited, other, otherWaited, ...}
+                                        every slot is taken: the member waits, `position` in the queue (1 = next),
+                                        queued `waited` ms so far; `other` as above
 ]]
 -- @include "release-slots"
 local inflight, waiting = KEYS[1], KEYS[2]
@@ -31,11 +35,10 @@ end
 
 -- Behind the waiters already queued (or at the head of an empty queue), then the free slots go head first.
 redis.call('ZADD', waiting, 'NX', now, member)
-local admitted = admit_oldest(inflight, waiting, limit - inFlight, now, lease)
+local admitted, waited = admit_oldest(inflight, waiting, limit - inFlight, now, lease)
 expire_slot_keys(inflight, waiting, now, lease)
-local others, mine = {}, false
-for _, m in ipairs(admitted) do
-  if m == member then mine = true else others[#others + 1] = m end
+local others = with_waits(admitted, waited, member)
+for i, m in ipairs(admitted) do
+  if m == member then return { 'ACQUIRED', redis.call('ZCARD', inflight), waited[i], unpack(others) } end
 end
-if mine then return { 'ACQUIRED', redis.call('ZCARD', inflight), unpack(others) } end
-return { 'WAITING', redis.call('ZRANK', waiting, member) + 1, unpack(others) }
+return { 'WAITING', redis.call('ZRANK', waiting, member) + 1, math.max(0, now - tonumber(redis.call('ZSCORE', waiting, member))), unpack(others) }

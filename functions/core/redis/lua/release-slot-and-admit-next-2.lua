@@ -9,8 +9,9 @@
   ARGV[1] member   ARGV[2] now (ms)   ARGV[3] lease (ms)   ARGV[4] most releases the node may have in flight
 
   Returns one of:
-    {'FREED', inFlight, admitted...}      the member's slot was freed; `admitted` now hold a slot, oldest first
-    {'NOT_HELD', inFlight, admitted...}   the member held no live slot; `admitted` as above
+    {'FREED', inFlight, admitted, waited, ...}     the member's slot was freed; `admitted` now hold a slot, oldest
+                                                  first, each followed by how long it waited in the queue (ms)
+    {'NOT_HELD', inFlight, admitted, waited, ...}  the member held no live slot; `admitted` as above
   inFlight counts the slots held afterwards, the admitted included.
 ]]
 -- @include "release-slots"
@@ -23,6 +24,6 @@ redis.call('ZREM', inflight, member)
 redis.call('ZREM', waiting, member)
 local freed = held and tonumber(held) > now
 local inFlight = purge_expired(inflight, now)
-local admitted = admit_oldest(inflight, waiting, limit - inFlight, now, lease)
+local admitted, waited = admit_oldest(inflight, waiting, limit - inFlight, now, lease)
 expire_slot_keys(inflight, waiting, now, lease)
-return { freed and 'FREED' or 'NOT_HELD', inFlight + #admitted, unpack(admitted) }
+return { freed and 'FREED' or 'NOT_HELD', inFlight + #admitted, unpack(with_waits(admitted, waited, nil)) }

@@ -9,15 +9,32 @@ local function purge_expired(inflight, now)
   return redis.call('ZCARD', inflight)
 end
 
--- Hands up to `free` slots to the oldest waiters, moving them from the queue to the in-flight set; returns them.
+-- Hands up to `free` slots to the oldest waiters, moving them from the queue to the in-flight set; returns them and,
+-- in a second list, how long each waited (ms, from its first enqueue to now), for the queue-wait histogram.
 local function admit_oldest(inflight, waiting, free, now, lease)
-  if free <= 0 then return {} end
-  local heads = redis.call('ZRANGE', waiting, 0, free - 1)
-  for _, m in ipairs(heads) do
+  if free <= 0 then return {}, {} end
+  local heads = redis.call('ZRANGE', waiting, 0, free - 1, 'WITHSCORES')
+  local admitted, waited = {}, {}
+  for i = 1, #heads, 2 do
+    local m = heads[i]
     redis.call('ZADD', inflight, now + lease, m)
     redis.call('ZREM', waiting, m)
+    admitted[#admitted + 1] = m
+    waited[#waited + 1] = math.max(0, now - tonumber(heads[i + 1]))
   end
-  return heads
+  return admitted, waited
+end
+
+-- The admitted members and their waits as one flat list (member, waited ms, member, waited ms, ...), skipping `except`.
+local function with_waits(admitted, waited, except)
+  local out = {}
+  for i, m in ipairs(admitted) do
+    if m ~= except then
+      out[#out + 1] = m
+      out[#out + 1] = waited[i]
+    end
+  end
+  return out
 end
 
 -- Keeps both keys only as long as they mean something: the in-flight set lives as long as its longest lease; the
