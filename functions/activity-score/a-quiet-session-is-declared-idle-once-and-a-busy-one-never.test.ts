@@ -132,22 +132,27 @@ for (const topology of TOPOLOGIES) {
       assert.ok(next !== undefined && next > h.clock.now);
     });
 
-    it('never declares a held session idle, and does once the hold ends', async () => {
+    it('never declares a held session idle, and times its quiet from the hold\'s end', async () => {
       await h.open('held');
-      await type(h, 'held', h.clock.now + 1000, 20);
+      const lastTyped = await type(h, 'held', h.clock.now + 1000, 20);
       const idleAt = await idleAtUnder(h, 'held', 'normal');
+      const quietNeeded = idleAt - lastTyped;
       const hold = await h.core.deps.store.hold('held', fp('hold'), h.clock.now, 30 * 60_000);
       assert.equal(hold.code, 'HELD');
       const holdUntil = hold.code === 'HELD' ? hold.holdUntil : 0;
       const checker = await h.checker();
-      for (const at of [idleAt + 1000, idleAt + 10 * 60_000, holdUntil - 1]) {
+      for (const at of [idleAt + 1000, idleAt + 10 * 60_000, holdUntil - 1, holdUntil + 1]) {
         h.clock.now = at;
         await checker.runOnce(at);
       }
+      assert.equal(h.idleEvents('held').length, 0, 'not idle the moment its hold ran out: the quiet before it does not count again');
+      const next = await h.deps.idleIndex.scheduledAt('held');
+      assert.ok(next !== undefined && next > holdUntil && next <= holdUntil + quietNeeded, 'looked at again after the hold, by its quiet since');
+      h.clock.now = holdUntil + quietNeeded - 1000;
+      await checker.runOnce(h.clock.now);
       assert.equal(h.idleEvents('held').length, 0);
-      assert.equal(await h.deps.idleIndex.scheduledAt('held'), holdUntil, 'checked again when the hold ends');
-      h.clock.now = holdUntil + 1;
-      assert.equal((await checker.runOnce(h.clock.now)).idle, 1);
+      h.clock.now = holdUntil + quietNeeded;
+      assert.equal((await checker.runOnce(h.clock.now)).idle, 1, 'idle after as much quiet after the hold as it needed without one');
       assert.equal(h.idleEvents('held').length, 1);
     });
 

@@ -26,6 +26,8 @@ it('demotes are off at DEMOTE_QUIET_MS=0, and never before the predicted return 
   assert.equal(demoteAt({ demoteQuietMs: 10_000 }, ctx), 50_000, 'the user is not late before their rhythm says');
   assert.equal(demoteAt({ demoteQuietMs: 100_000 }, ctx), 101_000, 'nor before the quiet time');
   assert.equal(demoteAt({ demoteQuietMs: 10_000 }, { ...ctx, turnOpenAt: 1000 }), 1000 + OPEN_TURN_MAX_MS, 'nor while the model may still answer the last message');
+  assert.equal(demoteAt({ demoteQuietMs: 100_000 }, ctx, 'normal', ctx.lastEventAt + 60_000), 161_000, 'quiet under a hold does not count');
+  assert.equal(demoteAt({ demoteQuietMs: 100_000 }, ctx, 'normal', ctx.lastEventAt - 1), 101_000, 'a hold over before the last event changes nothing');
 });
 
 it('a user message opens a turn that the answer (output activity or inference.completed) closes', () => {

@@ -98,15 +98,24 @@ test('any activity restarts the grace window', () => {
   assert.ok(decision.idleAt !== undefined && decision.idleAt >= nudgeAt + policy.graceMs);
 });
 
-test('an active hold keeps a quiet session from being idle until the hold ends', () => {
+test('an active hold keeps a quiet session from being idle, and its quiet is timed from the hold\'s end', () => {
   const idleFrom = idleDecision(typist, stoppedAt + 3_600_000, policy).idleAt!;
+  const quietNeeded = idleFrom - typist.lastEventAt;
   const now = idleFrom + 10_000;
   const held = idleDecision(typist, now, policy, { holdUntil: now + 30_000 });
   assert.equal(held.idle, false);
   assert.equal(held.reason, 'held');
-  assert.equal(held.idleAt, now + 30_000);
-  assert.equal(idleDecision(typist, now, policy, { holdUntil: now }).idle, true, 'a hold that has ended no longer protects');
-  assert.equal(idleDecision(typist, now, policy, { holdUntil: now - 1 }).idle, true);
+  assert.equal(held.idleAt, now + 30_000 + quietNeeded, 'idle only after as much quiet after the hold as without one');
+
+  // A tool call that returns sends nothing: the hold ends, and the quiet before it does not count again.
+  const ended = idleDecision(typist, now, policy, { holdUntil: now });
+  assert.equal(ended.idle, false, 'not ended the moment its hold ran out');
+  assert.equal(ended.idleAt, now + quietNeeded);
+  assert.equal(idleDecision(typist, now + quietNeeded - 1, policy, { holdUntil: now }).idle, false);
+  assert.equal(idleDecision(typist, now + quietNeeded, policy, { holdUntil: now }).idle, true, 'then idle, as without a hold');
+  // A hold that ended before the last event covers none of the quiet since.
+  assert.equal(idleDecision(typist, now, policy, { holdUntil: typist.lastEventAt - 1 }).idle, true);
+  assert.equal(idleDecision(typist, now, policy, { holdUntil: typist.lastEventAt }).idle, true);
 });
 
 test('a completion that asks for release ends the session at once where enabled, unless held or followed by user activity', () => {

@@ -163,7 +163,7 @@ export class IdleChecker {
       if (session.offload === 'restoring') await this.#resendRestore(session, now);
       let nextCheckAt = judgement.nextCheckAt;
       let demoted = false;
-      const demote = this.#demotable(session) ? judgeDemote(this.#settings, ctx, now - lost, tier) : undefined;
+      const demote = this.#demotable(session) ? judgeDemote(this.#settings, ctx, now - lost, tier, session.holdUntil) : undefined;
       if (demote?.demote === true) demoted = await this.#demote(session, now);
       else if (demote?.nextCheckAt !== undefined) nextCheckAt = nextCheckAt === undefined ? demote.nextCheckAt : Math.min(nextCheckAt, demote.nextCheckAt);
       const result = await this.index.schedule(sessionId, stored.version, nextCheckAt === undefined ? undefined : wallTimeOf(spans, ctx.lastEventAt, nextCheckAt));

@@ -2,7 +2,7 @@
 // a session's idleness is next worth judging, and what a session.idle says. No I/O.
 import type { DataOf, EventType } from '../core/contract/events.ts';
 import { LOAD_TIERS, type LoadTier } from './load-policy.ts';
-import { decodeContext, encodeContext, idleDecision, type ActivityContext, type IdleDecision } from './scoring.ts';
+import { decodeContext, encodeContext, heldQuietMs, idleDecision, type ActivityContext, type IdleDecision } from './scoring.ts';
 import { policyFor, type ActivityScoreSettings } from './settings.ts';
 
 /**
@@ -59,14 +59,16 @@ export const OPEN_TURN_MAX_MS = 10 * 60_000;
  * normal) with PRESSURE_DEMOTE_QUIET_MS set: once it has been quiet that long (or DEMOTE_QUIET_MS if shorter), without
  * waiting for the predicted return, since a full GPU will otherwise evict some session's KV outright. While the model
  * may still be answering the user's last message (no answer seen), the KV is in use: not before that answer, or
- * OPEN_TURN_MAX_MS after the message. Times are on the session's clock, as the idle verdict's.
+ * OPEN_TURN_MAX_MS after the message. Times are on the session's clock, as the idle verdict's; time under a hold
+ * (`holdUntil`) is not quiet, as for the idle verdict (heldQuietMs).
  */
-export function demoteAt(settings: DemoteSettings, ctx: ActivityContext, tier: LoadTier = 'normal'): number | undefined {
+export function demoteAt(settings: DemoteSettings, ctx: ActivityContext, tier: LoadTier = 'normal', holdUntil?: number): number | undefined {
   if (settings.demoteQuietMs <= 0) return undefined;
   const pressure = tier !== 'normal' ? (settings.pressureDemoteQuietMs ?? 0) : 0;
-  const quiet = pressure > 0
+  const held = heldQuietMs(ctx, holdUntil);
+  const quiet = held + (pressure > 0
     ? ctx.lastEventAt + Math.min(settings.demoteQuietMs, pressure)
-    : Math.max(ctx.predictedIdleEndAt, ctx.lastEventAt + settings.demoteQuietMs);
+    : Math.max(ctx.predictedIdleEndAt, ctx.lastEventAt + settings.demoteQuietMs));
   return ctx.turnOpenAt === undefined ? quiet : Math.max(quiet, ctx.turnOpenAt + OPEN_TURN_MAX_MS);
 }
 
@@ -86,10 +88,10 @@ export interface DemoteJudgement {
  * seen at an evaluation, and a user typing every few seconds should not cost a look per keystroke). Undefined when
  * pressure would not demote it sooner than the normal tier does.
  */
-function pressureLookAt(settings: DemoteSettings & Pick<ActivityScoreSettings, 'loadPolicy'>, ctx: ActivityContext): number | undefined {
-  const [normal, pressed] = [demoteAt(settings, ctx, 'normal'), demoteAt(settings, ctx, TIGHTEST_TIER)];
+function pressureLookAt(settings: DemoteSettings & Pick<ActivityScoreSettings, 'loadPolicy'>, ctx: ActivityContext, holdUntil: number | undefined): number | undefined {
+  const [normal, pressed] = [demoteAt(settings, ctx, 'normal', holdUntil), demoteAt(settings, ctx, TIGHTEST_TIER, holdUntil)];
   if (normal === undefined || pressed === undefined || pressed >= normal) return undefined;
-  return Math.min(normal, Math.max(pressed, ctx.lastEventAt + settings.loadPolicy.evaluateEveryMs));
+  return Math.min(normal, Math.max(pressed, ctx.lastEventAt + heldQuietMs(ctx, holdUntil) + settings.loadPolicy.evaluateEveryMs));
 }
 
 /**
@@ -98,12 +100,12 @@ function pressureLookAt(settings: DemoteSettings & Pick<ActivityScoreSettings, '
  * the tier rises (pressureLookAt, then every load evaluation interval). The idle checker and the replay bench both
  * decide with this.
  */
-export function judgeDemote(settings: DemoteSettings & Pick<ActivityScoreSettings, 'loadPolicy'>, ctx: ActivityContext, now: number, tier: LoadTier): DemoteJudgement {
-  const at = demoteAt(settings, ctx, tier);
+export function judgeDemote(settings: DemoteSettings & Pick<ActivityScoreSettings, 'loadPolicy'>, ctx: ActivityContext, now: number, tier: LoadTier, holdUntil?: number): DemoteJudgement {
+  const at = demoteAt(settings, ctx, tier, holdUntil);
   if (at === undefined) return { demote: false };
   if (at <= now) return { demote: true };
   let next = at;
-  const eager = tier === 'normal' ? pressureLookAt(settings, ctx) : undefined;
+  const eager = tier === 'normal' ? pressureLookAt(settings, ctx, holdUntil) : undefined;
   if (eager !== undefined) next = Math.min(next, eager > now ? eager : now + settings.loadPolicy.evaluateEveryMs);
   return { demote: false, nextCheckAt: Math.max(now + 1, next) };
 }
@@ -115,8 +117,8 @@ export function judgeDemote(settings: DemoteSettings & Pick<ActivityScoreSetting
  */
 export function firstCheckAt(settings: ActivityScoreSettings, ctx: ActivityContext, now: number, tenant: string | undefined, holdUntil: number | undefined, tier: LoadTier = 'normal'): number | undefined {
   const idle = earliestIdleAt(settings, ctx, now, tenant, holdUntil);
-  const at = demoteAt(settings, ctx, tier);
-  const eager = tier === 'normal' ? pressureLookAt(settings, ctx) : undefined;
+  const at = demoteAt(settings, ctx, tier, holdUntil);
+  const eager = tier === 'normal' ? pressureLookAt(settings, ctx, holdUntil) : undefined;
   const demote = at === undefined || eager === undefined ? at : Math.min(at, eager);
   if (demote === undefined || demote <= now) return idle;
   return idle === undefined ? demote : Math.min(idle, demote);

@@ -448,6 +448,11 @@ export function belowThresholdFrom(ctx: ActivityContext, policy: ScoringPolicy):
 /**
  * Decides whether the session is idle at `now`: below the threshold continuously for the grace window, or released,
  * and not held. Also says since when it has been below and when it will be idle if nothing happens.
+ *
+ * Time under a hold is not quiet: the session was busy (a long tool call, a paused stream) until the hold ended, and
+ * a tool that returns may send nothing at all, so its quiet is timed from the hold's end, as if its clock had stood
+ * still for the hold (heldQuietMs; the idle checker's clock stands still the same way while nobody could hear the
+ * session). Ending it the moment a hold ran out, for quiet it had before the hold, would end a live session.
  */
 export function idleDecision(
   ctx: ActivityContext,
@@ -456,14 +461,17 @@ export function idleDecision(
   opts: { holdUntil?: number | undefined } = {},
 ): IdleDecision {
   const t = Number.isFinite(now) ? now : ctx.lastEventAt;
-  const current = score(ctx, t, policy);
+  const holdUntil = opts.holdUntil !== undefined && Number.isFinite(opts.holdUntil) ? opts.holdUntil : undefined;
+  const held = heldQuietMs(ctx, holdUntil);
+  // Every figure below is read on the session's clock (wall time less the held span) and moved back by `held`.
+  const current = score(ctx, t - held, policy);
   const graceMs = Math.max(0, policy.graceMs);
   const base = { ...current, threshold: policy.threshold, graceMs };
-  const crossing = belowThresholdFrom(ctx, policy);
+  const onClock = belowThresholdFrom(ctx, policy);
+  const crossing = onClock === undefined ? undefined : onClock + held;
   const belowSince = crossing !== undefined && crossing <= t ? crossing : undefined;
   const released = policy.honorRelease && ctx.releaseRequestedAt !== undefined;
   const naturalIdleAt = released ? ctx.releaseRequestedAt : crossing === undefined ? undefined : crossing + graceMs;
-  const holdUntil = opts.holdUntil !== undefined && Number.isFinite(opts.holdUntil) ? opts.holdUntil : undefined;
 
   const optional = (idleAt: number | undefined) => ({
     ...(belowSince === undefined ? {} : { belowSince }),
@@ -479,6 +487,14 @@ export function idleDecision(
     return { ...base, idle: true, reason: 'below-threshold-for-grace', ...optional(naturalIdleAt) };
   }
   return { ...base, idle: false, reason: belowSince === undefined ? 'active' : 'in-grace', ...optional(naturalIdleAt) };
+}
+
+/**
+ * How much of a session's quiet since its last event a hold covered (ms): from the last event to the hold's end, or 0
+ * when no hold outlasted the last event. Quiet is timed without it, by the idle verdict and by the demote moment.
+ */
+export function heldQuietMs(ctx: ActivityContext, holdUntil: number | undefined): number {
+  return holdUntil === undefined || !Number.isFinite(holdUntil) ? 0 : Math.max(0, holdUntil - ctx.lastEventAt);
 }
 
 /** A stored context that cannot be read back (corrupt, or written by an incompatible version). */

@@ -132,7 +132,7 @@ function activityScoreReclaimer(settings: ActivityScoreSettings): SessionReclaim
       // A held session is never demoted (request-demote-1.lua refuses it): the checker looks again when the idle
       // verdict says, as the deployed checker does after a refused request.
       if (holdUntil !== undefined && holdUntil > now) return { destroy: false, demote: false, nextCheckAt: nextCheckAt ?? holdUntil };
-      const demote = view.resident ? judgeDemote(settings, ctx, now, view.tier) : { demote: false };
+      const demote = view.resident ? judgeDemote(settings, ctx, now, view.tier, holdUntil) : { demote: false };
       if (demote.nextCheckAt !== undefined) nextCheckAt = nextCheckAt === undefined ? demote.nextCheckAt : Math.min(nextCheckAt, demote.nextCheckAt);
       return { destroy: false, demote: demote.demote, nextCheckAt };
     },
