@@ -32,7 +32,7 @@
 // exchanges and Redis round trips takes with no-op ends, and the share of the machine that alone needs at the rate.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Agent, createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { cpus, loadavg, totalmem } from 'node:os';
@@ -672,6 +672,7 @@ async function main(): Promise<void> {
     const brokerProfiler = CPU_PROF_DIR ? await profileThisThread() : undefined;
     const run1 = await runPhase(`run 1 (target: p50 ≤ ${TARGET_P50_MS} ms, p99 ≤ ${TARGET_P99_MS} ms, CPU per destroy ≤ ${TARGET_FLOOR_RATIO}× the floor)`, run1Ids, RATE);
     brokerProfile = await brokerProfiler?.stop();
+    if (CPU_PROF_DIR && brokerProfile) writeFileSync(join(CPU_PROF_DIR, `broker.${process.pid}.cpuprofile`), JSON.stringify(brokerProfile));
     profileWindow = run1.window;
     profiledPids = run1.pids;
 
