@@ -164,6 +164,16 @@ export function decodeRequest(headers: Readonly<Record<string, string>>, body: B
   return [ev];
 }
 
+/**
+ * Whether a message's headers say it carries a CloudEvent: a `ce-specversion` (binary mode) or a CloudEvents media type
+ * (structured or batched mode), as the CloudEvents SDK's ReadEncoding tells a reply from an empty answer.
+ */
+export function carriesCloudEvent(headers: Readonly<Record<string, string>>): boolean {
+  if (headers['ce-specversion'] !== undefined) return true;
+  const mt = mediaType(headers['content-type']);
+  return mt === STRUCTURED_MEDIA_TYPE || mt === BATCH_MEDIA_TYPE;
+}
+
 /** Adds trace context from the request's W3C headers to an event that carries none, so the trace survives the hop. */
 export function withHopTraceContext(ev: BrokerEvent, headers: Readonly<Record<string, string>>): BrokerEvent {
   if (typeof ev.attributes.traceparent === 'string') return ev;

@@ -157,6 +157,23 @@ function validSink(sink: string): URL {
 }
 
 /** Creates the emitter for one sink; throws a ConfigError at once when the sink is missing or not a URL. */
+/**
+ * An event in binary mode as it leaves this process, by emission or in an HTTP reply: its `ce-` headers and body,
+ * and the active span's trace context as the hop's W3C headers (and as the event's own, when it has none).
+ */
+export function binaryMessage(ce: CloudEvent<unknown>): { headers: Record<string, string>; body: string | Uint8Array | undefined } {
+  // The HTTP hop carries this span's context; the event keeps the context it was created in, or gets this one if
+  // it has none, so consumers continue the same trace (CloudEvents distributed tracing).
+  const hop = traceHeadersForActiveContext();
+  const message = HTTP.binary(ce);
+  // In binary mode an extension is its `ce-` header, so adding the headers is what encoding a copy of the event
+  // with the extension set (cloneWith) would send, without building and validating a second event.
+  const extension = typeof ce.traceparent === 'string' || hop.traceparent === undefined
+    ? {}
+    : { 'ce-traceparent': hop.traceparent, ...(hop.tracestate === undefined ? {} : { 'ce-tracestate': hop.tracestate }) };
+  return { headers: { ...toHeaderRecord(message.headers), ...extension, ...hop }, body: toBody(message.body) };
+}
+
 export function createEmitter(opts: EmitterOptions): Emitter {
   const sinkUrl = validSink(opts.sink).href;
   const retries = opts.retries ?? DEFAULT_RETRIES;
@@ -261,18 +278,7 @@ export function createEmitter(opts: EmitterOptions): Emitter {
       try {
         // The HTTP hop carries this span's context; the event keeps the context it was created in, or gets
         // this one if it has none, so consumers continue the same trace (CloudEvents distributed tracing).
-        const hop = traceHeadersForActiveContext();
-        const message = HTTP.binary(ce);
-        // In binary mode an extension is its `ce-` header, so adding the headers is what encoding a copy of the
-        // event with the extension set (cloneWith) would send, without building and validating a second event.
-        const extension = typeof ce.traceparent === 'string' || hop.traceparent === undefined
-          ? {}
-          : { 'ce-traceparent': hop.traceparent, ...(hop.tracestate === undefined ? {} : { 'ce-tracestate': hop.tracestate }) };
-        const out: Outgoing = {
-          eventId: ce.id,
-          headers: { ...toHeaderRecord(message.headers), ...extension, ...hop },
-          body: toBody(message.body),
-        };
+        const out: Outgoing = { eventId: ce.id, ...binaryMessage(ce) };
         const { status, attempts } = await sendWithRetries(out, span);
         span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
         span.setStatus({ code: SpanStatusCode.OK });

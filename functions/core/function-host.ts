@@ -3,11 +3,12 @@
 // a request into a validated contract event and a handler's outcome into the status the Broker acts on:
 // 2xx acknowledged, 400 malformed (never redelivered, nothing written), 5xx redelivered.
 import type { Tracer } from '@opentelemetry/api';
+import type { CloudEvent } from 'cloudevents';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { buildEvent } from './contract/build.ts';
 import { sourceOf, type DataOf, type EmittedType, type ContractType, type FunctionName, type Workload } from './contract/events.ts';
 import { isBatchRequest, parseInbound, parseInboundBatch, type InboundEvent } from './contract/parse.ts';
-import { createEmitter, EventRejectedError, type Emitter } from './emit.ts';
+import { binaryMessage, createEmitter, EventRejectedError, type Emitter } from './emit.ts';
 import { BackpressureError, ContractError, OwnershipError, TransientError } from './errors.ts';
 import { OutboundAddressPolicy } from './outbound-address.ts';
 import { isDeep } from './process-lifecycle.ts';
@@ -43,8 +44,27 @@ export interface CoreDeps {
   /** Wall clock in ms (tests may pin it). */
   now(): number;
   /** Builds, validates and sends one follow-on event to the Broker; `id` should be deterministic where a
-   *  redelivered input must produce the same output event. */
-  emit<T extends EmittedType>(type: T, data: DataOf<T>, id?: string): Promise<void>;
+   *  redelivered input must produce the same output event. With `reply`, the event may instead ride in the answer
+   *  to the event being handled (see EmitOptions). */
+  emit<T extends EmittedType>(type: T, data: DataOf<T>, id?: string, opts?: EmitOptions): Promise<void>;
+}
+
+/**
+ * How a follow-on event may leave. `reply: true` says the event may be the reply to the event being handled, in its
+ * HTTP answer (Knative's reply contract: a subscriber answers 200 with a CloudEvent and the Broker ingests it), which
+ * saves an emission's request to the Broker. A handler says so only where nothing after the emit depends on the event
+ * having left, and where a redelivery of the input sends the same event again (same id): a reply is lost with its
+ * answer, and a lost answer is a redelivery. The host replies only to a request that asked for replies (`Prefer:
+ * reply`), with one event, about the same session as the input; any other event, and every event of a handler that
+ * then fails, is emitted as before.
+ */
+export interface EmitOptions {
+  reply?: boolean;
+}
+
+/** The follow-on event kept for the answer to the event being handled, when there is one. */
+export interface ReplySlot {
+  event?: CloudEvent<unknown>;
 }
 
 /** The process-wide parts, built once: Redis connects on first use. */
@@ -53,6 +73,11 @@ export interface Core {
   readonly telemetry: Telemetry;
   readonly processMetrics: ProcessMetrics;
   readonly emitter: Emitter;
+  /**
+   * Deps for handling one event whose answer may carry a reply: their `emit` keeps the first event emitted with
+   * `reply: true` about the session `to` names in the slot instead of sending it (EmitOptions).
+   */
+  replyDeps(to: { sessionId: string }): { deps: CoreDeps; slot: ReplySlot };
   /** Connects Redis and loads the scripts (memoised; retried after a failure). */
   ready(): Promise<void>;
   /**
@@ -132,9 +157,23 @@ export function createCore(opts: CoreOptions): Core {
       await emitter.emit(buildEvent(type, data, { source, time: new Date(now()), ...(id ? { id } : {}) }));
     },
   };
-
   return {
     deps, telemetry, processMetrics, emitter, ready,
+    replyDeps(to) {
+      const slot: ReplySlot = {};
+      const replying: CoreDeps = Object.create(deps, {
+        emit: {
+          value: async (type: EmittedType, data: DataOf<EmittedType>, id?: string, o?: EmitOptions): Promise<void> => {
+            if (o?.reply === true && slot.event === undefined && 'sessionId' in data && data.sessionId === to.sessionId) {
+              slot.event = buildEvent(type, data, { source, time: new Date(now()), ...(id ? { id } : {}) });
+              return;
+            }
+            await deps.emit(type, data, id);
+          },
+        },
+      }) as CoreDeps;
+      return { deps: replying, slot };
+    },
     async healthy() {
       try {
         await ready();
@@ -169,8 +208,9 @@ export interface HostRequest {
 /** The slice of an Express response the host writes. */
 export interface HostResponse {
   status(code: number): HostResponse;
+  set(headers: Record<string, string>): HostResponse;
   json(body: unknown): unknown;
-  end(): unknown;
+  end(body?: string | Uint8Array): unknown;
 }
 
 /** A function: the event types it consumes and its pure handler. */
@@ -254,9 +294,11 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
       res.status(400).json({ error: err.code, field: err.field, reason: err.reason });
       return;
     }
+    // A Broker that takes reply events says so (Knative's data-plane contract: `Prefer: reply`); a batch never gets one.
+    const replyWanted = !batch && acceptsReply(req.headers.prefer);
     // Settled, not raced: a batch answers once every event's handler has finished, so none is still writing when
     // the sender resends it.
-    const outcomes = await Promise.allSettled(events.map((event) => apply(event)));
+    const outcomes = await Promise.allSettled(events.map((event) => apply(event, replyWanted)));
     let worst: { status: FailureStatus; err: unknown; index: number } | undefined;
     outcomes.forEach((o, index) => {
       if (o.status === 'fulfilled') return;
@@ -264,7 +306,10 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
       if (!worst || rank(status) > rank(worst.status)) worst = { status, err: o.reason, index };
     });
     if (!worst) {
-      res.status(204).end();
+      const reply = outcomes[0]?.status === 'fulfilled' ? outcomes[0].value : undefined;
+      // 200 with the event in binary mode: the Broker ingests it as a new event (202 would tell it not to).
+      if (reply) res.status(200).set(reply.headers).end(reply.body);
+      else res.status(204).end();
       return;
     }
     const { status, err, index } = worst;
@@ -281,15 +326,31 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
     res.status(status).json(status === 503 ? { error: 'UNAVAILABLE', reason: 'a dependency is unavailable; retry later' } : { error: 'INTERNAL', reason: 'the event could not be handled' });
   }
 
-  /** Handles one event in its span; logs its failure once, with its session and trace, and rethrows it. */
-  async function apply(event: InboundEvent<A[number]>): Promise<void> {
+  /**
+   * Handles one event in its span; logs its failure once, with its session and trace, and rethrows it. With
+   * `replyWanted`, answers the reply event the handler left for the answer (binary mode, encoded in the span so it
+   * carries its trace), if it left one.
+   */
+  async function apply(event: InboundEvent<A[number]>, replyWanted: boolean): Promise<ReturnType<typeof binaryMessage> | undefined> {
     const sessionId = event.data.sessionId;
+    const replying = replyWanted ? core.replyDeps({ sessionId }) : undefined;
+    const eventDeps: CoreDeps & D = replying ? Object.assign<CoreDeps, D>(Object.create(replying.deps) as CoreDeps, extra) : deps;
     try {
-      await withEventSpan(tracer, `${def.name} ${event.type.replace('dev.sessionreaper.', '')}`, { ...event, subject: sessionId }, { [ATTR_SESSION_ID]: sessionId }, async () => {
+      const reply = await withEventSpan(tracer, `${def.name} ${event.type.replace('dev.sessionreaper.', '')}`, { ...event, subject: sessionId }, { [ATTR_SESSION_ID]: sessionId }, async () => {
         await core.ready();
-        await def.handle(event, deps);
+        try {
+          await def.handle(event, eventDeps);
+        } catch (err) {
+          // The answer is a failure, so it carries no event: one kept for it leaves now, as it would have when the
+          // handler emitted it (what came after it failed, not the event), and the failure is answered as before.
+          const kept = replying?.slot.event;
+          if (kept) await core.emitter.emit(kept).catch((emitErr: unknown) => logger.warn({ err: emitErr, eventId: kept.id }, 'an event kept for a reply could not be emitted after the handler failed'));
+          throw err;
+        }
+        return replying?.slot.event ? binaryMessage(replying.slot.event) : undefined;
       });
       deps.metrics.eventsProcessed.add(1, shortType(event.type), '2xx');
+      return reply;
     } catch (err) {
       const status = statusOf(err);
       deps.metrics.eventsProcessed.add(1, shortType(event.type), outcomeClass(status));
@@ -313,6 +374,12 @@ export function createFunctionHost<const A extends readonly ContractType[], D>(d
  */
 function rank(status: FailureStatus): number {
   return { 500: 4, 503: 3, 403: 2, 400: 1 }[status];
+}
+
+/** Whether a `Prefer` header asks for a reply event (RFC 7240 preferences, comma-separated, parameters after `;`). */
+export function acceptsReply(prefer: string | string[] | undefined): boolean {
+  const values = Array.isArray(prefer) ? prefer : prefer === undefined ? [] : [prefer];
+  return values.some((v) => v.split(',').some((p) => p.split(';')[0]!.trim().toLowerCase() === 'reply'));
 }
 
 function headerOf(req: HostRequest, name: string): string | undefined {

@@ -61,6 +61,34 @@ for (const topology of TOPOLOGIES) {
       assert.equal((await h.deps.store.inspect('http-1'))?.state, 'destroyed');
     });
 
+    test('asked for a reply (Prefer: reply), a claim answers 200 with its gpu.release.requested, sent nowhere else; its redelivery answers the same event again', async () => {
+      h.setNow(Date.now());
+      const inc = await h.open('http-reply-1');
+      const closed = cloudEvent(EventType.SessionClosed, { sessionId: 'http-reply-1' });
+      const ask = async () => {
+        const message = HTTP.binary(closed);
+        const res = await fetch(fn.url, { method: 'POST', headers: { ...(message.headers as Record<string, string>), prefer: 'reply' }, body: message.body as string });
+        return { res, body: await res.text() };
+      };
+      const first = await ask();
+      assert.equal(first.res.status, 200, first.body);
+      const reply = HTTP.toEvent({ headers: Object.fromEntries(first.res.headers), body: first.body }) as CloudEvent<{ sessionId: string; token: string }>;
+      assert.equal(reply.type, EventType.GpuReleaseRequested);
+      assert.equal(reply.id, `http-reply-1/${inc}/release/1`);
+      assert.equal(reply.source, '/session-reaper/destroy-dispatch');
+      assert.equal(reply.data?.sessionId, 'http-reply-1');
+      assert.equal(h.emitted(EventType.GpuReleaseRequested, 'http-reply-1').length, 0, 'a reply is not also emitted');
+      // The answer was lost: the Broker redelivers, and the same request (same id and token) is answered again.
+      const again = await ask();
+      assert.equal(again.res.status, 200, again.body);
+      const replayed = HTTP.toEvent({ headers: Object.fromEntries(again.res.headers), body: again.body }) as CloudEvent<{ token: string }>;
+      assert.equal(replayed.id, reply.id);
+      assert.equal(replayed.data?.token, reply.data?.token);
+      // Without the preference the event is emitted as before, and the answer is empty.
+      assert.equal((await send(fn.url, closed, 'binary')).status, 204);
+      assert.deepEqual(h.emitted(EventType.GpuReleaseRequested, 'http-reply-1').map((e) => e.event.id), [reply.id]);
+    });
+
     test('inference.completed with release=false is acknowledged (204) and changes nothing', async () => {
       await h.open('http-2');
       assert.equal((await send(fn.url, cloudEvent(EventType.InferenceCompleted, { sessionId: 'http-2', requestId: 'r1', release: false }), 'binary')).status, 204);

@@ -462,6 +462,9 @@ async function requestRelease(deps: DestroyDispatchDeps, point: DestroyPoint): P
       attempt: attempt.attempt, token: attempt.token, reason: 'destroy',
     },
     releaseRequestId(sessionId, incarnation, attempt.attempt),
+    // It may ride in the answer to the event that led here (a claim, a resume): nothing below depends on its having
+    // left, and a redelivery of that event finds the checkpoint and sends it again under the same id and token.
+    { reply: true },
   );
   deps.logger.info({ sessionId, incarnation, attempt: attempt.attempt, node: placement.node }, 'GPU release requested');
 }

@@ -76,6 +76,10 @@ function recordCall(deps: CoreDeps, runtime: string, outcome: string, started: n
   if (attempts > 1) deps.metrics.releaseRetries.add(attempts - 1, runtime);
 }
 
+// A release's report may ride in the answer to its request: the answer is its last step, and a redelivered request
+// finds the call answered (or failed) in Redis and reports it again under the same id (EmitOptions in function-host.ts).
+const REPLY = { reply: true } as const;
+
 /** Handles what gpu-release consumes: a release request here, a demote or restore request in offload.ts. */
 export async function handle(event: GpuReleaseEvent, deps: CoreDeps & GpuReleaseDeps): Promise<void> {
   if (event.type !== EventType.GpuReleaseRequested) return handleOffload(event, deps, callContext(event));
@@ -105,7 +109,7 @@ async function handleRelease(event: ReleaseRequestEvent, deps: CoreDeps & GpuRel
       return;
     case 'ANSWERED':
       // The runtime confirmed it, and the report may have been lost: report it again (same id), call nothing.
-      await deps.emit(EventType.GpuReleased, { sessionId, incarnation, node: target.node, freedBytes: target.freedBytes, token, ...(target.estimated ? { estimated: true as const } : {}) }, `${sessionId}/${incarnation}/released/${attempt}`);
+      await deps.emit(EventType.GpuReleased, { sessionId, incarnation, node: target.node, freedBytes: target.freedBytes, token, ...(target.estimated ? { estimated: true as const } : {}) }, `${sessionId}/${incarnation}/released/${attempt}`, REPLY);
       return;
     case 'CALL':
       break;
@@ -144,6 +148,7 @@ async function handleRelease(event: ReleaseRequestEvent, deps: CoreDeps & GpuRel
         EventType.GpuReleaseFailed,
         { sessionId, incarnation, node, error: publicDescription(err), retryable: err.retryable, token },
         `${sessionId}/${incarnation}/failed/${attempt}/${err.reason}`,
+        REPLY,
       ),
     ]);
     if (err.retryable) {
@@ -155,7 +160,7 @@ async function handleRelease(event: ReleaseRequestEvent, deps: CoreDeps & GpuRel
   // Recorded beside the report: should the report be lost, the redelivery finds the answer and reports it again.
   await Promise.all([
     deps.store.settleReleaseCall(sessionId, incarnation, token, { answered: freedBytes, estimated }),
-    deps.emit(EventType.GpuReleased, { sessionId, incarnation, node, freedBytes, token, ...(estimated ? { estimated: true as const } : {}) }, `${sessionId}/${incarnation}/released/${attempt}`),
+    deps.emit(EventType.GpuReleased, { sessionId, incarnation, node, freedBytes, token, ...(estimated ? { estimated: true as const } : {}) }, `${sessionId}/${incarnation}/released/${attempt}`, REPLY),
   ]);
   log.info({ outcome, freedBytes, estimated, note, reason: event.data.reason ?? 'destroy' }, 'GPU memory released');
 }

@@ -1,9 +1,11 @@
 // What the transport alone costs on this machine, measured with no-op work at both ends, so a destroy's CPU figure
 // can be read against what no code of ours could go below. A destroy crosses the Broker, so its path is fixed by the
 // architecture: three requests served by functions-framework (session.closed and gpu.released to destroy-dispatch,
-// gpu.release.requested to gpu-release), six plain HTTP exchanges (the close into the Broker, three emits into it,
-// the runtime call, the delivery to the subscriber) and destroy-dispatch's sequential Redis round trips. Each is
-// timed here as the CPU both of its ends spend (this process's and the server's, from /proc or Redis INFO).
+// gpu.release.requested to gpu-release), four plain HTTP exchanges (the close into the Broker, the emit of
+// session.destroyed into it, the runtime call, the delivery to the subscriber; gpu.release.requested and gpu.released
+// ride in the answers to the requests that caused them, as Knative reply events) and destroy-dispatch's sequential
+// Redis round trips. Each is timed here as the CPU both of its ends spend (this process's and the server's, from
+// /proc or Redis INFO).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -25,7 +27,7 @@ export interface MachineFloor {
 }
 
 /** Exchanges a destroy makes, by kind (see the header); destroy-dispatch's Redis round trips as of this version. */
-export const DESTROY_PATH = { frameworkRequests: 3, plainHttp: 6, redisRoundTrips: 6 } as const;
+export const DESTROY_PATH = { frameworkRequests: 3, plainHttp: 4, redisRoundTrips: 6 } as const;
 
 const CONNECTIONS = 8;
 const SECONDS = 2;

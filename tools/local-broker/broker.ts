@@ -34,7 +34,7 @@ import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusalAfterBody, tooLa
 import { createHttpClient, type HttpClient } from '../../functions/core/http-client.ts';
 import { isLoopbackName, reachableOrigin } from '../../functions/core/listen-host.ts';
 import type { OutboundAddressPolicy } from '../../functions/core/outbound-address.ts';
-import { admittingOf, policiesNaming, senderPoliciesOf, type SenderPolicy } from './event-policies.ts';
+import { admittingOf, policiesNaming, policiesNamingTrigger, senderPoliciesOf, type SenderPolicy } from './event-policies.ts';
 import { isEmittedType } from '../../functions/core/contract/events.ts';
 import { sharedHttpClient } from '../../functions/core/http-client.ts';
 import { DeadLetterStoreFullError, isDeadLetterId, openDeadLetterStore, type DeadLetter, type DeadLetterPage, type DeadLetterReason } from '../../functions/core/dead-letter-store.ts';
@@ -44,6 +44,7 @@ import { openDeliveryJournal, type DeliveryJournal, type JournaledEvent } from '
 import { backoffMs, isRetryableStatus, matches, readManifests, routingTableOf, type DeliverySpec, type Route, type RoutingTable } from './triggers.ts';
 import {
   IngressError,
+  carriesCloudEvent,
   decodeRequest,
   loadEvent,
   requestLimit,
@@ -235,6 +236,9 @@ interface Delivery {
 }
 
 type AttemptResult = { ok: true; status: number } | { ok: false; retryable: boolean; reason: DeadLetterReason; interrupted: boolean };
+
+/** What a subscriber's 200 answer carried as a reply event, as Knative's Broker reads it (see ingestReply). */
+type ReplyOutcome = { ok: true } | { ok: false; retryable: boolean; reason: DeadLetterReason };
 type Outcome = { kind: 'delivered' } | { kind: 'failed'; reason: DeadLetterReason } | { kind: 'interrupted' };
 
 interface PendingFile {
@@ -342,6 +346,9 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
   const identities = opts.identities === undefined
     ? undefined
     : new Map(Object.entries(opts.identities).map(([token, subject]) => [token, { subject, policies: policiesNaming(policies, subject) }]));
+  // A reply is sent to the ingress under its Trigger's own OIDC identity (knative/eventing#7481), which an
+  // EventPolicy names by a `ref` to the Trigger: the policies naming each Trigger, worked out once.
+  const replyPolicies = new Map(table.routes.map((r) => [r.name, policiesNamingTrigger(policies, r.name)]));
   if (identities === undefined) log.warn('sender authorization is off: any request may send any event');
   else if (policies.length === 0) log.warn('no EventPolicy applies to this Broker: every event is refused (deny-all)');
 
@@ -372,10 +379,17 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
     const { headers, body } = toBinaryRequest(d.event);
     const timeoutMs = d.target.delivery.timeoutMs ?? defaultTimeoutMs;
     const signal = stopping.signal;
+    // A Trigger's subscriber may answer with a reply event (Knative's data-plane contract, "Derived (Reply) Events":
+    // a Broker MUST say it takes them with `Prefer: reply`); the forward sink is not a subscriber.
+    const replies = d.target.name !== FORWARD_ROUTE;
     try {
       // The shared keep-alive client never follows a redirect (fetch's redirect: 'manual'): a 3xx is a failed delivery.
       const client = d.target.name === FORWARD_ROUTE && forwardClient ? forwardClient : sharedHttpClient;
-      const res = await client.request(d.target.url, { method: 'POST', headers, ...(body === undefined ? {} : { body }), signal, timeoutMs });
+      const res = await client.request(d.target.url, { method: 'POST', headers: replies ? { ...headers, prefer: 'reply' } : headers, ...(body === undefined ? {} : { body }), signal, timeoutMs });
+      if (replies && res.status === 200 && carriesCloudEvent(res.headers.record)) {
+        const reply = await ingestReply(d, res.headers.record, await res.bytes());
+        return reply.ok ? { ok: true, status: res.status } : { ok: false, retryable: reply.retryable, interrupted: false, reason: reply.reason };
+      }
       const text = (await res.text()).slice(0, RESPONSE_EXCERPT_CHARS);
       if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status };
       return {
@@ -417,6 +431,52 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       counters.retried++;
       log.debug({ trigger: d.target.name, eventId: d.event.attributes.id, attempt: d.attempts, reason: result.reason.message }, 'delivery failed; retrying');
     }
+  }
+
+  /**
+   * Ingests a subscriber's reply as Knative's Broker does: a new event, sent to the ingress by the Broker under the
+   * Trigger's OIDC identity (knative/eventing#7480, #7481: the filter sends Reply and DLS requests as the Trigger) and
+   * so admitted only by an EventPolicy that names the Trigger (`from: - ref: {kind: Trigger, name: …}`), with that
+   * policy's filters; then routed, journaled and answered like any accepted event. A reply not admitted, or not a
+   * CloudEvent, fails the delivery for good (Knative answers 403, and 502 for a body that is not an event: the
+   * input goes to the dead-letter sink); one that cannot be stored now fails it for a retry, and the subscriber,
+   * handed the input again, answers the same reply (a reply is sent again with its answer; the functions' replies
+   * are idempotent, EmitOptions in functions/core/function-host.ts).
+   */
+  async function ingestReply(d: Delivery, headers: Readonly<Record<string, string>>, body: Buffer): Promise<ReplyOutcome> {
+    const fail = (retryable: boolean, status: number, message: string): ReplyOutcome => ({ ok: false, retryable, reason: { status, message: `${d.target.url} replied: ${message}` } });
+    let events: BrokerEvent[];
+    try {
+      events = decodeRequest(headers, body, limits);
+    } catch (err) {
+      if (!(err instanceof IngressError)) throw err;
+      return fail(false, 502, `a reply that is not a CloudEvent (${err.message})`);
+    }
+    if (events.length !== 1) return fail(false, 502, 'a batch, where a reply is one event');
+    const ev = events[0]!;
+    if (identities !== undefined && admittingOf(replyPolicies.get(d.target.name) ?? [], ev.attributes) === undefined) {
+      counters.rejected++;
+      log.warn({ trigger: d.target.name, eventType: ev.attributes.type, source: ev.attributes.source, eventId: ev.attributes.id }, 'refused a reply its Trigger may not send');
+      return fail(false, 403, `Trigger ${d.target.name} may not send this event (${String(ev.attributes.type)} from ${String(ev.attributes.source)})`);
+    }
+    if (closed) return fail(true, 503, 'the broker is stopping');
+    const withTrace = withHopTraceContext(ev, headers);
+    const traced = arrivalTime && withTrace.attributes.knativearrivaltime === undefined
+      ? { ...withTrace, attributes: { ...withTrace.attributes, knativearrivaltime: new Date().toISOString() } }
+      : withTrace;
+    const deliveries = deliveriesOf(traced);
+    if (pending.size + deliveries.length > maxPending) return fail(true, 503, `${pending.size} deliveries pending`);
+    if (journal) {
+      try {
+        await journal.accept([journalEntry(traced, deliveries)]);
+      } catch (err) {
+        log.error({ err, trigger: d.target.name }, 'a reply could not be journaled; the delivery is retried');
+        return fail(true, 503, 'the broker cannot store events now');
+      }
+      if (closed) return fail(true, 503, 'the broker is stopping');
+    }
+    accept(traced, deliveries);
+    return { ok: true };
   }
 
   function notifyIdle(): void {

@@ -1,7 +1,9 @@
 // Knative Eventing's authorization, as the local Broker applies it from the same manifests that are deployed: each
 // EventPolicy (eventing.knative.dev/v1alpha1) names the senders (`from`: OIDC subjects, a trailing `*` matching any
 // suffix) that may send to its targets (`to`: the Broker by name, or every resource of the namespace when empty),
-// and the `filters` their events must pass. A request is admitted when one applying policy names its sender and its
+// and the `filters` their events must pass. A sender may also be named by a `ref` to a Trigger: Knative's Broker
+// sends a subscriber's reply events under that Trigger's OIDC identity (knative/eventing#7480, #7481), and the
+// policy's `ref` resolves to it; the local Broker admits a reply by the Trigger it answers. A request is admitted when one applying policy names its sender and its
 // event passes that policy's filters; without a token (or with an unknown one) it is answered 401, and a sender no
 // policy admits for that event 403 (knative/eventing pkg/auth/verifier.go: VerifyRequest, verifyAuthN, verifyAuthZ).
 // Each policy here holds one filter expression, so the reading of several filters (all or one of them) never matters.
@@ -17,6 +19,8 @@ export interface SenderPolicy {
   name: string;
   /** OIDC subjects it admits, as written (`system:serviceaccount:<ns>:<sa>`, or a prefix ending in `*`). */
   subjects: string[];
+  /** Triggers (by name) whose reply events it admits: its `from` entries that are a `ref` to a Trigger. */
+  triggers: string[];
   filters: FilterExpression[];
   /** The catalogue sender it stands for, from its annotation, when it has one. */
   sender: string | undefined;
@@ -57,14 +61,17 @@ export function senderPoliciesOf(docs: readonly Obj[], broker: string): SenderPo
     const spec = isObj(doc.spec) ? doc.spec : {};
     if (!appliesTo(spec, broker, where)) continue;
     const from = Array.isArray(spec.from) ? spec.from : [];
-    const subjects = from.map((f, i) => {
-      if (!isObj(f) || typeof f.sub !== 'string') throw new ManifestError(`${where}.from[${i}]: the local Broker admits senders by sub only`);
-      return f.sub;
+    const subjects: string[] = [];
+    const triggers: string[] = [];
+    from.forEach((f, i) => {
+      if (isObj(f) && typeof f.sub === 'string') subjects.push(f.sub);
+      else if (isObj(f) && isObj(f.ref) && f.ref.kind === 'Trigger' && typeof f.ref.name === 'string') triggers.push(f.ref.name);
+      else throw new ManifestError(`${where}.from[${i}]: the local Broker admits senders by sub, and replies by a ref to a Trigger, only`);
     });
     const filters = Array.isArray(spec.filters) ? spec.filters.map((f, i) => parseFilterExpression(f, `${where}.filters[${i}]`)) : [];
     const annotations = isObj(meta.annotations) ? meta.annotations : {};
     const sender = typeof annotations[SENDER_ANNOTATION] === 'string' ? annotations[SENDER_ANNOTATION] : undefined;
-    out.push({ name, subjects, filters, sender });
+    out.push({ name, subjects, triggers, filters, sender });
   }
   return out;
 }
@@ -72,6 +79,11 @@ export function senderPoliciesOf(docs: readonly Obj[], broker: string): SenderPo
 /** The policies that name `subject` among their senders (a Broker works them out once per known sender). */
 export function policiesNaming(policies: readonly SenderPolicy[], subject: string): SenderPolicy[] {
   return policies.filter((p) => p.subjects.some((s) => subjectMatches(s, subject)));
+}
+
+/** The policies that admit the reply events of the named Trigger's subscriber (a `from` ref to the Trigger). */
+export function policiesNamingTrigger(policies: readonly SenderPolicy[], trigger: string): SenderPolicy[] {
+  return policies.filter((p) => p.triggers.includes(trigger));
 }
 
 /** Which of a sender's policies (policiesNaming) admits an event with these attributes, or undefined when none does. */
