@@ -3,15 +3,13 @@
 // after its destruction — with runtime faults (errors, then the runtime down so breakers open, then recovering).
 // At the end every session incarnation was destroyed exactly once and every registered GPU byte released once.
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { CloudEvent, HTTP } from 'cloudevents';
 import { auditLedger } from '../../functions/core/ledger.ts';
 import type { RedisClient } from '../../functions/core/redis/connect.ts';
 import type { SessionStore } from '../../functions/core/session-store.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
 import { until } from '../support/until.ts';
-import { missingEntryFiles, stackStore, startStack, type Stack } from '../support/stack.ts';
+import { missingEntryFiles, pipelineDriver, stackStore, startStack, type PipelineDriver, type Stack } from '../support/stack.ts';
 
 const T = 'dev.sessionreaper.';
 const GPU_BYTES = 1 << 20;
@@ -23,7 +21,6 @@ describe('the whole system, end to end', { skip: missing.length ? `entry points 
   let sink: EventSink;
   let redis: RedisClient;
   let store: SessionStore;
-  const opened = new Map<string, number[]>(); // session id -> incarnations seen
 
   before(async () => {
     sink = await startEventSink();
@@ -37,6 +34,7 @@ describe('the whole system, end to end', { skip: missing.length ? `entry points 
       deliveryOverride: { retry: 40, backoffPolicy: 'linear', backoffDelayMs: 50 },
     });
     ({ redis, store } = await stackStore(stack));
+    pipeline = pipelineDriver(stack, store, '/e2e/pipeline');
   });
 
   after(async () => {
@@ -45,32 +43,11 @@ describe('the whole system, end to end', { skip: missing.length ? `entry points 
     await sink?.close();
   });
 
-  // `tenant`: the tenant the event names (a session opened with one belongs to it).
-  async function send(type: string, data: Record<string, unknown>, tenant?: string): Promise<void> {
-    const ce = new CloudEvent({ type: T + type, source: '/e2e/pipeline', id: randomUUID(), data, datacontenttype: 'application/json', ...(tenant === undefined ? {} : { tenant }) });
-    const { headers, body } = HTTP.binary(ce);
-    // As the pipeline: the Broker admits what its EventPolicy lets the sender of this token send.
-    const res = await fetch(stack.brokerUrl, {
-      method: 'POST', headers: { ...(headers as Record<string, string>), authorization: `Bearer ${stack.tokens['inference-pipeline']}` }, body: body as string,
-    });
-    assert.equal(res.status, 202, `${type} accepted by the Broker`);
-  }
-
-  /** Opens a session and, playing the runtime, allocates its GPU memory under the incarnation it was given. */
-  async function open(sessionId: string, extra: Record<string, unknown> = {}): Promise<number> {
-    const before = opened.get(sessionId) ?? [];
-    await send('session.opened', { sessionId, placement: { node: 'gpu-node-1', runtimeUrl: stack.runtimeUrl, gpuBytes: GPU_BYTES }, heartbeatIntervalMs: 60_000, ...extra });
-    const view = await until(`${sessionId} opened`, async () => {
-      const v = await store.inspect(sessionId);
-      return v?.state === 'active' && !before.includes(v.incarnation) ? v : undefined;
-    });
-    opened.set(sessionId, [...before, view.incarnation]);
-    const res = await fetch(`${stack.runtimeUrl}/v1/sessions/${encodeURIComponent(sessionId)}/allocate`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ incarnation: view.incarnation, bytes: GPU_BYTES }),
-    });
-    assert.equal(res.status, 201, 'the runtime allocates');
-    return view.incarnation;
-  }
+  // The pipeline: `send(type, data, tenant)` (a session opened with a tenant belongs to it), and `open(id)` with the
+  // runtime's allocation under the new incarnation.
+  let pipeline: PipelineDriver;
+  const send: PipelineDriver['send'] = (type, data, tenant) => pipeline.send(type, data, tenant);
+  const open = (sessionId: string, extra: Record<string, unknown> = {}): Promise<number> => pipeline.open(sessionId, GPU_BYTES, extra);
 
   const destroyedEvent = (sessionId: string, incarnation: number) =>
     sink.waitForEvent(({ event: e }) => e.type === `${T}session.destroyed` && (e.data as { sessionId: string }).sessionId === sessionId && (e.data as { incarnation: number }).incarnation === incarnation, { timeoutMs: 30_000 }).then((r) => r.event);
@@ -156,7 +133,7 @@ describe('the whole system, end to end', { skip: missing.length ? `entry points 
       const key = `${d.sessionId}:${d.incarnation}`;
       destroyed.set(key, (destroyed.get(key) ?? new Set()).add(e.id));
     }
-    const expected = [...opened].flatMap(([id, incs]) => incs.map((inc) => `${id}:${inc}`));
+    const expected = [...pipeline.opened].flatMap(([id, incs]) => incs.map((inc) => `${id}:${inc}`));
     assert.deepEqual([...destroyed.keys()].sort(), expected.sort(), 'each incarnation destroyed');
     for (const [key, ids] of destroyed) assert.equal(ids.size, 1, `${key} destroyed once (one destroy event id)`);
 

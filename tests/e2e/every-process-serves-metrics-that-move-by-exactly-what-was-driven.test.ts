@@ -3,15 +3,13 @@
 // driven (N closes, N destroys with cause closed), the deadline engine's ledger gauges equal the ledger itself, and
 // every exposition passes `promtool check metrics`.
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { CloudEvent, HTTP } from 'cloudevents';
 import { auditLedger } from '../../functions/core/ledger.ts';
 import type { RedisClient } from '../../functions/core/redis/connect.ts';
 import type { SessionStore } from '../../functions/core/session-store.ts';
 import { startEventSink, type EventSink } from '../support/event-sink.ts';
 import { havePromtool, promtoolCheckMetrics, samples, sumOf, type Sample } from '../support/metrics.ts';
-import { missingEntryFiles, stackStore, startStack, type MetricsProcess, type Stack } from '../support/stack.ts';
+import { missingEntryFiles, pipelineDriver, stackStore, startStack, type MetricsProcess, type PipelineDriver, type Stack } from '../support/stack.ts';
 import { until } from '../support/until.ts';
 
 const T = 'dev.sessionreaper.';
@@ -41,6 +39,7 @@ describe('metrics scraped from every process of a running stack', { skip: missin
       },
     });
     ({ redis, store } = await stackStore(stack));
+    pipeline = pipelineDriver(stack, store, '/metrics-test/pipeline');
   });
 
   after(async () => {
@@ -49,26 +48,10 @@ describe('metrics scraped from every process of a running stack', { skip: missin
     await sink?.close();
   });
 
-  async function send(type: string, data: Record<string, unknown>, tenant?: string): Promise<void> {
-    const ce = new CloudEvent({ type: T + type, source: '/metrics-test/pipeline', id: randomUUID(), data, datacontenttype: 'application/json', ...(tenant === undefined ? {} : { tenant }) });
-    const { headers, body } = HTTP.binary(ce);
-    const res = await fetch(stack.brokerUrl, { method: 'POST', headers: { ...(headers as Record<string, string>), authorization: `Bearer ${stack.tokens['inference-pipeline']}` }, body: body as string });
-    assert.equal(res.status, 202, `${type} accepted by the Broker`);
-  }
-
-  /** Opens a session and allocates its memory on the simulated runtime, as the e2e suite does. */
-  async function open(sessionId: string, extra: Record<string, unknown> = {}): Promise<number> {
-    await send('session.opened', { sessionId, placement: { node: 'gpu-node-1', runtimeUrl: stack.runtimeUrl, gpuBytes: GPU_BYTES }, heartbeatIntervalMs: 60_000, ...extra });
-    const view = await until(`${sessionId} opened`, async () => {
-      const v = await store.inspect(sessionId);
-      return v?.state === 'active' ? v : undefined;
-    });
-    const res = await fetch(`${stack.runtimeUrl}/v1/sessions/${encodeURIComponent(sessionId)}/allocate`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ incarnation: view.incarnation, bytes: GPU_BYTES }),
-    });
-    assert.equal(res.status, 201, 'the runtime allocates');
-    return view.incarnation;
-  }
+  // The pipeline, as in the e2e suite: events into the Broker, and sessions opened with the runtime's allocation.
+  let pipeline: PipelineDriver;
+  const send: PipelineDriver['send'] = (type, data, tenant) => pipeline.send(type, data, tenant);
+  const open = (sessionId: string, extra: Record<string, unknown> = {}): Promise<number> => pipeline.open(sessionId, GPU_BYTES, extra);
 
   const destroyed = (sessionId: string) =>
     sink.waitForEvent(({ event: e }) => e.type === `${T}session.destroyed` && (e.data as { sessionId: string }).sessionId === sessionId, { timeoutMs: 60_000 });
