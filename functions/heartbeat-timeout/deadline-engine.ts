@@ -294,8 +294,10 @@ export class DeadlineEngine {
     this.#judgeIngest(now);
     // Settled, not raced: a poll that fails still waits for its other claims, so none runs on untracked (past
     // stop(), or answering a head no one re-arms the wake-up for).
+    // Each bucket's wake-up is re-armed as soon as its own claim answers, not once the whole poll has: a deadline
+    // that falls due while the poll's other calls are still waiting on Redis is claimed then, not after them.
     const outcomes = await Promise.allSettled([
-      ...buckets.filter((b) => !this.#claiming.has(b)).map((b) => this.#claimBucket(b, now, report)),
+      ...buckets.filter((b) => !this.#claiming.has(b)).map((b) => this.#claimBucket(b, now, report).then(() => this.#armWake())),
       ...buckets.map((b) => this.#watchBucket(store, b, now, report)),
     ]);
     const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
