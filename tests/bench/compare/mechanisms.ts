@@ -399,6 +399,9 @@ const bullmq: Mechanism = {
   },
 };
 
+/** The bench's own Lua scripts by name, so that a profile can name them in Redis's SLOWLOG. */
+export const BENCH_SCRIPTS: Readonly<Record<string, string>> = { floorClaim: FLOOR_CLAIM, sweepClaim: SWEEP_CLAIM };
+
 /** Every mechanism, by name, in the order the bench runs them. */
 export const MECHANISMS: readonly Mechanism[] = [sortedSetFloor, sessionReaper, sweeper(30_000), sweeper(5_000), redisTtl, bullmq];
 
