@@ -1016,7 +1016,8 @@ export class SessionStore {
     set('placement', placement?.node ? placement : undefined);
     set('tenant', fields.tn);
     set('model', fields.m);
-    set('openedAt', opt('o'));
+    // `od` is the offset from the incarnation; records written before it keep the time itself as `o`.
+    set('openedAt', opt('o') ?? (fields.od === undefined ? undefined : Number(fields.i) + Number(fields.od)));
     set('releaseAttempt', opt('ga'));
     set('releaseToken', fields.gt);
     set('confirmedFreedBytes', opt('gr'));

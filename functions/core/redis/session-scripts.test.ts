@@ -71,6 +71,27 @@ for (const topology of TOPOLOGIES) {
         assert.deepEqual((await core.store.inspect('open-5'))?.placement, placementA);
       });
 
+      test('keeps the open time as an offset from the incarnation, and still reads a record that keeps it whole', async () => {
+        const first = await openAt(core, 'open-od', T0 + 1000, placementA);
+        assert.equal(first.code, 'OPENED');
+        const key = core.keys.session('open-od').session;
+        const inc = (await core.store.inspect('open-od'))!.incarnation;
+        assert.deepEqual(await core.redis.hmget(key, 'o', 'od'), [null, String(T0 + 1000 - inc)]);
+        assert.equal((await core.store.inspect('open-od'))?.openedAt, T0 + 1000);
+        // A record as the scripts wrote it before `od`: the open time itself, as `o`.
+        await core.redis.hdel(key, 'od');
+        await core.redis.hset(key, 'o', String(T0 + 1000));
+        assert.equal((await core.store.inspect('open-od'))?.openedAt, T0 + 1000);
+        const older = await core.store.open({ sessionId: 'open-od', fingerprint: fp(), now: T0 + 2000, liveFrom: T0 + 999, windowMs: 1000, placement: placementB });
+        assert.equal(older.code, 'STALE', 'an older opened never moves it back, whichever way its open time is kept');
+        const moved = await core.store.open({ sessionId: 'open-od', fingerprint: fp(), now: T0 + 2000, liveFrom: T0 + 1500, windowMs: 1000, placement: placementB });
+        assert.equal(moved.code, 'MIGRATED');
+        assert.deepEqual(await core.redis.hmget(key, 'o', 'od'), [null, String(T0 + 1500 - moved.incarnation)], 'a migration rewrites it as an offset');
+        assert.equal((await core.store.inspect('open-od'))?.openedAt, T0 + 1500);
+        const back = await core.store.open({ sessionId: 'open-od', fingerprint: fp(), now: T0 + 2100, liveFrom: T0 + 1400, windowMs: 1000, placement: placementA });
+        assert.equal(back.code, 'STALE');
+      });
+
       test('answers BUSY while the previous incarnation is being destroyed', async () => {
         await openAt(core, 'open-6', T0);
         await core.store.claimDestroy({ sessionId: 'open-6', fingerprint: fp(), cause: 'closed', now: T0 + 1 });
