@@ -208,7 +208,12 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
     const memBefore = await redisInfo(admin, 'memory', 'used_memory');
 
     // ---- the heartbeat driver: beat c is session c mod live, due at s0 + c · interval / live ----
+    // While sessions are still being created, c runs over the ones created so far (the created prefix), at the same
+    // rate: were it to run ahead over sessions not yet created, no heartbeat at all would be sent until it came round
+    // again (seconds, when creating is slower than the rate asked), and session-reaper's outage rule would rightly
+    // take that silence of a whole fleet for an ingest outage and move every deadline past it.
     const opened = new Uint8Array(live);
+    let openedPrefix = 0;
     const s0 = Date.now();
     let c = 0;
     let stopBeats = false;
@@ -228,7 +233,7 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
         const wave: string[] = [];
         const firstDue = s0 + (c * intervalMs) / live;
         while (s0 + (c * intervalMs) / live <= now && wave.length < BEAT_MAX_WAVE) {
-          const i = c % live;
+          const i = c % (openedPrefix < live ? Math.max(1, openedPrefix) : live);
           c += 1;
           if (opened[i] === 1) wave.push(ids[i]!);
         }
@@ -266,6 +271,7 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
       for (let i = base; i < end; i++) batch.push({ id: ids[i]!, deadline: now + timeoutMs });
       const wave = driver.open(batch, now).then(() => {
         opened.fill(1, base, end);
+        while (openedPrefix < live && opened[openedPrefix] === 1) openedPrefix += 1;
       });
       openWaves.add(wave);
       void wave.finally(() => openWaves.delete(wave));

@@ -218,7 +218,9 @@ const sessionReaper: Mechanism = {
     const engine = new DeadlineEngine({
       deps: {
         config,
-        logger: createLogger({ service: 'bench-compare', level: 'error' }),
+        // Warnings too: a blind window the outage rule records (the engine or Redis stalled past BLIND_GAP_MS) makes every
+        // deadline in it late by its length, and the run's lag cannot be read without knowing of it.
+        logger: createLogger({ service: 'bench-compare', level: 'warn' }),
         store,
         now: Date.now,
         // The engine's own instruments, recording as deployed (exported nowhere here).
