@@ -10,7 +10,8 @@
 --   od  live-from time of the opened that set this incarnation, as an offset from the incarnation (ms; the
 --       incarnation is drawn from the clock at that open, so the offset is a few digits where the time is thirteen:
 --       it takes the record's listpack from 96 to 80 bytes). Records written before keep it absolute, as `o`; readers
---       take either (openedFrom), and a migration rewrites it as `od`.
+--       take either (openedFrom), and a migration rewrites it as `od`. (A replica still running the previous
+--       open-session fails on a record without `o` when the session moves: answered 5xx, redelivered after the rollout.)
 --   f   fingerprint of the session.opened that opened this incarnation
 --   h   hold until (ms), while a hold was granted          tn, m   tenant, model (optional)
 --   r   recent event fingerprints (space separated, newest last, at most RING_SIZE) for idempotence
