@@ -367,6 +367,23 @@ const str = (v: unknown): string => {
   return '';
 };
 
+/**
+ * Whether a session id can travel in heartbeat-2.lua's space-separated list: never empty, never with a space (the
+ * contract's SESSION_ID_PATTERN allows neither, so only a caller that skipped it is refused).
+ */
+const sendableId = (id: string): boolean => id.length > 0 && !id.includes(' ');
+
+/** One heartbeat's answer in heartbeat-2.lua's integer reply: incarnation, then the deadline or a negative code. */
+function livenessOf(incarnation: unknown, deadline: unknown): LivenessResult {
+  const d = num(deadline);
+  if (d > 0) return { code: 'REFRESHED', incarnation: num(incarnation), deadline: d };
+  if (d === -1) return { code: 'UNKNOWN' };
+  if (d === -2) return { code: 'NOT_OWNER', incarnation: num(incarnation) };
+  if (d === -3) return { code: 'ENDED', incarnation: num(incarnation), state: 'destroying' };
+  if (d === -4) return { code: 'ENDED', incarnation: num(incarnation), state: 'destroyed' };
+  throw new UnexpectedReplyError(`heartbeat replied deadline ${d}`);
+}
+
 export function parseTimeline(raw: string | undefined | null): { stage: Stage; at: number }[] {
   if (!raw) return [];
   return raw.split(',').map((entry) => {
@@ -460,6 +477,8 @@ export class SessionStore {
    * the same event-loop turn are applied together, one script call per bucket (see heartbeat-2.lua).
    */
   heartbeat(sessionId: string, liveFrom: number, now: number, tenant = ''): Promise<LivenessResult> {
+    // Refused alone, before it joins a batch that one such id would spoil (the ids travel space-separated).
+    if (!sendableId(sessionId)) return Promise.reject(new TypeError(`session id ${JSON.stringify(sessionId)} is empty or contains a space`));
     const bucket = this.keys.bucketOf(sessionId);
     let batch = this.#pendingHeartbeats.get(bucket);
     if (!batch) {
@@ -491,40 +510,62 @@ export class SessionStore {
 
   /** One heartbeat-2.lua call for heartbeats of one bucket; `now` is when the latest of them was received. */
   async #runHeartbeats(bucket: number, batch: readonly { sessionId: string; liveFrom: number; tenant?: string; now: number }[]): Promise<LivenessResult[]> {
-    const args: (string | number)[] = [this.keys.sessionRecordPrefix(bucket), 0];
     let now = 0;
-    for (const h of batch) {
-      args.push(h.sessionId, h.liveFrom, h.tenant ?? '');
-      if (h.now > now) now = h.now;
+    for (const h of batch) if (h.now > now) now = h.now;
+    return this.#heartbeatCall(bucket, now, batch.length, (i) => batch[i]!.sessionId, (i) => batch[i]!.liveFrom, (i) => batch[i]!.tenant ?? '');
+  }
+
+  /**
+   * The heartbeat-2.lua call itself, for `count` heartbeats read through the accessors (so that neither caller copies
+   * its heartbeats into another shape first: this runs for every heartbeat there is).
+   */
+  async #heartbeatCall(
+    bucket: number, now: number, count: number, idOf: (i: number) => string, liveFromOf: (i: number) => number, tenantOf: (i: number) => string,
+  ): Promise<LivenessResult[]> {
+    // The ids in one argument and the ages in another: per-argument handling, here and in Redis, was most of a
+    // heartbeat's cost. Tenants follow one per heartbeat only when one of the batch names a tenant.
+    let ids = '';
+    let ages = '';
+    let tenants = false;
+    for (let i = 0; i < count; i++) {
+      const sep = i === 0 ? '' : ' ';
+      ids += sep + idOf(i);
+      ages += sep + String(now - Math.min(liveFromOf(i), now));
+      if (!tenants && tenantOf(i) !== '') tenants = true;
     }
-    args[1] = now;
+    const args: string[] = [this.keys.sessionRecordPrefix(bucket), String(now), ids, ages];
+    if (tenants) for (let i = 0; i < count; i++) args.push(tenantOf(i));
     const b = this.keys.bucket(bucket);
     const r = await this.#scripts.run('heartbeat', [b.deadlines, b.watch], args);
-    return batch.map((_, i): LivenessResult => {
-      const code = str(r[3 * i]);
-      if (code === 'REFRESHED') return { code, incarnation: num(r[3 * i + 1]), deadline: num(r[3 * i + 2]) };
-      if (code === 'UNKNOWN') return { code };
-      if (code === 'ENDED') return { code, incarnation: num(r[3 * i + 1]), state: STATE_OF[str(r[3 * i + 2])] ?? 'destroyed' };
-      if (code === 'NOT_OWNER') return { code, incarnation: num(r[3 * i + 1]) };
-      throw new UnexpectedReplyError(`heartbeat replied ${code}`);
-    });
+    if (r.length !== 2 * count) throw new UnexpectedReplyError(`heartbeat replied ${r.length} values for ${count} heartbeats`);
+    const out = new Array<LivenessResult>(count);
+    for (let i = 0; i < count; i++) out[i] = livenessOf(r[2 * i], r[2 * i + 1]);
+    return out;
   }
 
   /** Applies many heartbeats at once (a batched delivery): one script call per bucket touched, results in order. */
   async heartbeatMany(items: readonly { sessionId: string; liveFrom: number; tenant?: string }[], now: number): Promise<LivenessResult[]> {
-    const byBucket = new Map<number, { sessionId: string; liveFrom: number; tenant: string; now: number; index: number }[]>();
-    items.forEach((h, index) => {
-      const bucket = this.keys.bucketOf(h.sessionId);
-      let group = byBucket.get(bucket);
-      if (!group) byBucket.set(bucket, (group = []));
-      group.push({ sessionId: h.sessionId, liveFrom: Math.min(h.liveFrom, now), tenant: h.tenant ?? '', now, index });
-    });
+    // Grouped by bucket as indices into `items`.
+    const byBucket = new Map<number, number[]>();
+    for (let i = 0; i < items.length; i++) {
+      const id = items[i]!.sessionId;
+      if (!sendableId(id)) throw new TypeError(`session id ${JSON.stringify(id)} is empty or contains a space`);
+      const bucket = this.keys.bucketOf(id);
+      const group = byBucket.get(bucket);
+      if (group) group.push(i);
+      else byBucket.set(bucket, [i]);
+    }
     const out = new Array<LivenessResult>(items.length);
     const calls: Promise<void>[] = [];
     for (const [bucket, group] of byBucket) {
       for (let start = 0; start < group.length; start += MAX_HEARTBEAT_BATCH) {
-        const slice = group.slice(start, start + MAX_HEARTBEAT_BATCH);
-        calls.push(this.#runHeartbeats(bucket, slice).then((rs) => rs.forEach((r, i) => (out[slice[i]!.index] = r))));
+        const slice = group.length <= MAX_HEARTBEAT_BATCH ? group : group.slice(start, start + MAX_HEARTBEAT_BATCH);
+        const item = (j: number) => items[slice[j]!]!;
+        calls.push(
+          this.#heartbeatCall(bucket, now, slice.length, (j) => item(j).sessionId, (j) => item(j).liveFrom, (j) => item(j).tenant ?? '').then((rs) => {
+            for (let j = 0; j < slice.length; j++) out[slice[j]!] = rs[j]!;
+          }),
+        );
       }
     }
     await Promise.all(calls);
@@ -975,7 +1016,8 @@ export class SessionStore {
     set('placement', placement?.node ? placement : undefined);
     set('tenant', fields.tn);
     set('model', fields.m);
-    set('openedAt', opt('o'));
+    // `od` is the offset from the incarnation; records written before it keep the time itself as `o`.
+    set('openedAt', opt('o') ?? (fields.od === undefined ? undefined : Number(fields.i) + Number(fields.od)));
     set('releaseAttempt', opt('ga'));
     set('releaseToken', fields.gt);
     set('confirmedFreedBytes', opt('gr'));

@@ -123,6 +123,13 @@ export class DeadlineEngine {
   #quietSince: number | null = null;
   /** The fleet's current ingest verdict (logged when it changes). */
   #verdict: IngestVerdict = { holdFrom: null, heardAt: null };
+  /**
+   * How often a running engine reads the destroy watchdog: a tenth of DESTROY_STALL_MS, at most every second and at
+   * least every poll. A stall is seconds long (two minutes by default), so reading the watchdog of every bucket on
+   * every 100 ms poll, as the deadlines need, was half of the engine's calls to Redis for nothing.
+   */
+  readonly #watchEveryMs: number;
+  #lastWatchAt: number | null = null;
   #started = false;
   #failures = 0;
   #lastFailureLogAt = 0;
@@ -138,6 +145,8 @@ export class DeadlineEngine {
     this.#heads = new Array<number | null>(opts.deps.config.INDEX_BUCKETS).fill(null);
     this.#heard = new Array<BucketHeard | undefined>(opts.deps.config.INDEX_BUCKETS).fill(undefined);
     this.#blindGapMs = opts.deps.config.BLIND_GAP_MS;
+    const { DEADLINE_POLL_MS, DESTROY_STALL_MS } = opts.deps.config;
+    this.#watchEveryMs = Math.max(DEADLINE_POLL_MS, Math.min(1000, DESTROY_STALL_MS / 10));
   }
 
   /** Whether the engine is running (started and not stopped). */
@@ -180,7 +189,7 @@ export class DeadlineEngine {
       await this.#ready();
       // A running engine's wake-up claims finish first, so the pass claims in every bucket.
       await Promise.allSettled([...this.#wakeClaims]);
-      return this.#poll(now);
+      return this.#poll(now, true);
     });
     await this.#drainEmits();
     return report;
@@ -206,7 +215,7 @@ export class DeadlineEngine {
         // Read after connecting: a poll that waited out an outage in ready() claims against the time it runs, not
         // the time it started (which would leave due deadlines unclaimed until the next poll).
         now = this.#deps.now();
-        await this.#poll(now);
+        await this.#poll(now, this.#lastWatchAt === null || now - this.#lastWatchAt >= this.#watchEveryMs);
         this.#succeeded();
       } catch (err) {
         failed = true;
@@ -285,21 +294,24 @@ export class DeadlineEngine {
 
   /**
    * Claims in every bucket without a claim in flight (claimDue answers each head, so this is also how the engine
-   * learns of new sessions' earlier deadlines) and runs the watchdog: one round trip.
+   * learns of new sessions' earlier deadlines) and, with `watch`, runs the watchdog: one round trip.
    */
-  async #poll(now: number): Promise<PassReport> {
+  async #poll(now: number, watch: boolean): Promise<PassReport> {
     const report = emptyReport();
     const store = this.#deps.store;
     const buckets = [...this.#heads.keys()];
     this.#judgeIngest(now);
     // Settled, not raced: a poll that fails still waits for its other claims, so none runs on untracked (past
     // stop(), or answering a head no one re-arms the wake-up for).
+    // Each bucket's wake-up is re-armed as soon as its own claim answers, not once the whole poll has: a deadline
+    // that falls due while the poll's other calls are still waiting on Redis is claimed then, not after them.
     const outcomes = await Promise.allSettled([
-      ...buckets.filter((b) => !this.#claiming.has(b)).map((b) => this.#claimBucket(b, now, report)),
-      ...buckets.map((b) => this.#watchBucket(store, b, now, report)),
+      ...buckets.filter((b) => !this.#claiming.has(b)).map((b) => this.#claimBucket(b, now, report).then(() => this.#armWake())),
+      ...(watch ? buckets.map((b) => this.#watchBucket(store, b, now, report)) : []),
     ]);
     const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
     if (failure) throw failure.reason;
+    if (watch) this.#lastWatchAt = now;
     this.#noteOutage(report);
     if (this.#heard.every((h) => h !== undefined && h.n === 0)) this.#quietSince = now;
     if (report.expired + report.resumed + report.migrationsReissued > 0) this.#log.debug({ ...report }, 'deadline engine poll');

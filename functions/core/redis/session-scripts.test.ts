@@ -71,6 +71,27 @@ for (const topology of TOPOLOGIES) {
         assert.deepEqual((await core.store.inspect('open-5'))?.placement, placementA);
       });
 
+      test('keeps the open time as an offset from the incarnation, and still reads a record that keeps it whole', async () => {
+        const first = await openAt(core, 'open-od', T0 + 1000, placementA);
+        assert.equal(first.code, 'OPENED');
+        const key = core.keys.session('open-od').session;
+        const inc = (await core.store.inspect('open-od'))!.incarnation;
+        assert.deepEqual(await core.redis.hmget(key, 'o', 'od'), [null, String(T0 + 1000 - inc)]);
+        assert.equal((await core.store.inspect('open-od'))?.openedAt, T0 + 1000);
+        // A record as the scripts wrote it before `od`: the open time itself, as `o`.
+        await core.redis.hdel(key, 'od');
+        await core.redis.hset(key, 'o', String(T0 + 1000));
+        assert.equal((await core.store.inspect('open-od'))?.openedAt, T0 + 1000);
+        const older = await core.store.open({ sessionId: 'open-od', fingerprint: fp(), now: T0 + 2000, liveFrom: T0 + 999, windowMs: 1000, placement: placementB });
+        assert.equal(older.code, 'STALE', 'an older opened never moves it back, whichever way its open time is kept');
+        const moved = await core.store.open({ sessionId: 'open-od', fingerprint: fp(), now: T0 + 2000, liveFrom: T0 + 1500, windowMs: 1000, placement: placementB });
+        assert.equal(moved.code, 'MIGRATED');
+        assert.deepEqual(await core.redis.hmget(key, 'o', 'od'), [null, String(T0 + 1500 - moved.incarnation)], 'a migration rewrites it as an offset');
+        assert.equal((await core.store.inspect('open-od'))?.openedAt, T0 + 1500);
+        const back = await core.store.open({ sessionId: 'open-od', fingerprint: fp(), now: T0 + 2100, liveFrom: T0 + 1400, windowMs: 1000, placement: placementA });
+        assert.equal(back.code, 'STALE');
+      });
+
       test('answers BUSY while the previous incarnation is being destroyed', async () => {
         await openAt(core, 'open-6', T0);
         await core.store.claimDestroy({ sessionId: 'open-6', fingerprint: fp(), cause: 'closed', now: T0 + 1 });
@@ -116,6 +137,61 @@ for (const topology of TOPOLOGIES) {
         const r = await core.store.heartbeat('hb-3', T0 + 2, T0 + 2);
         assert.equal(r.code, 'ENDED');
         assert.equal(r.code === 'ENDED' && r.state, 'destroying');
+      });
+
+      test('answers every heartbeat of one call in order, whatever each session is, with tenants or without', async () => {
+        // Ids of one bucket, so that all of them travel in one script call.
+        const bucket = core.keys.bucketOf('mix-0');
+        const ids: string[] = [];
+        for (let n = 0; ids.length < 7; n++) if (core.keys.bucketOf(`mix-${n}`) === bucket) ids.push(`mix-${n}`);
+        const [moved, stays, unknown, destroying, destroyed, owned, twice] = ids as [string, string, string, string, string, string, string];
+        for (const id of [moved, stays, destroying, destroyed, twice]) await openAt(core, id, T0);
+        await core.store.open({ sessionId: owned, fingerprint: fp(), now: T0, liveFrom: T0, windowMs: 1000, placement: placementA, tenant: 'acme' });
+        const inc = async (id: string) => (await core.store.inspect(id))!.incarnation;
+        await core.store.claimDestroy({ sessionId: destroying, fingerprint: fp(), cause: 'closed', now: T0 + 1 });
+        const destroyedInc = await inc(destroyed);
+        await core.store.claimDestroy({ sessionId: destroyed, fingerprint: fp(), cause: 'closed', now: T0 + 1 });
+        await destroyFully(core, destroyed, destroyedInc, T0 + 2);
+        // stays: a heartbeat older than its deadline's, so ZADD GT leaves it and the call reads back what it left.
+        await core.store.heartbeat(stays, T0 + 900, T0 + 900);
+        const batch = [
+          { sessionId: moved, liveFrom: T0 + 500 },
+          { sessionId: stays, liveFrom: T0 + 100 },
+          { sessionId: unknown, liveFrom: T0 + 500 },
+          { sessionId: destroying, liveFrom: T0 + 500 },
+          { sessionId: destroyed, liveFrom: T0 + 500 },
+          { sessionId: owned, liveFrom: T0 + 500 },
+          { sessionId: twice, liveFrom: T0 + 700 },
+          { sessionId: twice, liveFrom: T0 + 300 },
+          { sessionId: moved, liveFrom: T0 + 60_000 },
+        ];
+        const expected = async (ownedAs: 'REFRESHED' | 'NOT_OWNER', movedTo: number) => [
+          { code: 'REFRESHED', incarnation: await inc(moved), deadline: movedTo },
+          { code: 'REFRESHED', incarnation: await inc(stays), deadline: T0 + 1900 },
+          { code: 'UNKNOWN' },
+          { code: 'ENDED', incarnation: await inc(destroying), state: 'destroying' },
+          { code: 'ENDED', incarnation: destroyedInc, state: 'destroyed' },
+          ownedAs === 'NOT_OWNER' ? { code: 'NOT_OWNER', incarnation: await inc(owned) } : { code: 'REFRESHED', incarnation: await inc(owned), deadline: T0 + 1500 },
+          // Named twice: both are answered the deadline the later-moving one left.
+          { code: 'REFRESHED', incarnation: await inc(twice), deadline: T0 + 1700 },
+          { code: 'REFRESHED', incarnation: await inc(twice), deadline: T0 + 1700 },
+          // A live-from ahead of now counts as now.
+          { code: 'REFRESHED', incarnation: await inc(moved), deadline: movedTo },
+        ];
+        // Without tenants, the owned session refuses; ...
+        assert.deepEqual(await core.store.heartbeatMany(batch, T0 + 1000), await expected('NOT_OWNER', T0 + 2000));
+        assert.equal((await core.store.inspect(owned))?.deadline, T0 + 1000, 'a refused heartbeat moves nothing');
+        // ... with its tenant named (and none by the others), it is refreshed and the others answer as before.
+        const withTenant = batch.map((h) => (h.sessionId === owned ? { ...h, tenant: 'acme' } : h));
+        assert.deepEqual(await core.store.heartbeatMany(withTenant, T0 + 1000), await expected('REFRESHED', T0 + 2000));
+      });
+
+      test('refuses a session id that could not travel in a batch, without spoiling the others', async () => {
+        await openAt(core, 'hb-ok', T0);
+        const [bad, good] = await Promise.allSettled([core.store.heartbeat('hb bad', T0, T0), core.store.heartbeat('hb-ok', T0 + 10, T0 + 10)]);
+        assert.equal(bad.status, 'rejected');
+        assert.deepEqual(good.status === 'fulfilled' && good.value.code, 'REFRESHED');
+        await assert.rejects(core.store.heartbeatMany([{ sessionId: '', liveFrom: T0 }], T0), TypeError);
       });
     });
 

@@ -22,6 +22,11 @@
 // applied in it. Redis bytes per session = used_memory after creating every session − before, / sessions. Then for
 // --blast-s the driver beats live sessions as fast as the mechanism answers (waves of 1,000, 8 in flight): the
 // highest sustained heartbeat rate.
+// With --profile, each run also says where its time went: the top self-time frames of the detector's thread over the
+// measured span (with its event-loop delay and GC pauses) and of the driver's thread over the blast, and Redis's
+// commands and scripts (µs per call) over each, from INFO commandstats and a SLOWLOG that logs every command. Logging
+// every command costs Redis CPU: a profiled run's CPU figures are higher than an unprofiled one's.
+import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, resolve } from 'node:path';
@@ -30,9 +35,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { connectRedis, createRedisClient, type RedisClient } from '../../../functions/core/redis/connect.ts';
 import { startRedisServer } from '../../../tools/local-stack/redis-server.ts';
-import { DetectorThread } from './detector-thread.ts';
-import { MECHANISMS, mechanismNamed, type Liveness, type Mechanism, type NewSession, type RedisTarget } from './mechanisms.ts';
+import { loadScriptSources } from '../../../functions/core/redis/scripts.ts';
+import { DetectorThread, type ThreadProfile } from './detector-thread.ts';
+import { BENCH_SCRIPTS, MECHANISMS, mechanismNamed, type Liveness, type Mechanism, type NewSession, type RedisTarget } from './mechanisms.ts';
 import { classify, figure, lagSummary, ratioLine, type Detection, type Outage, type RatioTarget } from './outcomes.ts';
+import { commandStats, logEveryCommand, scriptCosts, ThreadProfiler, topFrames, type RedisCost, type TopFrame } from './profile.ts';
 
 const HELP = `npm run bench:compare -- [options]
   --scale F            sessions of every workload × F (default 1: 1,000,000 and 100,000)
@@ -44,6 +51,9 @@ const HELP = `npm run bench:compare -- [options]
   --blast-s S          seconds of heartbeats as fast as answered, per mechanism (default 2; 0 skips)
   --workloads a,b      of heartbeat-30s, heartbeat-1s, outage (default all)
   --mechanisms a,b     of ${MECHANISMS.map((m) => m.name).join(', ')} (default all)
+  --profile            also print where each run's time went: top self-time frames of the detector thread (measured
+                       span, with event-loop delay and GC) and of the driver thread (blast), Redis µs per command and
+                       per script (logging every command costs Redis CPU: compare profiled runs with profiled runs)
   --out PATH           JSON results (default tests/bench/results/compare-<time>.json; - for stdout)`;
 
 const { values: flags } = parseArgs({
@@ -51,7 +61,7 @@ const { values: flags } = parseArgs({
     scale: { type: 'string' }, sessions: { type: 'string' }, quick: { type: 'boolean', default: false },
     'window-s': { type: 'string' }, 'grace-ms': { type: 'string' }, 'dying-fraction': { type: 'string' },
     'blast-s': { type: 'string' }, workloads: { type: 'string' }, mechanisms: { type: 'string' }, out: { type: 'string' },
-    help: { type: 'boolean', default: false },
+    profile: { type: 'boolean', default: false }, help: { type: 'boolean', default: false },
   },
 });
 if (flags.help) {
@@ -73,6 +83,12 @@ const WINDOW_S = flags['window-s'] === undefined ? (flags.quick ? 3 : undefined)
 const GRACE_MS = num('grace-ms', flags.quick ? 2000 : 3000);
 const DYING_FRACTION = num('dying-fraction', 0.02);
 const BLAST_S = num('blast-s', flags.quick ? 0.5 : 2, { zero: true });
+const PROFILE = flags.profile;
+/** Script names by sha, so that the SLOWLOG's EVALSHA entries can be named: the core's scripts and the bench's own. */
+const SCRIPT_NAMES = new Map<string, string>([
+  ...loadScriptSources().map((s) => [s.lua, s.name] as const),
+  ...Object.entries(BENCH_SCRIPTS).map(([name, lua]) => [lua, name] as const),
+].map(([lua, name]) => [createHash('sha1').update(lua).digest('hex'), name]));
 
 /** One workload: its sessions, liveness rule, window and (for the outage) when the detector stops and for how long. */
 interface Workload {
@@ -132,6 +148,27 @@ interface RunResult {
   setupMs: { live: number; dying: number; dyingLeadMs: number };
   loadAverage: { start: number; end: number };
   wallS: number;
+  /** With --profile: where the time went (see the file comment). */
+  profile?: RunProfile;
+}
+
+/** Where one run's time went (--profile). */
+interface RunProfile {
+  detector: ThreadProfile | undefined;
+  redisInSpan: { commands: RedisCost[]; scripts: RedisCost[] };
+  driverInBlast?: { frames: TopFrame[]; busyMs: number; idleMs: number };
+  redisInBlast?: { commands: RedisCost[]; scripts: RedisCost[] };
+}
+
+/** Redis's account of a span: commandstats since the last reset, per script from the SLOWLOG. */
+async function redisCosts(admin: RedisClient): Promise<{ commands: RedisCost[]; scripts: RedisCost[] }> {
+  return { commands: (await commandStats(admin)).slice(0, 8), scripts: (await scriptCosts(admin, SCRIPT_NAMES)).slice(0, 8) };
+}
+
+/** Starts Redis's account of a span: commandstats reset, every command logged. */
+async function redisCostsStart(admin: RedisClient): Promise<void> {
+  await admin.config('RESETSTAT');
+  await logEveryCommand(admin);
 }
 
 async function redisInfo(admin: RedisClient, section: string, field: string): Promise<number> {
@@ -171,7 +208,12 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
     const memBefore = await redisInfo(admin, 'memory', 'used_memory');
 
     // ---- the heartbeat driver: beat c is session c mod live, due at s0 + c · interval / live ----
+    // While sessions are still being created, c runs over the ones created so far (the created prefix), at the same
+    // rate: were it to run ahead over sessions not yet created, no heartbeat at all would be sent until it came round
+    // again (seconds, when creating is slower than the rate asked), and session-reaper's outage rule would rightly
+    // take that silence of a whole fleet for an ingest outage and move every deadline past it.
     const opened = new Uint8Array(live);
+    let openedPrefix = 0;
     const s0 = Date.now();
     let c = 0;
     let stopBeats = false;
@@ -191,7 +233,7 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
         const wave: string[] = [];
         const firstDue = s0 + (c * intervalMs) / live;
         while (s0 + (c * intervalMs) / live <= now && wave.length < BEAT_MAX_WAVE) {
-          const i = c % live;
+          const i = c % (openedPrefix < live ? Math.max(1, openedPrefix) : live);
           c += 1;
           if (opened[i] === 1) wave.push(ids[i]!);
         }
@@ -229,6 +271,7 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
       for (let i = base; i < end; i++) batch.push({ id: ids[i]!, deadline: now + timeoutMs });
       const wave = driver.open(batch, now).then(() => {
         opened.fill(1, base, end);
+        while (openedPrefix < live && opened[openedPrefix] === 1) openedPrefix += 1;
       });
       openWaves.add(wave);
       void wave.finally(() => openWaves.delete(wave));
@@ -276,6 +319,11 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
     // ---- measured span ----
     const memAfter = await redisInfo(admin, 'memory', 'used_memory');
     const sessionsAtT0 = live + dyingCreated;
+    let profile: RunProfile | undefined;
+    if (PROFILE) {
+      await detector.profileStart();
+      await redisCostsStart(admin);
+    }
     const [cpu0, redis0] = [processCpuMicros(), await redisCpuMicros(admin)];
     const phaseStart = performance.now();
     measuring = true;
@@ -302,11 +350,17 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
     const [cpu1, redis1] = [processCpuMicros(), await redisCpuMicros(admin)];
     stopBeats = true;
     await beats;
+    if (PROFILE) profile = { detector: await detector.profileStop(), redisInSpan: await redisCosts(admin) };
 
     // ---- highest sustained heartbeat rate: live sessions, as fast as answered ----
     let blastRate: number | null = null;
     let blastCpu: RunResult['cpuMicrosPerHeartbeat'] | null = null;
     if (BLAST_S > 0) {
+      const profiler = PROFILE ? new ThreadProfiler() : undefined;
+      if (profiler) {
+        await redisCostsStart(admin);
+        await profiler.start();
+      }
       const [bcpu0, bredis0] = [processCpuMicros(), await redisCpuMicros(admin)];
       let done = 0;
       let cursor = 0;
@@ -322,6 +376,10 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
       blastRate = (done / (performance.now() - started)) * 1000;
       const [bcpu1, bredis1] = [processCpuMicros(), await redisCpuMicros(admin)];
       blastCpu = { total: (bcpu1 - bcpu0 + (bredis1 - bredis0)) / done, process: (bcpu1 - bcpu0) / done, redis: (bredis1 - bredis0) / done };
+      if (profiler && profile) {
+        profile.driverInBlast = topFrames(await profiler.stop());
+        profile.redisInBlast = await redisCosts(admin);
+      }
     }
 
     await detector.stop();
@@ -356,10 +414,33 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
       setupMs: { live: liveMs, dying: dyingMs, dyingLeadMs },
       loadAverage: { start: loadStart, end: loadavg()[0]! },
       wallS: (performance.now() - wallStart) / 1000,
+      ...(profile ? { profile } : {}),
     };
   } finally {
     for (const step of undo.reverse()) await Promise.resolve().then(step).catch(() => undefined);
   }
+}
+
+/** A run's profile as printed: the top frames per thread, loop delay and GC, Redis per command and per script. */
+function profileLines(p: RunProfile): string[] {
+  const frames = (title: string, t: { frames: TopFrame[]; busyMs: number; idleMs: number }) => [
+    `${title}: busy ${figure(t.busyMs)} ms, idle ${figure(t.idleMs)} ms; top self time:`,
+    ...t.frames.slice(0, 8).map((f) => `  ${figure(f.selfMs).padStart(7)} ms ${(f.share * 100).toFixed(1).padStart(5)} %  ${f.frame}`),
+  ];
+  const costs = (title: string, c: { commands: RedisCost[]; scripts: RedisCost[] }) => [
+    `${title}: ${c.commands.slice(0, 5).map((x) => `${x.what} ${figure(x.calls)} × ${figure(x.usecPerCall)} µs`).join(', ')}`,
+    `  per script (SLOWLOG sample): ${c.scripts.slice(0, 5).map((x) => `${x.what} ${figure(x.calls)} × ${figure(x.usecPerCall)} µs`).join(', ') || 'none'}`,
+  ];
+  const out: string[] = [];
+  if (p.detector) {
+    out.push(...frames('detector thread, measured span', p.detector));
+    out.push(`  event-loop delay p50 ${figure(p.detector.loopDelayMs.p50)} / p99 ${figure(p.detector.loopDelayMs.p99)} / max ${figure(p.detector.loopDelayMs.max)} ms; ` +
+      `GC ${p.detector.gc.count} pauses, ${figure(p.detector.gc.totalMs)} ms in all, longest ${figure(p.detector.gc.maxMs)} ms`);
+  }
+  out.push(...costs('Redis, measured span', p.redisInSpan));
+  if (p.driverInBlast) out.push(...frames('driver thread, blast', p.driverInBlast));
+  if (p.redisInBlast) out.push(...costs('Redis, blast', p.redisInBlast));
+  return out;
 }
 
 // ---------------- main ----------------
@@ -387,7 +468,7 @@ console.log(
 if (machine.loadAverageAtStart[0]! > machine.cores / 2) {
   console.log(`note: the machine is busy (load average ${machine.loadAverageAtStart[0]} on ${machine.cores} cores): compare figures of this run with each other, not with other runs`);
 }
-console.log(`scale ${SCALE}, dying ${DYING_FRACTION * 100} %, grace ${GRACE_MS} ms, blast ${BLAST_S} s${flags.quick ? ' (--quick)' : ''}`);
+console.log(`scale ${SCALE}, dying ${DYING_FRACTION * 100} %, grace ${GRACE_MS} ms, blast ${BLAST_S} s${flags.quick ? ' (--quick)' : ''}${PROFILE ? '; --profile: Redis logs every command, so CPU figures run higher than unprofiled' : ''}`);
 
 const results: RunResult[] = [];
 for (const w of chosenWorkloads) {
@@ -404,6 +485,7 @@ for (const w of chosenWorkloads) {
         `${r.maxSustainedHeartbeatsPerSecond === null ? '' : `, max ${figure(r.maxSustainedHeartbeatsPerSecond)}/s`}; ${r.wallS.toFixed(0)} s` +
         `${r.setupMs.dyingLeadMs < 150 ? ` (a dying session was created only ${figure(r.setupMs.dyingLeadMs)} ms before its deadline, close to a poll period: the machine is too slow for this scale)` : ''}`,
     );
+    if (r.profile) console.log(profileLines(r.profile).map((l) => `    ${l}`).join('\n'));
   }
 }
 
@@ -455,7 +537,7 @@ const report = {
   startedAt: new Date(Date.now() - wallS * 1000).toISOString(),
   wallS,
   machine: { ...machine, loadAverageAtEnd: loadEnd },
-  settings: { scale: SCALE, windowS: WINDOW_S ?? null, graceMs: GRACE_MS, dyingFraction: DYING_FRACTION, blastS: BLAST_S, quick: flags.quick },
+  settings: { scale: SCALE, windowS: WINDOW_S ?? null, graceMs: GRACE_MS, dyingFraction: DYING_FRACTION, blastS: BLAST_S, quick: flags.quick, profile: PROFILE },
   results,
   targets: lines,
 };

@@ -218,7 +218,9 @@ const sessionReaper: Mechanism = {
     const engine = new DeadlineEngine({
       deps: {
         config,
-        logger: createLogger({ service: 'bench-compare', level: 'error' }),
+        // Warnings too: a blind window the outage rule records (the engine or Redis stalled past BLIND_GAP_MS) makes every
+        // deadline in it late by its length, and the run's lag cannot be read without knowing of it.
+        logger: createLogger({ service: 'bench-compare', level: 'warn' }),
         store,
         now: Date.now,
         // The engine's own instruments, recording as deployed (exported nowhere here).
@@ -398,6 +400,9 @@ const bullmq: Mechanism = {
     };
   },
 };
+
+/** The bench's own Lua scripts by name, so that a profile can name them in Redis's SLOWLOG. */
+export const BENCH_SCRIPTS: Readonly<Record<string, string>> = { floorClaim: FLOOR_CLAIM, sweepClaim: SWEEP_CLAIM };
 
 /** Every mechanism, by name, in the order the bench runs them. */
 export const MECHANISMS: readonly Mechanism[] = [sortedSetFloor, sessionReaper, sweeper(30_000), sweeper(5_000), redisTtl, bullmq];

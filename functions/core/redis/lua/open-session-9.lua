@@ -45,7 +45,7 @@ local function create(previous)
   placementRef(placementsKey, pid, 1)
   local deadline = liveFrom + window
   redis.call('DEL', sessionKey)
-  redis.call('HSET', sessionKey, 's', 'A', 'i', inc, 'w', window, 'p', pid, 'g', bytes, 'o', liveFrom, 'f', fingerprint)
+  redis.call('HSET', sessionKey, 's', 'A', 'i', inc, 'w', window, 'p', pid, 'g', bytes, 'od', openedOffset(liveFrom, inc), 'f', fingerprint)
   if engineAddress ~= '' then redis.call('HSET', sessionKey, 'ea', engineAddress) end
   if tenant ~= '' then redis.call('HSET', sessionKey, 'tn', tenant) end
   if model ~= '' then redis.call('HSET', sessionKey, 'm', model) end
@@ -69,7 +69,7 @@ local function create(previous)
   return { 'OPENED', inc, deadline, 0, endedBy }
 end
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'f', 'ca', 'p', 'g', 'o', 'tn', 'ea')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'f', 'ca', 'p', 'g', 'o', 'tn', 'ea', 'od')
 local s, inc, f = state[1], state[2], state[3]
 if not s then return create(nil) end
 if s == 'A' and not owns(state[8], tenant) then return { 'NOT_OWNER', tonumber(inc) } end
@@ -84,7 +84,7 @@ end
 -- set the placement never moves it back (and interns nothing).
 local known = redis.call('HGET', placementsKey, 'key:' .. node .. '\n' .. url)
 local oldAddress = state[9] or ''
-if (known ~= state[5] or engineAddress ~= oldAddress) and liveFrom < tonumber(state[7]) then return { 'STALE', tonumber(inc) } end
+if (known ~= state[5] or engineAddress ~= oldAddress) and liveFrom < openedFrom(state[7], state[10], inc) then return { 'STALE', tonumber(inc) } end
 local pid = known or placementId(placementsKey, metaKey, node, url)
 redis.call('HSET', sessionKey, 'w', window)
 if model ~= '' then redis.call('HSET', sessionKey, 'm', model) end
@@ -101,7 +101,8 @@ local newInc = nextIncarnation(metaKey)
 placementRef(placementsKey, pid, 1)
 redis.call('HSET', migrationsKey, sessionId .. ':' .. oldInc, oldPid .. '|' .. oldBytes .. '|' .. migrationToken .. (oldAddress ~= '' and ('|' .. oldAddress) or ''))
 redis.call('ZADD', destroyingKey, now, MIGRATION_MEMBER_PREFIX .. sessionId .. ':' .. oldInc)
-redis.call('HSET', sessionKey, 'i', newInc, 'p', pid, 'g', bytes, 'f', fingerprint, 'o', liveFrom)
+redis.call('HSET', sessionKey, 'i', newInc, 'p', pid, 'g', bytes, 'f', fingerprint, 'od', openedOffset(liveFrom, newInc))
+redis.call('HDEL', sessionKey, 'o')
 if engineAddress ~= '' then redis.call('HSET', sessionKey, 'ea', engineAddress) else redis.call('HDEL', sessionKey, 'ea') end
 ledgerRegister(ledgerKey, node, bytes)
 local oldNode, oldUrl = placementOf(placementsKey, oldPid)

@@ -7,7 +7,11 @@
 --   w   liveness window ms (heartbeatIntervalMs x missedBeats)
 --   p   placement id (interned in the bucket's placements hash)
 --   g   GPU bytes registered for this incarnation's allocation
---   o   live-from time of the opened that set this incarnation (ms)
+--   od  live-from time of the opened that set this incarnation, as an offset from the incarnation (ms; the
+--       incarnation is drawn from the clock at that open, so the offset is a few digits where the time is thirteen:
+--       it takes the record's listpack from 96 to 80 bytes). Records written before keep it absolute, as `o`; readers
+--       take either (openedFrom), and a migration rewrites it as `od`. (A replica still running the previous
+--       open-session fails on a record without `o` when the session moves: answered 5xx, redelivered after the rollout.)
 --   f   fingerprint of the session.opened that opened this incarnation
 --   h   hold until (ms), while a hold was granted          tn, m   tenant, model (optional)
 --   r   recent event fingerprints (space separated, newest last, at most RING_SIZE) for idempotence
@@ -33,6 +37,17 @@ local RING_SIZE = 16
 -- A migration's pending release in the destroy watchdog: '!m:<id>:<incarnation>'. No session id starts with '!'
 -- (they start with a letter or digit), so no session can be mistaken for a migration, nor one for a session.
 local MIGRATION_MEMBER_PREFIX = '!m:'
+
+-- The record's `od` for an open at `liveFrom` that set incarnation `inc` (see the record's fields above).
+local function openedOffset(liveFrom, inc)
+  return string.format('%d', liveFrom - tonumber(inc))
+end
+
+-- When the opened that set the incarnation was live, from the record's `o` (written before `od` existed) or `od`.
+local function openedFrom(o, od, inc)
+  if o then return tonumber(o) end
+  return tonumber(inc) + tonumber(od or '0')
+end
 
 -- Whether an event naming `tenant` ('' for none) may act on a session whose record holds `tn` (nil for none).
 local function owns(tn, tenant)
