@@ -144,8 +144,10 @@ export class IdleChecker {
       // back to the wall clock by the same walk.
       const spans = blind?.spans ?? [];
       const lost = blindTimeWithin(spans, ctx.lastEventAt, now);
+      // The hold's end on that clock too, so a blind span inside the hold is not taken off twice.
+      const holdUntil = session.holdUntil === undefined ? undefined : session.holdUntil - blindTimeWithin(spans, ctx.lastEventAt, session.holdUntil);
       // A demoted session's KV is off the GPU already: waiting for its user costs no GPU memory (DEMOTED_IDLE_GRACE_MS).
-      const judgement = judgeIdleness(this.#settings, ctx, now - lost, { tenant: session.tenant, tier, holdUntil: session.holdUntil, demoted: session.offload === 'demoted' });
+      const judgement = judgeIdleness(this.#settings, ctx, now - lost, { tenant: session.tenant, tier, holdUntil, demoted: session.offload === 'demoted' });
       const { decision } = judgement;
       if (decision.idle) {
         // The id is the idle moment on the session's clock: the same at every re-check, whatever span is recorded since.
@@ -163,7 +165,7 @@ export class IdleChecker {
       if (session.offload === 'restoring') await this.#resendRestore(session, now);
       let nextCheckAt = judgement.nextCheckAt;
       let demoted = false;
-      const demote = this.#demotable(session) ? judgeDemote(this.#settings, ctx, now - lost, tier, session.holdUntil) : undefined;
+      const demote = this.#demotable(session) ? judgeDemote(this.#settings, ctx, now - lost, tier, holdUntil) : undefined;
       if (demote?.demote === true) demoted = await this.#demote(session, now);
       else if (demote?.nextCheckAt !== undefined) nextCheckAt = nextCheckAt === undefined ? demote.nextCheckAt : Math.min(nextCheckAt, demote.nextCheckAt);
       const result = await this.index.schedule(sessionId, stored.version, nextCheckAt === undefined ? undefined : wallTimeOf(spans, ctx.lastEventAt, nextCheckAt));

@@ -59,6 +59,33 @@ for (const topology of TOPOLOGIES) {
       assert.deepEqual(releaseIds('crash-before-emit'), [`crash-before-emit/${inc}/release/1`]);
     });
 
+    test('a retry that finds the release checkpointed by the delivery it replaces sends the request again, same id and token', async () => {
+      h.setNow(T0);
+      const inc = await h.open('race-retry');
+      const closed = events.closed('race-retry', { id: 'closed-race' });
+      // Delivery X claimed the destroy and is slow (its hooks, say); the Broker gave up on it and retries (X′). X′ reads
+      // the claim, then X checkpoints the release just before X′ tries to: X sends its request as its reply, to a
+      // connection the Broker has closed, so X′ must send it.
+      const claim = await h.deps.store.claimDestroy({ sessionId: 'race-retry', fingerprint: eventFingerprint(closed.source, closed.id), cause: 'closed', now: T0 });
+      assert.equal(claim.code, 'CLAIMED');
+      const store = h.deps.store;
+      const advance = store.advance.bind(store);
+      const token = drawReleaseToken();
+      store.advance = (async (...args: Parameters<typeof advance>) => {
+        store.advance = advance;
+        assert.equal((await advance('race-retry', inc, 'gpu_release_requested', T0, { attempt: 1, token })).code, 'ADVANCED', 'X checkpoints first');
+        return advance(...args);
+      }) as typeof store.advance;
+      try {
+        assert.equal(await h.replica.deliver(closed), 'ok');
+      } finally {
+        store.advance = advance;
+      }
+      const sent = h.emitted(EventType.GpuReleaseRequested, 'race-retry');
+      assert.deepEqual(sent.map((e) => e.event.id), [`race-retry/${inc}/release/1`]);
+      assert.equal((sent[0]!.event.data as { token: string }).token, token, "X's attempt, under its token");
+    });
+
     test('a release request the Broker refused fails the delivery (503), and the redelivery sends it under the same id', async () => {
       h.setNow(T0);
       const inc = await h.open('sink-down-1');

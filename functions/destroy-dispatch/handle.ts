@@ -439,9 +439,15 @@ async function requestRelease(deps: DestroyDispatchDeps, point: DestroyPoint): P
     attempt = { attempt: 1, token: drawReleaseToken() };
     const r = await deps.store.advance(sessionId, incarnation, 'gpu_release_requested', now, attempt);
     if (r.code !== 'ADVANCED') {
-      // Another delivery checkpointed it first and sends the request itself (or the destroy is over).
-      deps.logger.debug({ sessionId, incarnation, code: r.code }, 'release request checkpointed elsewhere');
-      return;
+      // Another delivery checkpointed it first (or the destroy is over). That delivery sends the request, but perhaps
+      // as its reply to a delivery the Broker has already given up on (this one is its retry): so it is sent again
+      // here, under the same id and token, and a duplicate is harmless.
+      const checkpointed = r.code === 'ALREADY' && r.stage === 'gpu_release_requested' ? await deps.store.releaseAttempt(sessionId, incarnation) : undefined;
+      if (checkpointed === undefined) {
+        deps.logger.debug({ sessionId, incarnation, code: r.code }, 'release request checkpointed elsewhere, or the destroy moved on');
+        return;
+      }
+      attempt = checkpointed;
     }
   } else if (point.reissue || release === undefined) {
     attempt = { attempt: (release?.attempt ?? 0) + 1, token: drawReleaseToken() };

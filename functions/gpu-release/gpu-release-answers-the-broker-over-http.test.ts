@@ -1,5 +1,6 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { CloudEvent, HTTP } from 'cloudevents';
 import { EventType } from '../core/contract/events.ts';
 import { drawReleaseToken } from '../core/session-store.ts';
 import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
@@ -65,6 +66,31 @@ describe('gpu-release answers the Broker over HTTP', () => {
     const failed = sink.events.filter((e) => e.event.subject === 'http-down');
     assert.deepEqual(failed.map((e) => [e.event.type, (e.event.data as { retryable: boolean }).retryable]), [[EventType.GpuReleaseFailed, true]]);
     assert.ok(sim.session('http-down'), 'still held');
+  });
+
+  it('asked for a reply, answers 200 with its gpu.released, but sends a refusal for good on its own (a redelivery could not report it again)', async () => {
+    const ask = async (sessionId: string, incarnation: number, token: string) => {
+      const ce = new CloudEvent({ specversion: '1.0', type: EventType.GpuReleaseRequested, source: OURS, id: `${sessionId}/${incarnation}/release/1`, datacontenttype: 'application/json', data: request(sessionId, incarnation, token) });
+      const message = HTTP.binary(ce);
+      const res = await fetch(fn.url, { method: 'POST', headers: { ...(message.headers as Record<string, string>), prefer: 'reply' }, body: message.body as string });
+      return { res, body: await res.text() };
+    };
+    const ok = await pending('http-reply-ok');
+    sim.allocate('http-reply-ok', ok.incarnation, GiB);
+    const confirmed = await ask('http-reply-ok', ok.incarnation, ok.token);
+    assert.equal(confirmed.res.status, 200, confirmed.body);
+    const reply = HTTP.toEvent({ headers: Object.fromEntries(confirmed.res.headers), body: confirmed.body }) as CloudEvent<unknown>;
+    assert.equal(reply.type, EventType.GpuReleased);
+    assert.equal(reply.id, `http-reply-ok/${ok.incarnation}/released/1`);
+    assert.equal(sink.events.filter((e) => e.event.subject === 'http-reply-ok').length, 0, 'the confirmation rode in the answer');
+
+    const refused = await pending('http-reply-refused');
+    sim.allocate('http-reply-refused', refused.incarnation, GiB);
+    sim.queueFaults(400);
+    const answer = await ask('http-reply-refused', refused.incarnation, refused.token);
+    assert.equal(answer.res.status, 204, answer.body);
+    const failed = sink.events.filter((e) => e.event.subject === 'http-reply-refused');
+    assert.deepEqual(failed.map((e) => [e.event.type, (e.event.data as { retryable: boolean }).retryable]), [[EventType.GpuReleaseFailed, false]]);
   });
 
   it('answers 400 naming the field for a malformed event, and calls no runtime', async () => {

@@ -76,8 +76,10 @@ function recordCall(deps: CoreDeps, runtime: string, outcome: string, started: n
   if (attempts > 1) deps.metrics.releaseRetries.add(attempts - 1, runtime);
 }
 
-// A release's report may ride in the answer to its request: the answer is its last step, and a redelivered request
-// finds the call answered (or failed) in Redis and reports it again under the same id (EmitOptions in function-host.ts).
+// A release's confirmation may ride in the answer to its request: the answer is its last step, and a redelivered
+// request finds the call answered in Redis and reports it again under the same id (EmitOptions in function-host.ts). A
+// failure is sent on its own, never as a reply: a redelivery that finds it failed for good calls nothing and has no
+// stored answer to report again, so a reply lost with its answer would leave the destroy to the watchdog.
 const REPLY = { reply: true } as const;
 
 /** Handles what gpu-release consumes: a release request here, a demote or restore request in offload.ts. */
@@ -148,7 +150,6 @@ async function handleRelease(event: ReleaseRequestEvent, deps: CoreDeps & GpuRel
         EventType.GpuReleaseFailed,
         { sessionId, incarnation, node, error: publicDescription(err), retryable: err.retryable, token },
         `${sessionId}/${incarnation}/failed/${attempt}/${err.reason}`,
-        REPLY,
       ),
     ]);
     if (err.retryable) {

@@ -387,7 +387,16 @@ export async function startLocalBroker(opts: LocalBrokerOptions): Promise<LocalB
       const client = d.target.name === FORWARD_ROUTE && forwardClient ? forwardClient : sharedHttpClient;
       const res = await client.request(d.target.url, { method: 'POST', headers: replies ? { ...headers, prefer: 'reply' } : headers, ...(body === undefined ? {} : { body }), signal, timeoutMs });
       if (replies && res.status === 200 && carriesCloudEvent(res.headers.record)) {
-        const reply = await ingestReply(d, res.headers.record, await res.bytes());
+        // Bounded as the ingress bounds a request: a reply larger than one event may be is not read, nor ingested.
+        const limit = requestLimit(res.headers.record['content-type'], limits);
+        const declared = Number(res.headers.record['content-length'] ?? 0);
+        const bytes = declared > limit ? undefined : await res.bytes();
+        if (bytes === undefined || bytes.length > limit) {
+          // Drained, not kept, so the keep-alive connection can be reused.
+          if (bytes === undefined) void res.bytes().catch(() => undefined);
+          return { ok: false, retryable: false, interrupted: false, reason: { status: 502, message: `${d.target.url} replied: a reply over ${limit} bytes` } };
+        }
+        const reply = await ingestReply(d, res.headers.record, bytes);
         return reply.ok ? { ok: true, status: res.status } : { ok: false, retryable: reply.retryable, interrupted: false, reason: reply.reason };
       }
       const text = (await res.text()).slice(0, RESPONSE_EXCERPT_CHARS);

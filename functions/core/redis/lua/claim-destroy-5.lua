@@ -6,8 +6,8 @@
   KEYS[4] activity context (HASH)   KEYS[5] end marker (HASH, expires): left by an end that finds no session to end
   ARGV[1] session id   ARGV[2] event fingerprint ('' = none)   ARGV[3] expected incarnation ('' = the current one)
   ARGV[4] cause   ARGV[5] now (ms)
-  ARGV[6] idle-since (ms; only for cause 'idle': the claim is refused if the session was active after it or holds
-          an unexpired hold, because the idle verdict was reached on older facts)
+  ARGV[6] idle-since (ms; only for cause 'idle': the claim is refused if the session was active after it, holds an
+          unexpired hold, or held one that ended after it, because the idle verdict was reached on older facts)
   ARGV[7] when the trigger was sent (ms; its CloudEvent time, '' = unknown): a trigger that names no incarnation and
           was sent before this id was reopened ends the previous incarnation, never this one
   ARGV[8] ownership check: '' for none (our own triggers, an operator's), else 't:' and the tenant the event names
@@ -90,7 +90,9 @@ end
 if cause == 'idle' then
   local idleSince = tonumber(ARGV[6] or '0')
   local lastActivity = tonumber(redis.call('HGET', contextKey, 'la') or '0')
-  if lastActivity > idleSince or tonumber(state[6] or '0') > now then return { 'REVIVED', inc } end
+  -- A hold that ended after the verdict was reached still outdates it: quiet is timed from a hold's end.
+  local heldUntil = tonumber(state[6] or '0')
+  if lastActivity > idleSince or heldUntil > idleSince or heldUntil > now then return { 'REVIVED', inc } end
 end
 claim(sessionKey, deadlinesKey, destroyingKey, sessionId, cause, now, causeAt)
 remember(sessionKey, fingerprint)
