@@ -75,7 +75,7 @@ for (const topology of TOPOLOGIES) {
         store.advance = advance;
         assert.equal((await advance('race-retry', inc, 'gpu_release_requested', T0, { attempt: 1, token })).code, 'ADVANCED', 'X checkpoints first');
         return advance(...args);
-      }) as typeof store.advance;
+      });
       try {
         assert.equal(await h.replica.deliver(closed), 'ok');
       } finally {
