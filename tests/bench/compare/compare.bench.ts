@@ -207,15 +207,20 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
     undo.push(() => driver.close());
     const memBefore = await redisInfo(admin, 'memory', 'used_memory');
 
-    // ---- the heartbeat driver: beat c is session c mod live, due at s0 + c · interval / live ----
-    // While sessions are still being created, c runs over the ones created so far (the created prefix), at the same
-    // rate: were it to run ahead over sessions not yet created, no heartbeat at all would be sent until it came round
-    // again (seconds, when creating is slower than the rate asked), and session-reaper's outage rule would rightly
-    // take that silence of a whole fleet for an ingest outage and move every deadline past it.
+    // ---- the heartbeat driver: beat c is due at s0 + c · interval / live, and goes to the session under a cursor that
+    // sweeps the live sessions in order, so each is beaten once per interval ----
+    // While sessions are still being created, the cursor sweeps the ones created so far (the created prefix), at the
+    // same rate: were it to run ahead over sessions not yet created, no heartbeat at all would be sent until it came
+    // round again (seconds, when creating is slower than the rate asked), and session-reaper's outage rule would
+    // rightly take that silence of a whole fleet for an ingest outage and move every deadline past it. A cursor, not
+    // c mod the prefix: with the prefix growing under it, c mod the prefix slides back by the growth times c / prefix,
+    // and at 1M sessions created at ~11k/s some sessions went unbeaten for longer than their timeout (false expiries
+    // that were the driver's, not the mechanism's).
     const opened = new Uint8Array(live);
     let openedPrefix = 0;
     const s0 = Date.now();
     let c = 0;
+    let cursor = 0;
     let stopBeats = false;
     let measuring = false;
     let applied = 0;
@@ -233,7 +238,9 @@ async function runOne(w: Workload, m: Mechanism): Promise<RunResult> {
         const wave: string[] = [];
         const firstDue = s0 + (c * intervalMs) / live;
         while (s0 + (c * intervalMs) / live <= now && wave.length < BEAT_MAX_WAVE) {
-          const i = c % (openedPrefix < live ? Math.max(1, openedPrefix) : live);
+          if (cursor >= (openedPrefix < live ? Math.max(1, openedPrefix) : live)) cursor = 0;
+          const i = cursor;
+          cursor += 1;
           c += 1;
           if (opened[i] === 1) wave.push(ids[i]!);
         }
