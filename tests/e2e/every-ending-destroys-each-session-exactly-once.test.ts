@@ -7,9 +7,9 @@ import { after, before, describe, test } from 'node:test';
 import { auditLedger } from '../../functions/core/ledger.ts';
 import type { RedisClient } from '../../functions/core/redis/connect.ts';
 import type { SessionStore } from '../../functions/core/session-store.ts';
-import { startEventSink, type EventSink } from '../support/event-sink.ts';
+import type { EventSink } from '../support/event-sink.ts';
 import { until } from '../support/until.ts';
-import { missingEntryFiles, pipelineDriver, stackStore, startStack, type PipelineDriver, type Stack } from '../support/stack.ts';
+import { type DrivenStack, missingEntryFiles, type PipelineDriver, type Stack, startDrivenStack } from '../support/stack.ts';
 
 const T = 'dev.sessionreaper.';
 const GPU_BYTES = 1 << 20;
@@ -21,27 +21,21 @@ describe('the whole system, end to end', { skip: missing.length ? `entry points 
   let sink: EventSink;
   let redis: RedisClient;
   let store: SessionStore;
+  let driven: DrivenStack | undefined;
 
   before(async () => {
-    sink = await startEventSink();
-    stack = await startStack({
-      forward: sink.url,
+    driven = await startDrivenStack({
       logLevel: 'warn',
       env: {
         DEADLINE_POLL_MS: '20', DESTROY_STALL_MS: '3000', IDLE_POLL_MS: '100', LOAD_EVAL_MS: '1000',
         // A tenant whose sessions go idle quickly, so the idle ending takes a second rather than minutes.
         TENANT_POLICIES: JSON.stringify({ 'e2e-fast': { threshold: 0.95, graceMs: 500 } }), LOAD_POLICY: JSON.stringify({ minGraceMs: 0 }), RELEASE_RETRIES: '1', BREAKER_RESET_TIMEOUT_MS: '500', BREAKER_VOLUME_THRESHOLD: '2' },
       deliveryOverride: { retry: 40, backoffPolicy: 'linear', backoffDelayMs: 50 },
-    });
-    ({ redis, store } = await stackStore(stack));
-    pipeline = pipelineDriver(stack, store, '/e2e/pipeline');
+    }, '/e2e/pipeline');
+    ({ stack, sink, redis, store, pipeline } = driven);
   });
 
-  after(async () => {
-    redis?.disconnect();
-    await stack?.stop();
-    await sink?.close();
-  });
+  after(() => driven?.stop());
 
   // The pipeline: `send(type, data, tenant)` (a session opened with a tenant belongs to it), and `open(id)` with the
   // runtime's allocation under the new incarnation.

@@ -7,9 +7,9 @@ import { after, before, describe, test } from 'node:test';
 import { auditLedger } from '../../functions/core/ledger.ts';
 import type { RedisClient } from '../../functions/core/redis/connect.ts';
 import type { SessionStore } from '../../functions/core/session-store.ts';
-import { startEventSink, type EventSink } from '../support/event-sink.ts';
+import type { EventSink } from '../support/event-sink.ts';
 import { havePromtool, promtoolCheckMetrics, samples, sumOf, type Sample } from '../support/metrics.ts';
-import { missingEntryFiles, pipelineDriver, stackStore, startStack, type MetricsProcess, type PipelineDriver, type Stack } from '../support/stack.ts';
+import { type DrivenStack, type MetricsProcess, missingEntryFiles, type PipelineDriver, type Stack, startDrivenStack } from '../support/stack.ts';
 import { until } from '../support/until.ts';
 
 const T = 'dev.sessionreaper.';
@@ -26,27 +26,21 @@ describe('metrics scraped from every process of a running stack', { skip: missin
   let sink: EventSink;
   let redis: RedisClient;
   let store: SessionStore;
+  let driven: DrivenStack | undefined;
   const texts = new Map<MetricsProcess, string>();
 
   before(async () => {
-    sink = await startEventSink();
-    stack = await startStack({
-      forward: sink.url,
+    driven = await startDrivenStack({
       logLevel: 'warn',
       env: {
         DEADLINE_POLL_MS: '20', IDLE_POLL_MS: '100', LOAD_EVAL_MS: '1000',
         TENANT_POLICIES: JSON.stringify({ 'metrics-fast': { threshold: 0.95, graceMs: 500 } }), LOAD_POLICY: JSON.stringify({ minGraceMs: 0 }),
       },
-    });
-    ({ redis, store } = await stackStore(stack));
-    pipeline = pipelineDriver(stack, store, '/metrics-test/pipeline');
+    }, '/metrics-test/pipeline');
+    ({ stack, sink, redis, store, pipeline } = driven);
   });
 
-  after(async () => {
-    redis?.disconnect();
-    await stack?.stop();
-    await sink?.close();
-  });
+  after(() => driven?.stop());
 
   // The pipeline, as in the e2e suite: events into the Broker, and sessions opened with the runtime's allocation.
   let pipeline: PipelineDriver;

@@ -1,8 +1,11 @@
-// Reading metrics in tests: a reader whose collection is the Prometheus text a scrape would get, a parser for its
-// samples, and `promtool check metrics` over it (Debian's prometheus package; absent, the check says so).
+// Reading metrics in tests: a reader whose collection is the Prometheus text a scrape would get, its samples (read
+// by the status page's parser), and `promtool check metrics` over it (Debian's prometheus package; absent, the check says so).
 import { spawnSync } from 'node:child_process';
 import { PrometheusSerializer } from '@opentelemetry/exporter-prometheus';
 import { MetricReader } from '@opentelemetry/sdk-metrics';
+import { parseExposition, type Sample } from '../../tools/local-broker/exposition.ts';
+
+export type { Sample };
 
 /** A pull reader for tests: `text()` collects and serializes as the prometheus reader's /metrics does. */
 export class TextReader extends MetricReader {
@@ -24,26 +27,8 @@ export class TextReader extends MetricReader {
   }
 }
 
-/** One sample of an exposition: its name, labels and value. */
-export interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** Parses the samples of a Prometheus text exposition (comments skipped). */
-export function samples(text: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
-    if (!m) throw new Error(`not a sample line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]!] = l[2]!;
-    out.push({ name: m[1]!, labels, value: Number(m[3]) });
-  }
-  return out;
-}
+/** Parses the samples of a Prometheus text exposition (comments skipped): the status page's own reader. */
+export const samples = parseExposition;
 
 /** The sum of the samples named `name` whose labels include `match` (0 when none). */
 export function sumOf(text: string | Sample[], name: string, match: Record<string, string> = {}): number {

@@ -6,7 +6,8 @@ import { connectRedis, createRedisClient, type RedisClient } from '../../functio
 import { KeySpace } from '../../functions/core/redis/keys.ts';
 import { Scripts } from '../../functions/core/redis/scripts.ts';
 import { SessionStore } from '../../functions/core/session-store.ts';
-import type { Stack } from '../../tools/local-stack/stack.ts';
+import { startStack, type Stack, type StackOptions } from '../../tools/local-stack/stack.ts';
+import { startEventSink, type EventSink } from './event-sink.ts';
 import { until } from './until.ts';
 
 export * from '../../tools/local-stack/stack.ts';
@@ -64,6 +65,41 @@ export function pipelineDriver(stack: Pick<Stack, 'brokerUrl' | 'tokens' | 'runt
       await res.body?.cancel();
       if (res.status !== 201) throw new Error(`the runtime answered ${res.status} to allocating ${sessionId}, not 201`);
       return view.incarnation;
+    },
+  };
+}
+
+/** A running stack whose Broker forwards every event to a sink, a client of its session core, and the pipeline. */
+export interface DrivenStack {
+  stack: Stack;
+  sink: EventSink;
+  redis: RedisClient;
+  store: SessionStore;
+  pipeline: PipelineDriver;
+  /** Stops all of it: the client, the stack, then the sink. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a stack forwarding to a fresh event sink, connects to its session core and drives it as the pipeline from
+ * `source`; a stack that fails to start leaves no sink behind.
+ */
+export async function startDrivenStack(opts: Omit<StackOptions, 'forward'>, source: string): Promise<DrivenStack> {
+  const sink = await startEventSink();
+  let stack: Stack;
+  try {
+    stack = await startStack({ ...opts, forward: sink.url });
+  } catch (err) {
+    await sink.close();
+    throw err;
+  }
+  const { redis, store } = await stackStore(stack);
+  return {
+    stack, sink, redis, store, pipeline: pipelineDriver(stack, store, source),
+    async stop() {
+      redis.disconnect();
+      await stack.stop();
+      await sink.close();
     },
   };
 }

@@ -79,6 +79,14 @@ async function client(target: RedisTarget): Promise<RedisClient> {
   return redis;
 }
 
+/** A driver's close: its client disconnected. */
+function disconnecting(redis: RedisClient): () => Promise<void> {
+  return () => {
+    redis.disconnect();
+    return Promise.resolve();
+  };
+}
+
 /** Calls a script by its sha, loading it the first time (one round trip per call either way). */
 function script(redis: RedisClient, lua: string): (keys: readonly string[], args: readonly (string | number)[]) => Promise<unknown> {
   let sha: string | undefined;
@@ -159,10 +167,7 @@ const sortedSetFloor: Mechanism = {
         await redis.zadd(FLOOR_KEY, 'XX', 'GT', ...ids.flatMap((id) => [deadline, id]));
         return 0;
       },
-      close() {
-        redis.disconnect();
-        return Promise.resolve();
-      },
+      close: disconnecting(redis),
     };
   },
   async detector(target, _l, onExpired) {
@@ -205,10 +210,7 @@ const sessionReaper: Mechanism = {
         const results = await store.heartbeatMany(ids.map((sessionId) => ({ sessionId, liveFrom: now })), now);
         return results.filter((r) => r.code !== 'REFRESHED').length;
       },
-      close() {
-        redis.disconnect();
-        return Promise.resolve();
-      },
+      close: disconnecting(redis),
     };
   },
   async detector(target, _l, onExpired) {
@@ -273,10 +275,7 @@ function sweeper(intervalMs: number): Mechanism {
           await redis.mset(...ids.flatMap((id) => [SWEEP_PREFIX + id, deadline]));
           return 0;
         },
-        close() {
-          redis.disconnect();
-          return Promise.resolve();
-        },
+        close: disconnecting(redis),
       };
     },
     async detector(target, _l, onExpired) {
@@ -342,10 +341,7 @@ const redisTtl: Mechanism = {
         await setAll(ids.map((id) => [id, now + timeoutMs] as const));
         return 0;
       },
-      close() {
-        redis.disconnect();
-        return Promise.resolve();
-      },
+      close: disconnecting(redis),
     };
   },
   async detector(target, _l, onExpired) {
