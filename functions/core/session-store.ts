@@ -339,9 +339,15 @@ function destroyRecordOf(fields: Partial<Record<string, string>>): DestroyRecord
 /** Most heartbeats applied by one script call: bounds the time Redis spends in one script. */
 const MAX_HEARTBEAT_BATCH = 256;
 
-interface PendingHeartbeat {
-  sessionId: string;
-  liveFrom: number;
+/** One heartbeat as heartbeat-n.lua takes it. */
+interface HeartbeatItem {
+  readonly sessionId: string;
+  readonly liveFrom: number;
+  /** The tenant the heartbeat names ('' or absent for none). */
+  readonly tenant?: string | undefined;
+}
+
+interface PendingHeartbeat extends HeartbeatItem {
   tenant: string;
   now: number;
   resolve: (r: LivenessResult) => void;
@@ -368,12 +374,12 @@ const str = (v: unknown): string => {
 };
 
 /**
- * Whether a session id can travel in heartbeat-2.lua's space-separated list: never empty, never with a space (the
+ * Whether a session id can travel in heartbeat-n.lua's space-separated list: never empty, never with a space (the
  * contract's SESSION_ID_PATTERN allows neither, so only a caller that skipped it is refused).
  */
 const sendableId = (id: string): boolean => id.length > 0 && !id.includes(' ');
 
-/** One heartbeat's answer in heartbeat-2.lua's integer reply: incarnation, then the deadline or a negative code. */
+/** One heartbeat's answer in heartbeat-n.lua's integer reply: incarnation, then the deadline or a negative code. */
 function livenessOf(incarnation: unknown, deadline: unknown): LivenessResult {
   const d = num(deadline);
   if (d > 0) return { code: 'REFRESHED', incarnation: num(incarnation), deadline: d };
@@ -400,7 +406,8 @@ export class SessionStore {
   readonly #tombstoneTtlMs: number;
   /** Release attempts a destroy may make before it gives up (RELEASE_MAX_ATTEMPTS); no limit when absent. */
   readonly #releaseMaxAttempts: number | undefined;
-  readonly #pendingHeartbeats = new Map<number, PendingHeartbeat[]>();
+  #pendingHeartbeats = new Map<number, PendingHeartbeat[]>();
+  #pendingCount = 0;
   #flushScheduled = false;
 
   constructor(redis: RedisClient, keys: KeySpace, scripts: Scripts, opts: { tombstoneTtlMs: number; releaseMaxAttempts?: number }) {
@@ -474,77 +481,118 @@ export class SessionStore {
 
   /**
    * Applies a session.heartbeat: the deadline moves to liveFrom + window, never earlier. Heartbeats that arrive in
-   * the same event-loop turn are applied together, one script call per bucket (see heartbeat-2.lua).
+   * the same event-loop turn are applied together: on a single Redis in one script call for all their buckets, on
+   * Redis Cluster in one call per bucket (see heartbeat-n.lua).
    */
   heartbeat(sessionId: string, liveFrom: number, now: number, tenant = ''): Promise<LivenessResult> {
     // Refused alone, before it joins a batch that one such id would spoil (the ids travel space-separated).
     if (!sendableId(sessionId)) return Promise.reject(new TypeError(`session id ${JSON.stringify(sessionId)} is empty or contains a space`));
     const bucket = this.keys.bucketOf(sessionId);
-    let batch = this.#pendingHeartbeats.get(bucket);
-    if (!batch) {
-      batch = [];
-      this.#pendingHeartbeats.set(bucket, batch);
+    let group = this.#pendingHeartbeats.get(bucket);
+    if (!group) {
+      group = [];
+      this.#pendingHeartbeats.set(bucket, group);
     }
-    const pending = batch;
+    const pending = group;
     const result = new Promise<LivenessResult>((resolve, reject) => pending.push({ sessionId, liveFrom: Math.min(liveFrom, now), tenant, now, resolve, reject }));
-    if (pending.length >= MAX_HEARTBEAT_BATCH) this.#flushHeartbeats(bucket);
+    this.#pendingCount += 1;
+    // A full call goes at once: a bucket's group on Cluster, everything pending on a single Redis.
+    if (this.redis.isCluster ? pending.length >= MAX_HEARTBEAT_BATCH : this.#pendingCount >= MAX_HEARTBEAT_BATCH) this.#flushHeartbeats();
     else if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       setImmediate(() => {
         this.#flushScheduled = false;
-        for (const b of [...this.#pendingHeartbeats.keys()]) this.#flushHeartbeats(b);
+        this.#flushHeartbeats();
       });
     }
     return result;
   }
 
-  #flushHeartbeats(bucket: number): void {
-    const batch = this.#pendingHeartbeats.get(bucket);
-    this.#pendingHeartbeats.delete(bucket);
-    if (!batch?.length) return;
-    this.#runHeartbeats(bucket, batch).then(
-      (results) => batch.forEach((h, i) => h.resolve(results[i]!)),
-      (err: unknown) => batch.forEach((h) => h.reject(err)),
-    );
-  }
-
-  /** One heartbeat-2.lua call for heartbeats of one bucket; `now` is when the latest of them was received. */
-  async #runHeartbeats(bucket: number, batch: readonly { sessionId: string; liveFrom: number; tenant?: string; now: number }[]): Promise<LivenessResult[]> {
-    let now = 0;
-    for (const h of batch) if (h.now > now) now = h.now;
-    return this.#heartbeatCall(bucket, now, batch.length, (i) => batch[i]!.sessionId, (i) => batch[i]!.liveFrom, (i) => batch[i]!.tenant ?? '');
+  /** Sends every pending heartbeat; `now` of each call is when the latest of its heartbeats was received. */
+  #flushHeartbeats(): void {
+    if (this.#pendingCount === 0) return;
+    const groups = this.#pendingHeartbeats;
+    this.#pendingHeartbeats = new Map();
+    this.#pendingCount = 0;
+    for (const call of this.#packHeartbeats(groups)) {
+      let now = 0;
+      for (const part of call) for (const h of part.members) if (h.now > now) now = h.now;
+      this.#heartbeatCall(now, call, (h) => h).then(
+        (results) => {
+          let i = 0;
+          for (const part of call) for (const h of part.members) h.resolve(results[i++]!);
+        },
+        (err: unknown) => {
+          for (const part of call) for (const h of part.members) h.reject(err);
+        },
+      );
+    }
   }
 
   /**
-   * The heartbeat-2.lua call itself, for `count` heartbeats read through the accessors (so that neither caller copies
-   * its heartbeats into another shape first: this runs for every heartbeat there is).
+   * Packs heartbeats grouped by bucket into script calls of at most MAX_HEARTBEAT_BATCH heartbeats: on a single
+   * Redis as many buckets' groups as fit, on Redis Cluster (where a script's keys share one slot) one bucket's.
    */
-  async #heartbeatCall(
-    bucket: number, now: number, count: number, idOf: (i: number) => string, liveFromOf: (i: number) => number, tenantOf: (i: number) => string,
-  ): Promise<LivenessResult[]> {
-    // The ids in one argument and the ages in another: per-argument handling, here and in Redis, was most of a
-    // heartbeat's cost. Tenants follow one per heartbeat only when one of the batch names a tenant.
-    let ids = '';
-    let ages = '';
-    let tenants = false;
-    for (let i = 0; i < count; i++) {
-      const sep = i === 0 ? '' : ' ';
-      ids += sep + idOf(i);
-      ages += sep + String(now - Math.min(liveFromOf(i), now));
-      if (!tenants && tenantOf(i) !== '') tenants = true;
+  #packHeartbeats<T>(groups: ReadonlyMap<number, readonly T[]>): { bucket: number; members: readonly T[] }[][] {
+    const calls: { bucket: number; members: readonly T[] }[][] = [];
+    let call: { bucket: number; members: readonly T[] }[] = [];
+    let size = 0;
+    for (const [bucket, members] of groups) {
+      for (let start = 0; start < members.length; ) {
+        if (size === MAX_HEARTBEAT_BATCH || (this.redis.isCluster && size > 0)) {
+          calls.push(call);
+          call = [];
+          size = 0;
+        }
+        const take = Math.min(members.length - start, MAX_HEARTBEAT_BATCH - size);
+        call.push({ bucket, members: take === members.length ? members : members.slice(start, start + take) });
+        size += take;
+        start += take;
+      }
     }
-    const args: string[] = [this.keys.sessionRecordPrefix(bucket), String(now), ids, ages];
-    if (tenants) for (let i = 0; i < count; i++) args.push(tenantOf(i));
-    const b = this.keys.bucket(bucket);
-    const r = await this.#scripts.run('heartbeat', [b.deadlines, b.watch], args);
+    if (size > 0) calls.push(call);
+    return calls;
+  }
+
+  /**
+   * One heartbeat-n.lua call: groups of one bucket's heartbeats each, read through `item` (so that neither caller
+   * copies its heartbeats into another shape first: this runs for every heartbeat there is). Answers in order.
+   */
+  async #heartbeatCall<T>(now: number, call: readonly { bucket: number; members: readonly T[] }[], item: (m: T) => HeartbeatItem): Promise<LivenessResult[]> {
+    // Per group, the ids in one argument and the ages in another: per-argument handling, here and in Redis, was most
+    // of a heartbeat's cost. Tenants follow one per heartbeat only when one of the call names a tenant.
+    const keys: string[] = [];
+    const args: string[] = [String(now), this.redis.isCluster ? '1' : '0'];
+    let count = 0;
+    let tenants = false;
+    for (const { bucket, members } of call) {
+      const b = this.keys.bucket(bucket);
+      keys.push(b.deadlines, b.watch);
+      let ids = '';
+      let ages = '';
+      for (let i = 0; i < members.length; i++) {
+        const h = item(members[i]!);
+        const sep = i === 0 ? '' : ' ';
+        ids += sep + h.sessionId;
+        ages += sep + String(now - Math.min(h.liveFrom, now));
+        if (!tenants && (h.tenant ?? '') !== '') tenants = true;
+      }
+      args.push(this.keys.sessionRecordPrefix(bucket), ids, ages);
+      count += members.length;
+    }
+    if (tenants) for (const { members } of call) for (const m of members) args.push(item(m).tenant ?? '');
+    const r = await this.#scripts.run('heartbeat', keys, args);
     if (r.length !== 2 * count) throw new UnexpectedReplyError(`heartbeat replied ${r.length} values for ${count} heartbeats`);
     const out = new Array<LivenessResult>(count);
     for (let i = 0; i < count; i++) out[i] = livenessOf(r[2 * i], r[2 * i + 1]);
     return out;
   }
 
-  /** Applies many heartbeats at once (a batched delivery): one script call per bucket touched, results in order. */
-  async heartbeatMany(items: readonly { sessionId: string; liveFrom: number; tenant?: string }[], now: number): Promise<LivenessResult[]> {
+  /**
+   * Applies many heartbeats at once (a batched delivery): one script call on a single Redis (or one per
+   * MAX_HEARTBEAT_BATCH heartbeats), one per bucket touched on Redis Cluster; results in order.
+   */
+  async heartbeatMany(items: readonly HeartbeatItem[], now: number): Promise<LivenessResult[]> {
     // Grouped by bucket as indices into `items`.
     const byBucket = new Map<number, number[]>();
     for (let i = 0; i < items.length; i++) {
@@ -556,19 +604,14 @@ export class SessionStore {
       else byBucket.set(bucket, [i]);
     }
     const out = new Array<LivenessResult>(items.length);
-    const calls: Promise<void>[] = [];
-    for (const [bucket, group] of byBucket) {
-      for (let start = 0; start < group.length; start += MAX_HEARTBEAT_BATCH) {
-        const slice = group.length <= MAX_HEARTBEAT_BATCH ? group : group.slice(start, start + MAX_HEARTBEAT_BATCH);
-        const item = (j: number) => items[slice[j]!]!;
-        calls.push(
-          this.#heartbeatCall(bucket, now, slice.length, (j) => item(j).sessionId, (j) => item(j).liveFrom, (j) => item(j).tenant ?? '').then((rs) => {
-            for (let j = 0; j < slice.length; j++) out[slice[j]!] = rs[j]!;
-          }),
-        );
-      }
-    }
-    await Promise.all(calls);
+    await Promise.all(
+      this.#packHeartbeats(byBucket).map((call) =>
+        this.#heartbeatCall(now, call, (i) => items[i]!).then((rs) => {
+          let j = 0;
+          for (const part of call) for (const i of part.members) out[i] = rs[j++]!;
+        }),
+      ),
+    );
     return out;
   }
 

@@ -1,20 +1,22 @@
-// Loads the named Lua scripts (lua/<name>-<numberOfKeys>.lua), inlines their `-- @include "x"` helpers, defines
+// Loads the named Lua scripts (lua/<name>-<numberOfKeys>.lua, or lua/<name>-n.lua for one whose caller says how many
+// keys it passes), inlines their `-- @include "x"` helpers, defines
 // them as commands on a client, and compiles each once on every master so that a broken script stops the process
 // at start instead of failing the first event that needs it.
+import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RedisClient } from './connect.ts';
 
 const LUA_DIR = join(import.meta.dirname, 'lua');
-const FILE_NAME = /^([a-z][a-z-]*[a-z])-(\d+)\.lua$/;
+const FILE_NAME = /^([a-z][a-z-]*[a-z])-(\d+|n)\.lua$/;
 const INCLUDE = /^-- @include "([a-z-]+)"$/m;
 
 /** One script as sent to Redis. */
 export interface ScriptSource {
   /** camelCase command name, e.g. `openSession` for open-session-7.lua. */
   readonly name: string;
-  /** How many KEYS it takes. */
-  readonly numberOfKeys: number;
+  /** How many KEYS it takes; null for a `-n` script, which takes as many as each call passes. */
+  readonly numberOfKeys: number | null;
   readonly lua: string;
 }
 
@@ -48,12 +50,12 @@ export function loadScriptSources(dir: string = LUA_DIR): ScriptSource[] {
     .sort()
     .map((file) => {
       const m = FILE_NAME.exec(file);
-      if (!m?.[1] || !m[2]) throw new ScriptLoadError(`${file}: script files are named <name>-<numberOfKeys>.lua`);
+      if (!m?.[1] || !m[2]) throw new ScriptLoadError(`${file}: script files are named <name>-<numberOfKeys>.lua or <name>-n.lua`);
       const lua = readFileSync(join(dir, file), 'utf8');
       for (const section of ['KEYS[1]', 'ARGV[1]', 'Returns']) {
         if (!lua.slice(0, 4000).includes(section)) throw new ScriptLoadError(`${file}: header does not document ${section}`);
       }
-      return { name: camel(m[1]), numberOfKeys: Number(m[2]), lua: inline(lua, file, dir) };
+      return { name: camel(m[1]), numberOfKeys: m[2] === 'n' ? null : Number(m[2]), lua: inline(lua, file, dir) };
     });
 }
 
@@ -69,6 +71,7 @@ export class Scripts {
   readonly #client: RedisClient;
   readonly #sources: ReadonlyMap<string, ScriptSource>;
   readonly #timing: ScriptTiming | undefined;
+  readonly #shas = new Map<string, string>();
 
   private constructor(client: RedisClient, sources: ScriptSource[], timing: ScriptTiming | undefined) {
     this.#client = client;
@@ -78,7 +81,8 @@ export class Scripts {
 
   /** Defines every script on the client (EVALSHA with EVAL fallback, per ioredis) and compiles each on every master. */
   static async register(client: RedisClient, sources: ScriptSource[] = loadScriptSources(), timing?: ScriptTiming): Promise<Scripts> {
-    for (const s of sources) client.defineCommand(s.name, { numberOfKeys: s.numberOfKeys, lua: s.lua });
+    // A `-n` script is not defined on the client: run() sends it with EVALSHA (see #evalWithKeys).
+    for (const s of sources) if (s.numberOfKeys !== null) client.defineCommand(s.name, { numberOfKeys: s.numberOfKeys, lua: s.lua });
     const masters = 'nodes' in client && typeof client.nodes === 'function' ? client.nodes('master') : [client];
     for (const node of masters) {
       for (const s of sources) {
@@ -92,19 +96,39 @@ export class Scripts {
     return new Scripts(client, sources, timing);
   }
 
-  /** Runs a script; `keys` must be exactly the number its file name declares (any number for a batch script). */
+  /**
+   * Runs a `-n` script through the built-in EVALSHA (EVAL if Redis lost it: a restart, a failover), not a command
+   * defined on the client: a defined command takes a variable key count as its first argument, and on Redis Cluster
+   * ioredis groups auto-pipelined custom commands by the slot of that first argument, which must therefore be a key.
+   * EVALSHA's keys are known to ioredis, so it routes (and auto-pipelines) them by their slot.
+   */
+  async #evalWithKeys(source: ScriptSource, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    let sha = this.#shas.get(source.name);
+    if (sha === undefined) {
+      sha = createHash('sha1').update(source.lua).digest('hex');
+      this.#shas.set(source.name, sha);
+    }
+    try {
+      return await this.#client.evalsha(sha, keys.length, ...keys, ...args);
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
+      return await this.#client.eval(source.lua, keys.length, ...keys, ...args);
+    }
+  }
+
+  /** Runs a script; `keys` must be exactly the number its file name declares (any number for a `-n` script). */
   async run(name: string, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown[]> {
     const source = this.#sources.get(name);
     if (!source) throw new ScriptLoadError(`no script named ${name}`);
-    if (keys.length !== source.numberOfKeys) {
+    if (source.numberOfKeys !== null && keys.length !== source.numberOfKeys) {
       throw new ScriptLoadError(`${name} takes ${source.numberOfKeys} keys, got ${keys.length}`);
     }
-    const fn = (this.#client as unknown as Record<string, ScriptFn>)[name];
-    if (!fn) throw new ScriptLoadError(`script ${name} is not defined on this client`);
+    const fn = source.numberOfKeys === null ? undefined : (this.#client as unknown as Record<string, ScriptFn>)[name];
+    if (source.numberOfKeys !== null && !fn) throw new ScriptLoadError(`script ${name} is not defined on this client`);
     const started = this.#timing === undefined ? 0 : performance.now();
     let reply: unknown;
     try {
-      reply = await fn.call(this.#client, ...keys, ...args);
+      reply = await (fn ? fn.call(this.#client, ...keys, ...args) : this.#evalWithKeys(source, keys, args));
     } finally {
       this.#timing?.record((performance.now() - started) / 1000, name);
     }

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { auditLedger } from '../ledger.ts';
 import { MAX_GPU_BYTES } from '../contract/events.ts';
-import { drawReleaseToken, migrationMember } from '../session-store.ts';
+import { SessionStore, drawReleaseToken, migrationMember } from '../session-store.ts';
+import { Scripts } from './scripts.ts';
 import { TOPOLOGIES } from '../../../tests/support/redis.ts';
 import { fp, openAt, placementA, placementB, testCore, type TestCore } from '../../../tests/support/core.ts';
 
@@ -128,9 +129,14 @@ for (const topology of TOPOLOGIES) {
       test('reports UNKNOWN for a session never opened and ENDED for one being destroyed', async () => {
         assert.deepEqual(await core.store.heartbeat('hb-none', T0, T0), { code: 'UNKNOWN' });
         // Indexed without a record here: on Cluster a resharding moved it, so the heartbeat is refused with
-        // TRYAGAIN (retried by the client, else answered 5xx), never dropped as UNKNOWN.
+        // TRYAGAIN (retried by the client, else answered 5xx), never dropped as UNKNOWN. On a single Redis it is a
+        // stray entry (nothing moves records there): UNKNOWN, and the other heartbeats of the call are applied.
         await core.redis.zadd(core.keys.session('hb-moved').deadlines, T0 + 1000, 'hb-moved');
-        await assert.rejects(core.store.heartbeatMany([{ sessionId: 'hb-moved', liveFrom: T0 }], T0), /TRYAGAIN/);
+        await openAt(core, 'hb-beside', T0);
+        assert.notEqual(core.keys.bucketOf('hb-beside'), core.keys.bucketOf('hb-moved'), 'the two ids are in different buckets');
+        const call = core.store.heartbeatMany([{ sessionId: 'hb-beside', liveFrom: T0 + 10 }, { sessionId: 'hb-moved', liveFrom: T0 }], T0 + 10);
+        if (topology === 'cluster') await assert.rejects(call, /TRYAGAIN/);
+        else assert.deepEqual((await call).map((r) => r.code), ['REFRESHED', 'UNKNOWN']);
         await core.redis.zrem(core.keys.session('hb-moved').deadlines, 'hb-moved');
         await openAt(core, 'hb-3', T0);
         await core.store.claimDestroy({ sessionId: 'hb-3', fingerprint: fp(), cause: 'closed', now: T0 + 1 });
@@ -184,6 +190,47 @@ for (const topology of TOPOLOGIES) {
         // ... with its tenant named (and none by the others), it is refreshed and the others answer as before.
         const withTenant = batch.map((h) => (h.sessionId === owned ? { ...h, tenant: 'acme' } : h));
         assert.deepEqual(await core.store.heartbeatMany(withTenant, T0 + 1000), await expected('REFRESHED', T0 + 2000));
+      });
+
+      test('sends the heartbeats of every bucket in one call on a single Redis and one call per bucket on a cluster', async () => {
+        // Its own prefix, so the buckets' heartbeat marks start unset, and a store that counts its script calls.
+        const own = await testCore(topology);
+        try {
+          const calls: string[] = [];
+          const scripts = await Scripts.register(own.redis, undefined, { record: (_seconds, script) => calls.push(script) });
+          const store = new SessionStore(own.redis, own.keys, scripts, { tombstoneTtlMs: 60_000 });
+          const ids = Array.from({ length: 300 }, (_, n) => `spread-${n}`);
+          for (const id of ids) await openAt(own, id, T0);
+          await own.store.open({ sessionId: 'spread-owned', fingerprint: fp(), now: T0, liveFrom: T0, windowMs: 1000, placement: placementA, tenant: 'acme' });
+          const few = ids.slice(0, 40);
+          const buckets = (list: string[]) => new Set(list.map((id) => own.keys.bucketOf(id))).size;
+          assert.equal(buckets(few), own.keys.buckets, 'the ids spread over every bucket');
+          const heartbeatCalls = () => calls.splice(0).filter((c) => c === 'heartbeat').length;
+
+          // A delivered batch: each answered its own deadline, in order, and every bucket's heartbeats are heard.
+          const batch = await store.heartbeatMany(few.map((sessionId, n) => ({ sessionId, liveFrom: T0 + n })), T0 + 100);
+          assert.deepEqual(batch.map((r) => r.code === 'REFRESHED' && r.deadline), few.map((_, n) => T0 + n + 1000));
+          assert.equal(heartbeatCalls(), topology === 'cluster' ? own.keys.buckets : 1);
+          for (const b of own.keys.allBuckets()) assert.equal(await own.redis.hget(b.watch, 'hb'), String(T0 + 100), `bucket ${b.bucket} heard`);
+
+          // Heartbeats of one event-loop turn, one of them naming the owner's tenant and one another tenant.
+          const turn = await Promise.all([
+            ...few.map((id, n) => store.heartbeat(id, T0 + 200 + n, T0 + 300)),
+            store.heartbeat('spread-owned', T0 + 250, T0 + 300, 'acme'),
+            store.heartbeat('spread-owned', T0 + 260, T0 + 300, 'other'),
+          ]);
+          const owned = (await own.store.inspect('spread-owned'))!.incarnation;
+          assert.deepEqual(turn.slice(0, few.length).map((r) => r.code === 'REFRESHED' && r.deadline), few.map((_, n) => T0 + 1200 + n));
+          assert.deepEqual(turn.slice(few.length), [{ code: 'REFRESHED', incarnation: owned, deadline: T0 + 1250 }, { code: 'NOT_OWNER', incarnation: owned }]);
+          assert.equal(heartbeatCalls(), topology === 'cluster' ? buckets([...few, 'spread-owned']) : 1);
+
+          // More than one call holds (256 heartbeats): split, still answered in order.
+          const all = await store.heartbeatMany(ids.map((sessionId, n) => ({ sessionId, liveFrom: T0 + 400 + n })), T0 + 800);
+          assert.deepEqual(all.map((r) => r.code === 'REFRESHED' && r.deadline), ids.map((_, n) => T0 + 1400 + n));
+          assert.equal(heartbeatCalls(), topology === 'cluster' ? own.keys.buckets : 2);
+        } finally {
+          await own.close();
+        }
       });
 
       test('refuses a session id that could not travel in a batch, without spoiling the others', async () => {

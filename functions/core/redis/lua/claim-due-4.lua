@@ -26,7 +26,7 @@
     deferred   due sessions whose silence overlapped a blind window: their deadline moved past it, unclaimed
     holdFrom   the hold this bucket keeps ('' if none)
     blindFrom, blindTo   the blind window this call recorded ('' '' if none)
-    n, hb, hg  the sessions indexed after the claims, and the bucket's heartbeat marks (heartbeat-2.lua; '' if none),
+    n, hb, hg  the sessions indexed after the claims, and the bucket's heartbeat marks (heartbeat-n.lua; '' if none),
                from which the engine judges the fleet's silence
     u, then u due ids whose record is not here: a stray entry, or, on Redis Cluster, a record already moved by a
                resharding of the bucket's slot (built keys get no ASK or TRYAGAIN); left as they are, for the caller

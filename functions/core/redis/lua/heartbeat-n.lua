@@ -1,0 +1,123 @@
+--[[
+  heartbeat: session.heartbeats applied in one call, in groups of one bucket each (a batch of one is the common case;
+  under load the caller groups concurrent heartbeats, which is what lets one Redis take 100k heartbeats/s). Each
+  pushes its session's deadline to live-from + window, never earlier than it already is, so a duplicate or a
+  redelivered older heartbeat changes nothing (max() is idempotent).
+
+  On a single Redis one call carries the heartbeats of every bucket the caller has pending: the call itself, not the
+  sessions in it, was most of a heartbeat's cost when a batch spreads over the buckets (a heartbeat-timeout replica's
+  turn holds a few heartbeats of many buckets). On Redis Cluster a script's keys must share one slot, so a call
+  carries one bucket's group (the caller groups so), and this script is otherwise the same.
+
+  For each group it also notes, for the outage rule (includes/blind.lua), that the bucket's heartbeats are heard: when
+  the last call was (`hb`) and the running mean gap between calls (`hg`), from which the deadline engine tells a
+  silence of the ingest path (the Broker or heartbeat-timeout down) from the fleet's ordinary quiet
+  (functions/heartbeat-timeout/ingest-silence.ts).
+
+  The call is the hottest there is, so it is shaped for cost (bench:compare's CPU per heartbeat): a group's session
+  ids travel as one argument and their ages as another (per-argument handling was most of the caller's CPU and a
+  good part of Redis's), each group's deadlines are moved by ONE ZADD, and the reply is integers only.
+
+  KEYS (any even number, the caller says how many): per group g, in order (KEYS[1] and KEYS[2] for the first):
+    KEYS[2g-1] the bucket's deadline index (ZSET)   KEYS[2g] the bucket's watch (HASH)
+  ARGV[1] now (ms)
+  ARGV[2] '1' on Redis Cluster, else '0': what an indexed session without a record here means (see below)
+  then per group g, in order (3 arguments each, from ARGV[3]):
+    the bucket's session record key prefix (`<prefix>:{<bucket>}:s:`): a record's key is the prefix and its session
+      id, built here rather than sent, because a third of the call's bytes were those keys; they carry the bucket's
+      hash tag, so on Redis Cluster they live in the group's slot
+    the session ids of the group's heartbeats, separated by single spaces (ids never contain one: SESSION_ID_PATTERN)
+    their ages, in the same order, separated by single spaces: now − live-from in ms, ≥ 0 (the event's time, capped
+      at now)
+  then, only when a heartbeat of the call names a tenant: the tenant each names, one argument per heartbeat in the
+    call's order ('' for none)
+
+  Returns a flat array of integers, two per heartbeat, in the call's order (or an error, see below):
+    incarnation, deadline        REFRESHED: the session's deadline after the call (ms, > 0)
+    0, -1                        UNKNOWN: no such session (never opened, or its tombstone expired)
+    incarnation, -2              NOT_OWNER: the session belongs to another tenant; its deadline is not moved
+    incarnation, -3              ENDED, destroying (D; or an end already seen, see pc): a late heartbeat never revives it
+    incarnation, -4              ENDED, destroyed (X)
+]]
+local call, tonumber = redis.call, tonumber
+local now, cluster = tonumber(ARGV[1]), ARGV[2] == '1'
+local groups = #KEYS / 2
+if groups < 1 or groups ~= math.floor(groups) then return redis.error_reply('ERR heartbeat: ' .. #KEYS .. ' keys, expected pairs') end
+local tenantBase = 2 + 3 * groups
+local tenants = #ARGV > tenantBase
+-- Everything is read and checked before anything is written, so a refused call changes nothing.
+local work, total = {}, 0
+for g = 1, groups do
+  local ids, ages = {}, {}
+  for id in string.gmatch(ARGV[3 * g + 1], '[^ ]+') do ids[#ids + 1] = id end
+  for age in string.gmatch(ARGV[3 * g + 2], '[^ ]+') do ages[#ages + 1] = tonumber(age) end
+  if #ids ~= #ages or #ids == 0 then
+    return redis.error_reply('ERR heartbeat: group ' .. g .. ' has ' .. #ids .. ' session ids and ' .. #ages .. ' ages')
+  end
+  work[g], total = { ids = ids, ages = ages, first = total }, total + #ids
+end
+if tenants and #ARGV - tenantBase ~= total then
+  return redis.error_reply('ERR heartbeat: ' .. total .. ' heartbeats and ' .. (#ARGV - tenantBase) .. ' tenants')
+end
+
+local out = {}
+for g = 1, groups do
+  local deadlinesKey, watchKey, recordPrefix = KEYS[2 * g - 1], KEYS[2 * g], ARGV[3 * g]
+  local ids, ages, first = work[g].ids, work[g].ages, work[g].first
+  -- The sessions to refresh: ZADD arguments (GT CH, then score, member pairs) and where each one's reply goes.
+  local zadd, slots, moving = { 'GT', 'CH' }, {}, 0
+  for k = 1, #ids do
+    local sessionId, n = ids[k], 2 * (first + k - 1)
+    local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w', 'tn', 'pc')
+    local s = state[1]
+    if not s then
+      -- Indexed but no record here: on Redis Cluster, the bucket's slot is being resharded and this record has moved
+      -- already. Declared keys would make Redis answer TRYAGAIN; built keys do not, so the script does (ioredis
+      -- retries it, and else the caller answers 5xx): a heartbeat must never be dropped as UNKNOWN for it. A call
+      -- on Cluster carries one group, and nothing has been written yet, so the retry applies the whole call once.
+      -- On a single Redis nothing moves: an indexed id without a record is a stray the deadline engine removes at
+      -- its deadline, and its heartbeat is UNKNOWN, as it would be without the entry (refusing it would refuse the
+      -- other buckets' heartbeats of the call with it).
+      if cluster and call('ZSCORE', deadlinesKey, sessionId) then
+        return redis.error_reply('TRYAGAIN session record ' .. recordPrefix .. sessionId .. ' is not on this node, its deadline is')
+      end
+      out[n + 1], out[n + 2] = 0, -1
+    elseif s ~= 'A' or state[5] then
+      -- pc: an end sent after its open already arrived; it is due now, and a heartbeat sent before that end must not
+      -- push it back.
+      out[n + 1], out[n + 2] = tonumber(state[2]), (s == 'X' and not state[5]) and -4 or -3
+    elseif (state[4] or '') ~= (tenants and ARGV[tenantBase + first + k] or '') then
+      out[n + 1], out[n + 2] = tonumber(state[2]), -2
+    else
+      local target = now - ages[k] + tonumber(state[3])
+      out[n + 1], out[n + 2] = tonumber(state[2]), target
+      moving = moving + 1
+      zadd[2 * moving + 1], zadd[2 * moving + 2], slots[moving] = target, sessionId, n + 2
+    end
+  end
+
+  -- max(current, target) for all at once: ZADD GT only ever raises a score, and CH counts the ones it changed, so the
+  -- common case (every deadline moved out) needs no read; otherwise the scores it left are read back in one call. (A
+  -- session named twice in one group is answered the deadline the last of them left.)
+  if moving > 0 and call('ZADD', deadlinesKey, unpack(zadd)) < moving then
+    local members = {}
+    for j = 1, moving do members[j] = zadd[2 * j + 2] end
+    local scores = call('ZMSCORE', deadlinesKey, unpack(members))
+    for j = 1, moving do out[slots[j]] = tonumber(scores[j]) end
+  end
+
+  -- Heard: the time of this call, and a running mean of the gaps between calls (each gap capped at a minute, so an
+  -- outage does not teach the bucket that silences are normal). Calls closer than 50 ms are one moment for this
+  -- purpose (silences are judged in seconds), so a busy bucket writes the marks at most 20 times a second, not on
+  -- every call. Replicas' clocks (each anchored to Redis TIME) differ by a few ms: never backwards.
+  local heard = call('HMGET', watchKey, 'hb', 'hg')
+  local last, mean = tonumber(heard[1]), tonumber(heard[2])
+  if not last then
+    call('HSET', watchKey, 'hb', string.format('%d', now))
+  elseif now - last >= 50 then
+    local gap = math.min(now - last, 60000)
+    mean = mean and (mean * 0.9 + gap * 0.1) or gap
+    call('HSET', watchKey, 'hb', string.format('%d', now), 'hg', string.format('%.1f', mean))
+  end
+end
+return out
