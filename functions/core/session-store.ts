@@ -361,6 +361,11 @@ export class UnexpectedReplyError extends Error {
   override name = 'UnexpectedReplyError';
 }
 
+/** A session record a script could not read (a field it needs is missing or not a number): damaged data, not a retry. */
+export class UnreadableRecordError extends UnexpectedReplyError {
+  override name = 'UnreadableRecordError';
+}
+
 const num = (v: unknown): number => {
   const n = typeof v === 'number' ? v : Number(v);
   if (!Number.isFinite(n)) throw new UnexpectedReplyError(`expected a number in script reply, got ${JSON.stringify(v)}`);
@@ -387,6 +392,7 @@ function livenessOf(incarnation: unknown, deadline: unknown): LivenessResult {
   if (d === -2) return { code: 'NOT_OWNER', incarnation: num(incarnation) };
   if (d === -3) return { code: 'ENDED', incarnation: num(incarnation), state: 'destroying' };
   if (d === -4) return { code: 'ENDED', incarnation: num(incarnation), state: 'destroyed' };
+  if (d === -5) throw new UnreadableRecordError('its session record has no numeric incarnation or window: nothing of it was changed');
   throw new UnexpectedReplyError(`heartbeat replied deadline ${d}`);
 }
 
@@ -497,7 +503,7 @@ export class SessionStore {
     const result = new Promise<LivenessResult>((resolve, reject) => pending.push({ sessionId, liveFrom: Math.min(liveFrom, now), tenant, now, resolve, reject }));
     this.#pendingCount += 1;
     // A full call goes at once: a bucket's group on Cluster, everything pending on a single Redis.
-    if (this.redis.isCluster ? pending.length >= MAX_HEARTBEAT_BATCH : this.#pendingCount >= MAX_HEARTBEAT_BATCH) this.#flushHeartbeats();
+    if (this.redis.isCluster ? pending.length >= MAX_HEARTBEAT_BATCH : this.#pendingCount >= MAX_HEARTBEAT_BATCH) this.#flushHeartbeats(this.redis.isCluster ? bucket : undefined);
     else if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       setImmediate(() => {
@@ -508,19 +514,35 @@ export class SessionStore {
     return result;
   }
 
-  /** Sends every pending heartbeat; `now` of each call is when the latest of its heartbeats was received. */
-  #flushHeartbeats(): void {
-    if (this.#pendingCount === 0) return;
-    const groups = this.#pendingHeartbeats;
-    this.#pendingHeartbeats = new Map();
-    this.#pendingCount = 0;
+  /**
+   * Sends the pending heartbeats (of one bucket only, when named); `now` of each call is when the latest of its
+   * heartbeats was received.
+   */
+  #flushHeartbeats(bucket?: number): void {
+    let groups: Map<number, PendingHeartbeat[]>;
+    if (bucket === undefined) {
+      groups = this.#pendingHeartbeats;
+      this.#pendingHeartbeats = new Map();
+      this.#pendingCount = 0;
+    } else {
+      const group = this.#pendingHeartbeats.get(bucket) ?? [];
+      this.#pendingHeartbeats.delete(bucket);
+      this.#pendingCount -= group.length;
+      groups = new Map([[bucket, group]]);
+    }
     for (const call of this.#packHeartbeats(groups)) {
       let now = 0;
       for (const part of call) for (const h of part.members) if (h.now > now) now = h.now;
       this.#heartbeatCall(now, call, (h) => h).then(
         (results) => {
           let i = 0;
-          for (const part of call) for (const h of part.members) h.resolve(results[i++]!);
+          for (const part of call) {
+            for (const h of part.members) {
+              const r = results[i++]!;
+              if (r instanceof Error) h.reject(r);
+              else h.resolve(r);
+            }
+          }
         },
         (err: unknown) => {
           for (const part of call) for (const h of part.members) h.reject(err);
@@ -558,7 +580,9 @@ export class SessionStore {
    * One heartbeat-n.lua call: groups of one bucket's heartbeats each, read through `item` (so that neither caller
    * copies its heartbeats into another shape first: this runs for every heartbeat there is). Answers in order.
    */
-  async #heartbeatCall<T>(now: number, call: readonly { bucket: number; members: readonly T[] }[], item: (m: T) => HeartbeatItem): Promise<LivenessResult[]> {
+  async #heartbeatCall<T>(
+    now: number, call: readonly { bucket: number; members: readonly T[] }[], item: (m: T) => HeartbeatItem,
+  ): Promise<(LivenessResult | UnreadableRecordError)[]> {
     // Per group, the ids in one argument and the ages in another: per-argument handling, here and in Redis, was most
     // of a heartbeat's cost. Tenants follow one per heartbeat only when one of the call names a tenant.
     const keys: string[] = [];
@@ -583,8 +607,20 @@ export class SessionStore {
     if (tenants) for (const { members } of call) for (const m of members) args.push(item(m).tenant ?? '');
     const r = await this.#scripts.run('heartbeat', keys, args);
     if (r.length !== 2 * count) throw new UnexpectedReplyError(`heartbeat replied ${r.length} values for ${count} heartbeats`);
-    const out = new Array<LivenessResult>(count);
-    for (let i = 0; i < count; i++) out[i] = livenessOf(r[2 * i], r[2 * i + 1]);
+    // A record that could not be read fails its own heartbeat, not the call's others.
+    const out = new Array<LivenessResult | UnreadableRecordError>(count);
+    let i = 0;
+    for (const { members } of call) {
+      for (const m of members) {
+        try {
+          out[i] = livenessOf(r[2 * i], r[2 * i + 1]);
+        } catch (err) {
+          if (!(err instanceof UnreadableRecordError)) throw err;
+          out[i] = new UnreadableRecordError(`heartbeat of session ${item(m).sessionId}: ${err.message}`);
+        }
+        i++;
+      }
+    }
     return out;
   }
 
@@ -604,14 +640,23 @@ export class SessionStore {
       else byBucket.set(bucket, [i]);
     }
     const out = new Array<LivenessResult>(items.length);
+    let unreadable: UnreadableRecordError | undefined;
     await Promise.all(
       this.#packHeartbeats(byBucket).map((call) =>
         this.#heartbeatCall(now, call, (i) => items[i]!).then((rs) => {
           let j = 0;
-          for (const part of call) for (const i of part.members) out[i] = rs[j++]!;
+          for (const part of call) {
+            for (const i of part.members) {
+              const r = rs[j++]!;
+              // A batch is answered whole: one unreadable record fails it, after every call has been applied.
+              if (r instanceof Error) unreadable ??= r;
+              else out[i] = r;
+            }
+          }
         }),
       ),
     );
+    if (unreadable) throw unreadable;
     return out;
   }
 

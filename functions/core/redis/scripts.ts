@@ -1,6 +1,6 @@
 // Loads the named Lua scripts (lua/<name>-<numberOfKeys>.lua, or lua/<name>-n.lua for one whose caller says how many
-// keys it passes), inlines their `-- @include "x"` helpers, defines
-// them as commands on a client, and compiles each once on every master so that a broken script stops the process
+// keys it passes), inlines their `-- @include "x"` helpers, defines the fixed-key ones as commands on a client (a
+// `-n` one is sent with EVALSHA), and compiles each once on every master so that a broken script stops the process
 // at start instead of failing the first event that needs it.
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -79,7 +79,10 @@ export class Scripts {
     this.#timing = timing;
   }
 
-  /** Defines every script on the client (EVALSHA with EVAL fallback, per ioredis) and compiles each on every master. */
+  /**
+   * Defines every fixed-key script on the client (EVALSHA with EVAL fallback, per ioredis; a `-n` script has its own,
+   * in run()) and compiles each script on every master.
+   */
   static async register(client: RedisClient, sources: ScriptSource[] = loadScriptSources(), timing?: ScriptTiming): Promise<Scripts> {
     // A `-n` script is not defined on the client: run() sends it with EVALSHA (see #evalWithKeys).
     for (const s of sources) if (s.numberOfKeys !== null) client.defineCommand(s.name, { numberOfKeys: s.numberOfKeys, lua: s.lua });

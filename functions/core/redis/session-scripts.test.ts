@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { auditLedger } from '../ledger.ts';
 import { MAX_GPU_BYTES } from '../contract/events.ts';
-import { SessionStore, drawReleaseToken, migrationMember } from '../session-store.ts';
+import { SessionStore, UnreadableRecordError, drawReleaseToken, migrationMember, type LivenessResult } from '../session-store.ts';
 import { Scripts } from './scripts.ts';
 import { TOPOLOGIES } from '../../../tests/support/redis.ts';
 import { fp, openAt, placementA, placementB, testCore, type TestCore } from '../../../tests/support/core.ts';
@@ -231,6 +231,24 @@ for (const topology of TOPOLOGIES) {
         } finally {
           await own.close();
         }
+      });
+
+      test('a record it cannot read fails its own heartbeat only, and the others of the call are applied', async () => {
+        const ids = ['unreadable-a', 'unreadable-b', 'unreadable-c'];
+        if (topology === 'single') assert.equal(new Set(ids.map((id) => core.keys.bucketOf(id))).size, 3, 'three buckets, so one call carries them');
+        for (const id of ids) await openAt(core, id, T0);
+        await core.redis.hdel(core.keys.session('unreadable-b').session, 'w');
+        const [a, b, c] = await Promise.allSettled(ids.map((id) => core.store.heartbeat(id, T0 + 500, T0 + 500))) as [
+          PromiseSettledResult<LivenessResult>, PromiseSettledResult<LivenessResult>, PromiseSettledResult<LivenessResult>,
+        ];
+        const deadline = (r: PromiseSettledResult<LivenessResult>) => r.status === 'fulfilled' && r.value.code === 'REFRESHED' && r.value.deadline;
+        assert.equal(deadline(a), T0 + 1500);
+        assert.ok(b.status === 'rejected' && b.reason instanceof UnreadableRecordError && /unreadable-b/.test(String(b.reason)), String(b.status));
+        assert.equal(deadline(c), T0 + 1500);
+        assert.equal((await core.store.inspect('unreadable-b'))?.deadline, T0 + 1000, 'the unreadable one is left as it was');
+        // A delivered batch is answered whole: refused, its readable heartbeats applied (a redelivery re-applies them: max()).
+        await assert.rejects(core.store.heartbeatMany(ids.map((sessionId) => ({ sessionId, liveFrom: T0 + 700 })), T0 + 700), UnreadableRecordError);
+        assert.equal((await core.store.inspect('unreadable-c'))?.deadline, T0 + 1700);
       });
 
       test('refuses a session id that could not travel in a batch, without spoiling the others', async () => {

@@ -38,14 +38,17 @@
     incarnation, -2              NOT_OWNER: the session belongs to another tenant; its deadline is not moved
     incarnation, -3              ENDED, destroying (D; or an end already seen, see pc): a late heartbeat never revives it
     incarnation, -4              ENDED, destroyed (X)
+    incarnation or 0, -5         UNREADABLE: the record has no numeric incarnation (or, live, no numeric window); nothing
+                                 of it is changed, and the call's other heartbeats are answered as usual
+  A malformed call (key pairs, ids and ages, tenants; several groups on Cluster) is refused whole, before any write.
 ]]
 local call, tonumber = redis.call, tonumber
 local now, cluster = tonumber(ARGV[1]), ARGV[2] == '1'
 local groups = #KEYS / 2
 if groups < 1 or groups ~= math.floor(groups) then return redis.error_reply('ERR heartbeat: ' .. #KEYS .. ' keys, expected pairs') end
+if cluster and groups > 1 then return redis.error_reply('ERR heartbeat: ' .. groups .. ' buckets in one call on Redis Cluster') end
 local tenantBase = 2 + 3 * groups
 local tenants = #ARGV > tenantBase
--- Everything is read and checked before anything is written, so a refused call changes nothing.
 local work, total = {}, 0
 for g = 1, groups do
   local ids, ages = {}, {}
@@ -60,16 +63,19 @@ if tenants and #ARGV - tenantBase ~= total then
   return redis.error_reply('ERR heartbeat: ' .. total .. ' heartbeats and ' .. (#ARGV - tenantBase) .. ' tenants')
 end
 
+-- Two passes, so that nothing is written unless the whole call goes through (Redis does not undo a script's writes
+-- when it fails halfway): first every record is read and every answer decided, then the deadlines and marks are
+-- written. A record that cannot be read as a session's answers on its own (-5), not for the call.
 local out = {}
 for g = 1, groups do
-  local deadlinesKey, watchKey, recordPrefix = KEYS[2 * g - 1], KEYS[2 * g], ARGV[3 * g]
-  local ids, ages, first = work[g].ids, work[g].ages, work[g].first
+  local deadlinesKey, recordPrefix, w = KEYS[2 * g - 1], ARGV[3 * g], work[g]
+  local ids, ages, first = w.ids, w.ages, w.first
   -- The sessions to refresh: ZADD arguments (GT CH, then score, member pairs) and where each one's reply goes.
   local zadd, slots, moving = { 'GT', 'CH' }, {}, 0
   for k = 1, #ids do
     local sessionId, n = ids[k], 2 * (first + k - 1)
     local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w', 'tn', 'pc')
-    local s = state[1]
+    local s, inc, window = state[1], tonumber(state[2]), tonumber(state[3])
     if not s then
       -- Indexed but no record here: on Redis Cluster, the bucket's slot is being resharded and this record has moved
       -- already. Declared keys would make Redis answer TRYAGAIN; built keys do not, so the script does (ioredis
@@ -82,20 +88,29 @@ for g = 1, groups do
         return redis.error_reply('TRYAGAIN session record ' .. recordPrefix .. sessionId .. ' is not on this node, its deadline is')
       end
       out[n + 1], out[n + 2] = 0, -1
+    elseif not inc then
+      out[n + 1], out[n + 2] = 0, -5
     elseif s ~= 'A' or state[5] then
       -- pc: an end sent after its open already arrived; it is due now, and a heartbeat sent before that end must not
       -- push it back.
-      out[n + 1], out[n + 2] = tonumber(state[2]), (s == 'X' and not state[5]) and -4 or -3
+      out[n + 1], out[n + 2] = inc, (s == 'X' and not state[5]) and -4 or -3
     elseif (state[4] or '') ~= (tenants and ARGV[tenantBase + first + k] or '') then
-      out[n + 1], out[n + 2] = tonumber(state[2]), -2
+      out[n + 1], out[n + 2] = inc, -2
+    elseif not window then
+      out[n + 1], out[n + 2] = inc, -5
     else
-      local target = now - ages[k] + tonumber(state[3])
-      out[n + 1], out[n + 2] = tonumber(state[2]), target
+      local target = now - ages[k] + window
+      out[n + 1], out[n + 2] = inc, target
       moving = moving + 1
       zadd[2 * moving + 1], zadd[2 * moving + 2], slots[moving] = target, sessionId, n + 2
     end
   end
+  w.zadd, w.slots, w.moving = zadd, slots, moving
+end
 
+for g = 1, groups do
+  local deadlinesKey, watchKey, w = KEYS[2 * g - 1], KEYS[2 * g], work[g]
+  local zadd, slots, moving = w.zadd, w.slots, w.moving
   -- max(current, target) for all at once: ZADD GT only ever raises a score, and CH counts the ones it changed, so the
   -- common case (every deadline moved out) needs no read; otherwise the scores it left are read back in one call. (A
   -- session named twice in one group is answered the deadline the last of them left.)
