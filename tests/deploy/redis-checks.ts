@@ -302,7 +302,9 @@ export async function runRenderedRedis(startup: RenderedRedisStartup, root: stri
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
     const seen = cmdlineOf(child.pid);
     if (seen) commandLinesSeen.push(seen);
-    const status = await new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    // 'close', not 'exit': a process's exit can be reported before its stderr has been read to the end (seen on a
+    // loaded machine: the init container's refusal arrived as an empty stderr).
+    const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
     initResults.push({ status, stderr });
     if (status !== 0) break;
   }
