@@ -71,11 +71,13 @@ export class Scripts {
   readonly #client: RedisClient;
   readonly #sources: ReadonlyMap<string, ScriptSource>;
   readonly #timing: ScriptTiming | undefined;
-  readonly #shas = new Map<string, string>();
+  /** The SHA1 of each `-n` script, by name: what EVALSHA names it by. */
+  readonly #shas: ReadonlyMap<string, string>;
 
   private constructor(client: RedisClient, sources: ScriptSource[], timing: ScriptTiming | undefined) {
     this.#client = client;
     this.#sources = new Map(sources.map((s) => [s.name, s]));
+    this.#shas = new Map(sources.filter((s) => s.numberOfKeys === null).map((s) => [s.name, createHash('sha1').update(s.lua).digest('hex')]));
     this.#timing = timing;
   }
 
@@ -106,13 +108,8 @@ export class Scripts {
    * EVALSHA's keys are known to ioredis, so it routes (and auto-pipelines) them by their slot.
    */
   async #evalWithKeys(source: ScriptSource, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
-    let sha = this.#shas.get(source.name);
-    if (sha === undefined) {
-      sha = createHash('sha1').update(source.lua).digest('hex');
-      this.#shas.set(source.name, sha);
-    }
     try {
-      return await this.#client.evalsha(sha, keys.length, ...keys, ...args);
+      return await this.#client.evalsha(this.#shas.get(source.name)!, keys.length, ...keys, ...args);
     } catch (err) {
       if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
       return await this.#client.eval(source.lua, keys.length, ...keys, ...args);
@@ -123,11 +120,12 @@ export class Scripts {
   async run(name: string, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown[]> {
     const source = this.#sources.get(name);
     if (!source) throw new ScriptLoadError(`no script named ${name}`);
-    if (source.numberOfKeys !== null && keys.length !== source.numberOfKeys) {
-      throw new ScriptLoadError(`${name} takes ${source.numberOfKeys} keys, got ${keys.length}`);
+    let fn: ScriptFn | undefined;
+    if (source.numberOfKeys !== null) {
+      if (keys.length !== source.numberOfKeys) throw new ScriptLoadError(`${name} takes ${source.numberOfKeys} keys, got ${keys.length}`);
+      fn = (this.#client as unknown as Record<string, ScriptFn>)[name];
+      if (!fn) throw new ScriptLoadError(`script ${name} is not defined on this client`);
     }
-    const fn = source.numberOfKeys === null ? undefined : (this.#client as unknown as Record<string, ScriptFn>)[name];
-    if (source.numberOfKeys !== null && !fn) throw new ScriptLoadError(`script ${name} is not defined on this client`);
     const started = this.#timing === undefined ? 0 : performance.now();
     let reply: unknown;
     try {
