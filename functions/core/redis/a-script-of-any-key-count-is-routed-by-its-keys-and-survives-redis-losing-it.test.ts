@@ -1,6 +1,7 @@
-// heartbeat-n.lua takes as many keys as a call has buckets: such a `-n` script is sent with EVALSHA (routed by its
-// keys on Cluster), and a Redis that lost its scripts (a restart, a failover) is sent the source again.
+// heartbeat-n.lua takes as many keys as a call has buckets: such a `-n` script, like every other, is sent with EVALSHA
+// (routed by its keys on Cluster), and a Redis that lost its scripts (a restart, a failover) is sent the source again.
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,4 +44,24 @@ test('heartbeats of several buckets go in one call, and again once Redis has los
   await redis.script('FLUSH');
   assert.deepEqual(await beat(t0 + 20), ids.map(() => t0 + 1020), 'sent as EVAL when Redis answers NOSCRIPT');
   assert.deepEqual(await beat(t0 + 30), ids.map(() => t0 + 1030));
+});
+
+test('a fixed-key script is sent by SHA1 too, defines nothing on the client, and survives Redis losing it', async () => {
+  const client = new Redis(server.url, { enableAutoPipelining: true });
+  try {
+    const keys = new KeySpace('fixedkeys', 4);
+    const store = new SessionStore(client, keys, await Scripts.register(client), { tombstoneTtlMs: 60_000 });
+    // ioredis copies every command defined on a client onto each auto-pipelined batch: none is.
+    assert.deepEqual(Object.keys(client.scriptsSet), []);
+    const t0 = 1_800_000_000_000;
+    await client.script('FLUSH');
+    const opened = await store.open({ sessionId: 'f-1', fingerprint: fp(), now: t0, liveFrom: t0, windowMs: 1000, placement: placementA });
+    assert.equal(opened.code, 'OPENED', 'open-session sent as EVAL when Redis answers NOSCRIPT');
+    assert.equal(await client.hget(keys.session('f-1').session, 's'), 'A');
+    const sha = createHash('sha1').update(loadScriptSources().find((s) => s.name === 'openSession')!.lua).digest('hex');
+    assert.deepEqual(await client.script('EXISTS', sha), [1], 'the EVAL cached it again under the SHA1 the next call sends');
+    assert.equal((await store.open({ sessionId: 'f-2', fingerprint: fp(), now: t0, liveFrom: t0, windowMs: 1000, placement: placementA })).code, 'OPENED');
+  } finally {
+    client.disconnect();
+  }
 });

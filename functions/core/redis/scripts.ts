@@ -1,7 +1,13 @@
 // Loads the named Lua scripts (lua/<name>-<numberOfKeys>.lua, or lua/<name>-n.lua for one whose caller says how many
-// keys it passes), inlines their `-- @include "x"` helpers, defines the fixed-key ones as commands on a client (a
-// `-n` one is sent with EVALSHA), and compiles each once on every master so that a broken script stops the process
-// at start instead of failing the first event that needs it.
+// keys it passes), inlines their `-- @include "x"` helpers, compiles each once on every master so that a broken script
+// stops the process at start instead of failing the first event that needs it, and runs them with the built-in
+// EVALSHA (EVAL when Redis has lost one).
+//
+// None is defined on the client as a command (ioredis's defineCommand): ioredis copies every defined command onto
+// each Pipeline it builds (Pipeline.js's constructor: two properties and a SHA entry per script), and with
+// auto-pipelining it builds one per batch of commands, which at a function's few commands per tick is one per
+// command: with 28 scripts that copy was 3-5 % of destroy-dispatch's CPU (issue 16's profiles). And a defined
+// command cannot take a variable key count on Redis Cluster (see #evalWithKeys).
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -59,35 +65,28 @@ export function loadScriptSources(dir: string = LUA_DIR): ScriptSource[] {
     });
 }
 
-type ScriptFn = (...keysAndArgs: (string | number)[]) => Promise<unknown>;
-
-/** The scripts defined on one client, callable by name. */
 /** Told how long each script call took, round trip included (the metric catalogue's scriptDuration). */
 export interface ScriptTiming {
   record(seconds: number, script: string): void;
 }
 
+/** The scripts, compiled on every master of one client, runnable by name. */
 export class Scripts {
   readonly #client: RedisClient;
   readonly #sources: ReadonlyMap<string, ScriptSource>;
   readonly #timing: ScriptTiming | undefined;
-  /** The SHA1 of each `-n` script, by name: what EVALSHA names it by. */
+  /** The SHA1 of each script, by name: what EVALSHA names it by. */
   readonly #shas: ReadonlyMap<string, string>;
 
   private constructor(client: RedisClient, sources: ScriptSource[], timing: ScriptTiming | undefined) {
     this.#client = client;
     this.#sources = new Map(sources.map((s) => [s.name, s]));
-    this.#shas = new Map(sources.filter((s) => s.numberOfKeys === null).map((s) => [s.name, createHash('sha1').update(s.lua).digest('hex')]));
+    this.#shas = new Map(sources.map((s) => [s.name, createHash('sha1').update(s.lua).digest('hex')]));
     this.#timing = timing;
   }
 
-  /**
-   * Defines every fixed-key script on the client (EVALSHA with EVAL fallback, per ioredis; a `-n` script has its own,
-   * in run()) and compiles each script on every master.
-   */
+  /** Compiles each script on every master; run() then sends them by SHA1. */
   static async register(client: RedisClient, sources: ScriptSource[] = loadScriptSources(), timing?: ScriptTiming): Promise<Scripts> {
-    // A `-n` script is not defined on the client: run() sends it with EVALSHA (see #evalWithKeys).
-    for (const s of sources) if (s.numberOfKeys !== null) client.defineCommand(s.name, { numberOfKeys: s.numberOfKeys, lua: s.lua });
     const masters = 'nodes' in client && typeof client.nodes === 'function' ? client.nodes('master') : [client];
     for (const node of masters) {
       for (const s of sources) {
@@ -102,10 +101,11 @@ export class Scripts {
   }
 
   /**
-   * Runs a `-n` script through the built-in EVALSHA (EVAL if Redis lost it: a restart, a failover), not a command
-   * defined on the client: a defined command takes a variable key count as its first argument, and on Redis Cluster
-   * ioredis groups auto-pipelined custom commands by the slot of that first argument, which must therefore be a key.
-   * EVALSHA's keys are known to ioredis, so it routes (and auto-pipelines) them by their slot.
+   * Runs a script through the built-in EVALSHA (EVAL if Redis lost it: a restart, a failover). Not a command defined
+   * on the client (see the file's head): besides its cost, a defined command would take a `-n` script's variable key
+   * count as its first argument, and on Redis Cluster ioredis groups auto-pipelined custom commands by the slot of
+   * that first argument, which must therefore be a key. EVALSHA's keys are known to ioredis, so it routes (and
+   * auto-pipelines) them by their slot.
    */
   async #evalWithKeys(source: ScriptSource, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
     try {
@@ -120,16 +120,11 @@ export class Scripts {
   async run(name: string, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown[]> {
     const source = this.#sources.get(name);
     if (!source) throw new ScriptLoadError(`no script named ${name}`);
-    let fn: ScriptFn | undefined;
-    if (source.numberOfKeys !== null) {
-      if (keys.length !== source.numberOfKeys) throw new ScriptLoadError(`${name} takes ${source.numberOfKeys} keys, got ${keys.length}`);
-      fn = (this.#client as unknown as Record<string, ScriptFn>)[name];
-      if (!fn) throw new ScriptLoadError(`script ${name} is not defined on this client`);
-    }
+    if (source.numberOfKeys !== null && keys.length !== source.numberOfKeys) throw new ScriptLoadError(`${name} takes ${source.numberOfKeys} keys, got ${keys.length}`);
     const started = this.#timing === undefined ? 0 : performance.now();
     let reply: unknown;
     try {
-      reply = await (fn ? fn.call(this.#client, ...keys, ...args) : this.#evalWithKeys(source, keys, args));
+      reply = await this.#evalWithKeys(source, keys, args);
     } finally {
       this.#timing?.record((performance.now() - started) / 1000, name);
     }
