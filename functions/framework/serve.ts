@@ -9,7 +9,8 @@
 // page), then hands the request, read, with its body decoded (`body`, and `decodedBody` for the function host) and
 // its bytes (`rawBody`, as the framework keeps them), to the framework's Express app for the function, which it
 // obtains through the framework's documented getTestServer; the framework's body parsers skip a request already
-// read. Nothing of the framework is patched.
+// read. The handler's work runs outside the framework's per-request domain (outside-the-domain.ts says why). Nothing
+// of the framework is patched.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as ff from '@google-cloud/functions-framework';
@@ -17,6 +18,7 @@ import { getTestServer } from '@google-cloud/functions-framework/testing';
 import type { Logger } from 'pino';
 import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusal, tooLarge } from '../core/bounded-request.ts';
 import { decodeBody, isBatchRequest } from '../core/contract/parse.ts';
+import { outsideTheDomain } from './outside-the-domain.ts';
 
 type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -43,7 +45,8 @@ export interface FunctionServer {
 
 /** Registers the handler with functions-framework and serves it behind the request bounds; resolves once listening. */
 export async function serveFunction(opts: ServeOptions): Promise<FunctionServer> {
-  ff.http(opts.name, opts.handler);
+  // The framework still wraps the call in its domain and receives the handler's promise (a rejection: its 500).
+  ff.http(opts.name, (req, res) => outsideTheDomain.run((): unknown => opts.handler(req, res)));
   const [app] = getTestServer(opts.name).listeners('request') as RequestListener[];
   if (app === undefined) throw new Error(`functions-framework built no request listener for ${opts.name}`);
 
