@@ -91,6 +91,8 @@ for (const topology of TOPOLOGIES) {
       assert.equal(events.length, 1);
       const [event] = events;
       assert.equal(event?.event.id, `quiet/${inc}/idle/${idleAt}`);
+      // Recorded before it left, so destroy-dispatch applies it (and no session.idle the checker did not send).
+      assert.equal((await h.context('quiet')).fields.iv, event?.event.id);
       const data = event?.event.data as { incarnation: number; score: number; threshold: number; loadTier?: string; components: { behavior: number; semantic: number; timing: number } };
       assert.equal(data.incarnation, inc);
       assert.ok(data.score > data.threshold, `idle score ${data.score} over ${data.threshold}`);

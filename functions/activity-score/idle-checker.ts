@@ -153,7 +153,13 @@ export class IdleChecker {
         // The id is the idle moment on the session's clock: the same at every re-check, whatever span is recorded since.
         const idleAtSession = Math.round(decision.idleAt ?? now - lost);
         const idleAt = wallTimeOf(spans, ctx.lastEventAt, idleAtSession);
-        await this.#deps.emit(EventType.SessionIdle, idleEventData(sessionId, session.incarnation, decision, tier), `${sessionId}/${session.incarnation}/idle/${idleAtSession}`);
+        const eventId = `${sessionId}/${session.incarnation}/idle/${idleAtSession}`;
+        // Recorded before it is emitted: destroy-dispatch applies only a session.idle recorded so (none forged).
+        if ((await this.#deps.store.recordIdleVerdict(sessionId, session.incarnation, eventId)) !== 'RECORDED') {
+          await this.index.schedule(sessionId, stored.version, undefined);
+          return 'cleared';
+        }
+        await this.#deps.emit(EventType.SessionIdle, idleEventData(sessionId, session.incarnation, decision, tier), eventId);
         this.#deps.logger.info({ sessionId, incarnation: session.incarnation, reason: decision.reason, score: decision.score, threshold: decision.threshold, tier, idleAt, lagMs: now - idleAt }, 'session idle');
         // Looked at again after a lease: destroyed by then (dropped), or still idle (said again, same id).
         await this.index.schedule(sessionId, stored.version, now + this.#settings.idleLeaseMs);

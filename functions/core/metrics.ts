@@ -23,7 +23,7 @@ export const OUTCOME_CLASSES = ['2xx', '4xx', '5xx'] as const;
 export const CAUSES = ['closed', 'expired', 'idle', 'completed', 'forced'] as const satisfies readonly Cause[];
 export const STAGES = ['claimed', 'gpu_release_requested', 'gpu_released', 'state_purged'] as const satisfies readonly Stage[];
 /** What a destroy trigger came to (destroy-dispatch's claim codes, lower-cased). */
-export const TRIGGER_OUTCOMES = ['claimed', 'resumed', 'stale', 'revived', 'ended', 'unknown', 'marked', 'not_owner'] as const;
+export const TRIGGER_OUTCOMES = ['claimed', 'resumed', 'stale', 'revived', 'ended', 'unknown', 'marked', 'not_owner', 'unverified'] as const;
 export const DESTROY_OUTCOMES = ['destroyed', 'gave_up'] as const;
 export const DESTROY_FAILURE_REASONS = ['release_retryable', 'release_refused', 'gave_up', 'hook_failed', 'throttled'] as const;
 export const RELEASE_OUTCOMES = ['released', 'gone', 'superseded', 'failed_retryable', 'failed', 'breaker_open'] as const;
@@ -42,7 +42,7 @@ export const DEMOTE_REQUEST_OUTCOMES = ['requested', 'pending', 'already', 'refu
 /** The Lua scripts (functions/core/redis/lua/*.lua, without the key count), as Scripts names them. */
 export const SCRIPT_NAMES = [
   'admitOrWait', 'advanceStage', 'beginOffloadCall', 'beginReleaseCall', 'claimDestroy', 'claimDue', 'claimExpired', 'claimIdleChecks', 'claimStalled',
-  'completeDestroy', 'grantHold', 'heartbeat', 'heldSessionOwners', 'openSession', 'purgeSession', 'recordActivity', 'recordRelease', 'releaseSlotAndAdmitNext',
+  'completeDestroy', 'grantHold', 'heartbeat', 'heldSessionOwners', 'openSession', 'purgeSession', 'recordActivity', 'recordIdleVerdict', 'recordRelease', 'releaseSlotAndAdmitNext',
   'releaseTarget', 'requestDemote', 'requestRestore', 'scheduleIdleCheck', 'settleFailedDestroy', 'settleOffloadCall', 'settleOrphan', 'settleReleaseCall',
   'sightOrphan', 'takeReleaseToken',
 ] as const;
@@ -124,7 +124,7 @@ export const CATALOGUE = {
   }),
   destroyTriggers: m({
     name: 'sessionreaper_destroy_triggers_total', type: 'counter', unit: 'count', labels: { cause: CAUSES, outcome: TRIGGER_OUTCOMES },
-    help: 'Triggers of a destroy and what each came to: claimed it; resumed one claimed already (a duplicate or later cause, suppressed, and every session.expired, which the engine claimed); stale, revived, ended or unknown (not applied); marked (an end that beat its open); not_owner.',
+    help: 'Triggers of a destroy and what each came to: claimed it; resumed one claimed already (a duplicate or later cause, suppressed, and every session.expired, which the engine claimed); stale, revived, ended or unknown (not applied); marked (an end that beat its open); not_owner; unverified (a session.idle the idle checker did not record: ignored).',
     recordedBy: ['destroy-dispatch'],
   }),
   destroys: m({

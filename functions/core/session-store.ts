@@ -143,7 +143,7 @@ export type ClaimResult =
     /** The destroy gave up its GPU release (release_failed) and waits for an operator. */
     gaveUp: boolean;
   }
-  | { code: 'STALE' | 'REVIVED' | 'ENDED' | 'NOT_OWNER'; incarnation: number }
+  | { code: 'STALE' | 'REVIVED' | 'ENDED' | 'NOT_OWNER' | 'UNVERIFIED'; incarnation: number }
   | { code: 'UNKNOWN' | 'MARKED' };
 
 /** What the deadline engine's claim of a bucket's due sessions took (claimDue). */
@@ -721,6 +721,11 @@ export class SessionStore {
     cause: Cause;
     now: number;
     idleSince?: number | undefined;
+    /**
+     * For cause 'idle': the session.idle's event id. Only the verdict the idle checker recorded (recordIdleVerdict)
+     * claims or joins a destroy; any other is UNVERIFIED.
+     */
+    idleVerdict?: string | undefined;
     /** When the trigger was sent (its CloudEvent time), if known: one sent before a reopen is STALE. */
     sentAt?: number | undefined;
     /**
@@ -741,7 +746,7 @@ export class SessionStore {
       'claimDestroy',
       [k.session, k.deadlines, k.destroying, k.context, k.endMarker],
       [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0, input.sentAt ?? '',
-        input.owner === undefined ? '' : `t:${input.owner}`, input.causeAt ?? '', input.waitForOpen === true ? this.#tombstoneTtlMs : ''],
+        input.owner === undefined ? '' : `t:${input.owner}`, input.causeAt ?? '', input.waitForOpen === true ? this.#tombstoneTtlMs : '', input.idleVerdict ?? ''],
     );
     const code = str(r[0]);
     switch (code) {
@@ -760,12 +765,26 @@ export class SessionStore {
       case 'REVIVED':
       case 'ENDED':
       case 'NOT_OWNER':
+      case 'UNVERIFIED':
         return { code, incarnation: num(r[1]) };
       case 'UNKNOWN':
       case 'MARKED':
         return { code };
     }
     throw new UnexpectedReplyError(`claimDestroy replied ${code}`);
+  }
+
+  /**
+   * Records the session.idle the idle checker is about to emit (its event id) as the session's idle verdict, which
+   * the claim of that event then requires (claim-destroy-5.lua): RECORDED, or ENDED / UNKNOWN when the session is no
+   * longer the active incarnation judged (emit nothing then).
+   */
+  async recordIdleVerdict(sessionId: string, incarnation: number, eventId: string): Promise<'RECORDED' | 'ENDED' | 'UNKNOWN'> {
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run('recordIdleVerdict', [k.session, k.context], [incarnation, eventId]);
+    const code = str(r[0]);
+    if (code === 'RECORDED' || code === 'ENDED' || code === 'UNKNOWN') return code;
+    throw new UnexpectedReplyError(`recordIdleVerdict replied ${code}`);
   }
 
   /**

@@ -97,9 +97,11 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
     case EventType.SessionIdle:
       // The verdict was reached at the event's time: activity recorded after it (or an active hold) revives the
       // session and the claim is refused (claim-destroy-4.lua). The event carries no earlier instant to use.
+      // Only the verdict the idle checker recorded before emitting it (by this event's id) is applied: a session.idle
+      // it did not reach cannot end a session, whoever sent it (UNVERIFIED).
       return trigger(deps, {
         sessionId: event.data.sessionId, fingerprint, incarnation: event.data.incarnation, cause: 'idle', now, idleSince: eventTimeOf(event, now),
-        causeAt: eventTimeOf(event, now),
+        causeAt: eventTimeOf(event, now), idleVerdict: event.id,
       });
     case EventType.InferenceCompleted:
       if (!event.data.release) {
@@ -128,7 +130,7 @@ type ClaimInput = Parameters<DestroyDispatchDeps['store']['claimDestroy']>[0];
 /** What a claim's code counts as in sessionreaper_destroy_triggers_total. */
 const TRIGGER_OUTCOME = {
   CLAIMED: 'claimed', ALREADY: 'resumed', DUPLICATE: 'resumed', STALE: 'stale', REVIVED: 'revived', ENDED: 'ended', UNKNOWN: 'unknown', MARKED: 'marked',
-  NOT_OWNER: 'not_owner',
+  NOT_OWNER: 'not_owner', UNVERIFIED: 'unverified',
 } as const;
 
 async function trigger(deps: DestroyDispatchDeps, claim: ClaimInput): Promise<void> {
@@ -161,6 +163,11 @@ async function trigger(deps: DestroyDispatchDeps, claim: ClaimInput): Promise<vo
       return;
     case 'UNKNOWN':
       log.info({ sessionId: claim.sessionId, code: r.code, cause: claim.cause }, 'destroy trigger for an unknown session: ignored');
+      return;
+    case 'UNVERIFIED':
+      // Answered 2xx (redelivering it would change nothing), logged as a warning: it is forged, or from an idle
+      // checker older than the recording (a rolling upgrade; the checker says its verdict again after its lease).
+      log.warn({ sessionId: claim.sessionId, incarnation: r.incarnation, eventId: claim.idleVerdict }, 'a session.idle the idle checker did not record: ignored, nothing changed');
       return;
     case 'MARKED':
       log.info({ sessionId: claim.sessionId, cause: claim.cause, sentAt: claim.sentAt }, 'end of a session not opened yet: it ends the open it was sent after');

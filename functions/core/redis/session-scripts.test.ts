@@ -332,15 +332,41 @@ for (const topology of TOPOLOGIES) {
       });
 
       test('refuses an idle verdict reached before later activity or before a hold ended', async () => {
-        await openAt(core, 'claim-3', T0);
+        const r = await openAt(core, 'claim-3', T0);
+        assert.equal(r.code, 'OPENED');
+        if (r.code !== 'OPENED') return;
         await core.store.recordActivity({ sessionId: 'claim-3', fingerprint: fp(), liveFrom: T0 + 500, now: T0 + 500, expectedVersion: 0, lastActivityAt: T0 + 500, context: {} });
-        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now: T0 + 600, idleSince: T0 + 100 })).code, 'REVIVED');
+        // Each verdict as the idle checker records it before emitting it (recordIdleVerdict), so only REVIVED refuses.
+        const idle = async (id: string, now: number, idleSince: number) => {
+          assert.equal(await core.store.recordIdleVerdict('claim-3', r.incarnation, id), 'RECORDED');
+          return (await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now, idleSince, idleVerdict: id })).code;
+        };
+        assert.equal(await idle('v1', T0 + 600, T0 + 100), 'REVIVED');
         await core.store.hold('claim-3', fp(), T0 + 600, 10_000);
-        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now: T0 + 700, idleSince: T0 + 650 })).code, 'REVIVED');
+        assert.equal(await idle('v2', T0 + 700, T0 + 650), 'REVIVED');
         // Delivered once the hold is over, the verdict is still older than the hold's end: the session's quiet is timed
         // from there (activity-score's heldQuietMs), so it is refused, not claimed as the tool returns.
-        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now: T0 + 20_000, idleSince: T0 + 650 })).code, 'REVIVED');
-        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now: T0 + 20_000, idleSince: T0 + 15_000 })).code, 'CLAIMED');
+        assert.equal(await idle('v3', T0 + 20_000, T0 + 650), 'REVIVED');
+        assert.equal(await idle('v4', T0 + 20_000, T0 + 15_000), 'CLAIMED');
+      });
+
+      test('applies only the idle verdict recorded for the session, which only an active incarnation with a context takes', async () => {
+        const r = await openAt(core, 'claim-v', T0);
+        assert.equal(r.code, 'OPENED');
+        if (r.code !== 'OPENED') return;
+        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v1'), 'UNKNOWN', 'no activity context: nothing was judged');
+        assert.equal(await core.store.recordIdleVerdict('no-such-session', 1, 'v1'), 'UNKNOWN');
+        await core.store.recordActivity({ sessionId: 'claim-v', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
+        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation + 1, 'v1'), 'ENDED', 'another incarnation');
+        const claim = (idleVerdict?: string) => core.store.claimDestroy({ sessionId: 'claim-v', fingerprint: fp(), cause: 'idle', now: T0 + 5_000, idleSince: T0 + 4_000, idleVerdict });
+        assert.deepEqual(await claim(), { code: 'UNVERIFIED', incarnation: r.incarnation }, 'none recorded, none named');
+        assert.deepEqual(await claim('v1'), { code: 'UNVERIFIED', incarnation: r.incarnation }, 'none recorded');
+        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v2'), 'RECORDED');
+        assert.deepEqual(await claim('v1'), { code: 'UNVERIFIED', incarnation: r.incarnation }, 'another verdict recorded');
+        assert.deepEqual(await claim(), { code: 'UNVERIFIED', incarnation: r.incarnation });
+        assert.equal((await core.store.inspect('claim-v'))?.state, 'active', 'nothing changed');
+        assert.equal((await claim('v2')).code, 'CLAIMED');
+        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v3'), 'ENDED', 'destroying');
       });
 
       test('dedups a claim apart from other effects of the same event (inference.completed is scored and ends the session)', async () => {

@@ -17,6 +17,8 @@
   ARGV[10] end-marker TTL (ms; '' = leave none): for the pipeline's ends (closed, completed). One that finds no session,
           or only the tombstone of an incarnation ended before it was sent, leaves a marker, so the open that the
           Broker delivers after it (sent earlier) is ended at once instead of living until its deadline
+  ARGV[11] for cause 'idle': the session.idle's event id, which must be the verdict the idle checker recorded in the
+          activity context (field 'iv', record-idle-verdict-2.lua); any other is UNVERIFIED and changes nothing
 
   Returns one of:
     {'CLAIMED', incarnation, stage, cause, placementId, attempt, token, gaveUp}
@@ -27,6 +29,8 @@
     {'NOT_OWNER', incarnation} the session belongs to another tenant: nothing changes
     {'STALE', incarnation}     the trigger names (or was sent before) an older incarnation: never touches the newer one
     {'REVIVED', incarnation}   idle verdict outdated (activity since, or an active hold)
+    {'UNVERIFIED', incarnation} a session.idle the idle checker did not record (forged, or from a checker older than
+                               the recording): neither a claim nor a later cause
     {'ENDED', incarnation}     destroyed already (tombstone)
     {'MARKED'}                 no session to end yet: the end waits in its marker for the open
     {'UNKNOWN'}
@@ -63,6 +67,11 @@ if s == 'X' then
 end
 local gaveUp = state[14] and 1 or 0
 if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc, state[3] or '', state[4] or '', state[5], attempt, token, gaveUp } end
+-- Before anything is written: an unrecorded verdict may neither claim a destroy nor become the cause of one in progress
+-- (its event time would otherwise let it displace the claimant's cause).
+if cause == 'idle' and ((ARGV[11] or '') == '' or redis.call('HGET', contextKey, 'iv') ~= ARGV[11]) then
+  return { 'UNVERIFIED', inc }
+end
 
 if s == 'D' then
   local current, extra, displaced = state[4], state[7] or '', cause
