@@ -59,6 +59,20 @@ test('work given from inside a domain runs outside it, in order, and its result,
   assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value : (r.reason as Error).message)), [10, 'rejected', 30, 'thrown']);
 });
 
+test('work given from inside running work runs too, without waiting for more', async () => {
+  const loop = new OutsideTheDomain();
+  const inner = await loop.run(() => loop.run(() => 'inner ran'));
+  assert.equal(inner, 'inner ran');
+  let nested = false;
+  await loop.run(() => {
+    void loop.run(() => {
+      nested = true;
+    });
+  });
+  await new Promise((r) => setImmediate(r));
+  assert.equal(nested, true);
+});
+
 test('a loop constructed inside a domain would run its work there: where it is constructed is what counts', async () => {
   const inside = await new Promise<boolean>((resolve) => {
     const d = domain.create();

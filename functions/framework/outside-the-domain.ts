@@ -12,6 +12,10 @@
 // awaited, and the loop awaits outside the domain, so nothing the work creates is bound to one. The framework is used
 // as documented (its `http` signature) and nothing of it is patched; only where our own work runs changes.
 //
+// The work runs in the loop's async context, not the request's: an AsyncLocalStorage store set before the handler
+// (the framework's own execution-id store, an OpenTelemetry context set by HTTP instrumentation) is not seen by it.
+// Nothing here reads one: the function host starts each event's span from the event's own traceparent.
+//
 // What is given up: an exception thrown synchronously from a callback of our work (not from a promise) is no longer
 // turned into that request's 500: it is an uncaught exception, which stops the process (Node's default; nothing here
 // catches one), as in any Node server; the Broker redelivers the event to another replica or the restarted one.
@@ -23,18 +27,30 @@ export class OutsideTheDomain {
 
   /** Must be constructed outside any domain: at module load, as `outsideTheDomain` below is. */
   constructor() {
-    void this.#drain();
+    // Each job catches its own errors, so the loop cannot end; were it to, every request would hang unanswered, so
+    // it stops the process instead (an uncaught exception).
+    this.#drain().catch((err: unknown) => {
+      queueMicrotask(() => {
+        throw err;
+      });
+    });
   }
 
   async #drain(): Promise<never> {
     for (;;) {
-      // Awaited here, outside any domain: what follows runs in this loop's context, whoever woke it.
-      await new Promise<void>((resolve) => {
-        this.#wake = resolve;
-      });
+      // Awaited here, outside any domain: what follows runs in this loop's context, whoever woke it. Only when no
+      // job is waiting: one given while the last ones ran (from inside one of them) found the wake-up spent.
+      if (this.#jobs.length === 0) {
+        await new Promise<void>((resolve) => {
+          this.#wake = resolve;
+        });
+      }
+      this.#wake = undefined;
       const jobs = this.#jobs;
       this.#jobs = [];
       for (const job of jobs) job();
+      // Between passes, let the microtasks of the jobs run (a job given from one lands in the next pass).
+      await Promise.resolve();
     }
   }
 

@@ -105,7 +105,9 @@ export class Scripts {
    * on the client (see the file's head): besides its cost, a defined command would take a `-n` script's variable key
    * count as its first argument, and on Redis Cluster ioredis groups auto-pipelined custom commands by the slot of
    * that first argument, which must therefore be a key. EVALSHA's keys are known to ioredis, so it routes (and
-   * auto-pipelines) them by their slot.
+   * auto-pipelines) them by their slot: ioredis 6 groups an auto-pipelined command by its first key
+   * (autoPipelining.js, getFirstKeyForCommand); older auto-pipelining grouped by the first argument, which for
+   * EVALSHA is the SHA1, so keep ioredis at 6 or later (session-scripts.test.ts runs every script on a cluster).
    */
   async #evalWithKeys(source: ScriptSource, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
     try {
