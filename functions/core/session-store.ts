@@ -744,7 +744,7 @@ export class SessionStore {
     const k = this.keys.session(input.sessionId);
     const r = await this.#scripts.run(
       'claimDestroy',
-      [k.session, k.deadlines, k.destroying, k.context, k.endMarker],
+      [k.session, k.deadlines, k.destroying, k.context, k.endMarker, k.placements],
       [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0, input.sentAt ?? '',
         input.owner === undefined ? '' : `t:${input.owner}`, input.causeAt ?? '', input.waitForOpen === true ? this.#tombstoneTtlMs : '', input.idleVerdict ?? ''],
     );
@@ -753,10 +753,11 @@ export class SessionStore {
       case 'CLAIMED':
       case 'ALREADY':
       case 'DUPLICATE': {
-        const view = await this.redis.hget(k.session, 'g');
+        // The placement comes with the claim (one round trip: the destroy asks for its release next).
+        const [node, runtimeUrl] = str(r[9]) ? (JSON.parse(str(r[9])) as [string, string]) : ['', ''];
         return {
           code, incarnation: num(r[1]), stage: str(r[2]) as Stage, cause: str(r[3]) as Cause,
-          placement: await this.#placement(k, r[4], Number(view ?? 0)),
+          placement: { node, runtimeUrl, gpuBytes: Number(str(r[8]) || 0) },
           release: { attempt: num(r[5] ?? 0), token: str(r[6]) },
           gaveUp: str(r[7]) === '1',
         };
@@ -776,7 +777,7 @@ export class SessionStore {
 
   /**
    * Records the session.idle the idle checker is about to emit (its event id) as the session's idle verdict, which
-   * the claim of that event then requires (claim-destroy-5.lua): RECORDED, or ENDED / UNKNOWN when the session is no
+   * the claim of that event then requires (claim-destroy-6.lua): RECORDED, or ENDED / UNKNOWN when the session is no
    * longer the active incarnation judged (emit nothing then).
    */
   async recordIdleVerdict(sessionId: string, incarnation: number, eventId: string): Promise<'RECORDED' | 'ENDED' | 'UNKNOWN'> {

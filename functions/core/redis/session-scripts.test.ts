@@ -313,9 +313,12 @@ for (const topology of TOPOLOGIES) {
         const first = await core.store.claimDestroy({ sessionId: 'claim-1', fingerprint: f, cause: 'closed', now: T0 + 1 });
         assert.equal(first.code, 'CLAIMED');
         assert.deepEqual(first.code === 'CLAIMED' && first.placement, placementA);
-        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-1', fingerprint: f, cause: 'closed', now: T0 + 2 })).code, 'DUPLICATE');
+        const again = await core.store.claimDestroy({ sessionId: 'claim-1', fingerprint: f, cause: 'closed', now: T0 + 2 });
+        assert.equal(again.code, 'DUPLICATE');
         const later = await core.store.claimDestroy({ sessionId: 'claim-1', fingerprint: fp(), cause: 'completed', now: T0 + 3 });
         assert.equal(later.code, 'ALREADY');
+        // Each answer to go on with carries the placement and GPU bytes, read in the same script call.
+        for (const r of [again, later]) assert.deepEqual('placement' in r && r.placement, placementA);
         const view = await core.store.inspect('claim-1');
         assert.equal(view?.cause, 'closed');
         assert.deepEqual(view?.extraCauses, ['completed']);

@@ -1,6 +1,6 @@
 --[[
   recordIdleVerdict: activity-score's idle checker records the session.idle it is about to emit, by its event id,
-  in the session's activity context; destroy-dispatch's claim for cause 'idle' (claim-destroy-5.lua) is refused unless
+  in the session's activity context; destroy-dispatch's claim for cause 'idle' (claim-destroy-6.lua) is refused unless
   the event it handles is the verdict recorded here. So a session.idle that the checker did not reach cannot end a
   session, whoever sent it: the Kafka Broker of prod does not check its subscribers' replies against the
   EventPolicies (README, "follow-on events as replies"), and any subscriber could answer with one.

@@ -4,6 +4,8 @@
 
   KEYS[1] session record   KEYS[2] bucket deadline index (ZSET)   KEYS[3] bucket destroy watchdog (ZSET)
   KEYS[4] activity context (HASH)   KEYS[5] end marker (HASH, expires): left by an end that finds no session to end
+  KEYS[6] bucket placements (HASH): a destroy to go on with is answered its placement, so the caller needs no further
+          round trip before it asks for the GPU release
   ARGV[1] session id   ARGV[2] event fingerprint ('' = none)   ARGV[3] expected incarnation ('' = the current one)
   ARGV[4] cause   ARGV[5] now (ms)
   ARGV[6] idle-since (ms; only for cause 'idle': the claim is refused if the session was active after it, holds an
@@ -21,11 +23,13 @@
           activity context (field 'iv', record-idle-verdict-2.lua); any other is UNVERIFIED and changes nothing
 
   Returns one of:
-    {'CLAIMED', incarnation, stage, cause, placementId, attempt, token, gaveUp}
-    {'ALREADY', incarnation, stage, cause, placementId, attempt, token, gaveUp}    already destroying: resume at its checkpoint
-    {'DUPLICATE', incarnation, stage, cause, placementId, attempt, token, gaveUp}  this very event was applied already
+    {'CLAIMED', incarnation, stage, cause, placementId, attempt, token, gaveUp, gpuBytes, placement}
+    {'ALREADY', incarnation, stage, cause, placementId, attempt, token, gaveUp, gpuBytes, placement}    already destroying: resume at its checkpoint
+    {'DUPLICATE', incarnation, stage, cause, placementId, attempt, token, gaveUp, gpuBytes, placement}  this very event was applied already
                                (attempt and token: the GPU release attempt recorded so far, 0 and '' before any;
-                               gaveUp: 1 when the destroy gave up its release (release_failed), else 0)
+                               gaveUp: 1 when the destroy gave up its release (release_failed), else 0; gpuBytes: the
+                               record's `g`, '0' when none; placement: the interned JSON [node, runtimeUrl] of
+                               placementId, '' when none)
     {'NOT_OWNER', incarnation} the session belongs to another tenant: nothing changes
     {'STALE', incarnation}     the trigger names (or was sent before) an older incarnation: never touches the newer one
     {'REVIVED', incarnation}   idle verdict outdated (activity since, or an active hold)
@@ -36,7 +40,7 @@
     {'UNKNOWN'}
 ]]
 -- @include "session"
-local sessionKey, deadlinesKey, destroyingKey, contextKey, markerKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local sessionKey, deadlinesKey, destroyingKey, contextKey, markerKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local sessionId, fingerprint, expectedInc, cause, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local sentAt, ownerCheck, markerTtl = ARGV[7] or '', ARGV[8] or '', tonumber(ARGV[10] or '')
 local causeAt = tonumber(ARGV[9] or '') or now
@@ -48,7 +52,13 @@ local function leaveMarker()
   return true
 end
 
-local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'h', 'xc', 'ro', 'tn', 'ga', 'gt', 'ca', 'ct', 'rf', 'pe')
+local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'c', 'p', 'h', 'xc', 'ro', 'tn', 'ga', 'gt', 'ca', 'ct', 'rf', 'pe', 'g')
+
+-- What a destroy to go on with needs besides its checkpoint: its GPU bytes and where it is placed.
+local function placed()
+  local placement = state[5] and redis.call('HGET', placementsKey, 'id:' .. state[5]) or ''
+  return state[16] or '0', placement or ''
+end
 if not state[1] then
   if leaveMarker() then return { 'MARKED' } end
   return { 'UNKNOWN' }
@@ -66,7 +76,10 @@ if s == 'X' then
   return { 'ENDED', inc }
 end
 local gaveUp = state[14] and 1 or 0
-if seen(sessionKey, fingerprint) then return { 'DUPLICATE', inc, state[3] or '', state[4] or '', state[5], attempt, token, gaveUp } end
+if seen(sessionKey, fingerprint) then
+  local gpuBytes, placement = placed()
+  return { 'DUPLICATE', inc, state[3] or '', state[4] or '', state[5] or '', attempt, token, gaveUp, gpuBytes, placement }
+end
 -- Before anything is written: an unrecorded verdict may neither claim a destroy nor become the cause of one in progress
 -- (its event time would otherwise let it displace the claimant's cause).
 if cause == 'idle' and ((ARGV[11] or '') == '' or redis.call('HGET', contextKey, 'iv') ~= ARGV[11]) then
@@ -93,7 +106,8 @@ if s == 'D' then
   -- open waits (BUSY) for this destroy to finish.
   if tonumber(sentAt) and tonumber(sentAt) > tonumber(state[12] or '0') and tonumber(sentAt) ~= tonumber(state[13] or '0') then leaveMarker() end
   remember(sessionKey, fingerprint)
-  return { 'ALREADY', inc, state[3], current, state[5], attempt, token, gaveUp }
+  local gpuBytes, placement = placed()
+  return { 'ALREADY', inc, state[3], current, state[5] or '', attempt, token, gaveUp, gpuBytes, placement }
 end
 
 if cause == 'idle' then
@@ -105,4 +119,5 @@ if cause == 'idle' then
 end
 claim(sessionKey, deadlinesKey, destroyingKey, sessionId, cause, now, causeAt)
 remember(sessionKey, fingerprint)
-return { 'CLAIMED', inc, 'claimed', cause, state[5], 0, '', 0 }
+local gpuBytes, placement = placed()
+return { 'CLAIMED', inc, 'claimed', cause, state[5] or '', 0, '', 0, gpuBytes, placement }
