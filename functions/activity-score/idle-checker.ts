@@ -155,7 +155,7 @@ export class IdleChecker {
         const idleAt = wallTimeOf(spans, ctx.lastEventAt, idleAtSession);
         const eventId = `${sessionId}/${session.incarnation}/idle/${idleAtSession}`;
         // Recorded before it is emitted: destroy-dispatch applies only a session.idle recorded so (none forged).
-        if ((await this.#deps.store.recordIdleVerdict(sessionId, session.incarnation, eventId)) !== 'RECORDED') {
+        if ((await this.#deps.store.recordIdleVerdict(sessionId, session.incarnation, eventId, now)) !== 'RECORDED') {
           await this.index.schedule(sessionId, stored.version, undefined);
           return 'cleared';
         }

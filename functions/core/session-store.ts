@@ -720,10 +720,10 @@ export class SessionStore {
     incarnation?: number | undefined;
     cause: Cause;
     now: number;
-    idleSince?: number | undefined;
     /**
-     * For cause 'idle': the session.idle's event id. Only the verdict the idle checker recorded (recordIdleVerdict)
-     * claims or joins a destroy; any other is UNVERIFIED.
+     * For cause 'idle': the session.idle's event id. Only a verdict the idle checker recorded (recordIdleVerdict)
+     * claims a destroy or becomes a cause of one, judged at the time recorded with it; any other is UNVERIFIED on an
+     * active session, and ALREADY (changing nothing) on one being destroyed.
      */
     idleVerdict?: string | undefined;
     /** When the trigger was sent (its CloudEvent time), if known: one sent before a reopen is STALE. */
@@ -745,7 +745,7 @@ export class SessionStore {
     const r = await this.#scripts.run(
       'claimDestroy',
       [k.session, k.deadlines, k.destroying, k.context, k.endMarker, k.placements],
-      [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, input.idleSince ?? 0, input.sentAt ?? '',
+      [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, '', input.sentAt ?? '',
         input.owner === undefined ? '' : `t:${input.owner}`, input.causeAt ?? '', input.waitForOpen === true ? this.#tombstoneTtlMs : '', input.idleVerdict ?? ''],
     );
     const code = str(r[0]);
@@ -776,13 +776,13 @@ export class SessionStore {
   }
 
   /**
-   * Records the session.idle the idle checker is about to emit (its event id) as the session's idle verdict, which
-   * the claim of that event then requires (claim-destroy-6.lua): RECORDED, or ENDED / UNKNOWN when the session is no
-   * longer the active incarnation judged (emit nothing then).
+   * Records the session.idle the idle checker is about to emit (its event id) as one of the session's idle verdicts,
+   * reached at `at`, which the claim of that event then requires and judges at that time (claim-destroy-6.lua):
+   * RECORDED, or ENDED / UNKNOWN when the session is no longer the active incarnation judged (emit nothing then).
    */
-  async recordIdleVerdict(sessionId: string, incarnation: number, eventId: string): Promise<'RECORDED' | 'ENDED' | 'UNKNOWN'> {
+  async recordIdleVerdict(sessionId: string, incarnation: number, eventId: string, at: number): Promise<'RECORDED' | 'ENDED' | 'UNKNOWN'> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('recordIdleVerdict', [k.session, k.context], [incarnation, eventId]);
+    const r = await this.#scripts.run('recordIdleVerdict', [k.session, k.context], [incarnation, eventId, at]);
     const code = str(r[0]);
     if (code === 'RECORDED' || code === 'ENDED' || code === 'UNKNOWN') return code;
     throw new UnexpectedReplyError(`recordIdleVerdict replied ${code}`);

@@ -198,6 +198,20 @@ for (const topology of TOPOLOGIES) {
       assert.equal(releaseIds('stalled-1').length, 4, 'a resume after the destroy ended sends nothing');
     });
 
+    test('destroy.resume re-issues the stalled release of a destroy an idle verdict started (it names no verdict)', async () => {
+      h.setNow(T0);
+      const inc = await h.open('stalled-idle');
+      await h.deps.store.recordActivity({ sessionId: 'stalled-idle', fingerprint: 'act-si', liveFrom: T0, now: T0, expectedVersion: 0, lastActivityAt: T0, context: {} });
+      assert.equal(await h.deps.store.recordIdleVerdict('stalled-idle', inc, 'stalled-idle-verdict', T0 + 10), 'RECORDED');
+      assert.equal(await h.replica.deliver(events.idle('stalled-idle', inc, { time: T0 + 10, id: 'stalled-idle-verdict' })), 'ok');
+      assert.equal((await h.deps.store.inspect('stalled-idle'))?.cause, 'idle');
+      h.setNow(T0 + 30_000);
+      assert.equal(await h.replica.deliver(events.resume('stalled-idle', inc, 'gpu_release_requested', { id: 'resume-si' })), 'ok');
+      assert.deepEqual(releaseIds('stalled-idle'), [`stalled-idle/${inc}/release/1`, `stalled-idle/${inc}/release/2`]);
+      assert.equal(await h.replica.deliver(events.released('stalled-idle', inc)), 'ok');
+      assert.equal(destroyedCount('stalled-idle'), 1);
+    });
+
     test('destroy.resume at a later stage finishes the destroy; for a live session it changes nothing', async () => {
       h.setNow(T0);
       const inc = await h.open('stalled-2');

@@ -95,14 +95,11 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
       // The deadline engine claimed the destroy already; this resumes it (or finds it a duplicate).
       return trigger(deps, { sessionId: event.data.sessionId, fingerprint, incarnation: event.data.incarnation, cause: 'expired', now });
     case EventType.SessionIdle:
-      // The verdict was reached at the event's time: activity recorded after it (or an active hold) revives the
-      // session and the claim is refused (claim-destroy-4.lua). The event carries no earlier instant to use.
-      // Only the verdict the idle checker recorded before emitting it (by this event's id) is applied: a session.idle
-      // it did not reach cannot end a session, whoever sent it (UNVERIFIED).
-      return trigger(deps, {
-        sessionId: event.data.sessionId, fingerprint, incarnation: event.data.incarnation, cause: 'idle', now, idleSince: eventTimeOf(event, now),
-        causeAt: eventTimeOf(event, now), idleVerdict: event.id,
-      });
+      // Only a verdict the idle checker recorded before emitting it (by this event's id) is applied, judged at the time
+      // it recorded, not the event's: activity recorded after that (or an active hold) revives the session and the
+      // claim is refused (claim-destroy-6.lua), and a session.idle it did not reach cannot end a session, whoever sent
+      // it (UNVERIFIED).
+      return trigger(deps, { sessionId: event.data.sessionId, fingerprint, incarnation: event.data.incarnation, cause: 'idle', now, idleVerdict: event.id });
     case EventType.InferenceCompleted:
       if (!event.data.release) {
         if (deps.logger.isLevelEnabled('debug')) deps.logger.debug({ sessionId: event.data.sessionId, requestId: event.data.requestId }, 'inference completed without release: ignored');

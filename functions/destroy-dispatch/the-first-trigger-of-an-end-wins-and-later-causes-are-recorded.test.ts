@@ -58,7 +58,7 @@ for (const topology of TOPOLOGIES) {
       const inc = await h.open('many-1');
       // The idle checker judged it idle (and recorded its verdict) just before the close arrived.
       await h.deps.store.recordActivity({ sessionId: 'many-1', fingerprint: 'act-0', liveFrom: T0, now: T0, expectedVersion: 0, lastActivityAt: T0, context: {} });
-      assert.equal(await h.deps.store.recordIdleVerdict('many-1', inc, 'many-1-idle'), 'RECORDED');
+      assert.equal(await h.deps.store.recordIdleVerdict('many-1', inc, 'many-1-idle', T0), 'RECORDED');
       assert.equal(await h.replica.deliver(events.closed('many-1')), 'ok');
       assert.equal(await h.replica.deliver(events.idle('many-1', inc, { time: T0, id: 'many-1-idle' })), 'ok');
       assert.equal(await h.replica.deliver(events.forced('many-1')), 'ok');
@@ -102,14 +102,14 @@ for (const topology of TOPOLOGIES) {
       assert.equal(activity.code, 'APPLIED');
       h.setNow(T0 + 200);
       // Recorded by the checker (a verdict it reached on facts older than the activity), so REVIVED is what refuses it.
-      assert.equal(await h.deps.store.recordIdleVerdict('idle-revived', inc, 'idle-revived-1'), 'RECORDED');
+      assert.equal(await h.deps.store.recordIdleVerdict('idle-revived', inc, 'idle-revived-1', T0 + 50), 'RECORDED');
       assert.equal(await h.replica.deliver(events.idle('idle-revived', inc, { time: T0 + 50, id: 'idle-revived-1' })), 'ok');
       assert.equal((await h.deps.store.inspect('idle-revived'))?.state, 'active');
 
       const held = await h.open('idle-held');
       await h.deps.store.recordActivity({ sessionId: 'idle-held', fingerprint: 'act-h', liveFrom: T0, now: T0, expectedVersion: 0, lastActivityAt: T0, context: {} });
       assert.equal((await h.deps.store.hold('idle-held', 'hold-1', T0 + 200, 10_000)).code, 'HELD');
-      assert.equal(await h.deps.store.recordIdleVerdict('idle-held', held, 'idle-held-1'), 'RECORDED');
+      assert.equal(await h.deps.store.recordIdleVerdict('idle-held', held, 'idle-held-1', T0 + 200), 'RECORDED');
       assert.equal(await h.replica.deliver(events.idle('idle-held', held, { time: T0 + 200, id: 'idle-held-1' })), 'ok');
       assert.equal((await h.deps.store.inspect('idle-held'))?.state, 'active');
       assert.equal(h.emitted(EventType.GpuReleaseRequested, 'idle-revived').length + h.emitted(EventType.GpuReleaseRequested, 'idle-held').length, 0);
@@ -122,7 +122,7 @@ for (const topology of TOPOLOGIES) {
         sessionId: 'idle-dead', fingerprint: 'act-2', liveFrom: T0 + 100, now: T0 + 100, expectedVersion: 0, lastActivityAt: T0 + 100, context: {},
       });
       h.setNow(T0 + 400);
-      assert.equal(await h.deps.store.recordIdleVerdict('idle-dead', inc, 'idle-dead-1'), 'RECORDED');
+      assert.equal(await h.deps.store.recordIdleVerdict('idle-dead', inc, 'idle-dead-1', T0 + 300), 'RECORDED');
       assert.equal(await h.replica.deliver(events.idle('idle-dead', inc, { time: T0 + 300, id: 'idle-dead-1' })), 'ok');
       assert.equal((await h.deps.store.inspect('idle-dead'))?.cause, 'idle');
       assert.equal(h.emitted(EventType.GpuReleaseRequested, 'idle-dead').length, 1);
@@ -138,7 +138,7 @@ for (const topology of TOPOLOGIES) {
       });
       h.setNow(T0 + 60_000);
       assert.equal(await h.replica.deliver(events.idle('idle-forged', inc, { time: T0 + 50_000, id: 'forged-1' })), 'ok', 'no verdict recorded: 2xx, ignored');
-      assert.equal(await h.deps.store.recordIdleVerdict('idle-forged', inc, 'the-checkers-verdict'), 'RECORDED');
+      assert.equal(await h.deps.store.recordIdleVerdict('idle-forged', inc, 'the-checkers-verdict', T0 + 50_000), 'RECORDED');
       assert.equal(await h.replica.deliver(events.idle('idle-forged', inc, { time: T0 + 50_000, id: 'forged-2' })), 'ok', 'another verdict recorded: ignored');
       const view = await h.deps.store.inspect('idle-forged');
       assert.equal(view?.state, 'active');

@@ -341,8 +341,8 @@ for (const topology of TOPOLOGIES) {
         await core.store.recordActivity({ sessionId: 'claim-3', fingerprint: fp(), liveFrom: T0 + 500, now: T0 + 500, expectedVersion: 0, lastActivityAt: T0 + 500, context: {} });
         // Each verdict as the idle checker records it before emitting it (recordIdleVerdict), so only REVIVED refuses.
         const idle = async (id: string, now: number, idleSince: number) => {
-          assert.equal(await core.store.recordIdleVerdict('claim-3', r.incarnation, id), 'RECORDED');
-          return (await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now, idleSince, idleVerdict: id })).code;
+          assert.equal(await core.store.recordIdleVerdict('claim-3', r.incarnation, id, idleSince), 'RECORDED');
+          return (await core.store.claimDestroy({ sessionId: 'claim-3', fingerprint: fp(), cause: 'idle', now, idleVerdict: id })).code;
         };
         assert.equal(await idle('v1', T0 + 600, T0 + 100), 'REVIVED');
         await core.store.hold('claim-3', fp(), T0 + 600, 10_000);
@@ -357,19 +357,42 @@ for (const topology of TOPOLOGIES) {
         const r = await openAt(core, 'claim-v', T0);
         assert.equal(r.code, 'OPENED');
         if (r.code !== 'OPENED') return;
-        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v1'), 'UNKNOWN', 'no activity context: nothing was judged');
-        assert.equal(await core.store.recordIdleVerdict('no-such-session', 1, 'v1'), 'UNKNOWN');
+        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v1', T0 + 4_000), 'UNKNOWN', 'no activity context: nothing was judged');
+        assert.equal(await core.store.recordIdleVerdict('no-such-session', 1, 'v1', T0 + 4_000), 'UNKNOWN');
         await core.store.recordActivity({ sessionId: 'claim-v', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
-        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation + 1, 'v1'), 'ENDED', 'another incarnation');
-        const claim = (idleVerdict?: string) => core.store.claimDestroy({ sessionId: 'claim-v', fingerprint: fp(), cause: 'idle', now: T0 + 5_000, idleSince: T0 + 4_000, idleVerdict });
+        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation + 1, 'v1', T0 + 4_000), 'ENDED', 'another incarnation');
+        const claim = (idleVerdict?: string) => core.store.claimDestroy({ sessionId: 'claim-v', fingerprint: fp(), cause: 'idle', now: T0 + 5_000, idleVerdict });
         assert.deepEqual(await claim(), { code: 'UNVERIFIED', incarnation: r.incarnation }, 'none recorded, none named');
         assert.deepEqual(await claim('v1'), { code: 'UNVERIFIED', incarnation: r.incarnation }, 'none recorded');
-        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v2'), 'RECORDED');
+        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v2', T0 + 4_000), 'RECORDED');
         assert.deepEqual(await claim('v1'), { code: 'UNVERIFIED', incarnation: r.incarnation }, 'another verdict recorded');
         assert.deepEqual(await claim(), { code: 'UNVERIFIED', incarnation: r.incarnation });
         assert.equal((await core.store.inspect('claim-v'))?.state, 'active', 'nothing changed');
         assert.equal((await claim('v2')).code, 'CLAIMED');
-        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v3'), 'ENDED', 'destroying');
+        assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v3', T0 + 6_000), 'ENDED', 'destroying');
+        // The destroy's own trigger naming no verdict (the stall watchdog's resume of an idle destroy) goes on with it.
+        const resumed = await core.store.claimDestroy({ sessionId: 'claim-v', fingerprint: fp(), incarnation: r.incarnation, cause: 'idle', now: T0 + 9_000 });
+        assert.equal(resumed.code, 'ALREADY');
+        assert.equal((await core.store.inspect('claim-v'))?.cause, 'idle');
+      });
+
+      test('judges a recorded verdict at the time recorded with it, and keeps the last four', async () => {
+        const r = await openAt(core, 'claim-w', T0);
+        assert.equal(r.code, 'OPENED');
+        if (r.code !== 'OPENED') return;
+        await core.store.recordActivity({ sessionId: 'claim-w', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
+        for (const [id, at] of [['w1', T0 + 100], ['w2', T0 + 200], ['w3', T0 + 300], ['w4', T0 + 400], ['w5', T0 + 500]] as const) {
+          assert.equal(await core.store.recordIdleVerdict('claim-w', r.incarnation, id, at), 'RECORDED');
+        }
+        // Activity after w4's moment and before w5's: a replay of w4 (whatever time its event says) is outdated.
+        await core.store.recordActivity({ sessionId: 'claim-w', fingerprint: fp(), liveFrom: T0 + 450, now: T0 + 450, expectedVersion: 1, lastActivityAt: T0 + 450, context: {} });
+        const claim = (idleVerdict: string) => core.store.claimDestroy({ sessionId: 'claim-w', fingerprint: fp(), cause: 'idle', now: T0 + 9_000, causeAt: T0 + 9_000, idleVerdict });
+        assert.equal((await claim('w1')).code, 'UNVERIFIED', 'the oldest of five is no longer kept');
+        assert.equal((await claim('w4')).code, 'REVIVED');
+        const claimed = await claim('w2');
+        assert.equal(claimed.code, 'REVIVED', 'w2 is kept, and outdated too');
+        assert.equal((await claim('w5')).code, 'CLAIMED');
+        assert.equal((await core.store.inspect('claim-w'))?.cause, 'idle');
       });
 
       test('dedups a claim apart from other effects of the same event (inference.completed is scored and ends the session)', async () => {

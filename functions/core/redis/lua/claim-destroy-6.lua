@@ -8,8 +8,7 @@
           round trip before it asks for the GPU release
   ARGV[1] session id   ARGV[2] event fingerprint ('' = none)   ARGV[3] expected incarnation ('' = the current one)
   ARGV[4] cause   ARGV[5] now (ms)
-  ARGV[6] idle-since (ms; only for cause 'idle': the claim is refused if the session was active after it, holds an
-          unexpired hold, or held one that ended after it, because the idle verdict was reached on older facts)
+  ARGV[6] unused ('': it was the idle verdict's time, which is now the one the idle checker recorded, see ARGV[11])
   ARGV[7] when the trigger was sent (ms; its CloudEvent time, '' = unknown): a trigger that names no incarnation and
           was sent before this id was reopened ends the previous incarnation, never this one
   ARGV[8] ownership check: '' for none (our own triggers, an operator's), else 't:' and the tenant the event names
@@ -19,8 +18,13 @@
   ARGV[10] end-marker TTL (ms; '' = leave none): for the pipeline's ends (closed, completed). One that finds no session,
           or only the tombstone of an incarnation ended before it was sent, leaves a marker, so the open that the
           Broker delivers after it (sent earlier) is ended at once instead of living until its deadline
-  ARGV[11] for cause 'idle': the session.idle's event id, which must be the verdict the idle checker recorded in the
-          activity context (field 'iv', record-idle-verdict-2.lua); any other is UNVERIFIED and changes nothing
+  ARGV[11] for cause 'idle': the session.idle's event id, which must be one of the verdicts the idle checker recorded
+          in the activity context (field 'iv', record-idle-verdict-2.lua). The verdict's time is the one recorded with
+          it, never the event's: the claim is refused (REVIVED) if the session was active after it, holds an unexpired
+          hold, or held one that ended after it, because the verdict was reached on older facts; and it is the cause's
+          time. An idle trigger with no recorded verdict claims nothing (UNVERIFIED); on a destroy in progress it
+          neither becomes its cause nor an extra one, and answers ALREADY like any trigger (the stall watchdog's
+          destroy.resume of an idle destroy names no verdict, and must resume it)
 
   Returns one of:
     {'CLAIMED', incarnation, stage, cause, placementId, attempt, token, gaveUp, gpuBytes, placement}
@@ -34,7 +38,7 @@
     {'STALE', incarnation}     the trigger names (or was sent before) an older incarnation: never touches the newer one
     {'REVIVED', incarnation}   idle verdict outdated (activity since, or an active hold)
     {'UNVERIFIED', incarnation} a session.idle the idle checker did not record (forged, or from a checker older than
-                               the recording): neither a claim nor a later cause
+                               the recording), on an active session: nothing changes
     {'ENDED', incarnation}     destroyed already (tombstone)
     {'MARKED'}                 no session to end yet: the end waits in its marker for the open
     {'UNKNOWN'}
@@ -44,6 +48,20 @@ local sessionKey, deadlinesKey, destroyingKey, contextKey, markerKey, placements
 local sessionId, fingerprint, expectedInc, cause, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local sentAt, ownerCheck, markerTtl = ARGV[7] or '', ARGV[8] or '', tonumber(ARGV[10] or '')
 local causeAt = tonumber(ARGV[9] or '') or now
+
+-- An idle verdict counts only as the idle checker recorded it: its id among the last few recorded for the session
+-- ('<id> <at>' pairs, space-separated: ids never hold a space), at the time recorded with it, not the event's (a
+-- recorded verdict replayed with a fresh time must not pass the activity check below, nor take over a cause).
+local verdictAt
+if cause == 'idle' then
+  local words = {}
+  for w in string.gmatch(redis.call('HGET', contextKey, 'iv') or '', '[^ ]+') do words[#words + 1] = w end
+  for j = 1, #words - 1, 2 do
+    if words[j] == (ARGV[11] or '') and ARGV[11] ~= '' then verdictAt = tonumber(words[j + 1]) end
+  end
+  if verdictAt then causeAt = verdictAt end
+end
+local unverified = cause == 'idle' and not verdictAt
 
 -- Only an end that says when it was sent, for the tenant it names, may wait for an open.
 local function leaveMarker()
@@ -80,11 +98,8 @@ if seen(sessionKey, fingerprint) then
   local gpuBytes, placement = placed()
   return { 'DUPLICATE', inc, state[3] or '', state[4] or '', state[5] or '', attempt, token, gaveUp, gpuBytes, placement }
 end
--- Before anything is written: an unrecorded verdict may neither claim a destroy nor become the cause of one in progress
--- (its event time would otherwise let it displace the claimant's cause).
-if cause == 'idle' and ((ARGV[11] or '') == '' or redis.call('HGET', contextKey, 'iv') ~= ARGV[11]) then
-  return { 'UNVERIFIED', inc }
-end
+-- Before anything is written: an unrecorded verdict claims no destroy.
+if unverified and s == 'A' then return { 'UNVERIFIED', inc } end
 
 if s == 'D' then
   local current, extra, displaced = state[4], state[7] or '', cause
@@ -92,11 +107,12 @@ if s == 'D' then
   local engineExpiry = cause == 'expired' and state[15] ~= false and state[15] ~= nil
   -- The cause is the earliest trigger by event time: one sent before the claimant's, delivered after it, takes its
   -- place (a close processed after the deadline it was sent before is a close, not an expiry).
-  if not engineExpiry and cause ~= current and causeAt < tonumber(state[13] or causeAt) then
+  -- Nor does an unrecorded verdict become a cause, however early its time.
+  if not engineExpiry and not unverified and cause ~= current and causeAt < tonumber(state[13] or causeAt) then
     redis.call('HSET', sessionKey, 'c', cause, 'ct', causeAt)
     displaced, current = current, cause
   end
-  if not engineExpiry and displaced ~= current and not string.find(',' .. extra .. ',', ',' .. displaced .. ',', 1, true) then
+  if not engineExpiry and not unverified and displaced ~= current and not string.find(',' .. extra .. ',', ',' .. displaced .. ',', 1, true) then
     local causes = {}
     for c in string.gmatch(extra, '[^,]+') do if c ~= current then causes[#causes + 1] = c end end
     causes[#causes + 1] = displaced
@@ -111,7 +127,7 @@ if s == 'D' then
 end
 
 if cause == 'idle' then
-  local idleSince = tonumber(ARGV[6] or '0')
+  local idleSince = verdictAt
   local lastActivity = tonumber(redis.call('HGET', contextKey, 'la') or '0')
   -- A hold that ended after the verdict was reached still outdates it: quiet is timed from a hold's end.
   local heldUntil = tonumber(state[6] or '0')

@@ -6,12 +6,16 @@
   EventPolicies (README, "follow-on events as replies"), and any subscriber could answer with one.
 
   Written only while the session is active in the incarnation judged: a verdict about an ended or reopened session
-  is never recorded (its claim would be STALE or ENDED anyway). A later verdict replaces an earlier one (the checker
-  says the same verdict again, same id, while the session stays idle; a new one after new activity and new quiet).
-  The context is deleted with the session's working state (purge-session-3.lua).
+  is never recorded (its claim would be STALE or ENDED anyway). The last four verdicts are kept, each with the time
+  it was reached: the checker says a verdict again after each idle lease, under a new id when the load tier moved
+  its idle moment, and one still on its way (or redelivered) must still be applied; the claim takes the recorded
+  time, never the event's, so a recorded verdict replayed later with a fresh time is still judged against the
+  activity since its own moment. The same id recorded again moves to the newest place, its first time kept. The
+  context is deleted with the session's working state (purge-session-3.lua).
 
-  KEYS[1] session record   KEYS[2] activity context (HASH; field 'iv')
-  ARGV[1] incarnation judged   ARGV[2] the session.idle's event id
+  KEYS[1] session record   KEYS[2] activity context (HASH; field 'iv': '<id> <at>' pairs, space-separated, oldest
+          first; event ids never hold a space)
+  ARGV[1] incarnation judged   ARGV[2] the session.idle's event id   ARGV[3] when the verdict was reached (ms)
 
   Returns one of:
     {'RECORDED'}
@@ -19,11 +23,21 @@
     {'UNKNOWN'}    no such session, or no activity context (nothing was judged)
 ]]
 local sessionKey, contextKey = KEYS[1], KEYS[2]
-local incarnation, verdict = ARGV[1], ARGV[2]
-if verdict == '' then return redis.error_reply('ERR recordIdleVerdict: empty event id') end
+local incarnation, verdict, at = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if verdict == '' or string.find(verdict, ' ', 1, true) then return redis.error_reply('ERR recordIdleVerdict: event id empty or with a space') end
+if not at then return redis.error_reply('ERR recordIdleVerdict: no verdict time') end
+local KEPT = 4
 
 local state = redis.call('HMGET', sessionKey, 's', 'i')
 if not state[1] or redis.call('EXISTS', contextKey) == 0 then return { 'UNKNOWN' } end
 if state[1] ~= 'A' or state[2] ~= incarnation then return { 'ENDED' } end
-redis.call('HSET', contextKey, 'iv', verdict)
+local words, kept, first = {}, {}, at
+for w in string.gmatch(redis.call('HGET', contextKey, 'iv') or '', '[^ ]+') do words[#words + 1] = w end
+for j = 1, #words - 1, 2 do
+  if words[j] == verdict then first = tonumber(words[j + 1]) or at
+  else kept[#kept + 1] = words[j] .. ' ' .. words[j + 1] end
+end
+kept[#kept + 1] = verdict .. ' ' .. string.format('%d', first)
+while #kept > KEPT do table.remove(kept, 1) end
+redis.call('HSET', contextKey, 'iv', table.concat(kept, ' '))
 return { 'RECORDED' }
