@@ -722,10 +722,15 @@ export class SessionStore {
     now: number;
     /**
      * For cause 'idle': the session.idle's event id. Only a verdict the idle checker recorded (recordIdleVerdict)
-     * claims a destroy or becomes a cause of one, judged at the time recorded with it; any other is UNVERIFIED on an
-     * active session, and ALREADY (changing nothing) on one being destroyed.
+     * claims a destroy or becomes a cause of one, judged at the time recorded with it; any other is UNVERIFIED and
+     * changes nothing (but see `resume`).
      */
     idleVerdict?: string | undefined;
+    /**
+     * The stall watchdog's resume of a destroy (destroy.resume), which claims again under the destroy's own cause: an
+     * idle destroy is resumed though the resume names no verdict.
+     */
+    resume?: boolean;
     /** When the trigger was sent (its CloudEvent time), if known: one sent before a reopen is STALE. */
     sentAt?: number | undefined;
     /**
@@ -745,7 +750,7 @@ export class SessionStore {
     const r = await this.#scripts.run(
       'claimDestroy',
       [k.session, k.deadlines, k.destroying, k.context, k.endMarker, k.placements],
-      [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, '', input.sentAt ?? '',
+      [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, input.resume === true ? '1' : '', input.sentAt ?? '',
         input.owner === undefined ? '' : `t:${input.owner}`, input.causeAt ?? '', input.waitForOpen === true ? this.#tombstoneTtlMs : '', input.idleVerdict ?? ''],
     );
     const code = str(r[0]);

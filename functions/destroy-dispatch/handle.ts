@@ -322,7 +322,7 @@ async function resume(deps: DestroyDispatchDeps, data: { sessionId: string; inca
   }
   // Claiming again under the destroy's own cause changes nothing but remembers this event, so a redelivered
   // resume is told apart (DUPLICATE: re-send the same attempt) from a new one (ALREADY: a new attempt).
-  const r = await deps.store.claimDestroy({ sessionId, fingerprint, incarnation, cause: view.cause, now });
+  const r = await deps.store.claimDestroy({ sessionId, fingerprint, incarnation, cause: view.cause, now, resume: true });
   if (r.code !== 'CLAIMED' && r.code !== 'ALREADY' && r.code !== 'DUPLICATE') {
     deps.logger.info({ sessionId, incarnation, code: r.code }, 'destroy.resume: the destroy is over');
     return;

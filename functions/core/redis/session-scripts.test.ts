@@ -370,10 +370,37 @@ for (const topology of TOPOLOGIES) {
         assert.equal((await core.store.inspect('claim-v'))?.state, 'active', 'nothing changed');
         assert.equal((await claim('v2')).code, 'CLAIMED');
         assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v3', T0 + 6_000), 'ENDED', 'destroying');
-        // The destroy's own trigger naming no verdict (the stall watchdog's resume of an idle destroy) goes on with it.
-        const resumed = await core.store.claimDestroy({ sessionId: 'claim-v', fingerprint: fp(), incarnation: r.incarnation, cause: 'idle', now: T0 + 9_000 });
+        // On a destroy in progress an unrecorded verdict still changes nothing; the stall watchdog's resume of the idle
+        // destroy, which names no verdict, goes on with it.
+        assert.deepEqual(await claim('v9'), { code: 'UNVERIFIED', incarnation: r.incarnation });
+        const resumed = await core.store.claimDestroy({ sessionId: 'claim-v', fingerprint: fp(), incarnation: r.incarnation, cause: 'idle', now: T0 + 9_000, resume: true });
         assert.equal(resumed.code, 'ALREADY');
         assert.equal((await core.store.inspect('claim-v'))?.cause, 'idle');
+      });
+
+      test('a recorded verdict outdated since becomes no cause of a later destroy; the same id re-recorded takes the newer time', async () => {
+        const r = await openAt(core, 'claim-o', T0);
+        assert.equal(r.code, 'OPENED');
+        if (r.code !== 'OPENED') return;
+        await core.store.recordActivity({ sessionId: 'claim-o', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
+        assert.equal(await core.store.recordIdleVerdict('claim-o', r.incarnation, 'old', T0 + 100), 'RECORDED');
+        await core.store.recordActivity({ sessionId: 'claim-o', fingerprint: fp(), liveFrom: T0 + 200, now: T0 + 200, expectedVersion: 1, lastActivityAt: T0 + 200, context: {} });
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-o', fingerprint: fp(), cause: 'closed', now: T0 + 300, causeAt: T0 + 300 })).code, 'CLAIMED');
+        // Replayed after the close claimed the destroy, with its early time: outdated, so neither the cause nor an extra one.
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-o', fingerprint: fp(), cause: 'idle', now: T0 + 400, idleVerdict: 'old' })).code, 'ALREADY');
+        const view = await core.store.inspect('claim-o');
+        assert.equal(view?.cause, 'closed');
+        assert.deepEqual(view?.extraCauses ?? [], []);
+
+        const s2 = await openAt(core, 'claim-n', T0);
+        assert.equal(s2.code, 'OPENED');
+        if (s2.code !== 'OPENED') return;
+        await core.store.recordActivity({ sessionId: 'claim-n', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
+        assert.equal(await core.store.recordIdleVerdict('claim-n', s2.incarnation, 'same', T0 + 100), 'RECORDED');
+        await core.store.recordActivity({ sessionId: 'claim-n', fingerprint: fp(), liveFrom: T0 + 150, now: T0 + 150, expectedVersion: 1, lastActivityAt: T0 + 150, context: {} });
+        // The checker judged it idle again at T0 + 500 (same idle moment, same id): that judgement stands.
+        assert.equal(await core.store.recordIdleVerdict('claim-n', s2.incarnation, 'same', T0 + 500), 'RECORDED');
+        assert.equal((await core.store.claimDestroy({ sessionId: 'claim-n', fingerprint: fp(), cause: 'idle', now: T0 + 600, idleVerdict: 'same' })).code, 'CLAIMED');
       });
 
       test('judges a recorded verdict at the time recorded with it, and keeps the last four', async () => {

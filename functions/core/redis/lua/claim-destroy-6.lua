@@ -8,7 +8,8 @@
           round trip before it asks for the GPU release
   ARGV[1] session id   ARGV[2] event fingerprint ('' = none)   ARGV[3] expected incarnation ('' = the current one)
   ARGV[4] cause   ARGV[5] now (ms)
-  ARGV[6] unused ('': it was the idle verdict's time, which is now the one the idle checker recorded, see ARGV[11])
+  ARGV[6] '1' for the stall watchdog's resume of a destroy (destroy.resume: it claims again under the destroy's own
+          cause, naming no idle verdict), else ''
   ARGV[7] when the trigger was sent (ms; its CloudEvent time, '' = unknown): a trigger that names no incarnation and
           was sent before this id was reopened ends the previous incarnation, never this one
   ARGV[8] ownership check: '' for none (our own triggers, an operator's), else 't:' and the tenant the event names
@@ -22,9 +23,9 @@
           in the activity context (field 'iv', record-idle-verdict-2.lua). The verdict's time is the one recorded with
           it, never the event's: the claim is refused (REVIVED) if the session was active after it, holds an unexpired
           hold, or held one that ended after it, because the verdict was reached on older facts; and it is the cause's
-          time. An idle trigger with no recorded verdict claims nothing (UNVERIFIED); on a destroy in progress it
-          neither becomes its cause nor an extra one, and answers ALREADY like any trigger (the stall watchdog's
-          destroy.resume of an idle destroy names no verdict, and must resume it)
+          time. An idle trigger with no recorded verdict is UNVERIFIED and changes nothing, unless it is the resume
+          of an idle destroy (ARGV[6]), which goes on with it (ALREADY). A recorded verdict outdated by activity or a
+          hold since neither claims (REVIVED) nor becomes the cause, or an extra cause, of a destroy in progress
 
   Returns one of:
     {'CLAIMED', incarnation, stage, cause, placementId, attempt, token, gaveUp, gpuBytes, placement}
@@ -38,7 +39,7 @@
     {'STALE', incarnation}     the trigger names (or was sent before) an older incarnation: never touches the newer one
     {'REVIVED', incarnation}   idle verdict outdated (activity since, or an active hold)
     {'UNVERIFIED', incarnation} a session.idle the idle checker did not record (forged, or from a checker older than
-                               the recording), on an active session: nothing changes
+                               the recording): nothing changes
     {'ENDED', incarnation}     destroyed already (tombstone)
     {'MARKED'}                 no session to end yet: the end waits in its marker for the open
     {'UNKNOWN'}
@@ -57,11 +58,20 @@ if cause == 'idle' then
   local words = {}
   for w in string.gmatch(redis.call('HGET', contextKey, 'iv') or '', '[^ ]+') do words[#words + 1] = w end
   for j = 1, #words - 1, 2 do
-    if words[j] == (ARGV[11] or '') and ARGV[11] ~= '' then verdictAt = tonumber(words[j + 1]) end
+    local at = tonumber(words[j + 1])
+    -- A time that is not a finite number (only a hand-written field could hold one) verifies nothing.
+    if words[j] == (ARGV[11] or '') and ARGV[11] ~= '' and at and at == at and at ~= math.huge and at ~= -math.huge then verdictAt = at end
   end
   if verdictAt then causeAt = verdictAt end
 end
+local resuming = ARGV[6] == '1'
 local unverified = cause == 'idle' and not verdictAt
+-- Whether an idle verdict was reached on facts older than the session's: activity since, or a hold that ended after
+-- it or has not ended (quiet is timed from a hold's end).
+local function outdated(heldUntil)
+  local lastActivity = tonumber(redis.call('HGET', contextKey, 'la') or '0')
+  return lastActivity > verdictAt or heldUntil > verdictAt or heldUntil > now
+end
 
 -- Only an end that says when it was sent, for the tenant it names, may wait for an open.
 local function leaveMarker()
@@ -98,8 +108,8 @@ if seen(sessionKey, fingerprint) then
   local gpuBytes, placement = placed()
   return { 'DUPLICATE', inc, state[3] or '', state[4] or '', state[5] or '', attempt, token, gaveUp, gpuBytes, placement }
 end
--- Before anything is written: an unrecorded verdict claims no destroy.
-if unverified and s == 'A' then return { 'UNVERIFIED', inc } end
+-- Before anything is written: an unrecorded verdict changes nothing, except as the resume of an idle destroy.
+if unverified and not (resuming and s == 'D') then return { 'UNVERIFIED', inc } end
 
 if s == 'D' then
   local current, extra, displaced = state[4], state[7] or '', cause
@@ -107,12 +117,14 @@ if s == 'D' then
   local engineExpiry = cause == 'expired' and state[15] ~= false and state[15] ~= nil
   -- The cause is the earliest trigger by event time: one sent before the claimant's, delivered after it, takes its
   -- place (a close processed after the deadline it was sent before is a close, not an expiry).
-  -- Nor does an unrecorded verdict become a cause, however early its time.
-  if not engineExpiry and not unverified and cause ~= current and causeAt < tonumber(state[13] or causeAt) then
+  -- Nor does an idle verdict outdated since it was reached become a cause, however early its time (a resume is
+  -- the destroy's own cause and changes none).
+  local notACause = engineExpiry or unverified or (cause == 'idle' and outdated(tonumber(state[6] or '0')))
+  if not notACause and cause ~= current and causeAt < tonumber(state[13] or causeAt) then
     redis.call('HSET', sessionKey, 'c', cause, 'ct', causeAt)
     displaced, current = current, cause
   end
-  if not engineExpiry and not unverified and displaced ~= current and not string.find(',' .. extra .. ',', ',' .. displaced .. ',', 1, true) then
+  if not notACause and displaced ~= current and not string.find(',' .. extra .. ',', ',' .. displaced .. ',', 1, true) then
     local causes = {}
     for c in string.gmatch(extra, '[^,]+') do if c ~= current then causes[#causes + 1] = c end end
     causes[#causes + 1] = displaced
@@ -126,13 +138,7 @@ if s == 'D' then
   return { 'ALREADY', inc, state[3], current, state[5] or '', attempt, token, gaveUp, gpuBytes, placement }
 end
 
-if cause == 'idle' then
-  local idleSince = verdictAt
-  local lastActivity = tonumber(redis.call('HGET', contextKey, 'la') or '0')
-  -- A hold that ended after the verdict was reached still outdates it: quiet is timed from a hold's end.
-  local heldUntil = tonumber(state[6] or '0')
-  if lastActivity > idleSince or heldUntil > idleSince or heldUntil > now then return { 'REVIVED', inc } end
-end
+if cause == 'idle' and outdated(tonumber(state[6] or '0')) then return { 'REVIVED', inc } end
 claim(sessionKey, deadlinesKey, destroyingKey, sessionId, cause, now, causeAt)
 remember(sessionKey, fingerprint)
 local gpuBytes, placement = placed()

@@ -10,8 +10,9 @@
   it was reached: the checker says a verdict again after each idle lease, under a new id when the load tier moved
   its idle moment, and one still on its way (or redelivered) must still be applied; the claim takes the recorded
   time, never the event's, so a recorded verdict replayed later with a fresh time is still judged against the
-  activity since its own moment. The same id recorded again moves to the newest place, its first time kept. The
-  context is deleted with the session's working state (purge-session-3.lua).
+  activity since its own moment. The same id recorded again moves to the newest place with the newer time: the
+  checker judged it idle again then, on the context as it is now. The context is deleted with the session's working
+  state (purge-session-3.lua).
 
   KEYS[1] session record   KEYS[2] activity context (HASH; field 'iv': '<id> <at>' pairs, space-separated, oldest
           first; event ids never hold a space)
@@ -25,19 +26,19 @@
 local sessionKey, contextKey = KEYS[1], KEYS[2]
 local incarnation, verdict, at = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if verdict == '' or string.find(verdict, ' ', 1, true) then return redis.error_reply('ERR recordIdleVerdict: event id empty or with a space') end
-if not at then return redis.error_reply('ERR recordIdleVerdict: no verdict time') end
+if not at or at ~= at or at == math.huge or at == -math.huge then return redis.error_reply('ERR recordIdleVerdict: the verdict time is not a finite number') end
 local KEPT = 4
 
 local state = redis.call('HMGET', sessionKey, 's', 'i')
 if not state[1] or redis.call('EXISTS', contextKey) == 0 then return { 'UNKNOWN' } end
 if state[1] ~= 'A' or state[2] ~= incarnation then return { 'ENDED' } end
-local words, kept, first = {}, {}, at
+local words, kept, newest = {}, {}, at
 for w in string.gmatch(redis.call('HGET', contextKey, 'iv') or '', '[^ ]+') do words[#words + 1] = w end
 for j = 1, #words - 1, 2 do
-  if words[j] == verdict then first = tonumber(words[j + 1]) or at
+  if words[j] == verdict then newest = math.max(at, tonumber(words[j + 1]) or at)
   else kept[#kept + 1] = words[j] .. ' ' .. words[j + 1] end
 end
-kept[#kept + 1] = verdict .. ' ' .. string.format('%d', first)
+kept[#kept + 1] = verdict .. ' ' .. string.format('%d', newest)
 while #kept > KEPT do table.remove(kept, 1) end
 redis.call('HSET', contextKey, 'iv', table.concat(kept, ' '))
 return { 'RECORDED' }
