@@ -361,6 +361,14 @@ for (const topology of TOPOLOGIES) {
         assert.equal(await core.store.recordIdleVerdict('no-such-session', 1, 'v1', T0 + 4_000), 'UNKNOWN');
         await core.store.recordActivity({ sessionId: 'claim-v', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
         assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation + 1, 'v1', T0 + 4_000), 'ENDED', 'another incarnation');
+        for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, -1, 1e300]) {
+          await assert.rejects(core.store.recordIdleVerdict('claim-v', r.incarnation, 'v1', bad), /not a time in ms/, `verdict time ${bad}`);
+        }
+        // A field holding a time that is no number (only a hand-written one could) verifies nothing.
+        await core.redis.hset(core.keys.session('claim-v').context, 'iv', 'vn nan vi inf');
+        assert.deepEqual(await core.store.claimDestroy({ sessionId: 'claim-v', fingerprint: fp(), cause: 'idle', now: T0 + 5_000, idleVerdict: 'vn' }), { code: 'UNVERIFIED', incarnation: r.incarnation });
+        assert.deepEqual(await core.store.claimDestroy({ sessionId: 'claim-v', fingerprint: fp(), cause: 'idle', now: T0 + 5_000, idleVerdict: 'vi' }), { code: 'UNVERIFIED', incarnation: r.incarnation });
+        await core.redis.hdel(core.keys.session('claim-v').context, 'iv');
         const claim = (idleVerdict?: string) => core.store.claimDestroy({ sessionId: 'claim-v', fingerprint: fp(), cause: 'idle', now: T0 + 5_000, idleVerdict });
         assert.deepEqual(await claim(), { code: 'UNVERIFIED', incarnation: r.incarnation }, 'none recorded, none named');
         assert.deepEqual(await claim('v1'), { code: 'UNVERIFIED', incarnation: r.incarnation }, 'none recorded');
@@ -376,6 +384,25 @@ for (const topology of TOPOLOGIES) {
         const resumed = await core.store.claimDestroy({ sessionId: 'claim-v', fingerprint: fp(), incarnation: r.incarnation, cause: 'idle', now: T0 + 9_000, resume: true });
         assert.equal(resumed.code, 'ALREADY');
         assert.equal((await core.store.inspect('claim-v'))?.cause, 'idle');
+      });
+
+      test('once a destroy purged the verdicts with the context, a redelivered verdict answers ALREADY, not UNVERIFIED', async () => {
+        const r = await openAt(core, 'claim-p', T0);
+        assert.equal(r.code, 'OPENED');
+        if (r.code !== 'OPENED') return;
+        await core.store.recordActivity({ sessionId: 'claim-p', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
+        assert.equal(await core.store.recordIdleVerdict('claim-p', r.incarnation, 'p1', T0 + 100), 'RECORDED');
+        assert.equal(await core.store.recordIdleVerdict('claim-p', r.incarnation, 'p2', T0 + 200), 'RECORDED');
+        const idle = (id: string) => core.store.claimDestroy({ sessionId: 'claim-p', fingerprint: fp(), cause: 'idle', now: T0 + 300, idleVerdict: id });
+        assert.equal((await idle('p2')).code, 'CLAIMED');
+        const token = drawReleaseToken();
+        assert.equal((await core.store.advance('claim-p', r.incarnation, 'gpu_release_requested', T0 + 301, { attempt: 1, token })).code, 'ADVANCED');
+        assert.equal((await idle('forged')).code, 'UNVERIFIED', 'before the purge the verdicts are there to check');
+        assert.equal((await core.store.recordRelease('claim-p', r.incarnation, 1000, T0 + 302, 'gpu-node-a', token)).code, 'RELEASED');
+        assert.equal((await core.store.purge('claim-p', r.incarnation, T0 + 303)).code, 'PURGED');
+        // p1, recorded and still on its way: the destroy it would have started is past the point a cause could change.
+        assert.equal((await idle('p1')).code, 'ALREADY');
+        assert.equal((await core.store.inspect('claim-p'))?.cause, 'idle');
       });
 
       test('a recorded verdict outdated since becomes no cause of a later destroy; the same id re-recorded takes the newer time', async () => {

@@ -108,8 +108,12 @@ if seen(sessionKey, fingerprint) then
   local gpuBytes, placement = placed()
   return { 'DUPLICATE', inc, state[3] or '', state[4] or '', state[5] or '', attempt, token, gaveUp, gpuBytes, placement }
 end
--- Before anything is written: an unrecorded verdict changes nothing, except as the resume of an idle destroy.
-if unverified and not (resuming and s == 'D') then return { 'UNVERIFIED', inc } end
+-- Before anything is written: an unrecorded verdict changes nothing, except as the resume of an idle destroy. Once
+-- the destroy has purged the session's working state, the verdicts went with the activity context (and the seen
+-- events with the record's ring), so a redelivered genuine verdict can no longer be told from another: it answers
+-- ALREADY there, changing nothing either, rather than be reported as unrecorded.
+local purged = state[3] == 'state_purged' or state[3] == 'completed'
+if unverified and not (s == 'D' and (resuming or purged)) then return { 'UNVERIFIED', inc } end
 
 if s == 'D' then
   local current, extra, displaced = state[4], state[7] or '', cause

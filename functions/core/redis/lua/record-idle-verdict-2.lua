@@ -26,7 +26,8 @@
 local sessionKey, contextKey = KEYS[1], KEYS[2]
 local incarnation, verdict, at = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if verdict == '' or string.find(verdict, ' ', 1, true) then return redis.error_reply('ERR recordIdleVerdict: event id empty or with a space') end
-if not at or at ~= at or at == math.huge or at == -math.huge then return redis.error_reply('ERR recordIdleVerdict: the verdict time is not a finite number') end
+-- A time in ms since the epoch, as a whole number Lua's doubles hold exactly (NaN fails every comparison).
+if not (at and at >= 0 and at <= 9007199254740991) then return redis.error_reply('ERR recordIdleVerdict: the verdict time is not a time in ms') end
 local KEPT = 4
 
 local state = redis.call('HMGET', sessionKey, 's', 'i')
