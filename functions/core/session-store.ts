@@ -371,6 +371,12 @@ const num = (v: unknown): number => {
   if (!Number.isFinite(n)) throw new UnexpectedReplyError(`expected a number in script reply, got ${JSON.stringify(v)}`);
   return n;
 };
+/** A placement from its interned JSON `[node, runtimeUrl]` (empty when there is none). */
+function placementOf(raw: string | null, gpuBytes: number): Placement {
+  const [node, runtimeUrl] = raw ? (JSON.parse(raw) as [string, string]) : ['', ''];
+  return { node, runtimeUrl, gpuBytes };
+}
+
 const str = (v: unknown): string => {
   if (typeof v === 'string') return v;
   if (typeof v === 'number') return String(v);
@@ -425,9 +431,7 @@ export class SessionStore {
   }
 
   async #placement(k: SessionKeys, pid: unknown, gpuBytes = 0): Promise<Placement> {
-    const raw = pid ? await this.redis.hget(k.placements, `id:${str(pid)}`) : null;
-    const [node, runtimeUrl] = raw ? (JSON.parse(raw) as [string, string]) : ['', ''];
-    return { node, runtimeUrl, gpuBytes };
+    return placementOf(pid ? await this.redis.hget(k.placements, `id:${str(pid)}`) : null, gpuBytes);
   }
 
   /** Applies a session.opened. */
@@ -758,11 +762,10 @@ export class SessionStore {
       case 'CLAIMED':
       case 'ALREADY':
       case 'DUPLICATE': {
-        // The placement comes with the claim (one round trip: the destroy asks for its release next).
-        const [node, runtimeUrl] = str(r[9]) ? (JSON.parse(str(r[9])) as [string, string]) : ['', ''];
         return {
           code, incarnation: num(r[1]), stage: str(r[2]) as Stage, cause: str(r[3]) as Cause,
-          placement: { node, runtimeUrl, gpuBytes: Number(str(r[8]) || 0) },
+          // The placement comes with the claim (one round trip: the destroy asks for its release next).
+          placement: placementOf(str(r[9]), Number(str(r[8]) || 0)),
           release: { attempt: num(r[5] ?? 0), token: str(r[6]) },
           gaveUp: str(r[7]) === '1',
         };

@@ -201,7 +201,7 @@ for (const topology of TOPOLOGIES) {
     test('destroy.resume re-issues the stalled release of a destroy an idle verdict started (it names no verdict)', async () => {
       h.setNow(T0);
       const inc = await h.open('stalled-idle');
-      await h.deps.store.recordActivity({ sessionId: 'stalled-idle', fingerprint: 'act-si', liveFrom: T0, now: T0, expectedVersion: 0, lastActivityAt: T0, context: {} });
+      await h.firstActivity('stalled-idle', T0);
       assert.equal(await h.deps.store.recordIdleVerdict('stalled-idle', inc, 'stalled-idle-verdict', T0 + 10), 'RECORDED');
       assert.equal(await h.replica.deliver(events.idle('stalled-idle', inc, { time: T0 + 10, id: 'stalled-idle-verdict' })), 'ok');
       assert.equal((await h.deps.store.inspect('stalled-idle'))?.cause, 'idle');

@@ -42,6 +42,8 @@ export interface Harness {
   addReplica(hooks?: DestroyHooks): Promise<Replica>;
   /** Opens a session (as heartbeat-timeout does) and returns its incarnation. */
   open(sessionId: string, placement?: Placement): Promise<number>;
+  /** A session's first user activity, at `at`, as activity-score records it (its context, which idle verdicts need). */
+  firstActivity(sessionId: string, at: number): Promise<void>;
   /** Accepted events of a type about a session, in order. */
   emitted(type: ContractType, sessionId?: string): ReceivedEvent[];
   close(): Promise<void>;
@@ -158,6 +160,11 @@ export async function startHarness(topology: Topology, opts: { env?: Record<stri
       const r = await first.deps.store.open({ sessionId, fingerprint: `open-${openSeq}`, now: clock, liveFrom: clock, windowMs: 60_000, placement });
       if (r.code !== 'OPENED' && r.code !== 'REOPENED') throw new Error(`could not open ${sessionId}: ${r.code}`);
       return r.incarnation;
+    },
+    async firstActivity(sessionId, at) {
+      openSeq += 1;
+      const r = await first.deps.store.recordActivity({ sessionId, fingerprint: `act-${openSeq}`, liveFrom: at, now: at, expectedVersion: 0, lastActivityAt: at, context: {} });
+      if (r.code !== 'APPLIED') throw new Error(`could not record activity on ${sessionId}: ${r.code}`);
     },
     emitted(type, sessionId) {
       return sink.events.filter((e) => e.event.type === type && (sessionId === undefined || e.event.subject === sessionId));

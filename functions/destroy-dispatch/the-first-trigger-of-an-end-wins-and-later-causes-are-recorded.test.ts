@@ -57,7 +57,7 @@ for (const topology of TOPOLOGIES) {
       h.setNow(T0);
       const inc = await h.open('many-1');
       // The idle checker judged it idle (and recorded its verdict) just before the close arrived.
-      await h.deps.store.recordActivity({ sessionId: 'many-1', fingerprint: 'act-0', liveFrom: T0, now: T0, expectedVersion: 0, lastActivityAt: T0, context: {} });
+      await h.firstActivity('many-1', T0);
       assert.equal(await h.deps.store.recordIdleVerdict('many-1', inc, 'many-1-idle', T0), 'RECORDED');
       assert.equal(await h.replica.deliver(events.closed('many-1')), 'ok');
       assert.equal(await h.replica.deliver(events.idle('many-1', inc, { time: T0, id: 'many-1-idle' })), 'ok');
@@ -107,7 +107,7 @@ for (const topology of TOPOLOGIES) {
       assert.equal((await h.deps.store.inspect('idle-revived'))?.state, 'active');
 
       const held = await h.open('idle-held');
-      await h.deps.store.recordActivity({ sessionId: 'idle-held', fingerprint: 'act-h', liveFrom: T0, now: T0, expectedVersion: 0, lastActivityAt: T0, context: {} });
+      await h.firstActivity('idle-held', T0);
       assert.equal((await h.deps.store.hold('idle-held', 'hold-1', T0 + 200, 10_000)).code, 'HELD');
       assert.equal(await h.deps.store.recordIdleVerdict('idle-held', held, 'idle-held-1', T0 + 200), 'RECORDED');
       assert.equal(await h.replica.deliver(events.idle('idle-held', held, { time: T0 + 200, id: 'idle-held-1' })), 'ok');
@@ -118,9 +118,7 @@ for (const topology of TOPOLOGIES) {
     test('an idle verdict reached after the last activity destroys the session', async () => {
       h.setNow(T0);
       const inc = await h.open('idle-dead');
-      await h.deps.store.recordActivity({
-        sessionId: 'idle-dead', fingerprint: 'act-2', liveFrom: T0 + 100, now: T0 + 100, expectedVersion: 0, lastActivityAt: T0 + 100, context: {},
-      });
+      await h.firstActivity('idle-dead', T0 + 100);
       h.setNow(T0 + 400);
       assert.equal(await h.deps.store.recordIdleVerdict('idle-dead', inc, 'idle-dead-1', T0 + 300), 'RECORDED');
       assert.equal(await h.replica.deliver(events.idle('idle-dead', inc, { time: T0 + 300, id: 'idle-dead-1' })), 'ok');
@@ -133,9 +131,7 @@ for (const topology of TOPOLOGIES) {
       // against the EventPolicies): only the verdict the checker recorded, by event id, is applied.
       h.setNow(T0);
       const inc = await h.open('idle-forged');
-      await h.deps.store.recordActivity({
-        sessionId: 'idle-forged', fingerprint: 'act-f', liveFrom: T0 + 100, now: T0 + 100, expectedVersion: 0, lastActivityAt: T0 + 100, context: {},
-      });
+      await h.firstActivity('idle-forged', T0 + 100);
       h.setNow(T0 + 60_000);
       assert.equal(await h.replica.deliver(events.idle('idle-forged', inc, { time: T0 + 50_000, id: 'forged-1' })), 'ok', 'no verdict recorded: 2xx, ignored');
       assert.equal(await h.deps.store.recordIdleVerdict('idle-forged', inc, 'the-checkers-verdict', T0 + 50_000), 'RECORDED');

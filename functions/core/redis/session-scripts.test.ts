@@ -19,6 +19,11 @@ async function destroyFully(core: TestCore, id: string, inc: number, at: number)
   assert.equal((await core.store.complete(id, inc, at + 3)).code, 'COMPLETED');
 }
 
+/** A user's activity on a session at `at` (its context at `version` so far), as activity-score records it. */
+async function activityAt(core: TestCore, id: string, at: number, version: number): Promise<void> {
+  await core.store.recordActivity({ sessionId: id, fingerprint: fp(), liveFrom: at, now: at, expectedVersion: version, lastActivityAt: at, context: {} });
+}
+
 for (const topology of TOPOLOGIES) {
   describe(`session scripts on ${topology} Redis`, () => {
     let core: TestCore;
@@ -338,7 +343,7 @@ for (const topology of TOPOLOGIES) {
         const r = await openAt(core, 'claim-3', T0);
         assert.equal(r.code, 'OPENED');
         if (r.code !== 'OPENED') return;
-        await core.store.recordActivity({ sessionId: 'claim-3', fingerprint: fp(), liveFrom: T0 + 500, now: T0 + 500, expectedVersion: 0, lastActivityAt: T0 + 500, context: {} });
+        await activityAt(core, 'claim-3', T0 + 500, 0);
         // Each verdict as the idle checker records it before emitting it (recordIdleVerdict), so only REVIVED refuses.
         const idle = async (id: string, now: number, idleSince: number) => {
           assert.equal(await core.store.recordIdleVerdict('claim-3', r.incarnation, id, idleSince), 'RECORDED');
@@ -359,7 +364,7 @@ for (const topology of TOPOLOGIES) {
         if (r.code !== 'OPENED') return;
         assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v1', T0 + 4_000), 'UNKNOWN', 'no activity context: nothing was judged');
         assert.equal(await core.store.recordIdleVerdict('no-such-session', 1, 'v1', T0 + 4_000), 'UNKNOWN');
-        await core.store.recordActivity({ sessionId: 'claim-v', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
+        await activityAt(core, 'claim-v', T0 + 10, 0);
         assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation + 1, 'v1', T0 + 4_000), 'ENDED', 'another incarnation');
         for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, -1, 1e300]) {
           await assert.rejects(core.store.recordIdleVerdict('claim-v', r.incarnation, 'v1', bad), /not a time in ms/, `verdict time ${bad}`);
@@ -390,7 +395,7 @@ for (const topology of TOPOLOGIES) {
         const r = await openAt(core, 'claim-p', T0);
         assert.equal(r.code, 'OPENED');
         if (r.code !== 'OPENED') return;
-        await core.store.recordActivity({ sessionId: 'claim-p', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
+        await activityAt(core, 'claim-p', T0 + 10, 0);
         assert.equal(await core.store.recordIdleVerdict('claim-p', r.incarnation, 'p1', T0 + 100), 'RECORDED');
         assert.equal(await core.store.recordIdleVerdict('claim-p', r.incarnation, 'p2', T0 + 200), 'RECORDED');
         const idle = (id: string) => core.store.claimDestroy({ sessionId: 'claim-p', fingerprint: fp(), cause: 'idle', now: T0 + 300, idleVerdict: id });
@@ -409,9 +414,9 @@ for (const topology of TOPOLOGIES) {
         const r = await openAt(core, 'claim-o', T0);
         assert.equal(r.code, 'OPENED');
         if (r.code !== 'OPENED') return;
-        await core.store.recordActivity({ sessionId: 'claim-o', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
+        await activityAt(core, 'claim-o', T0 + 10, 0);
         assert.equal(await core.store.recordIdleVerdict('claim-o', r.incarnation, 'old', T0 + 100), 'RECORDED');
-        await core.store.recordActivity({ sessionId: 'claim-o', fingerprint: fp(), liveFrom: T0 + 200, now: T0 + 200, expectedVersion: 1, lastActivityAt: T0 + 200, context: {} });
+        await activityAt(core, 'claim-o', T0 + 200, 1);
         assert.equal((await core.store.claimDestroy({ sessionId: 'claim-o', fingerprint: fp(), cause: 'closed', now: T0 + 300, causeAt: T0 + 300 })).code, 'CLAIMED');
         // Replayed after the close claimed the destroy, with its early time: outdated, so neither the cause nor an extra one.
         assert.equal((await core.store.claimDestroy({ sessionId: 'claim-o', fingerprint: fp(), cause: 'idle', now: T0 + 400, idleVerdict: 'old' })).code, 'ALREADY');
@@ -422,9 +427,9 @@ for (const topology of TOPOLOGIES) {
         const s2 = await openAt(core, 'claim-n', T0);
         assert.equal(s2.code, 'OPENED');
         if (s2.code !== 'OPENED') return;
-        await core.store.recordActivity({ sessionId: 'claim-n', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
+        await activityAt(core, 'claim-n', T0 + 10, 0);
         assert.equal(await core.store.recordIdleVerdict('claim-n', s2.incarnation, 'same', T0 + 100), 'RECORDED');
-        await core.store.recordActivity({ sessionId: 'claim-n', fingerprint: fp(), liveFrom: T0 + 150, now: T0 + 150, expectedVersion: 1, lastActivityAt: T0 + 150, context: {} });
+        await activityAt(core, 'claim-n', T0 + 150, 1);
         // The checker judged it idle again at T0 + 500 (same idle moment, same id): that judgement stands.
         assert.equal(await core.store.recordIdleVerdict('claim-n', s2.incarnation, 'same', T0 + 500), 'RECORDED');
         assert.equal((await core.store.claimDestroy({ sessionId: 'claim-n', fingerprint: fp(), cause: 'idle', now: T0 + 600, idleVerdict: 'same' })).code, 'CLAIMED');
@@ -434,12 +439,12 @@ for (const topology of TOPOLOGIES) {
         const r = await openAt(core, 'claim-w', T0);
         assert.equal(r.code, 'OPENED');
         if (r.code !== 'OPENED') return;
-        await core.store.recordActivity({ sessionId: 'claim-w', fingerprint: fp(), liveFrom: T0 + 10, now: T0 + 10, expectedVersion: 0, lastActivityAt: T0 + 10, context: {} });
+        await activityAt(core, 'claim-w', T0 + 10, 0);
         for (const [id, at] of [['w1', T0 + 100], ['w2', T0 + 200], ['w3', T0 + 300], ['w4', T0 + 400], ['w5', T0 + 500]] as const) {
           assert.equal(await core.store.recordIdleVerdict('claim-w', r.incarnation, id, at), 'RECORDED');
         }
         // Activity after w4's moment and before w5's: a replay of w4 (whatever time its event says) is outdated.
-        await core.store.recordActivity({ sessionId: 'claim-w', fingerprint: fp(), liveFrom: T0 + 450, now: T0 + 450, expectedVersion: 1, lastActivityAt: T0 + 450, context: {} });
+        await activityAt(core, 'claim-w', T0 + 450, 1);
         const claim = (idleVerdict: string) => core.store.claimDestroy({ sessionId: 'claim-w', fingerprint: fp(), cause: 'idle', now: T0 + 9_000, causeAt: T0 + 9_000, idleVerdict });
         assert.equal((await claim('w1')).code, 'UNVERIFIED', 'the oldest of five is no longer kept');
         assert.equal((await claim('w4')).code, 'REVIVED');

@@ -45,22 +45,20 @@
     {'UNKNOWN'}
 ]]
 -- @include "session"
+-- @include "idle-verdicts"
 local sessionKey, deadlinesKey, destroyingKey, contextKey, markerKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local sessionId, fingerprint, expectedInc, cause, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local sentAt, ownerCheck, markerTtl = ARGV[7] or '', ARGV[8] or '', tonumber(ARGV[10] or '')
 local causeAt = tonumber(ARGV[9] or '') or now
 
--- An idle verdict counts only as the idle checker recorded it: its id among the last few recorded for the session
--- ('<id> <at>' pairs, space-separated: ids never hold a space), at the time recorded with it, not the event's (a
--- recorded verdict replayed with a fresh time must not pass the activity check below, nor take over a cause).
+-- An idle verdict counts only as the idle checker recorded it: its id among the last few recorded for the session,
+-- at the time recorded with it, not the event's (a recorded verdict replayed with a fresh time must not pass the
+-- activity check below, nor take over a cause). A time that is not one (only a hand-written field could hold it)
+-- verifies nothing.
 local verdictAt
-if cause == 'idle' then
-  local words = {}
-  for w in string.gmatch(redis.call('HGET', contextKey, 'iv') or '', '[^ ]+') do words[#words + 1] = w end
-  for j = 1, #words - 1, 2 do
-    local at = tonumber(words[j + 1])
-    -- A time that is not a finite number (only a hand-written field could hold one) verifies nothing.
-    if words[j] == (ARGV[11] or '') and ARGV[11] ~= '' and at and at == at and at ~= math.huge and at ~= -math.huge then verdictAt = at end
+if cause == 'idle' and (ARGV[11] or '') ~= '' then
+  for _, recorded in ipairs(readIdleVerdicts(contextKey)) do
+    if recorded.id == ARGV[11] then verdictAt = verdictTime(recorded.at) or verdictAt end
   end
   if verdictAt then causeAt = verdictAt end
 end

@@ -14,8 +14,7 @@
   checker judged it idle again then, on the context as it is now. The context is deleted with the session's working
   state (purge-session-3.lua).
 
-  KEYS[1] session record   KEYS[2] activity context (HASH; field 'iv': '<id> <at>' pairs, space-separated, oldest
-          first; event ids never hold a space)
+  KEYS[1] session record   KEYS[2] activity context (HASH; field 'iv', as includes/idle-verdicts.lua reads it)
   ARGV[1] incarnation judged   ARGV[2] the session.idle's event id   ARGV[3] when the verdict was reached (ms)
 
   Returns one of:
@@ -23,23 +22,21 @@
     {'ENDED'}      the session is no longer active (destroying, destroyed) or is another incarnation now
     {'UNKNOWN'}    no such session, or no activity context (nothing was judged)
 ]]
+-- @include "idle-verdicts"
 local sessionKey, contextKey = KEYS[1], KEYS[2]
-local incarnation, verdict, at = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local incarnation, verdict, at = ARGV[1], ARGV[2], verdictTime(ARGV[3])
 if verdict == '' or string.find(verdict, ' ', 1, true) then return redis.error_reply('ERR recordIdleVerdict: event id empty or with a space') end
--- A time in ms since the epoch, as a whole number Lua's doubles hold exactly (NaN fails every comparison).
-if not (at and at >= 0 and at <= 9007199254740991) then return redis.error_reply('ERR recordIdleVerdict: the verdict time is not a time in ms') end
-local KEPT = 4
+if not at then return redis.error_reply('ERR recordIdleVerdict: the verdict time is not a time in ms') end
 
 local state = redis.call('HMGET', sessionKey, 's', 'i')
 if not state[1] or redis.call('EXISTS', contextKey) == 0 then return { 'UNKNOWN' } end
 if state[1] ~= 'A' or state[2] ~= incarnation then return { 'ENDED' } end
-local words, kept, newest = {}, {}, at
-for w in string.gmatch(redis.call('HGET', contextKey, 'iv') or '', '[^ ]+') do words[#words + 1] = w end
-for j = 1, #words - 1, 2 do
-  if words[j] == verdict then newest = math.max(at, tonumber(words[j + 1]) or at)
-  else kept[#kept + 1] = words[j] .. ' ' .. words[j + 1] end
+local kept, newest = {}, at
+for _, recorded in ipairs(readIdleVerdicts(contextKey)) do
+  if recorded.id == verdict then newest = math.max(at, verdictTime(recorded.at) or at)
+  else kept[#kept + 1] = recorded.id .. ' ' .. recorded.at end
 end
 kept[#kept + 1] = verdict .. ' ' .. string.format('%d', newest)
-while #kept > KEPT do table.remove(kept, 1) end
+while #kept > IDLE_VERDICTS_KEPT do table.remove(kept, 1) end
 redis.call('HSET', contextKey, 'iv', table.concat(kept, ' '))
 return { 'RECORDED' }
