@@ -1,7 +1,8 @@
 // The journal is what a killed Broker's successor reads: it must give back exactly the deliveries accepted and not
 // recorded done, survive a line left half written, and stay bounded however many events pass through it.
 import assert from 'node:assert/strict';
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { openDeliveryJournal, type JournaledEvent } from './delivery-journal.ts';
@@ -35,6 +36,34 @@ test('a reopened journal gives back every delivery accepted and not done, and on
   assert.deepEqual(second.unfinished.find((e) => e.event.attributes.id === b.event.attributes.id)?.event, b.event, 'the event comes back whole');
   await second.close();
 });
+
+for (const fsync of [false, true]) {
+  test(`an accept is in the file once it resolves, and done lines by the end of the loop turn (fsync ${fsync})`, async () => {
+    const file = join(tempStoreDir('journal-when'), '.delivery-journal.ndjson');
+    const journal = await openDeliveryJournal(file, { fsync });
+    const lines = () => readFileSync(file, 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { op: string; key?: string; event?: { attributes: { id: string } } });
+    // Appended in one turn, before any of them is awaited: each is in the file when its promise resolves, in order.
+    const events = Array.from({ length: 5 }, () => accepted(['t1']));
+    await Promise.all(events.map(async (ev) => {
+      await journal.accept([ev]);
+      assert.ok(lines().some((l) => l.op === 'accept' && l.event?.attributes.id === ev.event.attributes.id), `${ev.event.attributes.id} written before its accept resolved`);
+    }));
+    assert.deepEqual(lines().map((l) => l.event?.attributes.id), events.map((ev) => ev.event.attributes.id));
+    journal.done(events[0]!.deliveries[0]!.key);
+    journal.done(events[1]!.deliveries[0]!.key);
+    await nextTurn();
+    // With fsync the write may still be under way at the end of the turn; it is there once a following accept is.
+    if (fsync) await journal.accept([accepted(['t2'])]);
+    assert.deepEqual(lines().filter((l) => l.op === 'done').map((l) => l.key), [events[0]!.deliveries[0]!.key, events[1]!.deliveries[0]!.key]);
+    // A done given just before close is written by close, not lost to the turn that never comes for it.
+    journal.done(events[2]!.deliveries[0]!.key);
+    await journal.close();
+    assert.ok(lines().some((l) => l.op === 'done' && l.key === events[2]!.deliveries[0]!.key));
+    const reopened = await openDeliveryJournal(file);
+    assert.deepEqual(reopened.unfinished.filter((e) => e.deliveries.some((d) => d.target === 't1')).map((e) => e.event.attributes.id), events.slice(3).map((ev) => ev.event.attributes.id));
+    await reopened.close();
+  });
+}
 
 test('a line left half written is skipped and the rest is read', async () => {
   const file = join(tempStoreDir('journal-torn'), '.delivery-journal.ndjson');
