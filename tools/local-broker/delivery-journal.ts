@@ -10,8 +10,9 @@
 // fault the local Broker stands in for; only losing the machine itself (power, kernel panic) would need fsync, at a
 // cost of milliseconds per request on most disks, so it is an option (fsync: true). Without fsync an accept line is
 // written with a synchronous write(): a copy into the page cache takes microseconds, where handing it to libuv's
-// thread pool and back cost ~0.35 ms of latency per accepted event on an idle 2-core machine (measured: POST → 202
-// p50 0.88–1.0 ms against 0.51–0.67 ms without a journal), and a destroy crosses the Broker four times. `done` lines
+// thread pool and back cost ~0.25 ms of latency per accepted event on an idle 2-core machine (measured: POST → the
+// subscriber, p50 0.88–0.91 ms against 1.13–1.18 ms), and a destroy crosses the Broker four times. (A write() can block
+// the loop for longer when the kernel throttles a disk flushing much dirty data; a local stand-in accepts that.) `done` lines
 // (awaited by nobody) wait for the end of the event-loop turn and go out together. With fsync, appends that arrive
 // while a write and its fsync are under way are batched into the next one (group commit). Either way the lines keep
 // the order in which they were appended.
@@ -59,7 +60,7 @@ export interface DeliveryJournal {
   readonly tornLines: number;
   /** Makes accepted events durable: resolves once their lines are written (rejects if they could not be). */
   accept(events: readonly JournaledEvent[]): Promise<void>;
-  /** Records a delivery as finished; a key the journal does not hold is ignored. Written with the next batch. */
+  /** Records a delivery as finished; a key the journal does not hold is ignored. Written by the end of the loop turn (or with an earlier accept). */
   done(key: string): void;
   /** Forgets every delivery (they are kept elsewhere now: the pending-deliveries file at stop) and closes. */
   clearAndClose(): Promise<void>;
@@ -81,9 +82,14 @@ interface LiveEvent {
   bytes: number;
 }
 
-// write(2) to a regular file may write less than asked (a full disk, a signal): the rest is written, or the error thrown.
+// write(2) to a regular file may write less than asked (a full disk answers with the bytes that fit, and only the
+// next write fails): the rest is written, or the error thrown.
 function writeAllSync(fd: number, buf: Buffer): void {
   for (let off = 0; off < buf.length; ) off += writeSync(fd, buf, off, buf.length - off);
+}
+
+async function writeAll(handle: FileHandle, buf: Buffer): Promise<void> {
+  for (let off = 0; off < buf.length; ) off += (await handle.write(buf, off, buf.length - off)).bytesWritten;
 }
 
 function acceptLine(event: StoredEvent, deliveries: Iterable<JournalDelivery>): string {
@@ -150,6 +156,8 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
   // Set while drain() runs; cleared by it, synchronously when it wrote without awaiting anything.
   let draining = false;
   let doneFlushScheduled = false;
+  // A failed write left part of a line that could not be cut off.
+  let brokenTail = false;
   let closed = false;
 
   async function compact(): Promise<void> {
@@ -182,13 +190,23 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
           if (fileBytes > Math.max(compactAtBytes, 2 * liveBytes)) {
             await compact();
           } else {
-            const buf = Buffer.from(lines.join(''));
-            if (fsync) {
-              await handle!.write(buf);
-              await handle!.datasync();
-            } else {
-              writeAllSync(handle!.fd, buf);
+            const buf = Buffer.from((brokenTail ? '\n' : '') + lines.join(''));
+            try {
+              if (fsync) {
+                await writeAll(handle!, buf);
+                await handle!.datasync();
+              } else {
+                writeAllSync(handle!.fd, buf);
+              }
+            } catch (err) {
+              // A write that failed part way leaves the start of a line, which the next line would be appended to and
+              // both be read as one torn line: an event answered 202 after this one would be lost with it. The file is
+              // cut back to its last whole line (appends follow the end of the file), or, should that fail too, the
+              // next write starts on a line of its own (an empty line is skipped when the journal is read).
+              await handle!.truncate(fileBytes).catch(() => (brokenTail = true));
+              throw err;
             }
+            brokenTail = false;
             fileBytes += buf.length;
           }
           for (const w of batch) w.resolve();
@@ -232,6 +250,7 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
     accept(events) {
       if (closed) return Promise.reject(new Error('the delivery journal is closed'));
       const lines: string[] = [];
+      const added: LiveEvent[] = [];
       for (const { event, deliveries } of events) {
         if (deliveries.length === 0) continue;
         const line = acceptLine(event, deliveries);
@@ -240,8 +259,18 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
         liveBytes += ev.bytes;
         for (const d of deliveries) byKey.set(d.key, ev);
         lines.push(line);
+        added.push(ev);
       }
-      return lines.length === 0 ? Promise.resolve() : enqueue(lines.join(''), true);
+      if (lines.length === 0) return Promise.resolve();
+      return enqueue(lines.join(''), true).catch((err: unknown) => {
+        // Refused to its sender (who will send it again): a later compaction must not write it back as accepted.
+        for (const ev of added) {
+          if (!live.delete(ev)) continue;
+          liveBytes -= ev.bytes;
+          for (const key of ev.deliveries.keys()) if (byKey.get(key) === ev) byKey.delete(key);
+        }
+        throw err;
+      });
     },
     done(key) {
       const ev = byKey.get(key);

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { setImmediate as nextTurn } from 'node:timers/promises';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { openDeliveryJournal, type JournaledEvent } from './delivery-journal.ts';
@@ -64,6 +65,30 @@ for (const fsync of [false, true]) {
     await reopened.close();
   });
 }
+
+test('a write the file system cuts short is undone: the events answered after it are not lost with it', async () => {
+  // A real short write: a process whose file size limit (RLIMIT_FSIZE, `ulimit -f`, 1 KiB blocks) a line crosses gets
+  // the bytes below the limit written and EFBIG for the rest (Node ignores SIGXFSZ), as a full disk does.
+  const file = join(tempStoreDir('journal-short'), '.delivery-journal.ndjson');
+  const child = `
+    import { openDeliveryJournal } from ${JSON.stringify(new URL('./delivery-journal.ts', import.meta.url).href)};
+    const ev = (id, bytes) => ({ event: { attributes: { specversion: '1.0', id, source: '/tests', type: 't' }, data_base64: 'x'.repeat(bytes) }, deliveries: [{ key: id, target: 't1', url: 'http://127.0.0.1:1/' }] });
+    const journal = await openDeliveryJournal(${JSON.stringify(file)});
+    const answers = {};
+    for (const [id, bytes] of [['small-1', 100], ['crossing', 8000], ['small-2', 100]]) {
+      answers[id] = await journal.accept([ev(id, bytes)]).then(() => 'accepted', (err) => err.code);
+    }
+    await journal.close();
+    console.log(JSON.stringify(answers));
+  `;
+  const run = spawnSync('bash', ['-c', `ulimit -f 4 && exec "$0" --input-type=module -e "$1"`, process.execPath, child], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(run.status, 0, run.stderr);
+  assert.deepEqual(JSON.parse(run.stdout), { 'small-1': 'accepted', crossing: 'EFBIG', 'small-2': 'accepted' });
+  const reopened = await openDeliveryJournal(file);
+  assert.equal(reopened.tornLines, 0);
+  assert.deepEqual(reopened.unfinished.map((e) => e.event.attributes.id), ['small-1', 'small-2'], 'the refused event is not in it, the one accepted after it is');
+  await reopened.close();
+});
 
 test('a line left half written is skipped and the rest is read', async () => {
   const file = join(tempStoreDir('journal-torn'), '.delivery-journal.ndjson');
