@@ -151,7 +151,8 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
   let handle: FileHandle | undefined;
   let fileBytes = 0;
   let queued: string[] = [];
-  let waiting: Array<{ resolve: () => void; reject: (err: unknown) => void }> = [];
+  // `undo`: what to take back when the line is refused (an accept's events leave the live set).
+  let waiting: Array<{ resolve: () => void; reject: (err: unknown) => void; undo?: () => void }> = [];
   let writing: Promise<void> | undefined;
   // Set while drain() runs; cleared by it, synchronously when it wrote without awaiting anything.
   let draining = false;
@@ -163,17 +164,24 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
   async function compact(): Promise<void> {
     const tmp = `${file}.${randomUUID().slice(0, 8)}.tmp`;
     const text = [...live].map((ev) => acceptLine(ev.event, ev.deliveries.values())).join('');
-    const out = await open(tmp, 'w', 0o600);
     try {
-      await out.writeFile(text);
-      if (fsync) await out.sync();
-    } finally {
-      await out.close();
+      const out = await open(tmp, 'w', 0o600);
+      try {
+        await out.writeFile(text);
+        if (fsync) await out.sync();
+      } finally {
+        await out.close();
+      }
+      await rename(tmp, file);
+    } catch (err) {
+      // A full disk: the journal stays as it was, and the half-written copy does not pile up with each retry.
+      await rm(tmp, { force: true }).catch(() => undefined);
+      throw err;
     }
-    await rename(tmp, file);
     await handle?.close();
     handle = await open(file, 'a', 0o600);
     fileBytes = Buffer.byteLength(text);
+    brokenTail = false;
   }
 
   // One write at a time, each taking every line queued meanwhile. A compaction replaces the write: the live set it
@@ -201,9 +209,16 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
             } catch (err) {
               // A write that failed part way leaves the start of a line, which the next line would be appended to and
               // both be read as one torn line: an event answered 202 after this one would be lost with it. The file is
-              // cut back to its last whole line (appends follow the end of the file), or, should that fail too, the
-              // next write starts on a line of its own (an empty line is skipped when the journal is read).
-              await handle!.truncate(fileBytes).catch(() => (brokenTail = true));
+              // cut back to its last whole line (appends follow the end of the file). Should that fail too, the next
+              // write starts on a line of its own (the rest is one torn line, skipped when the journal is read), and
+              // fileBytes counts the rest, so that a later cut never reaches into a line already answered for; with
+              // the size unknown, the next drain compacts, which rewrites the file whole.
+              try {
+                await handle!.truncate(fileBytes);
+              } catch {
+                brokenTail = true;
+                fileBytes = await handle!.stat().then((st) => st.size, () => Number.POSITIVE_INFINITY);
+              }
               throw err;
             }
             brokenTail = false;
@@ -211,7 +226,12 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
           }
           for (const w of batch) w.resolve();
         } catch (err) {
-          for (const w of batch) w.reject(err);
+          // Taken back before anything else runs: a compaction on the next pass of this loop must not write the
+          // refused events back as accepted.
+          for (const w of batch) {
+            w.undo?.();
+            w.reject(err);
+          }
         }
       }
     } finally {
@@ -223,9 +243,10 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
     if (!draining) writing = drain();
   }
 
-  // `now`: written before this returns (without fsync) or with the next write; else at the end of this loop turn.
-  function enqueue(line: string, now: boolean): Promise<void> {
-    const written = new Promise<void>((resolve, reject) => waiting.push({ resolve, reject }));
+  // `now`: written at once (without fsync, before this returns, unless a failed write is being undone) or with the
+  // next write; else at the end of this loop turn.
+  function enqueue(line: string, now: boolean, undo?: () => void): Promise<void> {
+    const written = new Promise<void>((resolve, reject) => waiting.push({ resolve, reject, ...(undo ? { undo } : {}) }));
     queued.push(line);
     if (now) {
       kick();
@@ -262,14 +283,13 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
         added.push(ev);
       }
       if (lines.length === 0) return Promise.resolve();
-      return enqueue(lines.join(''), true).catch((err: unknown) => {
-        // Refused to its sender (who will send it again): a later compaction must not write it back as accepted.
+      // Refused to its sender (who will send it again): a later compaction must not write it back as accepted.
+      return enqueue(lines.join(''), true, () => {
         for (const ev of added) {
           if (!live.delete(ev)) continue;
           liveBytes -= ev.bytes;
           for (const key of ev.deliveries.keys()) if (byKey.get(key) === ev) byKey.delete(key);
         }
-        throw err;
       });
     },
     done(key) {

@@ -66,27 +66,58 @@ for (const fsync of [false, true]) {
   });
 }
 
-test('a write the file system cuts short is undone: the events answered after it are not lost with it', async () => {
-  // A real short write: a process whose file size limit (RLIMIT_FSIZE, `ulimit -f`, 1 KiB blocks) a line crosses gets
-  // the bytes below the limit written and EFBIG for the rest (Node ignores SIGXFSZ), as a full disk does.
-  const file = join(tempStoreDir('journal-short'), '.delivery-journal.ndjson');
+/**
+ * Runs `body` (an ES module's code, `journalAt(file, opts)` and `ev(id, bytes)` in scope) in a child process whose file
+ * size limit (RLIMIT_FSIZE, `ulimit -f`, in 1 KiB blocks) is `kib`: a write that crosses it writes the bytes below the
+ * limit and gets EFBIG for the rest (Node ignores SIGXFSZ), as on a full disk. Answers what the body prints as JSON.
+ */
+function underFileSizeLimit(kib: number, body: string): unknown {
   const child = `
-    import { openDeliveryJournal } from ${JSON.stringify(new URL('./delivery-journal.ts', import.meta.url).href)};
+    import { openDeliveryJournal as journalAt } from ${JSON.stringify(new URL('./delivery-journal.ts', import.meta.url).href)};
     const ev = (id, bytes) => ({ event: { attributes: { specversion: '1.0', id, source: '/tests', type: 't' }, data_base64: 'x'.repeat(bytes) }, deliveries: [{ key: id, target: 't1', url: 'http://127.0.0.1:1/' }] });
-    const journal = await openDeliveryJournal(${JSON.stringify(file)});
-    const answers = {};
-    for (const [id, bytes] of [['small-1', 100], ['crossing', 8000], ['small-2', 100]]) {
-      answers[id] = await journal.accept([ev(id, bytes)]).then(() => 'accepted', (err) => err.code);
-    }
-    await journal.close();
-    console.log(JSON.stringify(answers));
+    ${body}
   `;
-  const run = spawnSync('bash', ['-c', `ulimit -f 4 && exec "$0" --input-type=module -e "$1"`, process.execPath, child], { encoding: 'utf8', timeout: 60_000 });
+  const run = spawnSync('bash', ['-c', `ulimit -f ${kib} && exec "$0" --input-type=module -e "$1"`, process.execPath, child], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(run.status, 0, run.stderr);
-  assert.deepEqual(JSON.parse(run.stdout), { 'small-1': 'accepted', crossing: 'EFBIG', 'small-2': 'accepted' });
+  return JSON.parse(run.stdout);
+}
+
+for (const fsync of [false, true]) {
+  test(`a write the file system cuts short is undone: the events answered after it are not lost with it (fsync ${fsync})`, async () => {
+    const file = join(tempStoreDir('journal-short'), '.delivery-journal.ndjson');
+    const answers = underFileSizeLimit(4, `
+      const journal = await journalAt(${JSON.stringify(file)}, { fsync: ${fsync} });
+      const answers = {};
+      for (const [id, bytes] of [['small-1', 100], ['crossing', 8000], ['small-2', 100]]) {
+        answers[id] = await journal.accept([ev(id, bytes)]).then(() => 'accepted', (err) => err.code);
+      }
+      await journal.close();
+      console.log(JSON.stringify(answers));
+    `);
+    assert.deepEqual(answers, { 'small-1': 'accepted', crossing: 'EFBIG', 'small-2': 'accepted' });
+    const reopened = await openDeliveryJournal(file);
+    assert.equal(reopened.tornLines, 0);
+    assert.deepEqual(reopened.unfinished.map((e) => e.event.attributes.id), ['small-1', 'small-2'], 'the refused event is not in it, the one accepted after it is');
+    await reopened.close();
+  });
+}
+
+test('an event refused for a failed write is not written back by a compaction that follows at once', async () => {
+  // A's done line, given while R's write fails, takes the journal past its compaction threshold: the compaction
+  // that runs next must write neither A (done) nor R (refused to its sender, who sends it again).
+  const file = join(tempStoreDir('journal-refused'), '.delivery-journal.ndjson');
+  const answers = underFileSizeLimit(4, `
+    const journal = await journalAt(${JSON.stringify(file)}, { compactAtBytes: 1000 });
+    await journal.accept([ev('A', 3000)]);
+    const refused = journal.accept([ev('R', 1200)]).then(() => 'accepted', (err) => err.code);
+    journal.done('A');
+    const answer = await refused;
+    await journal.close();
+    console.log(JSON.stringify({ R: answer }));
+  `);
+  assert.deepEqual(answers, { R: 'EFBIG' });
   const reopened = await openDeliveryJournal(file);
-  assert.equal(reopened.tornLines, 0);
-  assert.deepEqual(reopened.unfinished.map((e) => e.event.attributes.id), ['small-1', 'small-2'], 'the refused event is not in it, the one accepted after it is');
+  assert.deepEqual(reopened.unfinished.map((e) => e.event.attributes.id), []);
   await reopened.close();
 });
 
