@@ -157,8 +157,6 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
   // Set while drain() runs; cleared by it, synchronously when it wrote without awaiting anything.
   let draining = false;
   let doneFlushScheduled = false;
-  // A failed write left part of a line that could not be cut off.
-  let brokenTail = false;
   let closed = false;
 
   async function compact(): Promise<void> {
@@ -173,15 +171,32 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
         await out.close();
       }
       await rename(tmp, file);
+      // The rename itself is durable only once the directory is: what fsync is asked for.
+      if (fsync) {
+        const dir = await open(dirname(file), 'r');
+        try {
+          await dir.sync();
+        } finally {
+          await dir.close();
+        }
+      }
     } catch (err) {
       // A full disk: the journal stays as it was, and the half-written copy does not pile up with each retry.
       await rm(tmp, { force: true }).catch(() => undefined);
       throw err;
     }
-    await handle?.close();
-    handle = await open(file, 'a', 0o600);
-    fileBytes = Buffer.byteLength(text);
-    brokenTail = false;
+    // From here the batch is in the journal. Failing to reopen it is not the batch's failure: the next drain finds the
+    // size unknown and compacts again, which opens it afresh.
+    const old = handle;
+    handle = undefined;
+    fileBytes = Number.POSITIVE_INFINITY;
+    await old?.close().catch(() => undefined);
+    try {
+      handle = await open(file, 'a', 0o600);
+      fileBytes = Buffer.byteLength(text);
+    } catch (err) {
+      opts.logger?.warn({ err, file }, 'the compacted delivery journal could not be reopened; the next write compacts it again');
+    }
   }
 
   // One write at a time, each taking every line queued meanwhile. A compaction replaces the write: the live set it
@@ -198,7 +213,7 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
           if (fileBytes > Math.max(compactAtBytes, 2 * liveBytes)) {
             await compact();
           } else {
-            const buf = Buffer.from((brokenTail ? '\n' : '') + lines.join(''));
+            const buf = Buffer.from(lines.join(''));
             try {
               if (fsync) {
                 await writeAll(handle!, buf);
@@ -209,19 +224,12 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
             } catch (err) {
               // A write that failed part way leaves the start of a line, which the next line would be appended to and
               // both be read as one torn line: an event answered 202 after this one would be lost with it. The file is
-              // cut back to its last whole line (appends follow the end of the file). Should that fail too, the next
-              // write starts on a line of its own (the rest is one torn line, skipped when the journal is read), and
-              // fileBytes counts the rest, so that a later cut never reaches into a line already answered for; with
-              // the size unknown, the next drain compacts, which rewrites the file whole.
-              try {
-                await handle!.truncate(fileBytes);
-              } catch {
-                brokenTail = true;
-                fileBytes = await handle!.stat().then((st) => st.size, () => Number.POSITIVE_INFINITY);
-              }
+              // cut back to its last whole line (appends follow the end of the file). Should that fail too, the size
+              // is taken as unknown, so the next drain compacts: the file is rewritten from what is live, without the
+              // refused lines and without the cut-off start of one.
+              await handle!.truncate(fileBytes).catch(() => (fileBytes = Number.POSITIVE_INFINITY));
               throw err;
             }
-            brokenTail = false;
             fileBytes += buf.length;
           }
           for (const w of batch) w.resolve();
