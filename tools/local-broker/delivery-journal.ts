@@ -269,6 +269,8 @@ export async function openDeliveryJournal(file: string, opts: DeliveryJournalOpt
   }
 
   await compact();
+  // At start a journal that cannot be opened stops the Broker (the reason was logged), rather than refusing every event.
+  if (handle === undefined) throw new Error(`the delivery journal ${file} could not be opened after compacting it`);
 
   return {
     unfinished,

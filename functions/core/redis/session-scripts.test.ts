@@ -19,6 +19,13 @@ async function destroyFully(core: TestCore, id: string, inc: number, at: number)
   assert.equal((await core.store.complete(id, inc, at + 3)).code, 'COMPLETED');
 }
 
+/** Opens a session at `now` (as openAt) and answers it, failing the test unless it was OPENED. */
+async function openedAt(core: TestCore, id: string, now: number): Promise<{ incarnation: number }> {
+  const r = await openAt(core, id, now);
+  if (r.code !== 'OPENED') return assert.fail(`${id} answered ${r.code}, not OPENED`);
+  return r;
+}
+
 /** A user's activity on a session at `at` (its context at `version` so far), as activity-score records it. */
 async function activityAt(core: TestCore, id: string, at: number, version: number): Promise<void> {
   await core.store.recordActivity({ sessionId: id, fingerprint: fp(), liveFrom: at, now: at, expectedVersion: version, lastActivityAt: at, context: {} });
@@ -331,18 +338,14 @@ for (const topology of TOPOLOGIES) {
       });
 
       test('never touches a newer incarnation for a trigger naming an older one', async () => {
-        const r = await openAt(core, 'claim-2', T0);
-        assert.equal(r.code, 'OPENED');
-        if (r.code !== 'OPENED') return;
+        const r = await openedAt(core, 'claim-2', T0);
         const stale = await core.store.claimDestroy({ sessionId: 'claim-2', fingerprint: fp(), incarnation: r.incarnation + 1000, cause: 'expired', now: T0 });
         assert.equal(stale.code, 'STALE');
         assert.equal((await core.store.inspect('claim-2'))?.state, 'active');
       });
 
       test('refuses an idle verdict reached before later activity or before a hold ended', async () => {
-        const r = await openAt(core, 'claim-3', T0);
-        assert.equal(r.code, 'OPENED');
-        if (r.code !== 'OPENED') return;
+        const r = await openedAt(core, 'claim-3', T0);
         await activityAt(core, 'claim-3', T0 + 500, 0);
         // Each verdict as the idle checker records it before emitting it (recordIdleVerdict), so only REVIVED refuses.
         const idle = async (id: string, now: number, idleSince: number) => {
@@ -359,9 +362,7 @@ for (const topology of TOPOLOGIES) {
       });
 
       test('applies only the idle verdict recorded for the session, which only an active incarnation with a context takes', async () => {
-        const r = await openAt(core, 'claim-v', T0);
-        assert.equal(r.code, 'OPENED');
-        if (r.code !== 'OPENED') return;
+        const r = await openedAt(core, 'claim-v', T0);
         assert.equal(await core.store.recordIdleVerdict('claim-v', r.incarnation, 'v1', T0 + 4_000), 'UNKNOWN', 'no activity context: nothing was judged');
         assert.equal(await core.store.recordIdleVerdict('no-such-session', 1, 'v1', T0 + 4_000), 'UNKNOWN');
         await activityAt(core, 'claim-v', T0 + 10, 0);
@@ -392,9 +393,7 @@ for (const topology of TOPOLOGIES) {
       });
 
       test('once a destroy purged the verdicts with the context, a redelivered verdict answers ALREADY, not UNVERIFIED', async () => {
-        const r = await openAt(core, 'claim-p', T0);
-        assert.equal(r.code, 'OPENED');
-        if (r.code !== 'OPENED') return;
+        const r = await openedAt(core, 'claim-p', T0);
         await activityAt(core, 'claim-p', T0 + 10, 0);
         assert.equal(await core.store.recordIdleVerdict('claim-p', r.incarnation, 'p1', T0 + 100), 'RECORDED');
         assert.equal(await core.store.recordIdleVerdict('claim-p', r.incarnation, 'p2', T0 + 200), 'RECORDED');
@@ -411,9 +410,7 @@ for (const topology of TOPOLOGIES) {
       });
 
       test('a recorded verdict outdated since becomes no cause of a later destroy; the same id re-recorded takes the newer time', async () => {
-        const r = await openAt(core, 'claim-o', T0);
-        assert.equal(r.code, 'OPENED');
-        if (r.code !== 'OPENED') return;
+        const r = await openedAt(core, 'claim-o', T0);
         await activityAt(core, 'claim-o', T0 + 10, 0);
         assert.equal(await core.store.recordIdleVerdict('claim-o', r.incarnation, 'old', T0 + 100), 'RECORDED');
         await activityAt(core, 'claim-o', T0 + 200, 1);
@@ -424,9 +421,7 @@ for (const topology of TOPOLOGIES) {
         assert.equal(view?.cause, 'closed');
         assert.deepEqual(view?.extraCauses ?? [], []);
 
-        const s2 = await openAt(core, 'claim-n', T0);
-        assert.equal(s2.code, 'OPENED');
-        if (s2.code !== 'OPENED') return;
+        const s2 = await openedAt(core, 'claim-n', T0);
         await activityAt(core, 'claim-n', T0 + 10, 0);
         assert.equal(await core.store.recordIdleVerdict('claim-n', s2.incarnation, 'same', T0 + 100), 'RECORDED');
         await activityAt(core, 'claim-n', T0 + 150, 1);
@@ -436,9 +431,7 @@ for (const topology of TOPOLOGIES) {
       });
 
       test('judges a recorded verdict at the time recorded with it, and keeps the last four', async () => {
-        const r = await openAt(core, 'claim-w', T0);
-        assert.equal(r.code, 'OPENED');
-        if (r.code !== 'OPENED') return;
+        const r = await openedAt(core, 'claim-w', T0);
         await activityAt(core, 'claim-w', T0 + 10, 0);
         for (const [id, at] of [['w1', T0 + 100], ['w2', T0 + 200], ['w3', T0 + 300], ['w4', T0 + 400], ['w5', T0 + 500]] as const) {
           assert.equal(await core.store.recordIdleVerdict('claim-w', r.incarnation, id, at), 'RECORDED');
