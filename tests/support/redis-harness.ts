@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from '../../tools/local-stack/redis-server.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 /** Fails at once, with the install command, when redis-server is not on PATH. */
 export function assertRedisInstalled(): void {
@@ -50,16 +51,21 @@ export async function startRedis(opts: { cluster?: boolean; port?: number } = {}
   const port = opts.port ?? (await freePort());
   const dir = mkdtempSync(join(tmpdir(), `sr-redis-${port}-`));
   let child: ChildProcess | undefined;
+  // A cluster node also listens on its bus port, port + 10000 unless told: for most ports that is in the ephemeral
+  // range, where any outbound connection may hold it (seen: a node that exited at start, its bus port taken). It is
+  // drawn as the port is (cluster-port, Redis 7.0+).
+  const busPort = opts.cluster ? await freePort() : undefined;
   const args = [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
     '--dir', dir, '--protected-mode', 'no', '--loglevel', 'warning',
-    ...(opts.cluster ? ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, 'nodes.conf'), '--cluster-node-timeout', '2000'] : []),
+    ...(busPort !== undefined ? ['--cluster-enabled', 'yes', '--cluster-port', String(busPort), '--cluster-config-file', join(dir, 'nodes.conf'), '--cluster-node-timeout', '2000'] : []),
   ];
   const proc: RedisProcess = {
     port,
     url: `redis://127.0.0.1:${port}`,
     async start() {
-      child = spawn('redis-server', args, { stdio: 'ignore' });
+      // SIGKILLed by the kernel when the test process dies, whatever kills it (a global setup that throws left them).
+      child = spawn(...diesWithParent('redis-server', args), { stdio: 'ignore' });
       child.unref();
       await waitFor(() => redisCli(port, 'PING') === 'PONG', `redis-server on port ${port}`);
     },
