@@ -167,6 +167,18 @@ async function writeAtomically(path: string, text: string): Promise<void> {
   }
 }
 
+/** Age past which a temporary file is taken as a killed writer's leftover: a write takes milliseconds. */
+export const STALE_TEMP_FILE_MS = 10 * 60_000;
+
+async function removeIfStale(path: string): Promise<void> {
+  try {
+    if (Date.now() - (await stat(path)).mtimeMs > STALE_TEMP_FILE_MS) await rm(path, { force: true });
+  } catch (err) {
+    // Renamed into place (or removed) by its writer meanwhile: nothing left to clean.
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
 /** Opens (creating it if needed) the dead-letter store in a directory, bounded by `maxBytes` on disk when given. */
 export async function openDeadLetterStore(dir: string, opts: { maxBytes?: number } = {}): Promise<DeadLetterStore> {
   const maxBytes = opts.maxBytes ?? Infinity;
@@ -181,13 +193,23 @@ export async function openDeadLetterStore(dir: string, opts: { maxBytes?: number
   let used = 0;
   for (const name of await readdir(dir)) {
     if (!name.endsWith('.json')) {
-      // A temporary file a killed writer left: never an entry, and its bytes would count against nobody.
-      if (name.endsWith('.tmp')) await rm(join(dir, name), { force: true });
+      // A temporary file a killed writer left: never an entry, and its bytes would count against nobody. Only an old
+      // one: a young one may be another process's write under way (the local Broker's while a test or an operator's
+      // tool opens the store to read it), whose rename would then fail and lose that dead letter (seen in CI).
+      if (name.endsWith('.tmp')) await removeIfStale(join(dir, name));
       continue;
     }
     const id = name.slice(0, -5);
     if (!ID.test(id)) continue;
-    const bytes = diskBytes((await stat(join(dir, name))).size);
+    let size: number;
+    try {
+      size = (await stat(join(dir, name))).size;
+    } catch (err) {
+      // Removed by another process (an operator's DELETE through the other one) since the listing.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw err;
+    }
+    const bytes = diskBytes(size);
     sizes.set(id, bytes);
     used += bytes;
     const hash = hashOf(id);
