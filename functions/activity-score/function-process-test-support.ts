@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { freePort } from '../../tests/support/redis-harness.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 const REPO_ROOT = join(import.meta.dirname, '..', '..');
 
@@ -22,7 +23,7 @@ export interface FunctionProcess {
 export async function startFunctionProcess(name: string, env: Record<string, string>): Promise<FunctionProcess> {
   const port = await freePort();
   let output = '';
-  const child: ChildProcess = spawn(process.execPath, [join('functions', name, 'index.ts')], {
+  const child: ChildProcess = spawn(...diesWithParent(process.execPath, [join('functions', name, 'index.ts')]), {
     cwd: REPO_ROOT,
     env: {
       ...process.env,

@@ -8,9 +8,10 @@ import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT } from '../../tools/local-stack/stack.ts';
 import { STOP_DEADLINE_MS } from './process-lifecycle.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 test('the simulated runtime exits promptly on SIGTERM after the reader of its logs has gone', { timeout: 60_000 }, async () => {
-  const proc = spawn(process.execPath, ['runtimes/sim-gpu-runtime/index.ts'], {
+  const proc = spawn(...diesWithParent(process.execPath, ['runtimes/sim-gpu-runtime/index.ts']), {
     cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? '', PORT: '0', LOG_LEVEL: 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],

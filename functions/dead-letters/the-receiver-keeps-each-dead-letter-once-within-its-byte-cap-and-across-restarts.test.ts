@@ -13,6 +13,7 @@ import type { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import type { DeadLetter, DeadLetterPage } from '../core/dead-letter-store.ts';
 import { freePort } from '../../tests/support/redis-harness.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 const ENTRY = join(import.meta.dirname, 'index.ts');
 
@@ -30,7 +31,7 @@ function tempDir(label: string): string {
 }
 
 function spawnReceiver(env: Record<string, string>): Omit<Receiver, 'url'> {
-  const proc = spawn(process.execPath, [ENTRY], { env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(...diesWithParent(process.execPath, [ENTRY]), { env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   proc.stdout.on('data', (c: Buffer) => (output += c.toString()));
   proc.stderr.on('data', (c: Buffer) => (output += c.toString()));

@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { CloudEvent, HTTP } from 'cloudevents';
 import { freePort } from '../../tests/support/redis-harness.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -20,7 +21,7 @@ export interface RunningProcess {
 
 async function startProcess(args: string[], env: Record<string, string>, what: string): Promise<RunningProcess> {
   const port = await freePort();
-  const child = spawn(process.execPath, args, {
+  const child = spawn(...diesWithParent(process.execPath, args), {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env, PORT: String(port) },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../../functions/core/config.ts';
 import { readEngineSettings } from './server.ts';
 import { skipWithoutEngine, TEST_MODEL_CACHE } from './engine-test-support.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 describe('the engine runs from its environment settings', () => {
   it('reads PORT and ENGINE_* with defaults, and refuses a bad one, naming it', () => {
@@ -18,7 +19,7 @@ describe('the engine runs from its environment settings', () => {
 
   it('starts as a process on the generated model, serves the API, and stops on SIGTERM', { skip: skipWithoutEngine }, async () => {
     const entry = fileURLToPath(new URL('./index.ts', import.meta.url));
-    const child = spawn(process.execPath, [entry], {
+    const child = spawn(...diesWithParent(process.execPath, [entry]), {
       env: { ...process.env, PORT: '0', ENGINE_CACHE_DIR: TEST_MODEL_CACHE, ENGINE_SEQUENCES: '2', ENGINE_CONTEXT_TOKENS: '64', LOG_LEVEL: 'info' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });

@@ -6,6 +6,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../../functions/core/config.ts';
 import { readSimSettings, simOptionsFromSettings } from './server.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 describe('the simulator runs from its environment settings', () => {
   it('reads PORT and SIM_* with defaults for what is unset', () => {
@@ -26,7 +27,7 @@ describe('the simulator runs from its environment settings', () => {
 
   it('starts as a process, serves the API, and stops on SIGTERM', async () => {
     const entry = fileURLToPath(new URL('./index.ts', import.meta.url));
-    const child = spawn(process.execPath, [entry], {
+    const child = spawn(...diesWithParent(process.execPath, [entry]), {
       env: { ...process.env, PORT: '0', SIM_HOST: '127.0.0.1', SIM_TOTAL_BYTES: '1048576', SIM_SEED: '3', LOG_LEVEL: 'info' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });

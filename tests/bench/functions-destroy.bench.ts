@@ -53,6 +53,7 @@ import { freePort } from '../support/redis-harness.ts';
 import { profileClockMicros, readProfile, topFrames, type CpuProfile } from './cpu-profile-top.ts';
 import { CLOCK_TICKS_PER_S, DESTROY_PATH, destroyFloorMs, measureMachineFloor, procStat, type MachineFloor } from './machine-floor.ts';
 import { REPO_ROOT, startStack, type Stack } from '../support/stack.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 const RATE = Number(process.env.BENCH_DESTROY_RATE ?? 100);
 const SECONDS = Number(process.env.BENCH_DESTROY_SECONDS ?? 20);
@@ -302,7 +303,7 @@ async function startRuntime(): Promise<RuntimeProcess> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const keep = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'NODE_COMPILE_CACHE'];
-  const proc: ChildProcess = spawn(process.execPath, ['runtimes/sim-gpu-runtime/index.ts'], {
+  const proc: ChildProcess = spawn(...diesWithParent(process.execPath, ['runtimes/sim-gpu-runtime/index.ts']), {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'ignore', 'inherit'],
     env: {

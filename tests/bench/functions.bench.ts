@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 /** One benchmark this runner runs. */
 interface Bench {
@@ -39,7 +40,7 @@ function runBench(bench: Bench): Promise<Outcome> {
     for (const line of lines) if (line.includes('MISSED:')) missed.push(line.trim());
   };
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(import.meta.dirname, bench.file)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(...diesWithParent(process.execPath, [join(import.meta.dirname, bench.file)]), { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.on('data', (chunk: Buffer) => {
       process.stdout.write(chunk);
       collect(chunk.toString('utf8'));

@@ -16,6 +16,7 @@ import { performance } from 'node:perf_hooks';
 import { createRedisClient, connectRedis } from '../../functions/core/redis/connect.ts';
 import { freePort } from '../support/redis-harness.ts';
 import { REPO_ROOT } from '../support/stack.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 /** The transport's cost on this machine, µs of CPU (both ends together) per exchange. */
 export interface MachineFloor {
@@ -85,7 +86,7 @@ async function cpuPerCall(call: (caller: number) => Promise<void>, serverMicros:
 }
 
 async function startServer(args: string[], port: number): Promise<ChildProcess> {
-  const proc = spawn(process.execPath, args, { cwd: REPO_ROOT, env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'ignore', 'inherit'] });
+  const proc = spawn(...diesWithParent(process.execPath, args), { cwd: REPO_ROOT, env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'ignore', 'inherit'] });
   for (let i = 0; i < 200; i++) {
     const up = await new Promise<boolean>((resolve) => {
       const req = request({ port, method: 'GET', path: '/' }, (res) => {

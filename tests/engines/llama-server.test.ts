@@ -19,6 +19,7 @@ import { after, before, describe, it } from 'node:test';
 import { engineClientFor } from '../../functions/core/runtime-adapters/engine-test-support.ts';
 import type { EngineClient } from '../../functions/core/runtime-adapters/index.ts';
 import { RuntimeReleaseError } from '../../functions/core/runtime-client.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 const BIN = process.env.LLAMA_SERVER_BIN;
 const MODEL = process.env.LLAMA_SERVER_MODEL;
@@ -36,7 +37,7 @@ async function freePort(): Promise<number> {
 async function startServer(slotSavePath: string | undefined): Promise<{ url: string; child: ChildProcess }> {
   const port = await freePort();
   const args = ['-m', MODEL!, '--host', '127.0.0.1', '--port', String(port), '--parallel', '2', '-c', '512', ...(slotSavePath ? ['--slot-save-path', slotSavePath] : [])];
-  const child = spawn(BIN!, args, { stdio: 'ignore' });
+  const child = spawn(...diesWithParent(BIN!, args), { stdio: 'ignore' });
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 600; i++) {
     const ok = await fetch(`${url}/health`).then((r) => r.ok, () => false);

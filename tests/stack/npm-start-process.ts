@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from '../../tools/local-stack/redis-server.ts';
 import { REPO_ROOT } from '../../tools/local-stack/stack.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 /** What start.ts writes to <state-dir>/stack.json while it runs. */
 export interface StackFile {
@@ -45,9 +46,9 @@ export function spawnStart(args: readonly string[], opts: { stateDir?: string; v
   const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' };
   delete env.REDIS_URL; // the stack starts its own private redis-server, as it does for a user
   const proc = opts.viaNode
-    ? spawn(process.execPath, ['tools/local-stack/start.ts', ...all], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    ? spawn(...diesWithParent(process.execPath, ['tools/local-stack/start.ts', ...all]), { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
     : // Its own process group, like a shell job, so a Ctrl-C can be sent to the whole group as a terminal does.
-      spawn('npm', ['start', '--silent', '--', ...all], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+      spawn(...diesWithParent('npm', ['start', '--silent', '--', ...all]), { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let text = '';
   proc.stdout?.on('data', (c: Buffer) => (text += c.toString('utf8')));
   proc.stderr?.on('data', (c: Buffer) => (text += c.toString('utf8')));

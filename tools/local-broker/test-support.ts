@@ -6,6 +6,7 @@ import type { Readable } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CloudEvent, HTTP } from 'cloudevents';
+import { diesWithParent } from '../local-stack/parent-death.ts';
 
 /** A fresh directory for one test's dead letters; removed when the process exits. */
 export function tempStoreDir(label: string): string {
@@ -66,7 +67,7 @@ export function runBrokerProcess(env: Record<string, string>): {
   exited: Promise<number | null>;
   output: () => string;
 } {
-  const proc = spawn(process.execPath, [BROKER_ENTRY], { env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(...diesWithParent(process.execPath, [BROKER_ENTRY]), { env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   proc.stdout.on('data', (c: Buffer) => (output += c.toString()));
   proc.stderr.on('data', (c: Buffer) => (output += c.toString()));

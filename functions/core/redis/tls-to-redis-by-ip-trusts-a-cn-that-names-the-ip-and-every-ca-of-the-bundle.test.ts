@@ -18,6 +18,7 @@ import type { PeerCertificate } from 'node:tls';
 import { assertRedisInstalled, freePort } from '../../../tests/support/redis-harness.ts';
 import { until } from '../../../tests/support/until.ts';
 import { checkRedisServerIdentity } from './connect.ts';
+import { diesWithParent } from '../../../tools/local-stack/parent-death.ts';
 
 const PASSWORD = 'tls-test-password-0123456789';
 const CONNECT_MODULE = pathToFileURL(path.join(import.meta.dirname, 'connect.ts')).href;
@@ -49,7 +50,7 @@ function makeServerCert(name: string, ca: string, cn: string, san?: string): voi
 /** Starts redis-server with TLS only, serving `cert`; its password reaches it on stdin, not argv. */
 async function startTlsRedis(cert: string): Promise<number> {
   const port = await freePort();
-  const child = spawn('redis-server', ['-'], { stdio: ['pipe', 'ignore', 'inherit'] });
+  const child = spawn(...diesWithParent('redis-server', ['-']), { stdio: ['pipe', 'ignore', 'inherit'] });
   servers.push(child);
   child.stdin?.end([
     'port 0', `tls-port ${port}`, 'bind 127.0.0.1', `tls-cert-file ${path.join(dir, `${cert}.crt`)}`,
