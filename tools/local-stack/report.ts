@@ -357,7 +357,8 @@ export interface StackReport {
   destroyMs: Percentiles | undefined;
   endToEndMs: Percentiles | undefined;
   gpu: GpuFigures;
-  deadLetters: { thisRun: number; stored: number };
+  /** `dropped`: deliveries that gave up and could not be kept (a full or unwritable store; the Broker logs each whole). */
+  deadLetters: { thisRun: number; stored: number; dropped: number };
   broker: Pick<BrokerStats, 'received' | 'rejected' | 'delivered' | 'retried' | 'pending'>;
   /** Crashed processes the stack restarted during the run, by name (those restarted only). */
   restarts: Record<string, number>;
@@ -390,7 +391,7 @@ export function buildReport(recorder: RunRecorder, gpu: GpuFigures, broker: Brok
     destroyMs: percentiles(samples.destroyMs),
     endToEndMs: percentiles(samples.endToEndMs),
     gpu,
-    deadLetters: { thisRun: broker.deadLettered, stored: storedDeadLetters },
+    deadLetters: { thisRun: broker.deadLettered, stored: storedDeadLetters, dropped: broker.dropped },
     broker: { received: broker.received, rejected: broker.rejected, delivered: broker.delivered, retried: broker.retried, pending: broker.pending },
     restarts: Object.fromEntries(Object.entries(restarts).filter(([, n]) => n > 0)),
     ...(engine === undefined ? {} : { engine }),
@@ -456,7 +457,7 @@ export function formatReport(r: StackReport, title = 'session-reaper report'): s
     `GPU bytes         registered ${formatBytes(g.registeredBytes)} (${g.registeredBytes}) · freed ${formatBytes(g.releasedBytes)} (${g.releasedBytes}) · held now ${formatBytes(g.heldBytes)}`,
     `  runtime         ${runtime}`,
     `  balance         ${!g.balanced ? `NOT BALANCED: ${g.problems.join('; ')}` : r.sessions.stillOpen === 0 ? 'balanced: every registered byte freed exactly once' : `ledger balanced; ${r.sessions.stillOpen} sessions still open hold their memory`}`,
-    `dead letters      ${r.deadLetters.thisRun} this run · ${r.deadLetters.stored} in the store`,
+    `dead letters      ${r.deadLetters.thisRun} this run · ${r.deadLetters.stored} in the store${r.deadLetters.dropped > 0 ? ` · ${r.deadLetters.dropped} given up and not kept (each logged whole in the Broker's log)` : ''}`,
     `broker            ${r.broker.received} events accepted · ${r.broker.rejected} refused · ${r.broker.delivered} deliveries · ${r.broker.retried} retried · ${r.broker.pending} pending`,
     `restarts          ${Object.keys(r.restarts).length === 0 ? 'none' : Object.entries(r.restarts).map(([name, n]) => `${name} ${n}`).join(' · ')}   (crashed processes restarted)`,
     ...(r.engine === undefined ? [] : engineLines(r.engine)),
