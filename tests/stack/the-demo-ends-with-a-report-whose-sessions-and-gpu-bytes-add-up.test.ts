@@ -48,6 +48,7 @@ test('the demo ends by itself with a report whose sessions and GPU bytes add up'
     assert.equal(report.endToEndMs?.count, SESSIONS, 'every destroy is timed from the event that ended its session');
     assert.equal(report.detectionLagMs?.count ?? 0, report.sessions.byCause.expired);
     assert.equal(report.deadLetters.thisRun, 0);
+    assert.equal(report.deadLetters.dropped, 0);
   } finally {
     if (started.proc.exitCode === null) started.proc.kill('SIGKILL');
     rmSync(started.stateDir, { recursive: true, force: true });

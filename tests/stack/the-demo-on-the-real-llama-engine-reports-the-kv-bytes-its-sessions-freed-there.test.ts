@@ -56,6 +56,7 @@ test('the demo on the real llama engine reports the KV bytes its sessions freed 
     assert.ok(report.gpu.runtime);
     assert.equal(report.gpu.runtime.totalAllocated, report.gpu.registeredBytes - engine.sessions.registeredBytes, 'the simulator allocated what the other sessions registered');
     assert.equal(report.deadLetters.thisRun, 0);
+    assert.equal(report.deadLetters.dropped, 0);
   } finally {
     if (started.proc.exitCode === null) started.proc.kill('SIGKILL');
     rmSync(started.stateDir, { recursive: true, force: true });

@@ -319,7 +319,7 @@ async function main(): Promise<number> {
       if (process.env.SR_DEMO_DEBUG) console.log(outcome.sessions.map((x) => `${x.sessionId} ${x.planned} -> ${x.cause} after ${x.livedMs} ms`).join('\n'));
       console.log(`\n${formatReport(demoReport, `demo report: ${outcome.ended} of ${outcome.planned} sessions ended`)}\n`);
       if (flags.exitAfterDemo) {
-        const ok = outcome.open === 0 && demoReport.gpu.balanced && demoReport.sessions.destroyedTwice === 0 && demoReport.deadLetters.thisRun === 0 && (demoReport.engine?.agree ?? true);
+        const ok = outcome.open === 0 && demoReport.gpu.balanced && demoReport.sessions.destroyedTwice === 0 && demoReport.deadLetters.thisRun === 0 && demoReport.deadLetters.dropped === 0 && (demoReport.engine?.agree ?? true);
         await live.shutdown?.(ok ? 0 : 1, ok ? 'the demo is over' : 'the demo ended with problems (see the report)');
       } else {
         console.log('The demo is over; the stack keeps serving. Ctrl-C stops.');
