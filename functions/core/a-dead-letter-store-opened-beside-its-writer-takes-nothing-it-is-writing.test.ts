@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { until } from '../../tests/support/until.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 import { openDeadLetterStore, STALE_TEMP_FILE_MS, type NewDeadLetter } from './dead-letter-store.ts';
 
 function tempStore(label: string): string {
@@ -45,7 +46,7 @@ test('every dead letter added while other processes open the same store is kept'
   const dir = tempStore('beside');
   const writer = await openDeadLetterStore(dir);
   const readers = [0, 1].map(() => {
-    const child = spawn(process.execPath, ['--input-type=module', '-e', READER, dir], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const child = spawn(...diesWithParent(process.execPath, ['--input-type=module', '-e', READER, dir]), { stdio: ['pipe', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     const exited = new Promise<number>((resolve, reject) => child.once('exit', (code) => (code === 0 ? resolve(Number(out.replace('polling', ''))) : reject(new Error(`reader exited ${code}`)))));

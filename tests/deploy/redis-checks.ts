@@ -12,6 +12,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { at, ofKind, obj, arr, str, type Obj } from './deployment-checks.ts';
 import { describe, show, type Json, type Manifest } from './manifest-schemas.ts';
+import { diesWithParent } from '../../tools/local-stack/parent-death.ts';
 
 
 /**
@@ -320,7 +321,9 @@ export async function runRenderedRedis(startup: RenderedRedisStartup, root: stri
   const [cmd = '', ...rest] = startup.server.argv.map((a) => relocate(a, mountPaths, root));
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH };
   for (const [name, source] of startup.server.env) env[name] = 'value' in source ? source.value : password;
-  const server = spawn(cmd, [...rest, '--port', String(port), '--bind', '127.0.0.1'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+  // Killed with the test process however it dies; setpriv execs redis-server in place, so the pid and the argv
+  // sampled below are redis-server's once it runs.
+  const server = spawn(...diesWithParent(cmd, [...rest, '--port', String(port), '--bind', '127.0.0.1']), { env, stdio: ['ignore', 'ignore', 'inherit'] });
   // redis-server rewrites its process title once started; its argv as exec'd is readable only until then.
   const until = Date.now() + 3000;
   while (Date.now() < until && server.exitCode === null) {

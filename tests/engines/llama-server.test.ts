@@ -40,6 +40,8 @@ async function startServer(slotSavePath: string | undefined): Promise<{ url: str
   const child = spawn(...diesWithParent(BIN!, args), { stdio: 'ignore' });
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 600; i++) {
+    // Exited (a wrong binary or model: setpriv reports it by its exit, not as a spawn error).
+    if (child.exitCode !== null) throw new Error(`llama-server exited with ${child.exitCode} before it was healthy`);
     const ok = await fetch(`${url}/health`).then((r) => r.ok, () => false);
     if (ok) return { url, child };
     await sleep(100);

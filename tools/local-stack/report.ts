@@ -357,7 +357,7 @@ export interface StackReport {
   destroyMs: Percentiles | undefined;
   endToEndMs: Percentiles | undefined;
   gpu: GpuFigures;
-  /** `dropped`: deliveries that gave up and could not be kept (a full or unwritable store; the Broker logs each whole). */
+  /** `dropped`: deliveries that gave up and were not kept (a full or unwritable store, or no dead-letter sink; the Broker logs each). */
   deadLetters: { thisRun: number; stored: number; dropped: number };
   broker: Pick<BrokerStats, 'received' | 'rejected' | 'delivered' | 'retried' | 'pending'>;
   /** Crashed processes the stack restarted during the run, by name (those restarted only). */
@@ -457,7 +457,7 @@ export function formatReport(r: StackReport, title = 'session-reaper report'): s
     `GPU bytes         registered ${formatBytes(g.registeredBytes)} (${g.registeredBytes}) · freed ${formatBytes(g.releasedBytes)} (${g.releasedBytes}) · held now ${formatBytes(g.heldBytes)}`,
     `  runtime         ${runtime}`,
     `  balance         ${!g.balanced ? `NOT BALANCED: ${g.problems.join('; ')}` : r.sessions.stillOpen === 0 ? 'balanced: every registered byte freed exactly once' : `ledger balanced; ${r.sessions.stillOpen} sessions still open hold their memory`}`,
-    `dead letters      ${r.deadLetters.thisRun} this run · ${r.deadLetters.stored} in the store${r.deadLetters.dropped > 0 ? ` · ${r.deadLetters.dropped} given up and not kept (each logged whole in the Broker's log)` : ''}`,
+    `dead letters      ${r.deadLetters.thisRun} this run · ${r.deadLetters.stored} in the store${r.deadLetters.dropped > 0 ? ` · ${r.deadLetters.dropped} given up and not kept (each in the Broker's log)` : ''}`,
     `broker            ${r.broker.received} events accepted · ${r.broker.rejected} refused · ${r.broker.delivered} deliveries · ${r.broker.retried} retried · ${r.broker.pending} pending`,
     `restarts          ${Object.keys(r.restarts).length === 0 ? 'none' : Object.entries(r.restarts).map(([name, n]) => `${name} ${n}`).join(' · ')}   (crashed processes restarted)`,
     ...(r.engine === undefined ? [] : engineLines(r.engine)),

@@ -18,5 +18,5 @@ test('the report names the deliveries that gave up and could not be kept, and on
   assert.doesNotMatch(clean, /not kept/);
   const lost = buildReport(recorder, noGpu, stats(1, 2), 1);
   assert.equal(lost.deadLetters.dropped, 2);
-  assert.match(formatReport(lost), /dead letters +1 this run · 1 in the store · 2 given up and not kept \(each logged whole in the Broker's log\)\n/);
+  assert.match(formatReport(lost), /dead letters +1 this run · 1 in the store · 2 given up and not kept \(each in the Broker's log\)\n/);
 });
