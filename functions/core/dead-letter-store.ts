@@ -13,6 +13,7 @@
 // redelivered dead letter) returns the entry already kept. The file name carries a hash of that key, so the index is
 // rebuilt at open from the directory listing alone, without reading a single entry.
 import { createHash, randomUUID } from 'node:crypto';
+import type { Stats } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StoredEvent } from './cloudevent-wire.ts';
@@ -170,12 +171,13 @@ async function writeAtomically(path: string, text: string): Promise<void> {
 /** Age past which a temporary file is taken as a killed writer's leftover: a write takes milliseconds. */
 export const STALE_TEMP_FILE_MS = 10 * 60_000;
 
-async function removeIfStale(path: string): Promise<void> {
+// A file another process may rename or remove between the listing and this look: undefined once it is gone.
+async function statIfPresent(path: string): Promise<Stats | undefined> {
   try {
-    if (Date.now() - (await stat(path)).mtimeMs > STALE_TEMP_FILE_MS) await rm(path, { force: true });
+    return await stat(path);
   } catch (err) {
-    // Renamed into place (or removed) by its writer meanwhile: nothing left to clean.
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
   }
 }
 
@@ -196,20 +198,18 @@ export async function openDeadLetterStore(dir: string, opts: { maxBytes?: number
       // A temporary file a killed writer left: never an entry, and its bytes would count against nobody. Only an old
       // one: a young one may be another process's write under way (the local Broker's while a test or an operator's
       // tool opens the store to read it), whose rename would then fail and lose that dead letter (seen in CI).
-      if (name.endsWith('.tmp')) await removeIfStale(join(dir, name));
+      if (name.endsWith('.tmp')) {
+        const tmp = await statIfPresent(join(dir, name));
+        if (tmp && Date.now() - tmp.mtimeMs > STALE_TEMP_FILE_MS) await rm(join(dir, name), { force: true });
+      }
       continue;
     }
     const id = name.slice(0, -5);
     if (!ID.test(id)) continue;
-    let size: number;
-    try {
-      size = (await stat(join(dir, name))).size;
-    } catch (err) {
-      // Removed by another process (an operator's DELETE through the other one) since the listing.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-      throw err;
-    }
-    const bytes = diskBytes(size);
+    // Gone since the listing: removed by another process (an operator's DELETE through the other one).
+    const entry = await statIfPresent(join(dir, name));
+    if (entry === undefined) continue;
+    const bytes = diskBytes(entry.size);
     sizes.set(id, bytes);
     used += bytes;
     const hash = hashOf(id);

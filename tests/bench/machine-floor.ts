@@ -4,8 +4,8 @@
 // gpu.release.requested to gpu-release), four plain HTTP exchanges (the close into the Broker, the emit of
 // session.destroyed into it, the runtime call, the delivery to the subscriber; gpu.release.requested and gpu.released
 // ride in the answers to the requests that caused them, as Knative reply events) and the Redis round trips of
-// destroy-dispatch and gpu-release. Each is timed here as the CPU both of its ends spend (this process's and the server's, from
-// /proc or Redis INFO).
+// destroy-dispatch and gpu-release. Each is timed here as the CPU both of its ends spend (this process's and the
+// server's, from /proc or Redis INFO).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,10 +29,11 @@ export interface MachineFloor {
 
 /**
  * Redis commands a destroy sends, by the request that sends them: destroy-dispatch on session.closed (claim,
- * admission at the node, a token of the runtime's call rate, checkpoint), gpu-release on gpu.release.requested (begin and settle the runtime call), destroy-dispatch on
- * gpu.released (the booking, the purge and the read for session.destroyed sent together, then the slot and the
- * completion); `pipelined` of them ride in another's round trip. Counted on a real Redis by
- * the-destroy-floor-counts-every-redis-command-a-destroy-makes.test.ts, which fails when the path changes them.
+ * admission at the node, a token of the runtime's call rate, checkpoint), gpu-release on gpu.release.requested (begin
+ * and settle the runtime call), destroy-dispatch on gpu.released (the booking, the purge and the read for
+ * session.destroyed sent together, then the slot and the completion); `pipelined` of them ride in another's round
+ * trip. Counted on a real Redis by the-destroy-floor-counts-every-redis-command-a-destroy-makes.test.ts, which fails
+ * when the path changes them.
  */
 export const DESTROY_REDIS = { commands: { closed: 4, called: 2, released: 5 }, pipelined: 2 } as const;
 
