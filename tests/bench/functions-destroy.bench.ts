@@ -187,20 +187,25 @@ async function driverThread(): Promise<void> {
     const closeErrors: Record<string, number> = {};
     const countError = (what: string) => (closeErrors[what] = (closeErrors[what] ?? 0) + 1);
 
-    const sendClose = (i: number) => {
+    // `resend`: the one retry a close gets when the Broker had closed the pooled connection it was written on (its
+    // keep-alive timeout raced the write, so the request never reached it), as functions/core/http-client.ts does
+    // for the functions' own hops and a pipeline's sender would; any other failure is counted as not accepted.
+    const sendClose = (i: number, resend = true) => {
       const id = job.sessionIds[i]!;
       const body = JSON.stringify({ sessionId: id, reason: 'benchmark' });
-      sentAt[i] = wallNow();
+      if (resend) sentAt[i] = wallNow();
+      let answered = false;
       const req = request(
         {
           host: broker.hostname, port: broker.port, path: broker.pathname, method: 'POST', agent,
           headers: {
             'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'ce-specversion': '1.0',
-            'ce-id': `close-${id}`, 'ce-source': CLOSE_SOURCE, 'ce-type': EventType.SessionClosed, 'ce-time': new Date(sentAt[i]).toISOString(),
+            'ce-id': `close-${id}`, 'ce-source': CLOSE_SOURCE, 'ce-type': EventType.SessionClosed, 'ce-time': new Date(sentAt[i]!).toISOString(),
             authorization: `Bearer ${job.token}`,
           },
         },
         (res) => {
+          answered = true;
           res.resume();
           res.on('end', () => {
             if (res.statusCode === 202) ackedAt[i] = wallNow();
@@ -208,7 +213,10 @@ async function driverThread(): Promise<void> {
           });
         },
       );
-      req.on('error', (err) => countError(err.message));
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        if (resend && !answered && req.reusedSocket && ['ECONNRESET', 'EPIPE', 'ECONNABORTED'].includes(err.code ?? '')) sendClose(i, false);
+        else countError(err.message);
+      });
       req.end(body);
     };
 
