@@ -1,18 +1,6 @@
-// destroy-dispatch's process: the host's handler served behind the request bounds (functions/framework/serve.ts;
-// the `http` signature, so malformed events can be answered 400: see functions/core/function-host.ts).
-import { createFunctionHost } from '../core/function-host.ts';
-import { stopOnSignals } from '../core/process-lifecycle.ts';
-import { serveHost } from '../framework/serve.ts';
-import { destroyDispatch } from './definition.ts';
+// destroy-dispatch's process: functions-framework and the request bounds on the main thread (functions/framework/
+// serve.ts; the `http` signature, so malformed events can be answered 400: see functions/core/function-host.ts), the
+// function host in a worker thread (functions/framework/worker-host.ts says why).
+import { serveHostInWorker } from '../framework/worker-host.ts';
 
-const host = createFunctionHost(destroyDispatch(process.env));
-
-const server = await serveHost(host);
-
-stopOnSignals(host.core.deps.logger, 'destroy-dispatch', async () => {
-  try {
-    await server.close();
-  } finally {
-    await host.core.close();
-  }
-});
+await serveHostInWorker(new URL('./host.ts', import.meta.url));

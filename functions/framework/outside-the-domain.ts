@@ -1,3 +1,7 @@
+// Today the work this runs is only the forwarding of a request to the function host's worker thread (worker-host.ts):
+// that keeps the host's promises away from the domain's async hook altogether, which a drain loop in the same thread
+// could not (below). What follows is why the loop was built, and what it still does for the main thread.
+//
 // functions-framework runs every request's function inside a `domain` of its own (function_wrappers.js,
 // wrapHttpFunction: `domain.create()`, then `d.run(...)`), so that an exception thrown anywhere while serving it can
 // be answered 500. Node's domain module (deprecated since Node 4) follows a domain through async hooks: while one is

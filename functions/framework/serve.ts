@@ -9,15 +9,15 @@
 // page), then hands the request, read, with its body decoded (`body`, and `decodedBody` for the function host) and
 // its bytes (`rawBody`, as the framework keeps them), to the framework's Express app for the function, which it
 // obtains through the framework's documented getTestServer; the framework's body parsers skip a request already
-// read. The handler's work runs outside the framework's per-request domain (outside-the-domain.ts says why). Nothing
-// of the framework is patched.
+// read. The handler it is given (worker-host.ts: forwarding to the function host in a worker thread) runs outside
+// the framework's per-request domain (outside-the-domain.ts). Nothing of the framework is patched.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as ff from '@google-cloud/functions-framework';
 import { getTestServer } from '@google-cloud/functions-framework/testing';
 import type { Logger } from 'pino';
 import { BoundedIncomingMessage, refuseDeclaredBody, sendRefusal, tooLarge } from '../core/bounded-request.ts';
-import { decodeBody, isBatchRequest } from '../core/contract/parse.ts';
+import { decodeBody } from '../core/contract/parse.ts';
 import { outsideTheDomain } from './outside-the-domain.ts';
 
 type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
@@ -108,20 +108,4 @@ export interface ServableHost {
   batches: boolean;
   handler: ff.HttpFunction;
   core: { deps: { config: { LISTEN_HOST: string; MAX_EVENT_BYTES: number; MAX_BATCH_BYTES: number }; logger: Logger } };
-}
-
-/**
- * Serves a function host on PORT (default 8080) and LISTEN_HOST: bodies are bounded by MAX_EVENT_BYTES, or by
- * MAX_BATCH_BYTES for a batch to a function that takes batches.
- */
-export function serveHost(host: ServableHost, opts: { port?: number } = {}): Promise<FunctionServer> {
-  const { config, logger } = host.core.deps;
-  return serveFunction({
-    name: host.name,
-    handler: host.handler,
-    port: opts.port ?? Number(process.env.PORT ?? 8080),
-    host: config.LISTEN_HOST,
-    bodyLimit: (req) => (host.batches && isBatchRequest(req.headers) ? config.MAX_BATCH_BYTES : config.MAX_EVENT_BYTES),
-    logger,
-  });
 }

@@ -1,0 +1,160 @@
+// A function's process in two threads: the main thread owns the HTTP server and functions-framework (serve.ts), and
+// a worker thread (host-worker.ts) owns the function host: its handler, Redis, the Broker and runtime clients,
+// telemetry, metrics. Why: functions-framework runs every request in a `domain` of its own (function_wrappers.js,
+// wrapHttpFunction), and the first domain a thread makes turns on node:domain's async hook, whose `destroy` callback
+// makes Node track the collection of every promise that thread creates from then on (a weak handle per promise,
+// processed in every scavenge). A function makes one to two hundred promises an event (Redis round trips, HTTP
+// calls, breakers, spans), so with the framework in the same thread its young-generation collections took 35-80 ms
+// (issue 16; `outside-the-domain.ts` keeps the work out of the domain's context, which does not stop the tracking).
+// Async hooks belong to a thread: the worker makes no domain, so nothing it creates is tracked, and the framework
+// still serves every request as documented, unpatched (its domain, its crash answer). Each request crosses the
+// threads twice: its headers and body one way (the body as serve.ts decoded it), the answer the other.
+import { once } from 'node:events';
+import type { IncomingMessage } from 'node:http';
+import { Worker } from 'node:worker_threads';
+import type { Config } from '../core/config.ts';
+import { isBatchRequest } from '../core/contract/parse.ts';
+import { createLogger, type Logger } from '../core/log.ts';
+import { stopOnSignals } from '../core/process-lifecycle.ts';
+import { serveFunction, type FunctionServer, type ServableHost } from './serve.ts';
+
+/** What a function's host module exports for its worker: the host, built once from the environment. */
+export interface WorkerHostModule {
+  startHost(env: NodeJS.ProcessEnv): {
+    host: ServableHost & { core: { close(): Promise<void>; deps: { config: Pick<Config, 'LOG_LEVEL'>; logger: Logger } } };
+    /** Run on stop, before the core closes (a function's own timers and clients). */
+    beforeStop?: () => void | Promise<void>;
+  };
+}
+
+/** A request as the worker sees it: what the host reads of one. */
+export interface ForwardedRequest {
+  method: string;
+  path: string;
+  headers: Record<string, string | string[] | undefined>;
+  query: Record<string, unknown> | undefined;
+  rawBody: Uint8Array | undefined;
+  decoded: { value: object | undefined } | undefined;
+}
+
+/** What the host wrote: a body through Express's `json` (already serialised), or a raw `end`. */
+export interface Answer {
+  kind: 'response';
+  id: number;
+  status: number;
+  headers: Record<string, string>;
+  written: { kind: 'json'; body: string } | { kind: 'end'; body: string | Uint8Array | undefined };
+}
+
+export type FromMain = { kind: 'request'; id: number; request: ForwardedRequest } | { kind: 'stop' };
+export type FromWorker =
+  | { kind: 'ready'; name: string; batches: boolean; limits: { listenHost: string; maxEventBytes: number; maxBatchBytes: number; logLevel: string } }
+  | Answer
+  | { kind: 'stopped'; error?: string };
+
+/** The request as the framework hands it on: serve.ts assigned `rawBody` and `decodedBody`, Express `path` and `query`. */
+type FrameworkRequest = IncomingMessage & { path: string; query?: Record<string, unknown>; rawBody?: Buffer; decodedBody?: { value: object | undefined } };
+interface FrameworkResponse {
+  status(code: number): FrameworkResponse;
+  set(headers: Record<string, string>): FrameworkResponse;
+  get(name: string): string | undefined;
+  send(body: string): unknown;
+  end(body?: string | Uint8Array): unknown;
+}
+
+// How long a stopped host's thread may take to end by itself before it is terminated.
+const WORKER_EXIT_MS = 1000;
+
+const UNAVAILABLE = JSON.stringify({ error: 'UNAVAILABLE', reason: 'a dependency is unavailable; retry later' });
+
+/** Writes an answer the way the host wrote it in-process (Express's `json` sets the type and an ETag; `end` nothing). */
+function write(res: FrameworkResponse, answer: Pick<Answer, 'status' | 'headers' | 'written'>): void {
+  res.status(answer.status).set(answer.headers);
+  if (answer.written.kind === 'json') {
+    if (res.get('content-type') === undefined) res.set({ 'content-type': 'application/json' });
+    res.send(answer.written.body);
+  } else res.end(answer.written.body);
+}
+
+/**
+ * Starts the function host of `module` in a worker thread and serves it on PORT (default 8080) behind the request
+ * bounds; stops on SIGTERM/SIGINT. A start that fails in the worker fails here (a bad setting: the error names the
+ * variable). A worker that dies later stops the process (its supervisor restarts it) and the requests it held are
+ * answered 503, so the Broker redelivers them.
+ */
+export async function serveHostInWorker(module: URL, opts: { port?: number } = {}): Promise<FunctionServer> {
+  const worker = new Worker(new URL('./host-worker.ts', import.meta.url), { workerData: { module: module.href } });
+  const pending = new Map<number, (answer: Answer | undefined) => void>();
+  let nextId = 0;
+  // Set once the host is ready (its log level known), and once a stop began.
+  const state: { logger?: Logger; onStopped?: (error: string | undefined) => void } = {};
+
+  const ready = new Promise<Extract<FromWorker, { kind: 'ready' }>>((resolve, reject) => {
+    worker.on('message', (message: FromWorker) => {
+      if (message.kind === 'ready') resolve(message);
+      else if (message.kind === 'response') {
+        const done = pending.get(message.id);
+        pending.delete(message.id);
+        done?.(message);
+      } else state.onStopped?.(message.error);
+    });
+    worker.on('error', (err) => {
+      if (state.logger === undefined) reject(err instanceof Error ? err : new Error(String(err)));
+      else state.logger.error({ err }, 'the function host failed; stopping the process');
+    });
+    worker.on('exit', (code) => {
+      for (const done of pending.values()) done(undefined);
+      pending.clear();
+      if (state.onStopped !== undefined) return;
+      // Exited on its own (before it was ready, what stopped it is in its log or the error thrown above): the process
+      // goes with it, so that it is restarted rather than left serving 503s.
+      if (state.logger === undefined) reject(new Error(`the function host exited with code ${code} while starting`));
+      else state.logger.error({ code }, 'the function host exited; stopping the process');
+      process.exitCode = code === 0 ? 1 : code;
+      setImmediate(() => process.exit());
+    });
+  });
+  const { name, batches, limits } = await ready;
+  const logger = (state.logger = createLogger({ service: name, level: limits.logLevel }));
+
+  const forward = (req: FrameworkRequest, res: FrameworkResponse): Promise<void> =>
+    new Promise<void>((resolve) => {
+      const id = nextId++;
+      pending.set(id, (answer) => {
+        write(res, answer ?? { status: 503, headers: {}, written: { kind: 'json', body: UNAVAILABLE } });
+        resolve();
+      });
+      const request: ForwardedRequest = {
+        method: req.method ?? 'GET', path: req.path, headers: req.headers, query: req.query, rawBody: req.rawBody, decoded: req.decodedBody,
+      };
+      worker.postMessage({ kind: 'request', id, request } satisfies FromMain);
+    });
+
+  const server = await serveFunction({
+    name,
+    handler: forward as never,
+    port: opts.port ?? Number(process.env.PORT ?? 8080),
+    host: limits.listenHost,
+    bodyLimit: (req) => (batches && isBatchRequest(req.headers) ? limits.maxBatchBytes : limits.maxEventBytes),
+    logger,
+  });
+
+  // The server first (requests in flight finish), then the host (its own stop, then its core), whatever the first did.
+  const stopHost = async (): Promise<void> => {
+    const stopped = new Promise<string | undefined>((resolve) => (state.onStopped = resolve));
+    worker.postMessage({ kind: 'stop' } satisfies FromMain);
+    const error = await stopped;
+    // It ends on its own once its log is flushed; a handle that would keep it (a client's timer) is cut short.
+    const timer = setTimeout(() => void worker.terminate(), WORKER_EXIT_MS);
+    await once(worker, 'exit').finally(() => clearTimeout(timer));
+    if (error !== undefined) throw new Error(`the function host did not stop cleanly: ${error}`);
+  };
+  stopOnSignals(logger, name, async () => {
+    try {
+      await server.close();
+    } finally {
+      await stopHost();
+    }
+  });
+  return server;
+}
