@@ -13,5 +13,5 @@ export const startHost: WorkerHostModule['startHost'] = (env) => {
     handle,
   });
   host.deps.load.start();
-  return { host, beforeStop: () => host.deps.load.stop() };
+  return { host, beforeClose: () => host.deps.load.stop() };
 };

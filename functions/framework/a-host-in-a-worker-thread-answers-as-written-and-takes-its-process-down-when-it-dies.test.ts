@@ -68,8 +68,12 @@ test('answers come back as the host wrote them: Express json, raw bytes with the
   assert.equal(empty.status, 204);
   assert.equal(await empty.text(), '');
 
+  // Nesting JSON.parse takes but a structured clone does not: the body crosses as its bytes and is decoded again.
+  const deep = await fetch(`${s.url}/empty`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: `${'{"x":'.repeat(8000)}1${'}'.repeat(8000)}` });
+  assert.equal(deep.status, 204, s.output());
+
   const rejected = await post(s, '/reject');
-  assert.equal(rejected.status, 500, 'a rejected handler is a 500, as the framework answers it');
+  assert.equal(rejected.status, 500, 'a rejected handler is a 500 (the Broker redelivers), as the framework answers one');
   assert.deepEqual(await rejected.json(), { error: 'INTERNAL', reason: 'the event could not be handled' });
   assert.equal(s.child.exitCode, null, 'a rejection does not stop the process');
 });
@@ -85,6 +89,7 @@ test('a host thread that dies answers what it held 503 and takes its process dow
         assert.deepEqual(await res.json(), { error: 'UNAVAILABLE', reason: 'a dependency is unavailable; retry later' });
         assert.equal(await s.exited, code, s.output());
         assert.match(s.output(), /the function host (failed|exited)/);
+        if (path === '/crash') assert.match(s.output(), /fixture line 499 before the crash/, 'the host\'s last lines are flushed as it dies');
       } finally {
         s.child.kill('SIGKILL');
       }
@@ -108,8 +113,10 @@ test('SIGTERM lets a request in flight finish, then closes the host and exits 0'
   assert.equal(res.status, 200);
   assert.deepEqual(await res.json(), { slow: true });
   assert.equal(await s.exited, 0, s.output());
+  // In order: told of the stop while the request was still in flight, then closed once it had finished.
   const out = s.output();
-  assert.ok(out.indexOf('fixture host before stop') < out.indexOf('fixture host closed') && out.includes('fixture host closed'), out);
+  const at = (line: string) => out.indexOf(line);
+  assert.ok(at('fixture host stopping') >= 0 && at('fixture host stopping') < at('fixture host before close') && at('fixture host before close') < at('fixture host closed'), out);
 });
 
 test('a start that fails in the host thread exits non-zero with its reason', async () => {

@@ -1,17 +1,35 @@
 // The worker thread of a function's process (worker-host.ts says why there is one): it builds the function host from
 // the module it is given and applies each request the main thread forwards to it, answering with what the host
-// wrote. Nothing here serves HTTP or touches functions-framework; the host is the same one served in-process.
+// wrote. Nothing here serves HTTP or touches functions-framework; the host is the one a test builds in-process.
+import { EventEmitter } from 'node:events';
 import { parentPort, workerData } from 'node:worker_threads';
+import { pino } from 'pino';
+import { decodeBody } from '../core/contract/parse.ts';
 import type { HostRequest, HostResponse } from '../core/function-host.ts';
-import type { Answer, ForwardedRequest, FromMain, FromWorker, WorkerHostModule } from './worker-host.ts';
+import { ownBytes, type Answer, type ForwardedRequest, type FromMain, type FromWorker, type WorkerHostModule } from './worker-protocol.ts';
 
 const port = parentPort;
 if (port === null) throw new Error('host-worker.ts runs only as a worker thread (functions/framework/worker-host.ts starts it)');
 
 const { module } = workerData as { module: string };
 const hostModule = (await import(module)) as WorkerHostModule;
-const { host, beforeStop } = hostModule.startHost(process.env);
-const { config } = host.core.deps;
+const { host, stopping, beforeClose } = hostModule.startHost(process.env);
+const { config, logger } = host.core.deps;
+
+// pino flushes its asynchronous stream at exit only on the main thread, so a host that crashed or was told to exit
+// would lose its last lines (what it died of among them). Unless the stream has failed already (a reader gone: a
+// synchronous flush would then retry EPIPE forever, see process-lifecycle.ts's exitAfterFlush).
+const stream = (logger as unknown as Record<symbol, unknown>)[pino.symbols.streamSym] as (EventEmitter & { flushSync?: () => void }) | undefined;
+let streamFailed = false;
+if (stream instanceof EventEmitter) stream.on('error', () => (streamFailed = true));
+process.on('exit', () => {
+  if (streamFailed) return;
+  try {
+    stream?.flushSync?.();
+  } catch {
+    // nothing more can be said
+  }
+});
 
 const post = (message: FromWorker, transfer: ArrayBuffer[] = []): void => port.postMessage(message, transfer);
 
@@ -32,25 +50,32 @@ class RecordedResponse implements HostResponse {
     this.written = { kind: 'json', body: JSON.stringify(body) };
   }
   end(body?: string | Uint8Array): void {
-    this.written = { kind: 'end', body };
+    this.written = { kind: 'end', body: body instanceof Uint8Array ? ownBytes(body) : body };
   }
+}
+
+function requestOf(forwarded: ForwardedRequest): HostRequest {
+  const req: HostRequest = { method: forwarded.method, path: forwarded.path, headers: forwarded.headers, query: forwarded.query, body: undefined };
+  if (forwarded.body === undefined) return req;
+  const rawBody = Buffer.from(forwarded.body);
+  // The main thread decoded these very bytes before the framework saw them (serve.ts), so this cannot refuse them;
+  // were it to, the host decodes the raw body itself and answers what it finds.
+  const decoded = decodeBody(forwarded.headers, rawBody);
+  return 'refusal' in decoded ? { ...req, rawBody } : { ...req, body: decoded.value, rawBody, decodedBody: decoded };
 }
 
 async function apply(id: number, forwarded: ForwardedRequest): Promise<void> {
   const res = new RecordedResponse();
-  const rawBody = forwarded.rawBody === undefined ? undefined : Buffer.from(forwarded.rawBody);
-  const req: HostRequest = {
-    method: forwarded.method, path: forwarded.path, headers: forwarded.headers, query: forwarded.query,
-    body: forwarded.decoded?.value, ...(rawBody ? { rawBody } : {}), ...(forwarded.decoded ? { decodedBody: forwarded.decoded } : {}),
-  };
   try {
-    await host.handler(req as never, res as never);
+    await host.handler(requestOf(forwarded) as never, res as never);
   } catch (err) {
-    // What the framework answers a rejected handler with (its crash response), so the Broker redelivers.
-    host.core.deps.logger.error({ err }, 'the handler failed outside any event');
+    // A failure the host did not answer itself (a bug): a 500, which the Broker redelivers, as the framework answers a
+    // rejected handler (its crash page then; the host's own words for an internal failure now).
+    logger.error({ err }, 'the handler failed outside any event');
     res.status(500).json({ error: 'INTERNAL', reason: 'the event could not be handled' });
   }
-  post({ kind: 'response', id, status: res.statusCode, headers: res.headers, written: res.written });
+  const body = res.written.body;
+  post({ kind: 'response', id, status: res.statusCode, headers: res.headers, written: res.written }, body instanceof ArrayBuffer ? [body] : []);
 }
 
 port.on('message', (message: FromMain) => {
@@ -58,10 +83,14 @@ port.on('message', (message: FromMain) => {
     void apply(message.id, message.request);
     return;
   }
+  if (message.kind === 'stopping') {
+    stopping?.();
+    return;
+  }
   void (async () => {
     try {
       try {
-        await beforeStop?.();
+        await beforeClose?.();
       } finally {
         await host.core.close();
       }
@@ -69,8 +98,8 @@ port.on('message', (message: FromMain) => {
     } catch (err) {
       post({ kind: 'stopped', error: (err as Error).message });
     }
-    // The host's last lines leave before the thread ends (its log is written asynchronously); then nothing keeps it.
-    await new Promise<void>((resolve) => host.core.deps.logger.flush(() => resolve()));
+    // The host's last lines leave before the thread ends; then nothing keeps it.
+    await new Promise<void>((resolve) => logger.flush(() => resolve()));
     port.close();
   })();
 });

@@ -34,6 +34,8 @@ export const startHost: WorkerHostModule['startHost'] = (env) => {
       case '/reject':
         throw new Error('the fixture rejected');
       case '/crash':
+        // Lines still in the log's asynchronous stream when the thread dies must come out all the same.
+        for (let i = 0; i < 500; i++) logger.info(`fixture line ${i} before the crash`);
         // Thrown outside any promise: an uncaught exception, which ends the worker thread.
         setImmediate(() => {
           throw new Error('the fixture crashed');
@@ -51,7 +53,7 @@ export const startHost: WorkerHostModule['startHost'] = (env) => {
       close: () => Promise.resolve(void logger.info('fixture host closed')),
     },
   };
-  return { host, beforeStop: () => void logger.info('fixture host before stop') };
+  return { host, stopping: () => void logger.info('fixture host stopping'), beforeClose: () => void logger.info('fixture host before close') };
 };
 
 if (isMainThread) await serveHostInWorker(new URL(import.meta.url));

@@ -8,53 +8,22 @@
 // (issue 16; `outside-the-domain.ts` keeps the work out of the domain's context, which does not stop the tracking).
 // Async hooks belong to a thread: the worker makes no domain, so nothing it creates is tracked, and the framework
 // still serves every request as documented, unpatched (its domain, its crash answer). Each request crosses the
-// threads twice: its headers and body one way (the body as serve.ts decoded it), the answer the other.
+// threads twice: its headers and body bytes one way, the answer the other.
 import { once } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import { Worker } from 'node:worker_threads';
-import type { Config } from '../core/config.ts';
 import { isBatchRequest } from '../core/contract/parse.ts';
 import { createLogger, type Logger } from '../core/log.ts';
-import { stopOnSignals } from '../core/process-lifecycle.ts';
-import { serveFunction, type FunctionServer, type ServableHost } from './serve.ts';
+import { exitAfterFlush, stopOnSignals } from '../core/process-lifecycle.ts';
+import { serveFunction, type FunctionServer } from './serve.ts';
+import { ownBytes, type Answer, type ForwardedRequest, type FromMain, type FromWorker } from './worker-protocol.ts';
 
-/** What a function's host module exports for its worker: the host, built once from the environment. */
-export interface WorkerHostModule {
-  startHost(env: NodeJS.ProcessEnv): {
-    host: ServableHost & { core: { close(): Promise<void>; deps: { config: Pick<Config, 'LOG_LEVEL'>; logger: Logger } } };
-    /** Run on stop, before the core closes (a function's own timers and clients). */
-    beforeStop?: () => void | Promise<void>;
-  };
-}
+export type { WorkerHostModule } from './worker-protocol.ts';
 
-/** A request as the worker sees it: what the host reads of one. */
-export interface ForwardedRequest {
-  method: string;
-  path: string;
-  headers: Record<string, string | string[] | undefined>;
-  query: Record<string, unknown> | undefined;
-  rawBody: Uint8Array | undefined;
-  decoded: { value: object | undefined } | undefined;
-}
-
-/** What the host wrote: a body through Express's `json` (already serialised), or a raw `end`. */
-export interface Answer {
-  kind: 'response';
-  id: number;
-  status: number;
-  headers: Record<string, string>;
-  written: { kind: 'json'; body: string } | { kind: 'end'; body: string | Uint8Array | undefined };
-}
-
-export type FromMain = { kind: 'request'; id: number; request: ForwardedRequest } | { kind: 'stop' };
-export type FromWorker =
-  | { kind: 'ready'; name: string; batches: boolean; limits: { listenHost: string; maxEventBytes: number; maxBatchBytes: number; logLevel: string } }
-  | Answer
-  | { kind: 'stopped'; error?: string };
-
-/** The request as the framework hands it on: serve.ts assigned `rawBody` and `decodedBody`, Express `path` and `query`. */
-type FrameworkRequest = IncomingMessage & { path: string; query?: Record<string, unknown>; rawBody?: Buffer; decodedBody?: { value: object | undefined } };
+/** The request as the framework hands it on: serve.ts assigned `rawBody`, Express `path` and `query`. */
+type FrameworkRequest = IncomingMessage & { path: string; query?: Record<string, unknown>; rawBody?: Buffer };
 interface FrameworkResponse {
+  readonly headersSent: boolean;
   status(code: number): FrameworkResponse;
   set(headers: Record<string, string>): FrameworkResponse;
   get(name: string): string | undefined;
@@ -67,14 +36,16 @@ const WORKER_EXIT_MS = 1000;
 
 const UNAVAILABLE = JSON.stringify({ error: 'UNAVAILABLE', reason: 'a dependency is unavailable; retry later' });
 
-/** Writes an answer the way the host wrote it in-process (Express's `json` sets the type and an ETag; `end` nothing). */
+/** Writes an answer the way the host wrote it in-process (Express's `json` sets the type; `end` nothing); once. */
 function write(res: FrameworkResponse, answer: Pick<Answer, 'status' | 'headers' | 'written'>): void {
+  if (res.headersSent) return;
   res.status(answer.status).set(answer.headers);
   if (answer.written.kind === 'json') {
     if (res.get('content-type') === undefined) res.set({ 'content-type': 'application/json' });
     res.send(answer.written.body);
-  } else res.end(answer.written.body);
+  } else res.end(answer.written.body instanceof ArrayBuffer ? new Uint8Array(answer.written.body) : answer.written.body);
 }
+
 
 /**
  * Starts the function host of `module` in a worker thread and serves it on PORT (default 8080) behind the request
@@ -103,15 +74,20 @@ export async function serveHostInWorker(module: URL, opts: { port?: number } = {
       else state.logger.error({ err }, 'the function host failed; stopping the process');
     });
     worker.on('exit', (code) => {
-      for (const done of pending.values()) done(undefined);
+      const held = [...pending.values()];
       pending.clear();
-      if (state.onStopped !== undefined) return;
-      // Exited on its own (before it was ready, what stopped it is in its log or the error thrown above): the process
-      // goes with it, so that it is restarted rather than left serving 503s.
+      for (const done of held) done(undefined);
+      if (state.onStopped !== undefined) {
+        // Ended during a stop: the stop goes on (a host that died while stopping did not stop cleanly).
+        state.onStopped(code === 0 ? undefined : `the host exited with code ${code}`);
+        return;
+      }
+      // Exited on its own: the process goes with it, so that it is restarted rather than left serving 503s.
       if (state.logger === undefined) reject(new Error(`the function host exited with code ${code} while starting`));
-      else state.logger.error({ code }, 'the function host exited; stopping the process');
-      process.exitCode = code === 0 ? 1 : code;
-      setImmediate(() => process.exit());
+      else {
+        state.logger.error({ code }, 'the function host exited; stopping the process');
+        void exitAfterFlush(state.logger, code === 0 ? 1 : code);
+      }
     });
   });
   const { name, batches, limits } = await ready;
@@ -120,14 +96,21 @@ export async function serveHostInWorker(module: URL, opts: { port?: number } = {
   const forward = (req: FrameworkRequest, res: FrameworkResponse): Promise<void> =>
     new Promise<void>((resolve) => {
       const id = nextId++;
+      const body = req.rawBody === undefined ? undefined : ownBytes(req.rawBody);
+      const request: ForwardedRequest = { method: req.method ?? 'GET', path: req.path, headers: req.headers, query: req.query, body };
       pending.set(id, (answer) => {
         write(res, answer ?? { status: 503, headers: {}, written: { kind: 'json', body: UNAVAILABLE } });
         resolve();
       });
-      const request: ForwardedRequest = {
-        method: req.method ?? 'GET', path: req.path, headers: req.headers, query: req.query, rawBody: req.rawBody, decoded: req.decodedBody,
-      };
-      worker.postMessage({ kind: 'request', id, request } satisfies FromMain);
+      try {
+        worker.postMessage({ kind: 'request', id, request } satisfies FromMain, body === undefined ? [] : [body]);
+      } catch (err) {
+        // Nothing of it reached the host (a header the thread could not copy): answered as an infrastructure fault.
+        pending.delete(id);
+        logger.error({ err }, 'a request could not be handed to the function host');
+        write(res, { status: 503, headers: {}, written: { kind: 'json', body: UNAVAILABLE } });
+        resolve();
+      }
     });
 
   const server = await serveFunction({
@@ -150,6 +133,7 @@ export async function serveHostInWorker(module: URL, opts: { port?: number } = {
     if (error !== undefined) throw new Error(`the function host did not stop cleanly: ${error}`);
   };
   stopOnSignals(logger, name, async () => {
+    worker.postMessage({ kind: 'stopping' } satisfies FromMain);
     try {
       await server.close();
     } finally {

@@ -10,5 +10,7 @@ export const startHost: WorkerHostModule['startHost'] = (env) => {
     extend: (core) => createGpuReleaseDeps(core, readGpuReleaseSettings(env)),
     handle,
   });
-  return { host, beforeStop: () => host.deps.runtime.shutdown() };
+  // Its runtime calls and retry waits are cut short as soon as a stop begins (each answered 503, redelivered), so the
+  // requests in flight finish within the stop's deadline rather than after a runtime's timeouts.
+  return { host, stopping: () => host.deps.runtime.shutdown() };
 };

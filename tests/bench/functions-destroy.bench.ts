@@ -484,9 +484,12 @@ function topFramesReport(dir: string, pidsByLabel: Map<string, number[]>, broker
   const files = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')) : [];
   for (const [label, pids] of [...pidsByLabel].sort((x, y) => x[0].localeCompare(y[0]))) {
     for (const pid of pids) {
-      // --cpu-prof names its files CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile.
-      const file = files.find((f) => f.split('.')[3] === String(pid));
-      if (file) print(`${label} (pid ${pid})`, readProfile(join(dir, file)));
+      // --cpu-prof names its files CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile, one per thread: a function's
+      // main thread (the framework) and its host's worker thread (functions/framework/worker-host.ts).
+      for (const file of files.filter((f) => f.split('.')[3] === String(pid)).sort()) {
+        const thread = file.split('.')[4];
+        print(`${label} (pid ${pid}, ${thread === '0' ? 'main thread' : `thread ${thread}`})`, readProfile(join(dir, file)));
+      }
     }
   }
   return lines;
