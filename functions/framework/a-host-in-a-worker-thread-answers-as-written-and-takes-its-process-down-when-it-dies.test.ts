@@ -119,6 +119,17 @@ test('SIGTERM lets a request in flight finish, then closes the host and exits 0'
   assert.ok(at('fixture host stopping') >= 0 && at('fixture host stopping') < at('fixture host before close') && at('fixture host before close') < at('fixture host closed'), out);
 });
 
+test('a host thread that dies while it closes ends the stop at once, as a failed one, not at the deadline', async (t) => {
+  const s = await serve({ FIXTURE_EXIT_ON_CLOSE: '1' });
+  t.after(() => s.child.kill('SIGKILL'));
+  await ready(s);
+  s.child.kill('SIGTERM');
+  assert.equal(await s.exited, 1, s.output());
+  assert.match(s.output(), /did not stop cleanly/);
+  assert.match(s.output(), /the host exited with code 3/);
+  assert.doesNotMatch(s.output(), /did not stop within/);
+});
+
 test('a start that fails in the host thread exits non-zero with its reason', async () => {
   const s = await serve({ FIXTURE_FAIL_START: '1' });
   try {

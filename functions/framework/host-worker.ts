@@ -1,11 +1,10 @@
 // The worker thread of a function's process (worker-host.ts says why there is one): it builds the function host from
 // the module it is given and applies each request the main thread forwards to it, answering with what the host
 // wrote. Nothing here serves HTTP or touches functions-framework; the host is the one a test builds in-process.
-import { EventEmitter } from 'node:events';
 import { parentPort, workerData } from 'node:worker_threads';
-import { pino } from 'pino';
 import { decodeBody } from '../core/contract/parse.ts';
 import type { HostRequest, HostResponse } from '../core/function-host.ts';
+import { exitAfterFlush } from '../core/process-lifecycle.ts';
 import { ownBytes, type Answer, type ForwardedRequest, type FromMain, type FromWorker, type WorkerHostModule } from './worker-protocol.ts';
 
 const port = parentPort;
@@ -16,19 +15,13 @@ const hostModule = (await import(module)) as WorkerHostModule;
 const { host, stopping, beforeClose } = hostModule.startHost(process.env);
 const { config, logger } = host.core.deps;
 
-// pino flushes its asynchronous stream at exit only on the main thread, so a host that crashed or was told to exit
-// would lose its last lines (what it died of among them). Unless the stream has failed already (a reader gone: a
-// synchronous flush would then retry EPIPE forever, see process-lifecycle.ts's exitAfterFlush).
-const stream = (logger as unknown as Record<symbol, unknown>)[pino.symbols.streamSym] as (EventEmitter & { flushSync?: () => void }) | undefined;
-let streamFailed = false;
-if (stream instanceof EventEmitter) stream.on('error', () => (streamFailed = true));
-process.on('exit', () => {
-  if (streamFailed) return;
-  try {
-    stream?.flushSync?.();
-  } catch {
-    // nothing more can be said
-  }
+// An uncaught exception ends the host, and with it the process (worker-host.ts). It is logged here and the thread
+// exits once its log has drained (bounded, as the main thread's exitAfterFlush): pino flushes its asynchronous stream
+// at exit only on the main thread, so a thread that simply died would lose its last lines, what it died of among them,
+// and a synchronous flush at exit could retry a write to a reader that is gone forever.
+process.on('uncaughtException', (err) => {
+  logger.fatal({ err }, 'the function host failed');
+  void exitAfterFlush(logger, 1);
 });
 
 const post = (message: FromWorker, transfer: ArrayBuffer[] = []): void => port.postMessage(message, transfer);

@@ -6,7 +6,7 @@ import { isMainThread } from 'node:worker_threads';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { HostRequest, HostResponse } from '../core/function-host.ts';
 import { createLogger } from '../core/log.ts';
-import { serveHostInWorker, type WorkerHostModule } from './worker-host.ts';
+import type { WorkerHostModule } from './worker-protocol.ts';
 
 export const startHost: WorkerHostModule['startHost'] = (env) => {
   if (env.FIXTURE_FAIL_START === '1') throw new Error('FIXTURE_FAIL_START="1" is invalid: the fixture was told to fail');
@@ -53,7 +53,15 @@ export const startHost: WorkerHostModule['startHost'] = (env) => {
       close: () => Promise.resolve(void logger.info('fixture host closed')),
     },
   };
-  return { host, stopping: () => void logger.info('fixture host stopping'), beforeClose: () => void logger.info('fixture host before close') };
+  const beforeClose = (): void => {
+    logger.info('fixture host before close');
+    if (env.FIXTURE_EXIT_ON_CLOSE === '1') process.exit(3);
+  };
+  return { host, stopping: () => void logger.info('fixture host stopping'), beforeClose };
 };
 
-if (isMainThread) await serveHostInWorker(new URL(import.meta.url));
+// Served only when run as a process; the worker that imports this module for its host loads no server.
+if (isMainThread) {
+  const { serveHostInWorker } = await import('./worker-host.ts');
+  await serveHostInWorker(new URL(import.meta.url));
+}

@@ -9,7 +9,6 @@
 // Async hooks belong to a thread: the worker makes no domain, so nothing it creates is tracked, and the framework
 // still serves every request as documented, unpatched (its domain, its crash answer). Each request crosses the
 // threads twice: its headers and body bytes one way, the answer the other.
-import { once } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import { Worker } from 'node:worker_threads';
 import { isBatchRequest } from '../core/contract/parse.ts';
@@ -55,6 +54,9 @@ function write(res: FrameworkResponse, answer: Pick<Answer, 'status' | 'headers'
  */
 export async function serveHostInWorker(module: URL, opts: { port?: number } = {}): Promise<FunctionServer> {
   const worker = new Worker(new URL('./host-worker.ts', import.meta.url), { workerData: { module: module.href } });
+  // Its exit, noted once: a stop that comes after it must not wait for an 'exit' that has been emitted already.
+  let exitCode: number | undefined;
+  const exited = new Promise<number>((resolve) => worker.once('exit', (code) => resolve((exitCode = code))));
   const pending = new Map<number, (answer: Answer | undefined) => void>();
   let nextId = 0;
   // Set once the host is ready (its log level known), and once a stop began.
@@ -93,13 +95,31 @@ export async function serveHostInWorker(module: URL, opts: { port?: number } = {
   const { name, batches, limits } = await ready;
   const logger = (state.logger = createLogger({ service: name, level: limits.logLevel }));
 
+  // Answers once, whatever the answer's own writing does (a header Node refuses): a request never hangs.
+  const answer = (res: FrameworkResponse, written: Pick<Answer, 'status' | 'headers' | 'written'>): void => {
+    try {
+      write(res, written);
+    } catch (err) {
+      logger.error({ err }, 'an answer of the function host could not be written');
+      if (!res.headersSent) res.status(500).set({ 'content-type': 'application/json' }).send(JSON.stringify({ error: 'INTERNAL', reason: 'the event could not be handled' }));
+    }
+  };
+  const unavailable = { status: 503, headers: {}, written: { kind: 'json', body: UNAVAILABLE } } as const;
+
   const forward = (req: FrameworkRequest, res: FrameworkResponse): Promise<void> =>
     new Promise<void>((resolve) => {
+      // A host that has exited takes no message (a post to it is dropped without an error): the process is on its
+      // way out, and what arrives meanwhile is answered 503.
+      if (exitCode !== undefined) {
+        answer(res, unavailable);
+        resolve();
+        return;
+      }
       const id = nextId++;
       const body = req.rawBody === undefined ? undefined : ownBytes(req.rawBody);
       const request: ForwardedRequest = { method: req.method ?? 'GET', path: req.path, headers: req.headers, query: req.query, body };
-      pending.set(id, (answer) => {
-        write(res, answer ?? { status: 503, headers: {}, written: { kind: 'json', body: UNAVAILABLE } });
+      pending.set(id, (reply) => {
+        answer(res, reply ?? unavailable);
         resolve();
       });
       try {
@@ -108,7 +128,7 @@ export async function serveHostInWorker(module: URL, opts: { port?: number } = {
         // Nothing of it reached the host (a header the thread could not copy): answered as an infrastructure fault.
         pending.delete(id);
         logger.error({ err }, 'a request could not be handed to the function host');
-        write(res, { status: 503, headers: {}, written: { kind: 'json', body: UNAVAILABLE } });
+        answer(res, unavailable);
         resolve();
       }
     });
@@ -127,9 +147,11 @@ export async function serveHostInWorker(module: URL, opts: { port?: number } = {
     const stopped = new Promise<string | undefined>((resolve) => (state.onStopped = resolve));
     worker.postMessage({ kind: 'stop' } satisfies FromMain);
     const error = await stopped;
-    // It ends on its own once its log is flushed; a handle that would keep it (a client's timer) is cut short.
-    const timer = setTimeout(() => void worker.terminate(), WORKER_EXIT_MS);
-    await once(worker, 'exit').finally(() => clearTimeout(timer));
+    if (exitCode === undefined) {
+      // It ends on its own once its log is flushed; a handle that would keep it (a client's timer) is cut short.
+      const timer = setTimeout(() => void worker.terminate(), WORKER_EXIT_MS);
+      await exited.finally(() => clearTimeout(timer));
+    }
     if (error !== undefined) throw new Error(`the function host did not stop cleanly: ${error}`);
   };
   stopOnSignals(logger, name, async () => {
