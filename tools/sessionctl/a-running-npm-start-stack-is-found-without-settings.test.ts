@@ -1,7 +1,7 @@
 // While `npm start` runs, sessionctl finds its Redis, key prefix and Broker in the stack file it writes, so an operator
 // needs no settings; the environment still wins, and the file of a stack that is gone is ignored.
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -30,6 +30,7 @@ before(async () => {
 after(async () => {
   await tb.stop();
   await core.close();
+  rmSync(dir, { recursive: true, force: true });
 });
 
 test('with no settings, the Redis, key prefix and Broker of the running stack are used', async () => {

@@ -2,7 +2,7 @@
 // contract v1 before anything leaves the machine, and POSTs it to the Broker in binary mode; `destroy` sends a
 // session.destroy.requested. Invalid input exits 2 with nothing sent; an unreachable Broker exits 1.
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -39,8 +39,9 @@ test('send with a short type and --data posts a binary CloudEvent that reaches t
   assert.deepEqual(JSON.parse(got.body), opened);
 });
 
-test('send --json with a full type, --file and --source prints the event it sent', async () => {
+test('send --json with a full type, --file and --source prints the event it sent', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sessionctl-send-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'hold.json');
   writeFileSync(file, JSON.stringify({ sessionId: 'sess-sent-1', durationMs: 120_000, reason: 'tool call' }));
   const run = await sessionctl(['send', 'dev.sessionreaper.session.hold', '--file', file, '--source', '/ops/runbook', '--json'], env);
