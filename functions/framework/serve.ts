@@ -4,12 +4,12 @@
 // can look at it, with no option for either: one large POST would OOM-kill a pod of 256 MiB, again at each
 // redelivery. So the process owns its server: it listens where LISTEN_HOST says, and bounds every request before
 // the framework sees a byte of its body (a Content-Length over the limit: 413; a Content-Encoding: 415; any body
-// collected up to the limit, then 413 past it), decodes it once, answering what the framework's parsers would
-// otherwise answer in their own words (a body that is not JSON: 400 in the contract's words, never Express's error
-// page), then hands the request, read, with its body decoded (`body`, and `decodedBody` for the function host) and
-// its bytes (`rawBody`, as the framework keeps them), to the framework's Express app for the function, which it
-// obtains through the framework's documented getTestServer; the framework's body parsers skip a request already
-// read. The handler it is given (worker-host.ts: forwarding to the function host in a worker thread) runs outside
+// collected up to the limit, then 413 past it), decodes it, answering what the framework's parsers would otherwise
+// answer in their own words (a body that is not JSON: 400 in the contract's words, never Express's error page), then
+// hands the request, read, with its body decoded (`body`) and its bytes (`rawBody`, as the framework keeps them; the
+// host's thread is sent the bytes and decodes them again, worker-host.ts says why), to the framework's Express app
+// for the function, which it obtains through the framework's documented getTestServer; the framework's body parsers
+// skip a request already read. The handler it is given (worker-host.ts: forwarding to the function host in a worker thread) runs outside
 // the framework's per-request domain (outside-the-domain.ts). Nothing of the framework is patched.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -76,7 +76,7 @@ export async function serveFunction(opts: ServeOptions): Promise<FunctionServer>
         sendRefusal(req, res, { status: 400, error: 'BAD_JSON', reason }, field, code);
         return;
       }
-      Object.assign(req, { body: decoded.value, rawBody: body, decodedBody: decoded });
+      Object.assign(req, { body: decoded.value, rawBody: body });
       await req.markRead();
       app(req, res);
     });
