@@ -298,7 +298,9 @@ export async function runRenderedRedis(startup: RenderedRedisStartup, root: stri
   const initResults: { status: number | null; stderr: string }[] = [];
   for (const init of startup.init) {
     const [cmd = '', ...rest] = init.argv.map((a) => relocate(a, mountPaths, root));
-    const child = spawn(cmd, rest, { stdio: ['ignore', 'ignore', 'pipe'] });
+    // Killed with the test process however it dies, as the server below; setpriv execs the script's shell in place,
+    // so the pid sampled is the init process's own (its argv is setpriv's, which holds the script's, until the exec).
+    const child = spawn(...diesWithParent(cmd, rest), { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
     const seen = cmdlineOf(child.pid);
