@@ -138,7 +138,7 @@ export function createCore(opts: CoreOptions): Core {
         await clock.sync();
         clock.start((err: unknown) => logger.warn({ err }, 'could not re-anchor the clock to Redis TIME; keeping the last anchor'));
       }
-      store = new SessionStore(redis, keys, await Scripts.register(redis, scriptSources, metrics.scriptDuration), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS });
+      store = new SessionStore(redis, keys, await Scripts.register(redis, scriptSources, metrics.scriptDuration), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS, quietRecords: config.SESSION_RECORD_PACKING });
     })().catch((err: unknown) => {
       readying = undefined;
       if (err instanceof ScriptLoadError) throw err;

@@ -410,6 +410,25 @@ export function parseTimeline(raw: string | undefined | null): { stage: Stage; a
   });
 }
 
+/**
+ * A quiet record's fields from its packed value (the quiet hash's format, lua/includes/quiet.lua): `i w p g od f`, then
+ * `\x1f<name>=<value>` for each of `tn`, `m`, `ea`, `ro` it holds; a quiet record is ACTIVE.
+ */
+export function unpackQuietRecord(packed: string): Record<string, string> {
+  const [core = '', ...extras] = packed.split('\x1f');
+  const fields: Record<string, string> = { s: 'A' };
+  const names = ['i', 'w', 'p', 'g', 'od', 'f'];
+  core.split(' ').forEach((v, k) => {
+    const name = names[k];
+    if (name !== undefined && v !== '') fields[name] = v;
+  });
+  for (const extra of extras) {
+    const eq = extra.indexOf('=');
+    if (eq > 0) fields[extra.slice(0, eq)] = extra.slice(eq + 1);
+  }
+  return fields;
+}
+
 /** Typed access to the session core in Redis. */
 export class SessionStore {
   readonly redis: RedisClient;
@@ -418,16 +437,50 @@ export class SessionStore {
   readonly #tombstoneTtlMs: number;
   /** Release attempts a destroy may make before it gives up (RELEASE_MAX_ATTEMPTS); no limit when absent. */
   readonly #releaseMaxAttempts: number | undefined;
+  /** Whether open leaves a record that holds only what it wrote quiet (SESSION_RECORD_PACKING). */
+  readonly #quietRecords: boolean;
   #pendingHeartbeats = new Map<number, PendingHeartbeat[]>();
   #pendingCount = 0;
   #flushScheduled = false;
 
-  constructor(redis: RedisClient, keys: KeySpace, scripts: Scripts, opts: { tombstoneTtlMs: number; releaseMaxAttempts?: number }) {
+  /**
+   * `quietRecords` (default true): open packs a record that holds only what it wrote into its bucket's quiet hash
+   * (lua/includes/quiet.lua). Every script reads both forms whatever it is; false while a fleet is upgraded from
+   * replicas that know only records of their own.
+   */
+  constructor(redis: RedisClient, keys: KeySpace, scripts: Scripts, opts: { tombstoneTtlMs: number; releaseMaxAttempts?: number; quietRecords?: boolean }) {
     this.redis = redis;
     this.keys = keys;
     this.#scripts = scripts;
     this.#tombstoneTtlMs = opts.tombstoneTtlMs;
     this.#releaseMaxAttempts = opts.releaseMaxAttempts;
+    this.#quietRecords = opts.quietRecords ?? true;
+  }
+
+  /**
+   * A session's record as a hash of its fields, wherever it is kept: its own hash, or quiet in its bucket's hash
+   * (lua/includes/quiet.lua); empty when it has none. Both are read in one MULTI: a script that moves the record
+   * between the two places cannot run between the two reads, so the record is never missed in both.
+   */
+  async #recordOf(k: SessionKeys): Promise<Record<string, string>> {
+    const replies = await this.redis.multi().hgetall(k.session).hget(k.quiet, k.sessionId).exec();
+    if (replies === null) throw new UnexpectedReplyError('the record read was discarded');
+    const [[ownError, own], [quietError, quiet]] = replies as [[Error | null, Record<string, string>], [Error | null, string | null]];
+    const failed = ownError ?? quietError;
+    if (failed) throw failed;
+    if (own.s !== undefined || quiet === null) return own;
+    return unpackQuietRecord(quiet);
+  }
+
+  /**
+   * Named fields of a session's record (`s` first), in one HMGET where it has a hash of its own, as every session
+   * being destroyed has (the claim opened it out); only a miss looks further, with #recordOf.
+   */
+  async #recordFields(k: SessionKeys, fields: readonly string[]): Promise<(string | null)[]> {
+    const values = await this.redis.hmget(k.session, ...fields);
+    if (values[0] !== null) return values;
+    const record = await this.#recordOf(k);
+    return fields.map((f) => record[f] ?? null);
   }
 
   async #placement(k: SessionKeys, pid: unknown, gpuBytes = 0): Promise<Placement> {
@@ -454,7 +507,7 @@ export class SessionStore {
       [k.session, k.deadlines, k.meta, k.placements, k.ledger, k.migrations, k.destroying, k.endMarker, k.watch],
       [input.sessionId, input.fingerprint, input.now, Math.min(input.liveFrom, input.now), input.windowMs,
         input.placement.node, input.placement.runtimeUrl, input.placement.gpuBytes, input.tenant ?? '', input.model ?? '', migrationToken,
-        encodeEngineAddress(input.placement)],
+        encodeEngineAddress(input.placement), this.#quietRecords ? '1' : ''],
     );
     const code = str(r[0]);
     switch (code) {
@@ -1018,7 +1071,7 @@ export class SessionStore {
 
   /** The GPU release attempt a destroy has recorded (its number and token), or undefined when none. */
   async releaseAttempt(sessionId: string, incarnation: number): Promise<ReleaseAttempt | undefined> {
-    const [s, i, ga, gt] = await this.redis.hmget(this.keys.session(sessionId).session, 's', 'i', 'ga', 'gt');
+    const [s, i, ga, gt] = await this.#recordFields(this.keys.session(sessionId), ['s', 'i', 'ga', 'gt']);
     if (!s || Number(i) !== incarnation) return undefined;
     return releaseAttemptOf({ releaseAttempt: ga === null ? undefined : Number(ga), releaseToken: gt ?? undefined });
   }
@@ -1114,7 +1167,7 @@ export class SessionStore {
   async inspect(sessionId: string): Promise<SessionView | null> {
     const k = this.keys.session(sessionId);
     const [fields, deadline, ttl] = await Promise.all([
-      this.redis.hgetall(k.session),
+      this.#recordOf(k),
       this.redis.zscore(k.deadlines, sessionId),
       this.redis.pttl(k.session),
     ]);
@@ -1152,7 +1205,7 @@ export class SessionStore {
    * index, the TTL and the placement), or null if the id is unknown.
    */
   async destroyRecord(sessionId: string): Promise<DestroyRecord | null> {
-    const values = await this.redis.hmget(this.keys.session(sessionId).session, ...DESTROY_RECORD_FIELDS);
+    const values = await this.#recordFields(this.keys.session(sessionId), DESTROY_RECORD_FIELDS);
     if (!values[0]) return null;
     return destroyRecordOf(Object.fromEntries(DESTROY_RECORD_FIELDS.map((f, i) => [f, values[i] ?? undefined])));
   }

@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { EventType } from '../core/contract/events.ts';
 import { createCore, type Core } from '../core/function-host.ts';
 import { startSimRuntime, type SimRuntime } from '../../runtimes/sim-gpu-runtime/server.ts';
-import { coreEnv, fp, testCore, type TestCore } from '../../tests/support/core.ts';
+import { coreEnv, fp, openOut, testCore, type TestCore } from '../../tests/support/core.ts';
 import { startEventSink, type EventSink } from '../../tests/support/event-sink.ts';
 import { TOPOLOGIES } from '../../tests/support/redis.ts';
 import { runtimesEnv } from '../../tests/support/runtimes.ts';
@@ -100,7 +100,7 @@ for (const topology of TOPOLOGIES) {
       // its session.opened had not arrived yet, and put back within the grace, as that late opened would write it.
       const opened = await open('late-1', t);
       sim.allocate('late-1', opened.incarnation, GiB);
-      const recordKey = core.keys.session('late-1').session;
+      const recordKey = await openOut(core, 'late-1');
       const record = await core.redis.hgetall(recordKey);
       await core.redis.del(recordKey);
 

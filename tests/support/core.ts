@@ -1,7 +1,7 @@
 // A session core wired to the shared test Redis of one topology, under its own key prefix.
 import { KeySpace } from '../../functions/core/redis/keys.ts';
 import { Scripts } from '../../functions/core/redis/scripts.ts';
-import { SessionStore, drawReleaseToken, eventFingerprint, type Placement } from '../../functions/core/session-store.ts';
+import { SessionStore, drawReleaseToken, eventFingerprint, unpackQuietRecord, type Placement } from '../../functions/core/session-store.ts';
 import type { RedisClient } from '../../functions/core/redis/connect.ts';
 import { dropPrefix, testRedis, testRedisEnv, uniquePrefix, type Topology } from './redis.ts';
 
@@ -27,6 +27,26 @@ export async function testCore(topology: Topology, opts: { buckets?: number; tom
       redis.disconnect();
     },
   };
+}
+
+/** A session's record fields as Redis holds them, wherever: its own hash, or quiet in its bucket's hash. */
+export async function recordOf(core: Pick<TestCore, 'redis' | 'keys'>, sessionId: string): Promise<Record<string, string>> {
+  const k = core.keys.session(sessionId);
+  const own = await core.redis.hgetall(k.session);
+  if (own.s !== undefined) return own;
+  const packed = await core.redis.hget(k.quiet, sessionId);
+  return packed === null ? own : unpackQuietRecord(packed);
+}
+
+/**
+ * Makes a quiet record a hash of its own (as every script but open and heartbeat does before reading it), so a test
+ * can change its fields in place, as an upgrade or a fault would have left them. Returns the record's key.
+ */
+export async function openOut(core: Pick<TestCore, 'redis' | 'keys'>, sessionId: string): Promise<string> {
+  const k = core.keys.session(sessionId);
+  const packed = await core.redis.hget(k.quiet, sessionId);
+  if (packed !== null) await core.redis.multi().hset(k.session, unpackQuietRecord(packed)).hdel(k.quiet, sessionId).exec();
+  return k.session;
 }
 
 let seq = 0;

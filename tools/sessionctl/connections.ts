@@ -44,7 +44,7 @@ export async function connectCore(env: NodeJS.ProcessEnv): Promise<CoreConnectio
   try {
     await connectRedis(redis);
     const keys = new KeySpace(config.REDIS_KEY_PREFIX, config.INDEX_BUCKETS);
-    const store = new SessionStore(redis, keys, await Scripts.register(redis), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS });
+    const store = new SessionStore(redis, keys, await Scripts.register(redis), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, releaseMaxAttempts: config.RELEASE_MAX_ATTEMPTS, quietRecords: config.SESSION_RECORD_PACKING });
     return { config, redis, keys, store, close: () => redis.disconnect() };
   } catch (err) {
     redis.disconnect();

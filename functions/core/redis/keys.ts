@@ -47,6 +47,11 @@ export interface BucketKeys {
   readonly watch: string;
   /** ZSET `<start>:<end>` -> end (ms): the spans in which session-reaper could not hear this bucket's heartbeats. */
   readonly blind: string;
+  /**
+   * HASH session id -> the record of an ACTIVE session that holds only what its open wrote, packed in one value (a
+   * quiet record: lua/includes/quiet.lua, which makes this key from the record keys the same way).
+   */
+  readonly quiet: string;
 }
 
 /** Keys of one session (and its bucket). */
@@ -119,6 +124,7 @@ export class KeySpace {
       failed: `${tag}:failed`,
       watch: `${tag}:watch`,
       blind: `${tag}:blind`,
+      quiet: `${tag}:quiet`,
     };
   }
 

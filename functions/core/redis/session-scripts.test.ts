@@ -6,7 +6,7 @@ import { MAX_GPU_BYTES } from '../contract/events.ts';
 import { SessionStore, UnreadableRecordError, drawReleaseToken, migrationMember, type LivenessResult } from '../session-store.ts';
 import { Scripts } from './scripts.ts';
 import { TOPOLOGIES } from '../../../tests/support/redis.ts';
-import { fp, openAt, placementA, placementB, testCore, type TestCore } from '../../../tests/support/core.ts';
+import { fp, openAt, openOut, placementA, placementB, recordOf, testCore, type TestCore } from '../../../tests/support/core.ts';
 
 const T0 = 1_800_000_000_000;
 
@@ -87,11 +87,12 @@ for (const topology of TOPOLOGIES) {
       test('keeps the open time as an offset from the incarnation, and still reads a record that keeps it whole', async () => {
         const first = await openAt(core, 'open-od', T0 + 1000, placementA);
         assert.equal(first.code, 'OPENED');
-        const key = core.keys.session('open-od').session;
         const inc = (await core.store.inspect('open-od'))!.incarnation;
-        assert.deepEqual(await core.redis.hmget(key, 'o', 'od'), [null, String(T0 + 1000 - inc)]);
+        const fields = async () => { const r = await recordOf(core, 'open-od'); return [r.o ?? null, r.od ?? null]; };
+        assert.deepEqual(await fields(), [null, String(T0 + 1000 - inc)]);
         assert.equal((await core.store.inspect('open-od'))?.openedAt, T0 + 1000);
         // A record as the scripts wrote it before `od`: the open time itself, as `o`.
+        const key = await openOut(core, 'open-od');
         await core.redis.hdel(key, 'od');
         await core.redis.hset(key, 'o', String(T0 + 1000));
         assert.equal((await core.store.inspect('open-od'))?.openedAt, T0 + 1000);
@@ -99,7 +100,7 @@ for (const topology of TOPOLOGIES) {
         assert.equal(older.code, 'STALE', 'an older opened never moves it back, whichever way its open time is kept');
         const moved = await core.store.open({ sessionId: 'open-od', fingerprint: fp(), now: T0 + 2000, liveFrom: T0 + 1500, windowMs: 1000, placement: placementB });
         assert.equal(moved.code, 'MIGRATED');
-        assert.deepEqual(await core.redis.hmget(key, 'o', 'od'), [null, String(T0 + 1500 - moved.incarnation)], 'a migration rewrites it as an offset');
+        assert.deepEqual(await fields(), [null, String(T0 + 1500 - moved.incarnation)], 'a migration rewrites it as an offset');
         assert.equal((await core.store.inspect('open-od'))?.openedAt, T0 + 1500);
         const back = await core.store.open({ sessionId: 'open-od', fingerprint: fp(), now: T0 + 2100, liveFrom: T0 + 1400, windowMs: 1000, placement: placementA });
         assert.equal(back.code, 'STALE');
@@ -249,7 +250,7 @@ for (const topology of TOPOLOGIES) {
         const ids = ['unreadable-a', 'unreadable-b', 'unreadable-c'];
         if (topology === 'single') assert.equal(new Set(ids.map((id) => core.keys.bucketOf(id))).size, 3, 'three buckets, so one call carries them');
         for (const id of ids) await openAt(core, id, T0);
-        await core.redis.hdel(core.keys.session('unreadable-b').session, 'w');
+        await core.redis.hdel(await openOut(core, 'unreadable-b'), 'w');
         const [a, b, c] = await Promise.allSettled(ids.map((id) => core.store.heartbeat(id, T0 + 500, T0 + 500))) as [
           PromiseSettledResult<LivenessResult>, PromiseSettledResult<LivenessResult>, PromiseSettledResult<LivenessResult>,
         ];
@@ -547,7 +548,7 @@ for (const topology of TOPOLOGIES) {
         const [ended] = ids as [string];
         await openAt(core, ended, T1 - 5000);
         // A record no longer active while still indexed (only a bug or an operator could leave one).
-        await core.redis.hset(core.keys.session(ended).session, 's', 'X');
+        await core.redis.hset(await openOut(core, ended), 's', 'X');
         const r = await core.store.claimDue(bucket, T1 - 3500, 10);
         assert.deepEqual({ skipped: r.skipped, unresolved: r.unresolved, claimed: r.claimed }, { skipped: 1, unresolved: [], claimed: [] });
         assert.equal(await core.redis.zscore(core.keys.bucket(bucket).deadlines, ended), null);
@@ -774,7 +775,7 @@ describe('placements', () => {
     // A placement interned before counting began (an upgrade) is never forgotten: its allocations were not counted.
     const legacy = await openAt(core, 'churn-legacy', T0 + 45, { ...placementA, node: 'churn-legacy' });
     assert.equal(legacy.code, 'OPENED');
-    const legacyPid = (await core.redis.hget(core.keys.session('churn-legacy').session, 'p'))!;
+    const legacyPid = (await recordOf(core, 'churn-legacy')).p!;
     await core.redis.hdel(placementsKey, `n:${legacyPid}`);
     if (legacy.code === 'OPENED') {
       assert.equal((await core.store.claimDestroy({ sessionId: 'churn-legacy', fingerprint: fp(), cause: 'closed', now: T0 + 46 })).code, 'CLAIMED');
@@ -815,7 +816,7 @@ describe('incarnations', () => {
     }
     // Everything of the bucket is gone, as after a crash before the last fsync or a failover to an empty replica.
     const b = core.keys.bucket(0);
-    await core.redis.del(b.meta, b.deadlines, b.placements, b.ledger, ...['lost-1', 'lost-2', 'lost-3'].map((id) => core.keys.session(id).session));
+    await core.redis.del(b.meta, b.deadlines, b.placements, b.ledger, b.quiet, ...['lost-1', 'lost-2', 'lost-3'].map((id) => core.keys.session(id).session));
     const again = await openAt(core, 'lost-1', T0);
     assert.ok(again.code === 'OPENED' && again.incarnation > Math.max(...handedOut), `${again.code === 'OPENED' ? again.incarnation : again.code} is newer than ${Math.max(...handedOut)}`);
   });

@@ -22,7 +22,9 @@
     {'UNKNOWN'}
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, destroyingKey = KEYS[1], KEYS[2]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, stage, now, attempt, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6] or ''
 if attempt ~= '' and token == '' then return redis.error_reply('ERR a release attempt needs its token') end
 if not STAGE_ORDER[stage] then return redis.error_reply('ERR unknown stage ' .. stage) end

@@ -22,7 +22,9 @@
                                                 pending one, or none is) or 'held' (a demote called off by a hold)
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, placementsKey, callsKey = KEYS[1], KEYS[2], KEYS[3]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local inc, op, token, now, lease = tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local CALL_RECORD_TTL_MS = 3600000
 local STAGE_OF = { demote = 'demoting', restore = 'restoring' }

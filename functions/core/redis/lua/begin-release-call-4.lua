@@ -28,7 +28,9 @@
     {'NOT_PENDING', why}                        as releaseTarget: nothing of this attempt waits for a call
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, migrationsKey, placementsKey, callsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, token, now, lease = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local failedBlocksMs = tonumber(ARGV[6] or '') or 0
 local CALL_RECORD_TTL_MS = 3600000

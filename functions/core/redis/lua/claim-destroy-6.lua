@@ -46,7 +46,9 @@
 ]]
 -- @include "session"
 -- @include "idle-verdicts"
+-- @include "quiet"
 local sessionKey, deadlinesKey, destroyingKey, contextKey, markerKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, fingerprint, expectedInc, cause, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local sentAt, ownerCheck, markerTtl = ARGV[7] or '', ARGV[8] or '', tonumber(ARGV[10] or '')
 local causeAt = tonumber(ARGV[9] or '') or now

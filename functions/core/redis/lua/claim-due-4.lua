@@ -35,6 +35,7 @@
 ]]
 -- @include "session"
 -- @include "blind"
+-- @include "quiet"
 local deadlinesKey, destroyingKey, watchKey, blindKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, limit, recordPrefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local gapMs, retention = tonumber(ARGV[4]), tonumber(ARGV[7])
@@ -81,6 +82,7 @@ local claimed, unresolved, skipped, deferred = {}, {}, 0, 0
 for k = 1, #due, 2 do
   local sessionId, deadline = due[k], tonumber(due[k + 1])
   local sessionKey = recordPrefix .. sessionId
+  materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
   local state = redis.call('HMGET', sessionKey, 's', 'i', 'pc', 'pt', 'w', 'bd', 'be')
   if state[1] == 'A' then
     local t = deadline

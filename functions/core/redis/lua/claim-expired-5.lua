@@ -16,7 +16,9 @@
 ]]
 -- @include "session"
 -- @include "blind"
+-- @include "quiet"
 local sessionKey, deadlinesKey, destroyingKey, watchKey, blindKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, now, rule, retention = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
 
 local deadline = redis.call('ZSCORE', deadlinesKey, sessionId)

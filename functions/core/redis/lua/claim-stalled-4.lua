@@ -13,7 +13,9 @@
     {'GONE'}      nothing to resume; stray entries are removed
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, destroyingKey, migrationsKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local member, now, stall, sessionId, migrationInc = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 
 local touched = redis.call('ZSCORE', destroyingKey, member)

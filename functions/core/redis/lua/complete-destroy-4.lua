@@ -16,7 +16,9 @@
     {'UNKNOWN'}
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, destroyingKey, placementsKey, failedKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'p')

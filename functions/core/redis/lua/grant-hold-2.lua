@@ -14,7 +14,9 @@
     {'NOT_OWNER', incarnation}
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, deadlinesKey = KEYS[1], KEYS[2]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, fingerprint, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'h', 'tn', 'pc')

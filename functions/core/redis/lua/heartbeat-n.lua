@@ -25,7 +25,8 @@
   then per group g, in order (3 arguments each, from ARGV[3]):
     the bucket's session record key prefix (`<prefix>:{<bucket>}:s:`): a record's key is the prefix and its session
       id, built here rather than sent, because a third of the call's bytes were those keys; they carry the bucket's
-      hash tag, so on Redis Cluster they live in the group's slot
+      hash tag, so on Redis Cluster they live in the group's slot; the bucket's quiet hash (`<prefix>:{<bucket>}:quiet`,
+      includes/quiet.lua), read first for the whole group, is built from it too
     the session ids of the group's heartbeats, separated by single spaces (ids never contain one: SESSION_ID_PATTERN)
     their ages, in the same order, separated by single spaces: now − live-from in ms, ≥ 0 (the event's time, capped
       at now)
@@ -42,6 +43,7 @@
                                  of it is changed, and the call's other heartbeats are answered as usual
   A malformed call (key pairs, ids and ages, tenants; several groups on Cluster) is refused whole, before any write.
 ]]
+-- @include "quiet"
 local call, tonumber = redis.call, tonumber
 local now, cluster = tonumber(ARGV[1]), ARGV[2] == '1'
 local groups = #KEYS / 2
@@ -72,9 +74,23 @@ for g = 1, groups do
   local ids, ages, first = w.ids, w.ages, w.first
   -- The sessions to refresh: ZADD arguments (GT CH, then score, member pairs) and where each one's reply goes.
   local zadd, slots, moving = { 'GT', 'CH' }, {}, 0
+  -- Quiet records (includes/quiet.lua) of the whole group in one read; a session without one has a record of its own.
+  local quietKey, quiet = quietKeyOfPrefix(recordPrefix), {}
+  for from = 1, #ids, 1000 do
+    local upto = math.min(from + 999, #ids)
+    local packed = call('HMGET', quietKey, unpack(ids, from, upto))
+    for k = from, upto do quiet[k] = packed[k - from + 1] end
+  end
   for k = 1, #ids do
     local sessionId, n = ids[k], 2 * (first + k - 1)
-    local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w', 'tn', 'pc')
+    local state
+    if quiet[k] then
+      -- A quiet record is ACTIVE with no end seen (only such records are quiet).
+      local qinc, qwindow, qtenant = quietHeartbeatState(quiet[k])
+      state = { 'A', qinc, qwindow, qtenant, false }
+    else
+      state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w', 'tn', 'pc')
+    end
     local s, inc, window = state[1], tonumber(state[2]), tonumber(state[3])
     if not s then
       -- Indexed but no record here: on Redis Cluster, the bucket's slot is being resharded and this record has moved

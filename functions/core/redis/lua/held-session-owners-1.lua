@@ -8,13 +8,15 @@
 
   KEYS[1] bucket migrations (HASH `<sessionId>:<incarnation>` -> `<pid>|<bytes>|<token>`)
   ARGV[1] the bucket's session record key prefix (`<prefix>:{<bucket>}:s:`): records carry the bucket's hash tag,
-          so on Redis Cluster they live in KEYS[1]'s slot
+          so on Redis Cluster they live in KEYS[1]'s slot, as does the bucket's quiet hash made from it
   ARGV[2i], ARGV[2i+1]   session id and incarnation of held allocation i
 
   Returns a flat array, one entry per allocation, in order: 1 owned, 0 not owned.
 ]]
+-- @include "quiet"
 local call = redis.call
 local migrationsKey, recordPrefix = KEYS[1], ARGV[1]
+local quietKey = quietKeyOfPrefix(recordPrefix)
 local out = {}
 for k = 2, #ARGV, 2 do
   local sessionId, inc = ARGV[k], ARGV[k + 1]
@@ -23,6 +25,11 @@ for k = 2, #ARGV, 2 do
     owned = 1
   else
     local state = call('HMGET', recordPrefix .. sessionId, 's', 'i')
+    if not state[1] then
+      -- A quiet record (includes/quiet.lua) is ACTIVE; read as it is (this script writes nothing).
+      local packed = call('HGET', quietKey, sessionId)
+      if packed then state = { 'A', quietHeartbeatState(packed) } end
+    end
     if (state[1] == 'A' or state[1] == 'D') and tonumber(state[2]) == tonumber(inc) then owned = 1 end
   end
   out[#out + 1] = owned

@@ -13,6 +13,9 @@
   ARGV[12] engine address: where the session lives inside its runtime, `<slot>/<engineSessionId>` (either part may be
   empty; '' = none), kept as the record's `ea` for the release; a live session opened again at another address on
   the same runtime has moved (its old slot still holds the old KV): that is a migration like a new placement
+  ARGV[13] '1': a live record that holds only what an open writes is left quiet, packed in the bucket's quiet hash
+  (includes/quiet.lua); anything else ('' or absent): it is left a hash of its own, as replicas before quiet records
+  wrote it (SESSION_RECORD_PACKING, off while a fleet is upgraded from them)
 
   Returns one of:
     {'OPENED', incarnation, deadline, 0, endedBy}           a new session
@@ -32,12 +35,14 @@
     {'NOT_OWNER', incarnation}     the live session belongs to another tenant: nothing changes (no refresh, no move)
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, deadlinesKey, metaKey, placementsKey, ledgerKey, migrationsKey, destroyingKey, markerKey, watchKey =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local sessionId, fingerprint, now, liveFrom = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, node, url, bytes, tenant, model = tonumber(ARGV[5]), ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local migrationToken = ARGV[11]
 local engineAddress = ARGV[12] or ''
+local packing = ARGV[13] == '1'
 
 local function create(previous)
   local inc = nextIncarnation(metaKey)
@@ -69,6 +74,7 @@ local function create(previous)
   return { 'OPENED', inc, deadline, 0, endedBy }
 end
 
+local function apply()
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'f', 'ca', 'p', 'g', 'o', 'tn', 'ea', 'od')
 local s, inc, f = state[1], state[2], state[3]
 if not s then return create(nil) end
@@ -111,3 +117,19 @@ local oldNode, oldUrl = placementOf(placementsKey, oldPid)
 dropOffloaded(sessionKey, ledgerKey, oldNode)
 redis.call('HDEL', sessionKey, 'dm', 'dk', 'dq', 'dg', 'dx', 'dc')
 return { 'MIGRATED', newInc, deadline, oldInc, oldNode, oldUrl, oldBytes }
+end
+
+-- A quiet record is opened out to a hash of its own, changed as any record, and packed again if it still can be.
+materialize(sessionKey)
+local result = apply()
+if packing then
+  local flat, fields = redis.call('HGETALL', sessionKey), {}
+  for j = 1, #flat, 2 do fields[flat[j]] = flat[j + 1] end
+  local packed = packQuiet(fields)
+  if packed then
+    local quietKey, quietId = quietPlaceOf(sessionKey)
+    redis.call('HSET', quietKey, quietId, packed)
+    redis.call('DEL', sessionKey)
+  end
+end
+return result

@@ -15,7 +15,9 @@
     {'UNKNOWN'}
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, contextKey, destroyingKey = KEYS[1], KEYS[2], KEYS[3]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'st')

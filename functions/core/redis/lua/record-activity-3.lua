@@ -19,7 +19,9 @@
     {'NOT_OWNER', incarnation}
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, deadlinesKey, contextKey = KEYS[1], KEYS[2], KEYS[3]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, fingerprint, liveFrom, expected, lastActivity = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'w', 'h', 'tn', 'pc', 'dm')

@@ -23,7 +23,9 @@
     {'UNKNOWN'}    no such session, or no activity context (nothing was judged)
 ]]
 -- @include "idle-verdicts"
+-- @include "quiet"
 local sessionKey, contextKey = KEYS[1], KEYS[2]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local incarnation, verdict, at = ARGV[1], ARGV[2], verdictTime(ARGV[3])
 if verdict == '' or string.find(verdict, ' ', 1, true) then return redis.error_reply('ERR recordIdleVerdict: event id empty or with a space') end
 if not at then return redis.error_reply('ERR recordIdleVerdict: the verdict time is not a time in ms') end

@@ -26,7 +26,9 @@
     {'UNKNOWN'}
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, destroyingKey, ledgerKey, migrationsKey, placementsKey, failedKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, confirmed, now, eventNode, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6] or ''
 local estimated = ARGV[7] == '1'
 

@@ -14,7 +14,9 @@
                            'token_mismatch' (a release is pending, but not this one)
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, migrationsKey, placementsKey = KEYS[1], KEYS[2], KEYS[3]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
 local standing, state, matches = releaseStanding(sessionKey, migrationsKey, sessionId, inc, token)

@@ -16,7 +16,9 @@
     {'STALE', incarnation} another incarnation lives now
     {'UNKNOWN'}
 ]]
+-- @include "quiet"
 local sessionKey = KEYS[1]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local inc, token, now = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 
 local rec = redis.call('HMGET', sessionKey, 's', 'i', 'dm', 'dk')

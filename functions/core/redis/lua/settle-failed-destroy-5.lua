@@ -15,7 +15,9 @@
     {'UNKNOWN'}
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, destroyingKey, failedKey, ledgerKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, action, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if action ~= 'retry' and action ~= 'resolve' then return redis.error_reply('ERR unknown action ' .. action) end
 

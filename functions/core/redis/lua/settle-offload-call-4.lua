@@ -22,7 +22,9 @@
     {'NOT_HOLDER'}        the call record is another call's (or gone): nothing changes
 ]]
 -- @include "session"
+-- @include "quiet"
 local sessionKey, callsKey, ledgerKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local inc, op, token, outcome, now = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local bytes, freed, estimated = tonumber(ARGV[7] or '0') or 0, tonumber(ARGV[8] or '0') or 0, ARGV[9] == '1'
 local CALL_RECORD_TTL_MS = 3600000

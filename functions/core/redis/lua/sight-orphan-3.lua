@@ -17,7 +17,9 @@
     {'DUE', firstSeen, now}    unowned for graceMs: claimed now; release it, then settleOrphan with claimedAt = now
     {'CLAIMED', claimedAt}     another pass claimed it at claimedAt and may be releasing it
 ]]
+-- @include "quiet"
 local sessionKey, migrationsKey, sightingKey = KEYS[1], KEYS[2], KEYS[3]
+materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc = ARGV[1], ARGV[2]
 local now, graceMs, ttlMs, claimMs = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 

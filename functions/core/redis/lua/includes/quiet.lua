@@ -1,0 +1,93 @@
+-- Quiet records (inlined where a script says `-- @include "quiet"`).
+--
+-- A session that holds only what its open wrote (ACTIVE, no end seen before it) keeps its record packed in ONE field
+-- of its bucket's quiet hash, `<prefix>:{<bucket>}:quiet`, instead of a hash of its own: field = session id, value =
+-- `i w p g od f` (the record's fields of those names, space separated), then `\31<name>=<value>` for each of `tn`,
+-- `m`, `ea` and `ro` it holds. A key of its own costs ~72 B (key, object, dictionary entry) before its fields; one
+-- field of a shared hash costs its id and value and a dictionary entry (`npm run bench:layout`: 168 -> ~110 B), which
+-- is what brings a million heartbeating sessions under 250 B each (issue 16).
+--
+-- Only open-session writes a quiet record, and only heartbeat-n and held-session-owners read one as it is. Every
+-- other script that names a session record first turns a quiet one back into the record's own hash (`materialize`,
+-- the same fields, state A), then goes on exactly as before; so the quiet form is never written to, and a record is
+-- in one place at a time: a session id is a field of its bucket's quiet hash or has a record key, never both.
+-- Heartbeats leave a quiet record quiet (they move only the deadline index); anything else the session does (an
+-- activity, a hold, its end) makes it a record of its own for the rest of its life, as records were before.
+--
+-- The quiet hash's key is made from the session record's key (or record key prefix) rather than sent: it carries the
+-- same hash tag, so on Redis Cluster it lives in the slot of the keys the script was sent (as claim-due and
+-- heartbeat-n build record keys).
+local QUIET_CORE = { 'i', 'w', 'p', 'g', 'od', 'f' }
+local QUIET_EXTRAS = { 'tn', 'm', 'ea', 'ro' }
+local QUIET_SEPARATOR = '\31'
+
+-- Where a record key `<prefix>:{<bucket>}:s:<sessionId>` would be quiet: `<prefix>:{<bucket>}:quiet` and the session
+-- id (the prefix holds no ':' and the tag no '}', so the first '}:s:' ends the bucket's part; an id may hold ':').
+local function quietPlaceOf(sessionKey)
+  local tag, sessionId = string.match(sessionKey, '^([^}]*})%:s%:(.+)$')
+  return tag .. ':quiet', sessionId
+end
+
+-- `<prefix>:{<bucket>}:quiet` from the bucket's record key prefix `<prefix>:{<bucket>}:s:`.
+local function quietKeyOfPrefix(recordPrefix)
+  return string.sub(recordPrefix, 1, #recordPrefix - 3) .. ':quiet'
+end
+
+-- The packed value of a record given as a table of its fields, or nil when the record cannot be quiet: a field other
+-- than s (A), the core ones and the extras, a core field missing, or a value holding a separator.
+local function packQuiet(fields)
+  if fields.s ~= 'A' then return nil end
+  local core, known = {}, { s = true }
+  for k, name in ipairs(QUIET_CORE) do
+    local v = fields[name]
+    if not v or v == '' or string.find(v, '[ \31]') then return nil end
+    core[k], known[name] = v, true
+  end
+  local packed = table.concat(core, ' ')
+  for _, name in ipairs(QUIET_EXTRAS) do
+    local v = fields[name]
+    known[name] = true
+    if v then
+      if v == '' or string.find(v, QUIET_SEPARATOR, 1, true) then return nil end
+      packed = packed .. QUIET_SEPARATOR .. name .. '=' .. v
+    end
+  end
+  for name in pairs(fields) do
+    if not known[name] then return nil end
+  end
+  return packed
+end
+
+-- The record's fields from a packed value, as HSET arguments (`s`, `A` first).
+local function unpackQuiet(packed)
+  local out, k = { 's', 'A' }, 0
+  local cut = string.find(packed, QUIET_SEPARATOR, 1, true)
+  for v in string.gmatch(cut and string.sub(packed, 1, cut - 1) or packed, '[^ ]+') do
+    k = k + 1
+    out[#out + 1], out[#out + 2] = QUIET_CORE[k], v
+  end
+  if cut then
+    for extra in string.gmatch(string.sub(packed, cut + 1), '[^\31]+') do
+      local eq = string.find(extra, '=', 1, true)
+      out[#out + 1], out[#out + 2] = string.sub(extra, 1, eq - 1), string.sub(extra, eq + 1)
+    end
+  end
+  return out
+end
+
+-- What a heartbeat checks, from a packed value: incarnation, window, tenant (nil for none).
+local function quietHeartbeatState(packed)
+  local inc, window = string.match(packed, '^(%d+) (%d+) ')
+  return tonumber(inc), tonumber(window), string.match(packed, '\31tn=([^\31]*)')
+end
+
+-- Turns a quiet record back into a hash of its own, so the script that names it reads and writes it as any record.
+-- Returns whether it was quiet.
+local function materialize(sessionKey)
+  local quietKey, sessionId = quietPlaceOf(sessionKey)
+  local packed = redis.call('HGET', quietKey, sessionId)
+  if not packed then return false end
+  redis.call('HSET', sessionKey, unpack(unpackQuiet(packed)))
+  redis.call('HDEL', quietKey, sessionId)
+  return true
+end
