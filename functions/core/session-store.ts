@@ -444,9 +444,10 @@ export class SessionStore {
   #flushScheduled = false;
 
   /**
-   * `quietRecords` (default true): open packs a record that holds only what it wrote into its bucket's quiet hash
-   * (lua/includes/quiet.lua). Every script reads both forms whatever it is; false while a fleet is upgraded from
-   * replicas that know only records of their own.
+   * `quietRecords` (SESSION_RECORD_PACKING; default false): open packs a record that holds only what it wrote into its
+   * bucket's quiet hash (lua/includes/quiet.lua). Every script reads both forms whatever it is. Never on Redis
+   * Cluster: the quiet hash is a key the scripts build rather than declare, and a resharding that moved it ahead of a
+   * bucket's other keys would fail them.
    */
   constructor(redis: RedisClient, keys: KeySpace, scripts: Scripts, opts: { tombstoneTtlMs: number; releaseMaxAttempts?: number; quietRecords?: boolean }) {
     this.redis = redis;
@@ -454,22 +455,22 @@ export class SessionStore {
     this.#scripts = scripts;
     this.#tombstoneTtlMs = opts.tombstoneTtlMs;
     this.#releaseMaxAttempts = opts.releaseMaxAttempts;
-    this.#quietRecords = opts.quietRecords ?? true;
+    this.#quietRecords = (opts.quietRecords ?? false) && !redis.isCluster;
   }
 
   /**
    * A session's record as a hash of its fields, wherever it is kept: its own hash, or quiet in its bucket's hash
-   * (lua/includes/quiet.lua); empty when it has none. Both are read in one MULTI: a script that moves the record
-   * between the two places cannot run between the two reads, so the record is never missed in both.
+   * (lua/includes/quiet.lua); empty when it has none. The record key first, as the scripts read it (it wins over a
+   * quiet field); on a miss the quiet field, and on a miss there the record key once more, since a script may have
+   * opened a quiet record out between the first two reads. (Not one MULTI: on Redis Cluster a multi-key read in a
+   * slot being migrated is refused.)
    */
   async #recordOf(k: SessionKeys): Promise<Record<string, string>> {
-    const replies = await this.redis.multi().hgetall(k.session).hget(k.quiet, k.sessionId).exec();
-    if (replies === null) throw new UnexpectedReplyError('the record read was discarded');
-    const [[ownError, own], [quietError, quiet]] = replies as [[Error | null, Record<string, string>], [Error | null, string | null]];
-    const failed = ownError ?? quietError;
-    if (failed) throw failed;
-    if (own.s !== undefined || quiet === null) return own;
-    return unpackQuietRecord(quiet);
+    const own = await this.redis.hgetall(k.session);
+    if (own.s !== undefined) return own;
+    const packed = await this.redis.hget(k.quiet, k.sessionId);
+    if (packed !== null) return unpackQuietRecord(packed);
+    return this.redis.hgetall(k.session);
   }
 
   /**

@@ -14,12 +14,13 @@ export interface TestCore {
 }
 
 /** Builds a core on a fresh prefix; `close` removes its keys and disconnects. */
-export async function testCore(topology: Topology, opts: { buckets?: number; tombstoneTtlMs?: number } = {}): Promise<TestCore> {
+export async function testCore(topology: Topology, opts: { buckets?: number; tombstoneTtlMs?: number; quietRecords?: boolean } = {}): Promise<TestCore> {
   const redis = await testRedis(topology);
   const prefix = uniquePrefix();
   const keys = new KeySpace(prefix, opts.buckets ?? 8);
   const scripts = await Scripts.register(redis);
-  const store = new SessionStore(redis, keys, scripts, { tombstoneTtlMs: opts.tombstoneTtlMs ?? 60_000 });
+  // Quiet records on unless a test says otherwise, so the core suites run both forms (a single Redis packs; Cluster never does).
+  const store = new SessionStore(redis, keys, scripts, { tombstoneTtlMs: opts.tombstoneTtlMs ?? 60_000, quietRecords: opts.quietRecords ?? true });
   return {
     store, redis, keys, prefix,
     async close() {

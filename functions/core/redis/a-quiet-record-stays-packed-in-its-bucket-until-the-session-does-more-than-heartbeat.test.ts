@@ -1,7 +1,8 @@
 // Quiet records (lua/includes/quiet.lua): a session that holds only what its open wrote is one field of its bucket's
 // quiet hash. Heartbeats leave it there; anything else opens it out to a hash of its own with the same fields; every
 // reader (scripts, inspect, the reconciler) sees the same session either way; and a store that does not pack
-// (SESSION_RECORD_PACKING=false, an upgrade) works on the same keys beside one that does.
+// (SESSION_RECORD_PACKING=false, an upgrade) works on the same keys beside one that does. On Redis Cluster nothing
+// packs (the quiet hash is a built key a resharding could move away), and every case holds with records of their own.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { SessionStore, drawReleaseToken, type Placement } from '../session-store.ts';
@@ -25,6 +26,9 @@ for (const topology of TOPOLOGIES) {
       await core.close();
     });
 
+    // Where a record is expected: quiet (a single Redis) or a hash of its own (Cluster, where nothing packs).
+    const packs = topology === 'single';
+    const expect = (quiet: boolean) => (packs && quiet ? { own: false, quiet: true } : { own: true, quiet: false });
     const where = async (id: string) => {
       const k = core.keys.session(id);
       return { own: await core.redis.exists(k.session) === 1, quiet: await core.redis.hexists(k.quiet, id) === 1 };
@@ -35,7 +39,7 @@ for (const topology of TOPOLOGIES) {
     test('an opened session is quiet, reads whole, and heartbeats move its deadline without opening it out', async () => {
       const opened = await open(core.store, 'q-1', T0, { tenant: 'team a', model: 'llama 3 8B' });
       assert.equal(opened.code, 'OPENED');
-      assert.deepEqual(await where('q-1'), { own: false, quiet: true });
+      assert.deepEqual(await where('q-1'), expect(true));
       const view = (await core.store.inspect('q-1'))!;
       assert.deepEqual(
         { state: view.state, inc: view.incarnation, tenant: view.tenant, model: view.model, openedAt: view.openedAt, windowMs: view.windowMs, placement: view.placement, deadline: view.deadline },
@@ -45,7 +49,7 @@ for (const topology of TOPOLOGIES) {
       assert.deepEqual(beat, { code: 'REFRESHED', incarnation: view.incarnation, deadline: T0 + 1500 });
       assert.equal((await core.store.heartbeat('q-1', T0 + 600, T0 + 600, 'team b')).code, 'NOT_OWNER');
       assert.equal((await core.store.heartbeat('q-1', T0 + 600, T0 + 600)).code, 'NOT_OWNER', 'no tenant named is not its tenant');
-      assert.deepEqual(await where('q-1'), { own: false, quiet: true });
+      assert.deepEqual(await where('q-1'), expect(true));
       assert.equal((await core.store.inspect('q-1'))?.deadline, T0 + 1500);
     });
 
@@ -54,12 +58,12 @@ for (const topology of TOPOLOGIES) {
       const quiet = await recordOf(core, 'q-2');
       const r = await core.store.recordActivity({ sessionId: 'q-2', fingerprint: fp(), liveFrom: T0 + 100, now: T0 + 100, expectedVersion: 0, lastActivityAt: T0 + 100, context: {}, tenant: 't' });
       assert.equal(r.code, 'APPLIED');
-      assert.deepEqual(await where('q-2'), { own: true, quiet: false });
+      assert.deepEqual(await where('q-2'), expect(false));
       const { r: ring, ...own } = await recordOf(core, 'q-2');
       assert.ok(ring, 'the activity is remembered in the record');
       assert.deepEqual(own, quiet, 'the script unpacked what the reader unpacks');
       assert.equal((await core.store.heartbeat('q-2', T0 + 900, T0 + 900, 't')).code, 'REFRESHED');
-      assert.deepEqual(await where('q-2'), { own: true, quiet: false });
+      assert.deepEqual(await where('q-2'), expect(false));
     });
 
     test('the deadline engine claims a quiet session that fell due, and a close ends one', async () => {
@@ -67,7 +71,7 @@ for (const topology of TOPOLOGIES) {
       await open(core.store, 'q-3', T0);
       const claimed = await core.store.claimDue(bucketOf('q-3'), T0 + 1000, 1000);
       assert.ok(claimed.claimed.some((c) => c.sessionId === 'q-3'), JSON.stringify(claimed));
-      assert.deepEqual(await where('q-3'), { own: true, quiet: false });
+      assert.deepEqual(await where('q-3'), expect(false));
       assert.equal((await core.store.inspect('q-3'))?.state, 'destroying');
       await open(core.store, 'q-4', T0);
       assert.equal((await core.store.claimDestroy({ sessionId: 'q-4', fingerprint: fp(), cause: 'closed', now: T0 + 10 })).code, 'CLAIMED');
@@ -87,10 +91,10 @@ for (const topology of TOPOLOGIES) {
     test('an open again, a migration and a reopen after the destroy leave it quiet when nothing more is held', async () => {
       assert.equal((await open(core.store, 'q-6', T0)).code, 'OPENED');
       assert.equal((await open(core.store, 'q-6', T0 + 100)).code, 'REFRESHED');
-      assert.deepEqual(await where('q-6'), { own: false, quiet: true });
+      assert.deepEqual(await where('q-6'), expect(true));
       const moved = await open(core.store, 'q-6', T0 + 200, { placement: { ...engine, slot: 4 } });
       if (moved.code !== 'MIGRATED') return assert.fail(moved.code);
-      assert.deepEqual(await where('q-6'), { own: false, quiet: true });
+      assert.deepEqual(await where('q-6'), expect(true));
       assert.deepEqual((await core.store.inspect('q-6'))?.placement, { ...engine, slot: 4 });
       assert.equal((await core.store.claimDestroy({ sessionId: 'q-6', fingerprint: fp(), cause: 'closed', now: T0 + 300 })).code, 'CLAIMED');
       const token = drawReleaseToken();
@@ -98,30 +102,44 @@ for (const topology of TOPOLOGIES) {
       assert.equal((await core.store.recordRelease('q-6', moved.incarnation, 1000, T0 + 302, engine.node, token)).code, 'RELEASED');
       assert.equal((await core.store.purge('q-6', moved.incarnation, T0 + 303)).code, 'PURGED');
       assert.equal((await core.store.complete('q-6', moved.incarnation, T0 + 304)).code, 'COMPLETED');
-      assert.deepEqual(await where('q-6'), { own: true, quiet: false }, 'a tombstone is a hash of its own, with its TTL');
+      assert.deepEqual(await where('q-6'), expect(false), 'a tombstone is a hash of its own, with its TTL');
       const again = await open(core.store, 'q-6', T0 + 400);
       assert.equal(again.code, 'REOPENED');
-      assert.deepEqual(await where('q-6'), { own: false, quiet: true });
+      assert.deepEqual(await where('q-6'), expect(true));
       assert.equal((await recordOf(core, 'q-6')).ro, String(T0 + 400), 'when it was reopened travels with it');
       assert.equal((await core.store.inspect('q-6'))?.state, 'active');
     });
 
     test('a value holding the separator keeps its record a hash of its own', async () => {
       await open(core.store, 'q-7', T0, { model: 'odd\x1fmodel' });
-      assert.deepEqual(await where('q-7'), { own: true, quiet: false });
+      assert.deepEqual(await where('q-7'), expect(false));
       assert.equal((await core.store.inspect('q-7'))?.model, 'odd\x1fmodel');
+    });
+
+    test('a record key that exists wins over a stale quiet field, which never overwrites it', async () => {
+      const opened = await open(core.store, 'q-10', T0);
+      if (opened.code !== 'OPENED') return assert.fail(opened.code);
+      // As a replica of a version before quiet records would leave it: a newer incarnation in a record of its own.
+      const k = core.keys.session('q-10');
+      const newer = { ...(await recordOf(core, 'q-10')), i: String(opened.incarnation + 1) };
+      await core.redis.hset(k.session, newer);
+      if (!packs) await core.redis.hset(k.quiet, 'q-10', `${opened.incarnation} 1000 1 1000 0 stale`);
+      assert.equal((await core.store.inspect('q-10'))?.incarnation, opened.incarnation + 1);
+      const claimed = await core.store.claimDestroy({ sessionId: 'q-10', fingerprint: fp(), cause: 'closed', now: T0 + 10 });
+      assert.ok(claimed.code === 'CLAIMED' && claimed.incarnation === opened.incarnation + 1, JSON.stringify(claimed));
+      assert.equal((await core.redis.hgetall(k.session)).i, String(opened.incarnation + 1), 'the claim did not unpack the stale field over it');
     });
 
     test('a store that does not pack and one that does work on each other\'s sessions', async () => {
       await open(unpacking, 'q-8', T0);
-      assert.deepEqual(await where('q-8'), { own: true, quiet: false });
+      assert.deepEqual(await where('q-8'), expect(false));
       assert.equal((await core.store.heartbeat('q-8', T0 + 500, T0 + 500)).code, 'REFRESHED');
       await open(core.store, 'q-9', T0);
-      assert.deepEqual(await where('q-9'), { own: false, quiet: true });
+      assert.deepEqual(await where('q-9'), expect(true));
       const mixed = await unpacking.heartbeatMany([{ sessionId: 'q-8', liveFrom: T0 + 700 }, { sessionId: 'q-9', liveFrom: T0 + 700 }], T0 + 700);
       assert.deepEqual(mixed.map((r) => r.code === 'REFRESHED' && r.deadline), [T0 + 1700, T0 + 1700]);
       assert.equal((await unpacking.open({ sessionId: 'q-9', fingerprint: fp(), now: T0 + 800, liveFrom: T0 + 800, windowMs: 1000, placement: engine })).code, 'REFRESHED');
-      assert.deepEqual(await where('q-9'), { own: true, quiet: false }, 'opened out by the store that does not pack, and left so');
+      assert.deepEqual(await where('q-9'), expect(false), 'opened out by the store that does not pack, and left so');
       assert.equal((await unpacking.claimDestroy({ sessionId: 'q-8', fingerprint: fp(), cause: 'closed', now: T0 + 900 })).code, 'CLAIMED');
     });
   });

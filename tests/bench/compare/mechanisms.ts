@@ -7,7 +7,8 @@
 //   sorted-set-floor  one sorted set scored by deadline, one ZADD XX GT per heartbeat wave, one precise timer at the head and a Lua
 //                     claim (ZRANGEBYSCORE + ZREM) when it fires, the head re-read every 100 ms: what no deadline
 //                     mechanism on Redis can go below.
-//   session-reaper    SessionStore.open / heartbeatMany (the heartbeat script, 32 buckets) and the DeadlineEngine
+//   session-reaper    SessionStore.open / heartbeatMany (the heartbeat script, 32 buckets; quiet records on, as
+//                     SESSION_RECORD_PACKING=true) and the DeadlineEngine
 //                     itself, emitting into a recorder instead of the Broker.
 //   sweeper-30s/-5s   one string key per session holding its deadline (MSET per heartbeat wave), a SCAN of every key
 //                     each interval with a Lua claim of the due ones per SCAN page (the design documents' 30 s poll).
@@ -199,7 +200,7 @@ const sessionReaper: Mechanism = {
   graceMs: (_l, dflt) => dflt,
   async driver(target, { timeoutMs }) {
     const redis = await client(target);
-    const store = new SessionStore(redis, new KeySpace('sr', REAPER_BUCKETS), await Scripts.register(redis), { tombstoneTtlMs: 86_400_000 });
+    const store = new SessionStore(redis, new KeySpace('sr', REAPER_BUCKETS), await Scripts.register(redis), { tombstoneTtlMs: 86_400_000, quietRecords: true });
     return {
       async open(sessions, now) {
         await Promise.all(sessions.map((s) =>
@@ -216,7 +217,7 @@ const sessionReaper: Mechanism = {
   async detector(target, _l, onExpired) {
     const redis = await client(target);
     const config = loadConfig({ REDIS_URL: `redis://127.0.0.1:${target.port}`, REDIS_PASSWORD: target.password, INDEX_BUCKETS: String(REAPER_BUCKETS) });
-    const store = new SessionStore(redis, new KeySpace(config.REDIS_KEY_PREFIX, REAPER_BUCKETS), await Scripts.register(redis), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS });
+    const store = new SessionStore(redis, new KeySpace(config.REDIS_KEY_PREFIX, REAPER_BUCKETS), await Scripts.register(redis), { tombstoneTtlMs: config.TOMBSTONE_TTL_MS, quietRecords: true });
     const engine = new DeadlineEngine({
       deps: {
         config,

@@ -75,8 +75,9 @@ for g = 1, groups do
   -- The sessions to refresh: ZADD arguments (GT CH, then score, member pairs) and where each one's reply goes.
   local zadd, slots, moving = { 'GT', 'CH' }, {}, 0
   -- Quiet records (includes/quiet.lua) of the whole group in one read; a session without one has a record of its own.
+  -- Never on Redis Cluster, where nothing packs: a built key a resharding moved away fails the script there.
   local quietKey, quiet = quietKeyOfPrefix(recordPrefix), {}
-  for from = 1, #ids, 1000 do
+  for from = 1, cluster and 0 or #ids, 1000 do
     local upto = math.min(from + 999, #ids)
     local packed = call('HMGET', quietKey, unpack(ids, from, upto))
     for k = from, upto do quiet[k] = packed[k - from + 1] end

@@ -4,10 +4,11 @@
 -- of its bucket's quiet hash, `<prefix>:{<bucket>}:quiet`, instead of a hash of its own: field = session id, value =
 -- `i w p g od f` (the record's fields of those names, space separated), then `\31<name>=<value>` for each of `tn`,
 -- `m`, `ea` and `ro` it holds. A key of its own costs ~72 B (key, object, dictionary entry) before its fields; one
--- field of a shared hash costs its id and value and a dictionary entry (`npm run bench:layout`: 168 -> ~110 B), which
--- is what brings a million heartbeating sessions under 250 B each (issue 16).
+-- field of a shared hash costs its id and value and a dictionary entry (bench:compare at 1M: 278 -> 230 B a session
+-- with its index entry), which is what brings a million heartbeating sessions under 250 B each (issue 16).
 --
--- Only open-session writes a quiet record, and only heartbeat-n and held-session-owners read one as it is. Every
+-- Only open-session writes a quiet record (only while SESSION_RECORD_PACKING is true, never on Redis Cluster), and only
+-- heartbeat-n and held-session-owners read one as it is. Every
 -- other script that names a session record first turns a quiet one back into the record's own hash (`materialize`,
 -- the same fields, state A), then goes on exactly as before; so the quiet form is never written to, and a record is
 -- in one place at a time: a session id is a field of its bucket's quiet hash or has a record key, never both.
@@ -82,8 +83,13 @@ local function quietHeartbeatState(packed)
 end
 
 -- Turns a quiet record back into a hash of its own, so the script that names it reads and writes it as any record.
--- Returns whether it was quiet.
+-- Returns whether it was quiet. A record key that exists wins and the quiet hash is not touched: a replica that does
+-- not pack (SESSION_RECORD_PACKING=false, and always on Redis Cluster) never reaches the quiet hash for a session
+-- with a record of its own, so a resharding that moved the quiet hash ahead of the record cannot fail its scripts
+-- (a built key missing on a node in mid-migration fails the script), and a stale quiet field can never overwrite a
+-- newer record (readers all look at the record key first).
 local function materialize(sessionKey)
+  if redis.call('EXISTS', sessionKey) == 1 then return false end
   local quietKey, sessionId = quietPlaceOf(sessionKey)
   local packed = redis.call('HGET', quietKey, sessionId)
   if not packed then return false end

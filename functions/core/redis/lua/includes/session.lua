@@ -1,6 +1,7 @@
 -- Shared helpers of the session scripts (inlined by the loader where a script says `-- @include "session"`).
 --
--- Session record (HASH, one per session id; fields are short because a million of them are kept):
+-- Session record (HASH, one per session id; fields are short because a million of them are kept; a record holding
+-- only what its open wrote may instead be quiet, packed in its bucket's quiet hash: includes/quiet.lua):
 --   s   state: A active, D destroying, X destroyed (tombstone, expires after TOMBSTONE_TTL_MS)
 --   i   incarnation (fencing token; unique per bucket and increasing, so never reused by a reopened id, and never below
 --       Redis's clock in ms when it was handed out, so a Redis that lost its data does not hand out one again)
