@@ -57,7 +57,10 @@ export interface BucketKeys {
 /** Keys of one session (and its bucket). */
 export interface SessionKeys extends BucketKeys {
   readonly sessionId: string;
-  /** HASH the session record; after destruction, a tombstone with a TTL. */
+  /**
+   * HASH the session record; after destruction, a tombstone with a TTL. Absent while the record is quiet (a field of
+   * the bucket's `quiet` hash instead).
+   */
   readonly session: string;
   /** HASH the activity-score context of the session. */
   readonly context: string;
