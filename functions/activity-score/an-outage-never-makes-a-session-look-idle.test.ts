@@ -72,7 +72,7 @@ for (const topology of TOPOLOGIES) {
       await h.open('unheard-quiet');
       const { idleAt } = await typeUntilQuiet(h, 'unheard-quiet');
       const b = h.core.deps.store.keys.bucket(h.core.deps.store.keys.bucketOf('unheard-quiet'));
-      // What the engine's claim notes when the bucket's heartbeats stop far beyond their rhythm (claim-due-4.lua).
+      // What the engine's claim notes when the bucket's heartbeats stop far beyond their rhythm (claim-due-5.lua).
       await h.core.deps.redis.hset(b.watch, 'bs', String(idleAt - 10_000));
       const checker = await h.checker();
       h.clock.now = idleAt + 1;

@@ -193,7 +193,7 @@ export class IdleChecker {
     return runtime !== undefined && adapterFor(runtime.engine).capabilities.demote;
   }
 
-  // Requests the demote (request-demote-1.lua: one pending at a time, never while held) and emits it; a demote still
+  // Requests the demote (request-demote-2.lua: one pending at a time, never while held) and emits it; a demote still
   // pending from an earlier check whose event may have been lost is emitted again under its own token.
   async #demote(session: SessionView, now: number): Promise<boolean> {
     const { sessionId, incarnation } = session;

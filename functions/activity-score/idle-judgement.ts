@@ -6,7 +6,7 @@ import { decodeContext, encodeContext, heldQuietMs, idleDecision, type ActivityC
 import { policyFor, type ActivityScoreSettings } from './settings.ts';
 
 /**
- * Hash fields activity-score writes beside the ones record-activity-3.lua owns (`v` version, `la` last activity):
+ * Hash fields activity-score writes beside the ones record-activity-4.lua owns (`v` version, `la` last activity):
  * `c` the whole encoded context as one JSON value, so a field the new context no longer has (a cleared release
  * request, a dropped embedding) cannot linger from an older one; `pi` the predicted end of the current quiet spell
  * (ms), readable on its own by operators.

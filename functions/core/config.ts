@@ -19,7 +19,7 @@ export const ConfigSchema = Type.Object({
   REDIS_KEY_PREFIX: Type.String({ default: 'sr', pattern: '^[A-Za-z0-9_.-]{1,32}$', description: 'Prefix of every key this system writes.' }),
   INDEX_BUCKETS: Int(1, 32, 'Buckets the session keyspace and deadline index are sharded into (fixed for the life of a deployment).', 4096),
   TOMBSTONE_TTL_MS: Int(1000, 86_400_000, 'How long a destroyed incarnation is remembered so late events are recognised; must outlast the Broker redelivery window.'),
-  SESSION_RECORD_PACKING: Type.Boolean({ default: false, description: "A session record that holds only what its open wrote is kept packed in one field of its bucket's quiet hash (~48 B a session less than a hash of its own). Turn on only once every replica runs a version that reads quiet records; ignored on Redis Cluster." }),
+  SESSION_RECORD_PACKING: Type.Boolean({ default: false, description: "A session record that holds only what its open wrote is kept packed in one field of its bucket's quiet hash (~48 B a session less than a hash of its own). Turn on only once every replica runs a version that reads quiet records." }),
   MAX_EVENT_BYTES: Int(1024, 1_048_576, 'Largest accepted CloudEvent (body plus attributes), in bytes; a larger request is answered 413 before its body is read.', 16_777_216),
   MAX_BATCH_BYTES: Int(1024, 2_097_152, 'Largest accepted batch request (heartbeat-timeout only), in bytes; answered 413 beyond it.', 67_108_864),
   DEFAULT_HEARTBEAT_INTERVAL_MS: Int(100, 30_000, 'Heartbeat interval assumed when session.opened sets none.'),

@@ -73,7 +73,7 @@ export class OrphanStore {
         const args: (string | number)[] = [this.keys.sessionRecordPrefix(bucket)];
         for (const i of slice) args.push(held[i]!.sessionId, held[i]!.incarnation);
         calls.push(
-          this.#scripts.run('heldSessionOwners', [this.keys.bucket(bucket).migrations], args).then((r) => {
+          this.#scripts.run('heldSessionOwners', [this.keys.bucket(bucket).migrations, this.keys.bucket(bucket).quiet], args).then((r) => {
             if (r.length !== slice.length) throw new UnexpectedReplyError(`heldSessionOwners answered ${r.length} entries for ${slice.length}`);
             slice.forEach((i, k) => (out[i] = num(r[k]) === 1));
           }),
@@ -89,7 +89,7 @@ export class OrphanStore {
     const k = this.keys.session(held.sessionId);
     const r = await this.#scripts.run(
       'sightOrphan',
-      [k.session, k.migrations, this.keys.orphanSighting(runtime, held.sessionId, held.incarnation)],
+      [k.session, k.migrations, this.keys.orphanSighting(runtime, held.sessionId, held.incarnation), k.quiet],
       [held.sessionId, held.incarnation, now, times.graceMs, times.ttlMs, times.claimMs],
     );
     const code = str(r[0]);

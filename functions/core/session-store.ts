@@ -171,7 +171,7 @@ export interface DueClaims {
 }
 
 /**
- * The outage rule as a due claim applies it (lua/includes/blind.lua, claim-due-4.lua): what counts as unwatched, and
+ * The outage rule as a due claim applies it (lua/includes/blind.lua, claim-due-5.lua): what counts as unwatched, and
  * the deadline engine's verdict on the fleet's heartbeats (functions/heartbeat-timeout/ingest-silence.ts). Without it
  * claimDue and claimExpired apply no rule.
  */
@@ -218,7 +218,7 @@ export type ReleaseCall =
   | { code: 'FAILED' }
   | Extract<ReleaseTarget, { code: 'NOT_PENDING' }>;
 
-/** What requestDemote / requestRestore decided (request-demote-1.lua, request-restore-1.lua). */
+/** What requestDemote / requestRestore decided (request-demote-2.lua, request-restore-2.lua). */
 export type OffloadRequest =
   | { code: 'REQUESTED' | 'PENDING'; token: string }
   | { code: 'ALREADY'; stage: OffloadStage }
@@ -445,9 +445,7 @@ export class SessionStore {
 
   /**
    * `quietRecords` (SESSION_RECORD_PACKING; default false): open packs a record that holds only what it wrote into its
-   * bucket's quiet hash (lua/includes/quiet.lua). Every script reads both forms whatever it is. Never on Redis
-   * Cluster: the quiet hash is a key the scripts build rather than declare, and a resharding that moved it ahead of a
-   * bucket's other keys would fail them.
+   * bucket's quiet hash (lua/includes/quiet.lua). Every script reads both forms whatever it is.
    */
   constructor(redis: RedisClient, keys: KeySpace, scripts: Scripts, opts: { tombstoneTtlMs: number; releaseMaxAttempts?: number; quietRecords?: boolean }) {
     this.redis = redis;
@@ -455,7 +453,7 @@ export class SessionStore {
     this.#scripts = scripts;
     this.#tombstoneTtlMs = opts.tombstoneTtlMs;
     this.#releaseMaxAttempts = opts.releaseMaxAttempts;
-    this.#quietRecords = (opts.quietRecords ?? false) && !redis.isCluster;
+    this.#quietRecords = opts.quietRecords ?? false;
   }
 
   /**
@@ -505,7 +503,7 @@ export class SessionStore {
     const migrationToken = drawReleaseToken();
     const r = await this.#scripts.run(
       'openSession',
-      [k.session, k.deadlines, k.meta, k.placements, k.ledger, k.migrations, k.destroying, k.endMarker, k.watch],
+      [k.session, k.deadlines, k.meta, k.placements, k.ledger, k.migrations, k.destroying, k.endMarker, k.watch, k.quiet],
       [input.sessionId, input.fingerprint, input.now, Math.min(input.liveFrom, input.now), input.windowMs,
         input.placement.node, input.placement.runtimeUrl, input.placement.gpuBytes, input.tenant ?? '', input.model ?? '', migrationToken,
         encodeEngineAddress(input.placement), this.#quietRecords ? '1' : ''],
@@ -649,7 +647,7 @@ export class SessionStore {
     let tenants = false;
     for (const { bucket, members } of call) {
       const b = this.keys.bucket(bucket);
-      keys.push(b.deadlines, b.watch);
+      keys.push(b.deadlines, b.watch, b.quiet);
       let ids = '';
       let ages = '';
       for (let i = 0; i < members.length; i++) {
@@ -721,7 +719,7 @@ export class SessionStore {
   /** Applies a session.hold: no reclamation for silence or idleness until now + durationMs. */
   async hold(sessionId: string, fingerprint: string, now: number, durationMs: number, tenant = ''): Promise<HoldResult> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('grantHold', [k.session, k.deadlines], [sessionId, fingerprint, now, durationMs, tenant]);
+    const r = await this.#scripts.run('grantHold', [k.session, k.deadlines, k.quiet], [sessionId, fingerprint, now, durationMs, tenant]);
     const code = str(r[0]);
     if (code === 'HELD') return { code, incarnation: num(r[1]), holdUntil: num(r[2]), deadline: num(r[3]) };
     if (code === 'DUPLICATE') return { code, incarnation: num(r[1]) };
@@ -759,7 +757,7 @@ export class SessionStore {
     const pairs = Object.entries(input.context).flatMap(([f, v]) => [f, v]);
     const r = await this.#scripts.run(
       'recordActivity',
-      [k.session, k.deadlines, k.context],
+      [k.session, k.deadlines, k.context, k.quiet],
       [input.sessionId, input.fingerprint, Math.min(input.liveFrom, input.now), String(input.expectedVersion), input.lastActivityAt, input.tenant ?? '', ...pairs],
     );
     const code = str(r[0]);
@@ -807,7 +805,7 @@ export class SessionStore {
     const k = this.keys.session(input.sessionId);
     const r = await this.#scripts.run(
       'claimDestroy',
-      [k.session, k.deadlines, k.destroying, k.context, k.endMarker, k.placements],
+      [k.session, k.deadlines, k.destroying, k.context, k.endMarker, k.placements, k.quiet],
       [input.sessionId, claimFingerprint(input.fingerprint), input.incarnation ?? '', input.cause, input.now, input.resume === true ? '1' : '', input.sentAt ?? '',
         input.owner === undefined ? '' : `t:${input.owner}`, input.causeAt ?? '', input.waitForOpen === true ? this.#tombstoneTtlMs : '', input.idleVerdict ?? ''],
     );
@@ -839,12 +837,12 @@ export class SessionStore {
 
   /**
    * Records the session.idle the idle checker is about to emit (its event id) as one of the session's idle verdicts,
-   * reached at `at`, which the claim of that event then requires and judges at that time (claim-destroy-6.lua):
+   * reached at `at`, which the claim of that event then requires and judges at that time (claim-destroy-7.lua):
    * RECORDED, or ENDED / UNKNOWN when the session is no longer the active incarnation judged (emit nothing then).
    */
   async recordIdleVerdict(sessionId: string, incarnation: number, eventId: string, at: number): Promise<'RECORDED' | 'ENDED' | 'UNKNOWN'> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('recordIdleVerdict', [k.session, k.context], [incarnation, eventId, at]);
+    const r = await this.#scripts.run('recordIdleVerdict', [k.session, k.context, k.quiet], [incarnation, eventId, at]);
     const code = str(r[0]);
     if (code === 'RECORDED' || code === 'ENDED' || code === 'UNKNOWN') return code;
     throw new UnexpectedReplyError(`recordIdleVerdict replied ${code}`);
@@ -856,7 +854,7 @@ export class SessionStore {
    */
   async claimDue(bucket: number, now: number, limit: number, rule?: OutageRule): Promise<DueClaims> {
     const b = this.keys.bucket(bucket);
-    const r = await this.#scripts.run('claimDue', [b.deadlines, b.destroying, b.watch, b.blind], [
+    const r = await this.#scripts.run('claimDue', [b.deadlines, b.destroying, b.watch, b.blind, b.quiet], [
       now, limit, this.keys.sessionRecordPrefix(bucket), rule?.blindGapMs ?? 0, rule?.holdFrom ?? '', rule?.heardAt ?? '', BLIND_RETENTION_MS,
     ]);
     const optional = (v: unknown) => (str(v) === '' ? null : Number(str(v)));
@@ -879,7 +877,7 @@ export class SessionStore {
    */
   async claimExpired(sessionId: string, now: number, rule?: OutageRule): Promise<ExpiryClaim> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('claimExpired', [k.session, k.deadlines, k.destroying, k.watch, k.blind], [sessionId, now, rule ? 1 : 0, BLIND_RETENTION_MS]);
+    const r = await this.#scripts.run('claimExpired', [k.session, k.deadlines, k.destroying, k.watch, k.blind, k.quiet], [sessionId, now, rule ? 1 : 0, BLIND_RETENTION_MS]);
     const code = str(r[0]);
     if (code === 'CLAIMED') return { code, incarnation: num(r[1]), deadline: num(r[2]) };
     if (code === 'NOT_DUE') return { code, deadline: num(r[1]) };
@@ -895,7 +893,7 @@ export class SessionStore {
     const k = this.keys.session(sessionId);
     const r = await this.#scripts.run(
       'advanceStage',
-      [k.session, k.destroying, k.failed],
+      [k.session, k.destroying, k.failed, k.quiet],
       [sessionId, incarnation, stage, now, release?.attempt ?? '', release?.token ?? '', this.#releaseMaxAttempts ?? ''],
     );
     const code = str(r[0]);
@@ -926,7 +924,7 @@ export class SessionStore {
     const k = this.keys.session(sessionId);
     const r = await this.#scripts.run(
       'recordRelease',
-      [k.session, k.destroying, k.ledger, k.migrations, k.placements, k.failed],
+      [k.session, k.destroying, k.ledger, k.migrations, k.placements, k.failed, k.quiet],
       [sessionId, incarnation, freedBytes, now, node, token, estimated ? '1' : '0'],
     );
     const code = str(r[0]);
@@ -954,7 +952,7 @@ export class SessionStore {
    */
   async releaseTarget(sessionId: string, incarnation: number, token: string): Promise<ReleaseTarget> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('releaseTarget', [k.session, k.migrations, k.placements], [sessionId, incarnation, token]);
+    const r = await this.#scripts.run('releaseTarget', [k.session, k.migrations, k.placements, k.quiet], [sessionId, incarnation, token]);
     const code = str(r[0]);
     if (code === 'PENDING') {
       const kind = str(r[1]);
@@ -971,7 +969,7 @@ export class SessionStore {
    */
   async beginReleaseCall(sessionId: string, incarnation: number, token: string, now: number, leaseMs: number, failedBlocksMs = 0): Promise<ReleaseCall> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('beginReleaseCall', [k.session, k.migrations, k.placements, k.releaseCalls], [sessionId, incarnation, token, now, leaseMs, failedBlocksMs]);
+    const r = await this.#scripts.run('beginReleaseCall', [k.session, k.migrations, k.placements, k.releaseCalls, k.quiet], [sessionId, incarnation, token, now, leaseMs, failedBlocksMs]);
     const code = str(r[0]);
     switch (code) {
       case 'CALL': {
@@ -1010,7 +1008,7 @@ export class SessionStore {
   }
 
   async #offloadRequest(script: 'requestDemote' | 'requestRestore', sessionId: string, incarnation: number, token: string, now: number): Promise<OffloadRequest> {
-    const r = await this.#scripts.run(script, [this.keys.session(sessionId).session], [sessionId, incarnation, token, now]);
+    const r = await this.#scripts.run(script, [this.keys.session(sessionId).session, this.keys.session(sessionId).quiet], [sessionId, incarnation, token, now]);
     const code = str(r[0]);
     switch (code) {
       case 'REQUESTED':
@@ -1041,7 +1039,7 @@ export class SessionStore {
    */
   async beginOffloadCall(sessionId: string, incarnation: number, op: OffloadOp, token: string, now: number, leaseMs: number): Promise<OffloadCall> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('beginOffloadCall', [k.session, k.placements, k.releaseCalls], [sessionId, incarnation, op, token, now, leaseMs]);
+    const r = await this.#scripts.run('beginOffloadCall', [k.session, k.placements, k.releaseCalls, k.quiet], [sessionId, incarnation, op, token, now, leaseMs]);
     const code = str(r[0]);
     switch (code) {
       case 'CALL':
@@ -1060,13 +1058,13 @@ export class SessionStore {
   }
 
   /**
-   * Records what came of an offload call and books it in the same step (settle-offload-call-4.lua); false when the
+   * Records what came of an offload call and books it in the same step (settle-offload-call-5.lua); false when the
    * call is no longer this token's (nothing changes).
    */
   async settleOffloadCall(sessionId: string, incarnation: number, op: OffloadOp, token: string, now: number, outcome: OffloadAnswer | 'failed' | 'retry'): Promise<boolean> {
     const k = this.keys.session(sessionId);
     const args = typeof outcome === 'string' ? [outcome, now] : ['answered', now, outcome.bytes, outcome.freedBytes, outcome.estimated ? '1' : '0'];
-    const r = await this.#scripts.run('settleOffloadCall', [k.session, k.releaseCalls, k.ledger, k.placements], [sessionId, incarnation, op, token, ...args]);
+    const r = await this.#scripts.run('settleOffloadCall', [k.session, k.releaseCalls, k.ledger, k.placements, k.quiet], [sessionId, incarnation, op, token, ...args]);
     return str(r[0]) === 'SETTLED';
   }
 
@@ -1099,7 +1097,7 @@ export class SessionStore {
   /** Drops the session's working state once its GPU memory is released (stage state_purged). */
   async purge(sessionId: string, incarnation: number, now: number): Promise<PurgeResult> {
     const k = this.keys.session(sessionId);
-    return this.#purgeLike('purgeSession', await this.#scripts.run('purgeSession', [k.session, k.context, k.destroying], [sessionId, incarnation, now]));
+    return this.#purgeLike('purgeSession', await this.#scripts.run('purgeSession', [k.session, k.context, k.destroying, k.quiet], [sessionId, incarnation, now]));
   }
 
   /** Ends the destroy: the record becomes a tombstone that expires after the tombstone TTL. */
@@ -1107,7 +1105,7 @@ export class SessionStore {
     const k = this.keys.session(sessionId);
     return this.#purgeLike(
       'completeDestroy',
-      await this.#scripts.run('completeDestroy', [k.session, k.destroying, k.placements, k.failed], [sessionId, incarnation, now, this.#tombstoneTtlMs]),
+      await this.#scripts.run('completeDestroy', [k.session, k.destroying, k.placements, k.failed, k.quiet], [sessionId, incarnation, now, this.#tombstoneTtlMs]),
     );
   }
 
@@ -1118,7 +1116,7 @@ export class SessionStore {
     const k = this.keys.session(sessionId);
     const r = await this.#scripts.run(
       'claimStalled',
-      [k.session, k.destroying, k.migrations, k.placements],
+      [k.session, k.destroying, k.migrations, k.placements, k.quiet],
       [member, now, stallMs, sessionId, migration === undefined ? '' : String(migration.incarnation)],
     );
     const code = str(r[0]);
@@ -1141,7 +1139,7 @@ export class SessionStore {
    */
   async settleFailedDestroy(sessionId: string, action: 'retry' | 'resolve', now: number): Promise<FailedDestroySettlement> {
     const k = this.keys.session(sessionId);
-    const r = await this.#scripts.run('settleFailedDestroy', [k.session, k.destroying, k.failed, k.ledger, k.placements], [sessionId, action, now]);
+    const r = await this.#scripts.run('settleFailedDestroy', [k.session, k.destroying, k.failed, k.ledger, k.placements, k.quiet], [sessionId, action, now]);
     const code = str(r[0]);
     switch (code) {
       case 'RETRYING':
@@ -1227,6 +1225,40 @@ export class SessionStore {
       }),
     );
     return perBucket.flat().sort((a, b) => a.lastProgressAt - b.lastProgressAt).slice(0, limit);
+  }
+
+  /**
+   * Opens out the quiet records of one bucket (open-out-quiet-1.lua), a page at a time, until none is left: what
+   * `sessionctl unpack` runs before a downgrade. A record packed meanwhile (a replica still packing) is taken too,
+   * while pages last. Returns how many were opened out, how many stale quiet fields were dropped (their session has a
+   * record key, which wins), and how many the bucket still holds.
+   */
+  async openOutQuiet(bucket: number): Promise<{ opened: number; dropped: number; left: number }> {
+    const b = this.keys.bucket(bucket);
+    let opened = 0;
+    let dropped = 0;
+    let left = await this.redis.hlen(b.quiet);
+    while (left > 0) {
+      // HSCAN from the start each time: what the last page took is gone from the hash, so the next page is new.
+      const [, flat] = await this.redis.hscan(b.quiet, '0', 'COUNT', '500');
+      const ids = flat.filter((_, i) => i % 2 === 0);
+      if (ids.length === 0) break;
+      const r = await this.#scripts.run('openOutQuiet', [b.quiet], [this.keys.sessionRecordPrefix(bucket), ...ids]);
+      const took = num(r[0]) + num(r[1]);
+      opened += num(r[0]);
+      dropped += num(r[1]);
+      left = num(r[2]);
+      // Every id of a page is opened out or dropped unless it left the hash meanwhile; a page that took none would
+      // only come back the same.
+      if (took === 0) break;
+    }
+    return { opened, dropped, left };
+  }
+
+  /** Number of quiet records across all buckets (HLEN per bucket: O(buckets)). */
+  async quietCount(): Promise<number> {
+    const counts = await Promise.all(this.keys.allBuckets().map((b) => this.redis.hlen(b.quiet)));
+    return counts.reduce((a, b) => a + b, 0);
   }
 
   /** Number of ACTIVE sessions across all buckets (ZCARD per bucket: O(buckets)). */

@@ -97,7 +97,7 @@ export async function handle(event: DestroyDispatchEvent, deps: DestroyDispatchD
     case EventType.SessionIdle:
       // Only a verdict the idle checker recorded before emitting it (by this event's id) is applied, judged at the time
       // it recorded, not the event's: activity recorded after that (or an active hold) revives the session and the
-      // claim is refused (claim-destroy-6.lua), and a session.idle it did not reach cannot end a session, whoever sent
+      // claim is refused (claim-destroy-7.lua), and a session.idle it did not reach cannot end a session, whoever sent
       // it (UNVERIFIED).
       return trigger(deps, { sessionId: event.data.sessionId, fingerprint, incarnation: event.data.incarnation, cause: 'idle', now, idleVerdict: event.id });
     case EventType.InferenceCompleted:

@@ -16,7 +16,7 @@ export interface BucketHeard {
   n: number;
 }
 
-/** The verdict passed to every due claim (claim-due-4.lua). */
+/** The verdict passed to every due claim (claim-due-5.lua). */
 export interface IngestVerdict {
   /** Since when nothing has been heard while heartbeats were due: expiries after it wait. Null: heard. */
   holdFrom: number | null;

@@ -88,7 +88,7 @@ try {
   const recordPrefix = (b: number) => `sr:{${b}}:s:`;
   const records = (b: number) => `sr:{${b}}:records`;
   const now0 = Date.now();
-  // What open-session-9.lua writes for a session without tenant or engine address (includes/session.lua's fields).
+  // What open-session-10.lua writes for a session without tenant or engine address (includes/session.lua's fields).
   const fieldsOf = (i: number) => ({ s: 'A', i: String(now0 - 86_400_000 + i), w: String(WINDOW_MS), p: String(1 + (i % 16)), g: '68719476736', od: String(i % 5000), f: 'k3Jx9Qa2LmZp' });
 
   // Filled one structure at a time, so that each one's bytes are the used_memory it added.

@@ -189,9 +189,9 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
         } else if (m.stage === 'gpu_released') {
           assert.equal((await core.store.purge(op.id, inc, now)).code, 'PURGED');
           m.stage = 'state_purged';
-          // The purge drops the record's ring of seen events with the rest of its working state (purge-session-3.lua),
+          // The purge drops the record's ring of seen events with the rest of its working state (purge-session-4.lua),
           // so a copy of an end delivered after it is no longer told from a further end: claimDestroy answers it
-          // ALREADY, changing nothing, as its comment says (claim-destroy-6.lua), and remembers it again.
+          // ALREADY, changing nothing, as its comment says (claim-destroy-7.lua), and remembers it again.
           m.seen.clear();
         } else {
           assert.equal((await core.store.complete(op.id, inc, now)).code, 'COMPLETED');

@@ -21,6 +21,7 @@ const sendCommand: Command = async (ctx) => (await import('./event-commands.ts')
 const destroyCommand: Command = async (ctx) => (await import('./event-commands.ts')).destroyCommand(ctx);
 const deadLettersCommand: Command = async (ctx) => (await import('./dead-letter-commands.ts')).deadLettersCommand(ctx);
 const statsCommand: Command = async (ctx) => (await import('./stats-command.ts')).statsCommand(ctx);
+const unpackCommand: Command = async (ctx) => (await import('./session-commands.ts')).unpackCommand(ctx);
 
 const OPTIONS = {
   json: { type: 'boolean' },
@@ -91,6 +92,12 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
     summary: 'active sessions, destroys in flight, GPU ledger balance, Broker counters',
     options: ['watch', 'redis-only'],
     run: statsCommand,
+  },
+  unpack: {
+    usage: 'unpack',
+    summary: 'open every quiet record out into a hash of its own (before a downgrade, once SESSION_RECORD_PACKING=false everywhere)',
+    options: [],
+    run: unpackCommand,
   },
 };
 

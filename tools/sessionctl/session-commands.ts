@@ -7,7 +7,7 @@ import { SESSION_ID_PATTERN } from '../../functions/core/contract/events.ts';
 import { parseMigrationMember, type Cause, type SessionState, type SessionView, type Stage } from '../../functions/core/session-store.ts';
 import type { Command, CommandContext } from './command.ts';
 import { connectCore, type CoreConnection } from './connections.ts';
-import { NotFoundError, UsageError } from './errors.ts';
+import { NotFoundError, RuntimeFailure, UsageError } from './errors.ts';
 import { bytes, duration, fields, instant, parseCount, parseDuration, relative, table } from './format.ts';
 
 /** One row of `sessions`. */
@@ -311,3 +311,24 @@ export function settleFailedCommand(action: 'retry' | 'resolve'): Command {
     });
   };
 }
+
+/**
+ * `unpack`: opens out every quiet record (a session kept as a field of its bucket's quiet hash, README "Quiet
+ * records") into a hash of its own, bucket by bucket: what an operator runs before the fleet goes back to a version
+ * without quiet records, once SESSION_RECORD_PACKING=false has reached every replica. Records a replica still packs
+ * meanwhile are taken while they last; any left make it fail (exit 1), so a downgrade script stops there.
+ */
+export const unpackCommand: Command = (ctx) => {
+  noPositionals(ctx, 'unpack');
+  return withCore(ctx, async (core) => {
+    const buckets: { bucket: number; opened: number; dropped: number; left: number }[] = [];
+    for (const b of core.keys.allBuckets()) buckets.push({ bucket: b.bucket, ...(await core.store.openOutQuiet(b.bucket)) });
+    const total = (f: 'opened' | 'dropped' | 'left') => buckets.reduce((n, b) => n + b[f], 0);
+    const [opened, dropped, left] = [total('opened'), total('dropped'), total('left')];
+    if (left > 0) {
+      throw new RuntimeFailure(`${left} quiet records are left after ${opened} were opened out: a replica still packs them (SESSION_RECORD_PACKING=true); run unpack again once none does`);
+    }
+    const human = `${opened} quiet records opened out into hashes of their own${dropped > 0 ? `, ${dropped} stale quiet fields dropped (their session has a record of its own)` : ''}; none is left`;
+    return { json: { opened, dropped, left, buckets }, human };
+  });
+};

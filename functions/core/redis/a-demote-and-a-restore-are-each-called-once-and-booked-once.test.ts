@@ -1,5 +1,5 @@
-// Demote before destroy in the session scripts (request-demote-1, request-restore-1, begin-offload-call-3,
-// settle-offload-call-4, and what record-release-6 and open-session-9 do with an offloaded session), on a single
+// Demote before destroy in the session scripts (request-demote-2, request-restore-2, begin-offload-call-4,
+// settle-offload-call-5, and what record-release-7 and open-session-10 do with an offloaded session), on a single
 // Redis and on a cluster: one request is pending at a time; each is called once however often it is delivered, and
 // never beside a release of the same allocation; each answer is booked once; the ledger counts offloaded bytes apart
 // from GPU releases and gives them back with a restore, a destroy's release or a migration.

@@ -1,8 +1,7 @@
 // Quiet records (lua/includes/quiet.lua): a session that holds only what its open wrote is one field of its bucket's
 // quiet hash. Heartbeats leave it there; anything else opens it out to a hash of its own with the same fields; every
 // reader (scripts, inspect, the reconciler) sees the same session either way; and a store that does not pack
-// (SESSION_RECORD_PACKING=false, an upgrade) works on the same keys beside one that does. On Redis Cluster nothing
-// packs (the quiet hash is a built key a resharding could move away), and every case holds with records of their own.
+// (SESSION_RECORD_PACKING=false, an upgrade) works on the same keys beside one that does.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { SessionStore, drawReleaseToken, type Placement } from '../session-store.ts';
@@ -26,9 +25,8 @@ for (const topology of TOPOLOGIES) {
       await core.close();
     });
 
-    // Where a record is expected: quiet (a single Redis) or a hash of its own (Cluster, where nothing packs).
-    const packs = topology === 'single';
-    const expect = (quiet: boolean) => (packs && quiet ? { own: false, quiet: true } : { own: true, quiet: false });
+    // Where a record is expected: quiet, or a hash of its own.
+    const expect = (quiet: boolean) => (quiet ? { own: false, quiet: true } : { own: true, quiet: false });
     const where = async (id: string) => {
       const k = core.keys.session(id);
       return { own: await core.redis.exists(k.session) === 1, quiet: await core.redis.hexists(k.quiet, id) === 1 };
@@ -123,7 +121,6 @@ for (const topology of TOPOLOGIES) {
       const k = core.keys.session('q-10');
       const newer = { ...(await recordOf(core, 'q-10')), i: String(opened.incarnation + 1) };
       await core.redis.hset(k.session, newer);
-      if (!packs) await core.redis.hset(k.quiet, 'q-10', `${opened.incarnation} 1000 1 1000 0 stale`);
       assert.equal((await core.store.inspect('q-10'))?.incarnation, opened.incarnation + 1);
       const claimed = await core.store.claimDestroy({ sessionId: 'q-10', fingerprint: fp(), cause: 'closed', now: T0 + 10 });
       assert.ok(claimed.code === 'CLAIMED' && claimed.incarnation === opened.incarnation + 1, JSON.stringify(claimed));
@@ -141,6 +138,19 @@ for (const topology of TOPOLOGIES) {
       assert.equal((await unpacking.open({ sessionId: 'q-9', fingerprint: fp(), now: T0 + 800, liveFrom: T0 + 800, windowMs: 1000, placement: engine })).code, 'REFRESHED');
       assert.deepEqual(await where('q-9'), expect(false), 'opened out by the store that does not pack, and left so');
       assert.equal((await unpacking.claimDestroy({ sessionId: 'q-8', fingerprint: fp(), cause: 'closed', now: T0 + 900 })).code, 'CLAIMED');
+    });
+
+    // Last: it opens out every quiet record of the suite's keys.
+    test('openOutQuiet (sessionctl unpack) opens every quiet record out with the same fields', async () => {
+      await open(core.store, 'q-11', T0, { tenant: 'x', model: 'y' });
+      const quiet = await recordOf(core, 'q-11');
+      assert.ok((await core.store.quietCount()) > 0);
+      const results = await Promise.all(core.keys.allBuckets().map((b) => core.store.openOutQuiet(b.bucket)));
+      assert.ok(results.every((r) => r.left === 0), JSON.stringify(results));
+      assert.equal(await core.store.quietCount(), 0);
+      assert.deepEqual(await where('q-11'), expect(false));
+      assert.deepEqual(await core.redis.hgetall(core.keys.session('q-11').session), quiet);
+      assert.equal((await core.store.heartbeat('q-11', T0 + 100, T0 + 100, 'x')).code, 'REFRESHED');
     });
   });
 }

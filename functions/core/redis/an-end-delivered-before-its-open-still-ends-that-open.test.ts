@@ -1,6 +1,6 @@
 // A Broker delivers in no particular order: an end may reach destroy-dispatch before the open it was sent after, and
 // a close sent before a deadline may be processed after it. claimDestroy, openSession and the deadline engine's claims
-// (claim-destroy-6, open-session-8, claim-due-4, claim-expired-5) against real Redis, single and cluster.
+// (claim-destroy-7, open-session-8, claim-due-5, claim-expired-6) against real Redis, single and cluster.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { TOPOLOGIES } from '../../../tests/support/redis.ts';

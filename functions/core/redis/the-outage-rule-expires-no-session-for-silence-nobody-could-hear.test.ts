@@ -1,4 +1,4 @@
-// The outage rule (lua/includes/blind.lua) in claim-due-4 and claim-expired-5, against real Redis, single and cluster:
+// The outage rule (lua/includes/blind.lua) in claim-due-5 and claim-expired-6, against real Redis, single and cluster:
 // a span in which no engine watched a bucket, or in which none of its heartbeats could be heard, does not count
 // towards any session's liveness window; a session due after it gets what was left of its window, counted from the
 // span's end, and a session that died before it, or keeps silent after it, is still expired. Times are virtual: the

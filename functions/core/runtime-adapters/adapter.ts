@@ -2,7 +2,7 @@
 // typed refusal (RuntimeReleaseError 'unsupported') where the engine cannot do it. Every HTTP request goes through
 // the runtime client's call (functions/core/runtime-client.ts), so each engine gets the same breaker, bounded retry
 // budget and outbound address rules as the native API. Incarnation checks and idempotency are not the engine's: the
-// release call lease in Redis (begin-release-call-4.lua / settle-release-call-1.lua) lets one call through per
+// release call lease in Redis (begin-release-call-5.lua / settle-release-call-1.lua) lets one call through per
 // incarnation, whatever the engine does with a second one.
 import { RuntimeReleaseError, type HeldSessionPage, type ReleaseResult, type RuntimeCallContext, type RuntimeClient, type RuntimeMemory } from '../runtime-client.ts';
 

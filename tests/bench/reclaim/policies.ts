@@ -129,7 +129,7 @@ function activityScoreReclaimer(settings: ActivityScoreSettings): SessionReclaim
       const judgement = judgeIdleness(settings, ctx, now, { tenant: TRACE_TENANT, tier: view.tier, holdUntil, demoted: !view.resident });
       if (judgement.decision.idle) return { destroy: true, demote: false, nextCheckAt: undefined };
       let nextCheckAt = judgement.nextCheckAt;
-      // A held session is never demoted (request-demote-1.lua refuses it): the checker looks again when the idle
+      // A held session is never demoted (request-demote-2.lua refuses it): the checker looks again when the idle
       // verdict says, as the deployed checker does after a refused request.
       if (holdUntil !== undefined && holdUntil > now) return { destroy: false, demote: false, nextCheckAt: nextCheckAt ?? holdUntil };
       const demote = view.resident ? judgeDemote(settings, ctx, now, view.tier, holdUntil) : { demote: false };

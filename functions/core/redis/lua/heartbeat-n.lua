@@ -18,15 +18,15 @@
   ids travel as one argument and their ages as another (per-argument handling was most of the caller's CPU and a
   good part of Redis's), each group's deadlines are moved by ONE ZADD, and the reply is integers only.
 
-  KEYS (any even number, the caller says how many): per group g, in order (KEYS[1] and KEYS[2] for the first):
-    KEYS[2g-1] the bucket's deadline index (ZSET)   KEYS[2g] the bucket's watch (HASH)
+  KEYS (three per group, the caller says how many): per group g, in order (KEYS[1] to KEYS[3] for the first):
+    KEYS[3g-2] the bucket's deadline index (ZSET)   KEYS[3g-1] the bucket's watch (HASH)
+    KEYS[3g] the bucket's quiet hash (includes/quiet.lua): its quiet records, read first for the whole group
   ARGV[1] now (ms)
   ARGV[2] '1' on Redis Cluster, else '0': what an indexed session without a record here means (see below)
   then per group g, in order (3 arguments each, from ARGV[3]):
     the bucket's session record key prefix (`<prefix>:{<bucket>}:s:`): a record's key is the prefix and its session
       id, built here rather than sent, because a third of the call's bytes were those keys; they carry the bucket's
-      hash tag, so on Redis Cluster they live in the group's slot; the bucket's quiet hash (`<prefix>:{<bucket>}:quiet`,
-      includes/quiet.lua), read first for the whole group, is built from it too
+      hash tag, so on Redis Cluster they live in the group's slot
     the session ids of the group's heartbeats, separated by single spaces (ids never contain one: SESSION_ID_PATTERN)
     their ages, in the same order, separated by single spaces: now − live-from in ms, ≥ 0 (the event's time, capped
       at now)
@@ -41,13 +41,13 @@
     incarnation, -4              ENDED, destroyed (X)
     incarnation or 0, -5         UNREADABLE: the record has no numeric incarnation (or, live, no numeric window); nothing
                                  of it is changed, and the call's other heartbeats are answered as usual
-  A malformed call (key pairs, ids and ages, tenants; several groups on Cluster) is refused whole, before any write.
+  A malformed call (key triples, ids and ages, tenants; several groups on Cluster) is refused whole, before any write.
 ]]
 -- @include "quiet"
 local call, tonumber = redis.call, tonumber
 local now, cluster = tonumber(ARGV[1]), ARGV[2] == '1'
-local groups = #KEYS / 2
-if groups < 1 or groups ~= math.floor(groups) then return redis.error_reply('ERR heartbeat: ' .. #KEYS .. ' keys, expected pairs') end
+local groups = #KEYS / 3
+if groups < 1 or groups ~= math.floor(groups) then return redis.error_reply('ERR heartbeat: ' .. #KEYS .. ' keys, expected triples') end
 if cluster and groups > 1 then return redis.error_reply('ERR heartbeat: ' .. groups .. ' buckets in one call on Redis Cluster') end
 local tenantBase = 2 + 3 * groups
 local tenants = #ARGV > tenantBase
@@ -70,14 +70,13 @@ end
 -- written. A record that cannot be read as a session's answers on its own (-5), not for the call.
 local out = {}
 for g = 1, groups do
-  local deadlinesKey, recordPrefix, w = KEYS[2 * g - 1], ARGV[3 * g], work[g]
+  local deadlinesKey, quietKey, recordPrefix, w = KEYS[3 * g - 2], KEYS[3 * g], ARGV[3 * g], work[g]
   local ids, ages, first = w.ids, w.ages, w.first
   -- The sessions to refresh: ZADD arguments (GT CH, then score, member pairs) and where each one's reply goes.
   local zadd, slots, moving = { 'GT', 'CH' }, {}, 0
   -- Quiet records (includes/quiet.lua) of the whole group in one read; a session without one has a record of its own.
-  -- Never on Redis Cluster, where nothing packs: a built key a resharding moved away fails the script there.
-  local quietKey, quiet = quietKeyOfPrefix(recordPrefix), {}
-  for from = 1, cluster and 0 or #ids, 1000 do
+  local quiet = {}
+  for from = 1, #ids, 1000 do
     local upto = math.min(from + 999, #ids)
     local packed = call('HMGET', quietKey, unpack(ids, from, upto))
     for k = from, upto do quiet[k] = packed[k - from + 1] end
@@ -126,7 +125,7 @@ for g = 1, groups do
 end
 
 for g = 1, groups do
-  local deadlinesKey, watchKey, w = KEYS[2 * g - 1], KEYS[2 * g], work[g]
+  local deadlinesKey, watchKey, w = KEYS[3 * g - 2], KEYS[3 * g - 1], work[g]
   local zadd, slots, moving = w.zadd, w.slots, w.moving
   -- max(current, target) for all at once: ZADD GT only ever raises a score, and CH counts the ones it changed, so the
   -- common case (every deadline moved out) needs no read; otherwise the scores it left are read back in one call. (A

@@ -1,5 +1,5 @@
 -- The idle verdicts the idle checker recorded for a session (inlined where a script says `-- @include
--- "idle-verdicts"`; written by record-idle-verdict-2.lua, checked by claim-destroy-6.lua): field 'iv' of its activity
+-- "idle-verdicts"`; written by record-idle-verdict-3.lua, checked by claim-destroy-7.lua): field 'iv' of its activity
 -- context, '<id> <at>' pairs, space-separated, oldest first (event ids never hold a space), at most
 -- IDLE_VERDICTS_KEPT of them.
 local IDLE_VERDICTS_KEPT = 4

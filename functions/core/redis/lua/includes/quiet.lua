@@ -7,31 +7,25 @@
 -- field of a shared hash costs its id and value and a dictionary entry (bench:compare at 1M: 278 -> 230 B a session
 -- with its index entry), which is what brings a million heartbeating sessions under 250 B each (issue 16).
 --
--- Only open-session writes a quiet record (only while SESSION_RECORD_PACKING is true, never on Redis Cluster), and only
--- heartbeat-n and held-session-owners read one as it is. Every
+-- Only open-session writes a quiet record (only while SESSION_RECORD_PACKING is true), and only heartbeat-n and
+-- held-session-owners read one as it is. Every
 -- other script that names a session record first turns a quiet one back into the record's own hash (`materialize`,
 -- the same fields, state A), then goes on exactly as before; so the quiet form is never written to, and a record is
 -- in one place at a time: a session id is a field of its bucket's quiet hash or has a record key, never both.
 -- Heartbeats leave a quiet record quiet (they move only the deadline index); anything else the session does (an
 -- activity, a hold, its end) makes it a record of its own for the rest of its life, as records were before.
 --
--- The quiet hash's key is made from the session record's key (or record key prefix) rather than sent: it carries the
--- same hash tag, so on Redis Cluster it lives in the slot of the keys the script was sent (as claim-due and
--- heartbeat-n build record keys).
+-- Every script that may read or write a quiet record declares the quiet hash among its KEYS (it carries the bucket's
+-- hash tag), so on Redis Cluster a resharding that moved it answers ASK or TRYAGAIN before the script runs, as for any
+-- declared key, rather than failing the script inside.
 local QUIET_CORE = { 'i', 'w', 'p', 'g', 'od', 'f' }
 local QUIET_EXTRAS = { 'tn', 'm', 'ea', 'ro' }
 local QUIET_SEPARATOR = '\31'
 
--- Where a record key `<prefix>:{<bucket>}:s:<sessionId>` would be quiet: `<prefix>:{<bucket>}:quiet` and the session
--- id (the prefix holds no ':' and the tag no '}', so the first '}:s:' ends the bucket's part; an id may hold ':').
-local function quietPlaceOf(sessionKey)
-  local tag, sessionId = string.match(sessionKey, '^([^}]*})%:s%:(.+)$')
-  return tag .. ':quiet', sessionId
-end
-
--- `<prefix>:{<bucket>}:quiet` from the bucket's record key prefix `<prefix>:{<bucket>}:s:`.
-local function quietKeyOfPrefix(recordPrefix)
-  return string.sub(recordPrefix, 1, #recordPrefix - 3) .. ':quiet'
+-- The session id of a record key `<prefix>:{<bucket>}:s:<sessionId>` (the prefix holds no ':' and the tag no '}', so
+-- the first '}:s:' ends the bucket's part; an id may hold ':').
+local function recordIdOf(sessionKey)
+  return string.match(sessionKey, '^[^}]*}%:s%:(.+)$')
 end
 
 -- The packed value of a record given as a table of its fields, or nil when the record cannot be quiet: a field other
@@ -83,14 +77,12 @@ local function quietHeartbeatState(packed)
 end
 
 -- Turns a quiet record back into a hash of its own, so the script that names it reads and writes it as any record.
--- Returns whether it was quiet. A record key that exists wins and the quiet hash is not touched: a replica that does
--- not pack (SESSION_RECORD_PACKING=false, and always on Redis Cluster) never reaches the quiet hash for a session
--- with a record of its own, so a resharding that moved the quiet hash ahead of the record cannot fail its scripts
--- (a built key missing on a node in mid-migration fails the script), and a stale quiet field can never overwrite a
--- newer record (readers all look at the record key first).
-local function materialize(sessionKey)
+-- `quietKey` is the bucket's quiet hash, declared by the script (so Redis Cluster redirects it as any key). Returns
+-- whether it was quiet. A record key that exists wins: the quiet hash is not read, and a stale quiet field (left by
+-- a replica that cannot read quiet records, running beside one that packs) never overwrites a newer record.
+local function materialize(sessionKey, quietKey)
   if redis.call('EXISTS', sessionKey) == 1 then return false end
-  local quietKey, sessionId = quietPlaceOf(sessionKey)
+  local sessionId = recordIdOf(sessionKey)
   local packed = redis.call('HGET', quietKey, sessionId)
   if not packed then return false end
   redis.call('HSET', sessionKey, unpack(unpackQuiet(packed)))

@@ -5,6 +5,7 @@
   waits, in the bucket's failed set, for an operator to retry or resolve it).
 
   KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket failed destroys (ZSET)
+  KEYS[4] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] stage   ARGV[4] now (ms)   ARGV[5] GPU release attempt ('' = none)
   ARGV[6] token of that release attempt ('' with no attempt): drawn by the caller, stored as the record's 'gt'; the
           runtime's answer is booked only if it echoes it
@@ -24,7 +25,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, destroyingKey = KEYS[1], KEYS[2]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[4]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, stage, now, attempt, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6] or ''
 if attempt ~= '' and token == '' then return redis.error_reply('ERR a release attempt needs its token') end
 if not STAGE_ORDER[stage] then return redis.error_reply('ERR unknown stage ' .. stage) end

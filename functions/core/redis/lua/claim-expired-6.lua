@@ -7,6 +7,7 @@
 
   KEYS[1] session record   KEYS[2] bucket deadline index (ZSET)   KEYS[3] bucket destroy watchdog (ZSET)
   KEYS[4] bucket watch (HASH)   KEYS[5] bucket blind windows (ZSET)
+  KEYS[6] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] now (ms)   ARGV[3] 1 to apply the outage rule, 0 not   ARGV[4] how long windows are kept (ms)
 
   Returns one of:
@@ -18,7 +19,7 @@
 -- @include "blind"
 -- @include "quiet"
 local sessionKey, deadlinesKey, destroyingKey, watchKey, blindKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[6]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, now, rule, retention = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
 
 local deadline = redis.call('ZSCORE', deadlinesKey, sessionId)

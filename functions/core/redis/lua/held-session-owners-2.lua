@@ -7,16 +7,16 @@
   a release.
 
   KEYS[1] bucket migrations (HASH `<sessionId>:<incarnation>` -> `<pid>|<bytes>|<token>`)
+  KEYS[2] bucket quiet hash (includes/quiet.lua): the records that are quiet
   ARGV[1] the bucket's session record key prefix (`<prefix>:{<bucket>}:s:`): records carry the bucket's hash tag,
-          so on Redis Cluster they live in KEYS[1]'s slot, as does the bucket's quiet hash made from it
+          so on Redis Cluster they live in KEYS[1]'s slot
   ARGV[2i], ARGV[2i+1]   session id and incarnation of held allocation i
 
   Returns a flat array, one entry per allocation, in order: 1 owned, 0 not owned.
 ]]
 -- @include "quiet"
 local call = redis.call
-local migrationsKey, recordPrefix = KEYS[1], ARGV[1]
-local quietKey = quietKeyOfPrefix(recordPrefix)
+local migrationsKey, quietKey, recordPrefix = KEYS[1], KEYS[2], ARGV[1]
 local out = {}
 for k = 2, #ARGV, 2 do
   local sessionId, inc = ARGV[k], ARGV[k + 1]

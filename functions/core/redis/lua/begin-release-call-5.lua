@@ -12,6 +12,7 @@
   KEYS[4] the session's release calls (HASH `<incarnation>` -> `<token>|calling|<lease until ms>`,
           `<token>|answered|<freed bytes>[e]` (e: the figure is an estimate) or `<token>|failed|`; expires an hour
           after its last change)
+  KEYS[5] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] the release token the request carries   ARGV[4] now (ms)
   ARGV[5] lease (ms): how long the call (retries included) may take before another delivery may call again
   ARGV[6] how long a refusal for good blocks a migration's release (ms): its token never changes, so after this long
@@ -30,7 +31,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, migrationsKey, placementsKey, callsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[5]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, token, now, lease = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local failedBlocksMs = tonumber(ARGV[6] or '') or 0
 local CALL_RECORD_TTL_MS = 3600000

@@ -5,6 +5,7 @@
   allocation was first seen unowned and, once that is graceMs ago, claims it for one release.
 
   KEYS[1] session record   KEYS[2] bucket migrations   KEYS[3] the orphan sighting (HASH f first seen, c claimed at)
+  KEYS[4] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] now (ms)   ARGV[4] graceMs: how long an allocation must stay
   unowned before it is released   ARGV[5] ttlMs: how long a sighting outlives the last pass that saw it (so what the
   runtime stops reporting is forgotten)   ARGV[6] claimMs: how long a claim holds before another pass may retake it
@@ -19,7 +20,7 @@
 ]]
 -- @include "quiet"
 local sessionKey, migrationsKey, sightingKey = KEYS[1], KEYS[2], KEYS[3]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[4]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc = ARGV[1], ARGV[2]
 local now, graceMs, ttlMs, claimMs = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 

@@ -6,6 +6,7 @@
 
   KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket failed destroys (ZSET)
   KEYS[4] bucket GPU ledger   KEYS[5] bucket placements
+  KEYS[6] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] action: 'retry' | 'resolve'   ARGV[3] now (ms)
 
   Returns one of:
@@ -17,7 +18,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, destroyingKey, failedKey, ledgerKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[6]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, action, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if action ~= 'retry' and action ~= 'resolve' then return redis.error_reply('ERR unknown action ' .. action) end
 

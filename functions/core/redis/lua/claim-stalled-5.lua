@@ -3,6 +3,7 @@
   for the stall time, marking it touched so that only one replica resumes it and not again before another stall.
 
   KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket migrations   KEYS[4] bucket placements
+  KEYS[5] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] watchdog member (a session id, or '!m:<id>:<incarnation>' for a migration)   ARGV[2] now (ms)
   ARGV[3] stall (ms)   ARGV[4] session id   ARGV[5] incarnation of a migration member ('' otherwise)
 
@@ -15,7 +16,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, destroyingKey, migrationsKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[5]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local member, now, stall, sessionId, migrationInc = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 
 local touched = redis.call('ZSCORE', destroyingKey, member)

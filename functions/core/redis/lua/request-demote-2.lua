@@ -5,6 +5,7 @@
   runtime cannot demote) is never asked again in this incarnation.
 
   KEYS[1] session record
+  KEYS[2] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] a fresh token (used only when a new demote is requested)
   ARGV[4] now (ms)
 
@@ -20,7 +21,7 @@
 ]]
 -- @include "quiet"
 local sessionKey = KEYS[1]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[2]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local inc, token, now = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 
 local rec = redis.call('HMGET', sessionKey, 's', 'i', 'h', 'pc', 'dm', 'dk', 'dx')

@@ -7,6 +7,7 @@
 
   KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket GPU ledger
   KEYS[4] bucket migrations   KEYS[5] bucket placements   KEYS[6] bucket failed destroys (ZSET)
+  KEYS[7] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] bytes the runtime confirmed freed   ARGV[4] now (ms)
   ARGV[5] node named by the event (used only to count ignored releases when the allocation is unknown)
   ARGV[6] the release token the event echoes
@@ -28,7 +29,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, destroyingKey, ledgerKey, migrationsKey, placementsKey, failedKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[7]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, confirmed, now, eventNode, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6] or ''
 local estimated = ARGV[7] == '1'
 
@@ -56,7 +57,7 @@ if standing ~= 'pending' or not matches then
 end
 local bytes = tonumber(state[5] or '0')
 ledgerRelease(ledgerKey, node, bytes, confirmed, estimated)
--- A demoted session's KV was kept off the GPU (settle-offload-call-4.lua): its release ends that copy's account too.
+-- A demoted session's KV was kept off the GPU (settle-offload-call-5.lua): its release ends that copy's account too.
 dropOffloaded(sessionKey, ledgerKey, node)
 redis.call('HSET', sessionKey, 'st', 'gpu_released', 'gr', confirmed)
 -- The answer to the last attempt may come after the destroy gave up (the Broker kept redelivering it): it is then no

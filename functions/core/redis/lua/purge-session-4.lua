@@ -4,6 +4,7 @@
   late event of the owner is told apart from another tenant's).
 
   KEYS[1] session record   KEYS[2] activity context   KEYS[3] bucket destroy watchdog (ZSET)
+  KEYS[4] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] now (ms)
 
   Returns one of:
@@ -17,7 +18,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, contextKey, destroyingKey = KEYS[1], KEYS[2], KEYS[3]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[4]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'st')

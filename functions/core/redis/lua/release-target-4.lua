@@ -4,6 +4,7 @@
   only while that release is pending under the token the event carries: a forged or stale request calls nothing.
 
   KEYS[1] session record   KEYS[2] bucket migrations   KEYS[3] bucket placements
+  KEYS[4] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] the release token the request carries
 
   Returns one of:
@@ -16,7 +17,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, migrationsKey, placementsKey = KEYS[1], KEYS[2], KEYS[3]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[4]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
 local standing, state, matches = releaseStanding(sessionKey, migrationsKey, sessionId, inc, token)

@@ -12,6 +12,7 @@
     retry: the call is released, for the Broker's redelivery to call again.
 
   KEYS[1] session record   KEYS[2] the session's release calls   KEYS[3] bucket GPU ledger   KEYS[4] bucket placements
+  KEYS[5] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] 'demote' | 'restore'   ARGV[4] token
   ARGV[5] outcome: 'answered' | 'failed' | 'retry'   ARGV[6] now (ms)
   ARGV[7] answered: bytes offloaded (demote) or restored (restore)   ARGV[8] answered demote: GPU bytes freed
@@ -24,7 +25,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, callsKey, ledgerKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[5]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local inc, op, token, outcome, now = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local bytes, freed, estimated = tonumber(ARGV[7] or '0') or 0, tonumber(ARGV[8] or '0') or 0, ARGV[9] == '1'
 local CALL_RECORD_TTL_MS = 3600000

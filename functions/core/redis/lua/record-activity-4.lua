@@ -4,6 +4,7 @@
   computed from (compare-and-set: a concurrent replica's update is never overwritten; the caller recomputes).
 
   KEYS[1] session record   KEYS[2] bucket deadline index (ZSET)   KEYS[3] activity context (HASH)
+  KEYS[4] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] event fingerprint   ARGV[3] live-from (ms)   ARGV[4] expected context version ('0' = none yet)
   ARGV[5] last activity at (ms; stored as context field 'la')   ARGV[6] the tenant the event names ('' for none): a
   session of another tenant is not touched   ARGV[7..] context field/value pairs to store
@@ -13,7 +14,7 @@
     {'CONFLICT', incarnation, currentVersion}   the context changed since it was read: recompute and retry
     {'DUPLICATE', incarnation, offloadStage}
   offloadStage: the session's `dm` (demoting, demoted, restoring), '' when its KV is on the GPU: user activity on an
-  offloaded session asks for its restore (request-restore-1.lua).
+  offloaded session asks for its restore (request-restore-2.lua).
     {'UNKNOWN'}
     {'ENDED', incarnation, state}
     {'NOT_OWNER', incarnation}
@@ -21,7 +22,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, deadlinesKey, contextKey = KEYS[1], KEYS[2], KEYS[3]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[4]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, fingerprint, liveFrom, expected, lastActivity = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'w', 'h', 'tn', 'pc', 'dm')

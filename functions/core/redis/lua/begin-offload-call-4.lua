@@ -7,7 +7,8 @@
   offload stage.
 
   KEYS[1] session record   KEYS[2] bucket placements   KEYS[3] the session's release calls (HASH, see
-          begin-release-call-4.lua; an offload call's answer is `<token>|answered|<bytes>:<bytes>[e]`)
+          begin-release-call-5.lua; an offload call's answer is `<token>|answered|<bytes>:<bytes>[e]`)
+  KEYS[4] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] 'demote' | 'restore'   ARGV[4] the request's token
   ARGV[5] now (ms)   ARGV[6] lease (ms): how long the call may take before another delivery may call again
 
@@ -24,7 +25,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, placementsKey, callsKey = KEYS[1], KEYS[2], KEYS[3]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[4]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local inc, op, token, now, lease = tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local CALL_RECORD_TTL_MS = 3600000
 local STAGE_OF = { demote = 'demoting', restore = 'restoring' }

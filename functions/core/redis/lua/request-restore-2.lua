@@ -2,9 +2,10 @@
   requestRestore: user activity arrived for a session whose KV was (or is being) moved off the GPU: bring it back.
   A demote still pending is overtaken: its token no longer matches the stage, so a demote call not yet made is never
   made, and one in flight is booked when it settles and then restored (the calls share one lease per incarnation,
-  begin-offload-call-3.lua, so the restore waits for it).
+  begin-offload-call-4.lua, so the restore waits for it).
 
   KEYS[1] session record
+  KEYS[2] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] a fresh token (used only when a new restore is requested)
   ARGV[4] now (ms)
 
@@ -18,7 +19,7 @@
 ]]
 -- @include "quiet"
 local sessionKey = KEYS[1]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[2]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local inc, token, now = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 
 local rec = redis.call('HMGET', sessionKey, 's', 'i', 'dm', 'dk')

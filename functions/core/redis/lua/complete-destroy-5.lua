@@ -5,6 +5,7 @@
 
   KEYS[1] session record   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket placements
   KEYS[4] bucket failed destroys (ZSET): a completed destroy is never left there
+  KEYS[5] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] incarnation   ARGV[3] now (ms)   ARGV[4] tombstone TTL (ms)
 
   Returns one of:
@@ -18,7 +19,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, destroyingKey, placementsKey, failedKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[5]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, inc, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'st', 'p')

@@ -6,6 +6,7 @@
   KEYS[4] activity context (HASH)   KEYS[5] end marker (HASH, expires): left by an end that finds no session to end
   KEYS[6] bucket placements (HASH): a destroy to go on with is answered its placement, so the caller needs no further
           round trip before it asks for the GPU release
+  KEYS[7] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] event fingerprint ('' = none)   ARGV[3] expected incarnation ('' = the current one)
   ARGV[4] cause   ARGV[5] now (ms)
   ARGV[6] '1' for the stall watchdog's resume of a destroy (destroy.resume: it claims again under the destroy's own
@@ -20,7 +21,7 @@
           or only the tombstone of an incarnation ended before it was sent, leaves a marker, so the open that the
           Broker delivers after it (sent earlier) is ended at once instead of living until its deadline
   ARGV[11] for cause 'idle': the session.idle's event id, which must be one of the verdicts the idle checker recorded
-          in the activity context (field 'iv', record-idle-verdict-2.lua). The verdict's time is the one recorded with
+          in the activity context (field 'iv', record-idle-verdict-3.lua). The verdict's time is the one recorded with
           it, never the event's: the claim is refused (REVIVED) if the session was active after it, holds an unexpired
           hold, or held one that ended after it, because the verdict was reached on older facts; and it is the cause's
           time. An idle trigger with no recorded verdict is UNVERIFIED and changes nothing, unless it is the resume
@@ -48,7 +49,7 @@
 -- @include "idle-verdicts"
 -- @include "quiet"
 local sessionKey, deadlinesKey, destroyingKey, contextKey, markerKey, placementsKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[7]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, fingerprint, expectedInc, cause, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local sentAt, ownerCheck, markerTtl = ARGV[7] or '', ARGV[8] or '', tonumber(ARGV[10] or '')
 local causeAt = tonumber(ARGV[9] or '') or now

@@ -6,6 +6,7 @@
   KEYS[7] bucket destroy watchdog (ZSET; a pending migration release is tracked there as '!m:<id>:<incarnation>')
   KEYS[8] the session's end marker (HASH, expires): an end the Broker delivered before this open
   KEYS[9] bucket watch (HASH): `bs`, since when the fleet's heartbeats are unheard (includes/blind.lua)
+  KEYS[10] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] event fingerprint   ARGV[3] now (ms)   ARGV[4] live-from (ms; event time, capped at now)
   ARGV[5] liveness window (ms)   ARGV[6] node   ARGV[7] runtime URL   ARGV[8] GPU bytes   ARGV[9] tenant ('' = none;
   a live session's tenant must match)   ARGV[10] model   ARGV[11] release token for the old allocation, should
@@ -120,15 +121,14 @@ return { 'MIGRATED', newInc, deadline, oldInc, oldNode, oldUrl, oldBytes }
 end
 
 -- A quiet record is opened out to a hash of its own, changed as any record, and packed again if it still can be.
-materialize(sessionKey)
+materialize(sessionKey, KEYS[10])
 local result = apply()
 if packing then
   local flat, fields = redis.call('HGETALL', sessionKey), {}
   for j = 1, #flat, 2 do fields[flat[j]] = flat[j + 1] end
   local packed = packQuiet(fields)
   if packed then
-    local quietKey, quietId = quietPlaceOf(sessionKey)
-    redis.call('HSET', quietKey, quietId, packed)
+    redis.call('HSET', KEYS[10], recordIdOf(sessionKey), packed)
     redis.call('DEL', sessionKey)
   end
 end

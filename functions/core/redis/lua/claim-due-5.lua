@@ -8,6 +8,7 @@
 
   KEYS[1] bucket deadline index (ZSET)   KEYS[2] bucket destroy watchdog (ZSET)   KEYS[3] bucket watch (HASH)
   KEYS[4] bucket blind windows (ZSET)
+  KEYS[5] bucket quiet hash (includes/quiet.lua): the records of due sessions that are quiet
   ARGV[1] now (ms)   ARGV[2] most sessions to claim   ARGV[3] the bucket's session record key prefix
   (`<prefix>:{<bucket>}:s:`): records are named from it because their ids are only known once the index is read;
   they carry the bucket's hash tag, so on Redis Cluster they live in the slot of KEYS[1].
@@ -36,7 +37,7 @@
 -- @include "session"
 -- @include "blind"
 -- @include "quiet"
-local deadlinesKey, destroyingKey, watchKey, blindKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local deadlinesKey, destroyingKey, watchKey, blindKey, quietKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, limit, recordPrefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local gapMs, retention = tonumber(ARGV[4]), tonumber(ARGV[7])
 local verdictHold, heardAt = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -82,7 +83,7 @@ local claimed, unresolved, skipped, deferred = {}, {}, 0, 0
 for k = 1, #due, 2 do
   local sessionId, deadline = due[k], tonumber(due[k + 1])
   local sessionKey = recordPrefix .. sessionId
-  materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+  materialize(sessionKey, quietKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
   local state = redis.call('HMGET', sessionKey, 's', 'i', 'pc', 'pt', 'w', 'bd', 'be')
   if state[1] == 'A' then
     local t = deadline

@@ -3,6 +3,7 @@
   for silence or idleness before the hold ends. Timed from receipt; a longer hold never shortens an earlier one.
 
   KEYS[1] session record   KEYS[2] bucket deadline index (ZSET)
+  KEYS[3] bucket quiet hash (includes/quiet.lua): the record while it is quiet
   ARGV[1] session id   ARGV[2] event fingerprint   ARGV[3] now (ms)   ARGV[4] duration (ms, already capped)
   ARGV[5] the tenant the event names ('' for none): a session of another tenant is not held
 
@@ -16,7 +17,7 @@
 -- @include "session"
 -- @include "quiet"
 local sessionKey, deadlinesKey = KEYS[1], KEYS[2]
-materialize(sessionKey) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
+materialize(sessionKey, KEYS[3]) -- a quiet record (includes/quiet.lua) becomes a hash of its own first
 local sessionId, fingerprint, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 
 local state = redis.call('HMGET', sessionKey, 's', 'i', 'h', 'tn', 'pc')

@@ -1,0 +1,87 @@
+// Redis Cluster resharding with quiet records (lua/includes/quiet.lua): every script that may reach a bucket's quiet
+// hash declares it, so while a resharding has moved it ahead of the bucket's other keys Redis answers TRYAGAIN before
+// the script runs, where a key the script built would have failed the script inside ("non local key"). A call made in
+// that moment is retried by ioredis, or fails as a redirection its caller answers 5xx for (ioredis does not retry an
+// auto-pipelined batch whose commands were refused differently); once the slot has moved, it goes through. A private
+// 3-master cluster: resharding a slot of the shared one would disturb the tests running beside this one.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { Redis } from 'ioredis';
+import { createRedisClient, connectRedis, type RedisClient } from './connect.ts';
+import { KeySpace } from './keys.ts';
+import { Scripts } from './scripts.ts';
+import { SessionStore } from '../session-store.ts';
+import { OrphanStore } from '../orphan-store.ts';
+import { startRedisCluster, type RedisClusterProcess } from '../../../tests/support/redis-harness.ts';
+import { fp, placementA } from '../../../tests/support/core.ts';
+
+let cluster: RedisClusterProcess;
+let client: RedisClient;
+before(async () => {
+  cluster = await startRedisCluster();
+  client = createRedisClient({ REDIS_URL: '', REDIS_CLUSTER_NODES: cluster.seeds, REDIS_PASSWORD: '', REDIS_TLS: false, CORE_TIMEOUT_MS: 10_000 });
+  await connectRedis(client);
+});
+after(async () => {
+  client.disconnect();
+  await cluster.stop();
+});
+
+test('calls made while the quiet hash has moved ahead of its bucket are redirected, never failed inside a script', async () => {
+  // One bucket, so every key of the test is in one slot.
+  const keys = new KeySpace('reshard', 1);
+  const scripts = await Scripts.register(client);
+  const packing = new SessionStore(client, keys, scripts, { tombstoneTtlMs: 60_000, quietRecords: true });
+  const unpacking = new SessionStore(client, keys, scripts, { tombstoneTtlMs: 60_000, quietRecords: false });
+  const t0 = Date.now();
+  const quiet = await packing.open({ sessionId: 'rs-quiet', fingerprint: fp(), now: t0, liveFrom: t0, windowMs: 60_000, placement: placementA });
+  const own = await unpacking.open({ sessionId: 'rs-own', fingerprint: fp(), now: t0, liveFrom: t0, windowMs: 60_000, placement: placementA });
+  if (quiet.code !== 'OPENED' || own.code !== 'OPENED') return assert.fail(`${quiet.code} ${own.code}`);
+  const b = keys.bucket(0);
+  assert.equal(await client.hexists(b.quiet, 'rs-quiet'), 1);
+
+  // The slot's resharding, stopped after its first key moved: the quiet hash (redis-cli --cluster reshard moves a
+  // slot's keys in GETKEYSINSLOT batches, in no order we choose).
+  const nodes = cluster.nodes.map((n) => new Redis({ host: '127.0.0.1', port: n.port, lazyConnect: true }));
+  try {
+    const slot = Number(await nodes[0]!.cluster('KEYSLOT', b.quiet));
+    const counts = await Promise.all(nodes.map(async (n) => Number(await n.cluster('COUNTKEYSINSLOT', slot))));
+    const from = nodes[counts.findIndex((c) => c > 0)]!;
+    const to = nodes.find((n) => n !== from)!;
+    const [fromId, toId] = await Promise.all([from.cluster('MYID'), to.cluster('MYID')]);
+    await to.cluster('SETSLOT', slot, 'IMPORTING', fromId);
+    await from.cluster('SETSLOT', slot, 'MIGRATING', toId);
+    await from.migrate('127.0.0.1', to.options.port!, b.quiet, 0, 5000);
+
+    const now = t0 + 1000;
+    const orphans = new OrphanStore(client, keys, scripts);
+    // Each call as a service makes it: mid-resharding it may fail, but only as a redirection the caller answers 5xx
+    // for (the Broker redelivers), never inside the script; made again once the slot has moved, it goes through.
+    const calls = {
+      beats: () => packing.heartbeatMany([{ sessionId: 'rs-quiet', liveFrom: now }, { sessionId: 'rs-own', liveFrom: now }], now),
+      hold: () => packing.hold('rs-own', fp('hold'), now, 5000),
+      owned: () => orphans.owned([{ sessionId: 'rs-quiet', incarnation: quiet.incarnation }, { sessionId: 'rs-own', incarnation: own.incarnation }]),
+      claim: () => packing.claimDestroy({ sessionId: 'rs-quiet', fingerprint: 'close-rs-quiet', cause: 'closed', now }),
+    };
+    const during = await Promise.all(Object.values(calls).map((call) => call().then(() => null, (err: unknown) => String(err))));
+    const failures = during.filter((e) => e !== null);
+    for (const e of failures) assert.match(e, /TRYAGAIN|ASK|redirections/, 'a redirection, not a script that failed inside');
+    // The rest of the slot, then the slot itself, as the resharding finishes.
+    for (;;) {
+      const left = await from.cluster('GETKEYSINSLOT', slot, 100);
+      if (left.length === 0) break;
+      await from.migrate('127.0.0.1', to.options.port!, '', 0, 5000, 'KEYS', ...left);
+    }
+    for (const n of nodes) await n.cluster('SETSLOT', slot, 'NODE', toId);
+
+    const beats = await calls.beats();
+    assert.deepEqual(beats.map((r) => r.code === 'REFRESHED' && r.deadline), [now + 60_000, now + 60_000]);
+    assert.match((await calls.hold()).code, /^(HELD|DUPLICATE)$/);
+    assert.deepEqual(await calls.owned(), [true, true]);
+    assert.match((await calls.claim()).code, /^(CLAIMED|DUPLICATE)$/);
+    assert.equal((await packing.inspect('rs-quiet'))?.state, 'destroying');
+    assert.equal((await packing.inspect('rs-own'))?.state, 'active');
+  } finally {
+    for (const n of nodes) n.disconnect();
+  }
+});
