@@ -42,7 +42,7 @@ export const DEMOTE_REQUEST_OUTCOMES = ['requested', 'pending', 'already', 'refu
 /** The Lua scripts (functions/core/redis/lua/*.lua, without the key count), as Scripts names them. */
 export const SCRIPT_NAMES = [
   'admitOrWait', 'advanceStage', 'beginOffloadCall', 'beginReleaseCall', 'claimDestroy', 'claimDue', 'claimExpired', 'claimIdleChecks', 'claimStalled',
-  'completeDestroy', 'grantHold', 'heartbeat', 'heldSessionOwners', 'openSession', 'purgeSession', 'recordActivity', 'recordIdleVerdict', 'recordRelease', 'releaseSlotAndAdmitNext',
+  'completeDestroy', 'grantHold', 'heartbeat', 'heldSessionOwners', 'openOutQuiet', 'openSession', 'purgeSession', 'recordActivity', 'recordIdleVerdict', 'recordRelease', 'releaseSlotAndAdmitNext',
   'releaseTarget', 'requestDemote', 'requestRestore', 'scheduleIdleCheck', 'settleFailedDestroy', 'settleOffloadCall', 'settleOrphan', 'settleReleaseCall',
   'sightOrphan', 'takeReleaseToken',
 ] as const;

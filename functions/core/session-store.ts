@@ -1228,31 +1228,33 @@ export class SessionStore {
   }
 
   /**
-   * Opens out the quiet records of one bucket (open-out-quiet-1.lua), a page at a time, until none is left: what
-   * `sessionctl unpack` runs before a downgrade. A record packed meanwhile (a replica still packing) is taken too,
-   * while pages last. Returns how many were opened out, how many stale quiet fields were dropped (their session has a
-   * record key, which wins), and how many the bucket still holds.
+   * Opens out the quiet records of one bucket (open-out-quiet-1.lua): full HSCAN passes over its quiet hash, each
+   * page opened out as it comes, until a pass ends with the hash empty or `passes` passes are done (records a replica
+   * still packs meanwhile are taken while the passes last). What `sessionctl unpack` runs before a downgrade. Returns
+   * how many were opened out, how many stale quiet fields were dropped (their session has a record key, which wins),
+   * and how many the bucket still holds.
    */
-  async openOutQuiet(bucket: number): Promise<{ opened: number; dropped: number; left: number }> {
+  async openOutQuiet(bucket: number, passes = 3): Promise<{ opened: number; dropped: number; left: number }> {
     const b = this.keys.bucket(bucket);
+    const prefix = this.keys.sessionRecordPrefix(bucket);
     let opened = 0;
     let dropped = 0;
-    let left = await this.redis.hlen(b.quiet);
-    while (left > 0) {
-      // HSCAN from the start each time: what the last page took is gone from the hash, so the next page is new.
-      const [, flat] = await this.redis.hscan(b.quiet, '0', 'COUNT', '500');
-      const ids = flat.filter((_, i) => i % 2 === 0);
-      if (ids.length === 0) break;
-      const r = await this.#scripts.run('openOutQuiet', [b.quiet], [this.keys.sessionRecordPrefix(bucket), ...ids]);
-      const took = num(r[0]) + num(r[1]);
-      opened += num(r[0]);
-      dropped += num(r[1]);
-      left = num(r[2]);
-      // Every id of a page is opened out or dropped unless it left the hash meanwhile; a page that took none would
-      // only come back the same.
-      if (took === 0) break;
+    for (let pass = 0; pass < passes && (await this.redis.hlen(b.quiet)) > 0; pass++) {
+      // The cursor is followed to its end: a page may be empty while the hash is not (HSCAN walks the table's slots,
+      // and those this pass emptied stay until Redis shrinks the table), and every field there at the pass's start is
+      // returned at least once.
+      let cursor = '0';
+      do {
+        const [next, flat] = await this.redis.hscan(b.quiet, cursor, 'COUNT', '500');
+        cursor = next;
+        const ids = flat.filter((_, i) => i % 2 === 0);
+        if (ids.length === 0) continue;
+        const r = await this.#scripts.run('openOutQuiet', [b.quiet], [prefix, ...ids]);
+        opened += num(r[0]);
+        dropped += num(r[1]);
+      } while (cursor !== '0');
     }
-    return { opened, dropped, left };
+    return { opened, dropped, left: await this.redis.hlen(b.quiet) };
   }
 
   /** Number of quiet records across all buckets (HLEN per bucket: O(buckets)). */

@@ -19,7 +19,8 @@ export async function testCore(topology: Topology, opts: { buckets?: number; tom
   const prefix = uniquePrefix();
   const keys = new KeySpace(prefix, opts.buckets ?? 8);
   const scripts = await Scripts.register(redis);
-  // Quiet records on unless a test says otherwise, so the core suites run both forms (a single Redis packs; Cluster never does).
+  // Quiet records on unless a test says otherwise, so the core suites run both forms (what an open packs, and what it
+  // cannot, or what another script has opened out), on both topologies.
   const store = new SessionStore(redis, keys, scripts, { tombstoneTtlMs: opts.tombstoneTtlMs ?? 60_000, quietRecords: opts.quietRecords ?? true });
   return {
     store, redis, keys, prefix,

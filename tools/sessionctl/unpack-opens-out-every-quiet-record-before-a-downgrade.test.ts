@@ -43,3 +43,25 @@ test('unpack opens every quiet record out with the same fields, drops a stale fi
   assert.match(again.stdout, /^0 quiet records opened out into hashes of their own; none is left/);
   assert.equal((await core.store.heartbeat(ids[1]!, T0 + 500, T0 + 500)).code, 'REFRESHED');
 });
+
+test('unpack empties a bucket of tens of thousands of quiet records, however HSCAN pages them', async () => {
+  // One bucket, as a million sessions over 32 buckets hold ~31k each: pages emptied early leave a run of empty table
+  // slots that a scan restarted from its beginning would never get past.
+  const big = await testCore('single', { buckets: 1, quietRecords: true });
+  try {
+    const quiet = big.keys.bucket(0).quiet;
+    const n = 12_000;
+    for (let from = 0; from < n; from += 2000) {
+      const fields: string[] = [];
+      for (let i = from; i < from + 2000; i++) fields.push(`big-${i}`, `${1_800_000_000_000 + i} 90000 1 1000 0 fp${i}`);
+      await big.redis.hset(quiet, ...fields);
+    }
+    const run = await sessionctl(['unpack', '--json'], cliEnv(coreEnv(big, 'single')));
+    assert.equal(run.code, 0, run.stderr);
+    assert.deepEqual(jsonOf<{ opened: number; left: number }>(run).opened, n);
+    assert.equal(await big.redis.hlen(quiet), 0);
+    assert.deepEqual(await big.redis.hgetall(big.keys.session('big-11999').session), { s: 'A', i: String(1_800_000_000_000 + 11_999), w: '90000', p: '1', g: '1000', od: '0', f: 'fp11999' });
+  } finally {
+    await big.close();
+  }
+});

@@ -125,6 +125,7 @@ for (const topology of TOPOLOGIES) {
       const claimed = await core.store.claimDestroy({ sessionId: 'q-10', fingerprint: fp(), cause: 'closed', now: T0 + 10 });
       assert.ok(claimed.code === 'CLAIMED' && claimed.incarnation === opened.incarnation + 1, JSON.stringify(claimed));
       assert.equal((await core.redis.hgetall(k.session)).i, String(opened.incarnation + 1), 'the claim did not unpack the stale field over it');
+      assert.equal(await core.redis.hexists(k.quiet, 'q-10'), 0, 'and dropped it, so it cannot come back once the tombstone expires');
     });
 
     test('a store that does not pack and one that does work on each other\'s sessions', async () => {

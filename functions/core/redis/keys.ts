@@ -49,7 +49,7 @@ export interface BucketKeys {
   readonly blind: string;
   /**
    * HASH session id -> the record of an ACTIVE session that holds only what its open wrote, packed in one value (a
-   * quiet record: lua/includes/quiet.lua, which makes this key from the record keys the same way).
+   * quiet record: lua/includes/quiet.lua). Every script that may reach a quiet record declares it among its KEYS.
    */
   readonly quiet: string;
 }

@@ -19,7 +19,7 @@ const INCLUDE = /^-- @include "([a-z-]+)"$/m;
 
 /** One script as sent to Redis. */
 export interface ScriptSource {
-  /** camelCase command name, e.g. `openSession` for open-session-7.lua. */
+  /** camelCase command name, e.g. `openSession` for open-session-10.lua. */
   readonly name: string;
   /** How many KEYS it takes; null for a `-n` script, which takes as many as each call passes. */
   readonly numberOfKeys: number | null;

@@ -9,19 +9,16 @@
           moves the slot a call may fail, and is simply run again)
   ARGV[2..] session ids (as HSCAN of KEYS[1] listed them; an id no longer quiet is passed over)
 
-  Returns {opened, dropped, left}: how many of the ids were opened out; how many quiet fields were dropped because the
+  Returns {opened, dropped}: how many of the ids were opened out, and how many quiet fields were dropped because the
   session has a record key of its own, which wins (a stale field, left by a replica that cannot read quiet records
-  running beside one that packs); and how many quiet records the bucket still holds.
+  running beside one that packs).
 ]]
 -- @include "quiet"
 local quietKey, recordPrefix = KEYS[1], ARGV[1]
 local opened, dropped = 0, 0
 for k = 2, #ARGV do
   local sessionKey = recordPrefix .. ARGV[k]
-  if materialize(sessionKey, quietKey) then
-    opened = opened + 1
-  elseif redis.call('EXISTS', sessionKey) == 1 then
-    dropped = dropped + redis.call('HDEL', quietKey, ARGV[k])
-  end
+  local stale = redis.call('EXISTS', sessionKey) == 1 and redis.call('HEXISTS', quietKey, ARGV[k]) == 1
+  if materialize(sessionKey, quietKey) then opened = opened + 1 elseif stale then dropped = dropped + 1 end
 end
-return { opened, dropped, redis.call('HLEN', quietKey) }
+return { opened, dropped }
