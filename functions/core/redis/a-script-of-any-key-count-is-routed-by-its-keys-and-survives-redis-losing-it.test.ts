@@ -2,7 +2,7 @@
 // (routed by its keys on Cluster), and a Redis that lost its scripts (a restart, a failover) is sent the source again.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -28,8 +28,12 @@ test('a script file named -n takes any number of keys; any other name must say h
   const heartbeat = loadScriptSources().find((s) => s.name === 'heartbeat');
   assert.equal(heartbeat?.numberOfKeys, null);
   const dir = mkdtempSync(join(tmpdir(), 'sr-lua-'));
-  writeFileSync(join(dir, 'some-thing-x.lua'), '-- KEYS[1] ARGV[1] Returns\nreturn 1');
-  assert.throws(() => loadScriptSources(dir), ScriptLoadError);
+  try {
+    writeFileSync(join(dir, 'some-thing-x.lua'), '-- KEYS[1] ARGV[1] Returns\nreturn 1');
+    assert.throws(() => loadScriptSources(dir), ScriptLoadError);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('heartbeats of several buckets go in one call, and again once Redis has lost every script', async () => {
