@@ -1,7 +1,7 @@
 // Starts the local stack the way a user does — `npm start -- <flags>` — in a throw-away state directory, and
 // watches it: its output, its /healthz answers from the first moment, and its exit.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -34,9 +34,25 @@ export interface StartedProcess {
   readonly exited: Promise<number | null>;
 }
 
+// Every state directory made here is removed when the test file's process exits (node --test runs each file in a
+// process of its own), by which time the stacks using it have stopped; SR_KEEP_STATE_DIRS=1 keeps them to look at.
+const stateDirs = new Set<string>();
+process.once('exit', () => {
+  if (process.env.SR_KEEP_STATE_DIRS === '1') return;
+  for (const dir of stateDirs) {
+    try {
+      rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+    } catch {
+      // A directory something still writes into stays; cleaning up never fails the tests.
+    }
+  }
+});
+
 /** A fresh state directory (Redis data, dead letters, logs), so no test touches the user's .local. */
 export function freshStateDir(): string {
-  return mkdtempSync(join(tmpdir(), 'sr-npm-start-'));
+  const dir = mkdtempSync(join(tmpdir(), 'sr-npm-start-'));
+  stateDirs.add(dir);
+  return dir;
 }
 
 /** Spawns `npm start -- ...args` (or, with viaNode, this Node on start.ts) with --state-dir added. */
