@@ -17,8 +17,7 @@
 local quietKey, recordPrefix = KEYS[1], ARGV[1]
 local opened, dropped = 0, 0
 for k = 2, #ARGV do
-  local sessionKey = recordPrefix .. ARGV[k]
-  local stale = redis.call('EXISTS', sessionKey) == 1 and redis.call('HEXISTS', quietKey, ARGV[k]) == 1
-  if materialize(sessionKey, quietKey) then opened = opened + 1 elseif stale then dropped = dropped + 1 end
+  local done = materialize(recordPrefix .. ARGV[k], quietKey)
+  if done == 'opened' then opened = opened + 1 elseif done == 'dropped' then dropped = dropped + 1 end
 end
 return { opened, dropped }

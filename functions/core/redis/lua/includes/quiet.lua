@@ -78,18 +78,17 @@ end
 
 -- Turns a quiet record back into a hash of its own, so the script that names it reads and writes it as any record.
 -- `quietKey` is the bucket's quiet hash, declared by the script (so Redis Cluster redirects it as any key). Returns
--- whether it was quiet. A record key that exists wins: a quiet field beside it can only be stale (left by a replica
+-- 'opened' when it was quiet, 'dropped' when a stale quiet field beside the record key was removed, else false. A record key that exists wins: a quiet field beside it can only be stale (left by a replica
 -- that cannot read quiet records, running beside one that packs), so it is dropped, never unpacked over the record;
 -- left, it would come back as an ACTIVE record once the record's tombstone expired.
 local function materialize(sessionKey, quietKey)
   local sessionId = recordIdOf(sessionKey)
   if redis.call('EXISTS', sessionKey) == 1 then
-    redis.call('HDEL', quietKey, sessionId)
-    return false
+    return redis.call('HDEL', quietKey, sessionId) == 1 and 'dropped' or false
   end
   local packed = redis.call('HGET', quietKey, sessionId)
   if not packed then return false end
   redis.call('HSET', sessionKey, unpack(unpackQuiet(packed)))
   redis.call('HDEL', quietKey, sessionId)
-  return true
+  return 'opened'
 end
