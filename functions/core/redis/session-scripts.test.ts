@@ -264,6 +264,30 @@ for (const topology of TOPOLOGIES) {
         assert.equal((await core.store.inspect('unreadable-c'))?.deadline, T0 + 1700);
       });
 
+      test('a call larger than its caller ever sends moves every deadline, and a short call is refused whole by name', async () => {
+        // heartbeatMany sends at most 256 heartbeats a call, but the script holds for any group: 5,000 sessions of one
+        // bucket (Lua's unpack() fails past a few thousand values, so its ZADD goes in pieces), half of them quiet
+        // records and half records of their own.
+        const scripts = await Scripts.register(core.redis);
+        const bucket = core.keys.bucketOf('big-0');
+        const ids: string[] = [];
+        for (let n = 0; ids.length < 5000; n++) if (core.keys.bucketOf(`big-${n}`) === bucket) ids.push(`big-${n}`);
+        for (let i = 0; i < ids.length; i += 500) await Promise.all(ids.slice(i, i + 500).map((id) => openAt(core, id, T0)));
+        for (const id of ids.slice(0, 2500)) await openOut(core, id);
+        const b = core.keys.bucket(bucket);
+        const run = (args: string[]) => scripts.run('heartbeat', [b.deadlines, b.watch, b.quiet], [String(T0 + 500), topology === 'cluster' ? '1' : '0', ...args]);
+        const reply = (await run([core.keys.sessionRecordPrefix(bucket), ids.join(' '), ids.map(() => '0').join(' ')])) as number[];
+        assert.equal(reply.length, 2 * ids.length);
+        assert.deepEqual(new Set(reply.filter((_, i) => i % 2 === 1)), new Set([T0 + 1500]), 'every deadline answered moved');
+        const scores = await core.redis.zmscore(b.deadlines, ...ids);
+        assert.deepEqual(new Set(scores), new Set([String(T0 + 1500)]), 'every deadline moved');
+        // The same again (nothing moves: the scores are read back in pieces too) answers the same.
+        assert.deepEqual(await run([core.keys.sessionRecordPrefix(bucket), ids.join(' '), ids.map(() => '100').join(' ')]), reply);
+        // A group's arguments missing: the script's own refusal, not a Lua error, and nothing written.
+        await assert.rejects(run([core.keys.sessionRecordPrefix(bucket), ids[0]!]), /ERR heartbeat: 4 arguments for 1 groups, expected at least 5/);
+        assert.equal(await core.redis.zscore(b.deadlines, ids[0]!), String(T0 + 1500));
+      });
+
       test('refuses a session id that could not travel in a batch, without spoiling the others', async () => {
         await openAt(core, 'hb-ok', T0);
         const [bad, good] = await Promise.allSettled([core.store.heartbeat('hb bad', T0, T0), core.store.heartbeat('hb-ok', T0 + 10, T0 + 10)]);

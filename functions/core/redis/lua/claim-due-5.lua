@@ -29,9 +29,11 @@
     blindFrom, blindTo   the blind window this call recorded ('' '' if none)
     n, hb, hg  the sessions indexed after the claims, and the bucket's heartbeat marks (heartbeat-n.lua; '' if none),
                from which the engine judges the fleet's silence
-    u, then u due ids whose record is not here: a stray entry, or, on Redis Cluster, a record already moved by a
-               resharding of the bucket's slot (built keys get no ASK or TRYAGAIN); left as they are, for the caller
-               to claim one by one with declared keys (claimExpired), which Redis redirects correctly
+    u, then u due ids whose record is not here: a stray entry, or, on Redis Cluster, a record not yet moved to the
+               node a resharding moves the bucket's slot to (built keys get no ASK or TRYAGAIN; on the node the slot
+               is leaving, a record already moved fails the script with Redis's "non local key" error before any
+               write, and the engine's next poll claims again); left as they are, for the caller to claim one by one
+               with declared keys (claimExpired), which Redis redirects correctly
     then one triple per session claimed, in deadline order; the deadline is the one the outage rule gave it
 ]]
 -- @include "session"

@@ -16,7 +16,8 @@
 
   The call is the hottest there is, so it is shaped for cost (bench:compare's CPU per heartbeat): a group's session
   ids travel as one argument and their ages as another (per-argument handling was most of the caller's CPU and a
-  good part of Redis's), each group's deadlines are moved by ONE ZADD, and the reply is integers only.
+  good part of Redis's), each group's deadlines are moved by ONE ZADD (per 1,000 sessions), and the reply is integers
+  only.
 
   KEYS (three per group, the caller says how many): per group g, in order (KEYS[1] to KEYS[3] for the first):
     KEYS[3g-2] the bucket's deadline index (ZSET)   KEYS[3g-1] the bucket's watch (HASH)
@@ -50,6 +51,9 @@ local groups = #KEYS / 3
 if groups < 1 or groups ~= math.floor(groups) then return redis.error_reply('ERR heartbeat: ' .. #KEYS .. ' keys, expected triples') end
 if cluster and groups > 1 then return redis.error_reply('ERR heartbeat: ' .. groups .. ' buckets in one call on Redis Cluster') end
 local tenantBase = 2 + 3 * groups
+if #ARGV < tenantBase then
+  return redis.error_reply('ERR heartbeat: ' .. #ARGV .. ' arguments for ' .. groups .. ' groups, expected at least ' .. tenantBase)
+end
 local tenants = #ARGV > tenantBase
 local work, total = {}, 0
 for g = 1, groups do
@@ -93,10 +97,14 @@ for g = 1, groups do
     end
     local s, inc, window = state[1], tonumber(state[2]), tonumber(state[3])
     if not s then
-      -- Indexed but no record here: on Redis Cluster, the bucket's slot is being resharded and this record has moved
-      -- already. Declared keys would make Redis answer TRYAGAIN; built keys do not, so the script does (ioredis
-      -- retries it, and else the caller answers 5xx): a heartbeat must never be dropped as UNKNOWN for it. A call
-      -- on Cluster carries one group, and nothing has been written yet, so the retry applies the whole call once.
+      -- Indexed but no record here. On Redis Cluster, while a resharding moves the bucket's slot: on the node the
+      -- slot is leaving, reading a record already moved fails the script before it writes anything (Redis's "non
+      -- local key" error: src/script.c, scriptVerifyClusterState), so the call fails and the caller answers 5xx; on
+      -- the node it is arriving at (reached through ASK), a record not moved yet reads as absent, and the script
+      -- answers TRYAGAIN itself (ioredis retries it, and else the caller answers 5xx): a heartbeat must never be
+      -- dropped as UNKNOWN for it. A call on Cluster carries one group, and nothing has been written yet, so the retry
+      -- applies the whole call once. (A stray entry on Cluster is answered TRYAGAIN too, until the deadline engine
+      -- removes it at its deadline; no heartbeat moves it.)
       -- On a single Redis nothing moves: an indexed id without a record is a stray the deadline engine removes at
       -- its deadline, and its heartbeat is UNKNOWN, as it would be without the entry (refusing it would refuse the
       -- other buckets' heartbeats of the call with it).
@@ -128,13 +136,23 @@ for g = 1, groups do
   local deadlinesKey, watchKey, w = KEYS[3 * g - 2], KEYS[3 * g - 1], work[g]
   local zadd, slots, moving = w.zadd, w.slots, w.moving
   -- max(current, target) for all at once: ZADD GT only ever raises a score, and CH counts the ones it changed, so the
-  -- common case (every deadline moved out) needs no read; otherwise the scores it left are read back in one call. (A
+  -- common case (every deadline moved out) needs no read; otherwise the scores it left are read back. (A
   -- session named twice in one group is answered the deadline the last of them left.)
-  if moving > 0 and call('ZADD', deadlinesKey, unpack(zadd)) < moving then
-    local members = {}
-    for j = 1, moving do members[j] = zadd[2 * j + 2] end
-    local scores = call('ZMSCORE', deadlinesKey, unpack(members))
-    for j = 1, moving do out[slots[j]] = tonumber(scores[j]) end
+  -- The ZADD goes in pieces of at most 1,000 sessions: Lua's unpack() fails past a few thousand values (LUAI_MAXCSTACK),
+  -- and a caller may send a group that large (heartbeatMany bounds a call at 256 heartbeats, but the script does not
+  -- rely on it).
+  local changed = 0
+  for from = 1, moving, 1000 do
+    local upto = math.min(from + 999, moving)
+    changed = changed + call('ZADD', deadlinesKey, 'GT', 'CH', unpack(zadd, 2 * from + 1, 2 * upto + 2))
+  end
+  if changed < moving then
+    for from = 1, moving, 1000 do
+      local upto, members = math.min(from + 999, moving), {}
+      for j = from, upto do members[j - from + 1] = zadd[2 * j + 2] end
+      local scores = call('ZMSCORE', deadlinesKey, unpack(members))
+      for j = from, upto do out[slots[j]] = tonumber(scores[j - from + 1]) end
+    end
   end
 
   -- Heard: the time of this call, and a running mean of the gaps between calls (each gap capped at a minute, so an
