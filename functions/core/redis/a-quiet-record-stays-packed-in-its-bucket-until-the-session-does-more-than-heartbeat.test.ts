@@ -46,6 +46,7 @@ for (const topology of TOPOLOGIES) {
       const beat = await core.store.heartbeat('q-1', T0 + 500, T0 + 500, 'team a');
       assert.deepEqual(beat, { code: 'REFRESHED', incarnation: view.incarnation, deadline: T0 + 1500 });
       assert.equal((await core.store.heartbeat('q-1', T0 + 600, T0 + 600, 'team b')).code, 'NOT_OWNER');
+      assert.equal((await core.store.heartbeat('q-1', T0 + 600, T0 + 600, 'team')).code, 'NOT_OWNER', 'a part of its tenant is not its tenant');
       assert.equal((await core.store.heartbeat('q-1', T0 + 600, T0 + 600)).code, 'NOT_OWNER', 'no tenant named is not its tenant');
       assert.deepEqual(await where('q-1'), expect(true));
       assert.equal((await core.store.inspect('q-1'))?.deadline, T0 + 1500);

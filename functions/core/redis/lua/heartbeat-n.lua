@@ -16,7 +16,7 @@
 
   The call is the hottest there is, so it is shaped for cost (bench:compare's CPU per heartbeat): a group's session
   ids travel as one argument and their ages as another (per-argument handling was most of the caller's CPU and a
-  good part of Redis's), each group's deadlines are moved by ONE ZADD (per 1,000 sessions), and the reply is integers
+  good part of Redis's), each group's deadlines are moved by ONE ZADD (per 1,000 sessions), and the reply is numbers
   only.
 
   KEYS (three per group, the caller says how many): per group g, in order (KEYS[1] to KEYS[3] for the first):
@@ -34,7 +34,8 @@
   then, only when a heartbeat of the call names a tenant: the tenant each names, one argument per heartbeat in the
     call's order ('' for none)
 
-  Returns a flat array of integers, two per heartbeat, in the call's order (or an error, see below):
+  Returns a flat array of numbers, two per heartbeat, in the call's order (or an error, see below); a quiet record's
+  incarnation comes as its digits (a bulk string), every other value as an integer:
     incarnation, deadline        REFRESHED: the session's deadline after the call (ms, > 0)
     0, -1                        UNKNOWN: no such session (never opened, or its tombstone expired)
     incarnation, -2              NOT_OWNER: the session belongs to another tenant; its deadline is not moved
@@ -55,11 +56,23 @@ if #ARGV < tenantBase then
   return redis.error_reply('ERR heartbeat: ' .. #ARGV .. ' arguments for ' .. groups .. ' groups, expected at least ' .. tenantBase)
 end
 local tenants = #ARGV > tenantBase
+-- Text to number: Lua's tonumber() is C's strtod, among the costliest steps of a heartbeat in instructions (npm run
+-- bench:instructions counts them). A call's ages and windows take few distinct values, so each is converted once a
+-- call; a quiet record's incarnation is not converted at all (answered as its digits).
+local numbers = {}
+local function number(text)
+  local v = numbers[text]
+  if v == nil then
+    v = tonumber(text)
+    if v ~= nil then numbers[text] = v end
+  end
+  return v
+end
 local work, total = {}, 0
 for g = 1, groups do
   local ids, ages = {}, {}
   for id in string.gmatch(ARGV[3 * g + 1], '[^ ]+') do ids[#ids + 1] = id end
-  for age in string.gmatch(ARGV[3 * g + 2], '[^ ]+') do ages[#ages + 1] = tonumber(age) end
+  for age in string.gmatch(ARGV[3 * g + 2], '[^ ]+') do ages[#ages + 1] = number(age) end
   if #ids ~= #ages or #ids == 0 then
     return redis.error_reply('ERR heartbeat: group ' .. g .. ' has ' .. #ids .. ' session ids and ' .. #ages .. ' ages')
   end
@@ -87,15 +100,19 @@ for g = 1, groups do
   end
   for k = 1, #ids do
     local sessionId, n = ids[k], 2 * (first + k - 1)
-    local state
-    if quiet[k] then
+    local s, inc, window, tenant, pc
+    local packed = quiet[k]
+    if packed then
       -- A quiet record is ACTIVE with no end seen (only such records are quiet).
-      local qinc, qwindow, qtenant = quietHeartbeatState(quiet[k])
-      state = { 'A', qinc, qwindow, qtenant, false }
+      -- Its incarnation stays the digits it is stored as (answered as they are), its window a number.
+      s, pc = 'A', false
+      local windowText
+      inc, windowText, tenant = quietHeartbeatState(packed)
+      window = windowText and number(windowText)
     else
-      state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w', 'tn', 'pc')
+      local state = call('HMGET', recordPrefix .. sessionId, 's', 'i', 'w', 'tn', 'pc')
+      s, inc, window, tenant, pc = state[1], tonumber(state[2]), tonumber(state[3]), state[4], state[5]
     end
-    local s, inc, window = state[1], tonumber(state[2]), tonumber(state[3])
     if not s then
       -- Indexed but no record here. On Redis Cluster, while a resharding moves the bucket's slot: on the node the
       -- slot is leaving, reading a record already moved fails the script before it writes anything (Redis's "non
@@ -114,11 +131,11 @@ for g = 1, groups do
       out[n + 1], out[n + 2] = 0, -1
     elseif not inc then
       out[n + 1], out[n + 2] = 0, -5
-    elseif s ~= 'A' or state[5] then
+    elseif s ~= 'A' or pc then
       -- pc: an end sent after its open already arrived; it is due now, and a heartbeat sent before that end must not
       -- push it back.
-      out[n + 1], out[n + 2] = inc, (s == 'X' and not state[5]) and -4 or -3
-    elseif (state[4] or '') ~= (tenants and ARGV[tenantBase + first + k] or '') then
+      out[n + 1], out[n + 2] = inc, (s == 'X' and not pc) and -4 or -3
+    elseif (tenant or '') ~= (tenants and ARGV[tenantBase + first + k] or '') then
       out[n + 1], out[n + 2] = inc, -2
     elseif not window then
       out[n + 1], out[n + 2] = inc, -5
@@ -126,7 +143,9 @@ for g = 1, groups do
       local target = now - ages[k] + window
       out[n + 1], out[n + 2] = inc, target
       moving = moving + 1
-      zadd[2 * moving + 1], zadd[2 * moving + 2], slots[moving] = target, sessionId, n + 2
+      -- As text formatted as an integer: a Lua number passed to redis.call is formatted by Redis with %.17g (C's
+      -- floating-point formatting), several times the instructions of an integer's.
+      zadd[2 * moving + 1], zadd[2 * moving + 2], slots[moving] = string.format('%d', target), sessionId, n + 2
     end
   end
   w.zadd, w.slots, w.moving = zadd, slots, moving

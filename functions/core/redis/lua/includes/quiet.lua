@@ -70,10 +70,13 @@ local function unpackQuiet(packed)
   return out
 end
 
--- What a heartbeat checks, from a packed value: incarnation, window, tenant (nil for none).
+-- What a heartbeat checks, from a packed value: incarnation and window as their digits (nil unless digits: the caller
+-- converts what it needs), tenant (nil for none).
 local function quietHeartbeatState(packed)
   local inc, window = string.match(packed, '^(%d+) (%d+) ')
-  return tonumber(inc), tonumber(window), string.match(packed, '\31tn=([^\31]*)')
+  local at, tenant = string.find(packed, '\31tn=', 1, true), nil
+  if at then tenant = string.match(packed, '^[^\31]*', at + 4) end
+  return inc, window, tenant
 end
 
 -- Turns a quiet record back into a hash of its own, so the script that names it reads and writes it as any record.
