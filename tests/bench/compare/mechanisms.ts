@@ -59,8 +59,16 @@ export interface Detector {
   stop(): Promise<void>;
 }
 
-/** Called by a detector for each session it finds expired, at the moment it finds it. */
+/** Called by a detector for each session it finds expired, at the moment it finds it (`at` from detectedAt). */
 export type OnExpired = (sessionId: string, at: number) => void;
+
+/**
+ * The time of a detection, in the epoch ms of Date.now() but to the microsecond: Date.now() counts whole ms, and at the
+ * floor's p99 of 2–3 ms a whole ms either side moved the lag ratio by a third. performance.timeOrigin is this thread's
+ * start on the wall clock, so the sum agrees with Date.now() to within its truncation (measured: 0.006–1.006 ms ahead,
+ * in the main thread and in a worker alike).
+ */
+export const detectedAt = (): number => performance.timeOrigin + performance.now();
 
 /** One mechanism under comparison. */
 export interface Mechanism {
@@ -176,7 +184,7 @@ const sortedSetFloor: Mechanism = {
     const claim = script(redis, FLOOR_CLAIM);
     const timer = preciseTimer(async (now) => {
       const [head, ...due] = (await claim([FLOOR_KEY], [now, FLOOR_BATCH])) as string[];
-      const at = Date.now();
+      const at = detectedAt();
       for (const id of due) onExpired(id, at);
       return { head: head === '' || head === undefined ? null : Number(head), full: due.length === FLOOR_BATCH };
     }, 100);
@@ -230,7 +238,7 @@ const sessionReaper: Mechanism = {
         metrics: initMetrics({ serviceName: 'bench-compare', env: { OTEL_SDK_DISABLED: 'true' } }).instruments,
         // The engine's emission, recorded where the Broker would be sent the event.
         emit: (type, data) => {
-          if (type === EventType.SessionExpired) onExpired((data as { sessionId: string }).sessionId, Date.now());
+          if (type === EventType.SessionExpired) onExpired((data as { sessionId: string }).sessionId, detectedAt());
           return Promise.resolve();
         },
       },
@@ -292,7 +300,7 @@ function sweeper(intervalMs: number): Mechanism {
           cursor = next;
           if (keys.length > 0) {
             const due = (await claim(keys, [Date.now()])) as string[];
-            const at = Date.now();
+            const at = detectedAt();
             for (const key of due) onExpired(key.slice(SWEEP_PREFIX.length), at);
           }
         } while (cursor !== '0' && !stopped);
@@ -347,7 +355,7 @@ const redisTtl: Mechanism = {
   },
   async detector(target, _l, onExpired) {
     const sub = await client(target);
-    sub.on('message', (_channel: string, key: string) => onExpired(key.slice(TTL_PREFIX.length), Date.now()));
+    sub.on('message', (_channel: string, key: string) => onExpired(key.slice(TTL_PREFIX.length), detectedAt()));
     await sub.subscribe(EXPIRED_CHANNEL);
     return {
       stop() {
@@ -386,7 +394,7 @@ const bullmq: Mechanism = {
   },
   async detector(target, _l, onExpired) {
     const worker = new Worker(QUEUE, (job) => {
-      onExpired(job.id ?? '', Date.now());
+      onExpired(job.id ?? '', detectedAt());
       return Promise.resolve();
     }, { connection: bullConnection(target), concurrency: 100 });
     await worker.waitUntilReady();
