@@ -85,3 +85,49 @@ test('calls made while the quiet hash has moved ahead of its bucket are redirect
     for (const n of nodes) n.disconnect();
   }
 });
+
+test('a due claim that meets a record already moved by a resharding claims nothing, and claims it all once the slot has moved', async () => {
+  // Two due sessions of one bucket, each with a record of its own; the resharding has moved the second's record only.
+  // Before, the claim made the first session's claim and then failed on the second, so the first was destroying with
+  // nobody told until the stall watchdog resumed it.
+  const keys = new KeySpace('reshard-due', 1);
+  const scripts = await Scripts.register(client);
+  const store = new SessionStore(client, keys, scripts, { tombstoneTtlMs: 60_000, quietRecords: false });
+  const t0 = Date.now();
+  for (const [id, windowMs] of [['due-a', 1000], ['due-b', 2000]] as const) {
+    const r = await store.open({ sessionId: id, fingerprint: fp(), now: t0, liveFrom: t0, windowMs, placement: placementA });
+    assert.equal(r.code, 'OPENED');
+  }
+  const b = keys.bucket(0);
+  // Every key the claim declares exists, as in a bucket that has seen destroys, outages and quiet records: with one
+  // missing, Redis answers TRYAGAIN before the script runs, and the script's own order is not reached.
+  await Promise.all([
+    client.zadd(b.destroying, t0 + 600_000, 'placeholder'), client.zadd(b.blind, t0, 'placeholder'),
+    client.hset(b.watch, 'placeholder', '1'), client.hset(b.quiet, 'placeholder', '1'),
+  ]);
+  const nodes = cluster.nodes.map((n) => new Redis({ host: '127.0.0.1', port: n.port, lazyConnect: true }));
+  try {
+    const slot = Number(await nodes[0]!.cluster('KEYSLOT', b.deadlines));
+    const counts = await Promise.all(nodes.map(async (n) => Number(await n.cluster('COUNTKEYSINSLOT', slot))));
+    const from = nodes[counts.findIndex((c) => c > 0)]!;
+    const to = nodes.find((n) => n !== from)!;
+    const [fromId, toId] = await Promise.all([from.cluster('MYID'), to.cluster('MYID')]);
+    await to.cluster('SETSLOT', slot, 'IMPORTING', fromId);
+    await from.cluster('SETSLOT', slot, 'MIGRATING', toId);
+    await from.migrate('127.0.0.1', to.options.port!, keys.session('due-b').session, 0, 5000);
+
+    const now = t0 + 5000;
+    await assert.rejects(store.claimDue(0, now, 100), /non local key/);
+    // The rest of the slot, then the slot itself, as the resharding finishes.
+    for (;;) {
+      const left = await from.cluster('GETKEYSINSLOT', slot, 100);
+      if (left.length === 0) break;
+      await from.migrate('127.0.0.1', to.options.port!, '', 0, 5000, 'KEYS', ...left);
+    }
+    for (const n of nodes) await n.cluster('SETSLOT', slot, 'NODE', toId);
+    assert.equal((await store.inspect('due-a'))?.state, 'active', 'the failed claim claimed nothing');
+    assert.deepEqual((await store.claimDue(0, now, 100)).claimed.map((c) => c.sessionId), ['due-a', 'due-b']);
+  } finally {
+    for (const n of nodes) n.disconnect();
+  }
+});
