@@ -390,7 +390,10 @@ const str = (v: unknown): string => {
  */
 const sendableId = (id: string): boolean => id.length > 0 && !id.includes(' ');
 
-/** One heartbeat's answer in heartbeat-n.lua's integer reply: incarnation, then the deadline or a negative code. */
+/**
+ * One heartbeat's answer in heartbeat-n.lua's reply: incarnation (an integer, or a quiet record's digits), then the
+ * deadline or a negative code.
+ */
 function livenessOf(incarnation: unknown, deadline: unknown): LivenessResult {
   const d = num(deadline);
   if (d > 0) return { code: 'REFRESHED', incarnation: num(incarnation), deadline: d };

@@ -5,7 +5,8 @@
 // go through session-reaper's heartbeat (SessionStore.heartbeatMany, quiet records on, as bench:compare runs it) and
 // through bench:compare's floor (one `ZADD GT CH` a wave on one sorted set of the same size), in the two shapes
 // bench:compare sends: its asked rate (heartbeat-30s: ~33,000/s in ticks of 5 ms, so ~170 heartbeats a call,
-// ~5 per bucket) and its blast (waves of 1,000). Consecutive ids, as bench:compare's driver walks its fleet.
+// ~5 per bucket) and its blast (waves of 1,000, which heartbeatMany sends as script calls of up to 256).
+// Consecutive ids, as bench:compare's driver walks its fleet.
 //
 // Instructions are not time: a cache miss costs no instruction, so Redis's dictionary lookups at 1M sessions weigh
 // less here than in bench:compare. What the count gives is the same answer every run, for Redis's share only (the
@@ -78,6 +79,13 @@ const cleanUp = () => {
   rmSync(dir, { recursive: true, force: true });
 };
 process.once('exit', cleanUp);
+// Node runs no exit handlers when a signal ends it: on Ctrl-C or a SIGTERM the directory would be left behind.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    cleanUp();
+    process.exit(128 + (signal === 'SIGINT' ? 2 : 15));
+  });
+}
 
 const control = (...args: string[]) => {
   const r = spawnSync('callgrind_control', [...args, String(child.pid)], { encoding: 'utf8' });
@@ -164,7 +172,7 @@ for (const shape of SHAPES) {
   });
   rows.push({ shape: shape.name, wave: shape.wave, reaper: reaper / total, floor: floor / total });
 }
-console.log('| shape | heartbeats a call | session-reaper Ir/heartbeat | floor Ir/heartbeat | ratio |');
+console.log('| shape | heartbeats a wave | session-reaper Ir/heartbeat | floor Ir/heartbeat | ratio |');
 console.log('|---|---|---|---|---|');
 for (const r of rows) console.log(`| ${r.shape} | ${r.wave} | ${Math.round(r.reaper).toLocaleString('en')} | ${Math.round(r.floor).toLocaleString('en')} | ${(r.reaper / r.floor).toFixed(2)} |`);
 await redis.quit();

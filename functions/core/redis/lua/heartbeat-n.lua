@@ -57,8 +57,8 @@ if #ARGV < tenantBase then
 end
 local tenants = #ARGV > tenantBase
 -- Text to number: Lua's tonumber() is C's strtod, among the costliest steps of a heartbeat in instructions (npm run
--- bench:instructions counts them). A call's ages and windows take few distinct values, so each is converted once a
--- call; a quiet record's incarnation is not converted at all (answered as its digits).
+-- bench:instructions counts them). A call's ages and its quiet records' windows take few distinct values, so each is
+-- converted once a call; a quiet record's incarnation is not converted at all (answered as its digits).
 local numbers = {}
 local function number(text)
   local v = numbers[text]
