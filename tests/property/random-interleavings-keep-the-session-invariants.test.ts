@@ -1,12 +1,15 @@
 // Random interleavings of opened / heartbeat / activity / hold / closed / expired / completed / released, with
-// duplicates, redeliveries and reopening, run against the Redis core and a small reference model. After every
-// step the states agree; after every sequence: no incarnation destroyed twice, no destroyed incarnation revived,
-// the ledger balanced, and the deadline index consistent with the states.
+// duplicates, redeliveries and reopening, run against the Redis core and a small reference model; each opened goes
+// through a store that packs quiet records or one that does not (replicas while SESSION_RECORD_PACKING is being turned
+// on). After every step the states agree and each session's record is in one place (a key of its own or a field of its
+// bucket's quiet hash, never both); after every sequence: no incarnation destroyed twice, no destroyed incarnation
+// revived, the ledger balanced, and the deadline index consistent with the states.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { auditLedger } from '../../functions/core/ledger.ts';
-import { drawReleaseToken, eventFingerprint, type Placement, type Stage } from '../../functions/core/session-store.ts';
+import { SessionStore, drawReleaseToken, eventFingerprint, type Placement, type Stage } from '../../functions/core/session-store.ts';
+import { Scripts } from '../../functions/core/redis/scripts.ts';
 import { TOPOLOGIES } from '../support/redis.ts';
 import { testCore, type TestCore } from '../support/core.ts';
 
@@ -18,7 +21,7 @@ const PLACEMENTS: Placement[] = [
 const WINDOW = 1000;
 
 type Op =
-  | { kind: 'open'; id: string; placement: number; lag: number }
+  | { kind: 'open'; id: string; placement: number; lag: number; packs: boolean }
   | { kind: 'heartbeat'; id: string; lag: number }
   | { kind: 'activity'; id: string }
   | { kind: 'hold'; id: string; ms: number }
@@ -30,7 +33,7 @@ type Op =
 
 const id = fc.constantFrom(...IDS);
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant('open' as const), id, placement: fc.integer({ min: 0, max: 1 }), lag: fc.integer({ min: 0, max: 400 }) }) },
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant('open' as const), id, placement: fc.integer({ min: 0, max: 1 }), lag: fc.integer({ min: 0, max: 400 }), packs: fc.boolean() }) },
   { weight: 3, arbitrary: fc.record({ kind: fc.constant('heartbeat' as const), id, lag: fc.integer({ min: 0, max: 400 }) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('activity' as const), id }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('hold' as const), id, ms: fc.integer({ min: 1, max: 3000 }) }) },
@@ -76,6 +79,8 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
   let n = 0;
   let registered = 0;
   let released = 0;
+  // A replica with SESSION_RECORD_PACKING off, beside the core's store (which packs).
+  const unpacking = new SessionStore(core.redis, core.keys, await Scripts.register(core.redis), { tombstoneTtlMs: 60_000, quietRecords: false });
 
   const deliver = async (d: Delivery): Promise<void> => {
     const { op, fp, eventTime } = d;
@@ -85,7 +90,7 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
       case 'open': {
         const placement = PLACEMENTS[op.placement]!;
         const liveFrom = Math.min(eventTime, now);
-        const r = await core.store.open({ sessionId: op.id, fingerprint: fp, now, liveFrom, windowMs: WINDOW, placement });
+        const r = await (op.packs ? core.store : unpacking).open({ sessionId: op.id, fingerprint: fp, now, liveFrom, windowMs: WINDOW, placement });
         const fresh = (): ModelSession => ({
           state: 'A', incarnation: 'incarnation' in r ? r.incarnation : -1, deadline: liveFrom + WINDOW, holdUntil: 0,
           placement: op.placement, liveFrom, openedFp: fp, seen: new Set(), claimedAt: 0, stage: 'claimed',
@@ -253,6 +258,9 @@ async function runSequence(core: TestCore, ops: Op[]): Promise<void> {
       assert.equal(view.state, { A: 'active', D: 'destroying', X: 'destroyed' }[m.state], `${sid} state`);
       assert.equal(view.incarnation, m.incarnation, `${sid} incarnation`);
       assert.equal(view.deadline, m.state === 'A' ? m.deadline : undefined, `${sid} is indexed iff active`);
+      const k = core.keys.session(sid);
+      const places = (await core.redis.exists(k.session)) + (await core.redis.hexists(k.quiet, sid));
+      assert.equal(places, 1, `${sid}'s record is in one place`);
     }
   }
 
