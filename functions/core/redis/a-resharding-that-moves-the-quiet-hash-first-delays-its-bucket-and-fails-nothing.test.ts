@@ -27,6 +27,35 @@ after(async () => {
   await cluster.stop();
 });
 
+/**
+ * The resharding of `key`'s slot to another master, stopped after `first` moved (redis-cli --cluster reshard moves a
+ * slot's keys in GETKEYSINSLOT batches, in no order we choose); `finish` moves the rest and then the slot itself.
+ */
+async function reshardingStartedWith(key: string, first: string): Promise<{ finish(): Promise<void>; close(): void }> {
+  const nodes = cluster.nodes.map((n) => new Redis({ host: '127.0.0.1', port: n.port, lazyConnect: true }));
+  const slot = Number(await nodes[0]!.cluster('KEYSLOT', key));
+  const counts = await Promise.all(nodes.map(async (n) => Number(await n.cluster('COUNTKEYSINSLOT', slot))));
+  const from = nodes[counts.findIndex((c) => c > 0)]!;
+  const to = nodes.find((n) => n !== from)!;
+  const [fromId, toId] = await Promise.all([from.cluster('MYID'), to.cluster('MYID')]);
+  await to.cluster('SETSLOT', slot, 'IMPORTING', fromId);
+  await from.cluster('SETSLOT', slot, 'MIGRATING', toId);
+  await from.migrate('127.0.0.1', to.options.port!, first, 0, 5000);
+  return {
+    async finish() {
+      for (;;) {
+        const left = await from.cluster('GETKEYSINSLOT', slot, 100);
+        if (left.length === 0) break;
+        await from.migrate('127.0.0.1', to.options.port!, '', 0, 5000, 'KEYS', ...left);
+      }
+      for (const n of nodes) await n.cluster('SETSLOT', slot, 'NODE', toId);
+    },
+    close() {
+      for (const n of nodes) n.disconnect();
+    },
+  };
+}
+
 test('calls made while the quiet hash has moved ahead of its bucket are redirected, never failed inside a script', async () => {
   // One bucket, so every key of the test is in one slot.
   const keys = new KeySpace('reshard', 1);
@@ -40,18 +69,9 @@ test('calls made while the quiet hash has moved ahead of its bucket are redirect
   const b = keys.bucket(0);
   assert.equal(await client.hexists(b.quiet, 'rs-quiet'), 1);
 
-  // The slot's resharding, stopped after its first key moved: the quiet hash (redis-cli --cluster reshard moves a
-  // slot's keys in GETKEYSINSLOT batches, in no order we choose).
-  const nodes = cluster.nodes.map((n) => new Redis({ host: '127.0.0.1', port: n.port, lazyConnect: true }));
+  // The slot's resharding, stopped after its first key moved: the quiet hash.
+  const resharding = await reshardingStartedWith(b.quiet, b.quiet);
   try {
-    const slot = Number(await nodes[0]!.cluster('KEYSLOT', b.quiet));
-    const counts = await Promise.all(nodes.map(async (n) => Number(await n.cluster('COUNTKEYSINSLOT', slot))));
-    const from = nodes[counts.findIndex((c) => c > 0)]!;
-    const to = nodes.find((n) => n !== from)!;
-    const [fromId, toId] = await Promise.all([from.cluster('MYID'), to.cluster('MYID')]);
-    await to.cluster('SETSLOT', slot, 'IMPORTING', fromId);
-    await from.cluster('SETSLOT', slot, 'MIGRATING', toId);
-    await from.migrate('127.0.0.1', to.options.port!, b.quiet, 0, 5000);
 
     const now = t0 + 1000;
     const orphans = new OrphanStore(client, keys, scripts);
@@ -66,13 +86,7 @@ test('calls made while the quiet hash has moved ahead of its bucket are redirect
     const during = await Promise.all(Object.values(calls).map((call) => call().then(() => null, (err: unknown) => String(err))));
     const failures = during.filter((e) => e !== null);
     for (const e of failures) assert.match(e, /TRYAGAIN|ASK|redirections/, 'a redirection, not a script that failed inside');
-    // The rest of the slot, then the slot itself, as the resharding finishes.
-    for (;;) {
-      const left = await from.cluster('GETKEYSINSLOT', slot, 100);
-      if (left.length === 0) break;
-      await from.migrate('127.0.0.1', to.options.port!, '', 0, 5000, 'KEYS', ...left);
-    }
-    for (const n of nodes) await n.cluster('SETSLOT', slot, 'NODE', toId);
+    await resharding.finish();
 
     const beats = await calls.beats();
     assert.deepEqual(beats.map((r) => r.code === 'REFRESHED' && r.deadline), [now + 60_000, now + 60_000]);
@@ -82,7 +96,7 @@ test('calls made while the quiet hash has moved ahead of its bucket are redirect
     assert.equal((await packing.inspect('rs-quiet'))?.state, 'destroying');
     assert.equal((await packing.inspect('rs-own'))?.state, 'active');
   } finally {
-    for (const n of nodes) n.disconnect();
+    resharding.close();
   }
 });
 
@@ -105,29 +119,15 @@ test('a due claim that meets a record already moved by a resharding claims nothi
     client.zadd(b.destroying, t0 + 600_000, 'placeholder'), client.zadd(b.blind, t0, 'placeholder'),
     client.hset(b.watch, 'placeholder', '1'), client.hset(b.quiet, 'placeholder', '1'),
   ]);
-  const nodes = cluster.nodes.map((n) => new Redis({ host: '127.0.0.1', port: n.port, lazyConnect: true }));
+  const resharding = await reshardingStartedWith(b.deadlines, keys.session('due-b').session);
   try {
-    const slot = Number(await nodes[0]!.cluster('KEYSLOT', b.deadlines));
-    const counts = await Promise.all(nodes.map(async (n) => Number(await n.cluster('COUNTKEYSINSLOT', slot))));
-    const from = nodes[counts.findIndex((c) => c > 0)]!;
-    const to = nodes.find((n) => n !== from)!;
-    const [fromId, toId] = await Promise.all([from.cluster('MYID'), to.cluster('MYID')]);
-    await to.cluster('SETSLOT', slot, 'IMPORTING', fromId);
-    await from.cluster('SETSLOT', slot, 'MIGRATING', toId);
-    await from.migrate('127.0.0.1', to.options.port!, keys.session('due-b').session, 0, 5000);
 
     const now = t0 + 5000;
     await assert.rejects(store.claimDue(0, now, 100), /non local key/);
-    // The rest of the slot, then the slot itself, as the resharding finishes.
-    for (;;) {
-      const left = await from.cluster('GETKEYSINSLOT', slot, 100);
-      if (left.length === 0) break;
-      await from.migrate('127.0.0.1', to.options.port!, '', 0, 5000, 'KEYS', ...left);
-    }
-    for (const n of nodes) await n.cluster('SETSLOT', slot, 'NODE', toId);
+    await resharding.finish();
     assert.equal((await store.inspect('due-a'))?.state, 'active', 'the failed claim claimed nothing');
     assert.deepEqual((await store.claimDue(0, now, 100)).claimed.map((c) => c.sessionId), ['due-a', 'due-b']);
   } finally {
-    for (const n of nodes) n.disconnect();
+    resharding.close();
   }
 });
