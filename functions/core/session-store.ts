@@ -339,6 +339,13 @@ function destroyRecordOf(fields: Partial<Record<string, string>>): DestroyRecord
 /** Most heartbeats applied by one script call: bounds the time Redis spends in one script. */
 const MAX_HEARTBEAT_BATCH = 256;
 
+/**
+ * How often this process asks a bucket's heartbeat call to note the bucket heard (heartbeat-n.lua's marks, which the
+ * outage rule reads): the script itself takes calls closer than this for one moment, so asking more often only cost
+ * Redis a read of the marks on every call.
+ */
+const HEARD_MARK_MS = 50;
+
 /** One heartbeat as heartbeat-n.lua takes it. */
 interface HeartbeatItem {
   readonly sessionId: string;
@@ -445,6 +452,8 @@ export class SessionStore {
   #pendingHeartbeats = new Map<number, PendingHeartbeat[]>();
   #pendingCount = 0;
   #flushScheduled = false;
+  /** Per bucket, the `now` of the last heartbeat call this process asked to note the bucket heard. */
+  #heardMarkedAt = new Map<number, number>();
 
   /**
    * `quietRecords` (SESSION_RECORD_PACKING; default false): open packs a record that holds only what it wrote into its
@@ -660,7 +669,11 @@ export class SessionStore {
         ages += sep + String(now - Math.min(h.liveFrom, now));
         if (!tenants && (h.tenant ?? '') !== '') tenants = true;
       }
-      args.push(this.keys.sessionRecordPrefix(bucket), ids, ages);
+      // Asked again HEARD_MARK_MS after the last time, or at once if this process's clock went back.
+      const marked = this.#heardMarkedAt.get(bucket);
+      const mark = marked === undefined || now - marked >= HEARD_MARK_MS || now < marked;
+      if (mark) this.#heardMarkedAt.set(bucket, now);
+      args.push(this.keys.sessionRecordPrefix(bucket), ids, ages, mark ? '1' : '');
       count += members.length;
     }
     if (tenants) for (const { members } of call) for (const m of members) args.push(item(m).tenant ?? '');

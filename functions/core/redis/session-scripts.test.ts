@@ -276,16 +276,41 @@ for (const topology of TOPOLOGIES) {
         for (const id of ids.slice(0, 2500)) await openOut(core, id);
         const b = core.keys.bucket(bucket);
         const run = (args: string[]) => scripts.run('heartbeat', [b.deadlines, b.watch, b.quiet], [String(T0 + 500), topology === 'cluster' ? '1' : '0', ...args]);
-        const reply = (await run([core.keys.sessionRecordPrefix(bucket), ids.join(' '), ids.map(() => '0').join(' ')])) as number[];
+        const reply = (await run([core.keys.sessionRecordPrefix(bucket), ids.join(' '), ids.map(() => '0').join(' '), '1'])) as number[];
         assert.equal(reply.length, 2 * ids.length);
         assert.deepEqual(new Set(reply.filter((_, i) => i % 2 === 1)), new Set([T0 + 1500]), 'every deadline answered moved');
         const scores = await core.redis.zmscore(b.deadlines, ...ids);
         assert.deepEqual(new Set(scores), new Set([String(T0 + 1500)]), 'every deadline moved');
         // The same again (nothing moves: the scores are read back in pieces too) answers the same.
-        assert.deepEqual(await run([core.keys.sessionRecordPrefix(bucket), ids.join(' '), ids.map(() => '100').join(' ')]), reply);
+        assert.deepEqual(await run([core.keys.sessionRecordPrefix(bucket), ids.join(' '), ids.map(() => '100').join(' '), '']), reply);
         // A group's arguments missing: the script's own refusal, not a Lua error, and nothing written.
-        await assert.rejects(run([core.keys.sessionRecordPrefix(bucket), ids[0]!]), /ERR heartbeat: 4 arguments for 1 groups, expected at least 5/);
+        await assert.rejects(run([core.keys.sessionRecordPrefix(bucket), ids[0]!]), /ERR heartbeat: 4 arguments for 1 groups, expected at least 6/);
         assert.equal(await core.redis.zscore(b.deadlines, ids[0]!), String(T0 + 1500));
+      });
+
+      test('asks a bucket to note its heartbeats heard at most once in 50 ms, and at once when the clock went back', async () => {
+        // Its own prefix, so the bucket's marks start unset; one session, so each call carries one bucket.
+        const own = await testCore(topology);
+        try {
+          await openAt(own, 'mark-1', T0);
+          const watch = own.keys.session('mark-1').watch;
+          const beat = (at: number) => own.store.heartbeatMany([{ sessionId: 'mark-1', liveFrom: at }], at);
+          await beat(T0 + 100);
+          assert.equal(await own.redis.hget(watch, 'hb'), String(T0 + 100));
+          // Marks gone (as if never written): a call 20 ms later does not ask, so none is written ...
+          await own.redis.del(watch);
+          await beat(T0 + 120);
+          assert.equal(await own.redis.hget(watch, 'hb'), null, 'not asked within 50 ms of the last ask');
+          // ... and the first call 50 ms after the last ask does.
+          await beat(T0 + 150);
+          assert.equal(await own.redis.hget(watch, 'hb'), String(T0 + 150));
+          // A clock that went back asks at once (the script never moves the marks back).
+          await own.redis.del(watch);
+          await beat(T0 + 140);
+          assert.equal(await own.redis.hget(watch, 'hb'), String(T0 + 140));
+        } finally {
+          await own.close();
+        }
       });
 
       test('refuses a session id that could not travel in a batch, without spoiling the others', async () => {

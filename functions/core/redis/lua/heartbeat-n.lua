@@ -12,7 +12,9 @@
   For each group it also notes, for the outage rule (includes/blind.lua), that the bucket's heartbeats are heard: when
   the last call was (`hb`) and the running mean gap between calls (`hg`), from which the deadline engine tells a
   silence of the ingest path (the Broker or heartbeat-timeout down) from the fleet's ordinary quiet
-  (functions/heartbeat-timeout/ingest-silence.ts).
+  (functions/heartbeat-timeout/ingest-silence.ts). Only a group whose caller asks reads and writes them (each caller
+  asks at most once per bucket in HEARD_MARK_MS, session-store.ts): at bench:compare's asked rate that read was a
+  sixteenth of Redis's instructions per heartbeat, for marks a busy bucket writes at most 20 times a second anyway.
 
   The call is the hottest there is, so it is shaped for cost (bench:compare's CPU per heartbeat): a group's session
   ids travel as one argument and their ages as another (per-argument handling was most of the caller's CPU and a
@@ -24,13 +26,14 @@
     KEYS[3g] the bucket's quiet hash (includes/quiet.lua): its quiet records, read first for the whole group
   ARGV[1] now (ms)
   ARGV[2] '1' on Redis Cluster, else '0': what an indexed session without a record here means (see below)
-  then per group g, in order (3 arguments each, from ARGV[3]):
+  then per group g, in order (4 arguments each, from ARGV[3]):
     the bucket's session record key prefix (`<prefix>:{<bucket>}:s:`): a record's key is the prefix and its session
       id, built here rather than sent, because a third of the call's bytes were those keys; they carry the bucket's
       hash tag, so on Redis Cluster they live in the group's slot
     the session ids of the group's heartbeats, separated by single spaces (ids never contain one: SESSION_ID_PATTERN)
     their ages, in the same order, separated by single spaces: now − live-from in ms, ≥ 0 (the event's time, capped
       at now)
+    '1' to note the bucket's heartbeats heard (`hb`, `hg`), '' to leave the marks alone
   then, only when a heartbeat of the call names a tenant: the tenant each names, one argument per heartbeat in the
     call's order ('' for none)
 
@@ -51,7 +54,7 @@ local now, cluster = tonumber(ARGV[1]), ARGV[2] == '1'
 local groups = #KEYS / 3
 if groups < 1 or groups ~= math.floor(groups) then return redis.error_reply('ERR heartbeat: ' .. #KEYS .. ' keys, expected triples') end
 if cluster and groups > 1 then return redis.error_reply('ERR heartbeat: ' .. groups .. ' buckets in one call on Redis Cluster') end
-local tenantBase = 2 + 3 * groups
+local tenantBase = 2 + 4 * groups
 if #ARGV < tenantBase then
   return redis.error_reply('ERR heartbeat: ' .. #ARGV .. ' arguments for ' .. groups .. ' groups, expected at least ' .. tenantBase)
 end
@@ -71,8 +74,8 @@ end
 local work, total = {}, 0
 for g = 1, groups do
   local ids, ages = {}, {}
-  for id in string.gmatch(ARGV[3 * g + 1], '[^ ]+') do ids[#ids + 1] = id end
-  for age in string.gmatch(ARGV[3 * g + 2], '[^ ]+') do ages[#ages + 1] = number(age) end
+  for id in string.gmatch(ARGV[4 * g], '[^ ]+') do ids[#ids + 1] = id end
+  for age in string.gmatch(ARGV[4 * g + 1], '[^ ]+') do ages[#ages + 1] = number(age) end
   if #ids ~= #ages or #ids == 0 then
     return redis.error_reply('ERR heartbeat: group ' .. g .. ' has ' .. #ids .. ' session ids and ' .. #ages .. ' ages')
   end
@@ -87,7 +90,7 @@ end
 -- written. A record that cannot be read as a session's answers on its own (-5), not for the call.
 local out = {}
 for g = 1, groups do
-  local deadlinesKey, quietKey, recordPrefix, w = KEYS[3 * g - 2], KEYS[3 * g], ARGV[3 * g], work[g]
+  local deadlinesKey, quietKey, recordPrefix, w = KEYS[3 * g - 2], KEYS[3 * g], ARGV[4 * g - 1], work[g]
   local ids, ages, first = w.ids, w.ages, w.first
   -- The sessions to refresh: ZADD arguments (GT CH, then score, member pairs) and where each one's reply goes.
   local zadd, slots, moving = { 'GT', 'CH' }, {}, 0
@@ -178,14 +181,16 @@ for g = 1, groups do
   -- outage does not teach the bucket that silences are normal). Calls closer than 50 ms are one moment for this
   -- purpose (silences are judged in seconds), so a busy bucket writes the marks at most 20 times a second, not on
   -- every call. Replicas' clocks (each anchored to Redis TIME) differ by a few ms: never backwards.
-  local heard = call('HMGET', watchKey, 'hb', 'hg')
-  local last, mean = tonumber(heard[1]), tonumber(heard[2])
-  if not last then
-    call('HSET', watchKey, 'hb', string.format('%d', now))
-  elseif now - last >= 50 then
-    local gap = math.min(now - last, 60000)
-    mean = mean and (mean * 0.9 + gap * 0.1) or gap
-    call('HSET', watchKey, 'hb', string.format('%d', now), 'hg', string.format('%.1f', mean))
+  if ARGV[4 * g + 2] == '1' then
+    local heard = call('HMGET', watchKey, 'hb', 'hg')
+    local last, mean = tonumber(heard[1]), tonumber(heard[2])
+    if not last then
+      call('HSET', watchKey, 'hb', string.format('%d', now))
+    elseif now - last >= 50 then
+      local gap = math.min(now - last, 60000)
+      mean = mean and (mean * 0.9 + gap * 0.1) or gap
+      call('HSET', watchKey, 'hb', string.format('%d', now), 'hg', string.format('%.1f', mean))
+    end
   end
 end
 return out
