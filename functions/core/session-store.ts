@@ -341,8 +341,10 @@ const MAX_HEARTBEAT_BATCH = 256;
 
 /**
  * How often this process asks a bucket's heartbeat call to note the bucket heard (heartbeat-n.lua's marks, which the
- * outage rule reads): the script itself takes calls closer than this for one moment, so asking more often only cost
- * Redis a read of the marks on every call.
+ * outage rule reads): the script itself takes calls closer than this for one moment (its literal 50), so asking more
+ * often only cost Redis a read of the marks on every call. With several replicas a bucket's `hb` may trail its last
+ * heartbeat by up to twice this (a replica that asked within it found another's mark fresh), against the seconds the
+ * outage rule judges silences in (INGEST_SILENCE_MS, 5 s by default).
  */
 const HEARD_MARK_MS = 50;
 
@@ -657,6 +659,8 @@ export class SessionStore {
     const args: string[] = [String(now), this.redis.isCluster ? '1' : '0'];
     let count = 0;
     let tenants = false;
+    // The buckets this call asks to note heard, each with what this process had noted before (see the rejection below).
+    const asked: { bucket: number; before: number | undefined }[] = [];
     for (const { bucket, members } of call) {
       const b = this.keys.bucket(bucket);
       keys.push(b.deadlines, b.watch, b.quiet);
@@ -672,12 +676,27 @@ export class SessionStore {
       // Asked again HEARD_MARK_MS after the last time, or at once if this process's clock went back.
       const marked = this.#heardMarkedAt.get(bucket);
       const mark = marked === undefined || now - marked >= HEARD_MARK_MS || now < marked;
-      if (mark) this.#heardMarkedAt.set(bucket, now);
+      if (mark) {
+        asked.push({ bucket, before: marked });
+        this.#heardMarkedAt.set(bucket, now);
+      }
       args.push(this.keys.sessionRecordPrefix(bucket), ids, ages, mark ? '1' : '');
       count += members.length;
     }
     if (tenants) for (const { members } of call) for (const m of members) args.push(item(m).tenant ?? '');
-    const r = await this.#scripts.run('heartbeat', keys, args);
+    let r: unknown[];
+    try {
+      r = await this.#scripts.run('heartbeat', keys, args);
+    } catch (err) {
+      // A call that failed wrote no mark: the next call asks again, rather than 50 ms later (unless another call has
+      // asked since).
+      for (const { bucket, before } of asked) {
+        if (this.#heardMarkedAt.get(bucket) !== now) continue;
+        if (before === undefined) this.#heardMarkedAt.delete(bucket);
+        else this.#heardMarkedAt.set(bucket, before);
+      }
+      throw err;
+    }
     if (r.length !== 2 * count) throw new UnexpectedReplyError(`heartbeat replied ${r.length} values for ${count} heartbeats`);
     // A record that could not be read fails its own heartbeat, not the call's others.
     const out = new Array<LivenessResult | UnreadableRecordError>(count);

@@ -1,7 +1,9 @@
 // The outage rule's ingest side, judged for the whole fleet by the deadline engine: has session-reaper stopped
 // hearing heartbeats (the Broker, its dispatcher or heartbeat-timeout down) while sessions are due to send them?
-// Every heartbeat call notes in its bucket when it ran (`hb`) and a running mean of the gaps between calls (`hg`;
-// core/redis/lua/heartbeat-n.lua), and every due claim answers its bucket's marks and how many sessions it indexes.
+// Heartbeat calls note in their bucket when one ran (`hb`) and a running mean of the gaps between those notes (`hg`;
+// core/redis/lua/heartbeat-n.lua; each process asks at most every 50 ms a bucket, so `hb` trails the last heartbeat
+// by up to 100 ms with several replicas), and every due claim answers its bucket's marks and how many sessions it
+// indexes.
 // An ingest outage silences every bucket at once, so the fleet's marks are what is judged: its latest heartbeat, and
 // its mean gap (the buckets' rates added up). One session dying, or a bucket whose last session left, moves neither.
 // A pure function of those marks and the clock, so every engine replica reaches the same verdict.

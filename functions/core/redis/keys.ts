@@ -40,8 +40,9 @@ export interface BucketKeys {
   readonly failed: string;
   /**
    * HASH what the bucket's liveness was heard through, for the outage rule (lua/includes/blind.lua): `seen` (when a
-   * deadline engine last claimed in it, ms), `hb` (when a heartbeat was last applied, ms), `hg` (the running mean gap
-   * between heartbeat calls, ms), `bs` (since when no heartbeat has been heard while some were due: an open blind
+   * deadline engine last claimed in it, ms), `hb` (when a heartbeat was last noted applied, ms: at most 50 ms apart per
+   * replica, heartbeat-n.lua), `hg` (the running mean gap between those notes, ms), `bs` (since when no heartbeat has
+   * been heard while some were due: an open blind
    * window) and `bx` (the `hb` at which a blind window was given up after BLIND_HOLD_MAX_MS).
    */
   readonly watch: string;

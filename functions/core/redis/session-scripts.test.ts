@@ -308,6 +308,16 @@ for (const topology of TOPOLOGIES) {
           await own.redis.del(watch);
           await beat(T0 + 140);
           assert.equal(await own.redis.hget(watch, 'hb'), String(T0 + 140));
+          // A call that failed wrote no mark, so the next call asks again at once: the failure is a record of the same
+          // bucket that Redis cannot read as a hash.
+          let bad = 0;
+          while (own.keys.bucketOf(`mark-bad-${bad}`) !== own.keys.bucketOf('mark-1')) bad++;
+          await own.redis.set(own.keys.session(`mark-bad-${bad}`).session, 'not a hash');
+          await own.redis.del(watch);
+          await assert.rejects(own.store.heartbeatMany([{ sessionId: 'mark-1', liveFrom: T0 + 300 }, { sessionId: `mark-bad-${bad}`, liveFrom: T0 + 300 }], T0 + 300));
+          assert.equal(await own.redis.hget(watch, 'hb'), null);
+          await beat(T0 + 310);
+          assert.equal(await own.redis.hget(watch, 'hb'), String(T0 + 310), 'asked again after the failed call');
         } finally {
           await own.close();
         }

@@ -31,9 +31,9 @@
                from which the engine judges the fleet's silence
     u, then u due ids whose record is not here: a stray entry, or, on Redis Cluster, a record not yet moved to the
                node a resharding moves the bucket's slot to (built keys get no ASK or TRYAGAIN; on the node the slot
-               is leaving, a record already moved fails the script with Redis's "non local key" error, before any
-               write: see the first loop below); left as they are, for the caller to claim one by one with declared
-               keys (claimExpired), which Redis redirects correctly
+               is leaving, a record key it does not have fails the script with Redis's "non local key" error, before
+               any write: see the first loop below); left as they are, for the caller to claim one by one with
+               declared keys (claimExpired), which Redis redirects correctly
     then one triple per session claimed, in deadline order; the deadline is the one the outage rule gave it
 ]]
 -- @include "session"
@@ -45,16 +45,20 @@ local gapMs, retention = tonumber(ARGV[4]), tonumber(ARGV[7])
 local verdictHold, heardAt = tonumber(ARGV[5]), tonumber(ARGV[6])
 local fmt = string.format
 
--- On Redis Cluster, while a resharding moves this bucket's slot, a record already moved is a key this node no longer
--- has, and the first command on it fails the script ("non local key"). Each record this call may claim is touched
--- before anything is written, so that such a call fails whole (the engine's next poll claims again) instead of failing
--- halfway with the claims before it made and never reported.
-for _, sessionId in ipairs(redis.call('ZRANGEBYSCORE', deadlinesKey, '-inf', now, 'LIMIT', 0, limit)) do
+local blindFrom, blindTo, holdFrom = '', '', nil
+local watch = redis.call('HMGET', watchKey, 'seen', 'bs', 'hb', 'hg')
+
+-- On Redis Cluster, while a resharding moves this bucket's slot, a record key this node does not have (moved already,
+-- or a quiet record's, which never was a key) is a key of the migrating slot, and the first command on it fails the
+-- script ("non local key"). Each record this call may claim (due by now, or by the hold's start when a hold applies,
+-- as below) is touched before anything is written, so that such a call fails whole (the engine's next poll claims
+-- again) instead of failing halfway with the claims before it made and never reported.
+local probeTo = now
+if gapMs > 0 and verdictHold then probeTo = math.min(now, tonumber(watch[2]) or verdictHold) end
+for _, sessionId in ipairs(redis.call('ZRANGEBYSCORE', deadlinesKey, '-inf', probeTo, 'LIMIT', 0, limit)) do
   redis.call('EXISTS', recordPrefix .. sessionId)
 end
 
-local blindFrom, blindTo, holdFrom = '', '', nil
-local watch = redis.call('HMGET', watchKey, 'seen', 'bs', 'hb', 'hg')
 if gapMs > 0 then
   local seen = tonumber(watch[1])
   -- Unwatched: no engine claimed here for longer than the gap (Redis down or unreachable, or no engine running).
