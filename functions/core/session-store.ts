@@ -1043,7 +1043,8 @@ export class SessionStore {
   }
 
   async #offloadRequest(script: 'requestDemote' | 'requestRestore', sessionId: string, incarnation: number, token: string, now: number): Promise<OffloadRequest> {
-    const r = await this.#scripts.run(script, [this.keys.session(sessionId).session, this.keys.session(sessionId).quiet], [sessionId, incarnation, token, now]);
+    const k = this.keys.session(sessionId);
+    const r = await this.#scripts.run(script, [k.session, k.quiet], [sessionId, incarnation, token, now]);
     const code = str(r[0]);
     switch (code) {
       case 'REQUESTED':

@@ -42,8 +42,8 @@ export interface BucketKeys {
    * HASH what the bucket's liveness was heard through, for the outage rule (lua/includes/blind.lua): `seen` (when a
    * deadline engine last claimed in it, ms), `hb` (when a heartbeat was last noted applied, ms: at most 50 ms apart per
    * replica, heartbeat-n.lua), `hg` (the running mean gap between those notes, ms), `bs` (since when no heartbeat has
-   * been heard while some were due: an open blind
-   * window) and `bx` (the `hb` at which a blind window was given up after BLIND_HOLD_MAX_MS).
+   * been heard while some were due: an open blind window) and `bx` (the `hb` at which a blind window was given up
+   * after BLIND_HOLD_MAX_MS).
    */
   readonly watch: string;
   /** ZSET `<start>:<end>` -> end (ms): the spans in which session-reaper could not hear this bucket's heartbeats. */

@@ -92,8 +92,8 @@ local out = {}
 for g = 1, groups do
   local deadlinesKey, quietKey, recordPrefix, w = KEYS[3 * g - 2], KEYS[3 * g], ARGV[4 * g - 1], work[g]
   local ids, ages, first = w.ids, w.ages, w.first
-  -- The sessions to refresh: ZADD arguments (GT CH, then score, member pairs) and where each one's reply goes.
-  local zadd, slots, moving = { 'GT', 'CH' }, {}, 0
+  -- The sessions to refresh: ZADD score, member pairs (the j-th at 2j - 1, 2j) and where each one's reply goes.
+  local zadd, slots, moving = {}, {}, 0
   -- Quiet records (includes/quiet.lua) of the whole group in one read; a session without one has a record of its own.
   local quiet = {}
   for from = 1, #ids, 1000 do
@@ -148,7 +148,7 @@ for g = 1, groups do
       moving = moving + 1
       -- As text formatted as an integer: a Lua number passed to redis.call is formatted by Redis with %.17g (C's
       -- floating-point formatting), several times the instructions of an integer's.
-      zadd[2 * moving + 1], zadd[2 * moving + 2], slots[moving] = string.format('%d', target), sessionId, n + 2
+      zadd[2 * moving - 1], zadd[2 * moving], slots[moving] = string.format('%d', target), sessionId, n + 2
     end
   end
   w.zadd, w.slots, w.moving = zadd, slots, moving
@@ -158,20 +158,19 @@ for g = 1, groups do
   local deadlinesKey, watchKey, w = KEYS[3 * g - 2], KEYS[3 * g - 1], work[g]
   local zadd, slots, moving = w.zadd, w.slots, w.moving
   -- max(current, target) for all at once: ZADD GT only ever raises a score, and CH counts the ones it changed, so the
-  -- common case (every deadline moved out) needs no read; otherwise the scores it left are read back. (A
-  -- session named twice in one group is answered the deadline the last of them left.)
-  -- The ZADD goes in pieces of at most 1,000 sessions: Lua's unpack() fails past a few thousand values (LUAI_MAXCSTACK),
-  -- and a caller may send a group that large (heartbeatMany bounds a call at 256 heartbeats, but the script does not
-  -- rely on it).
+  -- common case (every deadline moved out) needs no read; otherwise the scores it left are read back. (A session
+  -- named twice in one group is answered the deadline the last of them left.) The ZADD goes in pieces of at most 1,000
+  -- sessions: Lua's unpack() fails past a few thousand values (LUAI_MAXCSTACK), and a caller may send a group that
+  -- large (heartbeatMany bounds a call at 256 heartbeats, but the script does not rely on it).
   local changed = 0
   for from = 1, moving, 1000 do
     local upto = math.min(from + 999, moving)
-    changed = changed + call('ZADD', deadlinesKey, 'GT', 'CH', unpack(zadd, 2 * from + 1, 2 * upto + 2))
+    changed = changed + call('ZADD', deadlinesKey, 'GT', 'CH', unpack(zadd, 2 * from - 1, 2 * upto))
   end
   if changed < moving then
     for from = 1, moving, 1000 do
       local upto, members = math.min(from + 999, moving), {}
-      for j = from, upto do members[j - from + 1] = zadd[2 * j + 2] end
+      for j = from, upto do members[j - from + 1] = zadd[2 * j] end
       local scores = call('ZMSCORE', deadlinesKey, unpack(members))
       for j = from, upto do out[slots[j]] = tonumber(scores[j - from + 1]) end
     end

@@ -81,9 +81,10 @@ end
 
 -- Turns a quiet record back into a hash of its own, so the script that names it reads and writes it as any record.
 -- `quietKey` is the bucket's quiet hash, declared by the script (so Redis Cluster redirects it as any key). Returns
--- 'opened' when it was quiet, 'dropped' when a stale quiet field beside the record key was removed, else false. A record key that exists wins: a quiet field beside it can only be stale (left by a replica
--- that cannot read quiet records, running beside one that packs), so it is dropped, never unpacked over the record;
--- left, it would come back as an ACTIVE record once the record's tombstone expired.
+-- 'opened' when it was quiet, 'dropped' when a stale quiet field beside the record key was removed, else false. A
+-- record key that exists wins: a quiet field beside it can only be stale (left by a replica that cannot read quiet
+-- records, running beside one that packs), so it is dropped, never unpacked over the record; left, it would come back
+-- as an ACTIVE record once the record's tombstone expired.
 local function materialize(sessionKey, quietKey)
   local sessionId = recordIdOf(sessionKey)
   if redis.call('EXISTS', sessionKey) == 1 then
